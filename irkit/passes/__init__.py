@@ -1,0 +1,1 @@
+BUILTIN_PASSES: dict[str, str] = {}

@@ -1,0 +1,35 @@
+"""irkit's built-in parts, registered through the same hooks as a third-party plugin.
+
+Targets are ``"module:attr"`` strings, imported only when the part is used.
+"""
+
+from __future__ import annotations
+
+from irkit.hookspecs import Register, hookimpl
+
+
+@hookimpl
+def register_frontends(register: Register) -> None:
+    register("onnx", "irkit.frontends.onnx:OnnxFrontend")
+    register("torch", "irkit.frontends.torch:TorchFrontend")
+
+
+@hookimpl
+def register_passes(register: Register) -> None:
+    from irkit.passes import BUILTIN_PASSES
+
+    for name, target in BUILTIN_PASSES.items():
+        register(name, target)
+
+
+@hookimpl
+def register_backends(register: Register) -> None:
+    register("ort", "irkit.plugins.ort:OrtBackend")
+    register("llvm", "irkit.plugins.llvm:LlvmBackend")
+
+
+@hookimpl
+def register_adapters(register: Register) -> None:
+    register("batch", "irkit.runtime.adapters.batch:BatchAdapter")
+    register("http", "irkit.runtime.adapters.http:HttpAdapter")
+    register("kafka", "irkit.runtime.adapters.kafka:KafkaAdapter")
