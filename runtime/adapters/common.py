@@ -1,0 +1,370 @@
+"""Semantics shared by every serving adapter (batch, http, kafka): errors, metrics, tensors.
+
+Nothing here imports a compiler module, onnx or torch; numpy and prometheus_client only.
+
+Public API (kept small and stable — the kafka adapter builds on it too)
+----------------------------------------------------------------------
+
+Errors. Every adapter maps a failure to one ``AdapterError`` subclass. ``status`` is the
+HTTP code the http adapter answers with; ``outcome`` is the metrics label (and what the
+kafka adapter writes in a dead-letter record). ``error_body(exc)`` is ``{"error": str}``.
+
+    ===================  ======  ==============  =========================================
+    class                status  outcome         raised when
+    ===================  ======  ==============  =========================================
+    BadInput             400     ``bad_input``   request does not fit the model signature
+    UnknownModel         404     ``not_found``   model name/version is not served here
+    PayloadTooLarge      413     ``too_large``   body is over the configured byte limit
+    QueueFull            429     ``queue_full``  bounded queue is full (``retry_after`` s)
+    NotReady             503     ``not_ready``   model not loaded+warmed up, or stopping
+    RequestTimeout       504     ``timeout``     request waited longer than its timeout
+    AdapterError         500     ``error``       anything else (e.g. the model raised)
+    ===================  ======  ==============  =========================================
+
+Validation.
+    ``check_inputs(model, inputs)`` runs ``model.validate`` and turns its ValueError /
+    TypeError into ``BadInput`` (the message names the input). ``batch_rows(inputs)`` is
+    the size of the leading (batch) dimension shared by all inputs.
+
+Batching helpers (used by ``batcher.DynamicBatcher`` and the batch adapter).
+    ``concat_requests([inputs, ...]) -> (inputs, sizes)`` concatenates along axis 0;
+    ``split_outputs(outputs, sizes) -> [outputs, ...]`` undoes it (views, no copies).
+
+Metrics. ``AdapterMetrics(adapter)`` owns its own ``CollectorRegistry`` (so two servers in
+one process never share counters) with:
+
+    irkit_requests_total{adapter,model,outcome}     counter
+    irkit_request_latency_seconds{adapter,model}    histogram, end to end per request
+    irkit_queue_time_seconds{adapter,model}         histogram, enqueue -> batch start
+    irkit_batch_size{adapter,model}                 histogram, rows per model call
+    irkit_inference_seconds{adapter,model}          histogram, one model call
+    irkit_rows_total{adapter,model}                 counter, rows run through the model
+
+``metrics.render() -> (bytes, content_type)`` is the Prometheus text exposition.
+
+Tensors (Open Inference Protocol v2 datatypes; the kafka adapter uses the same JSON form).
+    ``DATATYPES`` maps "FP32", "INT64", ... to numpy dtypes; ``datatype_of(dtype)`` is the
+    reverse. ``decode_tensor(obj, raw=None)`` builds an ndarray from a v2 JSON tensor
+    (``name``, ``shape``, ``datatype``, ``data`` flat or nested) or from raw little-endian
+    bytes (the binary tensor extension); ``encode_tensor(name, array)`` is the inverse
+    JSON form; ``signature_json(specs)`` renders ``TensorSpec`` lists for metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = [
+    "DATATYPES",
+    "AdapterError",
+    "AdapterMetrics",
+    "BadInput",
+    "NotReady",
+    "PayloadTooLarge",
+    "QueueFull",
+    "RequestTimeout",
+    "ServableModel",
+    "UnknownModel",
+    "batch_rows",
+    "check_inputs",
+    "concat_requests",
+    "datatype_of",
+    "decode_tensor",
+    "encode_tensor",
+    "error_body",
+    "signature_json",
+    "split_outputs",
+]
+
+
+class ServableModel(Protocol):
+    """What an adapter needs from ``irkit.runtime.CompiledModel``."""
+
+    name: str
+    inputs: Sequence[Any]  # TensorSpec(name, dtype, shape)
+    outputs: Sequence[Any]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def validate(self, inputs: Mapping[str, np.ndarray]) -> Any: ...
+
+    def warmup(self) -> Any: ...
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class AdapterError(Exception):
+    """A request failed; ``status`` is its HTTP code and ``outcome`` its metrics label."""
+
+    status = 500
+    outcome = "error"
+
+
+class BadInput(AdapterError):
+    status = 400
+    outcome = "bad_input"
+
+
+class UnknownModel(AdapterError):
+    status = 404
+    outcome = "not_found"
+
+
+class PayloadTooLarge(AdapterError):
+    status = 413
+    outcome = "too_large"
+
+
+class QueueFull(AdapterError):
+    status = 429
+    outcome = "queue_full"
+
+    def __init__(self, message: str = "queue full", retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotReady(AdapterError):
+    status = 503
+    outcome = "not_ready"
+
+
+class RequestTimeout(AdapterError):
+    status = 504
+    outcome = "timeout"
+
+
+def error_body(exc: BaseException) -> dict[str, str]:
+    """The JSON error body every adapter returns: ``{"error": message}``."""
+    message = str(exc) or type(exc).__name__
+    return {"error": message}
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def check_inputs(model: ServableModel, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Validate ``inputs`` against the model signature; ValueError/TypeError -> BadInput."""
+    try:
+        model.validate(inputs)
+    except (ValueError, TypeError) as exc:
+        raise BadInput(str(exc)) from exc
+    return dict(inputs)
+
+
+def batch_rows(inputs: Mapping[str, np.ndarray]) -> int:
+    """Rows in the leading (batch) dimension; all inputs must agree."""
+    sizes = {name: (arr.shape[0] if arr.ndim else 1) for name, arr in inputs.items()}
+    distinct = set(sizes.values())
+    if len(distinct) > 1:
+        raise BadInput(f"inputs disagree on the batch dimension: {sizes}")
+    return distinct.pop() if distinct else 0
+
+
+def concat_requests(
+    requests: Sequence[Mapping[str, np.ndarray]],
+) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Concatenate requests along axis 0; returns the batch and each request's row count."""
+    sizes = [batch_rows(r) for r in requests]
+    if len(requests) == 1:
+        return dict(requests[0]), sizes
+    names = list(requests[0])
+    batch = {name: np.concatenate([r[name] for r in requests], axis=0) for name in names}
+    return batch, sizes
+
+
+def split_outputs(
+    outputs: Mapping[str, np.ndarray], sizes: Sequence[int]
+) -> list[dict[str, np.ndarray]]:
+    """Split batched outputs back into per-request dicts (views of ``outputs``)."""
+    if len(sizes) == 1:
+        return [dict(outputs)]
+    bounds = np.cumsum([0, *sizes])
+    return [
+        {name: arr[bounds[i] : bounds[i + 1]] for name, arr in outputs.items()}
+        for i in range(len(sizes))
+    ]
+
+
+# --------------------------------------------------------------------------- metrics
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
+
+
+class AdapterMetrics:
+    """Prometheus metrics of one adapter instance, in a registry of its own."""
+
+    def __init__(self, adapter: str, model: str, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.adapter = adapter
+        self.model = model
+        labels = ("adapter", "model")
+        self._requests = Counter(
+            "irkit_requests", "Requests by outcome.", (*labels, "outcome"), registry=self.registry
+        )
+        self._latency = Histogram(
+            "irkit_request_latency_seconds", "End-to-end request latency.", labels,
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self._queue = Histogram(
+            "irkit_queue_time_seconds", "Time from enqueue to batch start.", labels,
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self._batch = Histogram(
+            "irkit_batch_size", "Rows per model call.", labels,
+            buckets=_BATCH_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self._inference = Histogram(
+            "irkit_inference_seconds", "Duration of one model call.", labels,
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self._rows = Counter(
+            "irkit_rows", "Rows run through the model.", labels, registry=self.registry
+        )
+        # Bind the label sets once: .labels() costs a dict lookup + lock per call.
+        key = (adapter, model)
+        self.latency = self._latency.labels(*key)
+        self.queue_time = self._queue.labels(*key)
+        self.batch_size = self._batch.labels(*key)
+        self.inference_time = self._inference.labels(*key)
+        self.rows = self._rows.labels(*key)
+        self._outcomes: dict[str, Any] = {}
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        """Count ``n`` requests that ended with ``outcome`` ("ok" or an error outcome)."""
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._outcomes[outcome] = self._requests.labels(
+                self.adapter, self.model, outcome
+            )
+        child.inc(n)
+
+    def observe_request(self, outcome: str, seconds: float) -> None:
+        """Count one request and record its latency."""
+        self.count(outcome)
+        self.latency.observe(seconds)
+
+    def observe_batch(self, rows: int, seconds: float) -> None:
+        """Record one model call over ``rows`` rows."""
+        self.batch_size.observe(rows)
+        self.inference_time.observe(seconds)
+        self.rows.inc(rows)
+
+    def render(self) -> tuple[bytes, str]:
+        """Prometheus text exposition of this registry and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# --------------------------------------------------------------------------- tensors
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
+
+
+def datatype_of(dtype: Any) -> str:
+    """The v2 datatype name of a numpy dtype ("FP32" for float32)."""
+    try:
+        return _NAMES[np.dtype(dtype)]
+    except (KeyError, TypeError):
+        raise BadInput(f"unsupported dtype {dtype}") from None
+
+
+def _shape_of(obj: Mapping[str, Any], name: str) -> tuple[int, ...]:
+    shape = obj.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise BadInput(f"input {name!r}: shape must be a list of non-negative ints, got {shape!r}")
+    return tuple(shape)
+
+
+def decode_tensor(obj: Mapping[str, Any], raw: bytes | memoryview | None = None) -> np.ndarray:
+    """Build an array from a v2 JSON tensor; ``raw`` holds its bytes for binary data.
+
+    Raises BadInput naming the tensor when the datatype is unknown or the data does not
+    fill the declared shape.
+    """
+    if not isinstance(obj, Mapping):
+        raise BadInput(f"tensor must be a JSON object, got {type(obj).__name__}")
+    name = obj.get("name")
+    if not isinstance(name, str):
+        raise BadInput("every input needs a string 'name'")
+    datatype = obj.get("datatype")
+    dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise BadInput(f"input {name!r}: unsupported datatype {datatype!r}")
+    shape = _shape_of(obj, name)
+    count = int(np.prod(shape, dtype=np.int64))
+    if raw is not None:
+        expected = count * dtype.itemsize
+        if len(raw) != expected:
+            raise BadInput(
+                f"input {name!r}: expected {expected} bytes for shape {list(shape)} "
+                f"{datatype}, got {len(raw)}"
+            )
+        return (
+            np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+            .astype(dtype, copy=False)
+            .reshape(shape)
+        )
+    if "data" not in obj:
+        raise BadInput(f"input {name!r}: no 'data' and no binary_data_size")
+    try:
+        flat = np.asarray(obj["data"], dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadInput(f"input {name!r}: data is not {datatype}: {exc}") from None
+    if flat.size != count:
+        raise BadInput(
+            f"input {name!r}: shape {list(shape)} needs {count} elements, data has {flat.size}"
+        )
+    return flat.reshape(shape)
+
+
+def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    """The v2 JSON form of ``array`` (row-major flat ``data``)."""
+    return {
+        "name": name,
+        "datatype": datatype_of(array.dtype),
+        "shape": list(array.shape),
+        "data": array.ravel().tolist(),
+    }
+
+
+def signature_json(specs: Iterable[Any]) -> list[dict[str, Any]]:
+    """TensorSpecs as v2 metadata: symbolic dims (str/None) become -1."""
+    return [
+        {
+            "name": spec.name,
+            "datatype": datatype_of(spec.dtype),
+            "shape": [d if isinstance(d, int) else -1 for d in spec.shape],
+        }
+        for spec in specs
+    ]
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes (NaN/Inf are not JSON: numbers like that are a model bug)."""
+    return json.dumps(obj, separators=(",", ":")).encode()
