@@ -1,0 +1,186 @@
+"""``CompiledModel``: a loaded artifact that checks its inputs before native code runs.
+
+Empty batches: when an input has a zero-size dim and every output's shape resolves (from
+fixed dims and symbols bound by the inputs) to a zero-size shape, the call returns empty
+arrays of those shapes and dtypes without running native code — there is no data an
+output could hold. When an input is empty but some output would not be (or its shape
+cannot be known), the call is rejected with ``InputError``, because native kernels are
+not required to handle zero-size loops.
+
+Thread safety: ``run``/``__call__`` may be called from several threads at once. Runners
+that declare ``thread_safe = True`` (ONNX Runtime) run concurrently; any other runner is
+serialized with a per-model lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from irkit.runtime.artifact import ArtifactError, Manifest, verify
+from irkit.runtime.loaders import Runner, open_runner
+from irkit.runtime.signature import (
+    InputError,
+    TensorSpec,
+    format_shape,
+    resolve_shape,
+    validate_inputs,
+)
+
+
+class CompiledModel:
+    """A model loaded from an artifact directory; call it with arrays by input name."""
+
+    def __init__(self, manifest: Manifest, runner: Runner, path: Path | None = None) -> None:
+        self.manifest = manifest
+        self.path = path
+        self._runner: Runner | None = runner
+        self._lock: threading.Lock | None = (
+            None if getattr(runner, "thread_safe", False) else threading.Lock()
+        )
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def backend(self) -> str:
+        return self.manifest.backend
+
+    @property
+    def target(self) -> str:
+        return self.manifest.target
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return list(self.manifest.inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return list(self.manifest.outputs)
+
+    def signature(self) -> dict[str, Any]:
+        """Model metadata for HTTP: name, platform, backend, target, inputs, outputs.
+
+        Each tensor carries its OIP v2 ``datatype`` and ``shape`` (-1 for a variable dim)
+        plus irkit's ``dtype`` and ``symbolic_shape``.
+        """
+        return {
+            "name": self.name,
+            "platform": f"irkit_{self.backend}",
+            "backend": self.backend,
+            "target": self.target,
+            "inputs": [spec.metadata() for spec in self.manifest.inputs],
+            "outputs": [spec.metadata() for spec in self.manifest.outputs],
+        }
+
+    def validate(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Checked, C-contiguous arrays for ``inputs``; raises ``InputError``/``InputTypeError``."""
+        arrays, _ = validate_inputs(inputs, self.manifest.inputs)
+        return arrays
+
+    def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:
+        return self.run(inputs)
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Validate ``inputs`` and run the model; returns ``{output name: array}``."""
+        arrays, bindings = validate_inputs(inputs, self.manifest.inputs)
+        empty = self._empty_outputs(arrays, bindings)
+        if empty is not None:
+            return empty
+        runner = self._runner
+        if runner is None:
+            raise ArtifactError(f"model {self.name!r} is closed")
+        if self._lock is None:
+            produced = runner.run(arrays)
+        else:
+            with self._lock:
+                produced = runner.run(arrays)
+        return self._collect(produced)
+
+    def _empty_outputs(
+        self, arrays: Mapping[str, np.ndarray], bindings: Mapping[str, int]
+    ) -> dict[str, np.ndarray] | None:
+        empty_input = next((name for name, a in arrays.items() if a.size == 0), None)
+        if empty_input is None:
+            return None
+        outputs: dict[str, np.ndarray] = {}
+        for spec in self.manifest.outputs:
+            shape = resolve_shape(spec, bindings)
+            if shape is None or 0 not in shape:
+                shown = format_shape(shape if shape is not None else spec.shape)
+                raise InputError(
+                    f"input {empty_input!r} is empty (shape "
+                    f"{format_shape(arrays[empty_input].shape)}) but output {spec.name!r} "
+                    f"would have shape {shown}; only calls whose outputs are all empty too "
+                    "are supported with zero-size inputs"
+                )
+            outputs[spec.name] = np.empty(shape, dtype=spec.dtype)
+        return outputs
+
+    def _collect(self, produced: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs: dict[str, np.ndarray] = {}
+        for spec in self.manifest.outputs:
+            if spec.name not in produced:
+                raise ArtifactError(
+                    f"backend {self.backend!r} did not produce output {spec.name!r} "
+                    f"of model {self.name!r}"
+                )
+            outputs[spec.name] = np.asarray(produced[spec.name])
+        return outputs
+
+    def warmup(self) -> dict[str, np.ndarray]:
+        """Run once on zeros with every symbolic or unknown dim set to 1 (batch 1)."""
+        zeros = {
+            spec.name: np.zeros(
+                tuple(d if isinstance(d, int) else 1 for d in spec.shape), dtype=spec.dtype
+            )
+            for spec in self.manifest.inputs
+        }
+        return self.run(zeros)
+
+    def close(self) -> None:
+        """Release the runner (native sessions, JIT code); later calls raise."""
+        runner, self._runner = self._runner, None
+        close = getattr(runner, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> CompiledModel:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        def side(specs: tuple[TensorSpec, ...]) -> str:
+            return ", ".join(f"{s.name}: {s.dtype.name}{format_shape(s.shape)}" for s in specs)
+
+        return (
+            f"CompiledModel({self.name!r}, backend={self.backend!r}, "
+            f"({side(self.manifest.inputs)}) -> ({side(self.manifest.outputs)}))"
+        )
+
+
+def load(path: str | os.PathLike[str], **options: Any) -> CompiledModel:
+    """Load the artifact directory at ``path``: verify it, then open its backend's runner.
+
+    Checks, in order: ``manifest.json`` exists and parses, its format version is supported,
+    every listed file is present with its sha256, no unlisted files exist, no path escapes
+    the directory. ``options`` override the backend's runtime options (e.g. ``threads``).
+    Raises :class:`ArtifactError` naming the file at fault.
+    """
+    directory = Path(path)
+    manifest = verify(directory)
+    runner = open_runner(directory, manifest, **options)
+    return CompiledModel(manifest, runner, directory)

@@ -1,0 +1,287 @@
+"""Tensor signatures of compiled models, and the input checks done before native code runs.
+
+A signature is a list of :class:`TensorSpec`: name, numpy dtype and a shape whose dims are
+ints (fixed), strings (symbols such as ``"N"``, bound per call and consistent across
+inputs) or ``None`` (any size, unrelated to other dims).
+
+Input rules (:func:`validate_inputs`), applied by every ``CompiledModel`` call:
+
+- names must match the signature exactly: unknown and missing names are rejected;
+- numpy arrays (and numpy scalars) must already have the expected dtype: no silent casts.
+  The one value-preserving exception is byte order: a big-endian ``>f4`` array for a
+  ``float32`` input is converted to native order;
+- anything else (lists, Python scalars, nested sequences) is converted with
+  ``np.asarray`` and then checked; because Python numbers carry no precision, Python floats
+  are accepted for any floating input, Python ints for any integer or floating input (when
+  every value survives the conversion unchanged) and Python bools for bool inputs;
+- rank and every fixed dim must match; a symbol must have one value across all inputs;
+- arrays are made C-contiguous and aligned (copied only when they are not).
+
+Wrong names, shapes and dims raise :class:`InputError` (a ``ValueError``); wrong dtypes
+raise :class:`InputTypeError` (a ``TypeError``). Both are ``IrkitError``s and name the input,
+what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from irkit.errors import IrkitError
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+# Open Inference Protocol v2 tensor datatypes, by numpy dtype name.
+OIP_DATATYPES: dict[str, str] = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+    "bfloat16": "BF16",
+}
+
+
+class InputError(IrkitError, ValueError):
+    """An input has an unknown or missing name, or a wrong rank, shape or dim."""
+
+
+class InputTypeError(IrkitError, TypeError):
+    """An input has the wrong dtype (or is not convertible to an array at all)."""
+
+
+def parse_dtype(name: str) -> np.dtype[Any]:
+    """The numpy dtype called ``name`` (``"float32"``, ``"int64"``, ``"bfloat16"`` …).
+
+    Raises ``ValueError`` for names numpy (and, for bfloat16/float8, ml_dtypes) do not know.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"dtype must be a numpy dtype name such as 'float32', got {name!r}")
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        dtype = None
+    if dtype is None:
+        try:  # extension dtypes register themselves with numpy on import
+            import ml_dtypes  # noqa: F401
+
+            dtype = np.dtype(name)
+        except (ImportError, TypeError):
+            raise ValueError(f"unknown dtype {name!r}") from None
+    if dtype.hasobject or dtype.kind in "USVMm":
+        raise ValueError(f"dtype {name!r} is not a tensor element type")
+    return dtype
+
+
+def dtype_name(dtype: np.dtype[Any]) -> str:
+    """The canonical numpy name of ``dtype`` (``"float32"``), as stored in manifests."""
+    return np.dtype(dtype).newbyteorder("=").name
+
+
+def format_shape(shape: Sequence[Dim]) -> str:
+    """``[N,64]`` style text for error messages (``?`` for unknown dims)."""
+    return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _check_dim(dim: object, where: str) -> Dim:
+    if dim is None:
+        return None
+    if isinstance(dim, bool):
+        raise ValueError(f"{where}: dim {dim!r} must be an int, a symbol name or null")
+    if isinstance(dim, int | np.integer):
+        if dim < 0:
+            raise ValueError(f"{where}: dim {dim} is negative")
+        return int(dim)
+    if isinstance(dim, str) and dim.strip():
+        return dim
+    raise ValueError(f"{where}: dim {dim!r} must be an int, a symbol name or null")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and (possibly symbolic) shape of one model input or output."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: Shape
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"tensor name must be a non-empty string, got {self.name!r}")
+        dtype = parse_dtype(self.dtype) if isinstance(self.dtype, str) else np.dtype(self.dtype)
+        object.__setattr__(self, "dtype", dtype.newbyteorder("="))
+        dims = tuple(_check_dim(d, f"tensor {self.name!r}") for d in self.shape)
+        object.__setattr__(self, "shape", dims)
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest form: ``{"name", "dtype": "float32", "shape": ["N", 64]}``."""
+        return {"name": self.name, "dtype": dtype_name(self.dtype), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"tensor spec must be an object, got {type(data).__name__}")
+        missing = [k for k in ("name", "dtype", "shape") if k not in data]
+        if missing:
+            raise ValueError(f"tensor spec {dict(data)!r} lacks {', '.join(missing)}")
+        shape = data["shape"]
+        if not isinstance(shape, list | tuple):
+            raise ValueError(f"tensor {data['name']!r}: shape must be a list, got {shape!r}")
+        return cls(str(data["name"]), parse_dtype(data["dtype"]), tuple(shape))
+
+    def metadata(self) -> dict[str, Any]:
+        """HTTP metadata: OIP v2 ``datatype`` and ``shape`` (-1 = variable), plus ours."""
+        name = dtype_name(self.dtype)
+        return {
+            "name": self.name,
+            "datatype": OIP_DATATYPES.get(name, name.upper()),
+            "shape": [d if isinstance(d, int) else -1 for d in self.shape],
+            "dtype": name,
+            "symbolic_shape": list(self.shape),
+        }
+
+
+def _python_sequence_to_array(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
+    """Convert a list / Python scalar, allowing only the documented value-preserving cases."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nesting, unconvertible objects
+        raise InputError(
+            f"input {name!r}: expected {dtype_name(spec.dtype)}{format_shape(spec.shape)}, "
+            f"got a {type(value).__name__} that is not a rectangular array ({exc})"
+        ) from None
+    got = array.dtype
+    want = spec.dtype
+    if got == want:
+        return array
+    ok = False
+    if got.kind == "f" and want.kind == "f" and array.dtype == np.float64:
+        ok = True  # Python floats have no precision of their own
+    elif got.kind in "iu" and want.kind in "iuf" and array.dtype == np.int64:
+        with np.errstate(all="ignore"):
+            converted = array.astype(want)
+            ok = bool(np.array_equal(converted.astype(got), array))
+        if ok:
+            return converted
+    elif got.kind == "b" and want.kind == "b":
+        ok = True
+    if ok:
+        return array.astype(want)
+    raise InputTypeError(
+        f"input {name!r}: expected dtype {dtype_name(want)}, got {_describe_dtype(got)} "
+        f"(from a {type(value).__name__}); convert it explicitly"
+    )
+
+
+def _describe_dtype(dtype: np.dtype[Any]) -> str:
+    if dtype.kind in "US":
+        return "strings"
+    if dtype.hasobject:
+        return "Python objects"
+    return dtype_name(dtype)
+
+
+def _as_array(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
+    if isinstance(value, np.ndarray | np.generic):
+        array = np.asarray(value)
+        if array.dtype != spec.dtype:
+            if array.dtype.newbyteorder("=") == spec.dtype and not array.dtype.hasobject:
+                array = array.astype(spec.dtype)  # same type, other byte order: lossless
+            else:
+                raise InputTypeError(
+                    f"input {name!r}: expected dtype {dtype_name(spec.dtype)}, got "
+                    f"{_describe_dtype(array.dtype)}; irkit does not cast arrays silently "
+                    f"(use .astype(np.{dtype_name(spec.dtype)}))"
+                )
+        return array
+    if isinstance(value, str | bytes | Mapping) or value is None:
+        raise InputTypeError(
+            f"input {name!r}: expected a {dtype_name(spec.dtype)} array, "
+            f"got {type(value).__name__}"
+        )
+    return _python_sequence_to_array(name, value, spec)
+
+
+def validate_inputs(
+    inputs: Mapping[str, Any], specs: Sequence[TensorSpec]
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Check ``inputs`` against ``specs``; return C-contiguous arrays and symbol bindings.
+
+    The arrays are in signature order. Raises :class:`InputError` or
+    :class:`InputTypeError` naming the offending input; see the module docstring.
+    """
+    if not isinstance(inputs, Mapping):
+        raise InputTypeError(
+            f"inputs must be a mapping of input name to array, got {type(inputs).__name__}"
+        )
+    by_name = {spec.name: spec for spec in specs}
+    expected = ", ".join(repr(n) for n in by_name) or "none"
+    unknown = [str(k) for k in inputs if k not in by_name]
+    if unknown:
+        raise InputError(
+            f"unknown input name(s) {', '.join(repr(u) for u in unknown)}; "
+            f"the model's inputs are {expected}"
+        )
+    missing = [n for n in by_name if n not in inputs]
+    if missing:
+        raise InputError(
+            f"missing input(s) {', '.join(repr(m) for m in missing)}; "
+            f"the model's inputs are {expected}"
+        )
+
+    arrays: dict[str, np.ndarray] = {}
+    bindings: dict[str, int] = {}
+    bound_by: dict[str, str] = {}
+    for spec in specs:
+        array = _as_array(spec.name, inputs[spec.name], spec)
+        want = f"{format_shape(spec.shape)}"
+        if array.ndim != spec.rank:
+            raise InputError(
+                f"input {spec.name!r}: expected rank {spec.rank} shape {want}, "
+                f"got rank {array.ndim} shape {format_shape(array.shape)}"
+            )
+        for axis, (dim, size) in enumerate(zip(spec.shape, array.shape)):
+            if isinstance(dim, int) and dim != size:
+                raise InputError(
+                    f"input {spec.name!r}: expected shape {want}, got "
+                    f"{format_shape(array.shape)} (axis {axis} must be {dim})"
+                )
+            if isinstance(dim, str):
+                if dim in bindings and bindings[dim] != size:
+                    raise InputError(
+                        f"input {spec.name!r}: dim {dim!r} (axis {axis}) is {size}, but "
+                        f"input {bound_by[dim]!r} bound {dim} to {bindings[dim]}; expected "
+                        f"shape {want}, got {format_shape(array.shape)}"
+                    )
+                bindings[dim] = size
+                bound_by.setdefault(dim, spec.name)
+        arrays[spec.name] = np.require(array, requirements=["C", "A"])
+    return arrays, bindings
+
+
+def resolve_shape(spec: TensorSpec, bindings: Mapping[str, int]) -> tuple[int, ...] | None:
+    """The concrete shape of ``spec`` under ``bindings``, or None if a dim is unknown."""
+    dims: list[int] = []
+    for dim in spec.shape:
+        if isinstance(dim, int):
+            dims.append(dim)
+        elif isinstance(dim, str) and dim in bindings:
+            dims.append(bindings[dim])
+        else:
+            return None
+    return tuple(dims)
