@@ -1,0 +1,85 @@
+"""The public compiler API (re-exported by ``irkit``): load, evaluate, export, optimize,
+compile and build."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+from irkit.errors import IrkitError
+from irkit.frontends.onnx_export import to_onnx
+from irkit.ir import Graph
+from irkit.reference import evaluate
+from irkit.runtime.artifact import Artifact
+
+__all__ = ["Artifact", "build", "compile", "evaluate", "load_model", "optimize", "to_onnx"]
+
+
+def load_model(source: Any, *, frontend: str | None = None, **options: Any) -> Graph:
+    """Import a model: an ONNX path or ModelProto, a torch.nn.Module (with
+    ``example_inputs=``), a ``"pkg.module:factory"`` string, or an existing Graph."""
+    from irkit.plugins import get_registry
+
+    if isinstance(source, Graph):
+        return source
+    registry = get_registry()
+    if frontend is not None:
+        return registry.get("frontends", frontend).obj().load(source, **options)
+    for entry in registry.frontends.values():
+        try:
+            loader = entry.obj()
+        except IrkitError:
+            continue  # a frontend whose optional dependency is missing
+        if loader.can_load(source):
+            return loader.load(source, **options)
+    if isinstance(source, str | os.PathLike) and not Path(source).exists():
+        raise IrkitError(f"{source}: no such model file")
+    kind = type(source).__name__
+    raise IrkitError(
+        f"no frontend can load {source!r} ({kind}); known frontends: "
+        f"{', '.join(registry.frontends)}"
+    )
+
+
+def optimize(
+    graph: Graph,
+    passes: str | Sequence[Any] = "",
+    *,
+    calibration: Sequence[Mapping[str, Any]] | None = None,
+    eval_data: Mapping[str, Any] | None = None,
+    labels: Any = None,
+) -> Graph:
+    """Run a pass pipeline (text like ``"fuse,quantize{mode=static}"`` or pass objects);
+    the returned graph carries one report per pass in ``graph.history``."""
+    from irkit.passes.manager import run_pipeline
+
+    return run_pipeline(graph, passes, calibration=calibration, eval_data=eval_data,
+                        labels=labels)
+
+
+def compile(graph: Graph, target: str = "ort", **options: Any) -> Artifact:  # noqa: A001
+    """Compile ``graph`` with the backend named ``target`` into an Artifact."""
+    from irkit.plugins import get_registry
+
+    backend = get_registry().get("backends", target).obj()
+    known = getattr(backend, "options", {}) or {}
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise IrkitError(
+            f"backend {target!r} has no option(s) {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(known) or 'none'}"
+        )
+    return backend.compile(graph, **options)
+
+
+def build(spec_path: str | os.PathLike, pipeline: str | None = None) -> dict[str, Path]:
+    """Build everything a spec declares: load, optimize, compile each target and save the
+    artifacts. Returns target name -> artifact directory."""
+    from irkit.builder import build_spec
+
+    return build_spec(Path(spec_path), pipeline)
+
+
