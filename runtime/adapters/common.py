@@ -42,6 +42,14 @@ one process never share counters) with:
 
 ``metrics.render() -> (bytes, content_type)`` is the Prometheus text exposition.
 
+Options and signals.
+    ``resolve_options(adapter_cls.options, given)`` checks names, types and choices of the
+    keyword options an adapter was built with and fills in defaults (TypeError/ValueError
+    naming the option). ``stop_on_signals(callback)`` is a context manager that calls
+    ``callback(signum)`` on SIGINT/SIGTERM (main thread only; elsewhere it does nothing)
+    and restores the previous handlers on exit — adapters finish their in-flight batch
+    and return from ``serve()`` normally instead of dying mid-write.
+
 Tensors (Open Inference Protocol v2 datatypes; the kafka adapter uses the same JSON form).
     ``DATATYPES`` maps "FP32", "INT64", ... to numpy dtypes; ``datatype_of(dtype)`` is the
     reverse. ``decode_tensor(obj, raw=None)`` builds an ndarray from a v2 JSON tensor
@@ -52,11 +60,15 @@ Tensors (Open Inference Protocol v2 datatypes; the kafka adapter uses the same J
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+from irkit.runtime.options import Option
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -78,8 +90,10 @@ __all__ = [
     "decode_tensor",
     "encode_tensor",
     "error_body",
+    "resolve_options",
     "signature_json",
     "split_outputs",
+    "stop_on_signals",
 ]
 
 
@@ -153,10 +167,11 @@ def error_body(exc: BaseException) -> dict[str, str]:
 def check_inputs(model: ServableModel, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Validate ``inputs`` against the model signature; ValueError/TypeError -> BadInput."""
     try:
-        model.validate(inputs)
+        checked = model.validate(inputs)
     except (ValueError, TypeError) as exc:
         raise BadInput(str(exc)) from exc
-    return dict(inputs)
+    # CompiledModel.validate returns the checked (contiguous, native-order) arrays.
+    return dict(checked) if isinstance(checked, Mapping) else dict(inputs)
 
 
 def batch_rows(inputs: Mapping[str, np.ndarray]) -> int:
@@ -368,3 +383,56 @@ def signature_json(specs: Iterable[Any]) -> list[dict[str, Any]]:
 def dumps(obj: Any) -> bytes:
     """Compact JSON bytes (NaN/Inf are not JSON: numbers like that are a model bug)."""
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+# ------------------------------------------------------------------ options, signals
+
+
+def resolve_options(declared: Mapping[str, Option], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults filled in and every given option checked against its declaration."""
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(declared)}")
+    resolved: dict[str, Any] = {}
+    for name, option in declared.items():
+        if name not in given:
+            if option.required:
+                raise TypeError(f"option {name!r} is required: {option.doc}")
+            resolved[name] = option.default
+            continue
+        value = given[name]
+        allowed = option.type if isinstance(option.type, tuple) else (option.type,)
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        nullable = value is None and option.default is None and not option.required
+        wrong = not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+        if wrong and not nullable:
+            names = "/".join(t.__name__ for t in allowed)
+            raise TypeError(f"option {name!r} must be {names}, got {value!r}")
+        if option.choices is not None and value not in option.choices:
+            raise ValueError(
+                f"option {name!r} must be one of {list(option.choices)}, got {value!r}"
+            )
+        resolved[name] = value
+    return resolved
+
+
+@contextlib.contextmanager
+def stop_on_signals(callback: Callable[[int], None]) -> Iterator[None]:
+    """Call ``callback(signum)`` on SIGINT/SIGTERM while inside the block (main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def handler(signum: int, frame: object) -> None:
+        callback(signum)
+
+    for sig in signals:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,371 @@
+"""The HTTP adapter against a real uvicorn server on 127.0.0.1, driven by httpx."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import irkit.runtime
+import numpy as np
+import pytest
+from irkit.runtime.adapters.http import HttpAdapter
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.service
+
+RNG = np.random.default_rng(42)
+
+
+def infer_json(x: np.ndarray, name: str = "x", **extra: Any) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+        ],
+        **extra,
+    }
+
+
+def metric_samples(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            samples[key] = sample.value
+    return samples
+
+
+def sample(samples: dict, name: str, **labels: str) -> float:
+    matches = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls)]
+    assert len(matches) == 1, f"{name}{labels}: {len(matches)} samples"
+    return matches[0]
+
+
+@pytest.fixture
+def server(digits_model: irkit.runtime.CompiledModel, start_server: Any) -> HttpAdapter:
+    adapter = HttpAdapter(digits_model, port=0, max_delay_ms=1.0)
+    return start_server(adapter)
+
+
+@pytest.fixture
+def client(server: HttpAdapter) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        yield http
+
+
+def test_metadata_and_health_endpoints(client: httpx.Client, server: HttpAdapter) -> None:
+    meta = client.get("/v2").json()
+    assert meta["name"] == "irkit" and "binary_tensor_data" in meta["extensions"]
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").status_code == 200
+    for path in ("/v2/models/digits", "/v2/models/digits/versions/1"):
+        model = client.get(path).json()
+        assert model["name"] == "digits"
+        assert model["versions"] == ["1"]
+        assert model["platform"] == "irkit_ort"
+        assert model["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}]
+        assert model["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    for path in ("/v2/models/digits/ready", "/v2/models/digits/versions/1/ready"):
+        assert client.get(path).status_code == 200
+    text = client.get("/metrics").text
+    assert "irkit_batch_size" in text and "irkit_queue_depth" in text
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_json_infer_equals_direct_call(
+    client: httpx.Client, digits_model: irkit.runtime.CompiledModel, nested: bool
+) -> None:
+    x = RNG.standard_normal((5, 64)).astype(np.float32)
+    body = infer_json(x, id="req-7")
+    if nested:
+        body["inputs"][0]["data"] = x.tolist()
+    for path in ("/v2/models/digits/infer", "/v2/models/digits/versions/1/infer"):
+        response = client.post(path, json=body)
+        assert response.status_code == 200, response.text
+        doc = response.json()
+        assert doc["id"] == "req-7" and doc["model_name"] == "digits"
+        [out] = doc["outputs"]
+        assert out["name"] == "logits" and out["datatype"] == "FP32" and out["shape"] == [5, 10]
+        got = np.asarray(out["data"], dtype=np.float32).reshape(5, 10)
+        np.testing.assert_allclose(got, digits_model(x=x)["logits"], rtol=1e-6)
+
+
+def test_binary_tensor_extension_round_trip(
+    client: httpx.Client, digits_model: irkit.runtime.CompiledModel
+) -> None:
+    x = RNG.standard_normal((7, 64)).astype(np.float32)
+    raw = x.astype("<f4").tobytes()
+    header = json.dumps(
+        {
+            "inputs": [{"name": "x", "shape": [7, 64], "datatype": "FP32",
+                        "parameters": {"binary_data_size": len(raw)}}],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()  # fmt: skip
+    response = client.post(
+        "/v2/models/digits/infer",
+        content=header + raw,
+        headers={"Inference-Header-Content-Length": str(len(header)),
+                 "Content-Type": "application/octet-stream"},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    split = int(response.headers["Inference-Header-Content-Length"])
+    doc = json.loads(response.content[:split])
+    [out] = doc["outputs"]
+    assert out["parameters"]["binary_data_size"] == 7 * 10 * 4
+    got = np.frombuffer(response.content[split:], dtype="<f4").reshape(out["shape"])
+    np.testing.assert_array_equal(got, digits_model(x=x)["logits"])
+
+    # JSON input, binary output requested for every output at the request level.
+    response = client.post(
+        "/v2/models/digits/infer", json=infer_json(x, parameters={"binary_data_output": True})
+    )
+    split = int(response.headers["Inference-Header-Content-Length"])
+    got = np.frombuffer(response.content[split:], dtype="<f4").reshape(7, 10)
+    np.testing.assert_allclose(got, digits_model(x=x)["logits"], rtol=1e-6)
+
+
+def test_gemm512_binary_round_trip(gemm_dir: Path, start_server: Any) -> None:
+    model = irkit.runtime.load(gemm_dir)
+    x = RNG.standard_normal((3, 512)).astype(np.float32)
+    raw = x.tobytes()
+    header = json.dumps(
+        {"inputs": [{"name": "x", "shape": [3, 512], "datatype": "FP32",
+                     "parameters": {"binary_data_size": len(raw)}}],
+         "parameters": {"binary_data_output": True}}
+    ).encode()  # fmt: skip
+    adapter = start_server(HttpAdapter(model, port=0))
+    response = httpx.post(
+        f"{adapter.url}/v2/models/gemm512/infer",
+        content=header + raw,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert response.status_code == 200, response.text
+    split = int(response.headers["Inference-Header-Content-Length"])
+    got = np.frombuffer(response.content[split:], dtype="<f4").reshape(3, 512)
+    np.testing.assert_allclose(got, model(x=x)["y"], rtol=1e-6)
+
+
+BAD_INPUTS = {
+    "wrong dtype": (
+        {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "INT64", "data": [1] * 64}]},
+        ["'x'", "float32", "int64"],
+    ),
+    "wrong shape": (infer_json(np.zeros((2, 63), np.float32)), ["'x'", "63"]),
+    "wrong name": (infer_json(np.zeros((1, 64), np.float32), name="y"), ["'y'"]),
+    "data/shape mismatch": (
+        {"inputs": [{"name": "x", "shape": [2, 64], "datatype": "FP32", "data": [0.0] * 64}]},
+        ["'x'", "128"],
+    ),
+    "unknown datatype": (
+        {"inputs": [{"name": "x", "shape": [1], "datatype": "COMPLEX", "data": [0]}]},
+        ["'x'", "COMPLEX"],
+    ),
+    "no inputs list": ({"input": []}, ["inputs"]),
+    "unknown output": (
+        infer_json(np.zeros((1, 64), np.float32), outputs=[{"name": "probs"}]),
+        ["'probs'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_400_naming_the_input(client: httpx.Client, case: str) -> None:
+    body, expected = BAD_INPUTS[case]
+    response = client.post("/v2/models/digits/infer", json=body)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    for fragment in expected:
+        assert fragment in message, (case, message)
+
+
+def test_malformed_json_and_binary_errors_are_400(client: httpx.Client) -> None:
+    response = client.post("/v2/models/digits/infer", content=b'{"inputs": [')
+    assert response.status_code == 400
+    assert "malformed JSON" in response.json()["error"]
+    header = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
+                     "parameters": {"binary_data_size": 256}}]}
+    ).encode()  # fmt: skip
+    response = client.post(
+        "/v2/models/digits/infer",
+        content=header + b"\0" * 100,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert response.status_code == 400 and "'x'" in response.json()["error"]
+    outcomes = metric_samples(client)
+    assert sample(outcomes, "irkit_requests_total", outcome="bad_input") == 2
+
+
+def test_unknown_model_or_version_is_404(client: httpx.Client) -> None:
+    x = np.zeros((1, 64), np.float32)
+    for method, path in [
+        ("POST", "/v2/models/nope/infer"),
+        ("POST", "/v2/models/digits/versions/9/infer"),
+        ("GET", "/v2/models/nope"),
+        ("GET", "/v2/models/nope/ready"),
+        ("GET", "/v2/models/digits/versions/2"),
+    ]:
+        response = client.request(method, path, json=infer_json(x))
+        assert response.status_code == 404, path
+        assert "error" in response.json()
+    assert client.get("/v2/no/such/route").json() == {"error": "Not Found"}
+
+
+def test_payload_limit_is_413_declared_and_streamed(
+    digits_model: irkit.runtime.CompiledModel, gated: Any, start_server: Any
+) -> None:
+    adapter = HttpAdapter(digits_model, port=0, max_payload_bytes=2000)
+    small = json.dumps(infer_json(np.zeros((1, 64), np.float32))).encode()
+    big = json.dumps(infer_json(np.ones((4, 64), np.float32) / 3)).encode()
+    assert len(small) < 2000 < len(big)
+    start_server(adapter)
+    with httpx.Client(base_url=adapter.url) as client:
+        assert client.post("/v2/models/digits/infer", content=small).status_code == 200
+        declared = client.post("/v2/models/digits/infer", content=big)
+        assert declared.status_code == 413
+        assert "max_payload_bytes=2000" in declared.json()["error"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer encoding
+            for start in range(0, len(big), 500):
+                yield big[start : start + 500]
+
+        streamed = client.post("/v2/models/digits/infer", content=chunks())
+        assert streamed.status_code == 413
+        assert "streamed" in streamed.json()["error"]
+
+
+def test_not_ready_until_warmup_is_503(
+    digits_model: irkit.runtime.CompiledModel, gated: Any, start_server: Any
+) -> None:
+    slow = gated(digits_model, gate_warmup=True)
+    adapter = HttpAdapter(slow, port=0)
+    start_server(adapter, wait_ready=False)
+    with httpx.Client(base_url=adapter.url) as client:
+        assert client.get("/v2/health/live").status_code == 200
+        for path in ("/v2/health/ready", "/v2/models/digits/ready"):
+            response = client.get(path)
+            assert response.status_code == 503 and "warming up" in response.json()["error"]
+        x = np.zeros((1, 64), np.float32)
+        assert client.post("/v2/models/digits/infer", json=infer_json(x)).status_code == 503
+        slow.warmup_gate.set()
+        assert adapter.ready.wait(10)
+        assert client.get("/v2/health/ready").status_code == 200
+        assert client.post("/v2/models/digits/infer", json=infer_json(x)).status_code == 200
+
+
+def test_full_queue_is_429_with_retry_after(
+    digits_model: irkit.runtime.CompiledModel, gated: Any, start_server: Any
+) -> None:
+    slow = gated(digits_model, gate_run=True)
+    adapter = HttpAdapter(slow, port=0, max_queue=1, max_batch=1)
+    x = np.zeros((1, 64), np.float32)
+    start_server(adapter)
+    with httpx.Client(base_url=adapter.url, timeout=30) as client:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(client.post, "/v2/models/digits/infer", json=infer_json(x))
+            assert slow.running.wait(10)  # the worker holds request 1 at the gate
+            second = pool.submit(client.post, "/v2/models/digits/infer", json=infer_json(x))
+            deadline = time.monotonic() + 10
+            while adapter.batcher.queue_depth < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            refused = client.post("/v2/models/digits/infer", json=infer_json(x))
+            slow.run_gate.set()
+            assert first.result().status_code == 200
+            assert second.result().status_code == 200
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert "queue full" in refused.json()["error"]
+        samples = metric_samples(client)
+    assert sample(samples, "irkit_requests_total", outcome="queue_full") == 1
+    assert sample(samples, "irkit_requests_total", outcome="ok") == 2
+
+
+def test_slow_model_is_504_after_timeout(
+    digits_model: irkit.runtime.CompiledModel, gated: Any, start_server: Any
+) -> None:
+    slow = gated(digits_model, gate_run=True)
+    adapter = HttpAdapter(slow, port=0, timeout_ms=300)
+    x = np.zeros((1, 64), np.float32)
+    start_server(adapter)
+    with httpx.Client(base_url=adapter.url, timeout=30) as client:
+        started = time.monotonic()
+        response = client.post("/v2/models/digits/infer", json=infer_json(x))
+        assert response.status_code == 504
+        assert 0.25 < time.monotonic() - started < 5
+        assert "timeout_ms=300" in response.json()["error"]
+        slow.run_gate.set()
+        assert client.post("/v2/models/digits/infer", json=infer_json(x)).status_code == 200
+
+
+def test_concurrent_requests_are_batched_and_split_correctly(
+    digits_model: irkit.runtime.CompiledModel, gated: Any, start_server: Any
+) -> None:
+    slow = gated(digits_model, gate_run=True)
+    adapter = HttpAdapter(slow, port=0, max_batch=32, max_delay_ms=5)
+    xs = [RNG.standard_normal((1 + i % 2, 64)).astype(np.float32) for i in range(21)]
+    start_server(adapter)
+    with httpx.Client(base_url=adapter.url, timeout=30) as client:
+        with ThreadPoolExecutor(21) as pool:
+            post = lambda x: client.post("/v2/models/digits/infer", json=infer_json(x))  # noqa: E731
+            first = pool.submit(post, xs[0])
+            assert slow.running.wait(10)
+            rest = [pool.submit(post, x) for x in xs[1:]]
+            deadline = time.monotonic() + 20
+            while adapter.batcher.queue_depth < 20 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert adapter.batcher.queue_depth == 20
+            slow.run_gate.set()
+            responses = [first.result()] + [f.result() for f in rest]
+        for x, response in zip(xs, responses):
+            assert response.status_code == 200, response.text
+            [out] = response.json()["outputs"]
+            got = np.asarray(out["data"], np.float32).reshape(out["shape"])
+            np.testing.assert_allclose(got, digits_model(x=x)["logits"], rtol=1e-6)
+        samples = metric_samples(client)
+    rows = sum(len(x) for x in xs)
+    assert slow.batch_sizes == [len(xs[0]), rows - len(xs[0])]
+    assert sample(samples, "irkit_batch_size_count") == 2
+    assert sample(samples, "irkit_batch_size_sum") == rows
+    assert sample(samples, "irkit_requests_total", outcome="ok") == 21
+    assert sample(samples, "irkit_request_latency_seconds_count") == 21
+    assert sample(samples, "irkit_queue_time_seconds_count") == 21
+
+
+def test_batching_under_free_running_load(
+    digits_model: irkit.runtime.CompiledModel, gated: Any, start_server: Any
+) -> None:
+    adapter = HttpAdapter(digits_model, port=0, max_batch=32, max_delay_ms=20)
+    x = np.ones((1, 64), np.float32)
+    start_server(adapter)
+    with httpx.Client(base_url=adapter.url, timeout=30) as client:
+        with ThreadPoolExecutor(16) as pool:
+            post = lambda _: client.post("/v2/models/digits/infer", json=infer_json(x))  # noqa: E731
+            statuses = [r.status_code for r in pool.map(post, range(64))]
+        samples = metric_samples(client)
+    assert statuses == [200] * 64
+    calls = sample(samples, "irkit_batch_size_count")
+    assert sample(samples, "irkit_batch_size_sum") == 64
+    assert calls < 64, "no request was batched with another"
+
+
+def test_stop_drains_in_flight_requests(
+    digits_model: irkit.runtime.CompiledModel, gated: Any, start_server: Any
+) -> None:
+    slow = gated(digits_model, gate_run=True)
+    adapter = HttpAdapter(slow, port=0)
+    x = np.zeros((2, 64), np.float32)
+    start_server(adapter)
+    with httpx.Client(base_url=adapter.url, timeout=30) as client, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(client.post, "/v2/models/digits/infer", json=infer_json(x))
+        assert slow.running.wait(10)
+        adapter.stop()  # graceful: the in-flight request still completes
+        time.sleep(0.2)
+        slow.run_gate.set()
+        assert pending.result().status_code == 200
