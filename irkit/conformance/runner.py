@@ -1,0 +1,273 @@
+"""Run node cases through a driver and classify each outcome.
+
+Drivers: ``roundtrip`` (import → print → parse → export → reference evaluation) and
+every registered backend (import → ``irkit.compile`` → save → ``irkit.runtime.load`` → run).
+"""
+
+from __future__ import annotations
+
+import enum
+import multiprocessing
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from irkit.conformance.cases import Case, load_cases
+from irkit.errors import EvaluationError, UnsupportedOpsError
+
+
+class Outcome(enum.Enum):
+    PASSED = "passed"
+    FAILED = "failed"  # wrong result, or irkit raised
+    UNSUPPORTED = "unsupported"  # an op irkit (or the backend) declares it cannot handle
+    EVALUATOR = "evaluator-error"  # the reference engines themselves could not run it
+    TIMEOUT = "timeout"
+
+
+@dataclass
+class CaseResult:
+    name: str
+    outcome: Outcome
+    ops: list[str]
+    reason: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["outcome"] = self.outcome.value
+        return d
+
+
+class CaseTimeout(Exception):
+    pass
+
+
+Runner = Callable[[list[Any]], list[Any]]
+
+
+def _roundtrip(model: onnx.ModelProto, workdir: Path) -> Runner:
+    from irkit.frontends.onnx import load_onnx
+    from irkit.ir import parse_graph, print_graph
+    from irkit.reference import evaluate
+
+    graph = load_onnx(model)
+    text = print_graph(graph)
+    reparsed = parse_graph(text, graph.weights())
+    again = print_graph(reparsed)
+    if again != text:
+        raise AssertionError("IR text does not round-trip exactly")
+    reparsed.verify()
+    names = [v.name for v in reparsed.inputs]
+    out_names = [v.name for v in reparsed.outputs]
+
+    def run(inputs: list[Any]) -> list[Any]:
+        feeds = dict(zip(names, inputs))
+        outs = evaluate(reparsed, feeds, engine=("reference", "ort"), check=True)
+        return [outs[n] for n in out_names]
+
+    return run
+
+
+def _backend(name: str) -> Callable[[onnx.ModelProto, Path], Runner]:
+    def prepare(model: onnx.ModelProto, workdir: Path) -> Runner:
+        import irkit.runtime
+        from irkit.api import compile as compile_graph
+        from irkit.frontends.onnx import load_onnx
+
+        graph = load_onnx(model)
+        artifact = compile_graph(graph, target=name)
+        path = artifact.save(workdir / "artifact")
+        compiled = irkit.runtime.load(path)
+        names = [spec.name for spec in compiled.inputs]
+        out_names = [spec.name for spec in compiled.outputs]
+
+        def run(inputs: list[Any]) -> list[Any]:
+            outs = compiled.run(dict(zip(names, inputs)))
+            return [outs[n] for n in out_names]
+
+        return run
+
+    return prepare
+
+
+def driver_for(backend: str) -> Callable[[onnx.ModelProto, Path], Runner]:
+    return _roundtrip if backend == "roundtrip" else _backend(backend)
+
+
+def compare(expected: Any, got: Any, rtol: float, atol: float, where: str = "output") -> None:
+    """Raise AssertionError unless ``got`` matches ``expected`` like ONNX's own runner."""
+    if isinstance(expected, list | tuple):
+        if not isinstance(got, list | tuple) or len(got) != len(expected):
+            raise AssertionError(f"{where}: expected a sequence of {len(expected)}, got "
+                                 f"{type(got).__name__}")
+        for i, (e, g) in enumerate(zip(expected, got)):
+            compare(e, g, rtol, atol, f"{where}[{i}]")
+        return
+    if expected is None:
+        if got is not None:
+            raise AssertionError(f"{where}: expected None (empty optional)")
+        return
+    got = np.asarray(got)
+    expected = np.asarray(expected)
+    if got.shape != expected.shape:
+        raise AssertionError(f"{where}: shape {got.shape} != expected {expected.shape}")
+    if expected.dtype == object or got.dtype == object:
+        if not np.array_equal(got.astype(object), expected.astype(object)):
+            raise AssertionError(f"{where}: string values differ")
+        return
+    if got.dtype != expected.dtype:
+        raise AssertionError(f"{where}: dtype {got.dtype} != expected {expected.dtype}")
+    if expected.dtype.name == "bfloat16":
+        rtol = max(rtol, 2**-6)
+    if not expected.dtype.isnative or expected.dtype.kind not in "biufc":
+        got, expected = got.astype(np.float32), expected.astype(np.float32)
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol, err_msg=where)
+
+
+def _ops_of(model: onnx.ModelProto) -> list[str]:
+    ops = {f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+           for n in model.graph.node}
+    return sorted(ops) or ["(none)"]
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise CaseTimeout()
+
+
+def run_case(case: Case, backend: str, timeout: float = 60.0) -> CaseResult:
+    start = time.perf_counter()
+    model = case.load_model()
+    ops = _ops_of(model)
+
+    def result(outcome: Outcome, reason: str = "") -> CaseResult:
+        return CaseResult(case.name, outcome, ops, reason[:400],
+                          round(time.perf_counter() - start, 3))
+
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        with tempfile.TemporaryDirectory(prefix="irkit-conf-") as tmp:
+            runner = driver_for(backend)(model, Path(tmp))
+            for k, (inputs, expected) in enumerate(case.data_sets(model)):
+                got = runner(inputs)
+                compare(expected, got, case.rtol, case.atol, f"data set {k}")
+        return result(Outcome.PASSED)
+    except CaseTimeout:
+        return result(Outcome.TIMEOUT, f"exceeded {timeout:.0f} s")
+    except UnsupportedOpsError as exc:
+        return result(Outcome.UNSUPPORTED, str(exc))
+    except EvaluationError as exc:
+        return result(Outcome.EVALUATOR, str(exc))
+    except AssertionError as exc:
+        return result(Outcome.FAILED, "wrong result: " + " ".join(str(exc).split())[:300])
+    except Exception as exc:  # any other irkit failure is a failed case, with its reason
+        return result(Outcome.FAILED, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _worker(args: tuple[Case, str, float]) -> CaseResult:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    case, backend, timeout = args
+    return run_case(case, backend, timeout)
+
+
+@dataclass
+class ConformanceReport:
+    backend: str
+    results: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(r.outcome.value for r in self.results)
+
+    def per_op(self) -> dict[str, Counter[str]]:
+        table: dict[str, Counter[str]] = defaultdict(Counter)
+        for r in self.results:
+            for op in r.ops:
+                table[op][r.outcome.value] += 1
+        return dict(sorted(table.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "onnx_version": onnx.__version__,
+            "total": len(self.results),
+            "counts": dict(self.counts),
+            "per_op": {op: dict(c) for op, c in self.per_op().items()},
+            "cases": [r.to_dict() for r in sorted(self.results, key=lambda r: r.name)],
+        }
+
+    def format(self, show_ops: bool = True, show_failures: bool = True) -> str:
+        counts = self.counts
+        total = len(self.results)
+        cols = [o.value for o in Outcome]
+        lines = [f"irkit conformance — backend {self.backend}, onnx {onnx.__version__}, "
+                 f"{total} node cases"]
+        for col in cols:
+            pct = 100.0 * counts[col] / total if total else 0.0
+            lines.append(f"  {col:<16}{counts[col]:>6}  ({pct:5.1f}%)")
+        if show_ops:
+            lines.append("")
+            lines.append(f"{'op':<36}" + "".join(f"{c[:11]:>12}" for c in cols))
+            for op, c in self.per_op().items():
+                lines.append(f"{op:<36}" + "".join(f"{c[col]:>12}" for col in cols))
+        if show_failures:
+            bad = [r for r in self.results if r.outcome is not Outcome.PASSED]
+            if bad:
+                lines.append("")
+                lines.append(f"not passed ({len(bad)}):")
+                for r in sorted(bad, key=lambda r: (r.outcome.value, r.name)):
+                    first = r.reason.splitlines()[0] if r.reason else ""
+                    lines.append(f"  [{r.outcome.value}] {r.name}: {first}")
+        return "\n".join(lines)
+
+
+def run_conformance(
+    backend: str = "roundtrip",
+    *,
+    pattern: str | None = None,
+    cache_dir: Path | None = None,
+    jobs: int = 0,
+    timeout: float = 60.0,
+    progress: bool = True,
+    limit: int | None = None,
+) -> ConformanceReport:
+    """Run every (matching) node case through ``backend``; returns the full report."""
+    cases = load_cases(cache_dir, pattern)
+    if limit is not None:
+        cases = cases[:limit]
+    report = ConformanceReport(backend)
+    jobs = jobs or (multiprocessing.cpu_count() or 1)
+    work = [(case, backend, timeout) for case in cases]
+    results: Iterable[CaseResult]
+    if jobs == 1:
+        results = (_worker(w) for w in work)
+        pool = None
+    else:
+        pool = multiprocessing.get_context("fork").Pool(jobs, maxtasksperchild=200)
+        results = pool.imap_unordered(_worker, work, chunksize=4)
+    try:
+        for i, res in enumerate(results, 1):
+            report.results.append(res)
+            if progress and (i % 100 == 0 or i == len(work)):
+                c = report.counts
+                print(f"  {i}/{len(work)} cases: {c['passed']} passed, {c['failed']} failed, "
+                      f"{c['unsupported']} unsupported", file=sys.stderr, flush=True)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return report
