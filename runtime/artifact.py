@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -188,9 +189,11 @@ class Manifest:
                 and all(c in "0123456789abcdef" for c in digest)
             ):
                 raise ArtifactError(f"{where}: sha256 of {relpath!r} is not 64 hex digits")
-        for key, kind in (("entry", dict), ("options", dict), ("report", list)):
-            if not isinstance(data.get(key, kind()), kind):
-                raise ArtifactError(f"{where}: {key!r} must be a JSON {kind.__name__}")
+        for optional, container in (("entry", dict), ("options", dict), ("report", list)):
+            if not isinstance(data.get(optional, container()), container):
+                raise ArtifactError(
+                    f"{where}: {optional!r} must be a JSON {container.__name__}"
+                )
         return cls(
             name=data["name"],
             backend=data["backend"],
@@ -288,12 +291,20 @@ def read_verified(artifact_dir: str | os.PathLike[str], manifest: Manifest, relp
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """An ``.npz`` file holding ``arrays``; object arrays (which would pickle) are refused."""
-    for name, array in arrays.items():
-        if np.asarray(array).dtype.hasobject:
-            raise ArtifactError(f"weight {name!r} has dtype object; artifacts never pickle")
+    """An ``.npz`` file holding ``arrays``; object arrays (which would pickle) are refused.
+
+    The output is deterministic (fixed zip timestamps, insertion order), so the same
+    weights always give the same checksum.
+    """
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(a) for name, a in arrays.items()})
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            array = np.asarray(value)
+            if array.dtype.hasobject:
+                raise ArtifactError(f"weight {name!r} has dtype object; artifacts never pickle")
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -360,8 +371,9 @@ class Artifact:
         """Write the artifact directory at ``path`` and return it.
 
         Files go into a temporary sibling directory, ``manifest.json`` last, which then
-        replaces ``path``; a crash leaves either the old artifact or the new one, never a
-        mix. An existing artifact (a directory with ``manifest.json``) or an empty directory
+        replaces ``path`` by rename: readers never see a half-written artifact. (Replacing
+        an existing artifact takes two renames; a crash between them leaves the old one in
+        a hidden ``.<name>.old.*`` sibling and no ``path``.) An existing artifact (a directory with ``manifest.json``) or an empty directory
         is replaced; any other existing path is refused.
         """
         target = Path(path)

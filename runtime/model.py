@@ -101,7 +101,7 @@ class CompiledModel:
         else:
             with self._lock:
                 produced = runner.run(arrays)
-        return self._collect(produced)
+        return self._collect(produced, bindings)
 
     def _empty_outputs(
         self, arrays: Mapping[str, np.ndarray], bindings: Mapping[str, int]
@@ -123,15 +123,32 @@ class CompiledModel:
             outputs[spec.name] = np.empty(shape, dtype=spec.dtype)
         return outputs
 
-    def _collect(self, produced: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _collect(
+        self, produced: Mapping[str, np.ndarray], bindings: Mapping[str, int]
+    ) -> dict[str, np.ndarray]:
+        """Outputs in signature order, checked against the signature.
+
+        A mismatch here is a backend bug, not a user error, so it is an ``ArtifactError``
+        naming the backend: better than handing a client a wrongly typed tensor.
+        """
         outputs: dict[str, np.ndarray] = {}
+        symbols = dict(bindings)
         for spec in self.manifest.outputs:
             if spec.name not in produced:
                 raise ArtifactError(
                     f"backend {self.backend!r} did not produce output {spec.name!r} "
                     f"of model {self.name!r}"
                 )
-            outputs[spec.name] = np.asarray(produced[spec.name])
+            array = np.asarray(produced[spec.name])
+            if array.dtype != spec.dtype or not _matches(spec, array.shape, symbols):
+                bound = ", ".join(f"{k}={v}" for k, v in bindings.items())
+                raise ArtifactError(
+                    f"backend {self.backend!r} produced output {spec.name!r} of model "
+                    f"{self.name!r} as {array.dtype.name}{format_shape(array.shape)}, but the "
+                    f"signature says {spec.dtype.name}{format_shape(spec.shape)}"
+                    + (f" with {bound}" if bound else "")
+                )
+            outputs[spec.name] = array
         return outputs
 
     def warmup(self) -> dict[str, np.ndarray]:
@@ -170,6 +187,18 @@ class CompiledModel:
             f"CompiledModel({self.name!r}, backend={self.backend!r}, "
             f"({side(self.manifest.inputs)}) -> ({side(self.manifest.outputs)}))"
         )
+
+
+def _matches(spec: TensorSpec, shape: tuple[int, ...], bindings: dict[str, int]) -> bool:
+    """Whether ``shape`` fits ``spec`` under ``bindings``; binds symbols only outputs use."""
+    if len(shape) != spec.rank:
+        return False
+    for dim, size in zip(spec.shape, shape):
+        if isinstance(dim, int) and dim != size:
+            return False
+        if isinstance(dim, str) and bindings.setdefault(dim, size) != size:
+            return False
+    return True
 
 
 def load(path: str | os.PathLike[str], **options: Any) -> CompiledModel:

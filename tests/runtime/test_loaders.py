@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,3 +177,48 @@ def test_entry_point_group_adds_a_backend(tmp_path: Path) -> None:
     result = json.loads(done.stdout)
     assert result["y"] == [0, 2, 4]
     assert "doubler" in result["known"] and "ort" in result["known"]
+
+
+class FixedRunner:
+    """A backend that returns whatever it was built with: used to show output checking."""
+
+    thread_safe = True
+
+    def __init__(self, outputs: dict[str, np.ndarray]) -> None:
+        self.outputs = outputs
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.outputs
+
+
+def fixed_model(tmp_path: Path, out_spec: TensorSpec, produced: dict[str, np.ndarray]) -> Any:
+    register_loader("test-fixed", lambda directory, manifest: FixedRunner(produced), replace=True)
+    artifact = Artifact(
+        "fixed", "test-fixed", "any",
+        (TensorSpec("x", np.dtype("float32"), ("N", 2)),), (out_spec,),
+    )
+    return load(artifact.save(tmp_path / "fixed"))
+
+
+def test_backend_outputs_are_checked_against_the_signature(tmp_path: Path) -> None:
+    x = np.zeros((3, 2), np.float32)
+    try:
+        spec = TensorSpec("y", np.dtype("float32"), ("N", "M", None))
+        model = fixed_model(tmp_path, spec, {"y": np.ones((3, 7, 2), np.float32)})
+        assert model(x=x)["y"].shape == (3, 7, 2)  # M and ? are whatever the backend says
+
+        model = fixed_model(tmp_path, spec, {"y": np.ones((3, 7, 2), np.float64)})
+        with pytest.raises(ArtifactError) as info:
+            model(x=x)
+        assert str(info.value) == (
+            "backend 'test-fixed' produced output 'y' of model 'fixed' as float64[3,7,2], "
+            "but the signature says float32[N,M,?] with N=3"
+        )
+        model = fixed_model(tmp_path, spec, {"y": np.ones((4, 7, 2), np.float32)})
+        with pytest.raises(ArtifactError, match=r"as float32\[4,7,2\], but the signature says float32\[N,M,\?\] with N=3"):
+            model(x=x)
+        model = fixed_model(tmp_path, spec, {"z": np.ones((3, 7, 2), np.float32)})
+        with pytest.raises(ArtifactError, match="did not produce output 'y'"):
+            model(x=x)
+    finally:
+        unregister_loader("test-fixed")
