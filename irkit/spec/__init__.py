@@ -27,6 +27,19 @@ Language rules (see ``spec.lark`` for the grammar):
 - A file holds one or more pipelines with distinct names; in a pipeline, ``model`` is
   required, ``inputs``/``eval``/``passes``/``output`` appear at most once, target names
   and serve adapters are unique. Passes may repeat.
+- ``target NAME { backend = "llvm", ... }`` names a target; without ``backend`` the target
+  name is the backend name, so ``target wasm {}`` (or just ``target wasm``) uses ``wasm``.
+- Data reference keywords: ``input`` (array key or column name(s)), ``labels``, ``limit``
+  for all formats except that ``npy`` has no ``input``; ``csv`` adds ``delimiter`` and
+  ``header``. Dtypes: ``bool bf16 f16 f32 f64 i8 i16 i32 i64 u8 u16 u32 u64``.
+
+Validation (``validate``, run by ``parse_spec`` unless ``validate=False``) checks names of
+frontends, passes, backends and adapters against the plugin registry with a did-you-mean,
+and option names, types (an int is accepted for a float; ``object`` takes anything; a
+string for a Path option becomes an absolute Path) and choices against ``Entry.options``.
+Parts whose module cannot be imported yet are checked by name only. With ``check_files``
+(the default) the model file and every data reference in ``model``, ``eval`` and pass
+options must exist; serve options are runtime concerns and are not checked.
 
 ``parse_spec`` parses and (by default) validates against the plugin registry; every error
 is a :class:`SpecError` that names ``file:line:column`` and shows the line with a caret.

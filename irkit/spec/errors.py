@@ -28,6 +28,10 @@ class SpecError(IrkitError):
         self.source_line = source_line
         super().__init__(format_error(message, file, line, column, source_line))
 
+    def __reduce__(self) -> tuple[type[SpecError], tuple[str, str, int, int, str | None]]:
+        # Picklable (multiprocessing, pytest-xdist) despite the custom constructor.
+        return (SpecError, (self.message, self.file, self.line, self.column, self.source_line))
+
     @property
     def location(self) -> str:
         """``file:line:column``, the prefix of the formatted message."""

@@ -62,7 +62,8 @@ class Options(Mapping[str, Any]):
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(tuple(self._values.items()))
+        # Order-insensitive, like __eq__; values are hashable (lists are parsed to tuples).
+        return hash(frozenset(self._values.items()))
 
     def __repr__(self) -> str:
         return f"Options({dict(self._values)!r})"

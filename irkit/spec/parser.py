@@ -7,7 +7,6 @@ checks are :func:`irkit.spec.validate.validate`'s job.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,17 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import (
-    UnexpectedCharacters,
-    UnexpectedEOF,
-    UnexpectedInput,
-    UnexpectedToken,
-    VisitError,
-)
-from lark.lexer import PatternStr
+from lark import Token, Transformer, v_args
+from lark.exceptions import UnexpectedInput, VisitError
 
-from irkit.plugins import unknown_name_message
+from irkit.plugins import Registry, unknown_name_message
 from irkit.spec.errors import SpecError, spec_error
 from irkit.spec.model import (
     DataRef,
@@ -39,8 +31,7 @@ from irkit.spec.model import (
     SpecFile,
     TargetSpec,
 )
-
-GRAMMAR = Path(__file__).with_name("spec.lark")
+from irkit.spec.syntax import grammar, syntax_error
 
 DTYPES = ("bool", "bf16", "f16", "f32", "f64", "i8", "i16", "i32", "i64", "u8", "u16",
           "u32", "u64")
@@ -59,15 +50,6 @@ DATA_FORMATS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _ENV_NAME = re.compile(r"[A-Za-z_]\w*")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r", "$": "$"}
-_TERMINAL_WORDS = {"NAME": "a name", "STRING": "a string", "NUMBER": "a number",
-                   "$END": "end of file"}
-
-
-@functools.cache
-def _lark() -> Lark:
-    return Lark.open(str(GRAMMAR), parser="lalr", propagate_positions=True)
-
-
 @dataclass(frozen=True)
 class _Located:
     """A value with the position it was written at (only lives during parsing)."""
@@ -104,7 +86,7 @@ def parse_spec(
     *,
     text: str | None = None,
     validate: bool = True,
-    registry: Any = None,
+    registry: Registry | None = None,
     check_files: bool = True,
     env: Mapping[str, str] | None = None,
 ) -> SpecFile:
@@ -120,7 +102,7 @@ def parse_spec(
     path = Path(os.path.abspath(Path(source).expanduser()))
     if text is None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM
         except (OSError, UnicodeDecodeError) as exc:
             raise SpecError(f"cannot read spec file: {exc}", display, 1, 1) from None
     spec = parse_text(text, display=display, path=path,
@@ -135,89 +117,17 @@ def parse_spec(
 def parse_text(text: str, *, display: str, path: Path, env: Mapping[str, str]) -> SpecFile:
     """Parse ``text`` without validation; ``path`` anchors relative paths."""
     try:
-        tree = _lark().parse(text)
+        tree = grammar().parse(text)
     except UnexpectedInput as exc:
-        raise _syntax_error(exc, display, text) from None
+        raise syntax_error(exc, display, text) from None
     builder = _SpecBuilder(display, text, path.parent, env)
     try:
         pipelines: tuple[Pipeline, ...] = builder.transform(tree)
     except VisitError as exc:
         raise exc.orig_exc from None
+    except RecursionError:  # the transformer recurses; only absurd list nesting gets here
+        raise spec_error("values are nested too deeply", display, text, 1, 1) from None
     return SpecFile(path=path, pipelines=pipelines, display_name=display, text=text)
-
-
-# ---------------------------------------------------------------- syntax errors
-
-
-def _syntax_error(exc: UnexpectedInput, file: str, text: str) -> SpecError:
-    if isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
-        if char == '"':
-            message = "unterminated string (a string ends with \" on the same line)"
-        else:
-            # The contextual lexer's ``allowed`` set is not the parser state's, so listing it
-            # would mislead; the caret shows where the stray character is.
-            message = f"unexpected character {char!r}"
-        return spec_error(message, file, text, exc.line, exc.column)
-    if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
-        token = exc.token
-        message = f"unexpected {_describe_token(token)}"
-        message += f"; expected {_describe_expected(_acceptable(exc))}"
-        return spec_error(message, file, text, token.line or 1, token.column or 1)
-    if isinstance(exc, UnexpectedToken | UnexpectedEOF):
-        line, column = _end_position(text)
-        message = f"unexpected end of file; expected {_describe_expected(_acceptable(exc))}"
-        return spec_error(message, file, text, line, column)
-    return spec_error(f"syntax error: {exc}", file, text, 1, 1)
-
-
-def _acceptable(exc: UnexpectedToken | UnexpectedEOF) -> set[str]:
-    """Terminals the parser would really accept at the error.
-
-    ``exc.expected`` comes from the LALR state before pending reductions, so it can list
-    tokens (like ')' after a finished call) that are not acceptable; the interactive
-    parser replays each terminal through the reductions to find the true set.
-    """
-    interactive = getattr(exc, "interactive_parser", None)
-    if interactive is not None:
-        accepted = set(interactive.accepts())
-        if accepted:
-            return accepted
-    return set(exc.expected)
-
-
-def _describe_token(token: Token) -> str:
-    if token.type == "NAME":
-        return f"name {token.value!r}"
-    if token.type == "STRING":
-        return f"string {token.value}"
-    if token.type == "NUMBER":
-        return f"number {token.value}"
-    return repr(token.value)
-
-
-def _describe_expected(names: set[str] | frozenset[str] | list[str]) -> str:
-    terminals = {t.name: t for t in _lark().terminals}
-    literals: list[str] = []
-    words: list[str] = []
-    for name in sorted(names):
-        terminal = terminals.get(name)
-        if name in _TERMINAL_WORDS:
-            words.append(_TERMINAL_WORDS[name])
-        elif terminal is not None and isinstance(terminal.pattern, PatternStr):
-            literals.append(repr(terminal.pattern.value))
-        else:
-            words.append(name)
-    described = sorted(literals) + sorted(words)
-    if len(described) == 1:
-        return described[0]
-    return "one of " + ", ".join(described)
-
-
-def _end_position(text: str) -> tuple[int, int]:
-    stripped = text.rstrip()
-    lines = stripped.splitlines() or [""]
-    return len(lines), len(lines[-1]) + 1
 
 
 # ---------------------------------------------------------------- tree -> dataclasses
@@ -258,7 +168,7 @@ class _SpecBuilder(Transformer[Token, Any]):
     def false(self, meta: Any, children: list[Any]) -> _Located:
         return _Located(False, meta.line, meta.column)
 
-    def list(self, meta: Any, children: list[_Located | None]) -> _Located:
+    def list_value(self, meta: Any, children: list[_Located | None]) -> _Located:
         items = tuple(child for child in children if child is not None)
         return _Located(items, meta.line, meta.column)
 

@@ -250,3 +250,28 @@ def test_env_default_is_a_real_mapping_not_os_environ_copy() -> None:
         assert spec.pipeline().model.path == Path("/s/late")
     finally:
         del os.environ[key]
+
+
+def test_crlf_line_endings_and_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "win.irk"
+    path.write_bytes(b'\xef\xbb\xbfpipeline a {\r\n  model = onnx("m")\r\n  passes { fusee }\r\n}\r\n')
+    with pytest.raises(SpecError) as info:
+        parse_spec(path, registry=make_registry(), check_files=False)
+    assert (info.value.line, info.value.column) == (3, 12)
+    assert str(info.value).splitlines()[1] == "    passes { fusee }"
+
+
+def test_spec_errors_pickle() -> None:
+    import pickle
+
+    with pytest.raises(SpecError) as info:
+        parse('pipeline a { model = onnx("m") target tpu }')
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (copy.file, copy.line, copy.column, str(copy)) == (
+        info.value.file, info.value.line, info.value.column, str(info.value))
+
+
+def test_absurdly_deep_nesting_is_a_spec_error() -> None:
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(SpecError, match="nested too deeply"):
+        parse(f'pipeline a {{ model = onnx("m") passes {{ tag {{ label = "x", extra = {deep} }} }} }}')
