@@ -142,7 +142,7 @@ class TensorSpec:
         shape = data["shape"]
         if not isinstance(shape, list | tuple):
             raise ValueError(f"tensor {data['name']!r}: shape must be a list, got {shape!r}")
-        return cls(str(data["name"]), parse_dtype(data["dtype"]), tuple(shape))
+        return cls(data["name"], parse_dtype(data["dtype"]), tuple(shape))
 
     def metadata(self) -> dict[str, Any]:
         """HTTP metadata: OIP v2 ``datatype`` and ``shape`` (-1 = variable), plus ours."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from irkit.runtime import CompiledModel, InputError
+from irkit.runtime import ArtifactError, CompiledModel, InputError, Manifest, TensorSpec
+from irkit.runtime.artifact import manifest_digest
 
 Reference = Callable[..., dict[str, np.ndarray]]
 
@@ -95,3 +97,46 @@ def test_valid_inputs_in_every_layout_match_onnxruntime(
     assert out["y"].shape == (n, 3)
     if n:
         np.testing.assert_allclose(out["y"], mlp_reference(x=x, s=s)["y"], rtol=1e-6)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 70) | st.floats(allow_nan=False) | st.text(max_size=4),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=12,
+)
+GOOD = {
+    "format_version": 1, "name": "m", "backend": "ort", "target": "cpu",
+    "signature": {"inputs": [{"name": "x", "dtype": "float32", "shape": ["N", 4]}], "outputs": []},
+    "entry": {}, "options": {}, "files": {"a.bin": "0" * 64}, "report": [], "created_by": "t",
+}
+
+
+@st.composite
+def mutated_manifest(draw: st.DrawFn) -> dict[str, Any]:
+    data = json.loads(json.dumps(GOOD))
+    for _ in range(draw(st.integers(1, 3))):
+        target = data
+        path = draw(st.sampled_from([
+            ("format_version",), ("name",), ("backend",), ("signature",), ("signature", "inputs"),
+            ("files",), ("entry",), ("report",), ("options",), ("files", "a.bin"),
+        ]))
+        for key in path[:-1]:
+            target = target[key] if isinstance(target, dict) and isinstance(target.get(key), dict) else {}
+        target[path[-1]] = draw(JSON)
+    data["manifest_sha256"] = manifest_digest(data)
+    return data
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=mutated_manifest())
+def test_malformed_manifests_raise_only_artifact_errors(data: dict[str, Any]) -> None:
+    try:
+        manifest = Manifest.from_dict(data, where="fuzz/manifest.json")
+    except ArtifactError as exc:
+        assert "fuzz/manifest.json" in str(exc)
+        return
+    # Whatever was accepted is well-formed and survives a round trip.
+    assert isinstance(manifest.name, str) and manifest.format_version == 1
+    assert all(isinstance(spec, TensorSpec) for spec in manifest.inputs)
+    again = json.loads(manifest.to_json())
+    assert Manifest.from_dict(again) == manifest
