@@ -23,6 +23,7 @@ from irkit.errors import IrkitError
 from irkit.runtime.options import Option
 
 KINDS = ("frontends", "passes", "backends", "adapters")
+SINGULAR = {"frontends": "frontend", "passes": "pass", "backends": "backend", "adapters": "adapter"}
 ENTRY_POINT_GROUP = "irkit"
 
 
@@ -51,7 +52,7 @@ class Entry:
                     target = getattr(importlib.import_module(module_name), attr)
                 except (ImportError, AttributeError) as exc:
                     raise PluginError(
-                        f"{self.kind[:-1]} {self.name!r} from plugin {self.plugin!r} "
+                        f"{SINGULAR[self.kind]} {self.name!r} from plugin {self.plugin!r} "
                         f"({self.dist}) could not be imported from {self.target!r}: {exc}"
                     ) from exc
             self._resolved = target
@@ -129,7 +130,7 @@ class Registry:
     def get(self, kind: str, name: str) -> Entry:
         table = self.of(kind)
         if name not in table:
-            raise PluginError(unknown_name_message(kind[:-1], name, table))
+            raise PluginError(unknown_name_message(SINGULAR[kind], name, table))
         return table[name]
 
     def entries(self) -> Iterable[Entry]:
@@ -174,7 +175,7 @@ class PluginManager:
             if entry_name in table:
                 other = table[entry_name]
                 raise PluginError(
-                    f"{kind[:-1]} {entry_name!r} is registered twice: by plugin "
+                    f"{SINGULAR[kind]} {entry_name!r} is registered twice: by plugin "
                     f"{other.plugin!r} ({other.dist}) and by plugin {plugin!r} ({dist})"
                 )
             table[entry_name] = Entry(kind, entry_name, obj, plugin, dist)

@@ -27,7 +27,7 @@ from irkit.ir import Graph, Node, TensorType, UnknownType, Value
 from irkit.ops import is_irkit_op
 
 MIN_OPSET = 13
-STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training")
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview", "ai.onnx.preview.training")
 
 
 class OnnxFrontend:

@@ -1,0 +1,184 @@
+"""Build what a spec pipeline declares: load the model, check the declared inputs, run the
+passes (with eval and calibration data), compile every target and save the artifacts."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from irkit.errors import IrkitError
+from irkit.ir import DType, Graph, TensorType
+
+DATA_KEYS = ("input", "inputs")
+
+
+def read_data(ref: Any) -> dict[str, np.ndarray]:
+    """Arrays of a spec data reference (npz/npy/csv/parquet) by name. Never unpickles."""
+    path = Path(ref.path)
+    if not path.is_file():
+        raise IrkitError(f"{path}: data file not found")
+    fmt = ref.format
+    if fmt == "npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    if fmt == "npy":
+        return {"": np.load(path, allow_pickle=False)}
+    if fmt == "csv":
+        return {"": np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)}
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        return {"": np.stack([c.to_numpy() for c in table.columns], axis=1).astype(np.float32)}
+    raise IrkitError(f"{path}: unsupported data format {fmt!r}")
+
+
+def model_feeds(ref: Any, graph: Graph) -> dict[str, np.ndarray]:
+    """Map a data reference onto the graph's inputs.
+
+    ``input = "x"`` names the array for a single-input model; ``inputs = ["a", "b"]`` one
+    array per model input in order; otherwise arrays whose names match the inputs are used.
+    """
+    arrays = read_data(ref)
+    names = [v.name for v in graph.inputs]
+    options = dict(ref.options)
+    if "input" in options:
+        keys = [options["input"]]
+    elif "inputs" in options:
+        keys = list(options["inputs"])
+    elif "" in arrays:
+        keys = [""]
+    else:
+        keys = names
+    if len(keys) != len(names):
+        raise IrkitError(f"{ref.path}: {len(keys)} arrays named for {len(names)} model inputs "
+                         f"({', '.join(names)})")
+    feeds = {}
+    for name, key in zip(names, keys):
+        if key not in arrays:
+            raise IrkitError(f"{ref.path}: no array {key!r} (has: {', '.join(arrays)})")
+        feeds[name] = arrays[key]
+    return feeds
+
+
+def labels_of(ref: Any) -> np.ndarray | None:
+    key = dict(ref.options).get("labels")
+    if key is None:
+        return None
+    arrays = read_data(ref)
+    if key not in arrays:
+        raise IrkitError(f"{ref.path}: no labels array {key!r} (has: {', '.join(arrays)})")
+    return arrays[key]
+
+
+def apply_input_decls(graph: Graph, decls: tuple[Any, ...], where: str) -> None:
+    """Check declared inputs against the model and fill in dims the model left open."""
+    by_name = {v.name: v for v in graph.inputs}
+    for decl in decls:
+        value = by_name.get(decl.name)
+        if value is None:
+            raise IrkitError(f"{where}:{decl.line}:{decl.column}: the model has no input "
+                             f"{decl.name!r} (inputs: {', '.join(by_name)})")
+        dtype = DType.from_short(decl.dtype)
+        declared = TensorType(dtype, tuple(decl.shape))
+        current = value.type
+        if isinstance(current, TensorType):
+            problems = current.dtype is not dtype or (
+                current.shape is not None and len(current.shape) != len(decl.shape)
+            )
+            if not problems and current.shape is not None:
+                problems = any(isinstance(a, int) and isinstance(b, int) and a != b
+                               for a, b in zip(current.shape, decl.shape))
+            if problems:
+                raise IrkitError(
+                    f"{where}:{decl.line}:{decl.column}: input {decl.name!r} is declared "
+                    f"{declared} but the model has {current}"
+                )
+        value.type = declared
+
+
+def _calibration(pass_spec: Any, graph: Graph) -> list[dict[str, np.ndarray]] | None:
+    from irkit.spec import DataRef
+
+    for value in pass_spec.options.values():
+        if isinstance(value, DataRef):
+            feeds = model_feeds(value, graph)
+            count = len(next(iter(feeds.values())))
+            step = 32
+            return [{k: v[i : i + step] for k, v in feeds.items()} for i in range(0, count, step)]
+    return None
+
+
+def load_pipeline_model(pipeline: Any) -> Graph:
+    from irkit.api import load_model
+
+    source = pipeline.model
+    if source.kind == "onnx":
+        graph = load_model(source.path, frontend="onnx")
+    else:
+        options = dict(source.options)
+        example = options.pop("example", None)
+        example_inputs = None
+        if example is not None:
+            example_inputs = tuple(read_data(example).values())
+        graph = load_model(source.factory, frontend=source.kind,
+                           example_inputs=example_inputs, **options)
+    apply_input_decls(graph, pipeline.inputs, pipeline.file)
+    return graph
+
+
+def optimize_pipeline(pipeline: Any, graph: Graph) -> Graph:
+    from irkit.api import optimize
+
+    if not pipeline.passes:
+        return graph
+    eval_data = labels = None
+    if pipeline.eval is not None:
+        eval_data = model_feeds(pipeline.eval, graph)
+        labels = labels_of(pipeline.eval)
+    calibration = None
+    for spec in pipeline.passes:
+        calibration = calibration or _calibration(spec, graph)
+    return optimize(graph, pipeline.pass_pipeline_text(), calibration=calibration,
+                    eval_data=eval_data, labels=labels)
+
+
+def build_pipeline(pipeline: Any, *, target: str | None = None,
+                   log: Any = sys.stderr) -> dict[str, Path]:
+    from irkit.api import compile as compile_graph
+
+    start = time.perf_counter()
+    graph = load_pipeline_model(pipeline)
+    graph = optimize_pipeline(pipeline, graph)
+    targets = [pipeline.target(target)] if target else list(pipeline.targets)
+    if not targets:
+        raise IrkitError(f"{pipeline.file}: pipeline {pipeline.name!r} declares no target")
+    built: dict[str, Path] = {}
+    for spec in targets:
+        t0 = time.perf_counter()
+        artifact = compile_graph(graph, target=spec.backend, **dict(spec.options))
+        out = artifact.save(Path(pipeline.output) / spec.name)
+        built[spec.name] = out
+        print(f"irkit: built {pipeline.name}/{spec.name} ({spec.backend}) -> {out} "
+              f"in {time.perf_counter() - t0:.2f} s", file=log)
+    print(f"irkit: pipeline {pipeline.name!r} done in {time.perf_counter() - start:.2f} s",
+          file=log)
+    return built
+
+
+def build_spec(path: Path, pipeline: str | None = None, *, target: str | None = None,
+               log: Any = sys.stderr) -> dict[str, Path]:
+    """Build one pipeline of a spec file (the only one when ``pipeline`` is None)."""
+    from irkit.spec import parse_spec
+
+    spec = parse_spec(path)
+    return build_pipeline(spec.pipeline(pipeline), target=target, log=log)
+
+
+def feeds_summary(feeds: Mapping[str, np.ndarray]) -> str:
+    return ", ".join(f"{k}: {v.dtype}{list(v.shape)}" for k, v in feeds.items())

@@ -1,0 +1,331 @@
+"""The ``irkit`` command. User errors print one line and exit 2; ``--debug`` shows tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from irkit.errors import IrkitError
+
+EXIT_USER_ERROR = 2
+
+
+def _load_any(source: str) -> Any:
+    from irkit.api import load_model
+
+    if ":" in source and not Path(source).exists() and not source.endswith(".onnx"):
+        return load_model(source, frontend="torch")
+    return load_model(source)
+
+
+def summarize(graph: Any) -> str:
+    """Op histogram, parameter count/bytes and the signature of a graph."""
+    from irkit.ir import format_type
+
+    ops = Counter(node.qualified_op for node in graph.walk())
+    weights = graph.weights()
+    params = sum(int(a.size) for a in weights.values())
+    nbytes = sum(int(a.nbytes) for a in weights.values())
+    lines = [f"graph {graph.name}: {sum(ops.values())} nodes, {len(weights)} constants, "
+             f"{params:,} parameters ({nbytes / 1e6:.3f} MB)"]
+    for v in graph.inputs:
+        lines.append(f"  input  {v.name}: {format_type(v.type)}")
+    for v in graph.outputs:
+        lines.append(f"  output {v.name}: {format_type(v.type)}")
+    lines.append("  ops: " + ", ".join(f"{op} x{n}" for op, n in ops.most_common()))
+    return "\n".join(lines)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    graph = _load_any(args.model)
+    if not args.summary_only:
+        print(graph.to_text())
+    print(summarize(graph))
+    if args.dot:
+        Path(args.dot).write_text(graph.to_dot())
+        print(f"wrote {args.dot}", file=sys.stderr)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from irkit.plugins import KINDS, get_registry
+
+    registry = get_registry()
+    for kind in KINDS:
+        print(f"{kind}:")
+        for name, entry in sorted(registry.of(kind).items()):
+            target = entry.target if isinstance(entry.target, str) else repr(entry.target)
+            print(f"  {name:<14} plugin {entry.plugin:<12} dist {entry.dist:<14} {target}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from irkit.api import compile as compile_graph
+    from irkit.api import optimize
+    from irkit.builder import build_spec
+
+    if args.source.endswith(".irk"):
+        if args.passes or args.output:
+            raise IrkitError("--passes and -o apply to a model; a spec declares its own "
+                             "passes and output directory")
+        for target, path in build_spec(Path(args.source), args.pipeline,
+                                       target=args.target).items():
+            print(f"{target}: {path}")
+        return 0
+    graph = _load_any(args.source)
+    if args.passes:
+        graph = optimize(graph, args.passes)
+    target = args.target or "ort"
+    artifact = compile_graph(graph, target=target)
+    out = Path(args.output or Path("build") / f"{Path(args.source).stem}-{target}")
+    print(artifact.save(out))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from irkit.builder import build_spec
+
+    for target, path in build_spec(Path(args.spec), args.pipeline).items():
+        print(f"{target}: {path}")
+    return 0
+
+
+def _read_input(spec: str) -> tuple[str, Any]:
+    import numpy as np
+
+    if "=" not in spec:
+        raise IrkitError(f"--input {spec!r}: expected NAME=FILE.npy or NAME=FILE.npz:KEY")
+    name, _, file = spec.partition("=")
+    key = None
+    if ".npz:" in file:
+        file, _, key = file.partition(".npz:")
+        file += ".npz"
+    path = Path(file)
+    if not path.is_file():
+        raise IrkitError(f"--input {name}: no such file {file}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                key = key or (data.files[0] if len(data.files) == 1 else name)
+                if key not in data.files:
+                    raise IrkitError(f"--input {name}: {file} has no array {key!r} "
+                                     f"(has: {', '.join(data.files)})")
+                return name, data[key]
+        return name, np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise IrkitError(f"--input {name}: cannot read {file}: {exc}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import irkit.runtime
+
+    model = irkit.runtime.load(args.artifact)
+    feeds = dict(_read_input(s) for s in args.input)
+    try:
+        outputs = model.run(feeds)
+    except (ValueError, TypeError) as exc:
+        raise IrkitError(str(exc)) from None
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"wrote {args.output}", file=sys.stderr)
+    for name, value in outputs.items():
+        print(f"{name}: {value.dtype}{list(value.shape)}")
+        if not args.output:
+            print(np.array2string(value, threshold=40, precision=5))
+    return 0
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from irkit.conformance import run_conformance
+
+    report = run_conformance(args.backend, pattern=args.filter, jobs=args.jobs,
+                             timeout=args.timeout, limit=args.limit)
+    print(report.format(show_ops=not args.no_ops, show_failures=not args.no_failures))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from irkit.api import optimize
+    from irkit.passes.manager import format_report_table
+
+    graph = _load_any(args.model)
+    eval_data = labels = None
+    if args.eval:
+        import numpy as np
+
+        with np.load(args.eval, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        names = [v.name for v in graph.inputs]
+        key = args.eval_input or (names[0] if names[0] in arrays else next(iter(arrays)))
+        eval_data = {names[0]: arrays[key]}
+        labels = arrays.get(args.labels) if args.labels else None
+    optimized = optimize(graph, args.passes, eval_data=eval_data, labels=labels)
+    print(format_report_table(optimized.history))
+    if args.output:
+        from irkit.api import to_onnx
+
+        import onnx
+
+        onnx.save(to_onnx(optimized), args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import irkit.runtime
+    from irkit.builder import build_pipeline
+    from irkit.plugins import get_registry
+    from irkit.spec import parse_spec
+
+    pipeline = parse_spec(Path(args.spec)).pipeline(args.pipeline)
+    serve = pipeline.serve(args.adapter)
+    target = pipeline.target(args.target) if (args.target or len(pipeline.targets) == 1) \
+        else pipeline.targets[0]
+    artifact_dir = Path(pipeline.output) / target.name
+    if args.rebuild or not (artifact_dir / "manifest.json").exists():
+        build_pipeline(pipeline, target=target.name)
+    model = irkit.runtime.load(artifact_dir)
+    adapter_cls = get_registry().get("adapters", serve.adapter).obj
+    adapter = adapter_cls(model, **dict(serve.options))
+    adapter.serve()
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from irkit.bench import run_bench
+
+    run_bench(
+        args.model,
+        against=tuple(a for a in args.against.split(",") if a),
+        batches=tuple(int(b) for b in args.batch.split(",")),
+        threads=tuple(int(t) for t in args.threads.split(",")),
+        repeats=args.repeats,
+        target=args.target,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="irkit",
+        description="Take a trained model (ONNX or PyTorch) to a fast, served artifact.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="print a model's IR and a summary",
+                       description="Print the IR text of MODEL (an .onnx file or a torch "
+                       "'pkg.module:factory') with an op histogram, parameter count and the "
+                       "signature.")
+    p.add_argument("model")
+    p.add_argument("--dot", metavar="FILE", help="also write a Graphviz drawing to FILE")
+    p.add_argument("--summary-only", action="store_true", help="skip the IR text")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("compile", help="compile a model or a spec to an artifact",
+                       description="Compile SOURCE (a .irk spec or a model) into an artifact "
+                       "directory.")
+    p.add_argument("source", help="spec file (.irk) or model (.onnx / pkg.module:factory)")
+    p.add_argument("--pipeline", help="pipeline name when the spec has several")
+    p.add_argument("--target", help="backend (model) or target name (spec); default ort")
+    p.add_argument("--passes", help="pass pipeline, e.g. 'fuse,quantize{mode=dynamic}'")
+    p.add_argument("-o", "--output", help="artifact directory (model only)")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("build", help="build everything a spec declares",
+                       description="Load, optimize and compile every target of a spec "
+                       "pipeline; artifacts go to the pipeline's output directory.")
+    p.add_argument("spec")
+    p.add_argument("--pipeline", help="pipeline name when the spec has several")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("run", help="run an artifact on .npy/.npz inputs",
+                       description="Run a compiled artifact. Inputs: NAME=FILE.npy or "
+                       "NAME=FILE.npz[:KEY].")
+    p.add_argument("artifact")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE",
+                   help="an input array (repeat per input)")
+    p.add_argument("--output", "-o", metavar="OUT.npz", help="write outputs to an .npz file")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plugins", help="list registered frontends, passes, backends, adapters")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("conformance", help="run the ONNX backend node cases",
+                       description="Regenerate ONNX's node test cases (cached) and run them "
+                       "through the IR round trip or a backend; prints counts, a per-op "
+                       "table and every case that did not pass.")
+    p.add_argument("--backend", default="roundtrip",
+                   help="'roundtrip' (import/print/parse/export/evaluate) or a backend name")
+    p.add_argument("--filter", help="regular expression on case names")
+    p.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (default: cores)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per case")
+    p.add_argument("--limit", type=int, help="run only the first N cases")
+    p.add_argument("--no-ops", action="store_true", help="omit the per-op table")
+    p.add_argument("--no-failures", action="store_true", help="omit the failure list")
+    p.set_defaults(func=cmd_conformance)
+
+    p = sub.add_parser("optimize", help="run passes on a model and print the report table",
+                       description="Run a pass pipeline and report ops, parameters, bytes "
+                       "and (with --eval) the output error and accuracy per pass.")
+    p.add_argument("model")
+    p.add_argument("--passes", required=True, help="e.g. 'fuse,prune{sparsity=0.5}'")
+    p.add_argument("--eval", metavar="DATA.npz", help="evaluation inputs (and labels)")
+    p.add_argument("--eval-input", help="array in DATA.npz that feeds the model input")
+    p.add_argument("--labels", help="array in DATA.npz holding class labels")
+    p.add_argument("-o", "--output", metavar="OUT.onnx", help="write the optimized model")
+    p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("serve", help="serve a spec's artifact (batch, http or kafka)",
+                       description="Build the artifact if needed, then serve it with the "
+                       "adapter of one of the spec's serve blocks. SIGINT/SIGTERM finish the "
+                       "in-flight batch and exit 0.")
+    p.add_argument("spec")
+    p.add_argument("--pipeline")
+    p.add_argument("--adapter", help="batch, http or kafka (default: the only serve block)")
+    p.add_argument("--target", help="which target's artifact to serve (default: the first)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if an artifact exists")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench", help="benchmark irkit against ONNX Runtime",
+                       description="Median latency of irkit vs anchors over alternating "
+                       "rounds, with ratios; plus a 1024^3 matmul GFLOP/s line.")
+    p.add_argument("model", help="model or spec")
+    p.add_argument("--against", default="onnxruntime", help="onnxruntime[,torch]")
+    p.add_argument("--batch", default="1,64")
+    p.add_argument("--threads", default="1")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--target", default="llvm")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except IrkitError as exc:
+        if args.debug:
+            raise
+        print(f"irkit: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
