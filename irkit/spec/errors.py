@@ -38,9 +38,7 @@ class SpecError(IrkitError):
         return f"{self.file}:{self.line}:{self.column}"
 
 
-def format_error(
-    message: str, file: str, line: int, column: int, source_line: str | None
-) -> str:
+def format_error(message: str, file: str, line: int, column: int, source_line: str | None) -> str:
     head = f"{file}:{line}:{column}: {message}"
     if source_line is None:
         return head
@@ -59,8 +57,6 @@ def source_line_at(text: str | None, line: int) -> str | None:
     return lines[line - 1]
 
 
-def spec_error(
-    message: str, file: str, text: str | None, line: int, column: int
-) -> SpecError:
+def spec_error(message: str, file: str, text: str | None, line: int, column: int) -> SpecError:
     """Build a SpecError whose formatted message shows the source line from ``text``."""
     return SpecError(message, file, line, column, source_line_at(text, line))

@@ -39,7 +39,8 @@ class Options(Mapping[str, Any]):
 
     @classmethod
     def located(
-        cls, items: Mapping[str, Any] | Iterable[tuple[str, Any]],
+        cls,
+        items: Mapping[str, Any] | Iterable[tuple[str, Any]],
         positions: Mapping[str, Position],
     ) -> Options:
         """Options that remember the ``(line, column)`` each key was written at."""
@@ -225,8 +226,11 @@ class SpecFile:
 
 
 def _pick(
-    items: tuple[Any, ...], name: str | None, what: str,
-    where: tuple[str, str, int, int], key: Any,
+    items: tuple[Any, ...],
+    name: str | None,
+    what: str,
+    where: tuple[str, str, int, int],
+    key: Any,
 ) -> Any:
     """The only item, or the one whose ``key`` is ``name``; SpecError located at ``where``."""
     owner, file, line, column = where
@@ -239,7 +243,9 @@ def _pick(
         listed = ", ".join(repr(n) for n in names)
         raise SpecError(
             f"{owner} declares {len(items)} {what}s ({listed}); choose one by name",
-            file, line, column,
+            file,
+            line,
+            column,
         )
     for item in items:
         if key(item) == name:

@@ -2,7 +2,7 @@
 
 Parsing does the structural checks: syntax, dtypes and dims, duplicate names, data
 reference arguments, ``${VAR}`` interpolation and path resolution. Registry and file
-checks are :func:`irkit.spec.validate.validate`'s job.
+checks are :func:`irkit.spec.validation.validate`'s job.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ from irkit.spec.model import (
 )
 from irkit.spec.syntax import grammar, syntax_error
 
-DTYPES = ("bool", "bf16", "f16", "f32", "f64", "i8", "i16", "i32", "i64", "u8", "u16",
-          "u32", "u64")
+DTYPES = ("bool", "bf16", "f16", "f32", "f64", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64")
 
 # Keyword arguments each data format accepts, with the Python types they take.
 _NAMES = (str, tuple)
@@ -42,14 +41,21 @@ DATA_FORMATS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
     "npz": {"input": _NAMES, "labels": (str,), "limit": (int,)},
     "npy": {"labels": (str,), "limit": (int,)},
     "parquet": {"input": _NAMES, "labels": (str,), "limit": (int,)},
-    "csv": {"input": _NAMES, "labels": (str,), "limit": (int,), "delimiter": (str,),
-            "header": (bool,)},
+    "csv": {
+        "input": _NAMES,
+        "labels": (str,),
+        "limit": (int,),
+        "delimiter": (str,),
+        "header": (bool,),
+    },
     "jsonl": {"input": _NAMES, "labels": (str,), "limit": (int,)},
 }
 
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _ENV_NAME = re.compile(r"[A-Za-z_]\w*")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r", "$": "$"}
+
+
 @dataclass(frozen=True)
 class _Located:
     """A value with the position it was written at (only lives during parsing)."""
@@ -105,8 +111,7 @@ def parse_spec(
             text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM
         except (OSError, UnicodeDecodeError) as exc:
             raise SpecError(f"cannot read spec file: {exc}", display, 1, 1) from None
-    spec = parse_text(text, display=display, path=path,
-                      env=os.environ if env is None else env)
+    spec = parse_text(text, display=display, path=path, env=os.environ if env is None else env)
     if not validate:
         return spec
     from irkit.spec.validation import validate as validate_spec
@@ -179,16 +184,18 @@ class _SpecBuilder(Transformer[Token, Any]):
         for kind, payload in (c for c in children[1:] if c is not None):
             if kind == "positional":
                 if keywords:
-                    raise self.error("positional argument after keyword argument",
-                                     payload.line, payload.column)
+                    raise self.error(
+                        "positional argument after keyword argument", payload.line, payload.column
+                    )
                 positional.append(payload)
             else:
                 key, value = payload
                 if any(k == key for k, _ in keywords):
                     raise self.error(f"duplicate argument {key.value!r}", key.line, key.column)
                 keywords.append((key, value))
-        return _Located(_Call(name.value, tuple(positional), tuple(keywords)),
-                        name.line or 1, name.column or 1)
+        return _Located(
+            _Call(name.value, tuple(positional), tuple(keywords)), name.line or 1, name.column or 1
+        )
 
     def positional_arg(self, meta: Any, children: list[_Located]) -> tuple[str, Any]:
         return ("positional", children[0])
@@ -207,17 +214,24 @@ class _SpecBuilder(Transformer[Token, Any]):
             if char == "\\":
                 escaped = raw[i + 1]  # the STRING regex guarantees a following character
                 if escaped not in _ESCAPES:
-                    raise self.error(f"unknown escape '\\{escaped}' in string (known: "
-                                     + " ".join("\\" + e for e in _ESCAPES) + ")",
-                                     token.line or 1, first + i)
+                    raise self.error(
+                        f"unknown escape '\\{escaped}' in string (known: "
+                        + " ".join("\\" + e for e in _ESCAPES)
+                        + ")",
+                        token.line or 1,
+                        first + i,
+                    )
                 out.append(_ESCAPES[escaped])
                 i += 2
             elif raw.startswith("${", i):
                 end = raw.find("}", i + 2)
                 if end < 0:
-                    raise self.error("unterminated '${' in string (write \\$ for a literal $)",
-                                     token.line or 1, first + i)
-                out.append(self.lookup(raw[i + 2:end], token.line or 1, first + i))
+                    raise self.error(
+                        "unterminated '${' in string (write \\$ for a literal $)",
+                        token.line or 1,
+                        first + i,
+                    )
+                out.append(self.lookup(raw[i + 2 : end], token.line or 1, first + i))
                 i = end + 1
             else:
                 out.append(char)
@@ -227,14 +241,19 @@ class _SpecBuilder(Transformer[Token, Any]):
     def lookup(self, reference: str, line: int, column: int) -> str:
         name, has_default, default = reference.partition(":-")
         if not _ENV_NAME.fullmatch(name):
-            raise self.error(f"bad environment variable name {name!r} in '${{{reference}}}'",
-                             line, column)
+            raise self.error(
+                f"bad environment variable name {name!r} in '${{{reference}}}'", line, column
+            )
         value = self.env.get(name)
         if has_default and not value:  # like the shell: unset or empty takes the default
             return default
         if value is None:
-            raise self.error(f"environment variable {name!r} is not set "
-                             f"(write '${{{name}:-default}}' to give a default)", line, column)
+            raise self.error(
+                f"environment variable {name!r} is not set "
+                f"(write '${{{name}:-default}}' to give a default)",
+                line,
+                column,
+            )
         return value
 
     # -- conversion of located values ---------------------------------------------
@@ -251,8 +270,12 @@ class _SpecBuilder(Transformer[Token, Any]):
     def data_ref(self, located: _Located, where: str) -> DataRef:
         call = located.value
         if not isinstance(call, _Call):
-            raise self.error(f"{where} must be a data reference such as npz(\"file.npz\"), "
-                             f"got {_describe_value(call)}", located.line, located.column)
+            raise self.error(
+                f'{where} must be a data reference such as npz("file.npz"), '
+                f"got {_describe_value(call)}",
+                located.line,
+                located.column,
+            )
         if call.name not in DATA_FORMATS:
             message = unknown_name_message("data format", call.name, DATA_FORMATS)
             raise self.error(message, located.line, located.column)
@@ -265,52 +288,77 @@ class _SpecBuilder(Transformer[Token, Any]):
                 message = unknown_name_message(f"{call.name}() argument", key.value, allowed)
                 raise self.error(message, key.line or 1, key.column or 1)
             value = arg.value
-            if isinstance(value, _Call) or not isinstance(value, allowed[key.value]) or (
-                isinstance(value, bool) and bool not in allowed[key.value]
+            if (
+                isinstance(value, _Call)
+                or not isinstance(value, allowed[key.value])
+                or (isinstance(value, bool) and bool not in allowed[key.value])
             ):
-                expected = " or ".join(_TYPE_WORDS.get(t, t.__name__)
-                                       for t in allowed[key.value])
-                raise self.error(f"{call.name}() argument {key.value!r} expects {expected}, "
-                                 f"got {_describe_value(value)}", arg.line, arg.column)
+                expected = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in allowed[key.value])
+                raise self.error(
+                    f"{call.name}() argument {key.value!r} expects {expected}, "
+                    f"got {_describe_value(value)}",
+                    arg.line,
+                    arg.column,
+                )
             values[key.value] = self.plain(arg, f"{call.name}() argument {key.value!r}")
             positions[key.value] = (key.line or 1, key.column or 1)
-        return DataRef(call.name, self.resolve(path), Options.located(values, positions),
-                       located.line, located.column)
+        return DataRef(
+            call.name,
+            self.resolve(path),
+            Options.located(values, positions),
+            located.line,
+            located.column,
+        )
 
     def single_string(self, call: _Call, located: _Located, what: str) -> str:
         if len(call.positional) != 1 or not isinstance(call.positional[0].value, str):
-            raise self.error(f"{call.name}() takes exactly one positional argument, "
-                             f"{what} as a string", located.line, located.column)
+            raise self.error(
+                f"{call.name}() takes exactly one positional argument, {what} as a string",
+                located.line,
+                located.column,
+            )
         return str(call.positional[0].value)
 
     def model_source(self, located: _Located) -> ModelSource:
         call = located.value
         if not isinstance(call, _Call):
-            raise self.error("model must be a model source such as onnx(\"model.onnx\") or "
-                             f"torch(\"package.module:factory\"), got {_describe_value(call)}",
-                             located.line, located.column)
+            raise self.error(
+                'model must be a model source such as onnx("model.onnx") or '
+                f'torch("package.module:factory"), got {_describe_value(call)}',
+                located.line,
+                located.column,
+            )
         if call.name in DATA_FORMATS:
-            raise self.error(f"model must be a model source such as onnx(\"model.onnx\"), "
-                             f"not a {call.name}() data reference", located.line, located.column)
+            raise self.error(
+                f'model must be a model source such as onnx("model.onnx"), '
+                f"not a {call.name}() data reference",
+                located.line,
+                located.column,
+            )
         options = self.options(list(call.keywords), f"{call.name}()")
         if call.name == "torch":
-            factory = self.single_string(call, located, "\"package.module:factory\"")
+            factory = self.single_string(call, located, '"package.module:factory"')
             if not _FACTORY.fullmatch(factory):
                 arg = call.positional[0]
-                raise self.error(f"torch() factory must look like 'package.module:factory', "
-                                 f"got {factory!r}", arg.line, arg.column)
+                raise self.error(
+                    f"torch() factory must look like 'package.module:factory', got {factory!r}",
+                    arg.line,
+                    arg.column,
+                )
             return ModelSource("torch", None, factory, options, located.line, located.column)
         path = self.single_string(call, located, "the model file path")
-        return ModelSource(call.name, self.resolve(path), None, options,
-                           located.line, located.column)
+        return ModelSource(
+            call.name, self.resolve(path), None, options, located.line, located.column
+        )
 
     def options(self, pairs: _OptionList, where: str) -> Options:
         values: dict[str, Any] = {}
         positions: dict[str, Position] = {}
         for key, located in pairs:
             if key.value in values:
-                raise self.error(f"duplicate option {key.value!r} in {where}",
-                                 key.line or 1, key.column or 1)
+                raise self.error(
+                    f"duplicate option {key.value!r} in {where}", key.line or 1, key.column or 1
+                )
             values[key.value] = self.plain(located, f"option {key.value!r}")
             positions[key.value] = (key.line or 1, key.column or 1)
         return Options.located(values, positions)
@@ -320,8 +368,11 @@ class _SpecBuilder(Transformer[Token, Any]):
     def dim_number(self, meta: Any, children: list[Token]) -> _Located:
         token = children[0]
         if not re.fullmatch(r"\+?\d+", token.value) or int(token.value) <= 0:
-            raise self.error(f"dimension must be a positive integer or a symbol name, "
-                             f"got {token.value}", meta.line, meta.column)
+            raise self.error(
+                f"dimension must be a positive integer or a symbol name, got {token.value}",
+                meta.line,
+                meta.column,
+            )
         return _Located(int(token.value), meta.line, meta.column)
 
     def dim_symbol(self, meta: Any, children: list[Token]) -> _Located:
@@ -333,8 +384,9 @@ class _SpecBuilder(Transformer[Token, Any]):
     def input_decl(self, meta: Any, children: list[Any]) -> InputDecl:
         name, dtype, shape = children
         if dtype.value not in DTYPES:
-            raise self.error(unknown_name_message("dtype", dtype.value, DTYPES),
-                             dtype.line, dtype.column)
+            raise self.error(
+                unknown_name_message("dtype", dtype.value, DTYPES), dtype.line, dtype.column
+            )
         return InputDecl(name.value, dtype.value, shape, name.line, name.column)
 
     # -- pipeline items -----------------------------------------------------------
@@ -354,8 +406,11 @@ class _SpecBuilder(Transformer[Token, Any]):
     def output_item(self, meta: Any, children: list[_Located]) -> _Item:
         located = children[0]
         if not isinstance(located.value, str):
-            raise self.error(f"output must be a directory path string, got "
-                             f"{_describe_value(located.value)}", located.line, located.column)
+            raise self.error(
+                f"output must be a directory path string, got {_describe_value(located.value)}",
+                located.line,
+                located.column,
+            )
         return _Item("output", self.resolve(located.value), meta.line, meta.column)
 
     def inputs_item(self, meta: Any, children: list[Any]) -> _Item:
@@ -388,12 +443,17 @@ class _SpecBuilder(Transformer[Token, Any]):
             backend_position = options.position("backend")
             if not isinstance(backend_value, str) or not backend_value:
                 line, column = backend_position or (name.line or 1, name.column or 1)
-                raise self.error("target option 'backend' must be a backend name string, "
-                                 f"got {_describe_value(backend_value)}", line, column)
+                raise self.error(
+                    "target option 'backend' must be a backend name string, "
+                    f"got {_describe_value(backend_value)}",
+                    line,
+                    column,
+                )
             backend = backend_value
             options = options.without("backend")
-        target = TargetSpec(name.value, backend, options, name.line or 1, name.column or 1,
-                            backend_position)
+        target = TargetSpec(
+            name.value, backend, options, name.line or 1, name.column or 1, backend_position
+        )
         return _Item("target", target, name.line or 1, name.column or 1)
 
     def serve_item(self, meta: Any, children: list[Any]) -> _Item:
@@ -417,13 +477,21 @@ class _SpecBuilder(Transformer[Token, Any]):
                 _add_unique(serves, item.value.adapter, item.value, "serve block", self.error)
             elif item.kind in single:
                 first = single[item.kind]
-                raise self.error(f"duplicate {item.kind!r} in pipeline {name.value!r} "
-                                 f"(first given at line {first.line})", item.line, item.column)
+                raise self.error(
+                    f"duplicate {item.kind!r} in pipeline {name.value!r} "
+                    f"(first given at line {first.line})",
+                    item.line,
+                    item.column,
+                )
             else:
                 single[item.kind] = item
         if "model" not in single:
-            raise self.error(f"pipeline {name.value!r} has no model (add a line such as "
-                             f"model = onnx(\"model.onnx\"))", name.line or 1, name.column or 1)
+            raise self.error(
+                f"pipeline {name.value!r} has no model (add a line such as "
+                f'model = onnx("model.onnx"))',
+                name.line or 1,
+                name.column or 1,
+            )
 
         def get(kind: str, default: Any) -> Any:
             return single[kind].value if kind in single else default
@@ -452,18 +520,29 @@ class _SpecBuilder(Transformer[Token, Any]):
 
 
 def _add_unique(
-    table: dict[str, Any], name: str, item: Any, what: str,
+    table: dict[str, Any],
+    name: str,
+    item: Any,
+    what: str,
     error: Callable[[str, int, int], SpecError],
 ) -> None:
     if name in table:
         first = table[name]
-        raise error(f"duplicate {what} {name!r} (first declared at line {first.line})",
-                    item.line, item.column)
+        raise error(
+            f"duplicate {what} {name!r} (first declared at line {first.line})",
+            item.line,
+            item.column,
+        )
     table[name] = item
 
 
-_TYPE_WORDS: dict[type, str] = {str: "a string", int: "an integer", float: "a number",
-                                bool: "true or false", tuple: "a list"}
+_TYPE_WORDS: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    tuple: "a list",
+}
 
 
 def _describe_value(value: Any) -> str:

@@ -13,8 +13,12 @@ from irkit.spec.errors import SpecError, spec_error
 
 GRAMMAR = Path(__file__).with_name("spec.lark")
 
-_TERMINAL_WORDS = {"NAME": "a name", "STRING": "a string", "NUMBER": "a number",
-                   "$END": "end of file"}
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "STRING": "a string",
+    "NUMBER": "a number",
+    "$END": "end of file",
+}
 
 
 @functools.cache
@@ -29,7 +33,7 @@ def syntax_error(exc: UnexpectedInput, file: str, text: str) -> SpecError:
         pos = exc.pos_in_stream or 0
         char = text[pos] if pos < len(text) else ""
         if char == '"':
-            message = "unterminated string (a string ends with \" on the same line)"
+            message = 'unterminated string (a string ends with " on the same line)'
         else:
             # The contextual lexer's ``allowed`` set is not the parser state's, so listing it
             # would mislead; the caret shows where the stray character is.

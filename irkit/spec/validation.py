@@ -83,14 +83,16 @@ class _Checker:
     def target(self, spec: TargetSpec) -> TargetSpec:
         line, column = spec.backend_position or (spec.line, spec.column)
         entry = self.entry("backends", "backend", spec.backend, line, column)
-        options = self.options(entry, "backend", spec.backend, spec.options,
-                               (spec.line, spec.column))
+        options = self.options(
+            entry, "backend", spec.backend, spec.options, (spec.line, spec.column)
+        )
         return dataclasses.replace(spec, options=options)
 
     def serve(self, spec: ServeSpec) -> ServeSpec:
         entry = self.entry("adapters", "adapter", spec.adapter, spec.line, spec.column)
-        options = self.options(entry, "adapter", spec.adapter, spec.options,
-                               (spec.line, spec.column))
+        options = self.options(
+            entry, "adapter", spec.adapter, spec.options, (spec.line, spec.column)
+        )
         return dataclasses.replace(spec, options=options)
 
     def entry(self, kind: str, what: str, name: str, line: int, column: int) -> Entry:
@@ -123,23 +125,27 @@ class _Checker:
                 changes[key] = normalised
         for key, option in declared.items():
             if option.required and key not in options:
-                raise self.error(f"{owner}: missing required option {key!r}"
-                                 + (f" ({option.doc})" if option.doc else ""), *at)
+                raise self.error(
+                    f"{owner}: missing required option {key!r}"
+                    + (f" ({option.doc})" if option.doc else ""),
+                    *at,
+                )
         return options.replace(changes) if changes else options
 
     def coerce(self, option: Option, value: Any, where: str, line: int, column: int) -> Any:
         types = option.type if isinstance(option.type, tuple) else (option.type,)
         accepted = _accept(types, value, self.base)
         if accepted is _REJECTED:
-            raise self.error(f"{where} expects {_type_words(types)}, got {_describe(value)}",
-                             line, column)
+            raise self.error(
+                f"{where} expects {_type_words(types)}, got {_describe(value)}", line, column
+            )
         if option.choices is not None and accepted not in option.choices:
             known = ", ".join(repr(c) for c in option.choices)
-            close = difflib.get_close_matches(str(accepted), [str(c) for c in option.choices],
-                                              n=1)
+            close = difflib.get_close_matches(str(accepted), [str(c) for c in option.choices], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise self.error(f"{where} must be one of {known}, got {accepted!r}{hint}",
-                             line, column)
+            raise self.error(
+                f"{where} must be one of {known}, got {accepted!r}{hint}", line, column
+            )
         return accepted
 
     # -- files ------------------------------------------------------------------------
@@ -177,9 +183,16 @@ def _accept(types: tuple[Any, ...], value: Any, base: Path) -> Any:
     return value if isinstance(value, tuple(classes)) else _REJECTED
 
 
-_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-          list: "a list", tuple: "a list", DataRef: "a data reference such as npz(...)",
-          type(None): "nothing"}
+_WORDS = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+    tuple: "a list",
+    DataRef: "a data reference such as npz(...)",
+    type(None): "nothing",
+}
 
 
 def _type_words(types: tuple[Any, ...]) -> str:

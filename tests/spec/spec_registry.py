@@ -61,24 +61,53 @@ def make_registry() -> Registry:
     add("passes", "prune", FakePrune)
     add("passes", "quantize", FakeQuantize)
     add("passes", "lowrank", FakeLowrank)
-    add("passes", "tag", _part(label=Option(str, required=True, doc="a label"),
-                               extra=Option(object)))
+    add(
+        "passes",
+        "tag",
+        _part(label=Option(str, required=True, doc="a label"), extra=Option(object)),
+    )
     # Registered, but its module does not exist: only the name can be checked.
     add("passes", "cse", "irkit_spec_tests_no_such_module:Cse")
     add("backends", "ort", _part(threads=Option(int, 0), providers=Option(list, None)))
-    add("backends", "llvm", _part(opt_level=Option(int, 3, choices=(0, 1, 2, 3)),
-                                  fast_math=Option(bool, True), cpu=Option(str, "native")))
+    add(
+        "backends",
+        "llvm",
+        _part(
+            opt_level=Option(int, 3, choices=(0, 1, 2, 3)),
+            fast_math=Option(bool, True),
+            cpu=Option(str, "native"),
+        ),
+    )
     add("backends", "wasm", _part(simd=Option(bool, True)))
     add("backends", "numba", _part(parallel=Option(bool, True)))
-    add("adapters", "batch", _part(input=Option(Path, required=True),
-                                   output=Option(Path, required=True),
-                                   chunk_size=Option(int, 1024)))
-    add("adapters", "http", _part(host=Option(str, "127.0.0.1"), port=Option(int, 8080),
-                                  max_batch=Option(int, 32), max_delay_ms=Option(float, 2.0),
-                                  log_level=Option(str, "warning",
-                                                   choices=("error", "warning", "info"))))
-    add("adapters", "kafka", _part(brokers=Option(str, "embedded"),
-                                   input_topic=Option(str, required=True),
-                                   output_topic=Option(str, required=True),
-                                   group=Option(str, "irkit")))
+    add(
+        "adapters",
+        "batch",
+        _part(
+            input=Option(Path, required=True),
+            output=Option(Path, required=True),
+            chunk_size=Option(int, 1024),
+        ),
+    )
+    add(
+        "adapters",
+        "http",
+        _part(
+            host=Option(str, "127.0.0.1"),
+            port=Option(int, 8080),
+            max_batch=Option(int, 32),
+            max_delay_ms=Option(float, 2.0),
+            log_level=Option(str, "warning", choices=("error", "warning", "info")),
+        ),
+    )
+    add(
+        "adapters",
+        "kafka",
+        _part(
+            brokers=Option(str, "embedded"),
+            input_topic=Option(str, required=True),
+            output_topic=Option(str, required=True),
+            group=Option(str, "irkit"),
+        ),
+    )
     return reg

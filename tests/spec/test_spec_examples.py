@@ -29,8 +29,9 @@ def test_example_validates_against_a_registry_of_the_planned_parts(path: Path) -
 
 
 def test_digits_example_declares_every_serving_mode() -> None:
-    pipeline = parse_spec(SPECS / "digits.irk", registry=make_registry(), check_files=False,
-                          env=ENV).pipeline()
+    pipeline = parse_spec(
+        SPECS / "digits.irk", registry=make_registry(), check_files=False, env=ENV
+    ).pipeline()
     assert [s.adapter for s in pipeline.serves] == ["batch", "http", "kafka"]
     assert pipeline.serve("kafka").options["brokers"] == "embedded"
     assert pipeline.target().backend == "ort"
@@ -38,15 +39,18 @@ def test_digits_example_declares_every_serving_mode() -> None:
 
 
 def test_digits_llvm_example_targets_llvm() -> None:
-    spec = parse_spec(SPECS / "digits_llvm.irk", registry=make_registry(), check_files=False,
-                      env=ENV)
+    spec = parse_spec(
+        SPECS / "digits_llvm.irk", registry=make_registry(), check_files=False, env=ENV
+    )
     assert {p.target().backend for p in spec.pipelines} == {"llvm"}
     assert spec.pipeline("digits_llvm_fused").output == SPECS / "build/digits_llvm/fused"
 
 
-@pytest.mark.skipif(not (SPECS / "models" / "digits_cnn.onnx").exists()
-                    or not (SPECS / "data" / "digits_eval.npz").exists(),
-                    reason="run scripts/make_models.py to create the example models and data")
+@pytest.mark.skipif(
+    not (SPECS / "models" / "digits_cnn.onnx").exists()
+    or not (SPECS / "data" / "digits_eval.npz").exists(),
+    reason="run scripts/make_models.py to create the example models and data",
+)
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_files_exist(path: Path) -> None:
     # File checks only: the registry is the in-memory one, so this does not depend on

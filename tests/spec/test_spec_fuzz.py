@@ -19,20 +19,68 @@ REGISTRY = make_registry()
 
 # Fragments worth inserting: every token of the language plus its usual near-misses.
 FRAGMENTS = [
-    "{", "}", "(", ")", "[", "]", "=", ",", ":", '"', "\\", "\\$", "$", "${", "${X}",
-    "${GOLDEN_MODEL_DIR}", "${X:-d}", "pipeline", "model", "inputs", "eval", "passes",
-    "target", "serve", "output", "onnx(", 'onnx("m.onnx")', "torch(", "npz(", "csv(", "true",
-    "false", "-1", "0", "1.5e3", ".5", "+", "#", "//", "\n", "f32[", "N", "@", "é", "\x00",
-    "\t", "backend", '"llvm"', "x: f32[N]", "fuse", "prune { sparsity = 2 }",
+    "{",
+    "}",
+    "(",
+    ")",
+    "[",
+    "]",
+    "=",
+    ",",
+    ":",
+    '"',
+    "\\",
+    "\\$",
+    "$",
+    "${",
+    "${X}",
+    "${GOLDEN_MODEL_DIR}",
+    "${X:-d}",
+    "pipeline",
+    "model",
+    "inputs",
+    "eval",
+    "passes",
+    "target",
+    "serve",
+    "output",
+    "onnx(",
+    'onnx("m.onnx")',
+    "torch(",
+    "npz(",
+    "csv(",
+    "true",
+    "false",
+    "-1",
+    "0",
+    "1.5e3",
+    ".5",
+    "+",
+    "#",
+    "//",
+    "\n",
+    "f32[",
+    "N",
+    "@",
+    "é",
+    "\x00",
+    "\t",
+    "backend",
+    '"llvm"',
+    "x: f32[N]",
+    "fuse",
+    "prune { sparsity = 2 }",
 ]
-FUZZ_SETTINGS = settings(max_examples=300, deadline=None,
-                         suppress_health_check=[HealthCheck.too_slow])
+FUZZ_SETTINGS = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def parse_or_spec_error(text: str, check_files: bool) -> None:
     try:
-        spec = parse_spec("fuzz.irk", text=text, registry=REGISTRY, check_files=check_files,
-                          env=ENV)
+        spec = parse_spec(
+            "fuzz.irk", text=text, registry=REGISTRY, check_files=check_files, env=ENV
+        )
     except SpecError as err:
         assert err.line >= 1 and err.column >= 1
         assert str(err).startswith(f"fuzz.irk:{err.line}:{err.column}: ")
@@ -44,8 +92,7 @@ def parse_or_spec_error(text: str, check_files: bool) -> None:
 def mutated_spec(draw: st.DrawFn) -> str:
     text = draw(st.sampled_from(SEEDS))
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["delete", "insert", "swap_chars", "swap_tokens",
-                                     "duplicate"]))
+        kind = draw(st.sampled_from(["delete", "insert", "swap_chars", "swap_tokens", "duplicate"]))
         if not text:
             text = draw(st.sampled_from(FRAGMENTS))
             continue
@@ -80,8 +127,7 @@ def test_mutated_specs_raise_only_spec_error(text: str, check_files: bool) -> No
 
 
 @FUZZ_SETTINGS
-@given(text=st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4), max_size=40)
-       .map(" ".join))
+@given(text=st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4), max_size=40).map(" ".join))
 def test_random_token_soup_raises_only_spec_error(text: str) -> None:
     parse_or_spec_error(text, check_files=False)
 

@@ -42,7 +42,8 @@ def test_golden_specs_reparse_identically_from_text(spec_path: Path) -> None:
     # Parsing from a file and from text (with the same name) gives equal dataclasses.
     registry = make_registry()
     from_file = parse_spec(spec_path, registry=registry, check_files=False, env=GOLDEN_ENV)
-    from_text = parse_spec(spec_path, text=spec_path.read_text(), registry=registry,
-                           check_files=False, env=GOLDEN_ENV)
+    from_text = parse_spec(
+        spec_path, text=spec_path.read_text(), registry=registry, check_files=False, env=GOLDEN_ENV
+    )
     assert from_file == from_text
     assert hash(from_file) == hash(from_text)

@@ -53,11 +53,13 @@ def test_parse_builds_the_expected_dataclasses() -> None:
     assert spec.path == base / "t.irk"
     pipeline = spec.pipeline()
     assert pipeline.name == "digits" and (pipeline.line, pipeline.column) == (1, 10)
-    assert pipeline.model == ModelSource("onnx", base / "models/digits_cnn.onnx", None,
-                                         Options(), 2, 12)
+    assert pipeline.model == ModelSource(
+        "onnx", base / "models/digits_cnn.onnx", None, Options(), 2, 12
+    )
     assert pipeline.inputs == (InputDecl("x", "f32", ("N", 1, 8, 8), 3, 12),)
-    assert pipeline.eval == DataRef("npz", base / "data/digits_eval.npz",
-                                    Options(input="x", labels="y"), 4, 12)
+    assert pipeline.eval == DataRef(
+        "npz", base / "data/digits_eval.npz", Options(input="x", labels="y"), 4, 12
+    )
     assert pipeline.model.kind == "onnx"
     assert pipeline.model.path == base / "models/digits_cnn.onnx"
     assert (pipeline.model.line, pipeline.model.column) == (2, 12)
@@ -98,13 +100,18 @@ def test_pass_pipeline_text() -> None:
 
 
 def test_interpolation_from_env_mapping() -> None:
-    text = ('pipeline p { model = onnx("${DIR}/m.onnx")\n'
-            '  serve kafka { brokers = "${B:-embedded}", input_topic = "${EMPTY:-in}",\n'
-            '                output_topic = "a\\${DIR}$b" } }')
+    text = (
+        'pipeline p { model = onnx("${DIR}/m.onnx")\n'
+        '  serve kafka { brokers = "${B:-embedded}", input_topic = "${EMPTY:-in}",\n'
+        '                output_topic = "a\\${DIR}$b" } }'
+    )
     spec = parse(text, env={"DIR": "nets", "EMPTY": ""})
     assert spec.pipeline().model.path == Path("/specs/nets/m.onnx")
     assert spec.pipeline().serve().options == {
-        "brokers": "embedded", "input_topic": "in", "output_topic": "a${DIR}$b"}
+        "brokers": "embedded",
+        "input_topic": "in",
+        "output_topic": "a${DIR}$b",
+    }
     spec = parse(text, env={"DIR": "nets", "B": "kafka:9092", "EMPTY": "x"})
     assert spec.pipeline().serve().options["brokers"] == "kafka:9092"
     assert spec.pipeline().serve().options["input_topic"] == "x"
@@ -123,8 +130,9 @@ def test_interpolation_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPat
         parse_spec("/s/t.irk", text=text, registry=make_registry(), check_files=False)
 
 
-def test_relative_paths_resolve_against_the_spec_file(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_resolve_against_the_spec_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     specs = tmp_path / "project" / "specs"
     (specs / "models").mkdir(parents=True)
     (specs / "data").mkdir()
@@ -135,19 +143,21 @@ def test_relative_paths_resolve_against_the_spec_file(tmp_path: Path,
         'pipeline p {\n  model = onnx("models/m.onnx")\n  eval = npz("./data/../data/e.npz")\n'
         '  serve batch { input = "data/e.npz", output = "/abs/out.npz" }\n'
         '  output = "../artifacts/p"\n}\n'
-        'pipeline q { model = onnx("~/m.onnx") }\n')
+        'pipeline q { model = onnx("~/m.onnx") }\n'
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the working directory must not matter
     monkeypatch.setenv("HOME", str(tmp_path))
-    spec = parse_spec(Path("../project/specs/s.irk"), registry=make_registry(),
-                      check_files=False)
+    spec = parse_spec(Path("../project/specs/s.irk"), registry=make_registry(), check_files=False)
     p = spec.pipeline("p")
     assert spec.path is not None and spec.path.is_absolute()
     assert p.model.path == specs / "models" / "m.onnx"
     assert p.eval is not None and p.eval.path == specs / "data" / "e.npz"
-    assert p.serve("batch").options == {"input": specs / "data" / "e.npz",
-                                        "output": Path("/abs/out.npz")}
+    assert p.serve("batch").options == {
+        "input": specs / "data" / "e.npz",
+        "output": Path("/abs/out.npz"),
+    }
     assert p.output == tmp_path / "project" / "artifacts" / "p"
     assert spec.pipeline("q").model.path == tmp_path / "m.onnx"
     assert spec.pipeline("q").output == specs / "build" / "q"
@@ -207,8 +217,9 @@ def test_validate_defaults_to_the_plugin_registry(monkeypatch: pytest.MonkeyPatc
         return make_registry()
 
     monkeypatch.setattr(validate_module, "get_registry", fake_get_registry)
-    spec = parse_spec("/s/t.irk", text='pipeline a { model = onnx("m") target ort }',
-                      check_files=False)
+    spec = parse_spec(
+        "/s/t.irk", text='pipeline a { model = onnx("m") target ort }', check_files=False
+    )
     assert calls == [1] and spec.pipeline().target().backend == "ort"
 
 
@@ -227,9 +238,11 @@ def test_errors_are_irkit_errors_with_source_and_caret() -> None:
 
 
 def test_object_options_accept_anything_and_path_options_take_strings() -> None:
-    spec = parse('pipeline a { model = onnx("m")\n'
-                 '  passes { tag { label = "l", extra = npz("d.npz") } }\n'
-                 '  serve batch { input = "in/x.npz", output = "${OUT:-out}/y.npz" } }')
+    spec = parse(
+        'pipeline a { model = onnx("m")\n'
+        '  passes { tag { label = "l", extra = npz("d.npz") } }\n'
+        '  serve batch { input = "in/x.npz", output = "${OUT:-out}/y.npz" } }'
+    )
     assert isinstance(spec.pipeline().passes[0].options["extra"], DataRef)
     assert spec.pipeline().serve().options["output"] == Path("/specs/out/y.npz")
 
@@ -245,8 +258,9 @@ def test_env_default_is_a_real_mapping_not_os_environ_copy() -> None:
     key = "IRKIT_SPEC_TEST_LATE"
     os.environ[key] = "late"
     try:
-        spec = parse_spec("/s/t.irk", text=f'pipeline a {{ model = onnx("${{{key}}}") }}',
-                          validate=False)
+        spec = parse_spec(
+            "/s/t.irk", text=f'pipeline a {{ model = onnx("${{{key}}}") }}', validate=False
+        )
         assert spec.pipeline().model.path == Path("/s/late")
     finally:
         del os.environ[key]
@@ -254,7 +268,9 @@ def test_env_default_is_a_real_mapping_not_os_environ_copy() -> None:
 
 def test_crlf_line_endings_and_byte_order_mark(tmp_path: Path) -> None:
     path = tmp_path / "win.irk"
-    path.write_bytes(b'\xef\xbb\xbfpipeline a {\r\n  model = onnx("m")\r\n  passes { fusee }\r\n}\r\n')
+    path.write_bytes(
+        b'\xef\xbb\xbfpipeline a {\r\n  model = onnx("m")\r\n  passes { fusee }\r\n}\r\n'
+    )
     with pytest.raises(SpecError) as info:
         parse_spec(path, registry=make_registry(), check_files=False)
     assert (info.value.line, info.value.column) == (3, 12)
@@ -268,10 +284,16 @@ def test_spec_errors_pickle() -> None:
         parse('pipeline a { model = onnx("m") target tpu }')
     copy = pickle.loads(pickle.dumps(info.value))
     assert (copy.file, copy.line, copy.column, str(copy)) == (
-        info.value.file, info.value.line, info.value.column, str(info.value))
+        info.value.file,
+        info.value.line,
+        info.value.column,
+        str(info.value),
+    )
 
 
 def test_absurdly_deep_nesting_is_a_spec_error() -> None:
     deep = "[" * 5000 + "]" * 5000
     with pytest.raises(SpecError, match="nested too deeply"):
-        parse(f'pipeline a {{ model = onnx("m") passes {{ tag {{ label = "x", extra = {deep} }} }} }}')
+        parse(
+            f'pipeline a {{ model = onnx("m") passes {{ tag {{ label = "x", extra = {deep} }} }} }}'
+        )
