@@ -149,8 +149,9 @@ class _Builder:
             raise self.fail(ref, f"constant {ref} needs a tensor type with a known shape")
         if any(not isinstance(d, int) for d in ctype.shape):
             raise self.fail(ref, f"constant {ref} needs a static shape, got {ctype}")
-        if values:
-            array = self.array(values[0].children, ctype.dtype, ctype.shape, ref)
+        if values:  # a const_init tree; it has no children for an empty ``= []``
+            literals = values[0].children[0].children if values[0].children else []
+            array = self.array(literals, ctype.dtype, ctype.shape, ref)
         elif name in self.weights:
             array = np.asarray(self.weights[name])
         else:
