@@ -27,10 +27,10 @@ def load_model(source: Any, *, frontend: str | None = None, **options: Any) -> G
         return source
     registry = get_registry()
     if frontend is not None:
-        return registry.get("frontends", frontend).obj().load(source, **options)
+        return registry.get("frontends", frontend).instance().load(source, **options)
     for entry in registry.frontends.values():
         try:
-            loader = entry.obj()
+            loader = entry.instance()
         except IrkitError:
             continue  # a frontend whose optional dependency is missing
         if loader.can_load(source):
@@ -64,7 +64,7 @@ def compile(graph: Graph, target: str = "ort", **options: Any) -> Artifact:  # n
     """Compile ``graph`` with the backend named ``target`` into an Artifact."""
     from irkit.plugins import get_registry
 
-    backend = get_registry().get("backends", target).obj()
+    backend = get_registry().get("backends", target).instance()
     known = getattr(backend, "options", {}) or {}
     unknown = [k for k in options if k not in known]
     if unknown:

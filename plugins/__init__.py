@@ -58,6 +58,11 @@ class Entry:
             self._resolved = target
         return self._resolved
 
+    def instance(self) -> Any:
+        """The registered object, instantiated when a class was registered."""
+        obj = self.obj
+        return obj() if isinstance(obj, type) else obj
+
     @property
     def options(self) -> dict[str, Option]:
         """Options of this entry: dataclass fields for passes, ``.options`` otherwise."""
