@@ -1,0 +1,393 @@
+"""One consumer of the Kafka adapter: poll, batch, run, produce, commit (one thread).
+
+The loop, per micro-batch:
+
+1. take what the consumer has prefetched, up to ``max_batch`` messages; when it has
+   nothing, wait for the first message, then up to ``max_delay_ms`` for more;
+2. decode every message (:mod:`kafka_codec`) and check it against the model signature
+   (cached per distinct set of input names, dtypes and shapes); bad ones are dead-lettered;
+3. group the good ones by their non-batch shapes, concatenate each group along axis 0 in
+   chunks of at most ``max_batch`` rows, run the model once per chunk and split the
+   outputs back per request (a failing chunk is retried request by request);
+4. produce the results and dead letters, each with a delivery callback of its batch;
+5. commit, in batch order, the offsets of every batch whose messages are all acknowledged.
+
+Rebalances: before partitions are revoked the producer is flushed and the acknowledged
+batches committed, so a partition's next owner starts where this one stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from irkit.runtime.adapters.common import (
+    AdapterError,
+    AdapterMetrics,
+    BadInput,
+    ServableModel,
+    concat_requests,
+    split_outputs,
+)
+from irkit.runtime.adapters.kafka_codec import Headers, Request, decode_request, encode_result
+
+log = logging.getLogger("irkit.runtime.adapters.kafka")
+
+ERROR_HEADER = "error"
+OUTCOME_HEADER = "error-outcome"
+ORIGINAL_TOPIC_HEADER = "original-topic"
+ORIGINAL_PARTITION_HEADER = "original-partition"
+ORIGINAL_OFFSET_HEADER = "original-offset"
+_MAX_ERROR_CHARS = 2000
+_IDLE_WAIT_S = 0.1  # how long an idle consumer waits per poll (and how fast it sees stop)
+_SIGNATURE_CACHE_SIZE = 1024
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not acknowledge a result or dead letter; its offsets stay uncommitted."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a consumer process needs besides the model (picklable, fork-safe)."""
+
+    bootstrap_servers: str
+    input_topic: str
+    output_topic: str
+    dlq_topic: str
+    group: str
+    max_batch: int = 64
+    max_delay_ms: float = 5.0
+    max_inflight: int = 4
+    session_timeout_ms: int = 6000
+    kafka_config: dict[str, Any] = field(default_factory=dict)
+
+    def with_servers(self, servers: str) -> WorkerConfig:
+        return dataclasses.replace(self, bootstrap_servers=servers)
+
+    def consumer_config(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            "group.id": self.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, min(3000, self.session_timeout_ms // 3)),
+            "queued.max.messages.kbytes": 16384,  # bounded prefetch per consumer
+            **self.kafka_config,
+        }
+
+    def producer_config(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            "enable.idempotence": True,  # acks=all, no duplicates from producer retries
+            "linger.ms": 2,
+            "queue.buffering.max.messages": 200000,
+            **self.kafka_config,
+        }
+
+
+class _Batch:
+    """The messages of one poll: their next offsets and outstanding delivery reports."""
+
+    __slots__ = ("error", "offsets", "pending", "sealed")
+
+    def __init__(self) -> None:
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.pending = 0
+        self.sealed = False  # every message of the batch has been produced
+        self.error: KafkaError | None = None
+
+    def delivered(self, error: KafkaError | None, _message: Message) -> None:
+        self.pending -= 1
+        if error is not None and self.error is None:
+            self.error = error
+
+    @property
+    def done(self) -> bool:
+        return self.sealed and self.pending == 0
+
+
+@dataclass
+class _Item:
+    message: Message
+    request: Request
+    rows: int
+
+
+def _batch_key(request: Request) -> tuple[object, ...] | None:
+    """Requests can share a model call only when all but the batch dim agree (None: never)."""
+    arrays = request.inputs.values()
+    if any(a.ndim == 0 for a in arrays) or len({a.shape[0] for a in arrays}) != 1:
+        return None
+    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(request.inputs.items()))
+
+
+class KafkaWorker:
+    """Consume ``config.input_topic`` until ``stop`` is set; see the module docstring."""
+
+    def __init__(
+        self,
+        model: ServableModel,
+        config: WorkerConfig,
+        stop: threading.Event,
+        metrics: AdapterMetrics | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.stop = stop
+        self.metrics = metrics if metrics is not None else AdapterMetrics("kafka", model.name)
+        self._inflight: deque[_Batch] = deque()
+        self._checked: dict[tuple[object, ...], BadInput | None] = {}
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self.counts = {"messages": 0, "results": 0, "dead_letters": 0, "commits": 0}
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        config = self.config
+        self._producer = Producer(config.producer_config())
+        self._consumer = Consumer(config.consumer_config())
+        self._consumer.subscribe(
+            [config.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info("consumer (pid %d) of %s in group %s started", os.getpid(),
+                 config.input_topic, config.group)
+        failed = True
+        try:
+            while not self.stop.is_set():
+                messages = self._poll()
+                if messages:
+                    self._handle(messages)
+                self._producer.poll(0)
+                self._commit_acknowledged()
+                while len(self._inflight) > config.max_inflight:
+                    self._producer.poll(0.05)
+                    self._commit_acknowledged()
+            failed = False
+        finally:
+            try:
+                self._producer.flush()
+                self._commit_acknowledged()
+            except DeliveryError:
+                if not failed:
+                    raise
+                log.exception("while stopping after an error")
+            finally:
+                self._consumer.close()  # leave the group: partitions move at once
+            log.info("consumer (pid %d) of %s stopped: %s", os.getpid(), config.input_topic,
+                     self.counts)
+
+    def _poll(self) -> list[Message]:
+        assert self._consumer is not None
+        want = self.config.max_batch
+        messages = self._consumer.consume(want, 0)  # whatever is prefetched already
+        if not messages:
+            messages = self._consumer.consume(1, _IDLE_WAIT_S)
+            if not messages:
+                return []
+        delay_s = self.config.max_delay_ms / 1000.0
+        if len(messages) < want and delay_s > 0:
+            messages.extend(self._consumer.consume(want - len(messages), delay_s))
+        return messages
+
+    def _handle(self, messages: list[Message]) -> None:
+        batch = _Batch()
+        self._inflight.append(batch)
+        groups: dict[object, list[_Item]] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                log.warning("consumer error: %s", error)
+                continue
+            self.counts["messages"] += 1
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            batch.offsets[(topic, partition)] = offset + 1
+            try:
+                request = decode_request(message.value(), message.key(), message.headers(),
+                                         f"{topic}/{partition}/{offset}")
+                self._check(request)
+            except AdapterError as exc:
+                self._dead_letter(batch, message, exc)
+                continue
+            key = _batch_key(request)
+            rows = next(iter(request.inputs.values())).shape[0] if key is not None else 1
+            groups.setdefault(key if key is not None else object(), []).append(
+                _Item(message, request, rows)
+            )
+        for items in groups.values():
+            for chunk in self._chunks(items):
+                self._run(batch, chunk)
+        batch.sealed = True
+
+    def _chunks(self, items: list[_Item]) -> Iterable[list[_Item]]:
+        chunk: list[_Item] = []
+        rows = 0
+        for item in items:
+            if chunk and rows + item.rows > self.config.max_batch:
+                yield chunk
+                chunk, rows = [], 0
+            chunk.append(item)
+            rows += item.rows
+        if chunk:
+            yield chunk
+
+    # -- the model ----------------------------------------------------------------------
+
+    def _check(self, request: Request) -> None:
+        """Raise BadInput if the request does not fit the model (cached per signature)."""
+        key = tuple((n, a.dtype.str, a.shape) for n, a in request.inputs.items())
+        if key in self._checked:
+            error = self._checked[key]
+        else:
+            try:
+                self.model.validate(request.inputs)
+                error = None
+            except (ValueError, TypeError) as exc:
+                error = BadInput(str(exc))
+            if len(self._checked) >= _SIGNATURE_CACHE_SIZE:
+                self._checked.clear()
+            self._checked[key] = error
+        if error is not None:
+            raise error
+
+    def _run(self, batch: _Batch, chunk: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            if len(chunk) == 1:
+                total = chunk[0].rows
+                parts = [self.model.run(chunk[0].request.inputs)]
+            else:
+                inputs, sizes = concat_requests([item.request.inputs for item in chunk])
+                outputs = self.model.run(inputs)
+                total = sum(sizes)
+                if any(a.ndim == 0 or a.shape[0] != total for a in outputs.values()):
+                    raise AdapterError("outputs do not follow the batch dimension of the inputs")
+                parts = split_outputs(outputs, sizes)
+        except Exception as exc:
+            if len(chunk) > 1:  # find the guilty request(s): run them one by one
+                for item in chunk:
+                    self._run(batch, [item])
+                return
+            if not isinstance(exc, AdapterError):
+                exc = (BadInput if isinstance(exc, ValueError | TypeError) else AdapterError)(
+                    f"{type(exc).__name__}: {exc}"
+                )
+            self._dead_letter(batch, chunk[0].message, exc)
+            return
+        self.metrics.observe_batch(total, time.perf_counter() - started)
+        now_ms = time.time() * 1000.0
+        for item, outputs_of_item in zip(chunk, parts):
+            self._produce_result(batch, item, outputs_of_item, now_ms)
+
+    # -- producing ------------------------------------------------------------------------
+
+    def _produce_result(
+        self, batch: _Batch, item: _Item, outputs: Mapping[str, np.ndarray], now_ms: float
+    ) -> None:
+        try:
+            value, headers = encode_result(item.request, outputs, self.model.name)
+        except AdapterError as exc:  # e.g. an unknown output asked for
+            self._dead_letter(batch, item.message, exc)
+            return
+        self._produce(batch, self.config.output_topic, value,
+                      item.request.request_id.encode(), headers)
+        self.counts["results"] += 1
+        self.metrics.count("ok")
+        kind, timestamp_ms = item.message.timestamp()
+        if kind != 0 and timestamp_ms > 0:  # 0: TIMESTAMP_NOT_AVAILABLE
+            self.metrics.latency.observe(max(0.0, now_ms - timestamp_ms) / 1000.0)
+
+    def _dead_letter(self, batch: _Batch, message: Message, exc: AdapterError) -> None:
+        text = (str(exc) or type(exc).__name__)[:_MAX_ERROR_CHARS]
+        headers: Headers = list(message.headers() or [])
+        headers += [
+            (ERROR_HEADER, text.encode()),
+            (OUTCOME_HEADER, exc.outcome.encode()),
+            (ORIGINAL_TOPIC_HEADER, message.topic().encode()),
+            (ORIGINAL_PARTITION_HEADER, str(message.partition()).encode()),
+            (ORIGINAL_OFFSET_HEADER, str(message.offset()).encode()),
+        ]
+        self._produce(batch, self.config.dlq_topic, message.value(), message.key(), headers)
+        self.counts["dead_letters"] += 1
+        self.metrics.count(exc.outcome)
+        log.debug("dead letter %s/%s/%s: %s", message.topic(), message.partition(),
+                  message.offset(), text)
+
+    def _produce(
+        self, batch: _Batch, topic: str, value: bytes | None, key: bytes | None,
+        headers: Headers,
+    ) -> None:
+        assert self._producer is not None
+        batch.pending += 1
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers,
+                                       on_delivery=batch.delivered)
+                return
+            except BufferError:  # the producer queue is full: wait for acknowledgements
+                self._producer.poll(0.05)
+
+    # -- committing -------------------------------------------------------------------------
+
+    def _commit_acknowledged(self) -> None:
+        """Commit the offsets of the acknowledged batches at the front of the queue."""
+        offsets: dict[tuple[str, int], int] = {}
+        failed: _Batch | None = None
+        while self._inflight and self._inflight[0].done:
+            batch = self._inflight[0]
+            if batch.error is not None:
+                failed = batch
+                break
+            self._inflight.popleft()
+            offsets.update(batch.offsets)  # later batches carry later offsets
+        if offsets:
+            self._commit(offsets)
+        if failed is not None:
+            raise DeliveryError(
+                f"the broker did not acknowledge a message produced for {self.config.input_topic}"
+                f": {failed.error}; its offsets are not committed"
+            )
+
+    def _commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        assert self._consumer is not None
+        partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self._consumer.commit(offsets=partitions, asynchronous=False)
+            self.counts["commits"] += 1
+        except KafkaException as exc:
+            # Typically a rebalance: the next owner re-reads these requests (at least once).
+            log.warning("offset commit failed, requests may be processed again: %s", exc)
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("consumer (pid %d) assigned partitions %s", os.getpid(),
+                 sorted(p.partition for p in partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self._producer is not None
+        self._producer.flush()
+        self._commit_acknowledged()
+        log.info("consumer (pid %d) revoked partitions %s", os.getpid(),
+                 sorted(p.partition for p in partitions))
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The partitions already belong to someone else: committing is no longer possible.
+        assert self._producer is not None
+        self._producer.flush()
+        self._inflight.clear()
+        log.warning("partitions lost: %s", [(p.topic, p.partition) for p in partitions])
