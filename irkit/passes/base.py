@@ -131,6 +131,13 @@ def replace_node(node: Node, new_outputs: Sequence[Value]) -> None:
     graph.remove_node(node)
 
 
+def take_name(graph: Graph, value: Value, name: str) -> None:
+    """Give ``value`` the name of a value just erased (graph outputs keep their names)."""
+    fresh = graph.unique_name(name)
+    if fresh == name:
+        value.name = name
+
+
 def weight_bytes(graph: Graph) -> int:
     return int(sum(a.nbytes for a in graph.weights().values()))
 

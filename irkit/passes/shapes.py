@@ -51,6 +51,8 @@ class SimplifyShapes(Pass):
                 bump("size")
             elif node.op == "Gather" and self._fold_gather_of_shape(graph, node):
                 bump("gather_of_shape")
+            elif node.op == "Slice" and self._fold_slice_of_shape(graph, node):
+                bump("slice_of_shape")
             elif node.op in ("Reshape", "Identity") and self._drop_noop(node):
                 bump(f"noop_{node.op.lower()}")
             elif node.op == "Reshape" and self._merge_reshapes(node):
@@ -95,6 +97,33 @@ class SimplifyShapes(Pass):
         if not all(isinstance(d, int) for d in np.atleast_1d(picked)):
             return False
         result = np.array(picked.tolist() if picked.ndim else int(picked), np.int64)
+        replace_node(node, [graph.add_constant(node.output.name + "_static", result)])
+        return True
+
+    def _fold_slice_of_shape(self, graph: Graph, node: Node) -> bool:
+        data = node.inputs[0]
+        shape_node = data.producer if data is not None else None
+        if shape_node is None or shape_node.op != "Shape":
+            return False
+        params = list(node.inputs[1:])
+        if any(v is not None and v.const is None for v in params):
+            return False
+        dims = _static_dims(shape_node.inputs[0])
+        if dims is None:
+            return False
+        dims = _shape_slice(shape_node, dims)
+        arrays = [None if v is None else v.const for v in params] + [None] * (4 - len(params))
+        starts, ends, axes, steps = arrays
+        if axes is not None and list(np.asarray(axes).reshape(-1)) not in ([0], [-1]):
+            return False
+        step = 1 if steps is None else int(np.asarray(steps).reshape(-1)[0])
+        start = int(np.asarray(starts).reshape(-1)[0])
+        end = int(np.asarray(ends).reshape(-1)[0])
+        picked = list(range(len(dims)))[slice(start, end, step)]
+        values = [dims[i] for i in picked]
+        if not _is_static(tuple(values)):
+            return False
+        result = np.array(values, np.int64)
         replace_node(node, [graph.add_constant(node.output.name + "_static", result)])
         return True
 

@@ -1,0 +1,236 @@
+"""``fuse``: fold BatchNorm into Conv weights, recognize LayerNorm/GELU/Softmax chains,
+and absorb bias/residual/activation epilogues into ``irkit.MatMulBiasAct`` and
+``irkit.ConvBiasAct`` (see irkit/ops/fused.py for their semantics)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from irkit.ir import Graph, Node, Value
+from irkit.passes.base import (
+    IRKIT_DOMAIN,
+    Pass,
+    PassContext,
+    drop_unused_constants,
+    only_user,
+    take_name,
+    use_irkit_domain,
+)
+from irkit.passes.fuse_patterns import (
+    erase_chain,
+    fuse_erf_gelu,
+    fuse_layer_norm,
+    fuse_softmax,
+    other_input,
+    single_user,
+)
+
+_ACT_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+def fold_conv_batchnorm(graph: Graph, bn: Node) -> bool:
+    """Conv -> BatchNormalization (inference) becomes one Conv with rescaled weights."""
+    if bn.op != "BatchNormalization" or bn.domain or bn.attr("training_mode", 0):
+        return False
+    if len([v for v in bn.outputs if not v.absent]) != 1:
+        return False
+    x = bn.inputs[0]
+    conv = x.producer if x is not None else None
+    if conv is None or conv.op != "Conv" or conv.domain or only_user(conv.output) is not bn:
+        return False
+    params = [v.const if v is not None else None for v in bn.inputs[1:5]]
+    weight = conv.inputs[1].const if conv.inputs[1] is not None else None
+    if weight is None or any(p is None for p in params):
+        return False
+    gamma, beta, mean, var = (np.asarray(p, np.float64) for p in params)  # type: ignore[arg-type]
+    scale = gamma / np.sqrt(var + bn.attr("epsilon", 1e-5))
+    bias_in = conv.inputs[2] if len(conv.inputs) > 2 else None
+    if bias_in is not None and bias_in.const is None:
+        return False
+    bias = np.zeros(weight.shape[0]) if bias_in is None else bias_in.const.astype(np.float64)
+    new_w = (weight.astype(np.float64) * scale.reshape(-1, *([1] * (weight.ndim - 1))))
+    new_b = (bias - mean) * scale + beta
+    w_value = graph.add_constant(conv.inputs[1].name + "_bn", new_w.astype(weight.dtype))
+    b_value = graph.add_constant(conv.output.name + "_bn_bias", new_b.astype(weight.dtype))
+    conv.set_input(1, w_value)
+    if len(conv.inputs) > 2:
+        conv.set_input(2, b_value)
+    else:
+        conv.append_input(b_value)
+    out = bn.outputs[0]
+    conv.output.type = out.type
+    out.replace_all_uses_with(conv.output)
+    graph.remove_node(bn)
+    return True
+
+
+def _bias_vector(value: Value | None, channels: int, trailing: int) -> np.ndarray | None:
+    """A constant that broadcasts as a per-channel bias: shape (C,) followed by ``trailing``
+    ones, with any number of leading ones. Returns it flattened to (C,)."""
+    if value is None or value.const is None:
+        return None
+    shape = list(value.const.shape)
+    want = [channels] + [1] * trailing
+    while len(shape) > len(want) and shape[0] == 1:
+        shape = shape[1:]
+    if shape != want and not (trailing == 0 and shape == [1] * 0 + [channels]):
+        return None
+    return value.const.reshape(channels)
+
+
+@dataclass(frozen=True)
+class Fuse(Pass):
+    """Fusions that keep results within float rounding of the original.
+
+    ``gelu``: which single op replaces an erf-GELU chain: ONNX ``Gelu`` (needs opset 20),
+    ``irkit.Gelu``, or ``auto`` (ONNX when the graph's opset allows it).
+    """
+
+    name = "fuse"
+    conv_bn: bool = True
+    patterns: bool = True
+    epilogues: bool = True
+    residual: bool = True
+    gelu: Literal["auto", "irkit", "onnx"] = "auto"
+
+    def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
+        counts: dict[str, int] = {}
+
+        def sweep(kind: str, rewrite: Any) -> None:
+            for node in graph.nodes:
+                if node.graph is graph and rewrite(graph, node):
+                    counts[kind] = counts.get(kind, 0) + 1
+
+        onnx_gelu = self.gelu == "onnx" or (
+            self.gelu == "auto" and graph.opset_imports.get("", 17) >= 20
+        )
+        if self.conv_bn:
+            sweep("conv_bn", fold_conv_batchnorm)
+        if self.patterns:
+            sweep("gelu", lambda g, n: fuse_erf_gelu(g, n, onnx_gelu))
+            sweep("layer_norm", fuse_layer_norm)
+            sweep("softmax", fuse_softmax)
+        if self.epilogues:
+            sweep("matmul_epilogue", self.fuse_linear)
+            sweep("conv_epilogue", self.fuse_conv)
+        drop_unused_constants(graph)
+        return bool(counts), {"fused": counts}
+
+    # -- epilogues ---------------------------------------------------------------------
+    def _epilogue(self, y: Value, chain: list[Node], bias_ok: bool) -> tuple[
+            Value, Value | None, str, Value | None]:
+        """Walk bias Add? -> residual Add? -> activation? below ``y``.
+        Returns (final value, bias constant value, act, residual value)."""
+        bias = None
+        if bias_ok:
+            add = single_user(y, "Add")
+            if add is not None and _bias_vector(other_input(add, y), _channels(y), 0) is not None:
+                bias = other_input(add, y)
+                chain.append(add)
+                y = add.output
+        residual = None
+        if self.residual:
+            add = single_user(y, "Add")
+            other = other_input(add, y) if add is not None else None
+            if add is not None and other is not None and other.const is None \
+                    and other.shape is not None and other.shape == y.shape:
+                residual = other
+                chain.append(add)
+                y = add.output
+        act = "none"
+        user = only_user(y)
+        if user is not None and user.op in _ACT_OPS and not user.domain:
+            act = _ACT_OPS[user.op]
+        elif user is not None and user.op == "Gelu" and user.domain in ("", IRKIT_DOMAIN):
+            act = "gelu_tanh" if user.attr("approximate", "none") == "tanh" else "gelu"
+        if act != "none" and user is not None:
+            chain.append(user)
+            y = user.output
+        return y, bias, act, residual
+
+    def fuse_linear(self, graph: Graph, node: Node) -> bool:
+        if node.domain or node.op not in ("MatMul", "Gemm"):
+            return False
+        x, w = node.inputs[0], node.inputs[1]
+        if x is None or w is None or w.const is None or w.const.ndim != 2:
+            return False
+        weight = w.const
+        bias: np.ndarray | None = None
+        if node.op == "Gemm":
+            if node.attr("transA", 0) or (x.shape is not None and len(x.shape) != 2):
+                return False
+            if node.attr("transB", 0):
+                weight = weight.T
+            weight = weight * np.asarray(node.attr("alpha", 1.0), weight.dtype)
+            c = node.inputs[2] if len(node.inputs) > 2 else None
+            if c is not None:
+                bias = _bias_vector(c, weight.shape[1], 0)
+                if bias is None:
+                    return False
+                bias = bias * np.asarray(node.attr("beta", 1.0), bias.dtype)
+        chain = [node]
+        y, bias_value, act, residual = self._epilogue(node.output, chain, bias is None)
+        if len(chain) == 1:
+            return False
+        w_value = w if weight is w.const else graph.add_constant(w.name + "_kn", weight)
+        if bias_value is not None:
+            bias = _bias_vector(bias_value, weight.shape[1], 0)
+        b_value = None if bias is None else graph.add_constant(node.output.name + "_bias", bias)
+        return self._emit_fused(graph, "MatMulBiasAct", [x, w_value, b_value, residual],
+                                {"act": act}, chain, y)
+
+    def fuse_conv(self, graph: Graph, node: Node) -> bool:
+        if node.domain or node.op != "Conv":
+            return False
+        x, w = node.inputs[0], node.inputs[1]
+        if x is None or w is None or w.const is None:
+            return False
+        b_in = node.inputs[2] if len(node.inputs) > 2 else None
+        if b_in is not None and b_in.const is None:
+            return False
+        chain = [node]
+        spatial = w.const.ndim - 2
+        bias = None if b_in is None else b_in.const
+        add = single_user(node.output, "Add")
+        extra = _bias_vector(other_input(add, node.output), w.const.shape[0], spatial) \
+            if add is not None else None
+        y = node.output
+        if extra is not None and add is not None:
+            bias = extra if bias is None else bias + extra
+            chain.append(add)
+            y = add.output
+        y, _, act, residual = self._epilogue(y, chain, bias_ok=False)
+        if len(chain) == 1:
+            return False
+        b_value = b_in
+        if bias is not None and (b_in is None or bias is not b_in.const):
+            b_value = graph.add_constant(node.output.name + "_bias", bias.astype(w.const.dtype))
+        attrs = {k: node.attrs[k] for k in _CONV_ATTRS if k in node.attrs}
+        attrs["act"] = act  # type: ignore[assignment]
+        return self._emit_fused(graph, "ConvBiasAct", [x, w, b_value, residual], attrs, chain, y)
+
+    def _emit_fused(self, graph: Graph, op: str, inputs: list[Value | None],
+                    attrs: dict[str, Any], chain: list[Node], result: Value) -> bool:
+        if any(v.is_graph_output for n in chain for v in n.outputs if v is not result):
+            return False
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        use_irkit_domain(graph)
+        fused = graph.add_node(op, inputs, attrs, domain=IRKIT_DOMAIN, before=chain[-1],
+                               types=[result.type], name=chain[0].name)
+        result.replace_all_uses_with(fused.output)
+        name = result.name
+        erase_chain(graph, chain)
+        take_name(graph, fused.output, name)
+        return True
+
+
+def _channels(value: Value) -> int:
+    shape = value.shape
+    if shape is None or not shape or not isinstance(shape[-1], int):
+        return -1
+    return shape[-1]
