@@ -153,11 +153,11 @@ def build_pipeline(pipeline: Any, *, target: str | None = None,
     from irkit.api import compile as compile_graph
 
     start = time.perf_counter()
-    graph = load_pipeline_model(pipeline)
-    graph = optimize_pipeline(pipeline, graph)
     targets = [pipeline.target(target)] if target else list(pipeline.targets)
     if not targets:
         raise IrkitError(f"{pipeline.file}: pipeline {pipeline.name!r} declares no target")
+    graph = load_pipeline_model(pipeline)
+    graph = optimize_pipeline(pipeline, graph)
     built: dict[str, Path] = {}
     for spec in targets:
         t0 = time.perf_counter()

@@ -1,0 +1,100 @@
+"""The ``irkit`` command end to end: build a spec, run the artifact, inspect, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from irkit.cli import build_parser, main
+
+COMMANDS = ["inspect", "compile", "build", "run", "plugins", "conformance", "optimize",
+            "serve", "bench"]
+
+
+def irkit_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "irkit", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"irkit {command}" in out and len(out.splitlines()) >= 3
+
+
+def test_build_then_run_reproduces_onnxruntime(digits_models: Path, tmp_path: Path) -> None:
+    model = digits_models / "digits_mlp.onnx"
+    spec = tmp_path / "mlp.irk"
+    spec.write_text(textwrap.dedent(f"""
+        pipeline mlp {{
+          model = onnx("{model}")
+          inputs {{ x: f32[N, 64] }}
+          target ort
+          output = "{tmp_path / 'build'}"
+        }}
+    """))
+    built = irkit_cli("build", str(spec))
+    assert built.returncode == 0, built.stderr
+    artifact = tmp_path / "build" / "ort"
+    assert (artifact / "manifest.json").is_file()
+    with np.load(digits_models.parent / "data" / "digits_eval.npz") as data:
+        x = data["x"][:37]
+    np.save(tmp_path / "x.npy", x)
+    ran = irkit_cli("run", str(artifact), "--input", f"x={tmp_path / 'x.npy'}",
+                    "--output", str(tmp_path / "out.npz"))
+    assert ran.returncode == 0, ran.stderr
+    with np.load(tmp_path / "out.npz") as out:
+        got = out["logits"]
+    expected = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_run_rejects_wrong_shape_with_one_clear_line(digits_models: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "art"
+    assert main(["compile", str(digits_models / "digits_mlp.onnx"), "-o", str(out)]) == 0
+    np.save(tmp_path / "bad.npy", np.zeros((2, 63), np.float32))
+    ran = irkit_cli("run", str(out), "--input", f"x={tmp_path / 'bad.npy'}")
+    assert ran.returncode == 2
+    assert "Traceback" not in ran.stderr
+    assert "'x'" in ran.stderr and "64" in ran.stderr and "63" in ran.stderr
+
+
+def test_inspect_prints_ir_summary_and_dot(digits_models: Path, tmp_path: Path) -> None:
+    dot = tmp_path / "g.dot"
+    res = irkit_cli("inspect", str(digits_models / "digits_cnn.onnx"), "--dot", str(dot))
+    assert res.returncode == 0, res.stderr
+    assert "graph " in res.stdout and "= Conv(" in res.stdout
+    assert "parameters" in res.stdout and "input  x: f32[N,1,8,8]" in res.stdout
+    assert dot.read_text().startswith("digraph")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["inspect", "nope.onnx"], "nope.onnx: no such model file"),
+        (["build", "missing.irk"], "missing.irk"),
+        (["run", "no-artifact-here"], "no-artifact-here"),
+        (["compile", "specs/digits.irk", "--target", "nosuch"], "nosuch"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(args: list[str], message: str) -> None:
+    res = irkit_cli(*args, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert message in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 12
+
+
+def test_debug_shows_traceback() -> None:
+    res = irkit_cli("--debug", "inspect", "nope.onnx")
+    assert res.returncode != 0 and "Traceback" in res.stderr
