@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.inliner  # a submodule that ``import onnx`` does not load
 from google.protobuf.message import DecodeError
 
 from irkit.errors import ModelLoadError, UnsupportedOpsError
