@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
 from irkit.errors import IrkitError
 from irkit.frontends.onnx_export import to_onnx
 from irkit.ir import Graph
@@ -60,7 +59,7 @@ def optimize(
                         labels=labels)
 
 
-def compile(graph: Graph, target: str = "ort", **options: Any) -> Artifact:  # noqa: A001
+def compile(graph: Graph, target: str = "ort", **options: Any) -> Artifact:
     """Compile ``graph`` with the backend named ``target`` into an Artifact."""
     from irkit.plugins import get_registry
 

@@ -171,9 +171,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     optimized = optimize(graph, args.passes, eval_data=eval_data, labels=labels)
     print(format_report_table(optimized.history))
     if args.output:
-        from irkit.api import to_onnx
-
         import onnx
+
+        from irkit.api import to_onnx
 
         onnx.save(to_onnx(optimized), args.output)
         print(f"wrote {args.output}", file=sys.stderr)

@@ -7,6 +7,7 @@ ONNX shape inference. Every failure is an IrkitError naming the file and the ops
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,10 +166,9 @@ def _prepare(model: onnx.ModelProto, label: str, infer_shapes: bool) -> onnx.Mod
                 f"converter failed: {exc}"
             ) from None
     if infer_shapes:
-        try:
+        # Keep the declared types when inference itself fails on a model.
+        with contextlib.suppress(Exception):
             model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        except Exception:  # keep the declared types when inference itself fails
-            pass
     return model
 
 
@@ -283,11 +283,10 @@ class _Importer:
                     "or the name is misspelled)"
                 )
             inputs.append(value)
-        attrs = {
-            a.name: attr_from_proto(a, lambda g, graph=graph, scope=scope: self.graph(
-                g, graph, scope))
-            for a in np_node.attribute
-        }
+        def subgraph(g: onnx.GraphProto) -> Graph:
+            return self.graph(g, graph, scope)
+
+        attrs = {a.name: attr_from_proto(a, subgraph) for a in np_node.attribute}
         outputs: list[str | None] = [name or None for name in np_node.output]
         out_types = [types.get(n) if n else None for n in np_node.output]
         node = Node(

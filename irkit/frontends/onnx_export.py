@@ -92,5 +92,7 @@ def to_onnx(graph: Graph, *, check: bool = True) -> onnx.ModelProto:
         try:
             onnx.checker.check_model(model, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            raise ExportError(f"graph {graph.name!r} exports to an invalid ONNX model: {exc}")
+            raise ExportError(
+                f"graph {graph.name!r} exports to an invalid ONNX model: {exc}"
+            ) from None
     return model

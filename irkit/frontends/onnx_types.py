@@ -120,7 +120,7 @@ def sparse_to_dense(sparse: onnx.SparseTensorProto) -> np.ndarray:
 
 def array_to_tensor(array: np.ndarray, name: str = "") -> onnx.TensorProto:
     if array.dtype == object:
-        flat = [v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)]
+        flat: Any = [v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)]
         return onnx.helper.make_tensor(name, onnx.TensorProto.STRING, array.shape, flat)
     return numpy_helper.from_array(np.asarray(array), name)
 

@@ -28,10 +28,9 @@ def to_networkx(graph: Graph) -> Any:
         key = f"node:{i}"
         g.add_node(key, kind="op", label=node.qualified_op, op=node.op, domain=node.domain,
                    name=node.name)
-        for value in node.inputs:
-            if value is not None and id(value) in source:
-                g.add_edge(source[id(value)], key, value=value.name,
-                           type=format_type(value.type))
+        for arg in node.inputs:
+            if arg is not None and id(arg) in source:
+                g.add_edge(source[id(arg)], key, value=arg.name, type=format_type(arg.type))
         for value in node.outputs:
             source[id(value)] = key
     for value in graph.outputs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -117,7 +118,7 @@ _SHORT = {
 }
 _FROM_SHORT = {v: k for k, v in _SHORT.items()}
 
-_NUMPY: dict[DType, object] = {
+_NUMPY: dict[DType, Any] = {
     DType.FLOAT32: np.float32,
     DType.UINT8: np.uint8,
     DType.INT8: np.int8,

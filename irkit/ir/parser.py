@@ -79,14 +79,14 @@ class _Builder:
         self.text = text
         self.weights = weights
 
-    def fail(self, item: Tree | Token, message: str) -> ParseError:
+    def fail(self, item: Any, message: str) -> ParseError:
         line = getattr(item, "line", None) or getattr(getattr(item, "meta", None), "line", "?")
         column = getattr(item, "column", None) or getattr(
             getattr(item, "meta", None), "column", "?"
         )
         return ParseError(f"line {line}, column {column}: {message}")
 
-    def build(self, tree: Tree) -> Graph:
+    def build(self, tree: Any) -> Graph:
         opsets = {"": DEFAULT_OPSET}
         graph_tree = tree.children[-1]
         if len(tree.children) == 2:
@@ -99,7 +99,7 @@ class _Builder:
         return graph
 
     # -- graphs ------------------------------------------------------------------------
-    def graph(self, tree: Tree, outer: Graph | None) -> Graph:
+    def graph(self, tree: Any, outer: Graph | None) -> Graph:
         name_tree, inputs_tree, results_tree, *stmts = tree.children
         params = inputs_tree.children
         results = results_tree.children
@@ -126,7 +126,7 @@ class _Builder:
         graph.set_outputs(outputs)
         return graph
 
-    def lookup(self, ref: Token, graph: Graph, scope: dict[str, Value]) -> Value:
+    def lookup(self, ref: Any, graph: Graph, scope: dict[str, Value]) -> Value:
         text = str(ref)
         name = _unquote(text[1:])
         g: Graph | None = graph
@@ -141,7 +141,7 @@ class _Builder:
             raise self.fail(ref, f"{text} refers to {kind}")
         return found
 
-    def const(self, stmt: Tree, graph: Graph, scope: dict[str, Value]) -> None:
+    def const(self, stmt: Any, graph: Graph, scope: dict[str, Value]) -> None:
         ref, type_tree, *values = stmt.children
         name = _unquote(str(ref)[1:])
         ctype = self.type(type_tree)
@@ -168,7 +168,7 @@ class _Builder:
         except ValueError as exc:
             raise self.fail(ref, str(exc)) from None
 
-    def node(self, stmt: Tree, graph: Graph, scope: dict[str, Value]) -> None:
+    def node(self, stmt: Any, graph: Graph, scope: dict[str, Value]) -> None:
         children = list(stmt.children)
         outs_tree, op_tree = children[0], children[1]
         args: list[Any] = []
@@ -214,7 +214,7 @@ class _Builder:
                 scope[value.name] = value
 
     # -- attributes --------------------------------------------------------------------------
-    def attr(self, tree: Tree, graph: Graph) -> Attr:
+    def attr(self, tree: Any, graph: Graph) -> Attr:
         kind = tree.data
         if kind == "attr_int":
             return Attr(AttrKind.INT, int(tree.children[0]))
@@ -247,12 +247,12 @@ class _Builder:
             return Attr(list_kind, values)
         raise self.fail(tree, f"unknown attribute form {kind}")
 
-    def float_of(self, tree: Tree | Token) -> float:
+    def float_of(self, tree: Any) -> float:
         token = tree.children[0] if isinstance(tree, Tree) else tree
         text = str(token)
         return float(text)
 
-    def tensor(self, tree: Tree) -> np.ndarray:
+    def tensor(self, tree: Any) -> np.ndarray:
         type_tree, *rest = tree.children
         ttype = self.type(type_tree)
         assert isinstance(ttype, TensorType)
@@ -275,7 +275,7 @@ class _Builder:
         except (TypeError, ValueError, OverflowError) as exc:
             raise self.fail(where, f"bad {dtype.short} tensor values: {exc}") from None
 
-    def literal(self, tree: Tree) -> Any:
+    def literal(self, tree: Any) -> Any:
         kind = tree.data
         if kind == "lit_int":
             return int(tree.children[0])
@@ -292,7 +292,7 @@ class _Builder:
         raise self.fail(tree, f"unknown literal {kind}")
 
     # -- types -----------------------------------------------------------------------------
-    def type(self, tree: Tree) -> ValueType:
+    def type(self, tree: Any) -> ValueType:
         kind = tree.data
         if kind == "tensor_type":
             return self.tensor_type(tree)
@@ -309,13 +309,13 @@ class _Builder:
             return UnknownType()
         raise self.fail(tree, f"unknown type form {kind}")
 
-    def dtype(self, token: Token) -> DType:
+    def dtype(self, token: Any) -> DType:
         try:
             return DType.from_short(str(token))
         except ValueError as exc:
             raise self.fail(token, str(exc)) from None
 
-    def tensor_type(self, tree: Tree) -> TensorType:
+    def tensor_type(self, tree: Any) -> TensorType:
         dtype_token, dims_tree = tree.children
         dtype = self.dtype(dtype_token)
         if dims_tree.data == "dims_unknown":

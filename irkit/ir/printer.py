@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def _format_dim(d: int | str | None) -> str:
     return d if _PLAIN_DIM.match(d) and d not in _KEYWORDS else json.dumps(d)
 
 
-def _format_scalar(x: object, dtype: DType) -> str:
+def _format_scalar(x: Any, dtype: DType) -> str:
     if dtype is DType.STRING:
         if isinstance(x, bytes):
             x = x.decode("utf-8", errors="surrogateescape")
@@ -80,11 +81,11 @@ def _format_scalar(x: object, dtype: DType) -> str:
     if dtype is DType.BOOL:
         return "true" if bool(x) else "false"
     if dtype.is_float:
-        return _format_float(float(x), dtype)  # type: ignore[arg-type]
+        return _format_float(float(x), dtype)
     if dtype in (DType.COMPLEX64, DType.COMPLEX128):
-        c = complex(x)  # type: ignore[arg-type]
+        c = complex(x)
         return f"({_format_float(c.real)},{_format_float(c.imag)})"
-    return str(int(x))  # type: ignore[call-overload]
+    return str(int(x))
 
 
 def _format_float(f: float, dtype: DType = DType.FLOAT32) -> str:
