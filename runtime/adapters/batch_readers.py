@@ -408,9 +408,10 @@ class ParquetReader(Reader):
         import pyarrow.parquet as pq
 
         super().__init__(path, specs, input_name, reject)
-        # No pre-buffering: memory follows the batch size, not the row-group size.
-        self.file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
-        self.batch_size = 8192
+        # pre_buffer would hold the raw bytes of a row group next to its decoded form.
+        self.file = pq.ParquetFile(path, pre_buffer=False)
+        self._group_index = -1
+        self._group: Any = None
         self.columns = list(self.file.schema_arrow.names)
         self.plan = plan_columns(self.specs, self.columns, input_name)
         self.needed = sorted(
@@ -422,23 +423,14 @@ class ParquetReader(Reader):
             [0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         )
 
-    def _seek(self, start: int) -> None:
-        """Position the batch stream at ``start``: from its row group, then skip rows."""
-        first = int(np.searchsorted(self.group_starts, start, side="right")) - 1
-        self._batches = self.file.iter_batches(
-            batch_size=self.batch_size,
-            row_groups=range(first, len(self.group_starts) - 1),
-            columns=self.needed,
-        )
-        self._pending: list[Any] = []
-        self._cursor = int(self.group_starts[first])
-        while self._cursor < start:
-            batch = next(self._batches)
-            if self._cursor + batch.num_rows > start:
-                self._pending = [batch.slice(start - self._cursor)]
-                self._cursor = start
-                break
-            self._cursor += batch.num_rows
+    def _row_group(self, index: int) -> Any:
+        # One decoded row group at a time: pyarrow's iter_batches reads ahead several,
+        # so memory is bounded by the row-group size (plus a chunk), not the file size.
+        if self._group_index != index:
+            self._group = None
+            self._group = self.file.read_row_group(index, columns=self.needed)
+            self._group_index = index
+        return self._group
 
     def read(self, start: int, stop: int) -> Chunk | None:
         import pyarrow as pa
@@ -446,24 +438,20 @@ class ParquetReader(Reader):
         stop = min(stop, self.total_rows or 0)
         if start >= stop:
             return None
-        if start != getattr(self, "_cursor", None):
-            self._seek(start)
-        # Batches stream the file (iter_batches reads pages, not whole row groups); keep
-        # what overshoots ``stop`` for the next read.
-        batches, have = self._pending, sum(b.num_rows for b in self._pending)
-        while have < stop - start:
-            batch = next(self._batches)
-            batches.append(batch)
-            have += batch.num_rows
-        table = pa.Table.from_batches(batches, schema=batches[0].schema)
-        overshoot = table.slice(stop - start).to_batches() if have > stop - start else []
-        self._pending = [batch for batch in overshoot if batch.num_rows]
-        table = table.slice(0, stop - start)
-        self._cursor = stop
+        pieces, position = [], start
+        while position < stop:
+            index = int(np.searchsorted(self.group_starts, position, side="right")) - 1
+            first, end = int(self.group_starts[index]), int(self.group_starts[index + 1])
+            take = min(stop, end) - position
+            pieces.append(self._row_group(index).slice(position - first, take))
+            position += take
+        table = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
         bad: dict[int, str] = {}
         arrays = {}
         for spec in self.specs:
-            parts = [self._column(table.column(c), c, start, bad) for c in self.plan[spec.name]]
+            columns = self.plan[spec.name]
+            width = _row_size(spec) if len(columns) == 1 else None
+            parts = [self._column(table.column(c), c, start, bad, width) for c in columns]
             matrix = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
             if matrix.shape[1] != _row_size(spec):
                 raise ValueError(f"input {spec.name!r} needs {_row_size(spec)} values per row; "
@@ -473,7 +461,10 @@ class ParquetReader(Reader):
         return make_chunk(start, stop, arrays, bad, self.reject_nonfinite)
 
     @staticmethod
-    def _column(column: Any, name: str, start: int, bad: dict[int, str]) -> np.ndarray:
+    def _column(
+        column: Any, name: str, start: int, bad: dict[int, str], width: int | None
+    ) -> np.ndarray:
+        """One column as a [rows, k] matrix; nulls and wrong list lengths go to ``bad``."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -481,28 +472,33 @@ class ParquetReader(Reader):
         if column.null_count:
             for index in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)):
                 bad.setdefault(start + int(index), f"null in column {name!r}")
-            column = column.fill_null(0)
         kind = column.type
         if (
             pa.types.is_list(kind)
             or pa.types.is_large_list(kind)
             or pa.types.is_fixed_size_list(kind)
         ):
-            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-            width = int(np.bincount(lengths).argmax()) if len(lengths) else 0
+            lengths = pc.list_value_length(column).fill_null(-1).to_numpy(zero_copy_only=False)
+            if width is None:  # several columns feed the input: the usual length is right
+                present = lengths[lengths >= 0]
+                width = int(np.bincount(present).argmax()) if len(present) else 0
             wrong = np.flatnonzero(lengths != width)
             for index in wrong:
-                bad.setdefault(start + int(index), f"column {name!r}: {lengths[index]} values, "
-                                                   f"others have {width}")  # fmt: skip
-            if len(wrong):  # pad/trim the bad rows so the rest stay rectangular
-                column = pa.array([v if n == width else [0] * width
-                                   for v, n in zip(column.to_pylist(), lengths)])  # fmt: skip
+                if lengths[index] >= 0:
+                    bad.setdefault(start + int(index),
+                                   f"column {name!r}: {lengths[index]} values, expected {width}")  # fmt: skip
+            if len(wrong):  # stand-in rows keep the good ones rectangular
+                filler = [0] * width
+                fixed = [v if n == width else filler for v, n in zip(column.to_pylist(), lengths)]
+                column = pa.array(fixed, pa.list_(kind.value_type))
             values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
             return values.reshape(len(column), width)
         if not (
             pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
         ):
             raise ValueError(f"column {name!r} has type {kind}, not numbers")
+        if column.null_count:
+            column = column.fill_null(0)
         return column.to_numpy(zero_copy_only=False).reshape(len(column), 1)
 
 

@@ -68,9 +68,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-from irkit.runtime.options import Option
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from irkit.runtime.options import Option
 
 __all__ = [
     "DATATYPES",

@@ -41,13 +41,14 @@ from typing import Any
 
 import numpy as np
 import uvicorn
-from irkit.runtime.options import Option
 from prometheus_client import Gauge
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from irkit.runtime.options import Option
 
 from .batcher import DynamicBatcher
 from .common import (

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import irkit.runtime
 import numpy as np
 import pytest
-from irkit.runtime.adapters.http import HttpAdapter
 from prometheus_client.parser import text_string_to_metric_families
+
+import irkit.runtime
+from irkit.runtime.adapters.http import HttpAdapter
 
 pytestmark = pytest.mark.service
 
