@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import irkit.runtime
 import numpy as np
 import pytest
+
+import irkit.runtime
 from irkit.runtime import Artifact, CompiledModel, TensorSpec
 
 REPO = Path(__file__).resolve().parents[3]
@@ -46,7 +47,10 @@ def mlp_onnx_bytes(seed: int = 0) -> bytes:
         "digits_mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(a, n) for a, n in ((w0, "w0"), (b0, "b0"), (w1, "w1"), (b1, "b1"))],
+        [
+            numpy_helper.from_array(a, n)
+            for a, n in ((w0, "w0"), (b0, "b0"), (w1, "w1"), (b1, "b1"))
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
