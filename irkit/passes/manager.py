@@ -93,6 +93,30 @@ def accuracy(outputs: Mapping[str, Any], graph: Graph, labels: Any) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(labels).reshape(-1)))
 
 
+def evaluate_graph(graph: Graph, feeds: Mapping[str, Any]) -> dict[str, Any]:
+    """``irkit.evaluate`` that also works when an irkit-domain op produces a graph output.
+
+    The exporter's decomposition renames such outputs (so ORT is asked for a name the model
+    lacks); routing them through an Identity that carries the original name avoids that.
+    """
+    from irkit.reference import evaluate
+
+    if not any(v.producer is not None and v.producer.domain == "irkit" for v in graph.outputs):
+        return evaluate(graph, feeds)
+    work = graph.clone()
+    outputs = []
+    for value in work.outputs:
+        producer = value.producer
+        if producer is None or producer.domain != "irkit":
+            outputs.append(value)
+            continue
+        ident = work.add_node("Identity", [value], types=[value.type])
+        outputs.append(ident.output)
+    work.set_outputs(outputs)
+    results = evaluate(work, feeds)  # outputs are matched by position
+    return {old.name: results[new.name] for old, new in zip(graph.outputs, outputs)}
+
+
 def _call_pass(p: Any, graph: Graph, context: PassContext) -> PassResult:
     try:
         params = inspect.signature(p.run).parameters
@@ -119,8 +143,7 @@ def run_pipeline(
 ) -> Graph:
     """Run ``passes`` over ``graph`` (which is left untouched); the result carries one
     :class:`PassReport` per pass appended to ``graph.history``."""
-    from irkit.reference import evaluate
-
+    evaluate = evaluate_graph
     pipeline = resolve_passes(passes)
     context = PassContext(calibration=list(calibration) if calibration is not None else None)
     reference = evaluate(graph, eval_data) if eval_data is not None else None

@@ -1,0 +1,336 @@
+"""``quantize``: int8 weights (symmetric, per tensor or per output channel) and int8/uint8
+activations, dynamic (range measured per call) or static (range calibrated ahead).
+
+Two output formats:
+- ``format=irkit``: ``irkit.QLinearMatMulInt8`` / ``irkit.QLinearConvInt8`` /
+  ``irkit.DynamicQuantMatMulInt8`` with scales and zero points as constants, for irkit's
+  own int8 kernels (fused epilogues kept).
+- ``format=qdq``: standard ONNX. Static: QuantizeLinear/DequantizeLinear pairs on the
+  activations, int8 weights and int32 biases behind DequantizeLinear, which ONNX Runtime
+  turns into QLinearConv/QLinearMatMul/QGemm. Dynamic: DynamicQuantizeLinear + MatMulInteger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from irkit.ir import Graph, Node, Value
+from irkit.ir.dtypes import DType
+from irkit.ir.types import TensorType
+from irkit.passes.base import (
+    IRKIT_DOMAIN,
+    Pass,
+    PassContext,
+    drop_unused_constants,
+    take_name,
+    use_irkit_domain,
+)
+from irkit.passes.calibrate import (
+    activation_qparams,
+    choose_range,
+    collect_stats,
+    quantize_weight,
+)
+from irkit.passes.fuse import _bias_vector
+
+_MATMUL_OPS = ("MatMul", "Gemm", "MatMulBiasAct")
+_CONV_OPS = ("Conv", "ConvBiasAct")
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+@dataclass
+class LinearView:
+    """A MatMul/Gemm/Conv (plain or fused) seen uniformly: ``act(op(x, w) + b + r)``."""
+
+    node: Node
+    kind: Literal["matmul", "conv"]
+    x: Value
+    weight: np.ndarray  # [K, N] for matmul; [Cout, Cin/g, k...] for conv
+    bias: np.ndarray | None
+    residual: Value | None
+    act: str
+    conv_attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weight_axis(self) -> int:
+        return 1 if self.kind == "matmul" else 0
+
+
+def linear_view(node: Node) -> LinearView | None:
+    """Normalize a quantizable node, or None if it is not one (non-constant weights…)."""
+    fused = node.domain == IRKIT_DOMAIN
+    if node.domain not in ("", IRKIT_DOMAIN) or (fused and node.op not in
+                                                 ("MatMulBiasAct", "ConvBiasAct")):
+        return None
+    if not fused and node.op not in ("MatMul", "Gemm", "Conv"):
+        return None
+    x, w = node.inputs[0], node.inputs[1]
+    if x is None or w is None or w.const is None or x.dtype is not DType.FLOAT32:
+        return None
+    weight = w.const
+    if weight.dtype != np.float32:
+        return None
+    extra = list(node.inputs[2:]) + [None, None]
+    bias_value, residual = extra[0], extra[1] if fused else None
+    act = node.attr("act", "none")
+    if node.op in _MATMUL_OPS:
+        if weight.ndim != 2:
+            return None
+        bias = None
+        if node.op == "Gemm":
+            if node.attr("transA", 0):
+                return None
+            if node.attr("transB", 0):
+                weight = weight.T
+            weight = weight * np.float32(node.attr("alpha", 1.0))
+            if bias_value is not None:
+                bias = _bias_vector(bias_value, weight.shape[1], 0)
+                if bias is None:
+                    return None
+                bias = bias * np.float32(node.attr("beta", 1.0))
+        elif bias_value is not None:
+            if bias_value.const is None:
+                return None
+            bias = bias_value.const.reshape(-1)
+        return LinearView(node, "matmul", x, np.ascontiguousarray(weight), bias, residual, act)
+    if bias_value is not None and bias_value.const is None:
+        return None
+    bias = None if bias_value is None else bias_value.const.reshape(-1)
+    attrs = {k: node.attr(k) for k in _CONV_ATTRS if k in node.attrs}
+    return LinearView(node, "conv", x, weight, bias, residual, act, attrs)
+
+
+def _excluded(node: Node, patterns: tuple[str, ...]) -> bool:
+    names = {node.name, node.op, node.qualified_op, *(v.name for v in node.outputs)}
+    return any(p in names for p in patterns)
+
+
+@dataclass(frozen=True)
+class Quantize(Pass):
+    """int8 quantization of MatMul/Gemm/Conv (and their fused forms).
+
+    ``symmetric`` applies to activations (int8, zero point 0); otherwise activations are
+    uint8 with a zero point. Weights are always symmetric int8. ``exclude`` names nodes,
+    output values or op types to leave in float.
+    """
+
+    name = "quantize"
+    mode: Literal["dynamic", "static"] = "dynamic"
+    per_channel: bool = False
+    symmetric: bool = False
+    calibrator: Literal["minmax", "percentile", "entropy"] = "minmax"
+    percentile: float = 99.99
+    format: Literal["irkit", "qdq"] = "irkit"
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def needs_calibration(self) -> bool:  # type: ignore[override]
+        return self.mode == "static"
+
+    def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
+        if self.format == "qdq":
+            _decompose_fused_linear(graph)
+        views = []
+        for node in graph.nodes:
+            view = linear_view(node)
+            if view is None or _excluded(node, self.exclude):
+                continue
+            if self.mode == "dynamic" and view.kind != "matmul":
+                continue  # no dynamic int8 conv: ORT's ConvInteger path is rarely faster
+            views.append(view)
+        if not views:
+            return False, {"quantized": 0}
+        ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if self.mode == "static":
+            ranges = self._calibrate(graph, views, context)
+        qdq_cache: dict[str, Value] = {}
+        ops: dict[str, int] = {}
+        for target in [v.node for v in views]:
+            ops[target.op] = ops.get(target.op, 0) + 1
+            view = linear_view(target)  # again: earlier rewrites replaced its input values
+            assert view is not None
+            if self.format == "qdq":
+                self._emit_qdq(graph, view, ranges, qdq_cache)
+            else:
+                self._emit_irkit(graph, view, ranges)
+        drop_unused_constants(graph)
+        return True, {"quantized": len(views), "by_op": ops, "calibrated_tensors": len(ranges)}
+
+    # -- calibration ----------------------------------------------------------------------
+    def _calibrate(self, graph: Graph, views: list[LinearView],
+                   context: PassContext) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if not context.calibration:
+            raise ValueError("static quantization needs calibration batches")
+        names: dict[str, None] = {}
+        for view in views:
+            names[view.x.name] = None
+            site = _output_site(view)
+            if self.format == "qdq" and not site.is_graph_output:
+                names[site.name] = None
+        stats = collect_stats(graph, list(names), context.calibration)
+        out = {}
+        for name, stat in stats.items():
+            lo, hi = choose_range(stat, self.calibrator, self.percentile)
+            out[name] = activation_qparams(lo, hi, self.symmetric)
+        return out
+
+    def _weight_params(self, graph: Graph, view: LinearView) -> tuple[Value, Value, Value]:
+        axis = view.weight_axis if self.per_channel else None
+        q, scale, zero = quantize_weight(view.weight, axis)
+        base = view.node.name or view.node.outputs[0].name
+        return (graph.add_constant(f"{base}_w_q", q),
+                graph.add_constant(f"{base}_w_scale", scale),
+                graph.add_constant(f"{base}_w_zp", zero))
+
+    # -- irkit ops ------------------------------------------------------------------------
+    def _emit_irkit(self, graph: Graph, view: LinearView,
+                    ranges: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        node = view.node
+        use_irkit_domain(graph)
+        w_q, w_scale, w_zp = self._weight_params(graph, view)
+        bias = None if view.bias is None else graph.add_constant(
+            f"{w_q.name}_bias", view.bias.astype(np.float32))
+        attrs: dict[str, Any] = {"act": view.act, "w_axis": view.weight_axis}
+        if self.mode == "dynamic":
+            op = "DynamicQuantMatMulInt8"
+            inputs: list[Value | None] = [view.x, w_q, w_scale, w_zp, bias, view.residual]
+        else:
+            scale, zero = ranges[view.x.name]
+            x_scale = graph.add_constant(f"{view.x.name}_scale", scale)
+            x_zp = graph.add_constant(f"{view.x.name}_zp", zero)
+            op = "QLinearMatMulInt8" if view.kind == "matmul" else "QLinearConvInt8"
+            inputs = [view.x, x_scale, x_zp, w_q, w_scale, w_zp, bias, view.residual]
+            attrs.update(view.conv_attrs)
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        out = node.outputs[0]
+        new = graph.add_node(op, inputs, attrs, domain=IRKIT_DOMAIN, before=node,
+                             types=[out.type], name=node.name)
+        out.replace_all_uses_with(new.output)
+        name = out.name
+        graph.remove_node(node)
+        take_name(graph, new.output, name)
+
+    # -- standard ONNX ------------------------------------------------------------------------
+    def _emit_qdq(self, graph: Graph, view: LinearView,
+                  ranges: dict[str, tuple[np.ndarray, np.ndarray]],
+                  cache: dict[str, Value]) -> None:
+        if self.mode == "dynamic":
+            self._emit_integer_matmul(graph, view)
+            return
+        node = view.node
+        if any(view.x is v for v in cache.values()):
+            x_dq = view.x  # already the DequantizeLinear of an earlier op's output pair
+        else:
+            x_dq = _qdq_pair(graph, view.x, ranges[view.x.name], cache, before=node)
+            node.set_input(0, x_dq)
+        assert x_dq.producer is not None and x_dq.producer.inputs[1] is not None
+        x_scale_const = x_dq.producer.inputs[1].const
+        assert x_scale_const is not None
+        w_q, w_scale, w_zp = self._weight_params(graph, view)
+        axis_attr = {"axis": view.weight_axis} if self.per_channel else None
+        if node.op == "Gemm":  # weights were normalized to [K, N]: drop transB
+            node.set_attr("transB", 0)
+            node.set_attr("alpha", 1.0)
+            node.set_attr("beta", 1.0)
+        w_dq = graph.add_node("DequantizeLinear", [w_q, w_scale, w_zp], axis_attr, before=node,
+                              types=[TensorType(DType.FLOAT32, view.weight.shape)])
+        node.set_input(1, w_dq.output)
+        if view.bias is not None and node.op in ("Gemm", "Conv"):
+            x_scale = float(x_scale_const)
+            b_scale = (x_scale * w_scale.const).astype(np.float32).reshape(-1)
+            b_scale = np.broadcast_to(b_scale, view.bias.shape).copy()
+            b_q = np.round(view.bias / b_scale).astype(np.int32)
+            b_dq = graph.add_node(
+                "DequantizeLinear",
+                [graph.add_constant(f"{w_q.name}_bias_q", b_q),
+                 graph.add_constant(f"{w_q.name}_bias_scale", b_scale),
+                 graph.add_constant(f"{w_q.name}_bias_zp", np.zeros(b_q.shape, np.int32))],
+                {"axis": 0}, before=node,
+                types=[TensorType(DType.FLOAT32, view.bias.shape)])
+            node.set_input(2, b_dq.output)
+        site = _output_site(view)
+        if site.name in ranges and not site.is_graph_output:
+            anchor = site.producer
+            assert anchor is not None
+            consumers = [u for u in site.uses]
+            dq = _qdq_pair(graph, site, ranges[site.name], cache, after=anchor)
+            for use in consumers:
+                use.node.set_input(use.index, dq)
+
+    def _emit_integer_matmul(self, graph: Graph, view: LinearView) -> None:
+        node = view.node
+        w_q, w_scale, w_zp = self._weight_params(graph, view)
+        x = view.x
+        u8 = TensorType(DType.UINT8, x.shape)
+        scalar_f = TensorType(DType.FLOAT32, ())
+        dql = graph.add_node("DynamicQuantizeLinear", [x], before=node, outputs=3,
+                             types=[u8, scalar_f, TensorType(DType.UINT8, ())])
+        xq, xs, xzp = dql.outputs
+        out = node.outputs[0]
+        i32 = TensorType(DType.INT32, out.shape)
+        mm = graph.add_node("MatMulInteger", [xq, w_q, xzp, w_zp], before=node, types=[i32])
+        as_float = graph.add_node("Cast", [mm.output], {"to": 1}, before=node, types=[out.type])
+        scale = graph.add_node("Mul", [xs, w_scale], before=node,
+                               types=[TensorType(DType.FLOAT32, w_scale.shape)])
+        y = graph.add_node("Mul", [as_float.output, scale.output], before=node,
+                           types=[out.type]).output
+        if view.bias is not None:
+            bias = graph.add_constant(f"{w_q.name}_bias", view.bias.astype(np.float32))
+            y = graph.add_node("Add", [y, bias], before=node, types=[out.type]).output
+        out.replace_all_uses_with(y)
+        name = out.name
+        graph.remove_node(node)
+        take_name(graph, y, name)
+
+
+def _output_site(view: LinearView) -> Value:
+    """Where the output QDQ pair goes: after a Relu that is the only consumer (ORT folds
+    Conv+Relu+Q), else on the op's output."""
+    out = view.node.outputs[0]
+    if len(out.uses) == 1 and not out.is_graph_output:
+        user = out.uses[0].node
+        if user.op == "Relu" and not user.domain:
+            return user.outputs[0]
+    return out
+
+
+def _qdq_pair(graph: Graph, value: Value, params: tuple[np.ndarray, np.ndarray],
+              cache: dict[str, Value], *, before: Node | None = None,
+              after: Node | None = None) -> Value:
+    """QuantizeLinear -> DequantizeLinear on ``value`` (one pair per tensor)."""
+    if value.name in cache:
+        return cache[value.name]
+    scale, zero = params
+    s = graph.add_constant(f"{value.name}_scale", scale)
+    z = graph.add_constant(f"{value.name}_zp", zero)
+    qtype = TensorType(DType.from_numpy(zero.dtype), value.shape)
+    if after is not None:
+        q = graph.add_node("QuantizeLinear", [value, s, z], after=after, types=[qtype])
+        dq = graph.add_node("DequantizeLinear", [q.output, s, z], after=q, types=[value.type])
+    else:
+        assert before is not None
+        q = graph.add_node("QuantizeLinear", [value, s, z], before=before, types=[qtype])
+        dq = graph.add_node("DequantizeLinear", [q.output, s, z], before=before,
+                            types=[value.type])
+    cache[value.name] = dq.output
+    return dq.output
+
+
+def _decompose_fused_linear(graph: Graph) -> None:
+    """Standard ops for irkit.MatMulBiasAct/ConvBiasAct, so QDQ targets ORT's patterns."""
+    from irkit.ops.registry import get_irkit_op
+
+    for node in graph.nodes:
+        if node.domain != IRKIT_DOMAIN or node.op not in ("MatMulBiasAct", "ConvBiasAct"):
+            continue
+        new_outputs = get_irkit_op(node).decompose(graph, node)
+        for old, new in zip(node.outputs, new_outputs):
+            new.type = old.type
+            old.replace_all_uses_with(new)
+            name = old.name
+            graph.remove_node(node)
+            take_name(graph, new, name)
