@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from kafka_testing import Collector, Topics, produce, serving
 
 from irkit.runtime import CompiledModel, TensorSpec
+from irkit.runtime.adapters import kafka_worker
+from irkit.runtime.adapters.kafka import DeliveryError
 from irkit.runtime.adapters.kafka_codec import (
     TENSORS_HEADER,
     binary_request,
@@ -241,3 +244,52 @@ def test_offsets_are_committed_after_delivery(
         collector.poll(1.0)
     keys = [r.key for r in collector.records]
     assert keys.count("late") == 1 and len(keys) == 51
+
+
+class RefusingProducer(Producer):
+    """A real producer whose delivery reports all say the broker refused the message."""
+
+    def produce(self, *args: Any, on_delivery: Any = None, **kwargs: Any) -> None:
+        def refused(_error: Any, message: Any) -> None:
+            on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), message)
+
+        super().produce(*args, on_delivery=refused, **kwargs)
+
+
+def test_unacknowledged_results_are_not_committed(
+    mlp: CompiledModel, make_topics: Callable[..., Topics],
+    collector_for: Callable[[Topics], Collector], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    topics = make_topics(partitions=1)
+    x = _rows(7, 5)
+    produce(topics.servers, topics.input,
+            [(f"u{i}".encode(), *binary_request({"x": x[i : i + 1]})) for i in range(5)])
+    with monkeypatch.context() as patch:
+        patch.setattr(kafka_worker, "Producer", RefusingProducer)
+        with pytest.raises(DeliveryError, match="did not acknowledge"):  # noqa: SIM117
+            with serving(mlp, topics):
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not _consumed_any(topics):
+                    time.sleep(0.2)
+    consumer = Consumer({"bootstrap.servers": topics.servers, "group.id": topics.group})
+    committed = consumer.committed([TopicPartition(topics.input, 0)], timeout=10)
+    consumer.close()
+    assert committed[0].offset < 0  # nothing committed: the requests are still pending
+    with serving(mlp, topics):  # the next run answers every one of them
+        collector = collector_for(topics)
+        collector.wait_for({f"u{i}" for i in range(5)})
+        collector.poll(1.0)
+    # The refused run really produced (and the broker stored) its results: duplicates.
+    keys = [r.key for r in collector.records if r.topic == topics.output]
+    assert set(keys) == {f"u{i}" for i in range(5)} and len(keys) == 10
+
+
+def _consumed_any(topics: Topics) -> bool:
+    """True once the output topic holds a message (the refused run has produced)."""
+    consumer = Consumer({"bootstrap.servers": topics.servers, "group.id": "peek",
+                         "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(topics.output, 0, 0)])
+        return any(m.error() is None for m in consumer.consume(1, 0.5))
+    finally:
+        consumer.close()

@@ -164,3 +164,25 @@ def test_sigkill_mid_stream_loses_nothing(
     # Duplicates are allowed (at least once); count them so the log shows what happened.
     duplicates = len(collector.records) - total
     print(f"answered before the kill: {answered_before_kill}, duplicates: {duplicates}")
+
+
+def test_a_killed_consumer_process_is_restarted(
+    mlp_dir: Path, make_topics: Callable[..., Topics],
+    collector_for: Callable[[Topics], Collector], tmp_path: Path,
+) -> None:
+    topics = make_topics(partitions=2)
+    x = np.random.default_rng(13).standard_normal((200, 64)).astype(np.float32)
+    with server(mlp_dir, topics, tmp_path / "serve.log", processes=2) as handle:
+        started = handle.wait_log(r"consumer \(pid (\d+)\) of \S+ in group", count=2)
+        victim = int(started[0])
+        assert victim != handle.process.pid  # a forked consumer, not the supervisor
+        os.kill(victim, signal.SIGKILL)
+        handle.wait_log(r"exited with status -9; restarting")
+        restarted = handle.wait_log(r"consumer \(pid (\d+)\) of \S+ in group", count=3)
+        assert len(set(restarted)) == 3 and victim not in map(int, restarted[2:])
+        produce(topics.servers, topics.input,
+                [(f"r{i}".encode(), *binary_request({"x": x[i : i + 1]})) for i in range(200)])
+        collector = collector_for(topics)
+        collector.wait_for({f"r{i}" for i in range(200)})
+        _stop(handle)
+    assert collector.keys(topics.output) == {f"r{i}" for i in range(200)}
