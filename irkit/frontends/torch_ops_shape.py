@@ -1,0 +1,229 @@
+"""ATen -> ONNX lowerings, part two: shapes, indexing, gather/scatter and tensor creation.
+
+Registered into ``torch_ops.LOWERINGS`` (importing ``torch_ops`` imports this module).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import fx
+
+from irkit.frontends.torch_lowering import LoweringContext, LoweringUnsupported
+from irkit.frontends.torch_ops_base import INT64_MAX, _as_list, _axis, lowers
+from irkit.ir import DType, Value
+
+
+# -- shapes, indexing and data movement ---------------------------------------------------
+@lowers("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
+def lower_view(ctx: LoweringContext, x: Any, size: Any) -> Value:
+    return ctx.emit("Reshape", [ctx.get(x), ctx.reshape_shape(x, list(size))])
+
+
+@lowers("aten.permute.default")
+def lower_permute(ctx: LoweringContext, x: Any, dims: Any) -> Value:
+    rank = ctx.rank_of(x)
+    return ctx.emit("Transpose", [ctx.get(x)], {"perm": [_axis(d, rank) for d in dims]})
+
+
+@lowers("aten.expand.default")
+def lower_expand(ctx: LoweringContext, x: Any, size: Any, implicit: bool = False) -> Value:
+    return ctx.emit("Expand", [ctx.get(x), ctx.expand_shape(x, list(size))])
+
+
+@lowers("aten.unsqueeze.default")
+def lower_unsqueeze(ctx: LoweringContext, x: Any, dim: int) -> Value:
+    axis = _axis(int(dim), ctx.rank_of(x) + 1)
+    return ctx.emit("Unsqueeze", [ctx.tensor(x), ctx.ints([axis])])
+
+
+@lowers("aten.squeeze.dims", "aten.squeeze.dim", "aten.squeeze.default")
+def lower_squeeze(ctx: LoweringContext, x: Any, dim: Any = None) -> Value:
+    rank = ctx.rank_of(x)
+    shape = ctx.shape_of(x)
+    dims = list(range(rank)) if dim is None else _as_list(dim)
+    axes = [_axis(d, rank) for d in dims if shape[_axis(d, rank)] == 1]
+    if not axes:
+        return ctx.get(x)  # torch ignores dims that are not 1
+    return ctx.emit("Squeeze", [ctx.get(x), ctx.ints(axes)])
+
+
+@lowers("aten.cat.default")
+def lower_cat(ctx: LoweringContext, tensors: Any, dim: int = 0) -> Value:
+    dtype = ctx.out_dtype
+    parts = [t for t in tensors if 0 not in ctx.shape_of(t) or ctx.rank_of(t) != 1]
+    rank = ctx.rank_of(parts[0])
+    return ctx.emit("Concat", [ctx.tensor(t, dtype) for t in parts], {"axis": _axis(dim, rank)})
+
+
+@lowers("aten.slice.Tensor")
+def lower_slice(
+    ctx: LoweringContext, x: Any, dim: int = 0, start: Any = None, end: Any = None,
+    step: int = 1,
+) -> Value:
+    rank = ctx.rank_of(x)
+    size = ctx.shape_of(x)[_axis(dim, rank)]
+    if (start in (None, 0) and (end is None or end == INT64_MAX
+                                or (isinstance(end, int) and end == size)) and step == 1):
+        return ctx.get(x)
+    starts = ctx.size_value(0 if start is None else start)
+    ends = ctx.size_value(INT64_MAX if end is None else end)
+    inputs = [ctx.get(x), starts, ends, ctx.ints([_axis(dim, rank)]), ctx.ints([int(step)])]
+    return ctx.emit("Slice", inputs)
+
+
+@lowers("aten.select.int")
+def lower_select(ctx: LoweringContext, x: Any, dim: int, index: Any) -> Value:
+    rank = ctx.rank_of(x)
+    idx = ctx.const(np.asarray(index, np.int64)) if isinstance(index, int) else ctx.scalar(
+        ctx.size_value(index)
+    )
+    return ctx.emit("Gather", [ctx.get(x), idx], {"axis": _axis(dim, rank)})
+
+
+@lowers("aten.index_select.default")
+def lower_index_select(ctx: LoweringContext, x: Any, dim: int, index: Any) -> Value:
+    return ctx.emit("Gather", [ctx.get(x), ctx.get(index)], {"axis": _axis(dim, ctx.rank_of(x))})
+
+
+@lowers("aten.embedding.default")
+def lower_embedding(ctx: LoweringContext, weight: Any, indices: Any, *args: Any) -> Value:
+    return ctx.emit("Gather", [ctx.get(weight), ctx.tensor(indices, DType.INT64)], {"axis": 0})
+
+
+@lowers("aten.index.Tensor")
+def lower_index(ctx: LoweringContext, x: Any, indices: Any) -> Value:
+    """Advanced indexing with integer tensors: one index is a Gather on its dim; several
+    leading ones broadcast together and become one GatherND."""
+    present = [(i, t) for i, t in enumerate(indices) if t is not None]
+    if any(ctx.dtype_of(t) is DType.BOOL for _, t in present):
+        raise LoweringUnsupported("boolean-mask indexing (its result shape depends on data)")
+    if len(present) == 1:
+        axis, index = present[0]
+        return ctx.emit("Gather", [ctx.get(x), ctx.tensor(index, DType.INT64)], {"axis": axis})
+    if [i for i, _ in present] != list(range(len(present))):
+        raise LoweringUnsupported("several index tensors that are not the leading dims")
+    index_values = [ctx.tensor(t, DType.INT64) for _, t in present]
+    common = index_values[0]
+    for other in index_values[1:]:  # Expand broadcasts both ways: the common index shape
+        common = ctx.emit("Expand", [common, ctx.emit("Shape", [other], typed=False)],
+                          typed=False)
+    shape = ctx.emit("Shape", [common], typed=False)
+    last = ctx.ints([-1])
+    columns = [
+        ctx.emit("Unsqueeze", [ctx.emit("Expand", [v, shape], typed=False), last], typed=False)
+        for v in index_values
+    ]
+    stacked = ctx.emit("Concat", columns, {"axis": -1}, typed=False)
+    return ctx.emit("GatherND", [ctx.get(x), stacked])
+
+
+@lowers("aten.split_with_sizes.default", "aten.split.Tensor")
+def lower_split(ctx: LoweringContext, x: Any, sizes: Any, dim: int = 0) -> tuple[Value, ...]:
+    rank = ctx.rank_of(x)
+    count = len(ctx.out_val)
+    split = [int(v.shape[_axis(dim, rank)]) for v in ctx.out_val]
+    outs = ctx.emit("Split", [ctx.get(x), ctx.ints(split)], {"axis": _axis(dim, rank)},
+                    outputs=count)
+    return tuple(outs) if count > 1 else (outs,)
+
+
+@lowers("aten.constant_pad_nd.default")
+def lower_constant_pad(ctx: LoweringContext, x: Any, pad: Any, value: float = 0.0) -> Value:
+    rank = ctx.rank_of(x)
+    begins, ends = [0] * rank, [0] * rank
+    for i in range(len(pad) // 2):  # torch pads the last dim first
+        begins[rank - 1 - i], ends[rank - 1 - i] = int(pad[2 * i]), int(pad[2 * i + 1])
+    inputs = [ctx.get(x), ctx.ints(begins + ends), ctx.tensor(value, ctx.out_dtype)]
+    return ctx.emit("Pad", inputs, {"mode": "constant"})
+
+
+# -- creation -------------------------------------------------------------------------------
+@lowers("aten.full.default", "aten.scalar_tensor.default")
+def lower_full(ctx: LoweringContext, size: Any, value: Any = None, **kw: Any) -> Value:
+    if "scalar_tensor" in str(ctx.current.target):
+        size, value = [], size
+    dtype = ctx.out_dtype
+    if all(isinstance(s, int) for s in size):
+        return ctx.const_typed(np.full([int(s) for s in size], value, dtype.numpy))
+    fill = ctx.const_tensor_attr(value, dtype)
+    return ctx.emit("ConstantOfShape", [ctx.shape_tensor(list(size))], {"value": fill})
+
+
+@lowers("aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.default")
+def lower_full_like(ctx: LoweringContext, x: Any, value: Any = None, **kw: Any) -> Value:
+    target = str(ctx.current.target)
+    if value is None:
+        value = 1 if "ones" in target else 0
+    dtype = ctx.out_dtype
+    shape = ctx.shape_of(x)
+    if all(isinstance(s, int) for s in shape):
+        return ctx.const_typed(np.full([int(s) for s in shape], value, dtype.numpy))
+    shape_value = ctx.emit("Shape", [ctx.get(x)], typed=False)
+    return ctx.emit("ConstantOfShape", [shape_value],
+                    {"value": ctx.const_tensor_attr(value, dtype)})
+
+
+@lowers("aten.arange.start_step", "aten.arange.start", "aten.arange.default")
+def lower_arange(ctx: LoweringContext, *args: Any, **kw: Any) -> Value:
+    bounds = list(args) + [None] * (3 - len(args))
+    if "start" not in str(ctx.current.target):
+        bounds = [0, args[0], 1]
+    start, end, step = bounds[0], bounds[1], bounds[2] if bounds[2] is not None else 1
+    dtype = ctx.out_dtype
+    if all(not isinstance(v, fx.Node) for v in (start, end, step)):
+        return ctx.const_typed(np.arange(start, end, step, dtype=dtype.numpy))
+    pieces = [ctx.scalar(ctx.size_value(v)) if isinstance(v, fx.Node)
+              else ctx.const(np.asarray(v, np.int64)) for v in (start, end, step)]
+    if dtype is DType.INT64:
+        return ctx.emit("Range", pieces)
+    pieces = [ctx.cast(p, dtype) for p in pieces]
+    return ctx.emit("Range", pieces)
+
+
+# -- gather / scatter / selection ---------------------------------------------------------------
+@lowers("aten.gather.default")
+def lower_gather(ctx: LoweringContext, x: Any, dim: int, index: Any, **kw: Any) -> Value:
+    axis = _axis(int(dim), ctx.rank_of(x))
+    return ctx.emit("GatherElements", [ctx.get(x), ctx.get(index)], {"axis": axis})
+
+
+_SCATTER_REDUCTIONS = {"sum": "add", "prod": "mul", "amax": "max", "amin": "min"}
+
+
+@lowers("aten.scatter.src", "aten.scatter.value", "aten.scatter_add.default",
+        "aten.scatter_reduce.two")
+def lower_scatter(
+    ctx: LoweringContext, x: Any, dim: int, index: Any, src: Any, reduce: str | None = None,
+    include_self: bool = True,
+) -> Value:
+    target = str(ctx.current.target)
+    reduction = "add" if "scatter_add" in target else "none"
+    if "scatter_reduce" in target:
+        if reduce not in _SCATTER_REDUCTIONS or not include_self:
+            raise LoweringUnsupported(f"scatter_reduce {reduce!r}, include_self={include_self}")
+        reduction = _SCATTER_REDUCTIONS[reduce]
+    dtype = ctx.out_dtype
+    updates = ctx.tensor(src, dtype)
+    if not isinstance(src, fx.Node):  # scatter.value: a scalar spread over the index shape
+        shape = ctx.emit("Shape", [ctx.get(index)], typed=False)
+        updates = ctx.emit("Expand", [updates, shape], typed=False)
+    attrs: dict[str, Any] = {"axis": _axis(int(dim), ctx.rank_of(x))}
+    if reduction != "none":
+        attrs["reduction"] = reduction
+    return ctx.emit("ScatterElements", [ctx.get(x), ctx.get(index), updates], attrs)
+
+
+@lowers("aten.copy.default")
+def lower_copy_into(ctx: LoweringContext, dst: Any, src: Any, non_blocking: bool = False) -> Value:
+    """``dst.copy_(src)`` functionalized: src broadcast to dst's shape, in dst's dtype."""
+    value = ctx.tensor(src, ctx.out_dtype)
+    shape = ctx.emit("Shape", [ctx.get(dst)], typed=False)
+    return ctx.emit("Expand", [value, shape])
+
+
+@lowers("aten.empty.memory_format")
+def lower_empty(ctx: LoweringContext, size: Any, **kw: Any) -> Value:
+    """Uninitialized memory in torch; zeros here (any value is a valid result)."""
+    return lower_full(ctx, size, 0)
