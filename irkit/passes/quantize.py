@@ -73,7 +73,7 @@ def linear_view(node: Node) -> LinearView | None:
     weight = w.const
     if weight.dtype != np.float32:
         return None
-    extra = list(node.inputs[2:]) + [None, None]
+    extra = [*node.inputs[2:], None, None]
     bias_value, residual = extra[0], extra[1] if fused else None
     act = node.attr("act", "none")
     if node.op in _MATMUL_OPS:
