@@ -209,7 +209,7 @@ class Prune(Pass):
             assert w is not None and w.const is not None
             magnitude = np.abs(w.const)
             if global_threshold is None:
-                count = int(round(self.sparsity * w.const.size))
+                count = round(self.sparsity * w.const.size)
                 order = np.argsort(magnitude, axis=None, kind="stable")
                 mask = np.ones(w.const.size, bool)
                 mask[order[:count]] = False
@@ -244,7 +244,7 @@ class Prune(Pass):
             if chain is None:
                 continue
             channels = layer.weight.shape[layer.out_axis]
-            keep_count = max(self.min_channels, int(round(channels * (1.0 - self.sparsity))))
+            keep_count = max(self.min_channels, round(channels * (1.0 - self.sparsity)))
             if keep_count >= channels:
                 continue
             scores = self._scores(layer)

@@ -1,0 +1,152 @@
+"""``lowrank``: SVD factorization ``W ~= A @ B`` of MatMul/Gemm/MatMulBiasAct weights and of
+Conv weights (flattened to [Cout, Cin*k*k]: a k x k Conv to ``rank`` channels followed by a
+1x1 Conv). The rank is the smallest that keeps ``energy`` of the squared singular values,
+or the smallest whose relative Frobenius error fits ``error_budget``, or a fixed ``rank``.
+Layers where the factorization would not cut multiply-adds by ``min_saving`` are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from irkit.ir import Graph, Node, Value
+from irkit.ir.types import TensorType
+from irkit.passes.base import IRKIT_DOMAIN, Pass, PassContext, drop_unused_constants
+
+
+def choose_rank(singular: np.ndarray, *, energy: float | None, error_budget: float | None,
+                rank: int) -> int:
+    """The rank a criterion picks from singular values (largest first)."""
+    full = len(singular)
+    if rank > 0:
+        return min(rank, full)
+    power = singular.astype(np.float64) ** 2
+    total = power.sum()
+    if total == 0:
+        return 1
+    if error_budget is not None:
+        tail = np.concatenate([np.cumsum(power[::-1])[::-1][1:], [0.0]])  # sum beyond r
+        ok = np.nonzero(np.sqrt(tail / total) <= error_budget)[0]
+        return int(ok[0]) + 1 if len(ok) else full
+    kept = np.cumsum(power) / total
+    return min(full, int(np.searchsorted(kept, energy if energy is not None else 1.0)) + 1)
+
+
+def factorize(matrix: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """``matrix [K, N] ~= A [K, r] @ B [r, N]``; also returns the relative error."""
+    u, s, vt = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
+    root = np.sqrt(s[:r])
+    a = u[:, :r] * root
+    b = root[:, None] * vt[:r]
+    err = float(np.linalg.norm(matrix - a @ b) / max(np.linalg.norm(matrix), 1e-30))
+    return a.astype(matrix.dtype), b.astype(matrix.dtype), err
+
+
+def _shape_with_last(value: Value, last: int) -> TensorType | None:
+    t = value.type
+    if not isinstance(t, TensorType) or t.shape is None:
+        return None
+    return TensorType(t.dtype, (*t.shape[:-1], last))
+
+
+@dataclass(frozen=True)
+class LowRank(Pass):
+    """Factorize weights where it saves at least ``min_saving`` of a layer's MACs."""
+
+    name = "lowrank"
+    energy: float = 0.95
+    error_budget: float | None = None
+    rank: int = 0
+    min_saving: float = 0.1
+    conv: bool = True
+    exclude: tuple[str, ...] = ()
+
+    def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
+        layers: dict[str, dict[str, Any]] = {}
+        skipped: dict[str, str] = {}
+        for node in graph.nodes:
+            label = node.name or node.outputs[0].name
+            if {node.name, node.op, node.outputs[0].name} & set(self.exclude):
+                continue
+            matrix = self._matrix(node)
+            if matrix is None:
+                continue
+            k, n = matrix.shape
+            _, s, _ = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
+            r = choose_rank(s, energy=self.energy, error_budget=self.error_budget,
+                            rank=self.rank)
+            if r * (k + n) > (1.0 - self.min_saving) * k * n:
+                skipped[label] = f"rank {r}/{min(k, n)} would not save {self.min_saving:.0%}"
+                continue
+            a, b, err = factorize(matrix, r)
+            if node.op in ("Conv", "ConvBiasAct"):
+                self._split_conv(graph, node, a, b)
+            else:
+                self._split_matmul(graph, node, a, b)
+            layers[label] = {"rank": r, "full_rank": min(k, n), "macs_before": k * n,
+                             "macs_after": r * (k + n), "weight_rel_error": round(err, 6)}
+        drop_unused_constants(graph)
+        return bool(layers), {"layers": layers, "skipped": skipped}
+
+    def _matrix(self, node: Node) -> np.ndarray | None:
+        """The weight as [K, N] (input features x outputs), or None if not factorable."""
+        if node.domain not in ("", IRKIT_DOMAIN) or len(node.inputs) < 2:
+            return None
+        w = node.inputs[1]
+        if w is None or w.const is None or not np.issubdtype(w.const.dtype, np.floating):
+            return None
+        weight = w.const
+        if node.op in ("MatMul", "MatMulBiasAct") and weight.ndim == 2:
+            if node.op == "MatMul" and node.domain:
+                return None
+            return weight
+        if node.op == "Gemm" and not node.domain and weight.ndim == 2 \
+                and not node.attr("transA", 0):
+            return weight.T if node.attr("transB", 0) else weight
+        if node.op in ("Conv", "ConvBiasAct") and self.conv and node.attr("group", 1) == 1 \
+                and node.attr("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET"):
+            return weight.reshape(weight.shape[0], -1).T  # [Cin*k*k, Cout]
+        return None
+
+    def _split_matmul(self, graph: Graph, node: Node, a: np.ndarray, b: np.ndarray) -> None:
+        x = node.inputs[0]
+        assert x is not None
+        a_value = graph.add_constant(f"{node.inputs[1].name}_u", a)  # type: ignore[union-attr]
+        b_value = graph.add_constant(f"{node.inputs[1].name}_v", b)  # type: ignore[union-attr]
+        first = graph.add_node("MatMul", [x, a_value], before=node,
+                               types=[_shape_with_last(x, a.shape[1])])
+        node.set_input(0, first.output)
+        node.set_input(1, b_value)
+        if node.op == "Gemm":
+            node.set_attr("transB", 0)
+            if node.attr("alpha", 1.0) != 1.0:
+                alpha = np.asarray(node.attr("alpha"), b.dtype)
+                node.set_input(1, graph.add_constant(f"{b_value.name}_alpha", b * alpha))
+                node.set_attr("alpha", 1.0)
+
+    def _split_conv(self, graph: Graph, node: Node, a: np.ndarray, b: np.ndarray) -> None:
+        w = node.inputs[1]
+        x = node.inputs[0]
+        assert w is not None and w.const is not None and x is not None
+        r = a.shape[1]
+        cout = w.const.shape[0]
+        first_w = a.T.reshape(r, *w.const.shape[1:])  # k x k conv to r channels
+        second_w = b.T.reshape(cout, r, *([1] * (w.const.ndim - 2)))  # 1x1 conv to Cout
+        attrs = {k: node.attrs[k] for k in ("dilations", "kernel_shape", "pads", "strides")
+                 if k in node.attrs}
+        out_t = node.outputs[0].type
+        mid_t = None
+        if isinstance(out_t, TensorType) and out_t.shape is not None:
+            mid_t = TensorType(out_t.dtype, (out_t.shape[0], r, *out_t.shape[2:]))
+        first = graph.add_node("Conv", [x, graph.add_constant(f"{w.name}_u", first_w)], attrs,
+                               before=node, types=[mid_t])
+        node.set_input(0, first.output)
+        node.set_input(1, graph.add_constant(f"{w.name}_v", second_w))
+        ones = [1] * (w.const.ndim - 2)
+        node.set_attr("kernel_shape", ones)
+        node.set_attr("strides", ones)
+        node.set_attr("dilations", ones)
+        node.set_attr("pads", [0] * (2 * len(ones)))
