@@ -94,6 +94,8 @@ class KafkaAdapter:
         "partitions": Option(int, 4, "partitions of topics that create_topics creates"),
         "session_timeout_ms": Option(int, 6000, "consumer group session timeout"),
         "kafka_config": Option(dict, None, "extra librdkafka settings for both clients"),
+        "metrics_port": Option(int, 0, "serve Prometheus /metrics on this port (0: off); "
+                               "consumer process i of processes = N uses port + i"),
     }
 
     def __init__(self, model: ServableModel, **options: Any) -> None:
@@ -130,7 +132,6 @@ class KafkaAdapter:
 
     def serve(self) -> None:
         """Consume until SIGINT/SIGTERM or ``stop()``; see the module docstring."""
-        self._stop.clear()
         with stop_on_signals(lambda signum: self._stop.set()), self._broker() as servers:
             self.bootstrap_servers = servers
             config = self.config.with_servers(servers)
@@ -140,11 +141,13 @@ class KafkaAdapter:
             self.ready.set()
             try:
                 if self.settings["processes"] == 1:
-                    KafkaWorker(self.model, config, self._stop, self.metrics).run()
+                    with metrics_server(self.metrics, self.settings["metrics_port"]):
+                        KafkaWorker(self.model, config, self._stop, self.metrics).run()
                 else:
                     self._supervise(config, self.settings["processes"])
             finally:
                 self.ready.clear()
+                self._stop.clear()  # serve() may be called again
 
     @contextmanager
     def _broker(self) -> Iterator[str]:
@@ -164,7 +167,9 @@ class KafkaAdapter:
         restarts: list[float] = []
 
         def start(slot: int) -> None:
-            child = context.Process(target=_child_main, args=(self.model, config, slot),
+            port = self.settings["metrics_port"] and self.settings["metrics_port"] + slot
+            child = context.Process(target=_child_main,
+                                    args=(self.model, config, slot, port),
                                     name=f"irkit-kafka-{slot}", daemon=False)
             child.start()
             children[slot] = child
@@ -220,14 +225,34 @@ def _child_model(model: ServableModel) -> ServableModel:
     return load(path)
 
 
-def _child_main(model: ServableModel, config: WorkerConfig, slot: int) -> None:
+@contextmanager
+def metrics_server(metrics: AdapterMetrics, port: int) -> Iterator[None]:
+    """Serve ``metrics`` in Prometheus text form on ``port`` (nothing when it is 0)."""
+    if not port:
+        yield
+        return
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(port, registry=metrics.registry)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _child_main(model: ServableModel, config: WorkerConfig, slot: int,
+                metrics_port: int) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda _signum, _frame: stop.set())
     status = 0
     try:
         worker_model = _child_model(model)
-        KafkaWorker(worker_model, config, stop, AdapterMetrics("kafka", model.name)).run()
+        metrics = AdapterMetrics("kafka", model.name)
+        with metrics_server(metrics, metrics_port):
+            KafkaWorker(worker_model, config, stop, metrics).run()
     except BaseException:
         log.exception("consumer process %d failed", slot)
         status = 1

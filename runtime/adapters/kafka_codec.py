@@ -123,12 +123,13 @@ def decode_request(
 
 
 def _decode_key(key: bytes | None) -> str | None:
-    if not key:
-        return None
-    try:
-        return key.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PayloadError("the message key (request id) is not UTF-8 text") from None
+    # surrogateescape: a key that is not UTF-8 still comes back byte for byte (encode_key)
+    return key.decode("utf-8", "surrogateescape") if key else None
+
+
+def encode_key(request_id: str) -> bytes:
+    """The Kafka key of a result: the request id's bytes."""
+    return request_id.encode("utf-8", "surrogateescape")
 
 
 def _load_json(value: bytes | None) -> dict[str, Any]:

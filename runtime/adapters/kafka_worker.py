@@ -39,7 +39,13 @@ from irkit.runtime.adapters.common import (
     concat_requests,
     split_outputs,
 )
-from irkit.runtime.adapters.kafka_codec import Headers, Request, decode_request, encode_result
+from irkit.runtime.adapters.kafka_codec import (
+    Headers,
+    Request,
+    decode_request,
+    encode_key,
+    encode_result,
+)
 
 log = logging.getLogger("irkit.runtime.adapters.kafka")
 
@@ -225,6 +231,10 @@ class KafkaWorker:
             except AdapterError as exc:
                 self._dead_letter(batch, message, exc)
                 continue
+            except Exception as exc:  # a payload nobody foresaw must not stop the stream
+                log.exception("unexpected error decoding %s/%s/%s", topic, partition, offset)
+                self._dead_letter(batch, message, AdapterError(f"{type(exc).__name__}: {exc}"))
+                continue
             key = _batch_key(request)
             rows = next(iter(request.inputs.values())).shape[0] if key is not None else 1
             groups.setdefault(key if key is not None else object(), []).append(
@@ -302,11 +312,14 @@ class KafkaWorker:
     ) -> None:
         try:
             value, headers = encode_result(item.request, outputs, self.model.name)
+            self._produce(batch, self.config.output_topic, value,
+                          encode_key(item.request.request_id), headers)
         except AdapterError as exc:  # e.g. an unknown output asked for
             self._dead_letter(batch, item.message, exc)
             return
-        self._produce(batch, self.config.output_topic, value,
-                      item.request.request_id.encode(), headers)
+        except KafkaException as exc:  # refused before sending, e.g. a result too large
+            self._dead_letter(batch, item.message, AdapterError(f"result not produced: {exc}"))
+            return
         self.counts["results"] += 1
         self.metrics.count("ok")
         kind, timestamp_ms = item.message.timestamp()
@@ -334,11 +347,11 @@ class KafkaWorker:
         headers: Headers,
     ) -> None:
         assert self._producer is not None
-        batch.pending += 1
         while True:
             try:
                 self._producer.produce(topic, value, key, headers=headers,
                                        on_delivery=batch.delivered)
+                batch.pending += 1
                 return
             except BufferError:  # the producer queue is full: wait for acknowledgements
                 self._producer.poll(0.05)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from kafka_testing import Collector, Topics, produce, serving
 from irkit.runtime import CompiledModel, TensorSpec
 from irkit.runtime.adapters import kafka_worker
 from irkit.runtime.adapters.kafka import DeliveryError
+from irkit.runtime.adapters.kafka_broker import free_port
 from irkit.runtime.adapters.kafka_codec import (
     TENSORS_HEADER,
     binary_request,
@@ -87,9 +89,15 @@ def test_binary_round_trip_matches_the_model(
         messages.append((f"req-{i}".encode(), value, [*headers, ("trace", str(i).encode())]))
     produce(topics.servers, topics.input, messages)
     ids = {f"req-{i}" for i in range(100)}
-    with serving(mlp, topics, max_batch=32):
+    port = free_port()
+    with serving(mlp, topics, max_batch=32, metrics_port=port):
         collector = collector_for(topics)
         collector.wait_for(ids)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            metrics = page.read().decode()
+    assert 'irkit_requests_total{adapter="kafka",model="kafka_mlp",outcome="ok"} 100.0' \
+        in metrics
+    assert 'irkit_rows_total{adapter="kafka",model="kafka_mlp"} 200.0' in metrics
     results = collector.by_key(topics.output)
     assert set(results) == ids
     expected = mlp(x=x)["logits"]
