@@ -64,7 +64,10 @@ def fold_conv_batchnorm(graph: Graph, bn: Node) -> bool:
     out = bn.outputs[0]
     conv.output.type = out.type
     out.replace_all_uses_with(conv.output)
+    name = out.name
     graph.remove_node(bn)
+    if conv.output.is_graph_output:
+        take_name(graph, conv.output, name)
     return True
 
 

@@ -164,6 +164,11 @@ def run_pipeline(
         except Exception as exc:
             raise PassError(f"pass {name!r} failed: {type(exc).__name__}: {exc}") from exc
         seconds = time.perf_counter() - started
+        before_names = [v.name for v in current.outputs]
+        after_names = [v.name for v in result.graph.outputs]
+        if before_names != after_names:
+            raise PassError(f"pass {name!r} renamed the graph outputs {before_names} to "
+                            f"{after_names}")
         if verify:
             try:
                 result.graph.verify()

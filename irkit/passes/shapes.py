@@ -43,7 +43,11 @@ class SimplifyShapes(Pass):
             counts[key] = counts.get(key, 0) + 1
 
         for node in graph.nodes:
-            if node.domain or any(v.is_graph_output for v in node.outputs):
+            if node.domain:
+                continue
+            if any(v.is_graph_output for v in node.outputs):
+                if node.op == "Reshape" and self._merge_reshapes(node):
+                    bump("reshape_of_reshape")  # keeps the node, so its output name too
                 continue
             if node.op == "Shape" and self._fold_shape(graph, node):
                 bump("shape")
@@ -93,10 +97,11 @@ class SimplifyShapes(Pass):
         if dims is None:
             return False
         dims = _shape_slice(shape_node, dims)
-        picked = np.take(np.array(dims, dtype=object), indices.const.astype(np.int64))
-        if not all(isinstance(d, int) for d in np.atleast_1d(picked)):
+        index = indices.const.astype(np.int64)
+        flat = [dims[int(i)] for i in index.reshape(-1)]
+        if not all(isinstance(d, int) for d in flat):
             return False
-        result = np.array(picked.tolist() if picked.ndim else int(picked), np.int64)
+        result = np.array(flat, np.int64).reshape(index.shape)
         replace_node(node, [graph.add_constant(node.output.name + "_static", result)])
         return True
 
