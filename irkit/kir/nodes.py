@@ -1,0 +1,323 @@
+"""Kernel IR nodes: scalar/vector expressions, statements, buffers, kernels, programs.
+
+Every node is a frozen dataclass, so rewrites build new trees and structural equality
+works for pattern matching. Element types are short strings (``f32``, ``i64``, ``bool``…);
+an expression's ``lanes`` is 1 for a scalar and >1 for an LLVM-style fixed vector.
+
+Index arithmetic is ``i64``. Buffers are flat, typed, and addressed with one ``i64``
+index (element units). ``bool`` is stored as one byte and computed as ``i1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DTYPES = ("f32", "f64", "i64", "i32", "i8", "u8", "bool")
+FLOATS = ("f32", "f64")
+ITEMSIZE = {"f32": 4, "f64": 8, "i64": 8, "i32": 4, "i8": 1, "u8": 1, "bool": 1}
+
+BINARY_OPS = (
+    "add", "sub", "mul", "div", "mod", "max", "min",
+    "lt", "le", "gt", "ge", "eq", "ne", "and", "or",
+)  # fmt: skip
+COMPARE_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
+UNARY_OPS = ("neg", "not")
+CALLS = {
+    # name: arity. ``fma(a, b, c) = a * b + c``.
+    "exp": 1, "log": 1, "tanh": 1, "erf": 1, "sqrt": 1, "abs": 1, "floor": 1,
+    "ceil": 1, "round": 1, "sin": 1, "cos": 1, "pow": 2, "fma": 3,
+}  # fmt: skip
+ForKind = Literal["serial", "parallel", "vector", "unroll"]
+FOR_KINDS = ("serial", "parallel", "vector", "unroll")
+
+
+class Expr:
+    """Base of scalar and vector expressions."""
+
+    @property
+    def dtype(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def lanes(self) -> int:
+        return 1
+
+    # Operator sugar keeps lowering code readable: ``i * n + j``.
+    def __add__(self, other: Expr | int | float) -> Expr:
+        return Binary("add", self, wrap(other, self.dtype))
+
+    def __radd__(self, other: Expr | int | float) -> Expr:
+        return Binary("add", wrap(other, self.dtype), self)
+
+    def __sub__(self, other: Expr | int | float) -> Expr:
+        return Binary("sub", self, wrap(other, self.dtype))
+
+    def __rsub__(self, other: Expr | int | float) -> Expr:
+        return Binary("sub", wrap(other, self.dtype), self)
+
+    def __mul__(self, other: Expr | int | float) -> Expr:
+        return Binary("mul", self, wrap(other, self.dtype))
+
+    def __rmul__(self, other: Expr | int | float) -> Expr:
+        return Binary("mul", wrap(other, self.dtype), self)
+
+    def __truediv__(self, other: Expr | int | float) -> Expr:
+        return Binary("div", self, wrap(other, self.dtype))
+
+    def __floordiv__(self, other: Expr | int) -> Expr:
+        return Binary("div", self, wrap(other, self.dtype))
+
+    def __mod__(self, other: Expr | int) -> Expr:
+        return Binary("mod", self, wrap(other, self.dtype))
+
+    def __neg__(self) -> Expr:
+        return Unary("neg", self)
+
+
+def wrap(value: Expr | int | float | bool, dtype: str = "i64") -> Expr:
+    """An Expr for a Python number (typed like ``dtype``) or the Expr itself."""
+    if isinstance(value, Expr):
+        return value
+    if isinstance(value, bool):
+        return Const(value, "bool")
+    if dtype in FLOATS:
+        return Const(float(value), dtype)
+    return Const(int(value), dtype)
+
+
+@dataclass(frozen=True, eq=True)
+class Var(Expr):
+    """A loop variable, a ``Let`` name or a kernel scalar argument (``N``)."""
+
+    name: str
+    type: str = "i64"
+
+    @property
+    def dtype(self) -> str:
+        return self.type
+
+
+@dataclass(frozen=True, eq=True)
+class Const(Expr):
+    value: int | float | bool
+    type: str = "i64"
+
+    @property
+    def dtype(self) -> str:
+        return self.type
+
+
+@dataclass(frozen=True, eq=True)
+class Binary(Expr):
+    op: str
+    a: Expr
+    b: Expr
+
+    @property
+    def dtype(self) -> str:
+        return "bool" if self.op in COMPARE_OPS else self.a.dtype
+
+    @property
+    def lanes(self) -> int:
+        return max(self.a.lanes, self.b.lanes)
+
+
+@dataclass(frozen=True, eq=True)
+class Unary(Expr):
+    op: str
+    x: Expr
+
+    @property
+    def dtype(self) -> str:
+        return self.x.dtype
+
+    @property
+    def lanes(self) -> int:
+        return self.x.lanes
+
+
+@dataclass(frozen=True, eq=True)
+class Call(Expr):
+    """A math function (see ``CALLS``); backends decide how to compute it."""
+
+    fn: str
+    args: tuple[Expr, ...]
+
+    @property
+    def dtype(self) -> str:
+        return self.args[0].dtype
+
+    @property
+    def lanes(self) -> int:
+        return max(a.lanes for a in self.args)
+
+
+@dataclass(frozen=True, eq=True)
+class Cast(Expr):
+    type: str
+    x: Expr
+
+    @property
+    def dtype(self) -> str:
+        return self.type
+
+    @property
+    def lanes(self) -> int:
+        return self.x.lanes
+
+
+@dataclass(frozen=True, eq=True)
+class Select(Expr):
+    cond: Expr
+    a: Expr
+    b: Expr
+
+    @property
+    def dtype(self) -> str:
+        return self.a.dtype
+
+    @property
+    def lanes(self) -> int:
+        return max(self.a.lanes, self.b.lanes)
+
+
+@dataclass(frozen=True, eq=True)
+class Load(Expr):
+    """``buf[index]``, or ``lanes`` consecutive elements from there as a vector."""
+
+    buf: Buffer
+    index: Expr
+    vlanes: int = 1
+
+    @property
+    def dtype(self) -> str:
+        return self.buf.dtype
+
+    @property
+    def lanes(self) -> int:
+        return self.vlanes
+
+
+@dataclass(frozen=True, eq=True)
+class Broadcast(Expr):
+    """A vector of ``vlanes`` copies of a scalar."""
+
+    x: Expr
+    vlanes: int
+
+    @property
+    def dtype(self) -> str:
+        return self.x.dtype
+
+    @property
+    def lanes(self) -> int:
+        return self.vlanes
+
+
+@dataclass(frozen=True, eq=True)
+class Buffer:
+    """A flat typed buffer. ``scope="local"``: a per-kernel scratch array of ``size``
+    (a constant) elements; ``"global"``: memory the program's plan places."""
+
+    name: str
+    dtype: str
+    size: Expr
+    scope: str = "global"
+
+
+class Stmt:
+    """Base of statements."""
+
+
+@dataclass(frozen=True, eq=True)
+class Store(Stmt):
+    buf: Buffer
+    index: Expr
+    value: Expr
+
+
+@dataclass(frozen=True, eq=True)
+class Let(Stmt):
+    """Bind ``var`` to ``value`` for the rest of the enclosing block."""
+
+    var: Var
+    value: Expr
+
+
+@dataclass(frozen=True, eq=True)
+class For(Stmt):
+    """``for var in range(start, start + extent)``; ``kind`` is a scheduling hint
+    (``unroll`` loops are expanded by :func:`irkit.kir.transforms.unroll_loops`;
+    a top-level ``parallel`` loop is split across threads by the runtime)."""
+
+    var: Var
+    extent: Expr
+    body: Stmt
+    kind: str = "serial"
+    start: Expr = field(default_factory=lambda: Const(0))
+
+
+@dataclass(frozen=True, eq=True)
+class If(Stmt):
+    cond: Expr
+    then: Stmt
+    orelse: Stmt | None = None
+
+
+@dataclass(frozen=True, eq=True)
+class Block(Stmt):
+    stmts: tuple[Stmt, ...]
+
+
+def block(*stmts: Stmt | None) -> Stmt:
+    """A Block of the non-None statements, flattening nested blocks."""
+    flat: list[Stmt] = []
+    for stmt in stmts:
+        if stmt is None:
+            continue
+        if isinstance(stmt, Block):
+            flat.extend(stmt.stmts)
+        else:
+            flat.append(stmt)
+    return flat[0] if len(flat) == 1 else Block(tuple(flat))
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One loop nest. ``buffers`` are the global buffers it reads or writes; ``locals``
+    are its scratch arrays. Scalar argument ``N`` (the batch size) is always in scope."""
+
+    name: str
+    buffers: tuple[Buffer, ...]
+    body: Stmt
+    locals: tuple[Buffer, ...] = ()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a global buffer lives: ``io`` (argument ``index`` of the entry), ``weights``
+    (byte ``offset`` into the weights blob) or ``workspace`` (byte offset
+    ``offset_n * N + offset_c`` into the scratch arena)."""
+
+    kind: str
+    index: int = 0
+    offset_n: int = 0
+    offset_c: int = 0
+
+
+@dataclass(frozen=True)
+class Program:
+    """What lowering hands a backend: kernels in execution order and buffer placements."""
+
+    name: str
+    kernels: tuple[Kernel, ...]
+    placements: dict[str, Placement]
+    io_order: tuple[str, ...]
+    workspace_n: int = 0
+    workspace_c: int = 0
+    weights: bytes = b""
+
+
+N = Var("N")
+"""The symbolic batch size, an argument of every kernel."""

@@ -1,0 +1,169 @@
+"""Lowering state: buffers, weights, emitted kernels, and materialization of refs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from irkit.kir import (
+    Buffer,
+    Const,
+    Expr,
+    For,
+    Kernel,
+    Load,
+    Stmt,
+    Store,
+    Var,
+    simplify_expr,
+)
+from irkit.kir.visit import walk_exprs
+from irkit.lower.tensor import (
+    NUMPY_DTYPES,
+    Index,
+    LoweringError,
+    TensorRef,
+    buffer_ref,
+    flat_index,
+    product,
+)
+
+# An inline ref is materialized once the expression it recomputes per element is this big.
+MAX_INLINE_COST = 48
+
+
+def expr_cost(expr: Expr) -> int:
+    return sum(1 for _ in walk_exprs(expr))
+
+
+@dataclass
+class Tiles:
+    """GEMM template parameters (tunable)."""
+
+    mr: int = 6
+    nr: int = 16
+    vec: int = 8
+
+
+@dataclass
+class LoweringContext:
+    name: str
+    tiles: Tiles = field(default_factory=Tiles)
+    kernels: list[Kernel] = field(default_factory=list)
+    buffers: dict[str, Buffer] = field(default_factory=dict)
+    io: dict[str, Buffer] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    _const_buffers: dict[int, Buffer] = field(default_factory=dict)
+    _counter: int = 0
+
+    def fresh(self, hint: str) -> str:
+        self._counter += 1
+        clean = "".join(c if c.isalnum() else "_" for c in hint)[:24] or "t"
+        return f"{clean}_{self._counter}"
+
+    def var(self, hint: str) -> Var:
+        return Var(self.fresh(hint))
+
+    # -- buffers ---------------------------------------------------------------------
+    def new_buffer(self, hint: str, dtype: str, size: Expr) -> Buffer:
+        buf = Buffer(self.fresh(hint), dtype, simplify_expr(size))
+        self.buffers[buf.name] = buf
+        return buf
+
+    def io_buffer(self, name: str, dtype: str, size: Expr) -> Buffer:
+        buf = Buffer(self.fresh(name), dtype, simplify_expr(size))
+        self.io[name] = buf
+        self.buffers[buf.name] = buf
+        return buf
+
+    def weight_buffer(self, array: np.ndarray, dtype: str, hint: str = "w") -> Buffer:
+        """A global buffer holding ``array`` (deduplicated by identity)."""
+        key = id(array)
+        found = self._const_buffers.get(key)
+        if found is not None:
+            return found
+        data = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[dtype]).reshape(-1)
+        buf = Buffer(self.fresh(hint), dtype, Const(max(data.size, 1)))
+        self.buffers[buf.name] = buf
+        self.weights[buf.name] = data
+        self._const_buffers[key] = buf
+        self._keep_alive = getattr(self, "_keep_alive", []) + [array]
+        return buf
+
+    def const_ref(self, array: Any, dtype: str) -> TensorRef:
+        """A ref to compile-time data: scalars read as literals, arrays from weights."""
+        array = np.asarray(array)
+        shape = tuple(Const(int(d)) for d in array.shape)
+        if array.size == 1:
+            scalar = array.reshape(-1)[0].item()
+            literal = Const(bool(scalar) if dtype == "bool" else scalar, dtype)
+            if dtype in ("f32", "f64"):
+                literal = Const(float(np.asarray(scalar, NUMPY_DTYPES[dtype])), dtype)
+            elif dtype != "bool":
+                literal = Const(int(scalar), dtype)
+            return TensorRef(shape, dtype, lambda idx: literal, const=array)
+        holder: dict[str, Buffer] = {}
+
+        def read(idx: Index) -> Expr:
+            if "buf" not in holder:
+                holder["buf"] = self.weight_buffer(array, dtype)
+            return Load(holder["buf"], flat_index(idx, shape))
+
+        return TensorRef(shape, dtype, read, const=array)
+
+    # -- kernels ---------------------------------------------------------------------
+    def add_kernel(self, hint: str, body: Stmt, locals_: Sequence[Buffer] = ()) -> None:
+        used: dict[str, Buffer] = {}
+        local_names = {b.name for b in locals_}
+        from irkit.kir.visit import walk_stmts
+
+        for stmt in walk_stmts(body):
+            exprs: list[Expr] = []
+            if isinstance(stmt, Store):
+                if stmt.buf.name not in local_names:
+                    used[stmt.buf.name] = stmt.buf
+                exprs = [stmt.index, stmt.value]
+            elif isinstance(stmt, For):
+                exprs = [stmt.extent, stmt.start]
+            else:
+                exprs = [getattr(stmt, attr) for attr in ("value", "cond") if hasattr(stmt, attr)]
+            for e in exprs:
+                for node in walk_exprs(e):
+                    if isinstance(node, Load) and node.buf.name not in local_names:
+                        used[node.buf.name] = node.buf
+        name = self.fresh(hint)
+        self.kernels.append(Kernel(name, tuple(used.values()), body, tuple(locals_)))
+
+    def loop_nest(self, shape: Sequence[Expr], body_fn: Any, hint: str = "i",
+                  parallel: bool = True) -> Stmt:
+        """Nested loops over ``shape`` (outermost parallel) around ``body_fn(index)``."""
+        vars_ = [self.var(f"{hint}{k}") for k in range(len(shape))]
+        stmt: Stmt = body_fn(tuple(vars_))
+        for k in reversed(range(len(shape))):
+            kind = "parallel" if (k == 0 and parallel) else "serial"
+            stmt = For(vars_[k], shape[k], stmt, kind)
+        return stmt
+
+    def materialize(self, ref: TensorRef, hint: str = "t", target: Buffer | None = None
+                    ) -> TensorRef:
+        """A contiguous buffer holding ``ref`` (``target`` if given), emitting a copy or
+        compute kernel when needed."""
+        if ref.buffer is not None and (target is None or target is ref.buffer):
+            return ref
+        size = product(ref.shape)
+        buf = target or self.new_buffer(hint, ref.dtype, size)
+        if not ref.shape:
+            body: Stmt = Store(buf, Const(0), ref.read(()))
+        else:
+            body = self.loop_nest(ref.shape, lambda idx: Store(buf, flat_index(idx, ref.shape),
+                                                              ref.read(idx)))
+        self.add_kernel(hint, body)
+        return buffer_ref(buf, ref.shape)
+
+    def check_size(self, dims: Sequence[Expr]) -> None:
+        for d in dims:
+            if not isinstance(simplify_expr(d), Const | Var) and False:
+                raise LoweringError(f"bad dim {d}")

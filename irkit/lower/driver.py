@@ -1,0 +1,260 @@
+"""Graph → kernel-IR Program: walks nodes in order, fuses, plans memory, packs weights."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from irkit.ir import Graph, Node, TensorType, Value
+from irkit.kir import Const, Expr, Placement, Program, Stmt, Store, Var
+from irkit.kir.visit import substitute
+from irkit.lower import elementwise as ew
+from irkit.lower import nn, shape_ops
+from irkit.lower.context import MAX_INLINE_COST, LoweringContext, Tiles
+from irkit.lower.heavy import HEAVY, HeavyPlan
+from irkit.lower.planner import MemoryPlan, plan_workspace
+from irkit.lower.tensor import (
+    KIR_DTYPES,
+    Index,
+    LoweringError,
+    TensorRef,
+    buffer_ref,
+    dims_equal,
+    flat_index,
+    parse_dim,
+    product,
+)
+
+LowerFn = Callable[[LoweringContext, Node, list[TensorRef | None]], list[TensorRef]]
+
+LOWERINGS: dict[str, LowerFn] = {
+    **{op: ew.lower_unary for op in ew.UNARY},
+    **{op: ew.lower_binary for op in ew.BINARY},
+    "Pow": ew.lower_binary, "Sum": ew.lower_binary, "Mean": ew.lower_binary,
+    "Where": ew.lower_where, "Cast": ew.lower_cast, "Clip": ew.lower_clip,
+    "PRelu": ew.lower_prelu, "BatchNormalization": ew.lower_batchnorm,
+    "Softmax": nn.lower_softmax, "LogSoftmax": nn.lower_softmax,
+    "LayerNormalization": nn.lower_layernorm,
+    **{op: nn.lower_reduce for op in nn.REDUCE_INIT},
+    "MaxPool": nn.lower_pool, "AveragePool": nn.lower_pool,
+    "GlobalAveragePool": nn.lower_pool, "GlobalMaxPool": nn.lower_pool,
+    "Reshape": shape_ops.lower_reshape, "Flatten": shape_ops.lower_reshape,
+    "Squeeze": shape_ops.lower_reshape, "Unsqueeze": shape_ops.lower_reshape,
+    "Transpose": shape_ops.lower_transpose, "Slice": shape_ops.lower_slice,
+    "Split": shape_ops.lower_split, "Concat": shape_ops.lower_concat,
+    "Gather": shape_ops.lower_gather, "Expand": shape_ops.lower_expand,
+    "Shape": shape_ops.lower_shape, "Constant": shape_ops.lower_constant,
+    "ConstantOfShape": shape_ops.lower_constant_of_shape, "Range": shape_ops.lower_range,
+}  # fmt: skip
+SUPPORTED_OPS = frozenset([*LOWERINGS, *HEAVY])
+FUSABLE = ew.ELEMENTWISE_OPS
+ACC = Var("__acc", "f32")
+
+
+@dataclass
+class LoweredModel:
+    program: Program
+    plan: MemoryPlan
+    inputs: list[Value]
+    outputs: list[Value]
+    fused: list[str] = field(default_factory=list)
+
+
+def unsupported_nodes(graph: Graph) -> list[Node]:
+    return [n for n in graph.nodes if n.domain not in ("", "ai.onnx") or n.op not in
+            SUPPORTED_OPS]
+
+
+def batch_symbol(graph: Graph) -> str | None:
+    symbols = {d for v in graph.inputs if isinstance(v.type, TensorType) and v.type.shape
+               for d in v.type.shape if isinstance(d, str)}
+    if len(symbols) > 1:
+        raise LoweringError(f"only one symbolic dimension is supported, got {sorted(symbols)}")
+    return next(iter(symbols), None)
+
+
+class GraphLowering:
+    def __init__(self, graph: Graph, tiles: Tiles) -> None:
+        self.graph = graph
+        self.ctx = LoweringContext(graph.name or "model", tiles)
+        self.refs: dict[Value, TensorRef] = {}
+        self.done: set[Node] = set()
+        self.symbol = batch_symbol(graph)
+        self.fused: list[str] = []
+        self.outputs = {v for v in graph.outputs}
+
+    def type_shape(self, value: Value) -> tuple[Expr, ...]:
+        shape = value.shape
+        if shape is None:
+            raise LoweringError(f"value %{value.name} has an unknown rank")
+        dims = [parse_dim(d, self.symbol) for d in shape]
+        if any(d is None for d in dims):
+            raise LoweringError(f"value %{value.name} has unknown dims {shape}")
+        return tuple(d for d in dims if d is not None)
+
+    def dtype(self, value: Value) -> str:
+        dt = KIR_DTYPES.get(value.dtype) if value.dtype is not None else None
+        if dt is None:
+            raise LoweringError(f"value %{value.name} has unsupported dtype {value.dtype}")
+        return dt
+
+    def run(self) -> LoweredModel:
+        ctx = self.ctx
+        for value in self.graph.inputs:
+            shape = self.type_shape(value)
+            buf = ctx.io_buffer(value.name, self.dtype(value), product(shape))
+            self.refs[value] = buffer_ref(buf, shape)
+        for value in self.graph.constants.values():
+            self.refs[value] = ctx.const_ref(value.const, self.dtype(value))
+        for node in self.graph.nodes:
+            if node in self.done:
+                continue
+            self.lower_node(node)
+        for value in self.graph.outputs:
+            self.bind_output(value)
+        return self.finish()
+
+    def _input_refs(self, node: Node) -> list[TensorRef | None]:
+        refs: list[TensorRef | None] = []
+        for v in node.inputs:
+            if v is None or v.name == "":
+                refs.append(None)
+            else:
+                refs.append(self.refs[v])
+        return refs
+
+    def lower_node(self, node: Node) -> None:
+        ins = self._input_refs(node)
+        try:
+            if node.op in HEAVY:
+                self.lower_heavy(node, HEAVY[node.op](self.ctx, node, ins))
+                return
+            folded = ew.fold_constant(node, ins)
+            if folded is not None:
+                outs = [self.ctx.const_ref(a, self.dtype(o)) for a, o in zip(folded, node.outputs)]
+            else:
+                outs = LOWERINGS[node.op](self.ctx, node, ins)
+        except LoweringError as exc:
+            raise LoweringError(f"{node.describe()}: {exc}") from exc
+        for value, ref in zip(node.outputs, outs):
+            self.refs[value] = self.settle(value, ref)
+
+    def settle(self, value: Value, ref: TensorRef) -> TensorRef:
+        """Materialize inline refs read more than once, too costly to recompute, or
+        that are graph outputs (written straight into the output buffer)."""
+        if ref.buffer is not None or ref.const is not None:
+            return ref
+        real_uses = [u for u in value.uses if u.node.op != "Shape"]
+        if value in self.outputs:
+            return self.ctx.materialize(ref, value.name, target=self.output_buffer(value, ref))
+        if len(real_uses) > 1 or ref.cost > MAX_INLINE_COST:
+            return self.ctx.materialize(ref, value.name)
+        return ref
+
+    def output_buffer(self, value: Value, ref: TensorRef):  # noqa: ANN201
+        existing = self.ctx.io.get(value.name)
+        if existing is not None:
+            return existing
+        return self.ctx.io_buffer(value.name, ref.dtype, product(ref.shape))
+
+    # -- heavy ops with fused epilogues -------------------------------------------
+    def epilogue_chain(self, node: Node, shape: tuple[Expr, ...]) -> list[Node]:
+        chain: list[Node] = []
+        value = node.outputs[0]
+        while True:
+            if value in self.outputs or len(value.uses) != 1:
+                return chain
+            user = value.uses[0].node
+            if user.op not in FUSABLE or len(user.outputs) != 1 or user.op == "Cast":
+                return chain
+            others = [v for v in user.inputs if v is not None and v is not value]
+            if any(v not in self.refs for v in others):
+                return chain
+            out_shape = user.outputs[0].shape
+            if out_shape is None or len(out_shape) != len(shape):
+                return chain
+            try:
+                if not all(dims_equal(a, b) for a, b in zip(self.type_shape(user.outputs[0]),
+                                                               shape)):
+                    return chain
+            except LoweringError:
+                return chain
+            if user.outputs[0].dtype is None or self.dtype(user.outputs[0]) != "f32":
+                return chain
+            chain.append(user)
+            value = user.outputs[0]
+
+    def lower_heavy(self, node: Node, plan: HeavyPlan) -> None:
+        chain = self.epilogue_chain(node, plan.shape)
+        self.refs[node.outputs[0]] = TensorRef(plan.shape, "f32", lambda idx: ACC)
+        for user in chain:
+            ins = self._input_refs(user)
+            self.refs[user.outputs[0]] = LOWERINGS[user.op](self.ctx, user, ins)[0]
+            self.done.add(user)
+            self.fused.append(f"{node.op}+{user.op}")
+        final_value = chain[-1].outputs[0] if chain else node.outputs[0]
+        final = self.refs[final_value]
+        if final_value in self.outputs:
+            target = self.output_buffer(final_value, final)
+        else:
+            target = self.ctx.new_buffer(node.op.lower(), "f32", product(plan.shape))
+
+        def epilogue(idx: Index, acc: Expr) -> Stmt:
+            value = substitute(final.read(idx), {ACC: acc})
+            return Store(target, flat_index(idx, plan.shape), value)
+
+        plan.emit(epilogue)
+        result = buffer_ref(target, plan.shape)
+        for value in [node.outputs[0], *(u.outputs[0] for u in chain)]:
+            self.refs[value] = result
+
+    # -- outputs and plan -----------------------------------------------------------
+    def bind_output(self, value: Value) -> None:
+        ref = self.refs[value]
+        target = self.output_buffer(value, ref)
+        if ref.buffer is not target:
+            self.refs[value] = self.ctx.materialize(ref, value.name, target=target)
+
+    def finish(self) -> LoweredModel:
+        ctx = self.ctx
+        io_order = [v.name for v in self.graph.inputs] + [v.name for v in self.graph.outputs]
+        placements: dict[str, Placement] = {}
+        for index, name in enumerate(io_order):
+            placements[ctx.io[name].name] = Placement("io", index=index)
+        blob = bytearray()
+        for name, data in ctx.weights.items():
+            pad = (-len(blob)) % 64
+            blob.extend(b"\0" * pad)
+            placements[name] = Placement("weights", offset_c=len(blob))
+            blob.extend(np.ascontiguousarray(data).tobytes())
+        workspace = [b for name, b in ctx.buffers.items() if name not in placements]
+        plan = plan_workspace(ctx.kernels, workspace)
+        placements.update(plan.placements)
+        used = {b.name for k in ctx.kernels for b in k.buffers}
+        for name in list(placements):
+            if name not in used and placements[name].kind == "workspace":
+                del placements[name]
+        name = "".join(c if c.isalnum() else "_" for c in ctx.name) or "model"
+        program = Program(name, tuple(ctx.kernels), placements, tuple(io_order),
+                          plan.workspace_n, plan.workspace_c, bytes(blob))
+        return LoweredModel(program, plan, list(self.graph.inputs), list(self.graph.outputs),
+                            self.fused)
+
+
+def lower_graph(graph: Graph, tiles: Tiles | None = None) -> LoweredModel:
+    """Lower ``graph`` to a kernel-IR program; raises LoweringError naming every
+    unsupported node at once."""
+    missing = unsupported_nodes(graph)
+    if missing:
+        names = ", ".join(sorted({n.qualified_op for n in missing}))
+        raise LoweringError(
+            f"graph {graph.name!r}: {len(missing)} node(s) use ops the llvm backend cannot "
+            f"lower: {names} (nodes: {', '.join(n.describe() for n in missing[:10])})"
+        )
+    return GraphLowering(graph, tiles or Tiles()).run()
+
+
+__all__ = ["LoweredModel", "LoweringError", "SUPPORTED_OPS", "lower_graph", "unsupported_nodes"]
+_ = Const

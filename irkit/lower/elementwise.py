@@ -1,0 +1,256 @@
+"""Elementwise ops as inline refs: each builds the expression of one output element.
+
+Chains of these fuse into whichever kernel consumes them (a materializing loop, a GEMM or
+convolution epilogue, a reduction).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from irkit.ir import Node
+from irkit.kir import Binary, Call, Cast, Const, Expr, Select, Unary, simplify_expr
+from irkit.lower.context import LoweringContext, expr_cost
+from irkit.lower.tensor import (
+    KIR_DTYPES,
+    Index,
+    LoweringError,
+    TensorRef,
+    broadcast_read,
+    broadcast_shape,
+)
+
+UnaryFn = Callable[[Expr, Node], Expr]
+
+
+def _c(value: float, like: Expr) -> Const:
+    if like.dtype in ("f32", "f64"):
+        return Const(float(np.asarray(value, np.float32 if like.dtype == "f32" else np.float64)),
+                     like.dtype)
+    return Const(int(value), like.dtype)
+
+
+def _sigmoid(x: Expr) -> Expr:
+    one = _c(1.0, x)
+    return one / (one + Call("exp", (-x,)))
+
+
+def _gelu(x: Expr, node: Node) -> Expr:
+    half = _c(0.5, x)
+    if node.attr("approximate", "none") == "tanh":
+        inner = _c(math.sqrt(2.0 / math.pi), x) * (x + _c(0.044715, x) * x * x * x)
+        return half * x * (_c(1.0, x) + Call("tanh", (inner,)))
+    return half * x * (_c(1.0, x) + Call("erf", (x * _c(1.0 / math.sqrt(2.0), x),)))
+
+
+UNARY: dict[str, UnaryFn] = {
+    "Relu": lambda x, n: Binary("max", x, _c(0, x)),
+    "Sigmoid": lambda x, n: _sigmoid(x),
+    "Tanh": lambda x, n: Call("tanh", (x,)),
+    "Exp": lambda x, n: Call("exp", (x,)),
+    "Log": lambda x, n: Call("log", (x,)),
+    "Erf": lambda x, n: Call("erf", (x,)),
+    "Sqrt": lambda x, n: Call("sqrt", (x,)),
+    "Abs": lambda x, n: Call("abs", (x,)) if x.dtype in ("f32", "f64") else Select(
+        Binary("lt", x, _c(0, x)), -x, x),
+    "Neg": lambda x, n: -x,
+    "Floor": lambda x, n: Call("floor", (x,)),
+    "Ceil": lambda x, n: Call("ceil", (x,)),
+    "Round": lambda x, n: Call("round", (x,)),
+    "Sin": lambda x, n: Call("sin", (x,)),
+    "Cos": lambda x, n: Call("cos", (x,)),
+    "Reciprocal": lambda x, n: _c(1.0, x) / x,
+    "Not": lambda x, n: Unary("not", x),
+    "Identity": lambda x, n: x,
+    "Gelu": _gelu,
+    "LeakyRelu": lambda x, n: Select(
+        Binary("lt", x, _c(0, x)), x * _c(n.attr("alpha", 0.01), x), x),
+    "Elu": lambda x, n: Select(
+        Binary("lt", x, _c(0, x)),
+        _c(n.attr("alpha", 1.0), x) * (Call("exp", (x,)) - _c(1.0, x)), x),
+    "HardSigmoid": lambda x, n: Binary("max", _c(0, x), Binary(
+        "min", _c(1, x), x * _c(n.attr("alpha", 0.2), x) + _c(n.attr("beta", 0.5), x))),
+    "HardSwish": lambda x, n: x * Binary("max", _c(0, x), Binary(
+        "min", _c(1, x), x * _c(1.0 / 6.0, x) + _c(0.5, x))),
+    "Softplus": lambda x, n: Call("log", (_c(1.0, x) + Call("exp", (x,)),)),
+    "Softsign": lambda x, n: x / (_c(1.0, x) + Call("abs", (x,))),
+}
+
+BINARY = {
+    "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min",
+    "Equal": "eq", "Less": "lt", "Greater": "gt", "LessOrEqual": "le",
+    "GreaterOrEqual": "ge", "And": "and", "Or": "or", "Mod": "mod",
+}  # fmt: skip
+
+ELEMENTWISE_OPS = frozenset(
+    [*UNARY, *BINARY, "Pow", "Where", "Cast", "Clip", "BatchNormalization", "PRelu", "Sum",
+     "Mean"]
+)
+
+
+def inline(shape: Sequence[Expr], dtype: str, read: Callable[[Index], Expr],
+           inputs: Sequence[TensorRef]) -> TensorRef:
+    probe = read(tuple(Const(0) for _ in shape))
+    cost = expr_cost(probe) + sum(r.cost for r in inputs)
+    return TensorRef(tuple(shape), dtype, read, cost=cost)
+
+
+def lower_unary(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> list[TensorRef]:
+    x = ins[0]
+    assert x is not None
+    fn = UNARY[node.op]
+    return [inline(x.shape, x.dtype, lambda idx: fn(x.read(idx), node), [x])]
+
+
+def _pow(base: Expr, exponent: TensorRef, idx_e: Expr) -> Expr:
+    if exponent.const is not None and exponent.const.size == 1:
+        e = float(exponent.const.reshape(-1)[0])
+        table = {1.0: lambda b: b, 2.0: lambda b: b * b, 3.0: lambda b: b * b * b,
+                 0.5: lambda b: Call("sqrt", (b,)), -1.0: lambda b: _c(1.0, b) / b}
+        if e in table:
+            return table[e](base)
+    if idx_e.dtype != base.dtype:
+        idx_e = Cast(base.dtype, idx_e)
+    return Call("pow", (base, idx_e))
+
+
+def lower_binary(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                 ) -> list[TensorRef]:
+    refs = [r for r in ins if r is not None]
+    shape = broadcast_shape([r.shape for r in refs])
+    reads = [broadcast_read(r, len(shape)) for r in refs]
+    if node.op == "Pow":
+        base, exp = refs
+        return [inline(shape, base.dtype,
+                       lambda idx: _pow(reads[0](idx), exp, reads[1](idx)), refs)]
+    if node.op in ("Sum", "Mean", "Max", "Min") or len(refs) > 2:
+        op = {"Sum": "add", "Mean": "add"}.get(node.op, BINARY.get(node.op, "add"))
+
+        def variadic(idx: Index) -> Expr:
+            acc = reads[0](idx)
+            for r in reads[1:]:
+                acc = Binary(op, acc, r(idx))
+            if node.op == "Mean":
+                acc = acc * _c(1.0 / len(reads), acc)
+            return acc
+
+        return [inline(shape, refs[0].dtype, variadic, refs)]
+    op = BINARY[node.op]
+    dtype = "bool" if op in ("eq", "lt", "gt", "le", "ge") else refs[0].dtype
+    return [inline(shape, dtype, lambda idx: Binary(op, reads[0](idx), reads[1](idx)), refs)]
+
+
+def lower_where(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                ) -> list[TensorRef]:
+    refs = [r for r in ins if r is not None]
+    shape = broadcast_shape([r.shape for r in refs])
+    c, a, b = (broadcast_read(r, len(shape)) for r in refs)
+    return [inline(shape, refs[1].dtype, lambda idx: Select(c(idx), a(idx), b(idx)), refs)]
+
+
+def lower_cast(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> list[TensorRef]:
+    x = ins[0]
+    assert x is not None
+    from irkit.ir import DType
+
+    to = KIR_DTYPES.get(DType(node.attr("to")))
+    if to is None:
+        raise LoweringError(f"Cast to {DType(node.attr('to')).name} is not supported")
+    if x.const is not None:
+        return [ctx.const_ref(x.const.astype(to if to != "bool" else np.bool_), to)]
+    return [inline(x.shape, to, lambda idx: Cast(to, x.read(idx)), [x])]
+
+
+def lower_clip(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> list[TensorRef]:
+    x = ins[0]
+    assert x is not None
+    bounds: list[Expr | None] = [None, None]
+    for k, attr in ((1, "min"), (2, "max")):
+        ref = ins[k] if len(ins) > k else None
+        if ref is not None:
+            bounds[k - 1] = ref.read(())
+        elif node.attr(attr) is not None:
+            bounds[k - 1] = _c(node.attr(attr), Const(0.0, x.dtype))
+
+    def read(idx: Index) -> Expr:
+        v = x.read(idx)
+        if bounds[0] is not None:
+            v = Binary("max", v, bounds[0])
+        if bounds[1] is not None:
+            v = Binary("min", v, bounds[1])
+        return v
+
+    return [inline(x.shape, x.dtype, read, [x])]
+
+
+def lower_prelu(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                ) -> list[TensorRef]:
+    x, slope = ins
+    assert x is not None and slope is not None
+    shape = broadcast_shape([x.shape, slope.shape])
+    sr = broadcast_read(slope, len(shape))
+    return [inline(shape, x.dtype, lambda idx: Select(
+        Binary("lt", x.read(idx), _c(0, x.read(idx))), x.read(idx) * sr(idx), x.read(idx)),
+        [x, slope])]
+
+
+def lower_batchnorm(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                    ) -> list[TensorRef]:
+    """Inference BatchNormalization as ``x * a[c] + b[c]`` with a, b folded at compile time."""
+    x, scale, bias, mean, var = ins[:5]
+    assert x is not None
+    consts = [r.const if r is not None else None for r in (scale, bias, mean, var)]
+    if any(c is None for c in consts):
+        raise LoweringError("BatchNormalization needs constant scale, bias, mean and var")
+    s, b, m, v = (np.asarray(c, np.float64) for c in consts)  # type: ignore[arg-type]
+    a = s / np.sqrt(v + float(node.attr("epsilon", 1e-5)))
+    shift = b - m * a
+    trailing = (1,) * (x.rank - 2)
+    a_ref = ctx.const_ref(a.astype(np.float32).reshape(-1, *trailing), x.dtype)
+    b_ref = ctx.const_ref(shift.astype(np.float32).reshape(-1, *trailing), x.dtype)
+    ar, br = broadcast_read(a_ref, x.rank), broadcast_read(b_ref, x.rank)
+    return [inline(x.shape, x.dtype, lambda idx: x.read(idx) * ar(idx) + br(idx), [x])]
+
+
+def fold_constant(node: Node, ins: Sequence[TensorRef | None]) -> list[np.ndarray] | None:
+    """Evaluate an elementwise node at compile time when every input is constant."""
+    if not all(r is None or r.const is not None for r in ins) or node.op not in (
+        *BINARY, "Neg", "Identity", "Cast", "Where", "Not", "Sqrt", "Pow"
+    ):
+        return None
+    arrays = [None if r is None else r.const for r in ins]
+    a = arrays[0]
+    ops: dict[str, Callable[..., np.ndarray]] = {
+        "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum,
+        "Min": np.minimum, "Equal": np.equal, "Less": np.less, "Greater": np.greater,
+        "LessOrEqual": np.less_equal, "GreaterOrEqual": np.greater_equal,
+        "And": np.logical_and, "Or": np.logical_or, "Pow": np.power,
+    }  # fmt: skip
+    if node.op in ops and len(arrays) == 2:
+        out = ops[node.op](a, arrays[1])
+        if node.op in ("Add", "Sub", "Mul", "Max", "Min", "Pow"):
+            out = out.astype(np.asarray(a).dtype)
+        return [np.asarray(out)]
+    if node.op == "Div":
+        b = arrays[1]
+        if np.asarray(a).dtype.kind in "iu":
+            return [np.asarray(np.trunc(np.divide(a, b))).astype(np.asarray(a).dtype)]
+        return [np.asarray(np.divide(a, b)).astype(np.asarray(a).dtype)]
+    if node.op == "Where":
+        return [np.where(*arrays)]
+    if node.op == "Neg":
+        return [np.negative(a)]
+    if node.op == "Not":
+        return [np.logical_not(a)]
+    if node.op == "Sqrt":
+        return [np.sqrt(a)]
+    if node.op == "Identity":
+        return [np.asarray(a)]
+    return None
+
+
+def simplified(expr: Expr) -> Expr:
+    return simplify_expr(expr)

@@ -1,0 +1,181 @@
+"""The tiled GEMM template shared by MatMul, Gemm and Conv.
+
+``C[b, i, j] = sum_k A[b, i, k] * B[b, k, j]``, then a fused epilogue. B is packed into
+column panels of ``nr`` (zero-padded): ``Bp[b][p][k][c] = B[b, k, p*nr + c]`` — at compile
+time for weights, by a packing loop for runtime tensors (the im2col of a convolution is
+such a packing loop). The microkernel keeps an ``mr x nr`` block of C in ``nr/vec``
+vector accumulators per row (``<vec x f32>`` FMAs: a broadcast of ``A[i, k]`` times a
+row of the panel), so with mr=6, nr=16, vec=8 it holds 12 ymm accumulators. Loop order:
+batch (parallel), panel (parallel when there is no batch loop), row block, k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from irkit.kir import (
+    Binary,
+    Broadcast,
+    Buffer,
+    Call,
+    Const,
+    Expr,
+    For,
+    If,
+    Let,
+    Load,
+    Stmt,
+    Store,
+    Var,
+    block,
+    simplify_expr,
+)
+from irkit.lower.context import LoweringContext, Tiles
+
+StoreFn = Callable[[Expr, Expr, Expr, Expr], Stmt]  # (batch, row, col, acc) -> Stmt
+PackFn = Callable[[Expr, Expr, Expr], Expr]  # (batch, k, col) -> B element (col < cols)
+
+
+@dataclass
+class GemmSpec:
+    batch: Expr  # number of independent products (may depend on N)
+    rows: Expr  # M (may depend on N)
+    depth: int  # K
+    cols: int  # N of the product (static)
+    a_buf: Buffer
+    a_offset: Callable[[Expr], Expr]  # batch -> element offset of A's first row
+    lda: int
+    store: StoreFn
+    b_packed: Buffer | None = None  # compile-time packed weights (shared by all batches)
+    b_source: PackFn | None = None  # runtime B, packed by a loop into the workspace
+
+
+def pack_weights(b: np.ndarray, nr: int) -> np.ndarray:
+    """``[K, cols]`` → ``[panels, K, nr]`` zero-padded panels."""
+    k, cols = b.shape
+    panels = -(-cols // nr)
+    padded = np.zeros((k, panels * nr), dtype=np.float32)
+    padded[:, :cols] = b
+    return np.ascontiguousarray(padded.reshape(k, panels, nr).transpose(1, 0, 2))
+
+
+def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Buffer,
+                 b: Expr, b_base: Expr, p: Expr, i0: Expr, rows: int, ctx: LoweringContext
+                 ) -> Stmt:
+    vecs = t.nr // t.vec
+    zero = Broadcast(Const(0.0, "f32"), t.vec)
+    stmts: list[Stmt] = [
+        Store(acc, Const(r * t.nr + v * t.vec), zero) for r in range(rows) for v in range(vecs)
+    ]
+    k = ctx.var("k")
+    a_base = simplify_expr(spec.a_offset(b) + i0 * spec.lda)
+    panel_base = simplify_expr(b_base + p * (spec.depth * t.nr))
+    body: list[Stmt] = []
+    # Vector-valued lets: Vars carry no lane count; the backend keeps the loaded vector.
+    bvars = [Var(ctx.fresh(f"bv{v}"), "f32") for v in range(vecs)]
+    body = [
+        _let_vec(bvars[v], Load(bpanel, panel_base + k * t.nr + v * t.vec, t.vec))
+        for v in range(vecs)
+    ]
+    for r in range(rows):
+        a = Broadcast(Load(spec.a_buf, a_base + (r * spec.lda) + k), t.vec)
+        for v in range(vecs):
+            slot = Const(r * t.nr + v * t.vec)
+            body.append(Store(acc, slot, Call("fma", (a, bvars[v],
+                                                      Load(acc, slot, t.vec)))))
+    stmts.append(For(k, Const(spec.depth), block(*body)))
+    stmts += [
+        Store(tile, Const(r * t.nr + v * t.vec), Load(acc, Const(r * t.nr + v * t.vec), t.vec))
+        for r in range(rows) for v in range(vecs)
+    ]
+    r_var, c_var = ctx.var("r"), ctx.var("c")
+    width = simplify_expr(Binary("min", Const(t.nr), Const(spec.cols) - p * t.nr))
+    epilogue = spec.store(b, i0 + r_var, p * t.nr + c_var, Load(tile, r_var * t.nr + c_var))
+    stmts.append(For(r_var, Const(rows), For(c_var, width, epilogue)))
+    return block(*stmts)
+
+
+def _let_vec(var: Var, value: Expr) -> Let:
+    return Let(var, value)
+
+
+def emit_gemm(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm") -> None:
+    """Emit the kernel(s) computing ``spec``: an optional packing kernel and the GEMM."""
+    t = ctx.tiles
+    panels = -(-spec.cols // t.nr)
+    acc = Buffer(ctx.fresh("acc"), "f32", Const(t.mr * t.nr), "local")
+    tile = Buffer(ctx.fresh("tile"), "f32", Const(t.mr * t.nr), "local")
+    b_var = ctx.var("b")
+    single = isinstance(simplify_expr(spec.batch), Const) and simplify_expr(spec.batch) == Const(1)
+    panel_size = panels * spec.depth * t.nr
+    pack_stmt: Stmt | None = None
+    if spec.b_packed is not None:
+        bpanel, b_base = spec.b_packed, Const(0)
+    else:
+        assert spec.b_source is not None
+        bpanel = ctx.new_buffer(f"{hint}_pack", "f32", spec.batch * panel_size)
+        b_base = b_var * panel_size
+        pack_stmt = _pack_loop(ctx, spec, bpanel, b_var, b_base, panels)
+
+    p = ctx.var("p")
+    ib = ctx.var("ib")
+    mr = t.mr
+    rows = simplify_expr(spec.rows)
+    row_blocks: list[Stmt] = [
+        For(ib, rows // mr, _microkernel(spec, t, acc, tile, bpanel, b_var, b_base, p,
+                                         ib * mr, mr, ctx))
+    ]
+    if isinstance(rows, Const):
+        rem = int(rows.value) % mr
+        if rem:
+            row_blocks.append(_microkernel(spec, t, acc, tile, bpanel, b_var, b_base, p,
+                                           Const(int(rows.value) - rem), rem, ctx))
+    else:
+        rem_var = ctx.var("rem")
+        row_blocks.append(Let(rem_var, rows % mr))
+        for r in range(1, mr):
+            row_blocks.append(If(Binary("eq", rem_var, Const(r)), _microkernel(
+                spec, t, acc, tile, bpanel, b_var, b_base, p, rows - r, r, ctx)))
+    panel_loop_kind = "parallel" if single else "serial"
+    gemm_loops: Stmt = For(p, Const(panels), block(*row_blocks), panel_loop_kind)
+    if single:
+        if pack_stmt is not None:
+            ctx.add_kernel(f"{hint}_pack", For(b_var, Const(1), pack_stmt, "parallel"))
+        ctx.add_kernel(hint, _bind_zero(b_var, gemm_loops), [acc, tile])
+    else:
+        body = block(pack_stmt, gemm_loops)
+        ctx.add_kernel(hint, For(b_var, spec.batch, body, "parallel"), [acc, tile])
+
+
+def _bind_zero(var: Var, stmt: Stmt) -> Stmt:
+    from irkit.kir.visit import substitute_stmt
+
+    return substitute_stmt(stmt, {var: Const(0)})
+
+
+def _pack_loop(ctx: LoweringContext, spec: GemmSpec, bpanel: Buffer, b: Expr, b_base: Expr,
+               panels: int) -> Stmt:
+    t = ctx.tiles
+    assert spec.b_source is not None
+    p, k, c = ctx.var("pp"), ctx.var("pk"), ctx.var("pc")
+    j = p * t.nr + c
+    value = spec.b_source(b, k, j)
+    full = panels * t.nr == spec.cols
+    if not full:
+        # Padding columns read column 0 (always valid) and store zero.
+        safe = spec.b_source(b, k, Binary("min", j, Const(spec.cols - 1)))
+        value = _select_lt(j, spec.cols, safe)
+    store = Store(bpanel, b_base + (p * spec.depth + k) * t.nr + c, value)
+    return For(p, Const(panels), For(k, Const(spec.depth), For(c, Const(t.nr), store)))
+
+
+def _select_lt(j: Expr, limit: int, value: Expr) -> Expr:
+    from irkit.kir import Select
+
+    return Select(Binary("lt", j, Const(limit)), value, Const(0.0, value.dtype))
+
+
+__all__ = ["GemmSpec", "emit_gemm", "pack_weights"]

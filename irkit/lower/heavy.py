@@ -1,0 +1,219 @@
+"""MatMul, Gemm and Conv lowered onto the GEMM template.
+
+Each returns a :class:`HeavyPlan`: the output shape and an ``emit`` that takes the
+epilogue (``store(index, acc) -> Stmt``) the driver built from the fused chain of
+elementwise consumers, so bias, activation and residual adds run in the GEMM's tile loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from irkit.ir import Node
+from irkit.kir import Binary, Const, Expr, Load, Select, Stmt, simplify_expr
+from irkit.lower.context import LoweringContext
+from irkit.lower.gemm import GemmSpec, emit_gemm, pack_weights
+from irkit.lower.tensor import (
+    Index,
+    LoweringError,
+    TensorRef,
+    broadcast_shape,
+    dims_equal,
+    product,
+    static,
+    unravel,
+)
+
+Epilogue = Callable[[Index, Expr], Stmt]
+
+
+@dataclass
+class HeavyPlan:
+    shape: tuple[Expr, ...]
+    emit: Callable[[Epilogue], None]
+
+
+def _transpose_last2(ctx: LoweringContext, ref: TensorRef) -> TensorRef:
+    shape = (*ref.shape[:-2], ref.shape[-1], ref.shape[-2])
+    return TensorRef(shape, ref.dtype, lambda idx: ref.read((*idx[:-2], idx[-1], idx[-2])),
+                     cost=ref.cost)
+
+
+def plan_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> HeavyPlan:
+    a, b = ins[0], ins[1]
+    assert a is not None and b is not None
+    alpha, beta, c_ref = 1.0, 1.0, None
+    if node.op == "Gemm":
+        if node.attr("transA", 0):
+            a = _transpose_last2(ctx, a)
+        if node.attr("transB", 0):
+            if b.const is not None:
+                b = ctx.const_ref(np.ascontiguousarray(np.asarray(b.const).T), b.dtype)
+            else:
+                b = _transpose_last2(ctx, b)
+        alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
+        c_ref = ins[2] if len(ins) > 2 else None
+    if a.rank < 2 or b.rank < 2:
+        raise LoweringError(f"{node.op} with a 1-D operand is not supported")
+    if a.dtype != "f32" or b.dtype != "f32":
+        raise LoweringError(f"{node.op} on {a.dtype} is not supported (f32 only)")
+    k = static(a.shape[-1], "MatMul depth")
+    cols = static(b.shape[-1], "MatMul columns")
+    rows = a.shape[-2]
+    batch_shape = broadcast_shape([a.shape[:-2], b.shape[:-2]])
+    out_shape = (*batch_shape, rows, Const(cols))
+    a_mat = ctx.materialize(a, "mm_a")
+    assert a_mat.buffer is not None
+    b_batched = b.rank > 2 and any(not (isinstance(d, Const) and d.value == 1)
+                                   for d in b.shape[:-2])
+    a_batched = a.rank > 2 and not all(isinstance(d, Const) and d.value == 1
+                                       for d in a.shape[:-2])
+    fold_batch = not b_batched  # B shared: A's batch dims fold into rows
+    if fold_batch:
+        rows_all = product(a.shape[:-1])
+        batch: Expr = Const(1)
+    else:
+        rows_all = rows
+        batch = product(batch_shape)
+        if a_batched and not all(dims_equal(x, y) for x, y in zip(a.shape[:-2], batch_shape)):
+            raise LoweringError("MatMul with broadcast batch dims on A is not supported")
+    mk = simplify_expr(rows * k)
+
+    def a_offset(bi: Expr) -> Expr:
+        return bi * mk if (a_batched and not fold_batch) else Const(0)
+
+    spec_b: dict[str, object] = {}
+    if b.const is not None and fold_batch:
+        weights = np.asarray(b.const, np.float32).reshape(k, cols)
+        spec_b["b_packed"] = ctx.weight_buffer(pack_weights(weights, ctx.tiles.nr), "f32", "wpack")
+    else:
+        b_shape_batch = b.shape[:-2]
+        off = len(batch_shape) - len(b_shape_batch)
+
+        def source(bi: Expr, kk: Expr, j: Expr) -> Expr:
+            bidx = unravel(bi, batch_shape) if batch_shape else ()
+            bb = tuple(
+                Const(0) if (isinstance(d, Const) and d.value == 1) else bidx[q + off]
+                for q, d in enumerate(b_shape_batch)
+            )
+            return b.read((*bb, kk, j))
+
+        spec_b["b_source"] = source
+
+    def emit(epilogue: Epilogue) -> None:
+        def store(bi: Expr, i: Expr, j: Expr, acc: Expr) -> Stmt:
+            if fold_batch:
+                lead = unravel(i, a.shape[:-1])
+                idx = (*lead[:-1], lead[-1], j) if a.rank > 2 else (i, j)
+                # Broadcast batch dims of B (all 1) are not in A's index: pad with zeros.
+                idx = (*([Const(0)] * (len(out_shape) - len(idx))), *idx)
+            else:
+                idx = (*unravel(bi, batch_shape), i, j)
+            value = acc if alpha == 1.0 else acc * Const(alpha, "f32")
+            if c_ref is not None:
+                off = len(out_shape) - c_ref.rank
+                cidx = tuple(Const(0) if (isinstance(d, Const) and d.value == 1) else idx[q + off]
+                             for q, d in enumerate(c_ref.shape))
+                cval = c_ref.read(cidx)
+                value = value + (cval if beta == 1.0 else cval * Const(beta, "f32"))
+            return epilogue(idx, value)
+
+        spec = GemmSpec(batch=batch, rows=rows_all, depth=k, cols=cols, a_buf=a_mat.buffer,
+                        a_offset=a_offset, lda=k, store=store, **spec_b)  # type: ignore[arg-type]
+        emit_gemm(ctx, spec, node.op.lower())
+
+    return HeavyPlan(out_shape, emit)
+
+
+def conv_geometry(node: Node, x: TensorRef, w: np.ndarray) -> dict[str, list[int]]:
+    spatial = x.rank - 2
+    if spatial != 2:
+        raise LoweringError(f"Conv over {spatial} spatial dims is not supported (2-D only)")
+    in_hw = [static(d, "Conv spatial dim") for d in x.shape[2:]]
+    kernel = list(node.attr("kernel_shape", None) or w.shape[2:])
+    strides = list(node.attr("strides", None) or [1] * spatial)
+    dil = list(node.attr("dilations", None) or [1] * spatial)
+    pads = list(node.attr("pads", None) or [0] * (2 * spatial))
+    auto = node.attr("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0] * (2 * spatial)
+        for d in range(spatial):
+            out = -(-in_hw[d] // strides[d])
+            total = max(0, (out - 1) * strides[d] + (kernel[d] - 1) * dil[d] + 1 - in_hw[d])
+            small, big = total // 2, total - total // 2
+            pads[d], pads[d + spatial] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    elif auto == "VALID":
+        pads = [0] * (2 * spatial)
+    out_hw = [
+        (in_hw[d] + pads[d] + pads[d + spatial] - dil[d] * (kernel[d] - 1) - 1) // strides[d] + 1
+        for d in range(spatial)
+    ]
+    return {"in": in_hw, "k": kernel, "s": strides, "d": dil, "p": pads, "out": out_hw}
+
+
+def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> HeavyPlan:
+    """Conv as ``out[n, co, p] = W[co, ck] @ im2col(x)[ck, p]``; the im2col is B's packing."""
+    x, w_ref = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    assert x is not None and w_ref is not None
+    if w_ref.const is None:
+        raise LoweringError("Conv needs constant weights")
+    if x.dtype != "f32":
+        raise LoweringError("Conv supports f32 only")
+    w = np.asarray(w_ref.const, np.float32)
+    g = conv_geometry(node, x, w)
+    groups = int(node.attr("group", 1))
+    cout, cin_g = w.shape[0], w.shape[1]
+    cout_g = cout // groups
+    kh, kw = g["k"]
+    depth = cin_g * kh * kw
+    oh, ow = g["out"]
+    ih, iw = g["in"]
+    cin = static(x.shape[1], "Conv channels")
+    x_mat = ctx.materialize(x, "conv_in")
+    out_shape = (x.shape[0], Const(cout), Const(oh), Const(ow))
+    w_buf = ctx.weight_buffer(w.reshape(cout, depth), "f32", "convw")
+    assert x_mat.buffer is not None
+    xbuf = x_mat.buffer
+    spatial = oh * ow
+    batch = simplify_expr(x.shape[0] * groups)
+
+    def source(bi: Expr, kk: Expr, j: Expr) -> Expr:
+        n, grp = bi // groups, bi % groups
+        ci = grp * cin_g + kk // (kh * kw)
+        r = kk % (kh * kw)
+        ky, kx = r // kw, r % kw
+        oy, ox = j // ow, j % ow
+        iy = oy * g["s"][0] - g["p"][0] + ky * g["d"][0]
+        ix = ox * g["s"][1] - g["p"][1] + kx * g["d"][1]
+        inside = Binary("and", Binary("and", Binary("ge", iy, Const(0)),
+                                      Binary("lt", iy, Const(ih))),
+                        Binary("and", Binary("ge", ix, Const(0)),
+                               Binary("lt", ix, Const(iw))))
+        flat = ((n * cin + ci) * ih + iy) * iw + ix
+        safe = Select(inside, flat, Const(0))
+        return Select(inside, Load(xbuf, simplify_expr(safe)), Const(0.0, "f32"))
+
+    def emit(epilogue: Epilogue) -> None:
+        def store(bi: Expr, i: Expr, j: Expr, acc: Expr) -> Stmt:
+            n, grp = bi // groups, bi % groups
+            co = grp * cout_g + i
+            value = acc
+            if bias is not None:
+                value = value + bias.read((simplify_expr(co),))
+            idx = (simplify_expr(n), simplify_expr(co), simplify_expr(j // ow),
+                   simplify_expr(j % ow))
+            return epilogue(idx, value)
+
+        spec = GemmSpec(batch=batch, rows=Const(cout_g), depth=depth, cols=spatial,
+                        a_buf=w_buf, a_offset=lambda bi: (bi % groups) * (cout_g * depth),
+                        lda=depth, store=store, b_source=source)
+        emit_gemm(ctx, spec, "conv")
+
+    return HeavyPlan(out_shape, emit)
+
+
+HEAVY = {"MatMul": plan_matmul, "Gemm": plan_matmul, "Conv": plan_conv}

@@ -1,0 +1,374 @@
+"""Layout and shape ops as inline views (no data movement until a consumer needs it).
+
+Shape computations fold at compile time: ``Shape`` yields dims as expressions in N, and
+Reshape reads its target shape through them, so exporter-generated shape arithmetic
+(Shape → Slice → Concat → Reshape) costs nothing at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from irkit.ir import Node
+from irkit.kir import Binary, Cast, Const, Expr, Select, simplify_expr
+from irkit.lower.context import LoweringContext
+from irkit.lower.tensor import (
+    Index,
+    LoweringError,
+    TensorRef,
+    affine,
+    broadcast_read,
+    broadcast_shape,
+    buffer_ref,
+    dim_value,
+    flat_index,
+    from_affine,
+    product,
+    static,
+    unravel,
+)
+
+
+def _int_list(ref: TensorRef | None, what: str) -> list[int] | None:
+    if ref is None:
+        return None
+    if ref.const is None:
+        raise LoweringError(f"{what} must be a compile-time constant")
+    return [int(v) for v in np.asarray(ref.const).reshape(-1)]
+
+
+def _shape_values(ref: TensorRef) -> list[Expr]:
+    """The elements of a 1-D int64 shape tensor as (folded) expressions."""
+    length = static(ref.shape[0], "shape length") if ref.rank else 1
+    values = []
+    for i in range(length):
+        v = simplify_expr(ref.read((Const(i),) if ref.rank else ()))
+        if not (isinstance(v, Const) or _is_affine(v)):
+            raise LoweringError("Reshape target shape depends on run-time data")
+        values.append(v)
+    return values
+
+
+def _is_affine(e: Expr) -> bool:
+    try:
+        affine(e)
+        return True
+    except (LoweringError, KeyError, TypeError):
+        return False
+
+
+def view(src: TensorRef, shape: Sequence[Expr], read_fn: object) -> TensorRef:
+    return TensorRef(tuple(shape), src.dtype, read_fn, cost=src.cost)  # type: ignore[arg-type]
+
+
+def reshape_ref(src: TensorRef, shape: Sequence[Expr]) -> TensorRef:
+    """``src`` seen with a new shape of the same size (a buffer alias when contiguous)."""
+    shape = tuple(simplify_expr(d) for d in shape)
+    if src.const is not None and all(isinstance(d, Const) for d in shape):
+        dims = tuple(int(d.value) for d in shape)  # type: ignore[union-attr]
+        return TensorRef(shape, src.dtype, _const_reader(src, dims), const=np.asarray(
+            src.const).reshape(dims))
+    if src.buffer is not None:
+        return buffer_ref(src.buffer, shape)
+    groups = _groups(src.shape, shape)
+    if groups is None:
+        return view(src, shape, lambda idx: src.read(unravel(flat_index(idx, shape), src.shape)))
+
+    def read(idx: Index) -> Expr:
+        out: list[Expr] = []
+        for (s0, s1), (d0, d1) in groups:
+            flat = flat_index(idx[d0:d1], shape[d0:d1])
+            out.extend(unravel(flat, src.shape[s0:s1]) if s1 > s0 else ())
+        return src.read(tuple(out))
+
+    return view(src, shape, read)
+
+
+def _const_reader(src: TensorRef, dims: tuple[int, ...]) -> object:
+    from irkit.lower.tensor import flat_index as fi
+
+    shape_src = src.shape
+    new_shape = tuple(Const(d) for d in dims)
+    return lambda idx: src.read(unravel(fi(idx, new_shape), shape_src))
+
+
+def _groups(a: Sequence[Expr], b: Sequence[Expr]
+            ) -> list[tuple[tuple[int, int], tuple[int, int]]] | None:
+    """Split two shapes into consecutive groups of equal size (checked at N=1,2,3)."""
+    def sizes(shape: Sequence[Expr], n: int) -> list[int]:
+        return [dim_value(d, n) for d in shape]
+
+    try:
+        va = [sizes(a, n) for n in (1, 2, 3)]
+        vb = [sizes(b, n) for n in (1, 2, 3)]
+    except LoweringError:
+        return None
+    groups = []
+    i = j = 0
+    while i < len(a) or j < len(b):
+        i0, j0 = i, j
+        pa = [1, 1, 1]
+        pb = [1, 1, 1]
+        if i < len(a):
+            pa = [va[t][i] for t in range(3)]
+            i += 1
+        if j < len(b):
+            pb = [vb[t][j] for t in range(3)]
+            j += 1
+        while pa != pb:
+            if all(x < y for x, y in zip(pa, pb)) and i < len(a):
+                pa = [pa[t] * va[t][i] for t in range(3)]
+                i += 1
+            elif all(y < x for x, y in zip(pa, pb)) and j < len(b):
+                pb = [pb[t] * vb[t][j] for t in range(3)]
+                j += 1
+            else:
+                return None
+        groups.append(((i0, i), (j0, j)))
+    return groups
+
+
+def lower_reshape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                  ) -> list[TensorRef]:
+    x = ins[0]
+    assert x is not None
+    total = product(x.shape)
+    if node.op == "Flatten":
+        axis = int(node.attr("axis", 1)) % (x.rank + 1) if x.rank else 0
+        shape = [product(x.shape[:axis]), product(x.shape[axis:])]
+        return [reshape_ref(x, shape)]
+    if node.op in ("Squeeze", "Unsqueeze"):
+        axes = node.attr("axes", None)
+        if axes is None:
+            axes = _int_list(ins[1] if len(ins) > 1 else None, f"{node.op} axes")
+        if node.op == "Squeeze":
+            if not axes:
+                axes = [d for d in range(x.rank) if dim_value(x.shape[d], 2) == 1]
+            axes = [a % x.rank for a in axes]
+            shape = [d for k, d in enumerate(x.shape) if k not in axes]
+        else:
+            out_rank = x.rank + len(axes)
+            axes = sorted(a % out_rank for a in axes)
+            it = iter(x.shape)
+            shape = [Const(1) if k in axes else next(it) for k in range(out_rank)]
+        return [reshape_ref(x, shape)]
+    target = ins[1]
+    assert target is not None
+    values = _shape_values(target)
+    allowzero = int(node.attr("allowzero", 0))
+    shape = []
+    for k, v in enumerate(values):
+        if isinstance(v, Const) and v.value == 0 and not allowzero:
+            shape.append(x.shape[k])
+        else:
+            shape.append(v)
+    unknown = [k for k, v in enumerate(shape) if isinstance(v, Const) and v.value == -1]
+    if unknown:
+        known = product([d for k, d in enumerate(shape) if k != unknown[0]])
+        ta, tb = affine(total)
+        ka, kb = affine(known)
+        if ka:
+            raise LoweringError("Reshape with -1 and a batch-dependent known part")
+        if ta % kb or tb % kb:
+            raise LoweringError(f"Reshape of {total} elements into {values}")
+        shape[unknown[0]] = from_affine(ta // kb, tb // kb)
+    return [reshape_ref(x, shape)]
+
+
+def lower_transpose(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                    ) -> list[TensorRef]:
+    x = ins[0]
+    assert x is not None
+    perm = list(node.attr("perm", None) or reversed(range(x.rank)))
+    shape = tuple(x.shape[p] for p in perm)
+    inverse = [perm.index(d) for d in range(x.rank)]
+    if x.const is not None:
+        return [ctx.const_ref(np.transpose(x.const, perm), x.dtype)]
+    return [view(x, shape, lambda idx: x.read(tuple(idx[inverse[d]] for d in range(x.rank))))]
+
+
+def lower_slice(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                ) -> list[TensorRef]:
+    x = ins[0]
+    assert x is not None
+    starts = _int_list(ins[1], "Slice starts") or []
+    ends = _int_list(ins[2], "Slice ends") or []
+    axes = _int_list(ins[3] if len(ins) > 3 else None, "Slice axes") or list(range(len(starts)))
+    steps = _int_list(ins[4] if len(ins) > 4 else None, "Slice steps") or [1] * len(starts)
+    begin: list[Expr] = [Const(0)] * x.rank
+    step: list[int] = [1] * x.rank
+    shape = list(x.shape)
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        a %= x.rank
+        if isinstance(simplify_expr(x.shape[a]), Const):
+            dim = static(x.shape[a])
+            lo, hi, _ = slice(s, e, st).indices(dim)
+            count = len(range(lo, hi, st))
+            begin[a], step[a], shape[a] = Const(lo), st, Const(count)
+        elif st == 1 and s == 0 and e >= 2**62:
+            continue
+        else:
+            raise LoweringError("Slice along the batch dimension is not supported")
+    if x.const is not None:
+        sl = tuple(slice(int(b.value), None, st) for b, st in zip(begin, step))  # type: ignore
+        arr = np.asarray(x.const)[sl]
+        arr = arr[tuple(slice(0, static(d)) for d in shape)]
+        return [ctx.const_ref(arr, x.dtype)]
+    return [view(x, shape, lambda idx: x.read(tuple(
+        simplify_expr(begin[d] + idx[d] * step[d]) for d in range(x.rank))))]
+
+
+def lower_split(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                ) -> list[TensorRef]:
+    x = ins[0]
+    assert x is not None
+    axis = int(node.attr("axis", 0)) % x.rank
+    dim = static(x.shape[axis], "Split axis")
+    sizes = node.attr("split", None) or _int_list(ins[1] if len(ins) > 1 else None, "split")
+    count = len(node.outputs)
+    if not sizes:
+        chunk = -(-dim // count)
+        sizes = [min(chunk, dim - k * chunk) for k in range(count)]
+    outs = []
+    offset = 0
+    for size in sizes:
+        off = offset
+        shape = list(x.shape)
+        shape[axis] = Const(size)
+        outs.append(view(x, shape, lambda idx, off=off: x.read(tuple(
+            (idx[d] + off) if d == axis else idx[d] for d in range(x.rank)))))
+        offset += size
+    return outs
+
+
+def lower_concat(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                 ) -> list[TensorRef]:
+    refs = [r for r in ins if r is not None]
+    axis = int(node.attr("axis", 0)) % refs[0].rank
+    if all(r.const is not None for r in refs):
+        return [ctx.const_ref(np.concatenate([np.asarray(r.const) for r in refs], axis),
+                              refs[0].dtype)]
+    sizes = [r.shape[axis] for r in refs]
+    shape = list(refs[0].shape)
+    shape[axis] = simplify_expr(_sum(sizes))
+    offsets: list[Expr] = []
+    acc: Expr = Const(0)
+    for s in sizes:
+        offsets.append(acc)
+        acc = simplify_expr(acc + s)
+
+    def read(idx: Index) -> Expr:
+        i = idx[axis]
+        value: Expr | None = None
+        for r, off in reversed(list(zip(refs, offsets))):
+            local = simplify_expr(i - off)
+            safe = Select(Binary("ge", local, Const(0)), local, Const(0)) if value is not None \
+                else local
+            sub = r.read(tuple(safe if d == axis else idx[d] for d in range(len(idx))))
+            value = sub if value is None else Select(Binary("ge", i, off), sub, value)
+        assert value is not None
+        return value
+
+    return [TensorRef(tuple(shape), refs[0].dtype, read, cost=sum(r.cost for r in refs))]
+
+
+def _sum(values: Sequence[Expr]) -> Expr:
+    acc: Expr = Const(0)
+    for v in values:
+        acc = acc + v
+    return acc
+
+
+def lower_gather(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                 ) -> list[TensorRef]:
+    data, indices = ins[0], ins[1]
+    assert data is not None and indices is not None
+    axis = int(node.attr("axis", 0)) % data.rank
+    dim = data.shape[axis]
+    shape = (*data.shape[:axis], *indices.shape, *data.shape[axis + 1 :])
+    if indices.const is not None and data.const is not None:
+        return [ctx.const_ref(np.take(data.const, indices.const, axis=axis), data.dtype)]
+    k = indices.rank
+
+    def read(idx: Index) -> Expr:
+        raw = indices.read(tuple(idx[axis : axis + k]))
+        if raw.dtype != "i64":
+            raw = Cast("i64", raw)
+        fixed = simplify_expr(Select(Binary("lt", raw, Const(0)), raw + dim, raw))
+        if isinstance(raw, Const):
+            fixed = simplify_expr(raw + dim) if raw.value < 0 else raw
+        return data.read((*idx[:axis], fixed, *idx[axis + k :]))
+
+    return [TensorRef(shape, data.dtype, read, cost=data.cost + indices.cost + 4)]
+
+
+def lower_expand(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                 ) -> list[TensorRef]:
+    x, target = ins[0], ins[1]
+    assert x is not None and target is not None
+    dims = _shape_values(target)
+    shape = broadcast_shape([x.shape, tuple(dims)])
+    reader = broadcast_read(x, len(shape))
+    return [TensorRef(shape, x.dtype, reader, cost=x.cost)]
+
+
+def lower_shape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                ) -> list[TensorRef]:
+    x = ins[0]
+    assert x is not None
+    start = int(node.attr("start", 0))
+    end = node.attr("end", None)
+    dims = list(x.shape)[slice(start, end)]
+    if all(isinstance(simplify_expr(d), Const) for d in dims):
+        return [ctx.const_ref(np.array([static(d) for d in dims], np.int64), "i64")]
+
+    def read(idx: Index) -> Expr:
+        value: Expr = dims[-1]
+        for k in reversed(range(len(dims) - 1)):
+            value = Select(Binary("eq", idx[0], Const(k)), dims[k], value)
+        return simplify_expr(value)
+
+    return [TensorRef((Const(len(dims)),), "i64", read)]
+
+
+def lower_constant(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                   ) -> list[TensorRef]:
+    from irkit.lower.tensor import KIR_DTYPES
+    from irkit.ir import DType
+
+    value = node.attr("value", None)
+    for key in ("value_float", "value_int", "value_floats", "value_ints"):
+        if value is None and node.attr(key) is not None:
+            value = np.asarray(node.attr(key))
+    arr = np.asarray(value)
+    if arr.dtype == np.float64 and node.attr("value") is None:
+        arr = arr.astype(np.float32)
+    dtype = KIR_DTYPES.get(DType.from_numpy(arr.dtype))
+    if dtype is None:
+        raise LoweringError(f"Constant of dtype {arr.dtype} is not supported")
+    return [ctx.const_ref(arr, dtype)]
+
+
+def lower_constant_of_shape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                            ) -> list[TensorRef]:
+    dims = _int_list(ins[0], "ConstantOfShape shape") or []
+    value = node.attr("value", None)
+    arr = np.asarray(value if value is not None else np.zeros(1, np.float32)).reshape(-1)
+    from irkit.lower.tensor import KIR_DTYPES
+    from irkit.ir import DType
+
+    return [ctx.const_ref(np.full(dims, arr[0], dtype=arr.dtype),
+                          KIR_DTYPES[DType.from_numpy(arr.dtype)])]
+
+
+def lower_range(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                ) -> list[TensorRef]:
+    vals = [np.asarray(r.const).reshape(-1)[0] if r is not None and r.const is not None
+            else None for r in ins]
+    if any(v is None for v in vals):
+        raise LoweringError("Range needs constant start, limit and delta")
+    arr = np.arange(vals[0], vals[1], vals[2]).astype(np.asarray(vals[0]).dtype)
+    assert ins[0] is not None
+    return [ctx.const_ref(arr, ins[0].dtype)]

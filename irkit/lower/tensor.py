@@ -1,0 +1,173 @@
+"""How lowering sees a graph value: a shape of index expressions and a ``read`` function.
+
+A :class:`TensorRef` is either materialized (a contiguous global buffer; ``read`` loads
+from it) or inline (``read`` builds the expression that computes the element, so
+elementwise chains and layout views fuse into whichever kernel consumes them). Dims are
+kernel-IR expressions: constants or expressions in the batch size ``N``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from irkit.ir import DType
+from irkit.kir import N, Buffer, Const, Expr, Load, simplify_expr
+from irkit.kir.visit import substitute
+
+Index = tuple[Expr, ...]
+Reader = Callable[[Index], Expr]
+
+KIR_DTYPES = {
+    DType.FLOAT32: "f32",
+    DType.FLOAT64: "f64",
+    DType.INT64: "i64",
+    DType.INT32: "i32",
+    DType.INT8: "i8",
+    DType.UINT8: "u8",
+    DType.BOOL: "bool",
+}
+NUMPY_DTYPES = {"f32": np.float32, "f64": np.float64, "i64": np.int64, "i32": np.int32,
+                "i8": np.int8, "u8": np.uint8, "bool": np.bool_}
+
+
+class LoweringError(ValueError):
+    """The graph uses something this lowering cannot express."""
+
+
+@dataclass
+class TensorRef:
+    shape: tuple[Expr, ...]
+    dtype: str
+    read: Reader
+    buffer: Buffer | None = None
+    const: np.ndarray | None = None
+    cost: int = 0  # expression nodes recomputed per element read (inline refs)
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+def dim_value(dim: Expr, n: int) -> int:
+    value = simplify_expr(substitute(dim, {N: Const(n)}))
+    if not isinstance(value, Const):
+        raise LoweringError(f"dimension {dim} does not evaluate to a number")
+    return int(value.value)
+
+
+def affine(dim: Expr) -> tuple[int, int]:
+    """``(a, b)`` with ``dim == a * N + b`` (checked at N = 1, 2, 3)."""
+    v1, v2, v3 = dim_value(dim, 1), dim_value(dim, 2), dim_value(dim, 3)
+    a, b = v2 - v1, v1 - (v2 - v1)
+    if v3 != 3 * a + b:
+        raise LoweringError(f"size {dim} is not affine in the batch size N")
+    return a, b
+
+
+def is_static(dim: Expr) -> bool:
+    return isinstance(simplify_expr(dim), Const)
+
+
+def static(dim: Expr, what: str = "dimension") -> int:
+    dim = simplify_expr(dim)
+    if not isinstance(dim, Const):
+        raise LoweringError(f"{what} must be static, got {dim}")
+    return int(dim.value)
+
+
+def product(dims: Sequence[Expr]) -> Expr:
+    total: Expr = Const(1)
+    for d in dims:
+        total = total * d
+    return simplify_expr(total)
+
+
+def dims_equal(a: Expr, b: Expr) -> bool:
+    return all(dim_value(a, n) == dim_value(b, n) for n in (1, 2, 3))
+
+
+def from_affine(a: int, b: int) -> Expr:
+    return simplify_expr(N * a + b) if a else Const(b)
+
+
+_DIM = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?([A-Za-z_][\w]*)\s*(?:\*\s*(\d+))?\s*$")
+
+
+def parse_dim(dim: object, batch_symbol: str | None) -> Expr | None:
+    """A type's dim as an Expr: ints, the batch symbol, ``k*sym``; else None."""
+    if isinstance(dim, int):
+        return Const(dim)
+    if isinstance(dim, str) and batch_symbol is not None:
+        match = _DIM.match(dim)
+        if match and match.group(2) == batch_symbol:
+            k = int(match.group(1) or 1) * int(match.group(3) or 1)
+            return simplify_expr(N * k)
+    return None
+
+
+def contiguous_strides(shape: Sequence[Expr]) -> list[Expr]:
+    strides: list[Expr] = []
+    acc: Expr = Const(1)
+    for d in reversed(shape):
+        strides.append(acc)
+        acc = simplify_expr(acc * d)
+    return list(reversed(strides))
+
+
+def flat_index(idx: Index, shape: Sequence[Expr]) -> Expr:
+    """Row-major flat index (Horner form)."""
+    if not idx:
+        return Const(0)
+    flat = idx[0]
+    for i, d in zip(idx[1:], shape[1:]):
+        flat = flat * d + i
+    return simplify_expr(flat)
+
+
+def unravel(flat: Expr, shape: Sequence[Expr]) -> Index:
+    out: list[Expr] = []
+    for k in range(len(shape)):
+        inner = product(shape[k + 1 :])
+        q = flat if isinstance(inner, Const) and inner.value == 1 else flat // inner
+        out.append(simplify_expr(q if k == 0 else q % shape[k]))
+    return tuple(out)
+
+
+def buffer_ref(buf: Buffer, shape: Sequence[Expr]) -> TensorRef:
+    shape = tuple(shape)
+    return TensorRef(shape, buf.dtype, lambda idx: Load(buf, flat_index(idx, shape)), buffer=buf)
+
+
+def broadcast_shape(shapes: Sequence[Sequence[Expr]]) -> tuple[Expr, ...]:
+    rank = max(len(s) for s in shapes)
+    out: list[Expr] = []
+    for axis in range(rank):
+        chosen: Expr = Const(1)
+        for s in shapes:
+            k = axis - (rank - len(s))
+            if k < 0:
+                continue
+            d = s[k]
+            if isinstance(d, Const) and d.value == 1:
+                continue
+            if isinstance(chosen, Const) and chosen.value == 1:
+                chosen = d
+            elif not dims_equal(chosen, d):
+                raise LoweringError(f"shapes {shapes} do not broadcast")
+        out.append(chosen)
+    return tuple(out)
+
+
+def broadcast_read(ref: TensorRef, out_rank: int) -> Reader:
+    """A reader indexed in ``out_rank`` dims that broadcasts ``ref`` (size-1 dims → 0)."""
+    offset = out_rank - ref.rank
+    ones = [isinstance(d, Const) and d.value == 1 for d in ref.shape]
+
+    def read(idx: Index) -> Expr:
+        return ref.read(tuple(Const(0) if ones[k] else idx[k + offset] for k in range(ref.rank)))
+
+    return read

@@ -1,0 +1,158 @@
+"""The ``llvm`` backend: Graph → kernel IR → LLVM IR (llvmlite) → host object file.
+
+``irkit.compile(graph, target="llvm", threads=0, fallback="none", mr=6, nr=16,
+emit="object", fast_math=True)`` returns an Artifact holding ``model.o`` (relocatable,
+host triple and CPU features, -O3), ``weights.bin`` (64-byte aligned raw blobs) and a
+manifest whose ``entry`` names the entry symbols, io order and the workspace plan. The
+runtime loader ``irkit.runtime.backends.llvm`` links the object in process with
+llvmlite's ORC JIT, so serving needs no system linker. ``emit="shared"`` also links
+``model.so`` and writes ``model.h`` when a C compiler driver (``cc``) exists.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from irkit.runtime.artifact import Artifact
+from irkit.runtime.options import Option
+from irkit.runtime.signature import TensorSpec
+
+from irkit import __version__
+from irkit.errors import IrkitError
+
+OBJECT_FILE = "model.o"
+WEIGHTS_FILE = "weights.bin"
+
+
+class LlvmBackendError(IrkitError):
+    """The graph cannot be compiled by the llvm backend."""
+
+
+def _tensor_spec(value: Any, symbol: str | None) -> TensorSpec:
+    shape = tuple("N" if (isinstance(d, str) and d == symbol) else d for d in value.type.shape)
+    return TensorSpec(value.name, np.dtype(value.type.dtype.numpy), shape)
+
+
+class LlvmBackend:
+    """Compile a Graph to native code for the host CPU."""
+
+    name = "llvm"
+    options: dict[str, Option] = {
+        "threads": Option(int, 0, "worker threads at run time; 0 = all cores"),
+        "fallback": Option(str, "none", "unsupported ops: 'none' raises, 'ort' builds an "
+                           "ONNX Runtime artifact for the whole graph", choices=("none", "ort")),
+        "mr": Option(int, 6, "GEMM microkernel rows"),
+        "nr": Option(int, 16, "GEMM microkernel columns (multiple of 8)"),
+        "emit": Option(str, "object", "'object', or 'shared' to also link model.so + model.h",
+                       choices=("object", "shared")),
+        "fast_math": Option(bool, True, "reassociation/contraction flags (vectorized "
+                            "reductions); NaN/Inf semantics are kept"),
+    }
+
+    def _resolve(self, options: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise LlvmBackendError(f"llvm backend has no option(s) {', '.join(unknown)}; "
+                                   f"its options: {', '.join(self.options)}")
+        resolved = {}
+        for key, opt in self.options.items():
+            value = options.get(key, opt.default)
+            ok = isinstance(value, opt.type) and (opt.type is bool or not isinstance(value, bool))
+            if not ok:
+                raise LlvmBackendError(f"llvm option {key}={value!r} must be {opt.type.__name__}")
+            if opt.choices is not None and value not in opt.choices:
+                raise LlvmBackendError(f"llvm option {key}={value!r} must be one of "
+                                       f"{', '.join(opt.choices)}")
+            resolved[key] = value
+        if resolved["threads"] < 0:
+            raise LlvmBackendError("llvm option threads must be >= 0")
+        if resolved["mr"] < 1 or resolved["mr"] > 8 or resolved["nr"] % 8 or resolved["nr"] < 8:
+            raise LlvmBackendError("tile sizes: 1 <= mr <= 8 and nr a positive multiple of 8")
+        return resolved
+
+    def compile(self, graph: Any, **options: Any) -> Artifact:
+        from irkit.lower import LoweringError, Tiles, lower_graph, unsupported_nodes
+        from irkit.lower.driver import batch_symbol
+        from irkit.plugins.llvm.codegen import entry_symbol, translate_program
+        from irkit.plugins.llvm.emit import emit_object, host_target
+
+        opts = self._resolve(options)
+        start = time.perf_counter()
+        if unsupported_nodes(graph) and opts["fallback"] == "ort":
+            return self._fallback(graph, opts)
+        try:
+            lowered = lower_graph(graph, Tiles(mr=opts["mr"], nr=opts["nr"]))
+        except LoweringError as exc:
+            if opts["fallback"] == "ort":
+                return self._fallback(graph, opts, str(exc))
+            raise LlvmBackendError(str(exc)) from exc
+        lower_s = time.perf_counter() - start
+        program = lowered.program
+        module = translate_program(program, fast_math=opts["fast_math"])
+        target = host_target()
+        obj = emit_object(module, target)
+        files = {OBJECT_FILE: obj.data, WEIGHTS_FILE: program.weights}
+        if opts["emit"] == "shared":
+            files.update(_link_shared(obj.data, program))
+        symbol = batch_symbol(graph)
+        name = getattr(graph, "name", "") or "model"
+        entry = {
+            "object": OBJECT_FILE,
+            "weights": WEIGHTS_FILE,
+            "run": entry_symbol(program),
+            "kernels": [k.name for k in program.kernels],
+            "io": list(program.io_order),
+            "workspace": [program.workspace_n, program.workspace_c],
+            "target": {"triple": target.triple, "cpu": target.cpu},
+            "memory_plan": lowered.plan.report(),
+            "fused": lowered.fused,
+            "compile_seconds": {"lower": round(lower_s, 4), "llvm": round(obj.seconds, 4),
+                                "total": round(time.perf_counter() - start, 4)},
+        }
+        return Artifact(
+            name=name, backend=self.name, target=f"cpu:{target.cpu}",
+            inputs=tuple(_tensor_spec(v, symbol) for v in graph.inputs),
+            outputs=tuple(_tensor_spec(v, symbol) for v in graph.outputs),
+            files=files, entry=entry, options=opts,
+            report=[], created_by=f"irkit {__version__}",
+        )
+
+    def _fallback(self, graph: Any, opts: dict[str, Any], why: str = "") -> Artifact:
+        from irkit.lower import unsupported_nodes
+        from irkit.plugins.ort import OrtBackend
+
+        art = OrtBackend().compile(graph, threads=opts["threads"])
+        ops = sorted({n.op for n in unsupported_nodes(graph)})
+        art.report = [*art.report, {"llvm_fallback": "ort", "unsupported_ops": ops,
+                                    "reason": why}]
+        return art
+
+
+def _link_shared(object_code: bytes, program: Any) -> dict[str, bytes]:
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = Path(tmp) / "model.o"
+        obj.write_bytes(object_code)
+        so = Path(tmp) / "model.so"
+        result = subprocess.run([cc, "-shared", "-o", str(so), str(obj), "-lm"],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise LlvmBackendError(f"linking model.so failed: {result.stderr.strip()}")
+        shared = so.read_bytes()
+    run = f"{program.name}_run"
+    header = (
+        "/* irkit llvm artifact: call run(io, weights, workspace, N). io holds one pointer\n"
+        f" * per tensor in this order: {', '.join(program.io_order)}.\n"
+        f" * workspace needs {program.workspace_n}*N + {program.workspace_c} bytes, 64-byte"
+        " aligned; weights is weights.bin. */\n#include <stdint.h>\n"
+        f"void {run}(void **io, const void *weights, void *workspace, int64_t N);\n"
+    )
+    return {"model.so": shared, "model.h": header.encode()}

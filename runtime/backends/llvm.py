@@ -1,0 +1,164 @@
+"""Runtime loader for ``llvm`` artifacts: a relocatable object linked in process by
+llvmlite's ORC JIT (no system linker), called through ctypes.
+
+Artifact layout (``entry``)::
+
+    {"object": "model.o", "weights": "weights.bin", "run": "<name>_run",
+     "kernels": ["k0", ...], "io": ["x", "y"],           # io pointer order
+     "workspace": [bytes per N, constant bytes], "alignment": 64}
+
+Each kernel ``k`` exports ``k(io, weights, workspace, N, start, end)`` and
+``k_extent(N)``; with ``threads > 1`` the runner splits every kernel's top-level
+parallel loop over a thread pool (ctypes releases the GIL while native code runs).
+Calls share one workspace, so the runner is not ``thread_safe``: CompiledModel
+serializes concurrent calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from irkit.runtime.artifact import ArtifactError, Manifest, read_verified
+
+_KERNEL_TYPE = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+    ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+)  # fmt: skip
+_EXTENT_TYPE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
+_RUN_TYPE = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64
+)
+_JIT_LOCK = threading.Lock()
+_LIBRARY_COUNTER = iter(range(1 << 62))
+# Below this many iterations per thread a parallel split costs more than it saves.
+_MIN_SPLIT = 2
+
+
+def _aligned_empty(nbytes: int, alignment: int = 64) -> np.ndarray:
+    raw = np.empty(nbytes + alignment, dtype=np.uint8)
+    shift = (-raw.ctypes.data) % alignment
+    return raw[shift : shift + nbytes]
+
+
+class LlvmRunner:
+    """Owns the JIT-linked code, the weights and a growing workspace."""
+
+    thread_safe = False
+
+    def __init__(self, manifest: Manifest, object_code: bytes, weights: bytes,
+                 threads: int) -> None:
+        import llvmlite.binding as llvm
+
+        entry = manifest.entry
+        with _JIT_LOCK:
+            llvm.initialize_all_targets()
+            llvm.initialize_all_asmprinters()
+            self._jit = llvm.create_lljit_compiler()
+            builder = llvm.JITLibraryBuilder().add_object_img(object_code)
+            builder.add_current_process()  # libm for the rare math calls LLVM leaves
+            symbols = [entry["run"]]
+            for name in entry["kernels"]:
+                symbols += [name, f"{name}_extent"]
+            for symbol in symbols:
+                builder.export_symbol(symbol)
+            self._tracker = builder.link(self._jit, f"irkit_{next(_LIBRARY_COUNTER)}")
+        self._run = _RUN_TYPE(self._tracker[entry["run"]])
+        self._kernels = [
+            (_KERNEL_TYPE(self._tracker[k]), _EXTENT_TYPE(self._tracker[f"{k}_extent"]))
+            for k in entry["kernels"]
+        ]
+        self._input_specs = list(manifest.inputs)
+        self._io_names: list[str] = list(entry["io"])
+        self._output_names = [spec.name for spec in manifest.outputs]
+        self._outputs = {spec.name: spec for spec in manifest.outputs}
+        self._workspace_n, self._workspace_c = (int(v) for v in entry["workspace"])
+        self._weights = _aligned_empty(max(len(weights), 1))
+        self._weights[: len(weights)] = np.frombuffer(weights, dtype=np.uint8)
+        self._workspace = _aligned_empty(0)
+        self._io = (ctypes.c_void_p * len(self._io_names))()
+        self.threads = max(1, threads)
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def _output_shape(self, name: str, n: int) -> tuple[int, ...]:
+        return tuple(n if isinstance(d, str) else int(d) for d in self._outputs[name].shape)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = self._batch(inputs)
+        arrays: dict[str, np.ndarray] = dict(inputs)
+        outputs: dict[str, np.ndarray] = {}
+        for name in self._output_names:
+            spec = self._outputs[name]
+            outputs[name] = np.empty(self._output_shape(name, n), dtype=spec.dtype)
+        arrays.update(outputs)
+        for i, name in enumerate(self._io_names):
+            self._io[i] = arrays[name].ctypes.data
+        need = self._workspace_n * n + self._workspace_c
+        if self._workspace.nbytes < need:
+            self._workspace = _aligned_empty(need)
+        args = (ctypes.addressof(self._io), self._weights.ctypes.data, self._workspace.ctypes.data)
+        if self._pool is None:
+            self._run(*args, n)
+        else:
+            self._run_parallel(args, n)
+        return outputs
+
+    def _run_parallel(self, args: tuple[int, int, int], n: int) -> None:
+        assert self._pool is not None
+        for kernel, extent_fn in self._kernels:
+            extent = extent_fn(n)
+            parts = min(self.threads, extent // _MIN_SPLIT)
+            if parts <= 1:
+                kernel(*args, n, 0, extent)
+                continue
+            bounds = [extent * p // parts for p in range(parts + 1)]
+            futures = [
+                self._pool.submit(kernel, *args, n, bounds[p], bounds[p + 1])
+                for p in range(1, parts)
+            ]
+            kernel(*args, n, bounds[0], bounds[1])
+            for future in futures:
+                future.result()
+
+    def _batch(self, inputs: Mapping[str, np.ndarray]) -> int:
+        for spec in self._input_specs:
+            for axis, dim in enumerate(spec.shape):
+                if isinstance(dim, str):
+                    return int(inputs[spec.name].shape[axis])
+        return 1
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        self._kernels = []
+        self._tracker = None
+
+
+def load(artifact_dir: Path, manifest: Manifest, **overrides: Any) -> LlvmRunner:
+    """Link the artifact's object file into this process and return its runner."""
+    where = f"artifact {artifact_dir}"
+    entry = manifest.entry
+    for key in ("object", "weights", "run", "kernels", "io", "workspace"):
+        if key not in entry:
+            raise ArtifactError(f"{where}: llvm manifest entry lacks {key!r}")
+    unknown = sorted(set(overrides) - {"threads"})
+    if unknown:
+        raise ArtifactError(f"{where}: unknown llvm runtime option(s) {', '.join(unknown)}")
+    threads = overrides.get("threads", manifest.options.get("threads", 0))
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+        raise ArtifactError(f"{where}: threads={threads!r} must be an int >= 0")
+    if threads == 0:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    object_code = read_verified(artifact_dir, manifest, entry["object"])
+    weights = read_verified(artifact_dir, manifest, entry["weights"])
+    try:
+        runner = LlvmRunner(manifest, object_code, weights, threads)
+    except (RuntimeError, OSError, KeyError) as exc:
+        raise ArtifactError(f"{where}: the JIT could not link {entry['object']}: {exc}") from exc
+    return runner
