@@ -163,6 +163,11 @@ def _batch_dynamic_shapes(
 
     if kwargs:
         return {key: spec(value) for key, value in kwargs.items()}
+    params = list(inspect.signature(module.forward).parameters.values())
+    for position, param in enumerate(params):
+        if param.kind is param.VAR_POSITIONAL:  # forward(self, *args): one nested tuple
+            head = tuple(spec(value) for value in args[:position])
+            return (*head, tuple(spec(value) for value in args[position:]))
     return tuple(spec(value) for value in args)
 
 
@@ -202,8 +207,10 @@ def fallback_ops() -> list[Any]:
 
     from irkit.frontends.torch_ops import LOWERINGS
 
+    # only aten-to-aten decompositions: torch._refs ones produce prims, which export rejects
     return [op for op in core_aten_ops()
-            if str(op) not in LOWERINGS and op in torch_decompositions]
+            if str(op) not in LOWERINGS and op in torch_decompositions
+            and torch_decompositions[op].__module__.startswith("torch._decomp")]
 
 
 def core_aten_ops() -> list[Any]:

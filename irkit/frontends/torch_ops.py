@@ -515,6 +515,104 @@ def lower_sort(
     return ctx.emit("TopK", [ctx.get(x), k], attrs, outputs=2)
 
 
+for _name, _op in {"bitwise_and.Scalar": "And", "bitwise_or.Scalar": "Or",
+                   "bitwise_xor.Scalar": "Xor", "logical_not.default": "Not"}.items():
+    LOWERINGS[f"aten.{_name}"] = _binary(_op) if _op != "Not" else _unary(_op)
+
+
+@lowers("aten.log2.default", "aten.log10.default")
+def lower_log_base(ctx: LoweringContext, x: Any) -> Value:
+    base = 2.0 if "log2" in str(ctx.current.target) else 10.0
+    log = ctx.emit("Log", [ctx.get(x)], typed=False)
+    return ctx.emit("Div", [log, ctx.tensor(math.log(base), ctx.out_dtype)])
+
+
+@lowers("aten.trunc.default")
+def lower_trunc(ctx: LoweringContext, x: Any) -> Value:
+    value = ctx.get(x)
+    floor_abs = ctx.emit("Floor", [ctx.emit("Abs", [value], typed=False)], typed=False)
+    return ctx.emit("Mul", [ctx.emit("Sign", [value], typed=False), floor_abs])
+
+
+def _moments(
+    ctx: LoweringContext, value: Value, axes: list[int], keepdim: bool, divisor: float,
+    typed: bool,
+) -> tuple[Value, Value]:
+    """(mean with keepdims, variance = sum((x - mean)^2) / divisor)."""
+    mean = _reduce_value(ctx, "ReduceMean", value, axes, True)
+    centered = ctx.emit("Sub", [value, mean], typed=False)
+    squares = ctx.emit("Mul", [centered, centered], typed=False)
+    total = _reduce_value(ctx, "ReduceSum", squares, axes, keepdim)
+    var = ctx.emit("Div", [total, ctx.tensor(divisor, ctx.out_dtype)], typed=typed)
+    return mean, var
+
+
+def _reduce_value(
+    ctx: LoweringContext, op: str, value: Value, axes: list[int], keepdim: bool
+) -> Value:
+    attrs: dict[str, Any] = {"keepdims": int(bool(keepdim))}
+    since = 13 if op == "ReduceSum" else 18
+    if ctx.opset >= since:
+        return ctx.emit(op, [value, ctx.ints(axes)], attrs, typed=False)
+    return ctx.emit(op, [value], {**attrs, "axes": axes}, typed=False)
+
+
+def _reduced_count(ctx: LoweringContext, x: Any, axes: list[int]) -> int:
+    shape = ctx.shape_of(x)
+    if not all(isinstance(shape[a], int) for a in axes):
+        raise LoweringUnsupported("variance over a dynamic dim")
+    return math.prod(int(shape[a]) for a in axes)
+
+
+@lowers("aten.var.correction", "aten.var_mean.correction")
+def lower_var(
+    ctx: LoweringContext, x: Any, dim: Any = None, *, correction: Any = None,
+    keepdim: bool = False,
+) -> Any:
+    rank = ctx.rank_of(x)
+    axes = list(range(rank)) if dim in (None, []) else sorted(_axis(d, rank) for d in dim)
+    count = _reduced_count(ctx, x, axes)
+    divisor = max(count - (1 if correction is None else float(correction)), 0)
+    with_mean = "var_mean" in str(ctx.current.target)
+    mean, var = _moments(ctx, ctx.get(x), axes, keepdim, divisor, typed=not with_mean)
+    if not with_mean:
+        return var
+    if not keepdim:
+        mean = ctx.emit("Squeeze", [mean, ctx.ints(axes)], typed=False)
+    return var, mean
+
+
+@lowers("aten.native_group_norm.default")
+def lower_group_norm(
+    ctx: LoweringContext, x: Any, weight: Any, bias: Any, n: Any, channels: int, hw: Any,
+    groups: int, eps: float,
+) -> tuple[Value, None, None]:
+    """Normalize [N, G, C/G * spatial] rows, then the per-channel affine."""
+    rank = ctx.rank_of(x)
+    value = ctx.get(x)
+    rows = ctx.emit("Reshape", [value, ctx.ints([0, int(groups), -1])], typed=False)
+    shape = ctx.shape_of(x)
+    per_group = math.prod([int(channels) // int(groups), *[int(d) for d in shape[2:]]])
+    mean, var = _moments(ctx, rows, [2], True, float(per_group), typed=False)
+    centered = ctx.emit("Sub", [rows, mean], typed=False)
+    std = ctx.emit("Sqrt", [ctx.emit("Add", [var, ctx.tensor(eps, ctx.out_dtype)],
+                                     typed=False)], typed=False)
+    normed = ctx.emit("Div", [centered, std], typed=False)
+    out = ctx.emit("Reshape", [normed, ctx.emit("Shape", [value], typed=False)],
+                   typed=weight is None and bias is None)
+    spatial_axes = ctx.ints(list(range(1, rank - 1)))
+    if weight is not None:
+        scale = ctx.emit("Unsqueeze", [ctx.get(weight), spatial_axes], typed=False)
+        out = ctx.emit("Mul", [out, scale], typed=bias is None)
+    if bias is not None:
+        shift = ctx.emit("Unsqueeze", [ctx.get(bias), spatial_axes], typed=False)
+        out = ctx.emit("Add", [out, shift])
+    return out, None, None
+
+
+LOWERINGS["aten.prod.default"] = _reduce("ReduceProd", 18)
+
+
 # The shape, indexing and creation lowerings register themselves into LOWERINGS too.
 from irkit.frontends import torch_ops_shape as _torch_ops_shape  # noqa: E402
 

@@ -95,15 +95,17 @@ def lower_embedding(ctx: LoweringContext, weight: Any, indices: Any, *args: Any)
 @lowers("aten.index.Tensor")
 def lower_index(ctx: LoweringContext, x: Any, indices: Any) -> Value:
     """Advanced indexing with integer tensors: one index is a Gather on its dim; several
-    leading ones broadcast together and become one GatherND."""
+    adjacent ones broadcast together and become one GatherND."""
     present = [(i, t) for i, t in enumerate(indices) if t is not None]
     if any(ctx.dtype_of(t) is DType.BOOL for _, t in present):
         raise LoweringUnsupported("boolean-mask indexing (its result shape depends on data)")
     if len(present) == 1:
         axis, index = present[0]
         return ctx.emit("Gather", [ctx.get(x), ctx.tensor(index, DType.INT64)], {"axis": axis})
-    if [i for i, _ in present] != list(range(len(present))):
-        raise LoweringUnsupported("several index tensors that are not the leading dims")
+    positions = [i for i, _ in present]
+    first, count = positions[0], len(positions)
+    if positions != list(range(first, first + count)):
+        raise LoweringUnsupported("index tensors separated by sliced dims")
     index_values = [ctx.tensor(t, DType.INT64) for _, t in present]
     common = index_values[0]
     for other in index_values[1:]:  # Expand broadcasts both ways: the common index shape
@@ -116,7 +118,19 @@ def lower_index(ctx: LoweringContext, x: Any, indices: Any) -> Value:
         for v in index_values
     ]
     stacked = ctx.emit("Concat", columns, {"axis": -1}, typed=False)
-    return ctx.emit("GatherND", [ctx.get(x), stacked])
+    if first == 0:
+        return ctx.emit("GatherND", [ctx.get(x), stacked])
+    # x[:, i, j]: index the moved-to-front dims, then put the index dims back at ``first``
+    rank = ctx.rank_of(x)
+    front = list(range(first, first + count))
+    moved = front + [d for d in range(rank) if d not in front]
+    source = ctx.emit("Transpose", [ctx.get(x)], {"perm": moved}, typed=False)
+    gathered = ctx.emit("GatherND", [source, stacked], typed=False)
+    index_rank = ctx.rank_of(ctx.current) - (rank - count)
+    out_rank = index_rank + rank - count
+    perm = (list(range(index_rank, index_rank + first)) + list(range(index_rank))
+            + list(range(index_rank + first, out_rank)))
+    return ctx.emit("Transpose", [gathered], {"perm": perm})
 
 
 @lowers("aten.split_with_sizes.default", "aten.split.Tensor")
@@ -227,3 +241,20 @@ def lower_copy_into(ctx: LoweringContext, dst: Any, src: Any, non_blocking: bool
 def lower_empty(ctx: LoweringContext, size: Any, **kw: Any) -> Value:
     """Uninitialized memory in torch; zeros here (any value is a valid result)."""
     return lower_full(ctx, size, 0)
+
+
+@lowers("aten.flip.default")
+def lower_flip(ctx: LoweringContext, x: Any, dims: Any) -> Value:
+    rank = ctx.rank_of(x)
+    axes = [_axis(int(d), rank) for d in dims]
+    starts, ends = ctx.ints([-1] * len(axes)), ctx.ints([-(2**63)] * len(axes))
+    return ctx.emit("Slice", [ctx.get(x), starts, ends, ctx.ints(axes), ctx.ints([-1] * len(axes))])
+
+
+@lowers("aten.repeat.default")
+def lower_repeat(ctx: LoweringContext, x: Any, repeats: Any) -> Value:
+    value = ctx.get(x)
+    extra = len(repeats) - ctx.rank_of(x)
+    if extra > 0:  # torch prepends dims of size 1
+        value = ctx.emit("Unsqueeze", [value, ctx.ints(list(range(extra)))], typed=False)
+    return ctx.emit("Tile", [value, ctx.shape_tensor(list(repeats))])
