@@ -37,6 +37,37 @@ def _run_reference(model: onnx.ModelProto, feeds: dict[str, Any], names: list[st
 _RUNNERS = {"ort": _run_ort, "reference": _run_reference}
 
 
+def _name_omitted_outputs(model: onnx.ModelProto) -> None:
+    """Drop trailing omitted node outputs and name the other omitted ones, in place.
+
+    ONNX Runtime 1.32 segfaults on e.g. ``Split`` with an omitted output, which the
+    ONNX checker accepts; a named output that nothing reads has the same meaning.
+    """
+    graphs = [model.graph]
+    names: set[str] = set()
+    omitted: list[tuple[onnx.NodeProto, int]] = []
+    while graphs:
+        g = graphs.pop()
+        names.update(v.name for v in g.input)
+        names.update(t.name for t in g.initializer)
+        for node in g.node:
+            while node.output and not node.output[-1]:
+                node.output.pop()
+            for i, out in enumerate(node.output):
+                if out:
+                    names.add(out)
+                else:
+                    omitted.append((node, i))
+            for a in node.attribute:
+                graphs.extend([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)
+    counter = 0
+    for node, i in omitted:
+        while f"__omitted_{counter}" in names:
+            counter += 1
+        node.output[i] = f"__omitted_{counter}"
+        counter += 1
+
+
 def evaluate(
     graph: Graph,
     inputs: Mapping[str, Any],
@@ -64,6 +95,7 @@ def evaluate(
             + (f"unknown {unknown}" if unknown else "")
         )
     model = to_onnx(graph, check=check)
+    _name_omitted_outputs(model)
     feeds = {n: (np.asarray(v) if isinstance(v, np.ndarray | np.generic) else v)
              for n, v in inputs.items()}
     names = [v.name for v in graph.outputs]

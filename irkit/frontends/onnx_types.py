@@ -100,10 +100,13 @@ def type_to_proto(t: ValueType) -> TypeProto | None:
 
 
 def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
-    array = numpy_helper.to_array(tensor)
     if tensor.data_type == onnx.TensorProto.STRING:
-        array = array.astype(object)
-    return array
+        # Raw bytes, as the IR parser and Constant value_string give: ONNX strings need
+        # not be UTF-8 (numpy_helper decodes them and fails on other bytes).
+        flat = np.empty(len(tensor.string_data), dtype=object)
+        flat[:] = list(tensor.string_data)
+        return flat.reshape(tuple(tensor.dims))
+    return numpy_helper.to_array(tensor)
 
 
 def sparse_to_dense(sparse: onnx.SparseTensorProto) -> np.ndarray:
@@ -120,7 +123,10 @@ def sparse_to_dense(sparse: onnx.SparseTensorProto) -> np.ndarray:
 
 def array_to_tensor(array: np.ndarray, name: str = "") -> onnx.TensorProto:
     if array.dtype == object:
-        flat: Any = [v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)]
+        flat: Any = [
+            v if isinstance(v, bytes) else str(v).encode("utf-8", errors="surrogateescape")
+            for v in array.reshape(-1)
+        ]
         return onnx.helper.make_tensor(name, onnx.TensorProto.STRING, array.shape, flat)
     return numpy_helper.from_array(np.asarray(array), name)
 

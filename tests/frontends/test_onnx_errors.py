@@ -299,3 +299,17 @@ def test_local_functions_are_inlined() -> None:
     got = irkit.evaluate(graph, {"x": x})["y"]
     np.testing.assert_allclose(got, run_ort(model, {"x": x})[0], atol=ATOL, rtol=0)
     np.testing.assert_allclose(got, 4 * np.maximum(x, 0), atol=ATOL, rtol=0)
+
+
+def test_string_initializers_keep_raw_bytes() -> None:
+    """ONNX strings need not be UTF-8; they load as bytes, like parsed IR string tensors."""
+    words = helper.make_tensor("words", TensorProto.STRING, [3], [b"plain", b"\xff\xfe", b""])
+    node = helper.make_node("Identity", ["words"], ["y"], name="ident")
+    graph = helper.make_graph([node], "strings", [], [_info("y", [3], TensorProto.STRING)],
+                              [words])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    g = load_onnx(model)
+    assert g.constants["words"].const.tolist() == [b"plain", b"\xff\xfe", b""]
+    exported = irkit.to_onnx(g)
+    assert list(exported.graph.initializer[0].string_data) == [b"plain", b"\xff\xfe", b""]
+    # (not evaluated: onnxruntime's Python binding decodes strings as UTF-8)
