@@ -156,15 +156,33 @@ def _json_tensors(items: Any, field: str) -> dict[str, np.ndarray]:
     return tensors
 
 
-def decode_tensors(description: bytes, value: bytes) -> dict[str, np.ndarray]:
-    """Tensors of the binary form: the ``irkit-tensors`` header and the message value."""
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """One tensor of a parsed ``irkit-tensors`` header."""
+
+    name: str
+    dtype: np.dtype[Any]  # little-endian
+    shape: tuple[int, ...]
+    count: int
+    start: int
+    end: int
+
+
+# Producers send the same few headers over and over: parse each distinct one once.
+_LAYOUTS: dict[bytes, tuple[_Layout, ...]] = {}
+_LAYOUT_CACHE_SIZE = 256
+
+
+def _parse_layout(description: bytes) -> tuple[_Layout, ...]:
+    layout = _LAYOUTS.get(description)
+    if layout is not None:
+        return layout
     try:
         text = description.decode("ascii")
     except UnicodeDecodeError:
         raise PayloadError(f"the {TENSORS_HEADER} header is not ASCII text") from None
-    tensors: dict[str, np.ndarray] = {}
+    parsed: list[_Layout] = []
     offset = 0
-    view = memoryview(value)
     for part in text.split(";"):
         fields = part.split(":")
         if len(fields) != 3 or not fields[0]:
@@ -172,7 +190,7 @@ def decode_tensors(description: bytes, value: bytes) -> dict[str, np.ndarray]:
                 f"{TENSORS_HEADER} entry {part!r} is not name:DATATYPE:d0,d1,..."
             )
         name, datatype, dims = fields
-        if name in tensors:
+        if any(t.name == name for t in parsed):
             raise PayloadError(f"tensor {name!r} is given twice in {TENSORS_HEADER}")
         try:
             shape = tuple(int(d) for d in dims.split(",")) if dims else ()
@@ -183,18 +201,33 @@ def decode_tensors(description: bytes, value: bytes) -> dict[str, np.ndarray]:
         dtype = dtype_of(datatype).newbyteorder("<")
         count = math.prod(shape)
         end = offset + count * dtype.itemsize
-        if end > len(value):
-            raise PayloadError(
-                f"tensor {name!r} ({datatype}{list(shape)}) needs bytes {offset}..{end}, "
-                f"but the value has {len(value)} bytes"
-            )
-        tensors[name] = np.frombuffer(view, dtype, count, offset).reshape(shape)
+        parsed.append(_Layout(name, dtype, shape, count, offset, end))
         offset = end
-    if offset != len(value):
+    if len(_LAYOUTS) >= _LAYOUT_CACHE_SIZE:
+        _LAYOUTS.clear()
+    layout = _LAYOUTS[description] = tuple(parsed)
+    return layout
+
+
+def decode_tensors(description: bytes, value: bytes) -> dict[str, np.ndarray]:
+    """Tensors of the binary form: the ``irkit-tensors`` header and the message value."""
+    layout = _parse_layout(description)
+    size = layout[-1].end
+    if size != len(value):
+        for tensor in layout:
+            if tensor.end > len(value):
+                raise PayloadError(
+                    f"tensor {tensor.name!r} ({datatype_of(tensor.dtype)}{list(tensor.shape)}) "
+                    f"needs bytes {tensor.start}..{tensor.end}, but the value has "
+                    f"{len(value)} bytes"
+                )
         raise PayloadError(
-            f"the value has {len(value)} bytes, but {TENSORS_HEADER} describes {offset}"
+            f"the value has {len(value)} bytes, but {TENSORS_HEADER} describes {size}"
         )
-    return tensors
+    return {
+        t.name: np.frombuffer(value, t.dtype, t.count, t.start).reshape(t.shape)
+        for t in layout
+    }
 
 
 def describe_tensors(tensors: Mapping[str, np.ndarray]) -> str:

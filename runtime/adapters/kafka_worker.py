@@ -302,8 +302,10 @@ class KafkaWorker:
             return
         self.metrics.observe_batch(total, time.perf_counter() - started)
         now_ms = time.time() * 1000.0
+        produced = self.counts["results"]
         for item, outputs_of_item in zip(chunk, parts):
             self._produce_result(batch, item, outputs_of_item, now_ms)
+        self.metrics.count("ok", self.counts["results"] - produced)
 
     # -- producing ------------------------------------------------------------------------
 
@@ -321,7 +323,6 @@ class KafkaWorker:
             self._dead_letter(batch, item.message, AdapterError(f"result not produced: {exc}"))
             return
         self.counts["results"] += 1
-        self.metrics.count("ok")
         kind, timestamp_ms = item.message.timestamp()
         if kind != 0 and timestamp_ms > 0:  # 0: TIMESTAMP_NOT_AVAILABLE
             self.metrics.latency.observe(max(0.0, now_ms - timestamp_ms) / 1000.0)
