@@ -196,10 +196,10 @@ def run_pipeline(
             report.rel_error = err.rel
             if labels is not None:
                 report.accuracy = accuracy(outputs, result.graph, labels)
-        current = result.graph
+        current = result.graph if result.graph is not graph else graph.clone()
         history.append(report)
         current.history = list(history)
-    if current is graph:  # nothing changed: still hand back a copy carrying the history
+    if current is graph:  # an empty pipeline: still hand back a copy
         current = graph.clone()
         current.history = history
     return current

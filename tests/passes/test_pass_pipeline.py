@@ -167,6 +167,13 @@ def test_reports_measure_against_the_unoptimized_model() -> None:
     assert record["details"]["layers"]
 
 
+def test_a_pass_that_changes_nothing_leaves_the_input_alone() -> None:
+    graph = parse_graph(MLP)
+    out = irkit.optimize(graph, "dce,cse")
+    assert graph.history == [] and out is not graph
+    assert [r.modified for r in out.history] == [False, False]
+
+
 def test_history_accumulates_across_optimize_calls() -> None:
     once = irkit.optimize(parse_graph(MLP), "fuse")
     twice = irkit.optimize(once, "dce")
