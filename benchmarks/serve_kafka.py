@@ -124,7 +124,7 @@ def run_load(servers: str, form: str, topics: tuple[str, str], count: int,
     deadline = time.monotonic() + 600
     while seen < count and time.monotonic() < deadline:
         for message in consumer.consume(10000, 0.5):
-            if message.error() is not None or not message.key().startswith(b"m-"):
+            if message.error() is not None or not (message.key() or b"").startswith(b"m-"):
                 continue
             seen += 1
             if not checked:  # the results are real logits, not just messages

@@ -36,6 +36,10 @@ a ``CompiledModel`` from its artifact directory, so no native thread pool crosse
 fork. Several ``irkit serve`` commands with the same ``group`` work the same way, on one
 machine or many.
 
+Metrics. The shared ``common.AdapterMetrics`` (requests by outcome, end-to-end latency
+from the request's Kafka timestamp, rows and duration per model call); ``metrics_port``
+serves them in Prometheus form (consumer process i of ``processes = N`` on port + i).
+
 Stopping. SIGINT/SIGTERM end ``serve()``: the in-flight batch is finished, its results
 delivered and its offsets committed, the consumer leaves the group, and ``serve()``
 returns (exit status 0). ``brokers = "embedded"`` starts a Tansu broker on a loopback port

@@ -217,7 +217,7 @@ def decode_tensors(description: bytes, value: bytes) -> dict[str, np.ndarray]:
         for tensor in layout:
             if tensor.end > len(value):
                 raise PayloadError(
-                    f"tensor {tensor.name!r} ({datatype_of(tensor.dtype)}{list(tensor.shape)}) "
+                    f"tensor {tensor.name!r} ({datatype_of(tensor.dtype.newbyteorder('='))}{list(tensor.shape)}) "
                     f"needs bytes {tensor.start}..{tensor.end}, but the value has "
                     f"{len(value)} bytes"
                 )
@@ -233,7 +233,7 @@ def decode_tensors(description: bytes, value: bytes) -> dict[str, np.ndarray]:
 def describe_tensors(tensors: Mapping[str, np.ndarray]) -> str:
     """The ``irkit-tensors`` header for ``tensors``."""
     return ";".join(
-        f"{name}:{datatype_of(array.dtype)}:{','.join(map(str, array.shape))}"
+        f"{name}:{datatype_of(array.dtype.newbyteorder('='))}:{','.join(map(str, array.shape))}"
         for name, array in tensors.items()
     )
 
@@ -249,7 +249,10 @@ def encode_tensors(tensors: Mapping[str, np.ndarray]) -> tuple[bytes, str]:
 
 def json_tensors(tensors: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
     """OIP v2 tensor objects (flat ``data``)."""
-    return [encode_tensor(name, array) for name, array in tensors.items()]
+    return [
+        encode_tensor(name, array.astype(array.dtype.newbyteorder("="), copy=False))
+        for name, array in tensors.items()
+    ]
 
 
 def encode_result(

@@ -223,6 +223,7 @@ class KafkaWorker:
                 continue
             self.counts["messages"] += 1
             topic, partition, offset = message.topic(), message.partition(), message.offset()
+            assert topic is not None and partition is not None and offset is not None
             batch.offsets[(topic, partition)] = offset + 1
             try:
                 request = decode_request(message.value(), message.key(), message.headers(),
@@ -333,7 +334,7 @@ class KafkaWorker:
         headers += [
             (ERROR_HEADER, text.encode()),
             (OUTCOME_HEADER, exc.outcome.encode()),
-            (ORIGINAL_TOPIC_HEADER, message.topic().encode()),
+            (ORIGINAL_TOPIC_HEADER, (message.topic() or "").encode()),
             (ORIGINAL_PARTITION_HEADER, str(message.partition()).encode()),
             (ORIGINAL_OFFSET_HEADER, str(message.offset()).encode()),
         ]
