@@ -87,8 +87,9 @@ def load_torch(
         with torch.no_grad(), warnings.catch_warnings():
             # torch's own pytree deprecation notice, raised inside torch.export
             warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
-            program = torch.export.export(module.eval(), tuple(args), kwargs or None,
-                                          dynamic_shapes=spec)
+            program = torch.export.export(
+                module.eval(), tuple(args), kwargs or None, dynamic_shapes=spec
+            )
             program = program.run_decompositions(decomposition_table())
     except Exception as exc:  # torch raises many kinds; name the module and the cause
         raise ModelLoadError(
@@ -97,8 +98,13 @@ def load_torch(
         ) from exc
     from irkit.frontends.torch_convert import convert_program
 
-    return convert_program(program, graph_name, opset=opset, output_names=output_names,
-                           dim_names=_dim_names(spec, arg_names, kwargs))
+    return convert_program(
+        program,
+        graph_name,
+        opset=opset,
+        output_names=output_names,
+        dim_names=_dim_names(spec, arg_names, kwargs),
+    )
 
 
 def _resolve_source(
@@ -117,8 +123,9 @@ def _resolve_source(
             target = getattr(target, part, None)
             if target is None:
                 raise ModelLoadError(f"{source}: {module_name!r} has no {attr!r}")
-        module = target() if callable(target) and not isinstance(target, torch.nn.Module) \
-            else target
+        module = (
+            target() if callable(target) and not isinstance(target, torch.nn.Module) else target
+        )
         if isinstance(module, tuple) and len(module) == 2:
             module, factory_inputs = module
             example_inputs = example_inputs if example_inputs is not None else factory_inputs
@@ -142,7 +149,8 @@ def _graph_name(module: Any) -> str:
 def forward_arg_names(module: Any, count: int) -> list[str]:
     """The names of ``forward``'s first ``count`` positional parameters."""
     params = [
-        p.name for p in inspect.signature(module.forward).parameters.values()
+        p.name
+        for p in inspect.signature(module.forward).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     return params[:count] if len(params) >= count else [f"input_{i}" for i in range(count)]
@@ -208,9 +216,13 @@ def fallback_ops() -> list[Any]:
     from irkit.frontends.torch_ops import LOWERINGS
 
     # only aten-to-aten decompositions: torch._refs ones produce prims, which export rejects
-    return [op for op in core_aten_ops()
-            if str(op) not in LOWERINGS and op in torch_decompositions
-            and torch_decompositions[op].__module__.startswith("torch._decomp")]
+    return [
+        op
+        for op in core_aten_ops()
+        if str(op) not in LOWERINGS
+        and op in torch_decompositions
+        and torch_decompositions[op].__module__.startswith("torch._decomp")
+    ]
 
 
 def core_aten_ops() -> list[Any]:
@@ -231,8 +243,12 @@ def core_aten_ops() -> list[Any]:
 
 
 def _load_via_onnx(
-    module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic_batch: bool,
-    dynamic_shapes: Any, opset: int | None,
+    module: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    dynamic_batch: bool,
+    dynamic_shapes: Any,
+    opset: int | None,
 ) -> Graph:
     import torch
 
@@ -245,9 +261,14 @@ def _load_via_onnx(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module.eval(), tuple(args), kwargs=kwargs or None, dynamo=True,
-            opset_version=max(opset or 18, 18), input_names=names or None,
-            dynamic_shapes=spec, verbose=False,
+            module.eval(),
+            tuple(args),
+            kwargs=kwargs or None,
+            dynamo=True,
+            opset_version=max(opset or 18, 18),
+            input_names=names or None,
+            dynamic_shapes=spec,
+            verbose=False,
         )
     return load_onnx(program.model_proto)
 

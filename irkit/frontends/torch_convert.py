@@ -150,7 +150,9 @@ def _lower_node(ctx: LoweringContext, node: fx.Node) -> Any:
 
 
 def _symbol_names(
-    placeholders: list[fx.Node], specs: Mapping[str, Any], dim_names: Mapping[str, Mapping[int, str]]
+    placeholders: list[fx.Node],
+    specs: Mapping[str, Any],
+    dim_names: Mapping[str, Mapping[int, str]],
 ) -> dict[Any, str]:
     """sympy symbol -> dim name: "N" for the batch dim, else what ``dim_names`` says."""
     names: dict[Any, str] = {}

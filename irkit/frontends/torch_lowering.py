@@ -268,9 +268,7 @@ class LoweringContext:
         lead = len(sizes) - len(src)
         entries: list[Any] = []
         for i, size in enumerate(sizes):
-            keeps = i >= lead and (
-                size == -1 or (sym_expr(self.meta(size)) == src[i - lead])
-            )
+            keeps = i >= lead and (size == -1 or (sym_expr(self.meta(size)) == src[i - lead]))
             if keeps:
                 entries.append(1)
             elif isinstance(size, fx.Node):

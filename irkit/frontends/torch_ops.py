@@ -16,7 +16,14 @@ import numpy as np
 from torch import fx
 
 from irkit.frontends.torch_lowering import LoweringContext, LoweringUnsupported
-from irkit.frontends.torch_ops_base import LOWERINGS, Lowering, _as_list, _axis, lowers
+from irkit.frontends.torch_ops_base import (
+    LOWERINGS,
+    Lowering,
+    _as_list,
+    _axis,
+    _used_outputs,
+    lowers,
+)
 from irkit.ir import DType, Value
 
 
@@ -46,17 +53,32 @@ def _promoted(ctx: LoweringContext, a: Any, b: Any) -> DType:
 
 
 for _name, _op in {
-    "mul.Tensor": "Mul", "mul.Scalar": "Mul", "div.Tensor": "Div", "div.Scalar": "Div",
-    "maximum.default": "Max", "minimum.default": "Min", "pow.Tensor_Tensor": "Pow",
-    "pow.Tensor_Scalar": "Pow", "pow.Scalar": "Pow", "fmod.Tensor": "Mod",
-    "fmod.Scalar": "Mod", "bitwise_and.Tensor": "And", "bitwise_or.Tensor": "Or",
-    "bitwise_xor.Tensor": "Xor", "logical_and.default": "And", "logical_or.default": "Or",
+    "mul.Tensor": "Mul",
+    "mul.Scalar": "Mul",
+    "div.Tensor": "Div",
+    "div.Scalar": "Div",
+    "maximum.default": "Max",
+    "minimum.default": "Min",
+    "pow.Tensor_Tensor": "Pow",
+    "pow.Tensor_Scalar": "Pow",
+    "pow.Scalar": "Pow",
+    "fmod.Tensor": "Mod",
+    "fmod.Scalar": "Mod",
+    "bitwise_and.Tensor": "And",
+    "bitwise_or.Tensor": "Or",
+    "bitwise_xor.Tensor": "Xor",
+    "logical_and.default": "And",
+    "logical_or.default": "Or",
     "logical_xor.default": "Xor",
 }.items():
     LOWERINGS[f"aten.{_name}"] = _binary(_op)
 
 for _name, _op in {
-    "eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual",
+    "eq": "Equal",
+    "lt": "Less",
+    "le": "LessOrEqual",
+    "gt": "Greater",
+    "ge": "GreaterOrEqual",
 }.items():
     LOWERINGS[f"aten.{_name}.Tensor"] = _binary(_op, compare=True)
     LOWERINGS[f"aten.{_name}.Scalar"] = _binary(_op, compare=True)
@@ -115,12 +137,35 @@ def lower_remainder(ctx: LoweringContext, a: Any, b: Any) -> Value:
 
 
 _UNARY = {
-    "relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "exp": "Exp", "log": "Log",
-    "sqrt": "Sqrt", "neg": "Neg", "abs": "Abs", "reciprocal": "Reciprocal", "sin": "Sin",
-    "cos": "Cos", "tan": "Tan", "asin": "Asin", "acos": "Acos", "atan": "Atan",
-    "sinh": "Sinh", "cosh": "Cosh", "asinh": "Asinh", "acosh": "Acosh", "atanh": "Atanh",
-    "erf": "Erf", "floor": "Floor", "ceil": "Ceil", "round": "Round", "sign": "Sign",
-    "logical_not": "Not", "bitwise_not": "Not", "isnan": "IsNaN", "isinf": "IsInf",
+    "relu": "Relu",
+    "sigmoid": "Sigmoid",
+    "tanh": "Tanh",
+    "exp": "Exp",
+    "log": "Log",
+    "sqrt": "Sqrt",
+    "neg": "Neg",
+    "abs": "Abs",
+    "reciprocal": "Reciprocal",
+    "sin": "Sin",
+    "cos": "Cos",
+    "tan": "Tan",
+    "asin": "Asin",
+    "acos": "Acos",
+    "atan": "Atan",
+    "sinh": "Sinh",
+    "cosh": "Cosh",
+    "asinh": "Asinh",
+    "acosh": "Acosh",
+    "atanh": "Atanh",
+    "erf": "Erf",
+    "floor": "Floor",
+    "ceil": "Ceil",
+    "round": "Round",
+    "sign": "Sign",
+    "logical_not": "Not",
+    "bitwise_not": "Not",
+    "isnan": "IsNaN",
+    "isinf": "IsInf",
 }
 
 
@@ -181,8 +226,13 @@ def lower_elu(
     return ctx.emit("Elu", [ctx.get(x)], {"alpha": float(alpha)})
 
 
-@lowers("aten.hardtanh.default", "aten.clamp.default", "aten.clamp.Tensor",
-        "aten.clamp_min.default", "aten.clamp_max.default")
+@lowers(
+    "aten.hardtanh.default",
+    "aten.clamp.default",
+    "aten.clamp.Tensor",
+    "aten.clamp_min.default",
+    "aten.clamp_max.default",
+)
 def lower_clamp(ctx: LoweringContext, x: Any, *bounds: Any) -> Value:
     target = str(ctx.current.target)
     if "clamp_min" in target:
@@ -200,16 +250,22 @@ def lower_clamp(ctx: LoweringContext, x: Any, *bounds: Any) -> Value:
     return ctx.emit("Clip", inputs)
 
 
-@lowers("aten.where.self", "aten.where.ScalarSelf", "aten.where.ScalarOther",
-        "aten.where.Scalar")
+@lowers("aten.where.self", "aten.where.ScalarSelf", "aten.where.ScalarOther", "aten.where.Scalar")
 def lower_where(ctx: LoweringContext, cond: Any, a: Any, b: Any) -> Value:
     dtype = ctx.out_dtype
-    return ctx.emit("Where", [ctx.tensor(cond, DType.BOOL), ctx.tensor(a, dtype),
-                              ctx.tensor(b, dtype)])
+    return ctx.emit(
+        "Where", [ctx.tensor(cond, DType.BOOL), ctx.tensor(a, dtype), ctx.tensor(b, dtype)]
+    )
 
 
-@lowers("aten._to_copy.default", "aten.clone.default", "aten.alias.default",
-        "aten.detach.default", "aten.lift_fresh_copy.default", "aten.contiguous.default")
+@lowers(
+    "aten._to_copy.default",
+    "aten.clone.default",
+    "aten.alias.default",
+    "aten.detach.default",
+    "aten.lift_fresh_copy.default",
+    "aten.contiguous.default",
+)
 def lower_copy(ctx: LoweringContext, x: Any, **kw: Any) -> Value:
     """Copies are values in SSA; only a dtype change is a node (Cast)."""
     value = ctx.get(x)
@@ -261,8 +317,16 @@ def lower_matmul(ctx: LoweringContext, a: Any, b: Any) -> Value:
 
 @lowers("aten.convolution.default")
 def lower_convolution(
-    ctx: LoweringContext, x: Any, weight: Any, bias: Any, stride: Any, padding: Any,
-    dilation: Any, transposed: bool, output_padding: Any, groups: int,
+    ctx: LoweringContext,
+    x: Any,
+    weight: Any,
+    bias: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    transposed: bool,
+    output_padding: Any,
+    groups: int,
 ) -> Value:
     spatial = ctx.rank_of(x) - 2
     pads = list(padding) * (spatial if len(padding) == 1 else 1)
@@ -289,55 +353,20 @@ def _repeat(values: Any, n: int) -> list[int]:
 
 
 # -- normalization ---------------------------------------------------------------------------
-@lowers("aten._native_batch_norm_legit_no_training.default")
-def lower_batch_norm(
-    ctx: LoweringContext, x: Any, weight: Any, bias: Any, mean: Any, var: Any,
-    momentum: float, eps: float,
-) -> tuple[Value, None, None]:
-    channels = ctx.shape_of(x)[1]
-    dtype = ctx.out_dtype
-    scale = ctx.get(weight) if weight is not None else ctx.const(np.ones(channels, dtype.numpy))
-    shift = ctx.get(bias) if bias is not None else ctx.const(np.zeros(channels, dtype.numpy))
-    inputs = [ctx.get(x), scale, shift, ctx.get(mean), ctx.get(var)]
-    out = ctx.emit("BatchNormalization", inputs, {"epsilon": float(eps)})
-    return out, None, None  # saved mean / rstd: training-only outputs
-
-
-@lowers("aten.native_layer_norm.default")
-def lower_layer_norm(
-    ctx: LoweringContext, x: Any, normalized_shape: Any, weight: Any, bias: Any, eps: float
-) -> tuple[Value, ...]:
-    axis = -len(normalized_shape)
-    dtype = ctx.out_dtype
-    size = [int(d) for d in normalized_shape]
-    scale = ctx.get(weight) if weight is not None else ctx.const(np.ones(size, dtype.numpy))
-    inputs = [ctx.get(x), scale] + ([ctx.get(bias)] if bias is not None else [])
-    used = _used_outputs(ctx.current, 3)
-    outputs = ctx.emit("LayerNormalization", inputs, {"axis": axis, "epsilon": float(eps)},
-                       outputs=3 if used[1] or used[2] else 1)
-    return tuple(outputs) if isinstance(outputs, tuple) else (outputs, None, None)
-
-
-def _used_outputs(node: fx.Node, count: int) -> list[bool]:
-    used = [False] * count
-    for user in node.users:
-        if user.target is operator.getitem:
-            used[int(user.args[1])] = True
-    return used
-
-
-@lowers("aten._softmax.default", "aten._log_softmax.default")
-def lower_softmax(ctx: LoweringContext, x: Any, dim: int, half_to_float: bool = False) -> Value:
-    op = "LogSoftmax" if "log" in str(ctx.current.target) else "Softmax"
-    return ctx.emit(op, [ctx.get(x)], {"axis": int(dim)})
-
-
 # -- pooling and reductions ----------------------------------------------------------------
-@lowers("aten.max_pool2d_with_indices.default", "aten.max_pool1d_with_indices.default",
-        "aten.max_pool3d_with_indices.default")
+@lowers(
+    "aten.max_pool2d_with_indices.default",
+    "aten.max_pool1d_with_indices.default",
+    "aten.max_pool3d_with_indices.default",
+)
 def lower_max_pool(
-    ctx: LoweringContext, x: Any, kernel_size: Any, stride: Any = (), padding: Any = 0,
-    dilation: Any = 1, ceil_mode: bool = False,
+    ctx: LoweringContext,
+    x: Any,
+    kernel_size: Any,
+    stride: Any = (),
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
 ) -> tuple[Value, None]:
     if _used_outputs(ctx.current, 2)[1]:
         raise LoweringUnsupported("max pooling indices (ONNX MaxPool's differ from torch's)")
@@ -356,8 +385,14 @@ def lower_max_pool(
 
 @lowers("aten.avg_pool2d.default", "aten.avg_pool1d.default", "aten.avg_pool3d.default")
 def lower_avg_pool(
-    ctx: LoweringContext, x: Any, kernel_size: Any, stride: Any = (), padding: Any = 0,
-    ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: Any = None,
+    ctx: LoweringContext,
+    x: Any,
+    kernel_size: Any,
+    stride: Any = (),
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: Any = None,
 ) -> Value:
     if divisor_override is not None:
         raise LoweringUnsupported("avg_pool with divisor_override")
@@ -374,8 +409,12 @@ def lower_avg_pool(
     return ctx.emit("AveragePool", [ctx.get(x)], attrs)
 
 
-@lowers("aten._adaptive_avg_pool2d.default", "aten._adaptive_avg_pool1d.default",
-        "aten._adaptive_avg_pool3d.default", "aten.adaptive_avg_pool1d.default")
+@lowers(
+    "aten._adaptive_avg_pool2d.default",
+    "aten._adaptive_avg_pool1d.default",
+    "aten._adaptive_avg_pool3d.default",
+    "aten.adaptive_avg_pool1d.default",
+)
 def lower_adaptive_avg_pool(ctx: LoweringContext, x: Any, output_size: Any) -> Value:
     spatial = ctx.shape_of(x)[2:]
     out = _as_list(output_size)
@@ -397,8 +436,7 @@ def _reduce(onnx_op: str, axes_input_since: int) -> Lowering:
         value = ctx.get(x)
         if kw.get("dtype") is not None or ctx.dtype_of(x) is not ctx.out_dtype:
             value = ctx.cast(value, ctx.out_dtype)
-        if (onnx_op == "ReduceMean" and keepdim and rank >= 3
-                and axes == list(range(2, rank))):
+        if onnx_op == "ReduceMean" and keepdim and rank >= 3 and axes == list(range(2, rank)):
             return ctx.emit("GlobalAveragePool", [value])  # adaptive_avg_pool(1) after export
         attrs: dict[str, Any] = {"keepdims": int(bool(keepdim))}
         if ctx.opset >= axes_input_since:
@@ -417,8 +455,14 @@ LOWERINGS["aten.amin.default"] = _reduce("ReduceMin", 18)
 LOWERINGS["aten.prod.dim_int"] = _reduce("ReduceProd", 18)
 
 
-@lowers("aten.any.dim", "aten.any.dims", "aten.any.default", "aten.all.dim",
-        "aten.all.dims", "aten.all.default")
+@lowers(
+    "aten.any.dim",
+    "aten.any.dims",
+    "aten.any.default",
+    "aten.all.dim",
+    "aten.all.dims",
+    "aten.all.default",
+)
 def lower_any_all(ctx: LoweringContext, x: Any, dim: Any = None, keepdim: bool = False) -> Value:
     rank = ctx.rank_of(x)
     dims = list(range(rank)) if dim in (None, []) else _as_list(dim)
@@ -456,7 +500,10 @@ def lower_sym_size(ctx: LoweringContext, x: Any, dim: int) -> Value:
 
 
 SYM_BINARY = {
-    operator.mul: "Mul", operator.add: "Add", operator.sub: "Sub", operator.floordiv: "Div",
+    operator.mul: "Mul",
+    operator.add: "Add",
+    operator.sub: "Sub",
+    operator.floordiv: "Div",
 }
 
 
@@ -466,11 +513,15 @@ def lower_sym_binary(ctx: LoweringContext, a: Any, b: Any) -> Value:
 
 
 LOWERINGS["aten.sym_size.int"] = lower_sym_size
-SKIPPED = frozenset({
-    "aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
-    "aten.sym_constrain_range_for_size.default", "aten.sym_constrain_range.default",
-    "aten._assert_async.msg",
-})
+SKIPPED = frozenset(
+    {
+        "aten._assert_tensor_metadata.default",
+        "aten._assert_scalar.default",
+        "aten.sym_constrain_range_for_size.default",
+        "aten.sym_constrain_range.default",
+        "aten._assert_async.msg",
+    }
+)
 """Ops with no data effect (run-time checks of what export already proved)."""
 
 
@@ -483,17 +534,23 @@ def lower_max_dim(ctx: LoweringContext, x: Any, dim: int, keepdim: bool = False)
     if ctx.opset >= 18:
         values = ctx.emit("ReduceMax" if is_max else "ReduceMin", [value, ctx.ints([axis])], attrs)
     else:
-        values = ctx.emit("ReduceMax" if is_max else "ReduceMin", [value],
-                          {**attrs, "axes": [axis]})
+        values = ctx.emit(
+            "ReduceMax" if is_max else "ReduceMin", [value], {**attrs, "axes": [axis]}
+        )
     # select_last_index=0: the first extreme element, as torch documents for CPU
-    indices = ctx.emit("ArgMax" if is_max else "ArgMin", [value], {**attrs, "axis": axis},
-                       typed=False)
+    indices = ctx.emit(
+        "ArgMax" if is_max else "ArgMin", [value], {**attrs, "axis": axis}, typed=False
+    )
     return values, indices
 
 
 @lowers("aten.topk.default")
 def lower_topk(
-    ctx: LoweringContext, x: Any, k: Any, dim: int = -1, largest: bool = True,
+    ctx: LoweringContext,
+    x: Any,
+    k: Any,
+    dim: int = -1,
+    largest: bool = True,
     sorted: bool = True,
 ) -> tuple[Value, Value]:
     axis = _axis(int(dim), ctx.rank_of(x))
@@ -508,15 +565,21 @@ def lower_sort(
     """A TopK over the whole dim (ties may order differently from torch's unstable sort)."""
     axis = _axis(int(dim), ctx.rank_of(x))
     size = ctx.shape_of(x)[axis]
-    k = ctx.ints([size]) if isinstance(size, int) else ctx.emit(
-        "Shape", [ctx.get(x)], {"start": axis, "end": axis + 1}, typed=False
+    k = (
+        ctx.ints([size])
+        if isinstance(size, int)
+        else ctx.emit("Shape", [ctx.get(x)], {"start": axis, "end": axis + 1}, typed=False)
     )
     attrs = {"axis": axis, "largest": int(bool(descending)), "sorted": 1}
     return ctx.emit("TopK", [ctx.get(x), k], attrs, outputs=2)
 
 
-for _name, _op in {"bitwise_and.Scalar": "And", "bitwise_or.Scalar": "Or",
-                   "bitwise_xor.Scalar": "Xor", "logical_not.default": "Not"}.items():
+for _name, _op in {
+    "bitwise_and.Scalar": "And",
+    "bitwise_or.Scalar": "Or",
+    "bitwise_xor.Scalar": "Xor",
+    "logical_not.default": "Not",
+}.items():
     LOWERINGS[f"aten.{_name}"] = _binary(_op) if _op != "Not" else _unary(_op)
 
 
@@ -534,86 +597,11 @@ def lower_trunc(ctx: LoweringContext, x: Any) -> Value:
     return ctx.emit("Mul", [ctx.emit("Sign", [value], typed=False), floor_abs])
 
 
-def _moments(
-    ctx: LoweringContext, value: Value, axes: list[int], keepdim: bool, divisor: float,
-    typed: bool,
-) -> tuple[Value, Value]:
-    """(mean with keepdims, variance = sum((x - mean)^2) / divisor)."""
-    mean = _reduce_value(ctx, "ReduceMean", value, axes, True)
-    centered = ctx.emit("Sub", [value, mean], typed=False)
-    squares = ctx.emit("Mul", [centered, centered], typed=False)
-    total = _reduce_value(ctx, "ReduceSum", squares, axes, keepdim)
-    var = ctx.emit("Div", [total, ctx.tensor(divisor, ctx.out_dtype)], typed=typed)
-    return mean, var
-
-
-def _reduce_value(
-    ctx: LoweringContext, op: str, value: Value, axes: list[int], keepdim: bool
-) -> Value:
-    attrs: dict[str, Any] = {"keepdims": int(bool(keepdim))}
-    since = 13 if op == "ReduceSum" else 18
-    if ctx.opset >= since:
-        return ctx.emit(op, [value, ctx.ints(axes)], attrs, typed=False)
-    return ctx.emit(op, [value], {**attrs, "axes": axes}, typed=False)
-
-
-def _reduced_count(ctx: LoweringContext, x: Any, axes: list[int]) -> int:
-    shape = ctx.shape_of(x)
-    if not all(isinstance(shape[a], int) for a in axes):
-        raise LoweringUnsupported("variance over a dynamic dim")
-    return math.prod(int(shape[a]) for a in axes)
-
-
-@lowers("aten.var.correction", "aten.var_mean.correction")
-def lower_var(
-    ctx: LoweringContext, x: Any, dim: Any = None, *, correction: Any = None,
-    keepdim: bool = False,
-) -> Any:
-    rank = ctx.rank_of(x)
-    axes = list(range(rank)) if dim in (None, []) else sorted(_axis(d, rank) for d in dim)
-    count = _reduced_count(ctx, x, axes)
-    divisor = max(count - (1 if correction is None else float(correction)), 0)
-    with_mean = "var_mean" in str(ctx.current.target)
-    mean, var = _moments(ctx, ctx.get(x), axes, keepdim, divisor, typed=not with_mean)
-    if not with_mean:
-        return var
-    if not keepdim:
-        mean = ctx.emit("Squeeze", [mean, ctx.ints(axes)], typed=False)
-    return var, mean
-
-
-@lowers("aten.native_group_norm.default")
-def lower_group_norm(
-    ctx: LoweringContext, x: Any, weight: Any, bias: Any, n: Any, channels: int, hw: Any,
-    groups: int, eps: float,
-) -> tuple[Value, None, None]:
-    """Normalize [N, G, C/G * spatial] rows, then the per-channel affine."""
-    rank = ctx.rank_of(x)
-    value = ctx.get(x)
-    rows = ctx.emit("Reshape", [value, ctx.ints([0, int(groups), -1])], typed=False)
-    shape = ctx.shape_of(x)
-    per_group = math.prod([int(channels) // int(groups), *[int(d) for d in shape[2:]]])
-    mean, var = _moments(ctx, rows, [2], True, float(per_group), typed=False)
-    centered = ctx.emit("Sub", [rows, mean], typed=False)
-    std = ctx.emit("Sqrt", [ctx.emit("Add", [var, ctx.tensor(eps, ctx.out_dtype)],
-                                     typed=False)], typed=False)
-    normed = ctx.emit("Div", [centered, std], typed=False)
-    out = ctx.emit("Reshape", [normed, ctx.emit("Shape", [value], typed=False)],
-                   typed=weight is None and bias is None)
-    spatial_axes = ctx.ints(list(range(1, rank - 1)))
-    if weight is not None:
-        scale = ctx.emit("Unsqueeze", [ctx.get(weight), spatial_axes], typed=False)
-        out = ctx.emit("Mul", [out, scale], typed=bias is None)
-    if bias is not None:
-        shift = ctx.emit("Unsqueeze", [ctx.get(bias), spatial_axes], typed=False)
-        out = ctx.emit("Add", [out, shift])
-    return out, None, None
-
-
 LOWERINGS["aten.prod.default"] = _reduce("ReduceProd", 18)
 
 
 # The shape, indexing and creation lowerings register themselves into LOWERINGS too.
+from irkit.frontends import torch_ops_norm as _torch_ops_norm  # noqa: E402
 from irkit.frontends import torch_ops_shape as _torch_ops_shape  # noqa: E402
 
-LOWERED_MODULES = (_torch_ops_shape,)
+LOWERED_MODULES = (_torch_ops_norm, _torch_ops_shape)

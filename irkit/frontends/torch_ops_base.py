@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
+
+from torch import fx
 
 Lowering = Callable[..., Any]
 LOWERINGS: dict[str, Lowering] = {}
@@ -25,3 +28,11 @@ def _axis(dim: int, rank: int) -> int:
 
 def _as_list(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value)]
+
+
+def _used_outputs(node: fx.Node, count: int) -> list[bool]:
+    used = [False] * count
+    for user in node.users:
+        if user.target is operator.getitem:
+            used[int(user.args[1])] = True
+    return used

@@ -59,13 +59,20 @@ def lower_cat(ctx: LoweringContext, tensors: Any, dim: int = 0) -> Value:
 
 @lowers("aten.slice.Tensor")
 def lower_slice(
-    ctx: LoweringContext, x: Any, dim: int = 0, start: Any = None, end: Any = None,
+    ctx: LoweringContext,
+    x: Any,
+    dim: int = 0,
+    start: Any = None,
+    end: Any = None,
     step: int = 1,
 ) -> Value:
     rank = ctx.rank_of(x)
     size = ctx.shape_of(x)[_axis(dim, rank)]
-    if (start in (None, 0) and (end is None or end == INT64_MAX
-                                or (isinstance(end, int) and end == size)) and step == 1):
+    if (
+        start in (None, 0)
+        and (end is None or end == INT64_MAX or (isinstance(end, int) and end == size))
+        and step == 1
+    ):
         return ctx.get(x)
     starts = ctx.size_value(0 if start is None else start)
     ends = ctx.size_value(INT64_MAX if end is None else end)
@@ -76,8 +83,10 @@ def lower_slice(
 @lowers("aten.select.int")
 def lower_select(ctx: LoweringContext, x: Any, dim: int, index: Any) -> Value:
     rank = ctx.rank_of(x)
-    idx = ctx.const(np.asarray(index, np.int64)) if isinstance(index, int) else ctx.scalar(
-        ctx.size_value(index)
+    idx = (
+        ctx.const(np.asarray(index, np.int64))
+        if isinstance(index, int)
+        else ctx.scalar(ctx.size_value(index))
     )
     return ctx.emit("Gather", [ctx.get(x), idx], {"axis": _axis(dim, rank)})
 
@@ -109,8 +118,7 @@ def lower_index(ctx: LoweringContext, x: Any, indices: Any) -> Value:
     index_values = [ctx.tensor(t, DType.INT64) for _, t in present]
     common = index_values[0]
     for other in index_values[1:]:  # Expand broadcasts both ways: the common index shape
-        common = ctx.emit("Expand", [common, ctx.emit("Shape", [other], typed=False)],
-                          typed=False)
+        common = ctx.emit("Expand", [common, ctx.emit("Shape", [other], typed=False)], typed=False)
     shape = ctx.emit("Shape", [common], typed=False)
     last = ctx.ints([-1])
     columns = [
@@ -128,8 +136,11 @@ def lower_index(ctx: LoweringContext, x: Any, indices: Any) -> Value:
     gathered = ctx.emit("GatherND", [source, stacked], typed=False)
     index_rank = ctx.rank_of(ctx.current) - (rank - count)
     out_rank = index_rank + rank - count
-    perm = (list(range(index_rank, index_rank + first)) + list(range(index_rank))
-            + list(range(index_rank + first, out_rank)))
+    perm = (
+        list(range(index_rank, index_rank + first))
+        + list(range(index_rank))
+        + list(range(index_rank + first, out_rank))
+    )
     return ctx.emit("Transpose", [gathered], {"perm": perm})
 
 
@@ -138,8 +149,9 @@ def lower_split(ctx: LoweringContext, x: Any, sizes: Any, dim: int = 0) -> tuple
     rank = ctx.rank_of(x)
     count = len(ctx.out_val)
     split = [int(v.shape[_axis(dim, rank)]) for v in ctx.out_val]
-    outs = ctx.emit("Split", [ctx.get(x), ctx.ints(split)], {"axis": _axis(dim, rank)},
-                    outputs=count)
+    outs = ctx.emit(
+        "Split", [ctx.get(x), ctx.ints(split)], {"axis": _axis(dim, rank)}, outputs=count
+    )
     return tuple(outs) if count > 1 else (outs,)
 
 
@@ -175,8 +187,9 @@ def lower_full_like(ctx: LoweringContext, x: Any, value: Any = None, **kw: Any) 
     if all(isinstance(s, int) for s in shape):
         return ctx.const_typed(np.full([int(s) for s in shape], value, dtype.numpy))
     shape_value = ctx.emit("Shape", [ctx.get(x)], typed=False)
-    return ctx.emit("ConstantOfShape", [shape_value],
-                    {"value": ctx.const_tensor_attr(value, dtype)})
+    return ctx.emit(
+        "ConstantOfShape", [shape_value], {"value": ctx.const_tensor_attr(value, dtype)}
+    )
 
 
 @lowers("aten.arange.start_step", "aten.arange.start", "aten.arange.default")
@@ -188,8 +201,12 @@ def lower_arange(ctx: LoweringContext, *args: Any, **kw: Any) -> Value:
     dtype = ctx.out_dtype
     if all(not isinstance(v, fx.Node) for v in (start, end, step)):
         return ctx.const_typed(np.arange(start, end, step, dtype=dtype.numpy))
-    pieces = [ctx.scalar(ctx.size_value(v)) if isinstance(v, fx.Node)
-              else ctx.const(np.asarray(v, np.int64)) for v in (start, end, step)]
+    pieces = [
+        ctx.scalar(ctx.size_value(v))
+        if isinstance(v, fx.Node)
+        else ctx.const(np.asarray(v, np.int64))
+        for v in (start, end, step)
+    ]
     if dtype is DType.INT64:
         return ctx.emit("Range", pieces)
     pieces = [ctx.cast(p, dtype) for p in pieces]
@@ -206,10 +223,16 @@ def lower_gather(ctx: LoweringContext, x: Any, dim: int, index: Any, **kw: Any) 
 _SCATTER_REDUCTIONS = {"sum": "add", "prod": "mul", "amax": "max", "amin": "min"}
 
 
-@lowers("aten.scatter.src", "aten.scatter.value", "aten.scatter_add.default",
-        "aten.scatter_reduce.two")
+@lowers(
+    "aten.scatter.src", "aten.scatter.value", "aten.scatter_add.default", "aten.scatter_reduce.two"
+)
 def lower_scatter(
-    ctx: LoweringContext, x: Any, dim: int, index: Any, src: Any, reduce: str | None = None,
+    ctx: LoweringContext,
+    x: Any,
+    dim: int,
+    index: Any,
+    src: Any,
+    reduce: str | None = None,
     include_self: bool = True,
 ) -> Value:
     target = str(ctx.current.target)

@@ -200,10 +200,19 @@ def test_coverage_table(capsys: pytest.CaptureFixture[str]) -> None:
     from torch._decomp import decomposition_table
 
     rows = dict(coverage_table())
-    for op in ["aten.addmm.default", "aten.convolution.default", "aten.bmm.default",
-               "aten._native_batch_norm_legit_no_training.default", "aten._softmax.default",
-               "aten.native_layer_norm.default", "aten.view.default", "aten.permute.default",
-               "aten.embedding.default", "aten.gelu.default", "aten.mean.dim"]:
+    for op in [
+        "aten.addmm.default",
+        "aten.convolution.default",
+        "aten.bmm.default",
+        "aten._native_batch_norm_legit_no_training.default",
+        "aten._softmax.default",
+        "aten.native_layer_norm.default",
+        "aten.view.default",
+        "aten.permute.default",
+        "aten.embedding.default",
+        "aten.gelu.default",
+        "aten.mean.dim",
+    ]:
         assert rows[op] == "mapped", op
     fallback = [op for op, status in rows.items() if status == "fallback"]
     known = {str(op) for op in decomposition_table}
