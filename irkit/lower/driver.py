@@ -146,6 +146,8 @@ class GraphLowering:
         that are graph outputs (written straight into the output buffer)."""
         if ref.buffer is not None or ref.const is not None:
             return ref
+        if _is_shape_like(ref):
+            return ref  # folds at compile time wherever it is read
         real_uses = [u for u in value.uses if u.node.op != "Shape"]
         if value in self.outputs:
             return self.ctx.materialize(ref, value.name, target=self.output_buffer(value, ref))
@@ -241,6 +243,24 @@ class GraphLowering:
                           plan.workspace_n, plan.workspace_c, bytes(blob))
         return LoweredModel(program, plan, list(self.graph.inputs), list(self.graph.outputs),
                             self.fused)
+
+
+def _is_shape_like(ref: TensorRef) -> bool:
+    """A small 1-D int64 tensor whose elements are compile-time expressions in N."""
+    from irkit.kir import simplify_expr
+    from irkit.lower.tensor import affine
+
+    if ref.dtype != "i64" or ref.rank > 1 or ref.const is not None:
+        return False
+    length = simplify_expr(ref.shape[0]) if ref.rank else Const(1)
+    if not isinstance(length, Const) or length.value > 16:
+        return False
+    try:
+        for i in range(int(length.value)):
+            affine(simplify_expr(ref.read((Const(i),) if ref.rank else ())))
+    except (LoweringError, KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def lower_graph(graph: Graph, tiles: Tiles | None = None) -> LoweredModel:

@@ -66,31 +66,48 @@ def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Bu
                  b: Expr, b_base: Expr, p: Expr, i0: Expr, rows: int, ctx: LoweringContext
                  ) -> Stmt:
     vecs = t.nr // t.vec
+    # Few rows (GEMV-like calls at batch 1) leave too few FMA chains to hide latency:
+    # split k over ``split`` independent accumulator sets and add them at the end.
+    split = max(1, min(4, -(-8 // (rows * vecs))))
+    split = min(split, max(1, spec.depth))
+
+    def slot(s: int, r: int, v: int) -> Const:
+        return Const((s * rows + r) * t.nr + v * t.vec)
+
     zero = Broadcast(Const(0.0, "f32"), t.vec)
     stmts: list[Stmt] = [
-        Store(acc, Const(r * t.nr + v * t.vec), zero) for r in range(rows) for v in range(vecs)
+        Store(acc, slot(s, r, v), zero)
+        for s in range(split) for r in range(rows) for v in range(vecs)
     ]
-    k = ctx.var("k")
     a_base = simplify_expr(spec.a_offset(b) + i0 * spec.lda)
     panel_base = simplify_expr(b_base + p * (spec.depth * t.nr))
-    body: list[Stmt] = []
-    # Vector-valued lets: Vars carry no lane count; the backend keeps the loaded vector.
-    bvars = [Var(ctx.fresh(f"bv{v}"), "f32") for v in range(vecs)]
-    body = [
-        _let_vec(bvars[v], Load(bpanel, panel_base + k * t.nr + v * t.vec, t.vec))
-        for v in range(vecs)
-    ]
+
+    def step(k: Expr, s: int) -> list[Stmt]:
+        # Vector-valued lets: Vars carry no lane count; the backend keeps the vector.
+        bvars = [Var(ctx.fresh(f"bv{v}"), "f32") for v in range(vecs)]
+        body: list[Stmt] = [
+            _let_vec(bvars[v], Load(bpanel, panel_base + k * t.nr + v * t.vec, t.vec))
+            for v in range(vecs)
+        ]
+        for r in range(rows):
+            a = Broadcast(Load(spec.a_buf, a_base + (r * spec.lda) + k), t.vec)
+            for v in range(vecs):
+                body.append(Store(acc, slot(s, r, v), Call(
+                    "fma", (a, bvars[v], Load(acc, slot(s, r, v), t.vec)))))
+        return body
+
+    kq = ctx.var("k")
+    steps = spec.depth // split
+    unrolled = [st for s in range(split) for st in step(kq * split + s, s)]
+    stmts.append(For(kq, Const(steps), block(*unrolled)))
+    for k_rest in range(steps * split, spec.depth):
+        stmts += step(Const(k_rest), 0)
     for r in range(rows):
-        a = Broadcast(Load(spec.a_buf, a_base + (r * spec.lda) + k), t.vec)
         for v in range(vecs):
-            slot = Const(r * t.nr + v * t.vec)
-            body.append(Store(acc, slot, Call("fma", (a, bvars[v],
-                                                      Load(acc, slot, t.vec)))))
-    stmts.append(For(k, Const(spec.depth), block(*body)))
-    stmts += [
-        Store(tile, Const(r * t.nr + v * t.vec), Load(acc, Const(r * t.nr + v * t.vec), t.vec))
-        for r in range(rows) for v in range(vecs)
-    ]
+            total: Expr = Load(acc, slot(0, r, v), t.vec)
+            for s in range(1, split):
+                total = total + Load(acc, slot(s, r, v), t.vec)
+            stmts.append(Store(tile, Const(r * t.nr + v * t.vec), total))
     r_var, c_var = ctx.var("r"), ctx.var("c")
     width = simplify_expr(Binary("min", Const(t.nr), Const(spec.cols) - p * t.nr))
     epilogue = spec.store(b, i0 + r_var, p * t.nr + c_var, Load(tile, r_var * t.nr + c_var))
@@ -106,7 +123,7 @@ def emit_gemm(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm") -> None:
     """Emit the kernel(s) computing ``spec``: an optional packing kernel and the GEMM."""
     t = ctx.tiles
     panels = -(-spec.cols // t.nr)
-    acc = Buffer(ctx.fresh("acc"), "f32", Const(t.mr * t.nr), "local")
+    acc = Buffer(ctx.fresh("acc"), "f32", Const(max(t.mr, 8) * t.nr), "local")
     tile = Buffer(ctx.fresh("tile"), "f32", Const(t.mr * t.nr), "local")
     b_var = ctx.var("b")
     single = isinstance(simplify_expr(spec.batch), Const) and simplify_expr(spec.batch) == Const(1)

@@ -41,6 +41,8 @@ def _int_list(ref: TensorRef | None, what: str) -> list[int] | None:
 
 def _shape_values(ref: TensorRef) -> list[Expr]:
     """The elements of a 1-D int64 shape tensor as (folded) expressions."""
+    if ref.const is not None:
+        return [Const(int(v)) for v in np.asarray(ref.const).reshape(-1)]
     length = static(ref.shape[0], "shape length") if ref.rank else 1
     values = []
     for i in range(length):

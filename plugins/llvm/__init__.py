@@ -47,8 +47,10 @@ class LlvmBackend:
         "threads": Option(int, 0, "worker threads at run time; 0 = all cores"),
         "fallback": Option(str, "none", "unsupported ops: 'none' raises, 'ort' builds an "
                            "ONNX Runtime artifact for the whole graph", choices=("none", "ort")),
-        "mr": Option(int, 6, "GEMM microkernel rows"),
-        "nr": Option(int, 16, "GEMM microkernel columns (multiple of 8)"),
+        "mr": Option(int, 8, "GEMM microkernel rows"),
+        "nr": Option(int, 0, "GEMM microkernel columns (multiple of vec); 0 = 2 * vec"),
+        "vec": Option(int, 0, "vector lanes (f32) of the GEMM microkernel; 0 = 16 with "
+                      "AVX-512, else 8"),
         "emit": Option(str, "object", "'object', or 'shared' to also link model.so + model.h",
                        choices=("object", "shared")),
         "fast_math": Option(bool, True, "reassociation/contraction flags (vectorized "
@@ -72,12 +74,14 @@ class LlvmBackend:
             resolved[key] = value
         if resolved["threads"] < 0:
             raise LlvmBackendError("llvm option threads must be >= 0")
-        if resolved["mr"] < 1 or resolved["mr"] > 8 or resolved["nr"] % 8 or resolved["nr"] < 8:
-            raise LlvmBackendError("tile sizes: 1 <= mr <= 8 and nr a positive multiple of 8")
+        if resolved["vec"] not in (0, 4, 8, 16):
+            raise LlvmBackendError("llvm option vec must be 0 (auto), 4, 8 or 16")
+        if not 1 <= resolved["mr"] <= 16 or resolved["nr"] < 0 or resolved["nr"] % 4:
+            raise LlvmBackendError("tile sizes: 1 <= mr <= 16 and nr a multiple of 4")
         return resolved
 
     def compile(self, graph: Any, **options: Any) -> Artifact:
-        from irkit.lower import LoweringError, Tiles, lower_graph, unsupported_nodes
+        from irkit.lower import LoweringError, lower_graph, unsupported_nodes
         from irkit.lower.driver import batch_symbol
         from irkit.plugins.llvm.codegen import entry_symbol, translate_program
         from irkit.plugins.llvm.emit import emit_object, host_target
@@ -87,7 +91,7 @@ class LlvmBackend:
         if unsupported_nodes(graph) and opts["fallback"] == "ort":
             return self._fallback(graph, opts)
         try:
-            lowered = lower_graph(graph, Tiles(mr=opts["mr"], nr=opts["nr"]))
+            lowered = lower_graph(graph, _tiles(opts, host_target().features))
         except LoweringError as exc:
             if opts["fallback"] == "ort":
                 return self._fallback(graph, opts, str(exc))
@@ -132,6 +136,16 @@ class LlvmBackend:
         art.report = [*art.report, {"llvm_fallback": "ort", "unsupported_ops": ops,
                                     "reason": why}]
         return art
+
+
+def _tiles(opts: dict[str, Any], features: str) -> Any:
+    from irkit.lower import Tiles
+
+    vec = opts["vec"] or (16 if "+avx512f" in features.split(",") else 8)
+    nr = opts["nr"] or 2 * vec
+    if nr % vec:
+        raise LlvmBackendError(f"nr={nr} must be a multiple of vec={vec}")
+    return Tiles(mr=opts["mr"], nr=nr, vec=vec)
 
 
 def _link_shared(object_code: bytes, program: Any) -> dict[str, bytes]:

@@ -47,6 +47,13 @@ def _aligned_empty(nbytes: int, alignment: int = 64) -> np.ndarray:
     return raw[shift : shift + nbytes]
 
 
+def _address(array: np.ndarray) -> int:
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))  # fast path
+    except (TypeError, ValueError):  # read-only or zero-size arrays
+        return int(array.ctypes.data)
+
+
 class LlvmRunner:
     """Owns the JIT-linked code, the weights and a growing workspace."""
 
@@ -82,31 +89,53 @@ class LlvmRunner:
         self._weights = _aligned_empty(max(len(weights), 1))
         self._weights[: len(weights)] = np.frombuffer(weights, dtype=np.uint8)
         self._workspace = _aligned_empty(0)
+        self._weights_address = self._weights.ctypes.data
+        self._workspace_address = self._workspace.ctypes.data
         self._io = (ctypes.c_void_p * len(self._io_names))()
+        self._prepare_slots()
         self.threads = max(1, threads)
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     def _output_shape(self, name: str, n: int) -> tuple[int, ...]:
         return tuple(n if isinstance(d, str) else int(d) for d in self._outputs[name].shape)
 
+    def _prepare_slots(self) -> None:
+        """Precompute where each io pointer comes from (the per-call path is hot)."""
+        position = {name: i for i, name in enumerate(self._io_names)}
+        self._in_slots = [(position[s.name], s.name) for s in self._input_specs]
+        self._out_slots = [
+            (position[name], name, tuple(d if isinstance(d, int) else -1
+                                         for d in self._outputs[name].shape),
+             self._outputs[name].dtype)
+            for name in self._output_names
+        ]
+        self._batch_source: tuple[str, int] | None = None
+        for spec in self._input_specs:
+            for axis, dim in enumerate(spec.shape):
+                if isinstance(dim, str) and self._batch_source is None:
+                    self._batch_source = (spec.name, axis)
+        self._io_address = ctypes.addressof(self._io)
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = self._batch(inputs)
-        arrays: dict[str, np.ndarray] = dict(inputs)
+        source = self._batch_source
+        n = int(inputs[source[0]].shape[source[1]]) if source is not None else 1
+        io = self._io
+        for slot, name in self._in_slots:
+            io[slot] = _address(inputs[name])
         outputs: dict[str, np.ndarray] = {}
-        for name in self._output_names:
-            spec = self._outputs[name]
-            outputs[name] = np.empty(self._output_shape(name, n), dtype=spec.dtype)
-        arrays.update(outputs)
-        for i, name in enumerate(self._io_names):
-            self._io[i] = arrays[name].ctypes.data
+        for slot, name, shape, dtype in self._out_slots:
+            array = np.empty(tuple(n if d < 0 else d for d in shape), dtype=dtype)
+            io[slot] = _address(array)
+            outputs[name] = array
         need = self._workspace_n * n + self._workspace_c
         if self._workspace.nbytes < need:
             self._workspace = _aligned_empty(need)
-        args = (ctypes.addressof(self._io), self._weights.ctypes.data, self._workspace.ctypes.data)
+            self._workspace_address = self._workspace.ctypes.data
         if self._pool is None:
-            self._run(*args, n)
+            self._run(self._io_address, self._weights_address, self._workspace_address, n)
         else:
-            self._run_parallel(args, n)
+            self._run_parallel(
+                (self._io_address, self._weights_address, self._workspace_address), n)
         return outputs
 
     def _run_parallel(self, args: tuple[int, int, int], n: int) -> None:
@@ -125,13 +154,6 @@ class LlvmRunner:
             kernel(*args, n, bounds[0], bounds[1])
             for future in futures:
                 future.result()
-
-    def _batch(self, inputs: Mapping[str, np.ndarray]) -> int:
-        for spec in self._input_specs:
-            for axis, dim in enumerate(spec.shape):
-                if isinstance(dim, str):
-                    return int(inputs[spec.name].shape[axis])
-        return 1
 
     def close(self) -> None:
         if self._pool is not None:
