@@ -29,6 +29,7 @@ from irkit.ir.types import (
 INLINE_LIMIT = 16
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]*\Z")
 _PLAIN_DIM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _KEYWORDS = {"graph", "const", "opset", "seq", "opt", "map", "sparse", "tensor", "type", "as",
              "true", "false", "nan", "inf", "ints", "floats", "strings", "tensors", "graphs",
              "types"}
@@ -36,6 +37,13 @@ _KEYWORDS = {"graph", "const", "opset", "seq", "opt", "map", "sparse", "tensor",
 
 def quote_name(name: str) -> str:
     return name if _PLAIN_NAME.match(name) else json.dumps(name)
+
+
+def quote_ident(name: str, *, dotted: bool = True) -> str:
+    """A graph name (``NAME``/``DOTTED`` bare) or an attribute name (``NAME`` bare): the
+    grammar is stricter for these than for value names, which may start with a digit."""
+    plain = _IDENT if dotted else _PLAIN_DIM
+    return name if plain.match(name) else json.dumps(name)
 
 
 def value_ref(value: Value) -> str:
@@ -114,7 +122,7 @@ class _Printer:
     def graph(self, g: Graph, indent: str) -> str:
         params = ", ".join(f"{value_ref(v)}: {format_type(v.type)}" for v in g.inputs)
         results = ", ".join(f"{value_ref(v)}: {format_type(v.type)}" for v in g.outputs)
-        head = f"graph {quote_name(g.name)}({params}) -> ({results}) {{"
+        head = f"graph {quote_ident(g.name)}({params}) -> ({results}) {{"
         inner = indent + "  "
         body = []
         for value in g.constants.values():
@@ -141,7 +149,7 @@ class _Printer:
         text = f"{outs} = {node.qualified_op}({args})"
         if node.attrs:
             attrs = ", ".join(
-                f"{quote_name(k)}={self.attr(a, indent)}" for k, a in node.attrs.items()
+                f"{quote_ident(k, dotted=False)}={self.attr(a, indent)}" for k, a in node.attrs.items()
             )
             text += f" {{{attrs}}}"
         text += " : " + ", ".join(format_type(v.type) for v in node.outputs)

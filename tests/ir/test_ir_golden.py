@@ -276,3 +276,15 @@ def test_weights_with_the_wrong_shape_are_rejected() -> None:
     text = "graph g() -> (@w: f32[4,5]) {\n  const @w: f32[4,5]\n}\n"
     with pytest.raises(ParseError, match=r"declared f32\[4,5\] but its data is f32\[5, 4\]"):
         parse_graph(text, {"w": np.zeros((5, 4), np.float32)})
+
+
+def test_graph_and_attribute_names_that_are_not_identifiers_are_quoted() -> None:
+    """Value names may start with a digit; graph and attribute names are quoted instead."""
+    text = (
+        'graph "0.x."(%0: f32[2]) -> (%y: f32[2]) {\n'
+        '  %y = Relu(%0) {"1st"=1, "a.b"=2, plain=3} : f32[2]\n'
+        "}\n"
+    )
+    graph = parse_graph(text)
+    assert graph.name == "0.x." and list(graph.nodes[0].attrs) == ["1st", "a.b", "plain"]
+    assert print_graph(graph) == text
