@@ -184,6 +184,19 @@ def unnamed_value() -> Graph:
     return g
 
 
+def sibling_subgraph_read() -> Graph:
+    g, node, then_g = with_if()
+    else_g = node.attr("else_branch")
+    else_g.nodes[0].set_input(0, then_g.nodes[0].output)
+    return g
+
+
+def duplicate_name_across_subgraphs() -> Graph:
+    g, node, _then_g = with_if()
+    node.attr("else_branch").nodes[0].output.name = "t"
+    return g
+
+
 CASES: list[tuple[Callable[[], Graph], list[str]]] = [
     (use_before_definition,
      ["graph 'main', node Add 'r2' (%b): input 0 %a is used before it is defined"]),
@@ -221,11 +234,14 @@ CASES: list[tuple[Callable[[], Graph], list[str]]] = [
     (constant_without_data, ["graph 'main': constant @w has no data"]),
     (output_use_not_recorded, ["graph 'main': output %a does not record its use"]),
     (unnamed_value, ["graph 'main': a value has no name"]),
+    (sibling_subgraph_read,
+     ["graph 'else', node Identity 'ident' (%e): input 0 %t is not defined in scope"]),
+    (duplicate_name_across_subgraphs, ["graph 'else': value name %t is defined twice"]),
 ]
 
 
 def test_case_count() -> None:
-    assert len(CASES) == 21
+    assert len(CASES) == 23
 
 
 @pytest.mark.parametrize(("build", "expected"), CASES, ids=[c[0].__name__ for c in CASES])
