@@ -261,7 +261,13 @@ class _Importer:
         return graph
 
     def _fresh(self, graph: Graph, name: str) -> str:
-        return name if name not in graph._names else graph.unique_name(name)
+        """``name``, or an unused variant when a (shadowed) outer value already has it.
+        Not reserved here: ``add_input`` / ``append`` reserve it."""
+        if name not in graph._names:
+            return name
+        fresh = graph.unique_name(name)
+        graph._names.discard(fresh)
+        return fresh
 
     def node(
         self,

@@ -313,3 +313,52 @@ def test_string_initializers_keep_raw_bytes() -> None:
     exported = irkit.to_onnx(g)
     assert list(exported.graph.initializer[0].string_data) == [b"plain", b"\xff\xfe", b""]
     # (not evaluated: onnxruntime's Python binding decodes strings as UTF-8)
+
+
+def test_subgraph_input_shadowing_an_outer_name_is_renamed() -> None:
+    """A Loop body input named like an outer value (valid ONNX) reads the body input."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]),
+         helper.make_node("Add", ["x", "x"], ["x_out"])],
+        "body",
+        [_info("i", [], TensorProto.INT64), _info("cond", [], TensorProto.BOOL),
+         _info("x", [2])],
+        [_info("cond_out", [], TensorProto.BOOL), _info("x_out", [2])],
+    )
+    loop = helper.make_node("Loop", ["n", "", "x"], ["y"], body=body, name="loop")
+    graph = helper.make_graph([loop], "g", [_info("n", [], TensorProto.INT64), _info("x", [2])],
+                              [_info("y", [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    g = load_onnx(model)
+    verify(g)
+    body_g = g.nodes[0].attr("body")
+    assert body_g.inputs[2].name == "x_0"
+    assert body_g.nodes[1].inputs == (body_g.inputs[2], body_g.inputs[2])
+    feeds = {"n": np.array(3, np.int64), "x": np.array([1.0, 2.0], np.float32)}
+    got = irkit.evaluate(g, feeds)["y"]
+    np.testing.assert_allclose(got, run_ort(model, feeds)[0], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(got, [8.0, 16.0], atol=ATOL, rtol=0)
+
+
+def test_outer_name_reused_inside_a_branch_gets_one_suffix() -> None:
+    info = _info
+    then_g = helper.make_graph([helper.make_node("Neg", ["x"], ["h"]),
+                                helper.make_node("Abs", ["h"], ["t"])], "then", [],
+                               [info("t", [2])])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                               [info("e", [2])])
+    nodes = [helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Relu", ["y"], ["h"], name="relu"),
+             helper.make_node("Add", ["h", "x"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [info("c", [], TensorProto.BOOL), info("x", [2])],
+                              [info("out", [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    g = load_onnx(model)
+    verify(g)
+    assert g.nodes[1].output.name == "h_0"
+    x = np.array([1.0, -2.0], np.float32)
+    for cond in (True, False):
+        feeds = {"c": np.array(cond), "x": x}
+        np.testing.assert_allclose(irkit.evaluate(g, feeds)["out"], run_ort(model, feeds)[0],
+                                   atol=ATOL, rtol=0)
