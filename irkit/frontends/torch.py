@@ -270,6 +270,8 @@ def _load_via_onnx(
             dynamic_shapes=spec,
             verbose=False,
         )
+    if program is None:
+        raise ModelLoadError(f"torch.onnx.export returned nothing for {_graph_name(module)}")
     return load_onnx(program.model_proto)
 
 

@@ -133,8 +133,9 @@ def convert_program(
 
 def _lower_node(ctx: LoweringContext, node: fx.Node) -> Any:
     if node.target is operator.getitem:
-        source, index = node.args
-        result = ctx.values[source][index]  # type: ignore[index]
+        source: Any = node.args[0]
+        index: Any = node.args[1]
+        result = ctx.values[source][index]
         if result is None:
             raise LoweringUnsupported(
                 f"output {index} of {op_key(source)} (a training-only or index output "
@@ -188,7 +189,8 @@ def _user_outputs(
 ) -> list[tuple[fx.Node, str]]:
     """(FX node, graph output name) of every user output, in order."""
     specs = program.graph_signature.output_specs
-    results = list(output_node.args[0])
+    returned: Any = output_node.args[0]
+    results = list(returned)
     user = [r for r, s in zip(results, specs) if s.kind is OutputKind.USER_OUTPUT]
     if output_names is None:
         output_names = ["output"] if len(user) == 1 else [f"output_{i}" for i in range(len(user))]

@@ -98,6 +98,18 @@ class LoweringContext:
         return tuple(self.meta(arg).shape)
 
     @property
+    def node(self) -> fx.Node:
+        """The FX node being lowered."""
+        if self.current is None:
+            raise LoweringUnsupported("no FX node is being lowered")
+        return self.current
+
+    @property
+    def target(self) -> str:
+        """The ATen overload being lowered, e.g. ``"aten.addmm.default"``."""
+        return str(self.node.target)
+
+    @property
     def out_val(self) -> Any:
         assert self.current is not None
         return self.current.meta.get("val")

@@ -1,6 +1,6 @@
 """ATen -> ONNX lowerings: the table the PyTorch frontend maps core ATen ops with.
 
-Each entry takes the LoweringContext (its FX node is ``ctx.current``) and the node's
+Each entry takes the LoweringContext (its FX node is ``ctx.node``) and the node's
 positional and keyword arguments, and returns the Value (or tuple of Values, None for an
 output ONNX has no equivalent of) that stands for the node's result. Keys are the ATen
 overload names as ``str(target)`` prints them, e.g. ``"aten.addmm.default"``.
@@ -93,7 +93,7 @@ def lower_ne(ctx: LoweringContext, a: Any, b: Any) -> Value:
 
 @lowers("aten.add.Tensor", "aten.add.Scalar", "aten.sub.Tensor", "aten.sub.Scalar")
 def lower_add_sub(ctx: LoweringContext, a: Any, b: Any, alpha: Any = 1) -> Value:
-    op = "Add" if "add" in str(ctx.current.target) else "Sub"
+    op = "Add" if "add" in ctx.target else "Sub"
     dtype = ctx.out_dtype
     rhs = ctx.tensor(b, dtype)
     if alpha != 1:
@@ -188,7 +188,7 @@ def lower_rsqrt(ctx: LoweringContext, x: Any) -> Value:
 @lowers("aten.log1p.default", "aten.expm1.default")
 def lower_log1p_expm1(ctx: LoweringContext, x: Any) -> Value:
     one = ctx.tensor(1.0, ctx.out_dtype)
-    if "log1p" in str(ctx.current.target):
+    if "log1p" in ctx.target:
         return ctx.emit("Log", [ctx.emit("Add", [ctx.get(x), one], typed=False)])
     return ctx.emit("Sub", [ctx.emit("Exp", [ctx.get(x)], typed=False), one])
 
@@ -234,7 +234,7 @@ def lower_elu(
     "aten.clamp_max.default",
 )
 def lower_clamp(ctx: LoweringContext, x: Any, *bounds: Any) -> Value:
-    target = str(ctx.current.target)
+    target = ctx.target
     if "clamp_min" in target:
         bounds = (bounds[0], None)
     elif "clamp_max" in target:
@@ -243,7 +243,7 @@ def lower_clamp(ctx: LoweringContext, x: Any, *bounds: Any) -> Value:
         bounds = bounds or (-1.0, 1.0)
     lo, hi = ([*bounds, None, None])[:2]
     dtype = ctx.out_dtype
-    inputs = [ctx.tensor(x, dtype)]
+    inputs: list[Value | None] = [ctx.tensor(x, dtype)]
     inputs += [None if b is None else ctx.tensor(b, dtype) for b in (lo, hi)]
     while inputs[-1] is None:
         inputs.pop()
@@ -274,14 +274,19 @@ def lower_copy(ctx: LoweringContext, x: Any, **kw: Any) -> Value:
 
 
 # -- linear algebra ------------------------------------------------------------------------
+def _args(node: fx.Node) -> Any:
+    """An FX node's positional arguments, untyped (torch types them as a wide union)."""
+    return node.args
+
+
 def _transposed_weight(ctx: LoweringContext, arg: Any) -> Value | None:
     """The weight ``w`` when ``arg`` is ``permute(w, [1, 0])`` (an nn.Linear's ``w.T``)."""
     if (
         isinstance(arg, fx.Node)
         and str(arg.target) == "aten.permute.default"
-        and list(arg.args[1]) in ([1, 0], [-1, -2])
+        and list(_args(arg)[1]) in ([1, 0], [-1, -2])
     ):
-        return ctx.get(arg.args[0])
+        return ctx.get(_args(arg)[0])
     return None
 
 
@@ -368,7 +373,7 @@ def lower_max_pool(
     dilation: Any = 1,
     ceil_mode: bool = False,
 ) -> tuple[Value, None]:
-    if _used_outputs(ctx.current, 2)[1]:
+    if _used_outputs(ctx.node, 2)[1]:
         raise LoweringUnsupported("max pooling indices (ONNX MaxPool's differ from torch's)")
     spatial = ctx.rank_of(x) - 2
     kernel = _repeat(_as_list(kernel_size), spatial)
@@ -467,7 +472,7 @@ def lower_any_all(ctx: LoweringContext, x: Any, dim: Any = None, keepdim: bool =
     rank = ctx.rank_of(x)
     dims = list(range(rank)) if dim in (None, []) else _as_list(dim)
     axes = sorted(_axis(d, rank) for d in dims)
-    op = "ReduceMax" if ".any." in str(ctx.current.target) else "ReduceMin"
+    op = "ReduceMax" if ".any." in ctx.target else "ReduceMin"
     as_int = ctx.cast(ctx.tensor(x, DType.BOOL), DType.INT32)
     attrs: dict[str, Any] = {"keepdims": int(bool(keepdim))}
     if ctx.opset >= 18:
@@ -479,7 +484,7 @@ def lower_any_all(ctx: LoweringContext, x: Any, dim: Any = None, keepdim: bool =
 
 @lowers("aten.argmax.default", "aten.argmin.default")
 def lower_argmax(ctx: LoweringContext, x: Any, dim: Any = None, keepdim: bool = False) -> Value:
-    op = "ArgMax" if "argmax" in str(ctx.current.target) else "ArgMin"
+    op = "ArgMax" if "argmax" in ctx.target else "ArgMin"
     value = ctx.get(x)
     if dim is None:
         value = ctx.emit("Reshape", [value, ctx.ints([-1])], typed=False)
@@ -499,7 +504,7 @@ def lower_sym_size(ctx: LoweringContext, x: Any, dim: int) -> Value:
     return ctx.emit("Shape", [ctx.get(x)], {"start": axis, "end": axis + 1}, typed=False)
 
 
-SYM_BINARY = {
+SYM_BINARY: dict[Any, str] = {
     operator.mul: "Mul",
     operator.add: "Add",
     operator.sub: "Sub",
@@ -508,7 +513,7 @@ SYM_BINARY = {
 
 
 def lower_sym_binary(ctx: LoweringContext, a: Any, b: Any) -> Value:
-    op = SYM_BINARY[ctx.current.target]
+    op = SYM_BINARY[ctx.node.target]
     return ctx.emit(op, [ctx.size_value(a), ctx.size_value(b)], typed=False)
 
 
@@ -527,7 +532,7 @@ SKIPPED = frozenset(
 
 @lowers("aten.max.dim", "aten.min.dim")
 def lower_max_dim(ctx: LoweringContext, x: Any, dim: int, keepdim: bool = False) -> tuple:
-    is_max = ".max." in str(ctx.current.target)
+    is_max = ".max." in ctx.target
     axis = _axis(int(dim), ctx.rank_of(x))
     value = ctx.get(x)
     attrs = {"keepdims": int(bool(keepdim))}
@@ -585,7 +590,7 @@ for _name, _op in {
 
 @lowers("aten.log2.default", "aten.log10.default")
 def lower_log_base(ctx: LoweringContext, x: Any) -> Value:
-    base = 2.0 if "log2" in str(ctx.current.target) else 10.0
+    base = 2.0 if "log2" in ctx.target else 10.0
     log = ctx.emit("Log", [ctx.get(x)], typed=False)
     return ctx.emit("Div", [log, ctx.tensor(math.log(base), ctx.out_dtype)])
 

@@ -33,6 +33,7 @@ def _as_list(value: Any) -> list[int]:
 def _used_outputs(node: fx.Node, count: int) -> list[bool]:
     used = [False] * count
     for user in node.users:
+        index: Any = user.args[1]
         if user.target is operator.getitem:
-            used[int(user.args[1])] = True
+            used[int(index)] = True
     return used

@@ -36,13 +36,13 @@ def lower_batch_norm(
 @lowers("aten.native_layer_norm.default")
 def lower_layer_norm(
     ctx: LoweringContext, x: Any, normalized_shape: Any, weight: Any, bias: Any, eps: float
-) -> tuple[Value, ...]:
+) -> tuple[Value | None, ...]:
     axis = -len(normalized_shape)
     dtype = ctx.out_dtype
     size = [int(d) for d in normalized_shape]
     scale = ctx.get(weight) if weight is not None else ctx.const(np.ones(size, dtype.numpy))
     inputs = [ctx.get(x), scale] + ([ctx.get(bias)] if bias is not None else [])
-    used = _used_outputs(ctx.current, 3)
+    used = _used_outputs(ctx.node, 3)
     outputs = ctx.emit(
         "LayerNormalization",
         inputs,
@@ -54,7 +54,7 @@ def lower_layer_norm(
 
 @lowers("aten._softmax.default", "aten._log_softmax.default")
 def lower_softmax(ctx: LoweringContext, x: Any, dim: int, half_to_float: bool = False) -> Value:
-    op = "LogSoftmax" if "log" in str(ctx.current.target) else "Softmax"
+    op = "LogSoftmax" if "log" in ctx.target else "Softmax"
     return ctx.emit(op, [ctx.get(x)], {"axis": int(dim)})
 
 
@@ -105,7 +105,7 @@ def lower_var(
     axes = list(range(rank)) if dim in (None, []) else sorted(_axis(d, rank) for d in dim)
     count = _reduced_count(ctx, x, axes)
     divisor = max(count - (1 if correction is None else float(correction)), 0)
-    with_mean = "var_mean" in str(ctx.current.target)
+    with_mean = "var_mean" in ctx.target
     mean, var = _moments(ctx, ctx.get(x), axes, keepdim, divisor, typed=not with_mean)
     if not with_mean:
         return var

@@ -134,7 +134,7 @@ def lower_index(ctx: LoweringContext, x: Any, indices: Any) -> Value:
     moved = front + [d for d in range(rank) if d not in front]
     source = ctx.emit("Transpose", [ctx.get(x)], {"perm": moved}, typed=False)
     gathered = ctx.emit("GatherND", [source, stacked], typed=False)
-    index_rank = ctx.rank_of(ctx.current) - (rank - count)
+    index_rank = ctx.rank_of(ctx.node) - (rank - count)
     out_rank = index_rank + rank - count
     perm = (
         list(range(index_rank, index_rank + first))
@@ -168,7 +168,7 @@ def lower_constant_pad(ctx: LoweringContext, x: Any, pad: Any, value: float = 0.
 # -- creation -------------------------------------------------------------------------------
 @lowers("aten.full.default", "aten.scalar_tensor.default")
 def lower_full(ctx: LoweringContext, size: Any, value: Any = None, **kw: Any) -> Value:
-    if "scalar_tensor" in str(ctx.current.target):
+    if "scalar_tensor" in ctx.target:
         size, value = [], size
     dtype = ctx.out_dtype
     if all(isinstance(s, int) for s in size):
@@ -179,7 +179,7 @@ def lower_full(ctx: LoweringContext, size: Any, value: Any = None, **kw: Any) ->
 
 @lowers("aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.default")
 def lower_full_like(ctx: LoweringContext, x: Any, value: Any = None, **kw: Any) -> Value:
-    target = str(ctx.current.target)
+    target = ctx.target
     if value is None:
         value = 1 if "ones" in target else 0
     dtype = ctx.out_dtype
@@ -195,7 +195,7 @@ def lower_full_like(ctx: LoweringContext, x: Any, value: Any = None, **kw: Any) 
 @lowers("aten.arange.start_step", "aten.arange.start", "aten.arange.default")
 def lower_arange(ctx: LoweringContext, *args: Any, **kw: Any) -> Value:
     bounds = list(args) + [None] * (3 - len(args))
-    if "start" not in str(ctx.current.target):
+    if "start" not in ctx.target:
         bounds = [0, args[0], 1]
     start, end, step = bounds[0], bounds[1], bounds[2] if bounds[2] is not None else 1
     dtype = ctx.out_dtype
@@ -235,7 +235,7 @@ def lower_scatter(
     reduce: str | None = None,
     include_self: bool = True,
 ) -> Value:
-    target = str(ctx.current.target)
+    target = ctx.target
     reduction = "add" if "scatter_add" in target else "none"
     if "scatter_reduce" in target:
         if reduce not in _SCATTER_REDUCTIONS or not include_self:

@@ -169,7 +169,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def _npz_bytes(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub reads allow_pickle
     return buffer.getvalue()
 
 

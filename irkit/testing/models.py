@@ -30,7 +30,11 @@ def ensure_digits_models(specs_dir: Path | None = None) -> Path:
 def make_transformer_encoder(
     d_model: int = 128, nhead: int = 4, layers: int = 2, seq: int = 64, seed: int = 0
 ) -> torch.nn.Module:
-    """A seeded ``nn.TransformerEncoder`` (batch_first, GELU, eval mode) over f32[N, seq, d]."""
+    """A seeded ``nn.TransformerEncoder`` (batch_first, GELU, eval mode) over f32[N, seq, d].
+
+    ``seq`` is the sequence length the shared fixtures and benchmarks feed it; the module
+    itself accepts any length.
+    """
     import torch
     from torch import nn
 
@@ -44,7 +48,6 @@ def make_transformer_encoder(
         batch_first=True,
     )
     encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-    encoder.seq_len = seq  # informational: the sequence length the tests use
     return encoder.eval()
 
 
@@ -101,6 +104,7 @@ def _randomize_batchnorm(model: torch.nn.Module, seed: int) -> None:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
+                assert module.running_mean is not None and module.running_var is not None
                 n = module.num_features
                 module.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
                 module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
@@ -156,6 +160,8 @@ def export_onnx(
             dynamic_shapes=_dynamic_shapes_by_position(module, names, dynamic_shapes),
             verbose=False,
         )
+    if program is None:
+        raise RuntimeError(f"torch.onnx.export returned nothing for {type(module).__name__}")
     program.save(str(path))
     return path
 
@@ -251,5 +257,7 @@ def export_minilm_onnx(path: str | Path) -> Path:
             dynamic_shapes=shapes,
             verbose=False,
         )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned nothing for MiniLM")
     program.save(str(path))
     return path
