@@ -311,3 +311,16 @@ def test_trailing_omitted_optional_outputs_evaluate() -> None:
     out = irkit.evaluate(graph, {"x": x})
     np.testing.assert_allclose(out["y"], expected, atol=ATOL, rtol=RTOL)
     np.testing.assert_allclose(out["m"], expected, atol=ATOL, rtol=RTOL)
+
+
+def test_golden_irkit_domain_op_exports_as_its_decomposition() -> None:
+    _, graph = golden_graph("mlp_irkit_domain.ir")
+    model = irkit.to_onnx(graph)
+    assert all(node.domain == "" for node in model.graph.node)
+    assert [o.domain for o in model.opset_import] == [""]
+    assert graph.nodes[0].domain == "irkit"  # the graph itself is not changed
+    w = graph.weights()
+    x = np.random.default_rng(11).standard_normal((3, 4)).astype(np.float32)
+    expected = np.maximum(x @ w["w0"] + w["b0"], 0) @ w["w1"].T + w["b1"]
+    np.testing.assert_allclose(irkit.evaluate(graph, {"x": x})["y"], expected,
+                               atol=ATOL, rtol=RTOL)
