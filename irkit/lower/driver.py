@@ -60,6 +60,7 @@ class LoweredModel:
     inputs: list[Value]
     outputs: list[Value]
     fused: list[str] = field(default_factory=list)
+    output_shapes: dict[str, list[list[int]]] = field(default_factory=dict)
 
 
 def unsupported_nodes(graph: Graph) -> list[Node]:
@@ -241,8 +242,12 @@ class GraphLowering:
         name = "".join(c if c.isalnum() else "_" for c in ctx.name) or "model"
         program = Program(name, tuple(ctx.kernels), placements, tuple(io_order),
                           plan.workspace_n, plan.workspace_c, bytes(blob))
+        from irkit.lower.tensor import affine
+
+        shapes = {v.name: [list(affine(d)) for d in self.refs[v].shape]
+                  for v in self.graph.outputs}
         return LoweredModel(program, plan, list(self.graph.inputs), list(self.graph.outputs),
-                            self.fused)
+                            self.fused, shapes)
 
 
 def _is_shape_like(ref: TensorRef) -> bool:

@@ -264,11 +264,14 @@ def lower_concat(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     def read(idx: Index) -> Expr:
         i = idx[axis]
         value: Expr | None = None
-        for r, off in reversed(list(zip(refs, offsets))):
+        for k, (r, off) in enumerate(zip(refs, offsets)):
             local = simplify_expr(i - off)
-            safe = Select(Binary("ge", local, Const(0)), local, Const(0)) if value is not None \
-                else local
-            sub = r.read(tuple(safe if d == axis else idx[d] for d in range(len(idx))))
+            # Clamp so the untaken arms of the select still address valid memory.
+            size = simplify_expr(sizes[k] - 1)
+            safe = Binary("min", Binary("max", local, Const(0)), size) if k else \
+                Binary("min", local, size)
+            sub = r.read(tuple(simplify_expr(safe) if d == axis else idx[d]
+                               for d in range(len(idx))))
             value = sub if value is None else Select(Binary("ge", i, off), sub, value)
         assert value is not None
         return value

@@ -113,6 +113,7 @@ class LlvmBackend:
             "kernels": [k.name for k in program.kernels],
             "io": list(program.io_order),
             "workspace": [program.workspace_n, program.workspace_c],
+            "output_shapes": lowered.output_shapes,
             "target": {"triple": target.triple, "cpu": target.cpu},
             "memory_plan": lowered.plan.report(),
             "fused": lowered.fused,

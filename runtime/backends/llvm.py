@@ -82,6 +82,7 @@ class LlvmRunner:
             for k in entry["kernels"]
         ]
         self._input_specs = list(manifest.inputs)
+        self._output_dims = entry["output_shapes"]
         self._io_names: list[str] = list(entry["io"])
         self._output_names = [spec.name for spec in manifest.outputs]
         self._outputs = {spec.name: spec for spec in manifest.outputs}
@@ -96,16 +97,13 @@ class LlvmRunner:
         self.threads = max(1, threads)
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
-    def _output_shape(self, name: str, n: int) -> tuple[int, ...]:
-        return tuple(n if isinstance(d, str) else int(d) for d in self._outputs[name].shape)
-
     def _prepare_slots(self) -> None:
         """Precompute where each io pointer comes from (the per-call path is hot)."""
         position = {name: i for i, name in enumerate(self._io_names)}
         self._in_slots = [(position[s.name], s.name) for s in self._input_specs]
+        # Output dims are ``a * N + b`` pairs, from the manifest.
         self._out_slots = [
-            (position[name], name, tuple(d if isinstance(d, int) else -1
-                                         for d in self._outputs[name].shape),
+            (position[name], name, tuple((int(a), int(b)) for a, b in self._output_dims[name]),
              self._outputs[name].dtype)
             for name in self._output_names
         ]
@@ -124,7 +122,7 @@ class LlvmRunner:
             io[slot] = _address(inputs[name])
         outputs: dict[str, np.ndarray] = {}
         for slot, name, shape, dtype in self._out_slots:
-            array = np.empty(tuple(n if d < 0 else d for d in shape), dtype=dtype)
+            array = np.empty(tuple(a * n + b for a, b in shape), dtype=dtype)
             io[slot] = _address(array)
             outputs[name] = array
         need = self._workspace_n * n + self._workspace_c
@@ -166,7 +164,7 @@ def load(artifact_dir: Path, manifest: Manifest, **overrides: Any) -> LlvmRunner
     """Link the artifact's object file into this process and return its runner."""
     where = f"artifact {artifact_dir}"
     entry = manifest.entry
-    for key in ("object", "weights", "run", "kernels", "io", "workspace"):
+    for key in ("object", "weights", "run", "kernels", "io", "workspace", "output_shapes"):
         if key not in entry:
             raise ArtifactError(f"{where}: llvm manifest entry lacks {key!r}")
     unknown = sorted(set(overrides) - {"threads"})
