@@ -166,23 +166,43 @@ def test_sigkill_mid_stream_loses_nothing(
     print(f"answered before the kill: {answered_before_kill}, duplicates: {duplicates}")
 
 
-def test_a_killed_consumer_process_is_restarted(
+def test_a_consumer_process_killed_mid_stream_is_restarted_and_loses_nothing(
     mlp_dir: Path, make_topics: Callable[..., Topics],
     collector_for: Callable[[Topics], Collector], tmp_path: Path,
 ) -> None:
-    topics = make_topics(partitions=2)
-    x = np.random.default_rng(13).standard_normal((200, 64)).astype(np.float32)
+    topics = make_topics(partitions=4)
+    total = 2000
+    x = np.random.default_rng(13).standard_normal((total, 64)).astype(np.float32)
+    ids = {f"r{i}" for i in range(total)}
+
+    def send() -> None:
+        producer = Producer({"bootstrap.servers": topics.servers, "linger.ms": 5})
+        for i in range(total):
+            value, headers = binary_request({"x": x[i : i + 1]})
+            producer.produce(topics.input, value, f"r{i}".encode(), headers=headers)
+            if i % 100 == 99:
+                producer.flush()
+                time.sleep(0.15)
+        assert producer.flush(30) == 0
+
+    collector = collector_for(topics)
+    sender = threading.Thread(target=send)
     with server(mlp_dir, topics, tmp_path / "serve.log", processes=2) as handle:
         started = handle.wait_log(r"consumer \(pid (\d+)\) of \S+ in group", count=2)
+        handle.wait_log(r"assigned partitions \[\d", count=2)
         victim = int(started[0])
         assert victim != handle.process.pid  # a forked consumer, not the supervisor
+        sender.start()
+        deadline = time.monotonic() + 60
+        while len(collector.keys()) < 200 and time.monotonic() < deadline:
+            collector.poll(0.2)
         os.kill(victim, signal.SIGKILL)
+        answered_before_kill = len(collector.keys())
         handle.wait_log(r"exited with status -9; restarting")
         restarted = handle.wait_log(r"consumer \(pid (\d+)\) of \S+ in group", count=3)
         assert len(set(restarted)) == 3 and victim not in map(int, restarted[2:])
-        produce(topics.servers, topics.input,
-                [(f"r{i}".encode(), *binary_request({"x": x[i : i + 1]})) for i in range(200)])
-        collector = collector_for(topics)
-        collector.wait_for({f"r{i}" for i in range(200)})
+        sender.join(120)
+        collector.wait_for(ids, timeout=120)
         _stop(handle)
-    assert collector.keys(topics.output) == {f"r{i}" for i in range(200)}
+    assert 200 <= answered_before_kill < total, "the kill must land mid-stream"
+    assert collector.keys(topics.output) == ids and not collector.keys(topics.dlq)
