@@ -193,7 +193,7 @@ class Node:
 
     def describe(self) -> str:
         label = f" {self.name!r}" if self.name else ""
-        outs = ", ".join(f"%{v.name}" for v in self._outputs)
+        outs = ", ".join("_" if v.absent else f"%{v.name}" for v in self._outputs)
         return f"node {self.qualified_op}{label} ({outs})"
 
     def __repr__(self) -> str:
