@@ -7,7 +7,9 @@ One embedded Tansu broker; the adapter serves in this process; the load (a produ
 ``--messages`` single-row requests and a consumer of their results) runs in a separate
 process. The clock starts at the first request produced and stops at the last result
 received, so the figure is end-to-end messages/s through broker, adapter and broker again.
-Each form first sends warm-up requests until results come back, so consumer-group joins
+The ``broker`` row runs the same load with no adapter (the load reads its own requests
+back): the ceiling the broker and the load process allow on this machine. Each form first
+sends warm-up requests until results come back, so consumer-group joins
 (about 3 s on Tansu) are not timed. The model is ``specs/models/digits_mlp.onnx`` (from
 ``scripts/make_models.py``) or, when that is missing, a random MLP of the same shape.
 """
@@ -79,6 +81,8 @@ def run_load(servers: str, form: str, topics: tuple[str, str], count: int,
     from confluent_kafka import Consumer, Producer
 
     input_topic, output_topic = topics
+    if form == "broker":  # no adapter: read the requests themselves back (the ceiling)
+        output_topic = input_topic
     rng = np.random.default_rng(1)
     rows = rng.random((1024, 64), dtype=np.float32) * 16
     if form == "json":
@@ -127,7 +131,9 @@ def run_load(servers: str, form: str, topics: tuple[str, str], count: int,
             if message.error() is not None or not (message.key() or b"").startswith(b"m-"):
                 continue
             seen += 1
-            if not checked:  # the results are real logits, not just messages
+            if not checked and form == "broker":
+                checked = True
+            elif not checked:  # the results are real logits, not just messages
                 logits = decode_result(message.value(), message.headers())["logits"]
                 checked = logits.shape == (1, 10) and bool(np.isfinite(logits).all())
     elapsed = time.perf_counter() - started
@@ -141,12 +147,23 @@ def bench_form(servers: str, model_dir: Path, form: str, count: int, max_batch: 
     name = f"bench-{form}-{uuid.uuid4().hex[:8]}"
     topics = (f"{name}.requests", f"{name}.predictions")
     ensure_topics(servers, (*topics, f"{name}.requests.dlq"), partitions=1)
+    if form == "broker":
+        return _timed_load(servers, form, topics, count)
     adapter = KafkaAdapter(
         load(model_dir), brokers=servers, input_topic=topics[0], output_topic=topics[1],
         group=name, max_batch=max_batch, max_delay_ms=max_delay_ms, create_topics=False,
     )
     server = threading.Thread(target=adapter.serve, name="kafka-adapter")
     server.start()
+    try:
+        return _timed_load(servers, form, topics, count)
+    finally:
+        adapter.stop()
+        server.join(60)
+
+
+def _timed_load(servers: str, form: str, topics: tuple[str, str], count: int
+                ) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     load_process = context.Process(target=run_load, args=(servers, form, topics, count, results))
@@ -155,8 +172,6 @@ def bench_form(servers: str, model_dir: Path, form: str, count: int, max_batch: 
         outcome = results.get(timeout=900)
     finally:
         load_process.join(60)
-        adapter.stop()
-        server.join(60)
     outcome["msg_per_s"] = outcome["messages"] / outcome["seconds"]
     return outcome
 
@@ -178,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    parser.add_argument("--forms", default="binary,json")
+    parser.add_argument("--forms", default="binary,json,broker",
+                        help="binary, json; broker = the load without the adapter (ceiling)")
     args = parser.parse_args(argv)
 
     import tempfile
