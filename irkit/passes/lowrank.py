@@ -67,6 +67,8 @@ class LowRank(Pass):
     def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
         layers: dict[str, dict[str, Any]] = {}
         skipped: dict[str, str] = {}
+        # weights shared by several nodes (CSE merges identical layers) share their factors
+        shared: dict[tuple[int, bool], tuple[Value, Value]] = {}
         for node in graph.nodes:
             label = node.name or node.outputs[0].name
             if {node.name, node.op, node.outputs[0].name} & set(self.exclude):
@@ -82,10 +84,22 @@ class LowRank(Pass):
                 skipped[label] = f"rank {r}/{min(k, n)} would not save {self.min_saving:.0%}"
                 continue
             a, b, err = factorize(matrix, r)
-            if node.op in ("Conv", "ConvBiasAct"):
-                self._split_conv(graph, node, a, b)
+            is_conv = node.op in ("Conv", "ConvBiasAct")
+            w = node.inputs[1]
+            assert w is not None and w.const is not None
+            key = (id(w), node.op == "Gemm" and bool(node.attr("transB", 0)))
+            if key not in shared:
+                if is_conv:
+                    first_w = a.T.reshape(r, *w.const.shape[1:])  # k x k conv to r channels
+                    second_w = b.T.reshape(w.const.shape[0], r, *([1] * (w.const.ndim - 2)))
+                    a, b = first_w, second_w
+                shared[key] = (graph.add_constant(f"{w.name}_u", a),
+                               graph.add_constant(f"{w.name}_v", b))
+            first, second = shared[key]
+            if is_conv:
+                self._split_conv(graph, node, first, second)
             else:
-                self._split_matmul(graph, node, a, b)
+                self._split_matmul(graph, node, first, second)
             layers[label] = {"rank": r, "full_rank": min(k, n), "macs_before": k * n,
                              "macs_after": r * (k + n), "weight_rel_error": round(err, 6)}
         drop_unused_constants(graph)
@@ -111,41 +125,35 @@ class LowRank(Pass):
             return weight.reshape(weight.shape[0], -1).T  # [Cin*k*k, Cout]
         return None
 
-    def _split_matmul(self, graph: Graph, node: Node, a: np.ndarray, b: np.ndarray) -> None:
+    def _split_matmul(self, graph: Graph, node: Node, a: Value, b: Value) -> None:
         x = node.inputs[0]
-        assert x is not None
-        a_value = graph.add_constant(f"{node.inputs[1].name}_u", a)  # type: ignore[union-attr]
-        b_value = graph.add_constant(f"{node.inputs[1].name}_v", b)  # type: ignore[union-attr]
-        first = graph.add_node("MatMul", [x, a_value], before=node,
+        assert x is not None and a.shape is not None and b.const is not None
+        first = graph.add_node("MatMul", [x, a], before=node,
                                types=[_shape_with_last(x, a.shape[1])])
         node.set_input(0, first.output)
-        node.set_input(1, b_value)
+        node.set_input(1, b)
         if node.op == "Gemm":
             node.set_attr("transB", 0)
             if node.attr("alpha", 1.0) != 1.0:
-                alpha = np.asarray(node.attr("alpha"), b.dtype)
-                node.set_input(1, graph.add_constant(f"{b_value.name}_alpha", b * alpha))
+                alpha = np.asarray(node.attr("alpha"), b.const.dtype)
+                node.set_input(1, graph.add_constant(f"{b.name}_alpha", b.const * alpha))
                 node.set_attr("alpha", 1.0)
 
-    def _split_conv(self, graph: Graph, node: Node, a: np.ndarray, b: np.ndarray) -> None:
-        w = node.inputs[1]
+    def _split_conv(self, graph: Graph, node: Node, a: Value, b: Value) -> None:
+        """A k x k Conv to r channels (weights ``a``), then this node as a 1x1 Conv (``b``)."""
         x = node.inputs[0]
-        assert w is not None and w.const is not None and x is not None
-        r = a.shape[1]
-        cout = w.const.shape[0]
-        first_w = a.T.reshape(r, *w.const.shape[1:])  # k x k conv to r channels
-        second_w = b.T.reshape(cout, r, *([1] * (w.const.ndim - 2)))  # 1x1 conv to Cout
+        assert x is not None and a.shape is not None
+        r = a.shape[0]
         attrs = {k: node.attrs[k] for k in ("dilations", "kernel_shape", "pads", "strides")
                  if k in node.attrs}
         out_t = node.outputs[0].type
         mid_t = None
         if isinstance(out_t, TensorType) and out_t.shape is not None:
             mid_t = TensorType(out_t.dtype, (out_t.shape[0], r, *out_t.shape[2:]))
-        first = graph.add_node("Conv", [x, graph.add_constant(f"{w.name}_u", first_w)], attrs,
-                               before=node, types=[mid_t])
+        first = graph.add_node("Conv", [x, a], attrs, before=node, types=[mid_t])
         node.set_input(0, first.output)
-        node.set_input(1, graph.add_constant(f"{w.name}_v", second_w))
-        ones = [1] * (w.const.ndim - 2)
+        node.set_input(1, b)
+        ones = [1] * (len(a.shape) - 2)
         node.set_attr("kernel_shape", ones)
         node.set_attr("strides", ones)
         node.set_attr("dilations", ones)

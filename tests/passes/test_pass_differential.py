@@ -171,3 +171,35 @@ def test_transformer_simplify_fuse_quantize(transformer_onnx: Path) -> None:
     assert fuse.details["fused"]["gelu"] == 2
     assert quantize.details["quantized"] >= 8
     assert quantize.rel_error < 0.05
+
+
+def test_lowrank_conv_of_exact_low_rank_is_lossless() -> None:
+    from irkit.ir import parse_graph
+
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((16, 2)) @ rng.standard_normal((2, 8 * 9))).reshape(16, 8, 3, 3)
+    graph = parse_graph("""graph g(%x: f32[N,8,10,10]) -> (%y: f32[N,16,5,5]) {
+  const @w: f32[16,8,3,3]
+  const @b: f32[16]
+  %y = Conv(%x, @w, @b) {kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]} : f32[N,16,5,5]
+}""", {"w": w.astype(np.float32), "b": rng.standard_normal(16).astype(np.float32)})
+    x = {"x": rng.standard_normal((2, 8, 10, 10)).astype(np.float32)}
+    out = irkit.optimize(graph, "lowrank{energy=0.9999}", eval_data=x)
+    assert out.history[0].details["layers"]["y"]["rank"] == 2
+    convs = [n for n in out.nodes if n.op == "Conv"]
+    assert [c.inputs[1].shape for c in convs] == [(2, 8, 3, 3), (16, 2, 1, 1)]
+    assert out.history[0].rel_error < 1e-5
+
+
+def test_lowrank_shares_factors_of_shared_weights() -> None:
+    from irkit.ir import parse_graph
+
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((32, 2)) @ rng.standard_normal((2, 32))).astype(np.float32)
+    graph = parse_graph("""graph g(%x: f32[N,32]) -> (%y: f32[N,32]) {
+  const @w: f32[32,32]
+  %h = MatMul(%x, @w) : f32[N,32]
+  %y = MatMul(%h, @w) : f32[N,32]
+}""", {"w": w})
+    out = irkit.optimize(graph, "lowrank")
+    assert sorted(out.constants) == ["w_u", "w_v"]
