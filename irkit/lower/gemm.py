@@ -51,6 +51,9 @@ class GemmSpec:
     store: StoreFn
     b_packed: Buffer | None = None  # compile-time packed weights (shared by all batches)
     b_source: PackFn | None = None  # runtime B, packed by a loop into the workspace
+    # A custom packing loop nest (batch, panel buffer, batch base) -> Stmt; a convolution
+    # uses it to write im2col panels with contiguous, vectorizable copies.
+    pack_stmt: Callable[[Expr, Buffer, Expr], Stmt] | None = None
 
 
 def pack_weights(b: np.ndarray, nr: int) -> np.ndarray:
@@ -132,10 +135,12 @@ def emit_gemm(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm") -> None:
     if spec.b_packed is not None:
         bpanel, b_base = spec.b_packed, Const(0)
     else:
-        assert spec.b_source is not None
         bpanel = ctx.new_buffer(f"{hint}_pack", "f32", spec.batch * panel_size)
         b_base = b_var * panel_size
-        pack_stmt = _pack_loop(ctx, spec, bpanel, b_var, b_base, panels)
+        if spec.pack_stmt is not None:
+            pack_stmt = spec.pack_stmt(b_var, bpanel, b_base)
+        else:
+            pack_stmt = _pack_loop(ctx, spec, bpanel, b_var, b_base, panels)
 
     p = ctx.var("p")
     ib = ctx.var("ib")

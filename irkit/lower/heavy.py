@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from irkit.ir import Node
-from irkit.kir import Binary, Const, Expr, Load, Select, Stmt, simplify_expr
+from irkit.kir import Binary, Buffer, Const, Expr, For, Load, Stmt, Store, block, simplify_expr
 from irkit.lower.context import LoweringContext
 from irkit.lower.gemm import GemmSpec, emit_gemm, pack_weights
 from irkit.lower.tensor import (
@@ -181,21 +181,56 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> 
     spatial = oh * ow
     batch = simplify_expr(x.shape[0] * groups)
 
-    def source(bi: Expr, kk: Expr, j: Expr) -> Expr:
+    pads = g["p"]
+    padded = any(pads)
+    hp, wp = ih + pads[0] + pads[2], iw + pads[1] + pads[3]
+    xpad = ctx.new_buffer("conv_pad", "f32", batch * (cin_g * hp * wp)) if padded else None
+    nr = ctx.tiles.nr
+    panels = -(-spatial // nr)
+
+    def pack(bi: Expr, bpanel: Buffer, b_base: Expr) -> Stmt:
         n, grp = bi // groups, bi % groups
-        ci = grp * cin_g + kk // (kh * kw)
-        r = kk % (kh * kw)
-        ky, kx = r // kw, r % kw
-        oy, ox = j // ow, j % ow
-        iy = oy * g["s"][0] - g["p"][0] + ky * g["d"][0]
-        ix = ox * g["s"][1] - g["p"][1] + kx * g["d"][1]
-        inside = Binary("and", Binary("and", Binary("ge", iy, Const(0)),
-                                      Binary("lt", iy, Const(ih))),
-                        Binary("and", Binary("ge", ix, Const(0)),
-                               Binary("lt", ix, Const(iw))))
-        flat = ((n * cin + ci) * ih + iy) * iw + ix
-        safe = Select(inside, flat, Const(0))
-        return Select(inside, Load(xbuf, simplify_expr(safe)), Const(0.0, "f32"))
+        stmts: list[Stmt] = []
+        if xpad is not None:
+            slot = bi * (cin_g * hp * wp)
+            e = ctx.var("e")
+            stmts.append(For(e, Const(cin_g * hp * wp), Store(xpad, slot + e, Const(0.0, "f32"))))
+            ci, yy, xx = ctx.var("ci"), ctx.var("y"), ctx.var("x")
+            src = ((n * cin + grp * cin_g + ci) * ih + yy) * iw + xx
+            dst = slot + (ci * hp + yy + pads[0]) * wp + xx + pads[1]
+            stmts.append(For(ci, Const(cin_g), For(yy, Const(ih), For(
+                xx, Const(iw), Store(xpad, dst, Load(xbuf, src))))))
+            base_buf, base = xpad, slot
+            chan_stride, rows_stride = hp * wp, wp
+        else:
+            base_buf, base = xbuf, (n * cin + grp * cin_g) * (ih * iw)
+            chan_stride, rows_stride = ih * iw, iw
+        p, ci, ky, kx = ctx.var("pp"), ctx.var("ci"), ctx.var("ky"), ctx.var("kx")
+        k = (ci * kh + ky) * kw + kx
+        dst = b_base + (p * depth + k) * nr
+        sy, sx = g["s"]
+        dy, dx = g["d"]
+
+        def src(oy: Expr, ox: Expr) -> Expr:
+            return Load(base_buf, base + ci * chan_stride + (oy * sy + ky * dy) * rows_stride
+                        + ox * sx + kx * dx)
+
+        c = ctx.var("c")
+        if ow % nr == 0:
+            q = ow // nr
+            inner: Stmt = For(c, Const(nr), Store(bpanel, dst + c, src(p // q, (p % q) * nr + c)))
+        elif nr % ow == 0:
+            per = nr // ow
+            rr = ctx.var("rr")
+            oy = Binary("min", p * per + rr, Const(oh - 1))  # rows past the end: never stored
+            inner = For(rr, Const(per), For(c, Const(ow), Store(
+                bpanel, dst + rr * ow + c, src(oy, c))))
+        else:
+            j = Binary("min", p * nr + c, Const(spatial - 1))
+            inner = For(c, Const(nr), Store(bpanel, dst + c, src(j // ow, j % ow)))
+        stmts.append(For(p, Const(panels), For(ci, Const(cin_g), For(ky, Const(kh), For(
+            kx, Const(kw), inner)))))
+        return block(*stmts)
 
     def emit(epilogue: Epilogue) -> None:
         def store(bi: Expr, i: Expr, j: Expr, acc: Expr) -> Stmt:
@@ -210,7 +245,7 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> 
 
         spec = GemmSpec(batch=batch, rows=Const(cout_g), depth=depth, cols=spatial,
                         a_buf=w_buf, a_offset=lambda bi: (bi % groups) * (cout_g * depth),
-                        lda=depth, store=store, b_source=source)
+                        lda=depth, store=store, pack_stmt=pack)
         emit_gemm(ctx, spec, "conv")
 
     return HeavyPlan(out_shape, emit)

@@ -1,0 +1,48 @@
+"""The llvm backend against ONNX Runtime (1 thread unless told), same process, same inputs.
+
+    python benchmarks/bench_llvm.py                      # all built-in models, batch 1 and 64
+    python benchmarks/bench_llvm.py --models mlp,gemm512 --batches 1 --threads 1,2
+
+Prints per-row latencies (medians over alternating rounds), irkit/ORT ratios and a
+1024^3 matmul GFLOP/s line beside numpy's (OpenBLAS limited to one thread). Targets
+(1 thread): ratio <= 0.8 at batch 1 for mlp and gemm512, <= 1.1 at batch 64 for resnet
+and transformer, matmul >= 70% of numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from irkit.bench import BUILTIN_MODELS, run_bench
+
+TARGETS = {("mlp", 1): 0.8, ("gemm512", 1): 0.8, ("resnet", 64): 1.1, ("transformer", 64): 1.1}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(BUILTIN_MODELS))
+    parser.add_argument("--batches", default="1,64")
+    parser.add_argument("--threads", default="1")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    result = run_bench(
+        args.models.split(","),
+        batches=tuple(int(b) for b in args.batches.split(",")),
+        threads=tuple(int(t) for t in args.threads.split(",")),
+        repeats=args.repeats,
+    )
+    print("\ntargets (1 thread):")
+    for row in result.rows:
+        goal = TARGETS.get((row.model, row.batch))
+        if goal is not None and row.threads == 1:
+            verdict = "met" if row.ratio <= goal else f"MISSED by {row.ratio / goal - 1:.0%}"
+            print(f"  {row.model} batch {row.batch}: {row.ratio:.2f} (target <= {goal}) {verdict}")
+    if result.matmul:
+        share = result.matmul["irkit_gflops"] / result.matmul["numpy_gflops"]
+        print(f"  matmul 1024^3: {share:.0%} of numpy (target >= 70%) "
+              f"{'met' if share >= 0.7 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""``irkit bench``: latency of a compiled model against ONNX Runtime, in one process.
+
+Both sides run through :class:`irkit.runtime.CompiledModel` (same input validation), with
+the same inputs and thread count. After warm-up, rounds alternate irkit and ORT so drift
+and noise from other processes hit both; each round times ``inner`` calls, and the table
+reports medians over rounds and the irkit/ORT ratio (below 1 = irkit faster).
+
+Models: a Graph, an ONNX path, an ``.irk`` spec (its model), or a built-in name:
+``mlp`` (64-256-256-10), ``gemm512`` (x @ W, 512x512), ``resnet`` (ResNet-style CNN,
+3x32x32) and ``transformer`` (2-layer encoder, d=128, seq 64).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BUILTIN_MODELS = ("mlp", "gemm512", "resnet", "transformer")
+_CACHE = Path(tempfile.gettempdir()) / "irkit_bench_models"
+
+
+@dataclass
+class BenchRow:
+    model: str
+    batch: int
+    threads: int
+    irkit_ms: float
+    other_ms: float
+    against: str = "onnxruntime"
+
+    @property
+    def ratio(self) -> float:
+        return self.irkit_ms / self.other_ms if self.other_ms else float("nan")
+
+
+@dataclass
+class BenchResult:
+    rows: list[BenchRow] = field(default_factory=list)
+    matmul: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        head = (f"{'model':<12} {'batch':>5} {'thr':>3} {'irkit ms':>10} {'ort ms':>10} "
+                f"{'irkit/ort':>9}")
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            lines.append(f"{r.model:<12} {r.batch:>5} {r.threads:>3} {r.irkit_ms:>10.4f} "
+                         f"{r.other_ms:>10.4f} {r.ratio:>9.2f}")
+        if self.matmul:
+            m = self.matmul
+            lines.append(
+                f"matmul 1024^3 (1 thread): irkit {m['irkit_gflops']:.1f} GFLOP/s, numpy "
+                f"{m['numpy_gflops']:.1f} GFLOP/s ({m['irkit_gflops'] / m['numpy_gflops']:.0%}"
+                " of numpy)")
+        return "\n".join(lines)
+
+
+def _matmul_onnx(m: int | str, k: int, n: int, seed: int = 0) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).standard_normal((k, n)).astype(np.float32) * 0.05
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                              [x], [y], [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def mlp_onnx(dims: Sequence[int] = (64, 256, 256, 10), seed: int = 0) -> Any:
+    """A Gemm+Relu MLP over f32[N, dims[0]]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i in range(len(dims) - 1):
+        w = rng.standard_normal((dims[i], dims[i + 1])).astype(np.float32) / np.sqrt(dims[i])
+        b = rng.standard_normal(dims[i + 1]).astype(np.float32) * 0.1
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == len(dims) - 2
+        out = "y" if last else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [out]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            prev = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", dims[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", dims[-1]])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def builtin_model(name: str) -> Any:
+    """The Graph of a built-in benchmark model (torch exports are cached on disk)."""
+    import irkit
+
+    if name == "mlp":
+        return irkit.load_model(mlp_onnx())
+    if name == "gemm512":
+        return irkit.load_model(_matmul_onnx("N", 512, 512))
+    if name in ("resnet", "transformer"):
+        import torch
+
+        from irkit.testing.models import export_onnx, make_resnet_cnn, make_transformer_encoder
+
+        path = _CACHE / f"{name}.onnx"
+        if not path.exists():
+            if name == "resnet":
+                module, example = make_resnet_cnn(), torch.randn(2, 3, 32, 32)
+            else:
+                module, example = make_transformer_encoder(), torch.randn(2, 64, 128)
+            export_onnx(module, (example,), path)
+        return irkit.load_model(path)
+    raise ValueError(f"unknown benchmark model {name!r}; built-ins: {', '.join(BUILTIN_MODELS)}")
+
+
+def _resolve_model(model: Any) -> tuple[str, Any]:
+    import irkit
+
+    if isinstance(model, str) and model in BUILTIN_MODELS:
+        return model, builtin_model(model)
+    if isinstance(model, str | Path) and str(model).endswith(".irk"):
+        from irkit.spec import parse_spec_file  # type: ignore[attr-defined]
+
+        spec = parse_spec_file(Path(model))
+        pipeline = spec.pipelines[0] if hasattr(spec, "pipelines") else spec
+        path = Path(model).parent / pipeline.model.path
+        return pipeline.name, irkit.load_model(path)
+    graph = irkit.load_model(model)
+    return getattr(graph, "name", "model") or "model", graph
+
+
+def _inputs(graph: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for value in graph.inputs:
+        shape = tuple(batch if isinstance(d, str) else d for d in value.type.shape)
+        out[value.name] = rng.standard_normal(shape).astype(value.type.dtype.numpy)
+    return out
+
+
+def _time_calls(fn: Callable[[], Any], inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def alternate(fa: Callable[[], Any], fb: Callable[[], Any], repeats: int,
+              budget_s: float = 2.0) -> tuple[float, float]:
+    """Median seconds per call of ``fa`` and ``fb`` over alternating rounds."""
+    for _ in range(3):
+        fa(), fb()
+    one = max(_time_calls(fa, 1), _time_calls(fb, 1), 1e-6)
+    inner = max(1, min(200, int(budget_s / max(repeats, 1) / 2 / one)))
+    ta, tb = [], []
+    for r in range(repeats):
+        first, second = (fa, fb) if r % 2 == 0 else (fb, fa)
+        t1, t2 = _time_calls(first, inner), _time_calls(second, inner)
+        ta.append(t1 if first is fa else t2)
+        tb.append(t2 if first is fa else t1)
+    return float(np.median(ta)), float(np.median(tb))
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 5) -> dict[str, float]:
+    """1-thread GFLOP/s of an irkit-compiled ``x @ W`` and of numpy's BLAS, same run."""
+    import irkit
+    import irkit.runtime
+
+    graph = irkit.load_model(_matmul_onnx("N", size, size))
+    with tempfile.TemporaryDirectory() as tmp:
+        irkit.compile(graph, target="llvm", threads=1).save(Path(tmp) / "mm")
+        model = irkit.runtime.load(Path(tmp) / "mm", threads=1)
+    x = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    w = np.asarray(graph.constants["w"].const)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limiter: Any = threadpool_limits(1)
+    except ImportError:  # numpy then uses its default thread count
+        limiter = None
+    try:
+        t_irkit, t_numpy = alternate(lambda: model(x=x), lambda: x @ w, repeats, budget_s=3.0)
+    finally:
+        if limiter is not None:
+            limiter.unregister() if hasattr(limiter, "unregister") else limiter.restore_original_limits()
+    flops = 2.0 * size**3
+    return {"irkit_gflops": flops / t_irkit / 1e9, "numpy_gflops": flops / t_numpy / 1e9}
+
+
+def run_bench(
+    model_or_spec: Any,
+    against: Sequence[str] = ("onnxruntime",),
+    batches: Sequence[int] = (1, 64),
+    threads: Sequence[int] = (1, 2),
+    repeats: int = 15,
+    target: str = "llvm",
+    matmul: bool = True,
+    verbose: bool = True,
+) -> BenchResult:
+    """Benchmark ``model_or_spec`` compiled for ``target`` against ONNX Runtime; prints
+    and returns the table (plus the 1024^3 matmul line when ``matmul``)."""
+    import irkit
+    import irkit.runtime
+
+    unknown = [a for a in against if a not in ("onnxruntime", "ort")]
+    if unknown:
+        raise ValueError(f"cannot benchmark against {unknown}; supported: onnxruntime")
+    names = model_or_spec if isinstance(model_or_spec, list | tuple) else [model_or_spec]
+    result = BenchResult()
+    for item in names:
+        name, graph = _resolve_model(item)
+        for thr in threads:
+            with tempfile.TemporaryDirectory() as tmp:
+                irkit.compile(graph, target=target, threads=thr).save(Path(tmp) / "a")
+                irkit.compile(graph, target="ort", threads=thr).save(Path(tmp) / "b")
+                ours = irkit.runtime.load(Path(tmp) / "a", threads=thr)
+                ort = irkit.runtime.load(Path(tmp) / "b", threads=thr)
+            for batch in batches:
+                feeds = _inputs(graph, batch)
+                t_ours, t_ort = alternate(lambda: ours.run(feeds), lambda: ort.run(feeds),
+                                          repeats)
+                row = BenchRow(name, batch, thr, t_ours * 1e3, t_ort * 1e3)
+                result.rows.append(row)
+                if verbose:
+                    print(f"  {name} batch {batch} threads {thr}: irkit {row.irkit_ms:.4f} ms, "
+                          f"ort {row.other_ms:.4f} ms, ratio {row.ratio:.2f}", flush=True)
+            ours.close()
+            ort.close()
+    if matmul:
+        result.matmul = matmul_gflops()
+    if verbose:
+        print(result.table())
+    return result
