@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from torch import fx
 
-from irkit.frontends.torch_lowering import LoweringContext, LoweringUnsupported
+from irkit.frontends.torch_lowering import LoweringContext, LoweringUnsupported, sym_expr
 from irkit.frontends.torch_ops_base import INT64_MAX, _as_list, _axis, lowers
 from irkit.ir import DType, Value
 
@@ -18,17 +18,75 @@ from irkit.ir import DType, Value
 # -- shapes, indexing and data movement ---------------------------------------------------
 @lowers("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
 def lower_view(ctx: LoweringContext, x: Any, size: Any) -> Value:
+    matmul = _broadcast_matmul(ctx, x)
+    if matmul is not None:
+        return matmul
+    if _same_shape(ctx, x, ctx.node):
+        return ctx.get(x)
     return ctx.emit("Reshape", [ctx.get(x), ctx.reshape_shape(x, list(size))])
+
+
+def _same_shape(ctx: LoweringContext, a: Any, b: Any) -> bool:
+    return [sym_expr(d) for d in ctx.shape_of(a)] == [sym_expr(d) for d in ctx.shape_of(b)]
+
+
+def _unexpanded(arg: Any) -> Any:
+    """X when ``arg`` is ``view(expand(X, …), …)`` (how torch feeds a broadcast bmm)."""
+    if not (isinstance(arg, fx.Node) and str(arg.target) == "aten.view.default"):
+        return None
+    inner: Any = arg.args[0]
+    if isinstance(inner, fx.Node) and str(inner.target) == "aten.expand.default":
+        return inner.args[0]
+    return None
+
+
+def _broadcast_matmul(ctx: LoweringContext, x: Any) -> Value | None:
+    """``view(bmm(view(expand(A)), view(expand(B))))`` is torch's decomposition of a
+    broadcasting ``A @ B``; ONNX MatMul broadcasts itself, so emit ``MatMul(A, B)`` (the
+    expanded copies and the bmm are left unused and removed)."""
+    if not (isinstance(x, fx.Node) and str(x.target) == "aten.bmm.default"):
+        return None
+    args: Any = x.args
+    a, b = _unexpanded(args[0]), _unexpanded(args[1])
+    if a is None or b is None or ctx.rank_of(a) < 2 or ctx.rank_of(b) < 2:
+        return None
+    sa = [sym_expr(d) for d in ctx.shape_of(a)]
+    sb = [sym_expr(d) for d in ctx.shape_of(b)]
+    batch_a, batch_b = sa[:-2], sb[:-2]
+    width = max(len(batch_a), len(batch_b))
+    batch_a = [1] * (width - len(batch_a)) + batch_a
+    batch_b = [1] * (width - len(batch_b)) + batch_b
+    batch = []
+    for da, db in zip(batch_a, batch_b):
+        if da != db and 1 not in (da, db):
+            return None
+        batch.append(db if da == 1 else da)
+    expected = [*batch, sa[-2], sb[-1]]
+    if sa[-1] != sb[-2] or expected != [sym_expr(d) for d in ctx.shape_of(ctx.node)]:
+        return None
+    return ctx.emit("MatMul", [ctx.get(a), ctx.get(b)])
 
 
 @lowers("aten.permute.default")
 def lower_permute(ctx: LoweringContext, x: Any, dims: Any) -> Value:
+    """Transposes of transposes compose into one (or none, when they cancel)."""
     rank = ctx.rank_of(x)
-    return ctx.emit("Transpose", [ctx.get(x)], {"perm": [_axis(d, rank) for d in dims]})
+    perm = [_axis(d, rank) for d in dims]
+    source = x
+    while isinstance(source, fx.Node) and str(source.target) == "aten.permute.default":
+        inner: Any = source.args
+        inner_perm = [_axis(d, rank) for d in inner[1]]
+        perm = [inner_perm[p] for p in perm]
+        source = inner[0]
+    if perm == list(range(rank)):
+        return ctx.get(source)
+    return ctx.emit("Transpose", [ctx.get(source)], {"perm": perm})
 
 
 @lowers("aten.expand.default")
 def lower_expand(ctx: LoweringContext, x: Any, size: Any, implicit: bool = False) -> Value:
+    if _same_shape(ctx, x, ctx.node):
+        return ctx.get(x)
     return ctx.emit("Expand", [ctx.get(x), ctx.expand_shape(x, list(size))])
 
 

@@ -78,6 +78,19 @@ CASES = [
     Case("layer_norm_affine_free", lambda x: F.layer_norm(x, (6,))),
     Case("group_norm", lambda x: F.group_norm(x, 2), ((2, 4, 5, 5),)),
     Case("var_std", lambda x: x.var(dim=1, keepdim=True) + x.std(dim=1, keepdim=True)),
+    Case("matmul_broadcast", lambda x, y: x @ y[:1, 0], ((3, 2, 4, 5), (3, 2, 5, 6))),
+    Case("matmul_4d_2d", lambda x: x @ torch.ones(5, 3), ((3, 2, 4, 5),)),
+    Case("transposes_compose", lambda x: x.transpose(1, 2).permute(0, 2, 1) + x, ((3, 4, 4),)),
+    Case(
+        "sdpa_mask",
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=k[:, :, :, :1] > 0),
+        ((2, 4, 8, 16), (2, 4, 8, 16), (2, 4, 8, 16)),
+    ),
+    Case(
+        "sdpa_causal",
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        ((2, 4, 8, 16), (2, 4, 8, 16), (2, 4, 8, 16)),
+    ),
     # convolution and pooling
     Case(
         "conv1d_strided",
@@ -171,6 +184,32 @@ def test_lowering_matches_eager(case: Case) -> None:
         np.testing.assert_allclose(out, expected.numpy(), rtol=1e-4, atol=case.atol)
         checked += 1
     assert checked == 2
+
+
+class PaddedAttention(torch.nn.Module):
+    """nn.MultiheadAttention with a key padding mask, as a BERT-style encoder uses it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+
+    def forward(self, x: Any, pad: Any) -> Any:
+        return self.attn(x, x, x, key_padding_mask=pad, need_weights=False)[0]
+
+
+def test_multihead_attention_with_padding_mask() -> None:
+    module = PaddedAttention().eval()
+    example = (torch.randn(2, 10, 32), torch.zeros(2, 10, dtype=torch.bool))
+    graph = load_torch(module, example)
+    assert {"MatMul", "Softmax"} <= {n.op for n in graph.nodes}
+    for batch in (1, 3):
+        x = torch.randn(batch, 10, 32, generator=torch.Generator().manual_seed(batch))
+        pad = torch.arange(10).expand(batch, 10) >= 10 - 2 * torch.arange(1, batch + 1)[:, None]
+        with torch.no_grad():
+            expected = module(x, pad).numpy()
+        (out,) = irkit.evaluate(graph, {"x": x.numpy(), "pad": pad.numpy()}, engine="ort").values()
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_every_case_has_a_distinct_name() -> None:
