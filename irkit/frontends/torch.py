@@ -61,7 +61,7 @@ def load_torch(
     output_names: Sequence[str] | None = None,
     name: str | None = None,
 ) -> Graph:
-    """Capture ``source`` and lower it to an irkit Graph.
+    """Capture ``source`` (put in eval mode) and lower it to an irkit Graph.
 
     ``example_inputs``: a tuple of tensors (or a dict keyed by forward's argument names);
     a factory string may return ``(module, example_inputs)`` instead. With
@@ -292,9 +292,16 @@ def coverage_table() -> list[tuple[str, str]]:
 
 def format_coverage(rows: Sequence[tuple[str, str]]) -> str:
     counts = {s: sum(1 for _, st in rows if st == s) for s in ("mapped", "fallback", "unsupported")}
+    from irkit.frontends.torch_ops import LOWERINGS
+
+    def via(op: str, status: str) -> str:
+        if status == "mapped":
+            return LOWERINGS[op].__name__
+        return "torch._decomp, then the table" if status == "fallback" else ""
+
     width = max(len(op) for op, _ in rows)
-    lines = [f"{'ATen op':<{width}}  status", f"{'-' * width}  -----------"]
-    lines += [f"{op:<{width}}  {status}" for op, status in rows]
+    lines = [f"{'ATen op':<{width}}  {'status':<11}  via", f"{'-' * width}  {'-' * 11}  ---"]
+    lines += [f"{op:<{width}}  {status:<11}  {via(op, status)}".rstrip() for op, status in rows]
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
     lines.append(f"{len(rows)} ops: {summary}")
     return "\n".join(lines)
