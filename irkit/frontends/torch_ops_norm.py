@@ -151,3 +151,10 @@ def lower_group_norm(
         shift = ctx.emit("Unsqueeze", [ctx.get(bias), spatial_axes], typed=False)
         out = ctx.emit("Add", [out, shift])
     return out, None, None
+
+
+@lowers("aten.var.dim")
+def lower_var_dim(
+    ctx: LoweringContext, x: Any, dim: Any = None, unbiased: bool = True, keepdim: bool = False
+) -> Any:
+    return lower_var(ctx, x, dim, correction=1 if unbiased else 0, keepdim=keepdim)

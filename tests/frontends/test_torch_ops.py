@@ -77,6 +77,7 @@ CASES = [
     Case("softmax_logsoftmax", lambda x: F.softmax(x, -1) + F.log_softmax(x, 1)),
     Case("layer_norm_affine_free", lambda x: F.layer_norm(x, (6,))),
     Case("group_norm", lambda x: F.group_norm(x, 2), ((2, 4, 5, 5),)),
+    Case("var_dim_unbiased", lambda x: torch.ops.aten.var.dim(x, [1], False, True)),
     Case("var_std", lambda x: x.var(dim=1, keepdim=True) + x.std(dim=1, keepdim=True)),
     Case("matmul_broadcast", lambda x, y: x @ y[:1, 0], ((3, 2, 4, 5), (3, 2, 5, 6))),
     Case("matmul_4d_2d", lambda x: x @ torch.ones(5, 3), ((3, 2, 4, 5),)),
