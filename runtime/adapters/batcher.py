@@ -3,7 +3,8 @@
 Used by the http adapter and the kafka adapter; it knows nothing about either.
 
     batcher = DynamicBatcher(model, max_batch=32, max_delay_ms=2, max_queue=1024,
-                             workers=1, timeout_ms=None, metrics=AdapterMetrics(...))
+                             workers=1, timeout_ms=None, metrics=AdapterMetrics(...),
+                             arrivals=None)
     batcher.start()
     future = batcher.submit({"x": rows})      # concurrent.futures.Future[dict[str, ndarray]]
     outputs = future.result()                 # or: await asyncio.wrap_future(future)
@@ -19,6 +20,11 @@ Semantics
   in the queue is not delayed further). A single request larger than ``max_batch`` runs
   alone. Only one worker collects at a time, so with ``workers=1`` requests pile up while
   the model runs and the next batch is as full as the load allows.
+- ``arrivals`` (optional) is a callable giving how many requests the caller is still
+  receiving (body being read, not yet submitted). When the queue is empty and it returns
+  0, nothing is on its way, so the batch runs at once instead of waiting out
+  ``max_delay_ms``: a lone client pays no batching delay, and under load batches are
+  whatever queued up while the previous batch ran.
 - Requests whose future was cancelled (the client gave up) are skipped; requests older
   than ``timeout_ms`` when their batch starts fail with ``RequestTimeout`` (504).
 - The model runs in the worker thread, never on an event loop. A model exception fails
@@ -31,7 +37,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -82,6 +88,7 @@ class DynamicBatcher:
         workers: int = 1,
         timeout_ms: float | None = None,
         metrics: AdapterMetrics | None = None,
+        arrivals: Callable[[], int] | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or workers < 1:
             raise ValueError("max_batch, max_queue and workers must be >= 1")
@@ -92,12 +99,16 @@ class DynamicBatcher:
         self.workers = workers
         self.timeout = timeout_ms / 1000.0 if timeout_ms else None
         self.metrics = metrics
+        self.arrivals = arrivals
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._collect_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._busy = 0
+        self._queued_rows = 0
+        # rows of the batch being collected while its worker waits for more; None otherwise
+        self._collecting_rows: int | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -155,7 +166,9 @@ class DynamicBatcher:
                     retry_after=max(1.0, self.max_delay * 2),
                 )
             self._queue.append(request)
-            self._cond.notify()
+            self._queued_rows += request.rows
+            if self._wake_needed():
+                self._cond.notify()
         return request.future
 
     # ------------------------------------------------------------------ workers
@@ -168,6 +181,23 @@ class DynamicBatcher:
                 return
             self._run(batch)
 
+    def _wake_needed(self) -> bool:
+        """Wake the collecting worker only when it has something to do (lock held).
+
+        Waking it for every request while it waits for a batch to fill would cost a
+        thread switch per request: the very overhead batching is meant to remove.
+        """
+        if self._collecting_rows is None:
+            return True  # waiting for the first request
+        if self._collecting_rows + self._queued_rows >= self.max_batch:
+            return True
+        return self.arrivals is not None and self.arrivals() == 0
+
+    def _take(self) -> _Request:
+        request = self._queue.popleft()
+        self._queued_rows -= request.rows
+        return request
+
     def _collect(self) -> list[_Request] | None:
         """Block for the oldest request, then gather compatible ones (see module doc)."""
         with self._cond:
@@ -175,20 +205,25 @@ class DynamicBatcher:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            first = self._queue.popleft()
+            first = self._take()
             batch, rows = [first], first.rows
             flush_at = first.enqueued + self.max_delay
             while rows < self.max_batch:
                 if not self._queue:
                     remaining = flush_at - time.monotonic()
-                    if remaining <= 0 or self._stopping:
+                    idle = self.arrivals is not None and self.arrivals() == 0
+                    if remaining <= 0 or self._stopping or idle:
                         break
-                    self._cond.wait(remaining)
+                    self._collecting_rows = rows
+                    try:
+                        self._cond.wait(remaining)
+                    finally:
+                        self._collecting_rows = None
                     continue
                 head = self._queue[0]
                 if head.key != first.key or rows + head.rows > self.max_batch:
                     break
-                batch.append(self._queue.popleft())
+                batch.append(self._take())
                 rows += head.rows
             self._busy += len(batch)
             return batch

@@ -55,13 +55,15 @@ Tensors (Open Inference Protocol v2 datatypes; the kafka adapter uses the same J
     reverse. ``decode_tensor(obj, raw=None)`` builds an ndarray from a v2 JSON tensor
     (``name``, ``shape``, ``datatype``, ``data`` flat or nested) or from raw little-endian
     bytes (the binary tensor extension); ``encode_tensor(name, array)`` is the inverse
-    JSON form; ``signature_json(specs)`` renders ``TensorSpec`` lists for metadata.
+    JSON form (``tensor_json`` gives the same as JSON text, faster for floats: 9
+    significant digits for float32, which read back exactly); ``signature_json(specs)`` renders ``TensorSpec`` lists for metadata.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -95,6 +97,7 @@ __all__ = [
     "signature_json",
     "split_outputs",
     "stop_on_signals",
+    "tensor_json",
 ]
 
 
@@ -333,7 +336,7 @@ def decode_tensor(obj: Mapping[str, Any], raw: bytes | memoryview | None = None)
     if dtype is None:
         raise BadInput(f"input {name!r}: unsupported datatype {datatype!r}")
     shape = _shape_of(obj, name)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if raw is not None:
         expected = count * dtype.itemsize
         if len(raw) != expected:
@@ -367,6 +370,30 @@ def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
         "shape": list(array.shape),
         "data": array.ravel().tolist(),
     }
+
+
+# Significant digits that make a float read back as the same float32 / float64.
+_EXACT_DIGITS = {np.dtype(np.float16): "%.5g", np.dtype(np.float32): "%.9g",
+                 np.dtype(np.float64): "%.17g"}  # fmt: skip
+
+
+def tensor_json(name: str, array: np.ndarray) -> str:
+    """``encode_tensor`` as JSON text, faster for floats.
+
+    json.dumps writes a float32 value widened to float64 with up to 17 digits, through
+    the slow shortest-repr path; 9 significant digits already read back as the same
+    float32 and format about three times faster, and make the body shorter.
+    """
+    fmt = _EXACT_DIGITS.get(array.dtype)
+    values = array.ravel().tolist()
+    if fmt is not None and np.isfinite(array).all():
+        data = "[" + ",".join([fmt % v for v in values]) + "]"
+    else:  # ints, bools, and NaN/Inf (written as json.dumps does: NaN, Infinity)
+        data = json.dumps(values)
+    head = json.dumps(
+        {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
+    )
+    return head[:-1] + ',"data":' + data + "}"
 
 
 def signature_json(specs: Iterable[Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,423 @@
+"""HTTP serving benchmark: irkit's OIP v2 server vs. the bare ASGI stack, batching vs. not.
+
+    python benchmarks/serve_http.py [--seconds 1.5] [--clients 1,16,64]
+
+Each server runs in its own subprocess (uvicorn + Starlette, one event loop, one
+inference thread); this process is the load generator: asyncio keep-alive connections
+speaking raw HTTP/1.1 (cheaper than any client library), each sending one request after
+another for ``--seconds`` after a short warm-up. Servers measured in the same run:
+
+- ``constant``: the same Starlette + uvicorn stack whose infer route reads the body and
+  returns a precomputed response: the ceiling of the ASGI stack itself;
+- ``irkit b=32``: HttpAdapter with dynamic batching (max_batch=32, max_delay_ms=2);
+- ``irkit b=1``: HttpAdapter with max_batch=1 (no batching).
+
+Models: the digits MLP (x f32[1,64] as JSON, floats with 9 significant digits; ``specs/models/digits_mlp.onnx`` if present,
+else a seeded MLP of the same shape) and a 512x512 GEMM (x f32[1,512], binary tensor
+extension both ways). The table gives requests/s, p50/p99 latency, the mean rows per
+model call (from the server's /metrics) and the ratios the targets are stated in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS_ONNX = REPO / "specs" / "models" / "digits_mlp.onnx"
+
+
+# ------------------------------------------------------------------------------ models
+
+
+def mlp_onnx_bytes(seed: int = 0) -> bytes:
+    """A seeded 64-32-10 ReLU MLP with the digits model's signature."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = {
+        "w0": rng.standard_normal((64, 32)).astype(np.float32) * 0.2,
+        "b0": rng.standard_normal(32).astype(np.float32) * 0.1,
+        "w1": rng.standard_normal((32, 10)).astype(np.float32) * 0.2,
+        "b1": rng.standard_normal(10).astype(np.float32) * 0.1,
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "w0", "b0"], ["h"]),
+            helper.make_node("Relu", ["h"], ["hr"]),
+            helper.make_node("Gemm", ["hr", "w1", "b1"], ["logits"]),
+        ],
+        "digits_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(a, n) for n, a in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def gemm_onnx_bytes(size: int = 512, seed: int = 1) -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
+    b = rng.standard_normal(size).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])],
+        f"gemm{size}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", size])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def save_artifact(
+    directory: Path, name: str, onnx_bytes: bytes, width: int, out: str, out_width: int
+) -> Path:
+    from irkit.runtime import Artifact, TensorSpec
+
+    return Artifact(
+        name=name,
+        backend="ort",
+        target="cpu",
+        inputs=(TensorSpec("x", np.dtype(np.float32), ("N", width)),),
+        outputs=(TensorSpec(out, np.dtype(np.float32), ("N", out_width)),),
+        files={"model.onnx": onnx_bytes},
+        entry={"model": "model.onnx"},
+        options={"threads": 1},
+    ).save(directory / name)
+
+
+def build_models(directory: Path) -> dict[str, Path]:
+    digits = DIGITS_ONNX.read_bytes() if DIGITS_ONNX.is_file() else mlp_onnx_bytes()
+    return {
+        "digits": save_artifact(directory, "digits", digits, 64, "logits", 10),
+        "gemm512": save_artifact(directory, "gemm512", gemm_onnx_bytes(), 512, "y", 512),
+    }
+
+
+def request_bytes(model: str, port: int) -> bytes:
+    """One raw HTTP/1.1 infer request for ``model`` (digits: JSON; gemm512: binary)."""
+    rng = np.random.default_rng(3)
+    headers = {"Host": f"127.0.0.1:{port}"}
+    if model == "digits":
+        x = rng.standard_normal((1, 64)).astype(np.float32)
+        # float32 values written with the 9 significant digits that round-trip them
+        # (``x.tolist()`` would widen to float64 and write 17, nearly 3x slower to parse)
+        data = "[" + ",".join(f"{v:.9g}" for v in x.ravel().tolist()) + "]"
+        body = ('{"inputs":[{"name":"x","shape":[1,64],"datatype":"FP32","data":'
+                + data + "}]}").encode()  # fmt: skip
+        headers["Content-Type"] = "application/json"
+    else:
+        raw = rng.standard_normal((1, 512)).astype("<f4").tobytes()
+        header = json.dumps(
+            {"inputs": [{"name": "x", "shape": [1, 512], "datatype": "FP32",
+                         "parameters": {"binary_data_size": len(raw)}}],
+             "parameters": {"binary_data_output": True}}
+        ).encode()  # fmt: skip
+        body = header + raw
+        headers["Inference-Header-Content-Length"] = str(len(header))
+        headers["Content-Type"] = "application/octet-stream"
+    headers["Content-Length"] = str(len(body))
+    head = f"POST /v2/models/{model}/infer HTTP/1.1\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()
+    )
+    return head.encode() + b"\r\n" + body
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def serve_irkit(artifact: str, max_batch: int, port_file: str) -> None:
+    import threading
+
+    import irkit.runtime
+    from irkit.runtime.adapters.http import HttpAdapter
+
+    adapter = HttpAdapter(irkit.runtime.load(artifact), port=0, max_batch=max_batch,
+                          max_delay_ms=2.0, max_queue=4096)  # fmt: skip
+
+    def announce() -> None:
+        adapter.ready.wait(60)
+        Path(port_file).write_text(str(adapter.port))
+
+    threading.Thread(target=announce, daemon=True).start()
+    adapter.serve()
+
+
+def serve_constant(artifact: str, port_file: str) -> None:
+    """The ASGI stack alone: the same infer route answering a precomputed response."""
+    import socket
+    import threading
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    import irkit.runtime
+    from irkit.runtime.adapters.http import encode_infer_response
+
+    model = irkit.runtime.load(artifact)
+    spec = model.inputs[0]
+    result = model.run({spec.name: np.zeros((1, *spec.shape[1:]), spec.dtype)})
+    binary = model.name != "digits"
+    selection = dict.fromkeys(result, True) if binary else None
+    payload, split = encode_infer_response(model.name, "1", result, selection)
+    headers = {"Inference-Header-Content-Length": str(split)} if split is not None else None
+    media = "application/octet-stream" if split is not None else "application/json"
+
+    async def infer(request: Request) -> Response:
+        await request.body()
+        return Response(payload, headers=headers, media_type=media)
+
+    app = Starlette(routes=[Route("/v2/models/{model}/infer", infer, methods=["POST"])])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # NODELAY
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+
+    def announce() -> None:
+        while not server.started:
+            time.sleep(0.01)
+        Path(port_file).write_text(str(sock.getsockname()[1]))
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.run(sockets=[sock])
+
+
+class Server:
+    """A server subprocess; ``port`` once it is ready."""
+
+    def __init__(self, kind: str, artifact: Path, max_batch: int = 32) -> None:
+        self.port_file = Path(tempfile.mkstemp(prefix="irkit-bench-port-")[1])
+        self.port_file.write_text("")
+        command = [sys.executable, __file__, "--serve", kind, "--artifact", str(artifact),
+                   "--max-batch", str(max_batch), "--port-file", str(self.port_file)]  # fmt: skip
+        self.process = subprocess.Popen(command)
+        deadline = time.monotonic() + 60
+        while not self.port_file.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{kind} server did not start")
+            time.sleep(0.02)
+        self.port = int(self.port_file.read_text())
+
+    def batch_stats(self) -> tuple[float, float]:
+        """(sum, count) of the irkit_batch_size histogram; (0, 0) for constant."""
+        import urllib.request
+
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics").read().decode()
+        except OSError:
+            return 0.0, 0.0
+        values = {}
+        for line in text.splitlines():
+            if line.startswith(("irkit_batch_size_sum", "irkit_batch_size_count")):
+                values[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+        return values.get("irkit_batch_size_sum", 0.0), values.get("irkit_batch_size_count", 0.0)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        self.port_file.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------ load generator
+
+
+async def _client(port: int, request: bytes, stop_at: float, record_from: float,
+                  latencies: list[float], failures: list[int]) -> None:  # fmt: skip
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while (now := time.perf_counter()) < stop_at:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            if now >= record_from:
+                latencies.append(time.perf_counter() - now)
+                if status != 200:
+                    failures.append(status)
+    finally:
+        writer.close()
+
+
+async def _load(
+    port: int, request: bytes, clients: int, seconds: float
+) -> tuple[list[float], list[int]]:
+    warmup = 0.2
+    start = time.perf_counter()
+    latencies: list[float] = []
+    failures: list[int] = []
+    await asyncio.gather(*(
+        _client(port, request, start + warmup + seconds, start + warmup, latencies, failures)
+        for _ in range(clients)
+    ))  # fmt: skip
+    return latencies, failures
+
+
+@dataclass
+class Point:
+    model: str
+    server: str
+    clients: int
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    failures: int = 0
+    rows: float = 0.0
+    calls: float = 0.0
+    cpu: float = 0.0  # server CPU seconds during the windows (warm-up included)
+
+    @property
+    def per_cpu(self) -> float:
+        """Requests per server CPU-second: robust to other load on a shared machine."""
+        return len(self.latencies) / self.cpu if self.cpu else float("nan")
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(np.asarray(self.latencies) * 1000, q))
+
+    @property
+    def mean_batch(self) -> float:
+        return self.rows / self.calls if self.calls else float("nan")
+
+
+def measure(point: Point, server: Server, seconds: float) -> None:
+    """Add one measurement window to ``point``."""
+    before = server.batch_stats()
+    request = request_bytes(point.model, server.port)
+    cpu_before = server.cpu_seconds()
+    latencies, failures = asyncio.run(_load(server.port, request, point.clients, seconds))
+    # scale out the un-recorded warm-up share of the CPU time
+    point.cpu += (server.cpu_seconds() - cpu_before) * seconds / (seconds + 0.2)
+    after = server.batch_stats()
+    point.seconds += seconds
+    point.latencies += latencies
+    point.failures += len(failures)
+    point.rows += after[0] - before[0]
+    point.calls += after[1] - before[1]
+
+
+SERVERS = [("constant", "constant", 1), ("irkit b=32", "irkit", 32), ("irkit b=1", "irkit", 1)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=0.5, help="measured time per window")
+    parser.add_argument("--rounds", type=int, default=3, help="windows per point, interleaved")
+    parser.add_argument("--clients", default="1,16,64")
+    parser.add_argument("--models", default="digits,gemm512")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--artifact", help=argparse.SUPPRESS)
+    parser.add_argument("--max-batch", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--port-file", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve == "irkit":
+        serve_irkit(args.artifact, args.max_batch, args.port_file)
+        return 0
+    if args.serve == "constant":
+        serve_constant(args.artifact, args.port_file)
+        return 0
+
+    clients = [int(c) for c in args.clients.split(",")]
+    models = args.models.split(",")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="irkit-bench-") as tmp:
+        artifacts = build_models(Path(tmp))
+        servers: dict[tuple[str, str], Server] = {}
+        try:
+            for model in models:
+                for label, kind, max_batch in SERVERS:
+                    servers[model, label] = Server(kind, artifacts[model], max_batch)
+            points = {
+                (model, label, count): Point(model, label, count)
+                for model in models for label, _, _ in SERVERS for count in clients
+            }  # fmt: skip
+            # Round-robin windows: background load on a shared machine hits every
+            # configuration alike instead of whichever happened to run at that moment.
+            for _ in range(args.rounds):
+                for (model, label, _count), point in points.items():
+                    measure(point, servers[model, label], args.seconds)
+        finally:
+            for server in servers.values():
+                server.close()
+    print_table(list(points.values()))
+    print(f"\n{os.cpu_count()} CPUs (shared); {args.rounds} x {args.seconds} s windows per "
+          f"point, interleaved; {time.perf_counter() - started:.0f} s total")  # fmt: skip
+    return 0
+
+
+def print_table(points: list[Point]) -> None:
+    index = {(p.model, p.server, p.clients): p for p in points}
+    print(f"\n{'model':8} {'server':11} {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'rows/call':>9} {'fail':>4} {'vs b=1':>7} {'vs const':>8} {'req/cpu-s':>9} "
+          f"{'vs b=1':>7} {'vs const':>8}")  # fmt: skip
+    for p in points:
+        base = index.get((p.model, "irkit b=1", p.clients))
+        const = index.get((p.model, "constant", p.clients))
+        show_b1 = base is not None and p.server == "irkit b=32"
+        show_const = const is not None and p.server != "constant"
+        cells = [
+            f"{p.rps / base.rps:.2f}x" if show_b1 else "",  # type: ignore[union-attr]
+            f"{p.rps / const.rps:.2f}x" if show_const else "",  # type: ignore[union-attr]
+            f"{p.per_cpu:.0f}",
+            f"{p.per_cpu / base.per_cpu:.2f}x" if show_b1 else "",  # type: ignore[union-attr]
+            f"{p.per_cpu / const.per_cpu:.2f}x" if show_const else "",  # type: ignore[union-attr]
+        ]
+        batch = "" if p.server == "constant" else f"{p.mean_batch:.1f}"
+        print(f"{p.model:8} {p.server:11} {p.clients:7d} {p.rps:7.0f} {p.percentile_ms(50):7.2f} "
+              f"{p.percentile_ms(99):7.2f} {batch:>9} {p.failures:4d} {cells[0]:>7} {cells[1]:>8} "
+              f"{cells[2]:>9} {cells[3]:>7} {cells[4]:>8}")  # fmt: skip
+    print("\ntargets at the highest client count (req/s; in brackets per server CPU-second):")
+    top = max(p.clients for p in points)
+    for model in sorted({p.model for p in points}):
+        b32, b1, const = (
+            index.get((model, s, top)) for s in ("irkit b=32", "irkit b=1", "constant")
+        )
+        if b32 and b1:
+            ratio = b32.rps / b1.rps
+            print(f"  {model}: batching {ratio:.2f}x max_batch=1 [{b32.per_cpu / b1.per_cpu:.2f}x] "
+                  f"(target >= 1.5x) {'PASS' if ratio >= 1.5 else 'MISS'}")  # fmt: skip
+        if b32 and const:
+            ratio = b32.rps / const.rps
+            print(f"  {model}: irkit {ratio:.2f}x the constant handler "
+                  f"[{b32.per_cpu / const.per_cpu:.2f}x] (target >= 0.5x) "
+                  f"{'PASS' if ratio >= 0.5 else 'MISS'}")  # fmt: skip
+    try:
+        import httptools  # noqa: F401
+        import uvloop  # noqa: F401
+
+        stack = "uvicorn with httptools + uvloop"
+    except ImportError:
+        stack = "uvicorn with h11 + asyncio (pip install httptools uvloop for the fast stack)"
+    print(f"\nASGI stack: {stack}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
