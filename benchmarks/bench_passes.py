@@ -27,15 +27,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES: list[tuple[str, str, str, tuple[str, ...]]] = [
     ("fp32", "mlp", "", ("ort", "llvm")),
     ("int8 dynamic (QDQ)", "mlp", "quantize{format=qdq,per_channel=true}", ("ort",)),
-    ("int8 static per-channel (QDQ)", "mlp",
-     "fuse,quantize{mode=static,per_channel=true,format=qdq}", ("ort",)),
-    ("structured prune 50%", "mlp", "prune{mode=structured,sparsity=0.5}", ("ort", "llvm")),
+    (
+        "int8 static per-channel (QDQ)",
+        "mlp",
+        "fuse,quantize{mode=static,per_channel=true,format=qdq}",
+        ("ort",),
+    ),
+    ("structured prune 50%", "mlp", "prune{mode=structured,sparsity=0.5,criterion=activation}",
+     ("ort", "llvm")),
     ("fp32", "cnn", "", ("ort", "llvm")),
     ("fold BN", "cnn", "fuse{epilogues=false}", ("ort", "llvm")),
-    ("int8 static per-channel (QDQ)", "cnn",
-     "fuse,quantize{mode=static,per_channel=true,format=qdq}", ("ort",)),
-    ("structured prune 50%", "cnn", "fuse{epilogues=false},prune{mode=structured,sparsity=0.5}",
-     ("ort", "llvm")),
+    (
+        "int8 static per-channel (QDQ)",
+        "cnn",
+        "fuse,quantize{mode=static,per_channel=true,format=qdq}",
+        ("ort",),
+    ),
+    (
+        "structured prune 50%",
+        "cnn",
+        "fuse{epilogues=false},prune{mode=structured,sparsity=0.5,criterion=activation}",
+        ("ort", "llvm"),
+    ),
 ]
 
 
@@ -60,8 +73,9 @@ def ort_runner(graph: Any, feeds: dict[str, np.ndarray], threads: int) -> Callab
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(irkit.to_onnx(graph).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        irkit.to_onnx(graph).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     return lambda: session.run(None, feeds)
 
 
@@ -90,8 +104,12 @@ def load_digits() -> dict[str, dict[str, Any]]:
     for kind, key in (("mlp", "x"), ("cnn", "x_img")):
         graph = irkit.load_model(str(models / f"digits_{kind}.onnx"))
         name = graph.inputs[0].name
-        out[kind] = {"graph": graph, "x": eval_set[key], "name": name,
-                     "calibration": [{name: calib[key][i:i + 32]} for i in range(0, 128, 32)]}
+        out[kind] = {
+            "graph": graph,
+            "x": eval_set[key],
+            "name": name,
+            "calibration": [{name: calib[key][i : i + 32]} for i in range(0, 128, 32)],
+        }
     return out
 
 
@@ -103,36 +121,59 @@ def run_benchmarks(batch: int = 256, repeat: int = 30, threads: int = 1) -> list
     baseline: dict[str, float] = {}
     for label, kind, pipeline, backends in CASES:
         model = digits[kind]
-        graph = irkit.optimize(model["graph"], pipeline, calibration=model["calibration"]) \
-            if pipeline else model["graph"]
+        graph = (
+            irkit.optimize(model["graph"], pipeline, calibration=model["calibration"])
+            if pipeline
+            else model["graph"]
+        )
         x = np.resize(model["x"], (batch, *model["x"].shape[1:])).astype(np.float32)
         feeds = {model["name"]: x}
         for backend in backends:
             try:
                 seconds = time_call(RUNNERS[backend](graph, feeds, threads), repeat)
             except Exception as exc:  # a backend that cannot run this graph: say so
-                rows.append({"model": kind, "variant": label, "pipeline": pipeline,
-                             "backend": backend, "error": f"{type(exc).__name__}: {exc}"[:160]})
+                rows.append(
+                    {
+                        "model": kind,
+                        "variant": label,
+                        "pipeline": pipeline,
+                        "backend": backend,
+                        "error": f"{type(exc).__name__}: {exc}"[:160],
+                    }
+                )
                 continue
             if not pipeline and backend == "ort":
                 baseline[kind] = seconds
-            rows.append({"model": kind, "variant": label, "pipeline": pipeline,
-                         "backend": backend, "ms": seconds * 1e3,
-                         "speedup_vs_ort_fp32": baseline[kind] / seconds})
+            rows.append(
+                {
+                    "model": kind,
+                    "variant": label,
+                    "pipeline": pipeline,
+                    "backend": backend,
+                    "ms": seconds * 1e3,
+                    "speedup_vs_ort_fp32": baseline[kind] / seconds,
+                }
+            )
     return rows
 
 
 def format_rows(rows: list[dict[str, Any]], batch: int, threads: int) -> str:
-    lines = [f"batch {batch}, {threads} thread(s); speedup = ORT fp32 time / this time",
-             "", "| model | variant | backend | ms/batch | speedup vs ORT fp32 |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"batch {batch}, {threads} thread(s); speedup = ORT fp32 time / this time",
+        "",
+        "| model | variant | backend | ms/batch | speedup vs ORT fp32 |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['variant']} | {r['backend']} | "
-                         f"not run: {r['error']} | - |")
+            lines.append(
+                f"| {r['model']} | {r['variant']} | {r['backend']} | not run: {r['error']} | - |"
+            )
         else:
-            lines.append(f"| {r['model']} | {r['variant']} | {r['backend']} | {r['ms']:.3f} | "
-                         f"{r['speedup_vs_ort_fp32']:.2f}x |")
+            lines.append(
+                f"| {r['model']} | {r['variant']} | {r['backend']} | {r['ms']:.3f} | "
+                f"{r['speedup_vs_ort_fp32']:.2f}x |"
+            )
     return "\n".join(lines)
 
 

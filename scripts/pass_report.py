@@ -92,10 +92,14 @@ def prune_table(digits: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
 
     variants = [
         ("fp32", ""),
-        ("structured 25% channels (L2)", "fuse{epilogues=false},prune{mode=structured,sparsity=0.25}"),
-        ("structured 50% channels (L2)", "fuse{epilogues=false},prune{mode=structured,sparsity=0.5}"),
-        ("structured 50% channels (L1)",
-         "fuse{epilogues=false},prune{mode=structured,sparsity=0.5,norm=l1}"),
+        ("structured 25% channels (L2 weight norm)",
+         "fuse{epilogues=false},prune{mode=structured,sparsity=0.25,compensate=false}"),
+        ("structured 50% channels (L2 weight norm)",
+         "fuse{epilogues=false},prune{mode=structured,sparsity=0.5,compensate=false}"),
+        ("structured 50% channels (L2 weight norm) + bias compensation",
+         "fuse{epilogues=false},prune{mode=structured,sparsity=0.5}"),
+        ("structured 50%, activation-ranked + bias compensation (calibration)",
+         "fuse{epilogues=false},prune{mode=structured,sparsity=0.5,criterion=activation}"),
         ("unstructured 50% weights", "prune{sparsity=0.5}"),
         ("unstructured 80% weights, global", "prune{sparsity=0.8,scope=global}"),
     ]

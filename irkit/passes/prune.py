@@ -19,6 +19,14 @@ import numpy as np
 from irkit.ir import Graph, Node, Value
 from irkit.ir.types import TensorType
 from irkit.passes.base import IRKIT_DOMAIN, Pass, PassContext, drop_unused_constants
+from irkit.passes.prune_data import (
+    Moments,
+    add_consumer_bias,
+    channel_features,
+    feature_moments,
+    feature_norms,
+    feature_weights,
+)
 
 _PER_CHANNEL_UNARY = frozenset({
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Elu", "Selu", "HardSigmoid", "Softplus",
@@ -179,16 +187,22 @@ class Prune(Pass):
     scope: Literal["layer", "global"] = "layer"
     min_channels: int = 1
     exclude: tuple[str, ...] = ()
+    criterion: Literal["weight", "activation"] = "weight"
+    compensate: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"prune: sparsity must be in [0, 1), got {self.sparsity}")
 
+    @property
+    def needs_calibration(self) -> bool:  # type: ignore[override]
+        return self.mode == "structured" and self.criterion == "activation"
+
     def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
         if self.sparsity == 0.0:
             return False, {}
         if self.mode == "structured":
-            return self._structured(graph)
+            return self._structured(graph, context)
         return self._unstructured(graph)
 
     # -- unstructured -----------------------------------------------------------------------
@@ -234,8 +248,11 @@ class Prune(Pass):
         flat = w.reshape(w.shape[0], -1)
         return np.abs(flat).sum(axis=1) if self.norm == "l1" else np.sqrt((flat**2).sum(axis=1))
 
-    def _structured(self, graph: Graph) -> tuple[bool, dict[str, Any]]:
+    def _structured(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
         layers: dict[str, list[int]] = {}
+        batches = context.calibration
+        use_data = bool(batches) and (self.criterion == "activation" or self.compensate)
+        compensated = 0
         for node in graph.nodes:
             layer = _layer(node)
             if layer is None or _excluded(node, self.exclude):
@@ -247,12 +264,55 @@ class Prune(Pass):
             keep_count = max(self.min_channels, round(channels * (1.0 - self.sparsity)))
             if keep_count >= channels:
                 continue
-            scores = self._scores(layer)
+            moments = self._moments(graph, chain, batches) if use_data else None
+            scores = self._scores(layer) if moments is None or self.criterion == "weight" \
+                else self._activation_scores(chain, moments, channels)
             keep = np.sort(np.argsort(-scores, kind="stable")[:keep_count])
+            removed = np.setdiff1d(np.arange(channels), keep)
+            deltas = self._compensation(chain, moments, removed) \
+                if moments is not None and self.compensate else []
             self._shrink(graph, chain, keep)
+            for consumer, delta in deltas:
+                compensated += add_consumer_bias(graph, consumer, delta)
             layers[node.name or node.outputs[0].name] = [channels, keep_count]
         drop_unused_constants(graph)
-        return bool(layers), {"channels": layers}
+        return bool(layers), {"channels": layers, "compensated_consumers": compensated,
+                              "criterion": self.criterion if use_data else "weight"}
+
+    # -- data-aware scoring and compensation ------------------------------------------------
+    def _moments(self, graph: Graph, chain: _Chain, batches: Any) -> dict[str, Moments]:
+        feeds: dict[str, int] = {}
+        for consumer, _ in chain.consumers:
+            x = consumer.node.inputs[0]
+            assert x is not None
+            feeds[x.name] = 1 if consumer.kind == "conv" else len(x.shape or (0,)) - 1
+        return feature_moments(graph, feeds, batches)
+
+    def _activation_scores(self, chain: _Chain, moments: dict[str, Moments],
+                           channels: int) -> np.ndarray:
+        scores = np.zeros(channels)
+        for consumer, per_channel in chain.consumers:
+            x = consumer.node.inputs[0]
+            assert x is not None
+            stats = moments[x.name]
+            spread = stats.std if self.compensate else stats.rms
+            contribution = spread * feature_norms(consumer.weight, consumer.in_axis)
+            scores += contribution.reshape(channels, per_channel).sum(axis=1)
+        return scores
+
+    def _compensation(self, chain: _Chain, moments: dict[str, Moments] | None,
+                      removed: np.ndarray) -> list[tuple[Node, np.ndarray]]:
+        out: list[tuple[Node, np.ndarray]] = []
+        if moments is None or not len(removed):
+            return out
+        for consumer, per_channel in chain.consumers:
+            x = consumer.node.inputs[0]
+            assert x is not None
+            features = channel_features(removed, per_channel)
+            weights = feature_weights(consumer.weight, consumer.in_axis,
+                                      consumer.kind == "conv")
+            out.append((consumer.node, moments[x.name].mean[features] @ weights[features]))
+        return out
 
     def _shrink(self, graph: Graph, chain: _Chain, keep: np.ndarray) -> None:
         layer = chain.producer
