@@ -370,3 +370,81 @@ def test_stop_drains_in_flight_requests(
         time.sleep(0.2)
         slow.run_gate.set()
         assert pending.result().status_code == 200
+
+
+def test_sequential_requests_are_not_delayed(client: httpx.Client) -> None:
+    """Without TCP_NODELAY each response waits ~40 ms for the client's delayed ACK."""
+    body = infer_json(np.zeros((1, 64), np.float32))
+    elapsed = []
+    for _ in range(10):
+        started = time.perf_counter()
+        assert client.post("/v2/models/digits/infer", json=body).status_code == 200
+        elapsed.append(time.perf_counter() - started)
+    assert sorted(elapsed)[5] < 0.03, elapsed
+
+
+# ------------------------------------------------------------ DynamicBatcher (no HTTP)
+
+
+def test_batcher_results_errors_and_lifecycle(digits_model: irkit.runtime.CompiledModel) -> None:
+    from irkit.runtime.adapters.batcher import DynamicBatcher
+    from irkit.runtime.adapters.common import AdapterError, NotReady
+
+    batcher = DynamicBatcher(digits_model, max_batch=8, max_delay_ms=50)
+    x = RNG.standard_normal((3, 64)).astype(np.float32)
+    with pytest.raises(NotReady):
+        batcher.submit({"x": x})  # not started
+    batcher.start()
+    futures = [batcher.submit({"x": x[i : i + 1]}) for i in range(3)]
+    got = np.concatenate([f.result(10)["logits"] for f in futures])
+    np.testing.assert_allclose(got, digits_model(x=x)["logits"], rtol=1e-6)
+    # A model failure fails the requests of that batch, naming the cause.
+    bad = batcher.submit({"x": np.zeros((1, 64), np.float64)})
+    with pytest.raises(AdapterError, match=r"inference: .*float32"):
+        bad.result(10)
+    batcher.stop()
+    with pytest.raises(NotReady):
+        batcher.submit({"x": x})
+
+
+def test_batcher_does_not_wait_when_nothing_is_arriving(
+    digits_model: irkit.runtime.CompiledModel,
+) -> None:
+    from irkit.runtime.adapters.batcher import DynamicBatcher
+
+    x = np.zeros((1, 64), np.float32)
+    waits = {}
+    for name, arrivals in (("classic", None), ("idle", lambda: 0)):
+        batcher = DynamicBatcher(digits_model, max_batch=8, max_delay_ms=300, arrivals=arrivals)
+        batcher.start()
+        started = time.perf_counter()
+        batcher.submit({"x": x}).result(10)
+        waits[name] = time.perf_counter() - started
+        batcher.stop()
+    assert waits["classic"] >= 0.29, waits  # waited out max_delay_ms for company
+    assert waits["idle"] < 0.2, waits
+
+
+def test_batcher_queue_bound_and_timeout(
+    digits_model: irkit.runtime.CompiledModel, gated: Any
+) -> None:
+    from irkit.runtime.adapters.batcher import DynamicBatcher
+    from irkit.runtime.adapters.common import QueueFull, RequestTimeout
+
+    slow = gated(digits_model, gate_run=True)
+    batcher = DynamicBatcher(slow, max_batch=1, max_queue=2, timeout_ms=100)
+    batcher.start()
+    x = np.zeros((1, 64), np.float32)
+    running = batcher.submit({"x": x})
+    assert slow.running.wait(10)
+    queued = [batcher.submit({"x": x}), batcher.submit({"x": x})]
+    with pytest.raises(QueueFull) as refused:
+        batcher.submit({"x": x})
+    assert refused.value.status == 429 and refused.value.retry_after >= 1
+    time.sleep(0.15)  # the queued requests pass their deadline while the model is stuck
+    slow.run_gate.set()
+    assert running.result(10)["logits"].shape == (1, 10)
+    for future in queued:
+        with pytest.raises(RequestTimeout):
+            future.result(10)
+    batcher.stop()
