@@ -49,6 +49,12 @@ CASES: list[tuple[str, str, str, tuple[str, ...]]] = [
         "fuse{epilogues=false},prune{mode=structured,sparsity=0.5,criterion=activation}",
         ("ort", "llvm"),
     ),
+    ("fp32", "transformer", "", ("ort", "llvm")),
+    ("fuse (LayerNorm/GELU/epilogues)", "transformer", "simplify,fuse", ("ort",)),
+    ("int8 dynamic per-channel (QDQ)", "transformer",
+     "simplify,quantize{format=qdq,per_channel=true}", ("ort",)),
+    ("int8 static per-channel (QDQ)", "transformer",
+     "simplify,quantize{mode=static,per_channel=true,format=qdq}", ("ort",)),
 ]
 
 
@@ -110,7 +116,26 @@ def load_digits() -> dict[str, dict[str, Any]]:
             "name": name,
             "calibration": [{name: calib[key][i : i + 32]} for i in range(0, 128, 32)],
         }
+    out["transformer"] = load_transformer()
     return out
+
+
+def load_transformer(batch: int = 8) -> dict[str, Any]:
+    """The seeded 2-layer encoder of irkit.testing (d=128, seq 64), exported to ONNX."""
+    import torch
+
+    import irkit
+    from irkit.testing.models import export_onnx, make_transformer_encoder
+
+    path = Path(tempfile.mkdtemp(prefix="bench_passes_")) / "transformer.onnx"
+    example = torch.randn(2, 64, 128, generator=torch.Generator().manual_seed(0))
+    export_onnx(make_transformer_encoder(), (example,), path, input_names=["x"],
+                output_names=["y"])
+    rng = np.random.default_rng(0)
+    return {"graph": irkit.load_model(str(path)), "name": "x",
+            "x": rng.standard_normal((batch, 64, 128)).astype(np.float32),
+            "calibration": [{"x": rng.standard_normal((2, 64, 128)).astype(np.float32)}
+                            for _ in range(4)]}
 
 
 def run_benchmarks(batch: int = 256, repeat: int = 30, threads: int = 1) -> list[dict[str, Any]]:
@@ -126,7 +151,8 @@ def run_benchmarks(batch: int = 256, repeat: int = 30, threads: int = 1) -> list
             if pipeline
             else model["graph"]
         )
-        x = np.resize(model["x"], (batch, *model["x"].shape[1:])).astype(np.float32)
+        rows_wanted = batch if kind != "transformer" else model["x"].shape[0]
+        x = np.resize(model["x"], (rows_wanted, *model["x"].shape[1:])).astype(np.float32)
         feeds = {model["name"]: x}
         for backend in backends:
             try:
@@ -159,7 +185,8 @@ def run_benchmarks(batch: int = 256, repeat: int = 30, threads: int = 1) -> list
 
 def format_rows(rows: list[dict[str, Any]], batch: int, threads: int) -> str:
     lines = [
-        f"batch {batch}, {threads} thread(s); speedup = ORT fp32 time / this time",
+        f"batch {batch} (transformer: 8 x 64 tokens), {threads} thread(s); "
+        "speedup = ORT fp32 time of the same model / this time",
         "",
         "| model | variant | backend | ms/batch | speedup vs ORT fp32 |",
         "|---|---|---|---|---|",
