@@ -50,20 +50,20 @@ class CommonSubexpressionElimination(Pass):
         for value in list(graph.constants.values()):
             if value.const is None or value.const.size > self.max_const_elements:
                 continue
-            key = _const_key(value)
-            first = const_seen.setdefault(key, value)
-            if first is not value:
-                value.replace_all_uses_with(first)
+            const_key = _const_key(value)
+            kept = const_seen.setdefault(const_key, value)
+            if kept is not value:
+                value.replace_all_uses_with(kept)
                 if not value.is_used:
                     graph.remove_constant(value)
                     constants_merged += 1
         seen: dict[tuple[Any, ...], Node] = {}
         nodes_merged = 0
         for node in graph.nodes:
-            key = _node_key(node, ids)
-            if key is None:
+            node_key = _node_key(node, ids)
+            if node_key is None:
                 continue
-            first = seen.setdefault(key, node)
+            first = seen.setdefault(node_key, node)
             if first is node:
                 continue
             if any(v.is_graph_output for v in node.outputs):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 
 from irkit.ir import Graph, Node
 from irkit.passes.base import Pass, PassContext, drop_unused_constants
@@ -18,9 +19,12 @@ _NEVER_FOLD = frozenset({
 })
 
 
+def _no_subgraphs(graph: Graph) -> onnx.GraphProto:
+    raise ValueError("nodes with subgraphs are never folded")
+
+
 def evaluate_node(node: Node, opset: int) -> list[np.ndarray]:
     """Run one node on its constant inputs with ``onnx.reference``."""
-    import onnx
     from onnx import helper
     from onnx.reference import ReferenceEvaluator
 
@@ -30,7 +34,7 @@ def evaluate_node(node: Node, opset: int) -> list[np.ndarray]:
     outputs = [f"out{i}" for i in range(len(node.outputs))]
     proto = helper.make_node(node.op, inputs, outputs, domain=node.domain)
     for key, attr in node.attrs.items():
-        proto.attribute.append(attr_to_proto(key, attr, lambda g: None))  # no subgraphs here
+        proto.attribute.append(attr_to_proto(key, attr, _no_subgraphs))
     graph = helper.make_graph(
         [proto],
         "fold",

@@ -51,10 +51,13 @@ def fold_conv_batchnorm(graph: Graph, bn: Node) -> bool:
     bias_in = conv.inputs[2] if len(conv.inputs) > 2 else None
     if bias_in is not None and bias_in.const is None:
         return False
-    bias = np.zeros(weight.shape[0]) if bias_in is None else bias_in.const.astype(np.float64)
+    bias = np.zeros(weight.shape[0]) if bias_in is None or bias_in.const is None \
+        else bias_in.const.astype(np.float64)
     new_w = (weight.astype(np.float64) * scale.reshape(-1, *([1] * (weight.ndim - 1))))
     new_b = (bias - mean) * scale + beta
-    w_value = graph.add_constant(conv.inputs[1].name + "_bn", new_w.astype(weight.dtype))
+    w_in = conv.inputs[1]
+    assert w_in is not None
+    w_value = graph.add_constant(w_in.name + "_bn", new_w.astype(weight.dtype))
     b_value = graph.add_constant(conv.output.name + "_bn_bias", new_b.astype(weight.dtype))
     conv.set_input(1, w_value)
     if len(conv.inputs) > 2:

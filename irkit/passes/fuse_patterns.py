@@ -155,7 +155,7 @@ def fuse_layer_norm(graph: Graph, mean: Node) -> bool:
     eps = scalar_const(other_input(add_eps, var.output)) if add_eps is not None else None
     sqrt = single_user(add_eps.output, "Sqrt") if add_eps is not None else None
     div = users["Div"]
-    if eps is None or sqrt is None or div.inputs[1] is not sqrt.output \
+    if eps is None or add_eps is None or sqrt is None or div.inputs[1] is not sqrt.output \
             or only_user(sqrt.output) is not div:
         return False
     chain = [mean, sub, square, var, add_eps, sqrt, div]
@@ -178,7 +178,7 @@ def fuse_layer_norm(graph: Graph, mean: Node) -> bool:
         scale = graph.add_constant("ln_scale", np.ones(norm_shape or (), dtype))
     if any(v.is_graph_output for n in chain for v in n.outputs if v is not result):
         return False
-    assert scale is not None and scale.const is not None
+    assert scale.const is not None
     scale_value = graph.add_constant("ln_scale", scale.const.reshape(norm_shape or -1))
     inputs: list[Value | None] = [x, scale_value]
     if bias is not None and bias.const is not None:
@@ -208,7 +208,7 @@ def fuse_softmax(graph: Graph, exp: Node) -> bool:
         return False
     chain = [exp]
     source = exp.inputs[0]
-    x = source
+    x: Value | None = source
     sub = source.producer
     if sub is not None and sub.op == "Sub" and not sub.domain and only_user(sub.output) is exp:
         rmax = sub.inputs[1].producer if sub.inputs[1] is not None else None

@@ -41,7 +41,8 @@ def factorize(matrix: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray, float
     root = np.sqrt(s[:r])
     a = u[:, :r] * root
     b = root[:, None] * vt[:r]
-    err = float(np.linalg.norm(matrix - a @ b) / max(np.linalg.norm(matrix), 1e-30))
+    norm = max(float(np.linalg.norm(matrix)), 1e-30)
+    err = float(np.linalg.norm(matrix - a @ b)) / norm
     return a.astype(matrix.dtype), b.astype(matrix.dtype), err
 
 

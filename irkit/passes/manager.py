@@ -119,10 +119,10 @@ def evaluate_graph(graph: Graph, feeds: Mapping[str, Any]) -> dict[str, Any]:
 
 def _call_pass(p: Any, graph: Graph, context: PassContext) -> PassResult:
     try:
-        params = inspect.signature(p.run).parameters
+        count = len(inspect.signature(p.run).parameters)
     except (TypeError, ValueError):
-        params = {}
-    result = p.run(graph, context) if len(params) >= 2 else p.run(graph)
+        count = 1
+    result = p.run(graph, context) if count >= 2 else p.run(graph)
     if isinstance(result, Graph):  # a third-party pass returning only the graph
         return PassResult(result, result is not graph, {})
     return result

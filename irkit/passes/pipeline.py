@@ -180,7 +180,7 @@ def resolve_passes(passes: str | Pass | Sequence[Any]) -> list[Pass]:
         if isinstance(item, str):
             out.extend(parse_pipeline(item))
         elif isinstance(item, type) and dataclasses.is_dataclass(item):
-            out.append(item())
+            out.append(item())  # type: ignore[arg-type]  # third-party passes duck-type
         elif hasattr(item, "run"):
             out.append(item)
         else:

@@ -213,8 +213,9 @@ class Prune(Pass):
             return False, {"layers": {}}
         global_threshold = None
         if self.scope == "global":
-            everything = np.concatenate([np.abs(_weight_input(n).const).ravel()  # type: ignore[union-attr]
-                                         for n in targets])
+            arrays = [w.const for w in map(_weight_input, targets)
+                      if w is not None and w.const is not None]
+            everything = np.concatenate([np.abs(a).ravel() for a in arrays])
             global_threshold = float(np.quantile(everything, self.sparsity))
         sparsity_meta: dict[str, float] = dict(graph.meta.get("sparsity", {}))
         layers: dict[str, float] = {}
@@ -225,9 +226,9 @@ class Prune(Pass):
             if global_threshold is None:
                 count = round(self.sparsity * w.const.size)
                 order = np.argsort(magnitude, axis=None, kind="stable")
-                mask = np.ones(w.const.size, bool)
-                mask[order[:count]] = False
-                mask = mask.reshape(w.const.shape)
+                flat_mask = np.ones(w.const.size, bool)
+                flat_mask[order[:count]] = False
+                mask = flat_mask.reshape(w.const.shape)
             else:
                 mask = magnitude > global_threshold
             pruned = np.where(mask, w.const, 0).astype(w.const.dtype)

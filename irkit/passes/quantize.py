@@ -94,11 +94,11 @@ def linear_view(node: Node) -> LinearView | None:
         elif bias_value is not None:
             if bias_value.const is None:
                 return None
-            bias = bias_value.const.reshape(-1)
+            bias = np.asarray(bias_value.const).reshape(-1)
         return LinearView(node, "matmul", x, np.ascontiguousarray(weight), bias, residual, act)
     if bias_value is not None and bias_value.const is None:
         return None
-    bias = None if bias_value is None else bias_value.const.reshape(-1)
+    bias = None if bias_value is None else np.asarray(bias_value.const).reshape(-1)
     attrs = {k: node.attr(k) for k in _CONV_ATTRS if k in node.attrs}
     return LinearView(node, "conv", x, weight, bias, residual, act, attrs)
 
@@ -241,7 +241,8 @@ class Quantize(Pass):
         node.set_input(1, w_dq.output)
         if view.bias is not None and node.op in ("Gemm", "Conv"):
             x_scale = float(x_scale_const)
-            b_scale = (x_scale * w_scale.const).astype(np.float32).reshape(-1)
+            assert w_scale.const is not None
+            b_scale = (x_scale * np.asarray(w_scale.const)).astype(np.float32).reshape(-1)
             b_scale = np.broadcast_to(b_scale, view.bias.shape).copy()
             b_q = np.round(view.bias / b_scale).astype(np.int32)
             b_dq = graph.add_node(
