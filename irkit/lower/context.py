@@ -46,6 +46,11 @@ class Tiles:
     mr: int = 6
     nr: int = 16
     vec: int = 8
+    conv_mr: int = 4  # convolutions: few rows (output channels), many columns (pixels)
+    conv_nr: int = 32
+
+    def for_conv(self) -> Tiles:
+        return Tiles(self.conv_mr, self.conv_nr, self.vec, self.conv_mr, self.conv_nr)
 
 
 @dataclass

@@ -51,9 +51,10 @@ class GemmSpec:
     store: StoreFn
     b_packed: Buffer | None = None  # compile-time packed weights (shared by all batches)
     b_source: PackFn | None = None  # runtime B, packed by a loop into the workspace
-    # A custom packing loop nest (batch, panel buffer, batch base) -> Stmt; a convolution
-    # uses it to write im2col panels with contiguous, vectorizable copies.
-    pack_stmt: Callable[[Expr, Buffer, Expr], Stmt] | None = None
+    # A custom packing loop nest (batch, panel index, panel buffer) -> Stmt writing one
+    # ``depth x nr`` panel; a convolution writes im2col panels with contiguous copies.
+    pack_panel: Callable[[Expr, Expr, Buffer], Stmt] | None = None
+    prologue: Callable[[Expr], Stmt] | None = None  # per batch item, before its panels
 
 
 def pack_weights(b: np.ndarray, nr: int) -> np.ndarray:
@@ -66,8 +67,8 @@ def pack_weights(b: np.ndarray, nr: int) -> np.ndarray:
 
 
 def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Buffer,
-                 b: Expr, b_base: Expr, p: Expr, i0: Expr, rows: int, ctx: LoweringContext
-                 ) -> Stmt:
+                 b: Expr, panel_base: Expr, p: Expr, i0: Expr, rows: int,
+                 ctx: LoweringContext) -> Stmt:
     vecs = t.nr // t.vec
     # Few rows (GEMV-like calls at batch 1) leave too few FMA chains to hide latency:
     # split k over ``split`` independent accumulator sets and add them at the end.
@@ -83,7 +84,7 @@ def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Bu
         for s in range(split) for r in range(rows) for v in range(vecs)
     ]
     a_base = simplify_expr(spec.a_offset(b) + i0 * spec.lda)
-    panel_base = simplify_expr(b_base + p * (spec.depth * t.nr))
+    panel_base = simplify_expr(panel_base)
 
     def step(k: Expr, s: int) -> list[Stmt]:
         # Vector-valued lets: Vars carry no lane count; the backend keeps the vector.
@@ -112,9 +113,16 @@ def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Bu
                 total = total + Load(acc, slot(s, r, v), t.vec)
             stmts.append(Store(tile, Const(r * t.nr + v * t.vec), total))
     r_var, c_var = ctx.var("r"), ctx.var("c")
-    width = simplify_expr(Binary("min", Const(t.nr), Const(spec.cols) - p * t.nr))
     epilogue = spec.store(b, i0 + r_var, p * t.nr + c_var, Load(tile, r_var * t.nr + c_var))
-    stmts.append(For(r_var, Const(rows), For(c_var, width, epilogue)))
+    full_panels, tail = divmod(spec.cols, t.nr)
+    # Constant trip counts let LLVM vectorize the epilogue without runtime checks.
+    full = For(r_var, Const(rows), For(c_var, Const(t.nr), epilogue))
+    if tail == 0:
+        stmts.append(full)
+    else:
+        partial = For(r_var, Const(rows), For(c_var, Const(tail), epilogue))
+        stmts.append(If(Binary("lt", p, Const(full_panels)), full, partial)
+                     if full_panels else partial)
     return block(*stmts)
 
 
@@ -122,54 +130,56 @@ def _let_vec(var: Var, value: Expr) -> Let:
     return Let(var, value)
 
 
-def emit_gemm(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm") -> None:
-    """Emit the kernel(s) computing ``spec``: an optional packing kernel and the GEMM."""
-    t = ctx.tiles
+def emit_gemm(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm",
+              tiles: Tiles | None = None) -> None:
+    """Emit the kernel(s) computing ``spec``: an optional prologue kernel and the GEMM."""
+    t = tiles or ctx.tiles
     panels = -(-spec.cols // t.nr)
     acc = Buffer(ctx.fresh("acc"), "f32", Const(max(t.mr, 8) * t.nr), "local")
     tile = Buffer(ctx.fresh("tile"), "f32", Const(t.mr * t.nr), "local")
     b_var = ctx.var("b")
     single = isinstance(simplify_expr(spec.batch), Const) and simplify_expr(spec.batch) == Const(1)
-    panel_size = panels * spec.depth * t.nr
+    p = ctx.var("p")
+    locals_ = [acc, tile]
     pack_stmt: Stmt | None = None
     if spec.b_packed is not None:
-        bpanel, b_base = spec.b_packed, Const(0)
+        bpanel, panel_base = spec.b_packed, p * (spec.depth * t.nr)
     else:
-        bpanel = ctx.new_buffer(f"{hint}_pack", "f32", spec.batch * panel_size)
-        b_base = b_var * panel_size
-        if spec.pack_stmt is not None:
-            pack_stmt = spec.pack_stmt(b_var, bpanel, b_base)
+        # Runtime B: pack one panel at a time into a stack buffer, used while it is in L1.
+        bpanel = Buffer(ctx.fresh("panel"), "f32", Const(spec.depth * t.nr), "local")
+        locals_.append(bpanel)
+        panel_base = Const(0)
+        if spec.pack_panel is not None:
+            pack_stmt = spec.pack_panel(b_var, p, bpanel)
         else:
-            pack_stmt = _pack_loop(ctx, spec, bpanel, b_var, b_base, panels)
+            pack_stmt = _pack_panel(t, spec, bpanel, b_var, p, ctx)
 
-    p = ctx.var("p")
+    def micro(i0: Expr, rows: int) -> Stmt:
+        return _microkernel(spec, t, acc, tile, bpanel, b_var, panel_base, p, i0, rows, ctx)
+
     ib = ctx.var("ib")
     mr = t.mr
     rows = simplify_expr(spec.rows)
-    row_blocks: list[Stmt] = [
-        For(ib, rows // mr, _microkernel(spec, t, acc, tile, bpanel, b_var, b_base, p,
-                                         ib * mr, mr, ctx))
-    ]
+    row_blocks: list[Stmt] = [For(ib, rows // mr, micro(ib * mr, mr))]
     if isinstance(rows, Const):
         rem = int(rows.value) % mr
         if rem:
-            row_blocks.append(_microkernel(spec, t, acc, tile, bpanel, b_var, b_base, p,
-                                           Const(int(rows.value) - rem), rem, ctx))
+            row_blocks.append(micro(Const(int(rows.value) - rem), rem))
     else:
         rem_var = ctx.var("rem")
         row_blocks.append(Let(rem_var, rows % mr))
         for r in range(1, mr):
-            row_blocks.append(If(Binary("eq", rem_var, Const(r)), _microkernel(
-                spec, t, acc, tile, bpanel, b_var, b_base, p, rows - r, r, ctx)))
-    panel_loop_kind = "parallel" if single else "serial"
-    gemm_loops: Stmt = For(p, Const(panels), block(*row_blocks), panel_loop_kind)
+            row_blocks.append(If(Binary("eq", rem_var, Const(r)), micro(rows - r, r)))
+    panel_body = block(pack_stmt, *row_blocks)
+    prologue = spec.prologue(b_var) if spec.prologue is not None else None
     if single:
-        if pack_stmt is not None:
-            ctx.add_kernel(f"{hint}_pack", For(b_var, Const(1), pack_stmt, "parallel"))
-        ctx.add_kernel(hint, _bind_zero(b_var, gemm_loops), [acc, tile])
+        if prologue is not None:
+            ctx.add_kernel(f"{hint}_prologue", _bind_zero(b_var, prologue))
+        loops: Stmt = For(p, Const(panels), panel_body, "parallel")
+        ctx.add_kernel(hint, _bind_zero(b_var, loops), locals_)
     else:
-        body = block(pack_stmt, gemm_loops)
-        ctx.add_kernel(hint, For(b_var, spec.batch, body, "parallel"), [acc, tile])
+        body = block(prologue, For(p, Const(panels), panel_body))
+        ctx.add_kernel(hint, For(b_var, spec.batch, body, "parallel"), locals_)
 
 
 def _bind_zero(var: Var, stmt: Stmt) -> Stmt:
@@ -178,26 +188,18 @@ def _bind_zero(var: Var, stmt: Stmt) -> Stmt:
     return substitute_stmt(stmt, {var: Const(0)})
 
 
-def _pack_loop(ctx: LoweringContext, spec: GemmSpec, bpanel: Buffer, b: Expr, b_base: Expr,
-               panels: int) -> Stmt:
-    t = ctx.tiles
+def _pack_panel(t: Tiles, spec: GemmSpec, bpanel: Buffer, b: Expr, p: Expr,
+                ctx: LoweringContext) -> Stmt:
     assert spec.b_source is not None
-    p, k, c = ctx.var("pp"), ctx.var("pk"), ctx.var("pc")
+    k, c = ctx.var("pk"), ctx.var("pc")
     j = p * t.nr + c
-    value = spec.b_source(b, k, j)
-    full = panels * t.nr == spec.cols
-    if not full:
-        # Padding columns read column 0 (always valid) and store zero.
-        safe = spec.b_source(b, k, Binary("min", j, Const(spec.cols - 1)))
-        value = _select_lt(j, spec.cols, safe)
-    store = Store(bpanel, b_base + (p * spec.depth + k) * t.nr + c, value)
-    return For(p, Const(panels), For(k, Const(spec.depth), For(c, Const(t.nr), store)))
-
-
-def _select_lt(j: Expr, limit: int, value: Expr) -> Expr:
-    from irkit.kir import Select
-
-    return Select(Binary("lt", j, Const(limit)), value, Const(0.0, value.dtype))
+    panels = -(-spec.cols // t.nr)
+    if panels * t.nr == spec.cols:
+        value = spec.b_source(b, k, j)
+    else:
+        # Padding columns read a valid column; their results are never stored.
+        value = spec.b_source(b, k, Binary("min", j, Const(spec.cols - 1)))
+    return For(k, Const(spec.depth), For(c, Const(t.nr), Store(bpanel, k * t.nr + c, value)))
 
 
 __all__ = ["GemmSpec", "emit_gemm", "pack_weights"]

@@ -185,29 +185,33 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> 
     padded = any(pads)
     hp, wp = ih + pads[0] + pads[2], iw + pads[1] + pads[3]
     xpad = ctx.new_buffer("conv_pad", "f32", batch * (cin_g * hp * wp)) if padded else None
-    nr = ctx.tiles.nr
-    panels = -(-spatial // nr)
+    tiles = ctx.tiles.for_conv()
+    nr = tiles.nr
 
-    def pack(bi: Expr, bpanel: Buffer, b_base: Expr) -> Stmt:
+    def prologue(bi: Expr) -> Stmt:
+        """Copy this image's group of channels into a zero-padded slot."""
+        assert xpad is not None
         n, grp = bi // groups, bi % groups
-        stmts: list[Stmt] = []
+        slot = bi * (cin_g * hp * wp)
+        e, ci, yy, xx = ctx.var("e"), ctx.var("ci"), ctx.var("y"), ctx.var("x")
+        src = ((n * cin + grp * cin_g + ci) * ih + yy) * iw + xx
+        dst = slot + (ci * hp + yy + pads[0]) * wp + xx + pads[1]
+        return block(
+            For(e, Const(cin_g * hp * wp), Store(xpad, slot + e, Const(0.0, "f32"))),
+            For(ci, Const(cin_g), For(yy, Const(ih), For(xx, Const(iw), Store(
+                xpad, dst, Load(xbuf, src))))),
+        )
+
+    def pack(bi: Expr, p: Expr, bpanel: Buffer) -> Stmt:
+        n, grp = bi // groups, bi % groups
         if xpad is not None:
-            slot = bi * (cin_g * hp * wp)
-            e = ctx.var("e")
-            stmts.append(For(e, Const(cin_g * hp * wp), Store(xpad, slot + e, Const(0.0, "f32"))))
-            ci, yy, xx = ctx.var("ci"), ctx.var("y"), ctx.var("x")
-            src = ((n * cin + grp * cin_g + ci) * ih + yy) * iw + xx
-            dst = slot + (ci * hp + yy + pads[0]) * wp + xx + pads[1]
-            stmts.append(For(ci, Const(cin_g), For(yy, Const(ih), For(
-                xx, Const(iw), Store(xpad, dst, Load(xbuf, src))))))
-            base_buf, base = xpad, slot
+            base_buf, base = xpad, bi * (cin_g * hp * wp)
             chan_stride, rows_stride = hp * wp, wp
         else:
             base_buf, base = xbuf, (n * cin + grp * cin_g) * (ih * iw)
             chan_stride, rows_stride = ih * iw, iw
-        p, ci, ky, kx = ctx.var("pp"), ctx.var("ci"), ctx.var("ky"), ctx.var("kx")
-        k = (ci * kh + ky) * kw + kx
-        dst = b_base + (p * depth + k) * nr
+        ci, ky, kx = ctx.var("ci"), ctx.var("ky"), ctx.var("kx")
+        dst = ((ci * kh + ky) * kw + kx) * nr
         sy, sx = g["s"]
         dy, dx = g["d"]
 
@@ -228,9 +232,7 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> 
         else:
             j = Binary("min", p * nr + c, Const(spatial - 1))
             inner = For(c, Const(nr), Store(bpanel, dst + c, src(j // ow, j % ow)))
-        stmts.append(For(p, Const(panels), For(ci, Const(cin_g), For(ky, Const(kh), For(
-            kx, Const(kw), inner)))))
-        return block(*stmts)
+        return For(ci, Const(cin_g), For(ky, Const(kh), For(kx, Const(kw), inner)))
 
     def emit(epilogue: Epilogue) -> None:
         def store(bi: Expr, i: Expr, j: Expr, acc: Expr) -> Stmt:
@@ -245,8 +247,9 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> 
 
         spec = GemmSpec(batch=batch, rows=Const(cout_g), depth=depth, cols=spatial,
                         a_buf=w_buf, a_offset=lambda bi: (bi % groups) * (cout_g * depth),
-                        lda=depth, store=store, pack_stmt=pack)
-        emit_gemm(ctx, spec, "conv")
+                        lda=depth, store=store, pack_panel=pack,
+                        prologue=prologue if padded else None)
+        emit_gemm(ctx, spec, "conv", tiles)
 
     return HeavyPlan(out_shape, emit)
 

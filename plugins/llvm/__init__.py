@@ -49,6 +49,8 @@ class LlvmBackend:
                            "ONNX Runtime artifact for the whole graph", choices=("none", "ort")),
         "mr": Option(int, 8, "GEMM microkernel rows"),
         "nr": Option(int, 0, "GEMM microkernel columns (multiple of vec); 0 = 2 * vec"),
+        "conv_mr": Option(int, 4, "convolution microkernel rows (output channels)"),
+        "conv_nr": Option(int, 0, "convolution microkernel columns (pixels); 0 = 4 * vec"),
         "vec": Option(int, 0, "vector lanes (f32) of the GEMM microkernel; 0 = 16 with "
                       "AVX-512, else 8"),
         "emit": Option(str, "object", "'object', or 'shared' to also link model.so + model.h",
@@ -76,7 +78,8 @@ class LlvmBackend:
             raise LlvmBackendError("llvm option threads must be >= 0")
         if resolved["vec"] not in (0, 4, 8, 16):
             raise LlvmBackendError("llvm option vec must be 0 (auto), 4, 8 or 16")
-        if not 1 <= resolved["mr"] <= 16 or resolved["nr"] < 0 or resolved["nr"] % 4:
+        if not (1 <= resolved["mr"] <= 16 and 1 <= resolved["conv_mr"] <= 16) or \
+                resolved["nr"] < 0 or resolved["nr"] % 4 or resolved["conv_nr"] % 4:
             raise LlvmBackendError("tile sizes: 1 <= mr <= 16 and nr a multiple of 4")
         return resolved
 
@@ -146,7 +149,10 @@ def _tiles(opts: dict[str, Any], features: str) -> Any:
     nr = opts["nr"] or 2 * vec
     if nr % vec:
         raise LlvmBackendError(f"nr={nr} must be a multiple of vec={vec}")
-    return Tiles(mr=opts["mr"], nr=nr, vec=vec)
+    conv_nr = opts["conv_nr"] or 4 * vec
+    if conv_nr % vec:
+        raise LlvmBackendError(f"conv_nr={conv_nr} must be a multiple of vec={vec}")
+    return Tiles(mr=opts["mr"], nr=nr, vec=vec, conv_mr=opts["conv_mr"], conv_nr=conv_nr)
 
 
 def _link_shared(object_code: bytes, program: Any) -> dict[str, bytes]:
