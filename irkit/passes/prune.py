@@ -128,7 +128,9 @@ def _find_chain(layer: _Layer) -> _Chain | None:
             if target is not None and use.index == 0:
                 consumers.append((target, per_channel))
                 continue
-            if use.index != 0 or len(node.outputs) != 1 or node.domain not in ("", IRKIT_DOMAIN):
+            commutes = node.op in ("Add", "Mul") and not node.domain and use.index == 1
+            if (use.index != 0 and not commutes) or len(node.outputs) != 1 \
+                    or node.domain not in ("", IRKIT_DOMAIN):
                 return None
             if node.domain == IRKIT_DOMAIN and node.op != "Gelu":
                 return None
@@ -137,7 +139,7 @@ def _find_chain(layer: _Layer) -> _Chain | None:
                                              for v in node.inputs[1:]):
                     return None
             elif node.op in _PER_CHANNEL_BINARY and not node.domain:
-                if _channel_const(node.inputs[1], channels, axis, rank) is None:
+                if _channel_const(node.inputs[1 - use.index], channels, axis, rank) is None:
                     return None
             elif node.op == "BatchNormalization" and layer.kind == "conv":
                 if any(v is None or v.const is None for v in node.inputs[1:5]):
@@ -337,11 +339,13 @@ class Prune(Pass):
                 for i in range(1, 5):
                     _take(graph, path_node, i, keep, 0)
             elif path_node.op in _PER_CHANNEL_BINARY and not path_node.domain:
-                other = path_node.inputs[1]
+                index = 0 if path_node.inputs[0] is not None and path_node.inputs[0].is_constant \
+                    else 1  # Add(b, h) as well as Add(h, b)
+                other = path_node.inputs[index]
                 if _channel_const(other, channels, axis, rank):
                     assert other is not None and other.const is not None
                     const_axis = axis - (rank - other.const.ndim)
-                    _take(graph, path_node, 1, keep, const_axis)
+                    _take(graph, path_node, index, keep, const_axis)
             _set_dim(path_node.outputs[0], axis, len(keep))
         for flatten, size in chain.flattens:
             _set_dim(flatten.outputs[0], 1, len(keep) * size)
