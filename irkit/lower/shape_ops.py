@@ -171,11 +171,12 @@ def lower_reshape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         known = product([d for k, d in enumerate(shape) if k != unknown[0]])
         ta, tb = affine(total)
         ka, kb = affine(known)
-        if ka:
-            raise LoweringError("Reshape with -1 and a batch-dependent known part")
-        if ta % kb or tb % kb:
-            raise LoweringError(f"Reshape of {total} elements into {values}")
-        shape[unknown[0]] = from_affine(ta // kb, tb // kb)
+        if ka and not kb and not tb and ta % ka == 0:
+            shape[unknown[0]] = Const(ta // ka)  # e.g. [N, -1] of an N x 12 tensor
+        elif ka or ta % kb or tb % kb:
+            raise LoweringError(f"cannot infer the -1 of Reshape {values} for {total} elements")
+        else:
+            shape[unknown[0]] = from_affine(ta // kb, tb // kb)
     return [reshape_ref(x, shape)]
 
 

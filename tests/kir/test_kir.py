@@ -1,0 +1,169 @@
+"""Kernel IR: printer goldens, simplifier rewrite rules, verifier, unrolling."""
+
+from __future__ import annotations
+
+import pytest
+
+from irkit.kir import (
+    N,
+    Binary,
+    Block,
+    Broadcast,
+    Buffer,
+    Call,
+    Cast,
+    Const,
+    For,
+    If,
+    Kernel,
+    KirError,
+    Let,
+    Load,
+    Select,
+    Store,
+    Var,
+    format_expr,
+    prepare_kernel,
+    print_kernel,
+    simplify_expr,
+    simplify_stmt,
+    unroll_loops,
+    verify_kernel,
+)
+from irkit.kir.simplify import EXPR_RULES, rewrite_expr
+
+I, J = Var("i"), Var("j")
+X = Buffer("x", "f32", N * 4)
+Y = Buffer("y", "f32", N * 4)
+
+
+def relu_kernel() -> Kernel:
+    body = For(I, N, For(J, Const(4), Store(Y, I * 4 + J, Binary(
+        "max", Load(X, I * 4 + J), Const(0.0, "f32")))), "parallel")
+    return Kernel("relu", (X, Y), body)
+
+
+GOLDEN_RELU = """\
+kernel relu(x: f32[(N * 4)], y: f32[(N * 4)]) {
+  for i in range(N) parallel:
+    for j in range(4):
+      y[((i * 4) + j)] = max(x[((i * 4) + j)], 0.0:f32)
+}"""
+
+
+def test_print_kernel_golden() -> None:
+    assert print_kernel(relu_kernel()) == GOLDEN_RELU
+
+
+def test_print_vector_local_if_let() -> None:
+    acc = Buffer("acc", "f32", Const(16), "local")
+    v = Var("v", "f32")
+    body = Block((
+        Let(v, Load(X, Const(0), 8)),
+        Store(acc, Const(0), Call("fma", (Broadcast(Load(X, I), 8), v, Load(acc, Const(0), 8)))),
+        If(Binary("lt", I, Const(3)), Store(Y, I, Cast("f32", I)), Store(Y, I, Select(
+            Binary("eq", I, Const(4)), Const(1.0, "f32"), Const(2.0, "f32")))),
+    ))
+    kernel = Kernel("k", (X, Y), For(I, Const(8), body, "serial", Const(2)), (acc,))
+    assert print_kernel(kernel) == """\
+kernel k(x: f32[(N * 4)], y: f32[(N * 4)]) {
+  local acc: f32[16]
+  for i in range(2, +8):
+    let v: f32 = x[0 : +8]
+    acc[0 : +8] = fma(broadcast(x[i], 8), v, acc[0 : +8])
+    if (i < 3):
+      y[i] = f32(i)
+    else:
+      y[i] = select((i == 4), 1.0:f32, 2.0:f32)
+}"""
+    verify_kernel(kernel)
+
+
+SIMPLIFY_CASES = [
+    (I + 0, "i"),
+    (0 + I, "i"),
+    (I * 1, "i"),
+    (I * 0, "0"),
+    (I - I, "0"),
+    ((I + 3) + 4, "(i + 7)"),
+    ((I * 2) * 8, "(i * 16)"),
+    (Const(3) + I, "(i + 3)"),
+    (Const(6) * Const(7), "42"),
+    (Const(7) // Const(2), "3"),
+    (Const(-7) % Const(3), "-1"),
+    ((I * 8) % 8, "0"),
+    ((I * 8) // 8, "i"),
+    ((I // 32) * 32 + I % 32, "i"),
+    (((J + I // 32) * 32) + I % 32, "((j * 32) + i)"),
+    (Select(Binary("lt", Const(1), Const(2)), I, J), "i"),
+    (Select(Binary("lt", I, J), J, J), "j"),
+    (Cast("i64", I), "i"),
+    (Cast("f32", Const(3)), "3.0:f32"),
+    (-(-I), "i"),
+    (Binary("max", Const(2), Const(5)), "5"),
+    (Const(1.5, "f32") * Const(2.0, "f32"), "3.0:f32"),
+    (Var("x", "f32") + Const(0.0, "f32"), "x"),
+]
+
+
+@pytest.mark.parametrize(("expr", "expected"), SIMPLIFY_CASES, ids=[c[1] for c in SIMPLIFY_CASES])
+def test_simplify_rules(expr, expected) -> None:
+    assert format_expr(simplify_expr(expr)) == expected
+
+
+def test_simplify_cases_counted() -> None:
+    assert len(SIMPLIFY_CASES) == 23
+    assert len(EXPR_RULES) >= 7
+
+
+def test_rewrite_rule_returning_none_is_no_match() -> None:
+    calls = []
+
+    def never(expr):
+        calls.append(expr)
+        return None
+
+    expr = Binary("add", I, J)
+    assert rewrite_expr(expr, [(Binary, never)]) == expr
+    assert calls == [expr]
+
+
+def test_simplify_stmt_folds_loops_and_ifs() -> None:
+    stmt = Block((
+        For(I, Const(0), Store(Y, I, Const(1.0, "f32"))),
+        For(J, Const(1), Store(Y, J + 2, Const(2.0, "f32")), "serial", Const(5)),
+        If(Binary("gt", Const(2), Const(1)), Store(Y, Const(0), Const(3.0, "f32"))),
+    ))
+    out = simplify_stmt(stmt)
+    assert out == Block((Store(Y, Const(7), Const(2.0, "f32")), Store(Y, Const(0),
+                                                                       Const(3.0, "f32"))))
+
+
+def test_unroll_expands_constant_loops() -> None:
+    stmt = For(I, Const(3), Store(Y, I * 2, Const(0.0, "f32")), "unroll")
+    assert simplify_stmt(unroll_loops(stmt)) == Block(tuple(
+        Store(Y, Const(2 * k), Const(0.0, "f32")) for k in range(3)))
+    with pytest.raises(KirError, match="constant extent"):
+        unroll_loops(For(I, N, Store(Y, I, Const(0.0, "f32")), "unroll"))
+
+
+def test_prepare_kernel_keeps_semantics_text() -> None:
+    prepared = prepare_kernel(relu_kernel())
+    assert print_kernel(prepared) == GOLDEN_RELU
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (Store(Y, Var("k"), Const(0.0, "f32")), "variable k"),
+        (Store(Buffer("z", "f32", Const(1)), Const(0), Const(0.0, "f32")), "undeclared"),
+        (Store(Y, Const(0), Const(1)), "storing i64"),
+        (Store(Y, Const(0), Binary("add", Const(1.0, "f32"), Const(1))), "mixes f32 and i64"),
+        (Store(Y, Const(0), Call("nope", (Const(1.0, "f32"),))), "unknown call"),
+        (For(I, Const(2), Store(Y, I, Const(0.0, "f32")), "sideways"), "loop kind"),
+        (Let(Var("a", "f32"), Const(1)), "let a"),
+    ],
+)
+def test_verifier_rejects(body, message) -> None:
+    with pytest.raises(KirError, match=message):
+        verify_kernel(Kernel("bad", (X, Y), body))
