@@ -78,7 +78,7 @@ def mlp_onnx(dims: Sequence[int] = (64, 256, 256, 10), seed: int = 0) -> Any:
     rng = np.random.default_rng(seed)
     nodes, inits, prev = [], [], "x"
     for i in range(len(dims) - 1):
-        w = rng.standard_normal((dims[i], dims[i + 1])).astype(np.float32) / np.sqrt(dims[i])
+        w = (rng.standard_normal((dims[i], dims[i + 1])) / np.sqrt(dims[i])).astype(np.float32)
         b = rng.standard_normal(dims[i + 1]).astype(np.float32) * 0.1
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
         last = i == len(dims) - 2

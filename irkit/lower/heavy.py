@@ -59,7 +59,7 @@ def plan_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -
     if a.rank < 2 or b.rank < 2:
         raise LoweringError(f"{node.op} with a 1-D operand is not supported")
     if a.dtype != "f32" or b.dtype != "f32":
-        raise LoweringError(f"{node.op} on {a.dtype} is not supported (f32 only)")
+        raise LoweringError(f"{node.op} on {a.dtype} x {b.dtype} is not supported (f32 only)")
     k = static(a.shape[-1], "MatMul depth")
     cols = static(b.shape[-1], "MatMul columns")
     rows = a.shape[-2]
