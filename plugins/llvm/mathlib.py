@@ -78,6 +78,7 @@ class MathEmitter:
         return acc
 
     def exp(self, x: ir.Value) -> ir.Value:
+        raw = x
         x = self.clamp(x, -87.33654, 88.72283)
         fx = self.intrinsic("llvm.floor", self.add(self.mul(x, self.c(x, 1.44269504088896341)),
                                                    self.c(x, 0.5)))
@@ -89,7 +90,13 @@ class MathEmitter:
         ity = _int_type_like(x.type)
         n = self.b.fptosi(fx, ity)
         bits = self.b.shl(self.b.add(n, _const(ity, 127)), _const(ity, 23))
-        return self.mul(y, self.b.bitcast(bits, x.type))
+        result = self.mul(y, self.b.bitcast(bits, x.type))
+        # Outside the clamp: overflow to inf, underflow to 0, and NaN stays NaN.
+        result = self.b.select(self.b.fcmp_ordered(">", raw, self.c(raw, 88.72283)),
+                               self.c(raw, float("inf")), result)
+        result = self.b.select(self.b.fcmp_ordered("<", raw, self.c(raw, -87.33654)),
+                               self.c(raw, 0.0), result)
+        return self.b.select(self.b.fcmp_unordered("uno", raw, raw), raw, result)
 
     def tanh(self, x: ir.Value) -> ir.Value:
         ax = self.intrinsic("llvm.fabs", x)
