@@ -360,4 +360,15 @@ def translate_program(program: Program, fast_math: bool = True) -> ir.Module:
         extent = b.call(extent_fn, [n])
         b.call(kernel_fn, [io, weights, ws, n, ir.Constant(I64, 0), extent])
     b.ret_void()
+    # The same entry with its four arguments in one i64 block (one ctypes argument to
+    # convert per call instead of four: the batch-1 call path is dominated by overhead).
+    packed = ir.Function(module, ir.FunctionType(VOID, [PTR]), name=f"{run.name}_packed")
+    b = ir.IRBuilder(packed.append_basic_block("entry"))
+    block_ptr = packed.args[0]
+    values = []
+    for i, ty in enumerate((PTR, PTR, PTR, I64)):
+        slot = b.gep(block_ptr, [ir.Constant(I64, i)], source_etype=I64)
+        values.append(b.load(slot, typ=ty))
+    b.call(run, values)
+    b.ret_void()
     return module

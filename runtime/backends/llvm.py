@@ -35,6 +35,7 @@ _EXTENT_TYPE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
 _RUN_TYPE = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64
 )
+_PACKED_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _JIT_LOCK = threading.Lock()
 _LIBRARY_COUNTER = iter(range(1 << 62))
 # Below this many iterations per thread a parallel split costs more than it saves.
@@ -70,13 +71,14 @@ class LlvmRunner:
             self._jit = llvm.create_lljit_compiler()
             builder = llvm.JITLibraryBuilder().add_object_img(object_code)
             builder.add_current_process()  # libm for the rare math calls LLVM leaves
-            symbols = [entry["run"]]
+            symbols = [entry["run"], f"{entry['run']}_packed"]
             for name in entry["kernels"]:
                 symbols += [name, f"{name}_extent"]
             for symbol in symbols:
                 builder.export_symbol(symbol)
             self._tracker = builder.link(self._jit, f"irkit_{next(_LIBRARY_COUNTER)}")
         self._run = _RUN_TYPE(self._tracker[entry["run"]])
+        self._run_packed = _PACKED_TYPE(self._tracker[f"{entry['run']}_packed"])
         self._kernels = [
             (_KERNEL_TYPE(self._tracker[k]), _EXTENT_TYPE(self._tracker[f"{k}_extent"]))
             for k in entry["kernels"]
@@ -113,6 +115,11 @@ class LlvmRunner:
                 if isinstance(dim, str) and self._batch_source is None:
                     self._batch_source = (spec.name, axis)
         self._io_address = ctypes.addressof(self._io)
+        # {io, weights, workspace, N} for the one-argument entry.
+        self._packed_args = (ctypes.c_int64 * 4)(self._io_address, self._weights_address,
+                                                 self._workspace_address, 0)
+        self._packed_address = ctypes.addressof(self._packed_args)
+        self._shapes: dict[int, list[tuple[int, ...]]] = {}
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         source = self._batch_source
@@ -120,17 +127,23 @@ class LlvmRunner:
         io = self._io
         for slot, name in self._in_slots:
             io[slot] = _address(inputs[name])
+        shapes = self._shapes.get(n)
+        if shapes is None:
+            shapes = [tuple(a * n + b for a, b in dims) for _, _, dims, _ in self._out_slots]
+            if len(self._shapes) < 64:
+                self._shapes[n] = shapes
         outputs: dict[str, np.ndarray] = {}
-        for slot, name, shape, dtype in self._out_slots:
-            array = np.empty(tuple(a * n + b for a, b in shape), dtype=dtype)
+        for (slot, name, _, dtype), shape in zip(self._out_slots, shapes):
+            array = np.empty(shape, dtype=dtype)
             io[slot] = _address(array)
             outputs[name] = array
-        need = self._workspace_n * n + self._workspace_c
-        if self._workspace.nbytes < need:
-            self._workspace = _aligned_empty(need)
+        if self._workspace.nbytes < self._workspace_n * n + self._workspace_c:
+            self._workspace = _aligned_empty(self._workspace_n * n + self._workspace_c)
             self._workspace_address = self._workspace.ctypes.data
+            self._packed_args[2] = self._workspace_address
         if self._pool is None:
-            self._run(self._io_address, self._weights_address, self._workspace_address, n)
+            self._packed_args[3] = n
+            self._run_packed(self._packed_address)
         else:
             self._run_parallel(
                 (self._io_address, self._weights_address, self._workspace_address), n)
