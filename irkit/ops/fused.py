@@ -31,6 +31,18 @@ def _emit(graph: Graph, anchor: Node, op: str, inputs: Sequence[Value | None],
     return node.output
 
 
+def keep_output_names(graph: Graph, node: Node, outputs: list[Value]) -> list[Value]:
+    """Give a decomposition's results the names of ``node``'s outputs (the node gets fresh
+    ones), so an exported graph keeps its output names when an irkit op produces them."""
+    for old, new in zip(node.outputs, outputs):
+        if new is old or new.producer is None or new.producer is node:
+            continue
+        name = old.name
+        old.name = graph.unique_name(f"{name}_irkit")
+        new.name = name
+    return outputs
+
+
 def _scalar(graph: Graph, value: float, like: Value) -> Value:
     dtype = like.dtype.numpy if like.dtype is not None else np.dtype(np.float32)
     return graph.add_constant("k", np.array(value, dtype=dtype))
@@ -80,7 +92,7 @@ def _decompose_matmul_bias_act(graph: Graph, node: Node) -> list[Value]:
         y = _emit(graph, node, "Add", [y, bias])
     if residual is not None:
         y = _emit(graph, node, "Add", [y, residual])
-    return [emit_activation(graph, node, y, node.attr("act", "none"))]
+    return keep_output_names(graph, node, [emit_activation(graph, node, y, node.attr("act", "none"))])
 
 
 def _decompose_conv_bias_act(graph: Graph, node: Node) -> list[Value]:
@@ -93,13 +105,13 @@ def _decompose_conv_bias_act(graph: Graph, node: Node) -> list[Value]:
     residual = _input(node, 3)
     if residual is not None:
         y = _emit(graph, node, "Add", [y, residual])
-    return [emit_activation(graph, node, y, node.attr("act", "none"))]
+    return keep_output_names(graph, node, [emit_activation(graph, node, y, node.attr("act", "none"))])
 
 
 def _decompose_gelu(graph: Graph, node: Node) -> list[Value]:
     x = node.inputs[0]
     assert x is not None
-    return [emit_gelu(graph, node, x, node.attr("approximate", "none"))]
+    return keep_output_names(graph, node, [emit_gelu(graph, node, x, node.attr("approximate", "none"))])
 
 
 register_irkit_op("MatMulBiasAct", _decompose_matmul_bias_act,

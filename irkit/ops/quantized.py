@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from irkit.ir import Graph, Node, Value
 from irkit.ir.dtypes import DType
 from irkit.ir.types import TensorType, ValueType
-from irkit.ops.fused import CONV_ATTRS, emit_activation
+from irkit.ops.fused import CONV_ATTRS, emit_activation, keep_output_names
 from irkit.ops.registry import register_irkit_op
 
 
@@ -69,7 +69,7 @@ def _decompose_qmatmul(graph: Graph, node: Node) -> list[Value]:
     xd = fake_quantize(graph, node, x, x_scale, x_zp)
     wd = dequantize_weight(graph, node, w_q, w_scale, w_zp)
     y = _add(graph, node, "MatMul", [xd, wd], node.outputs[0].type).output
-    return [_epilogue(graph, node, y, _input(node, 6), _input(node, 7))]
+    return keep_output_names(graph, node, [_epilogue(graph, node, y, _input(node, 6), _input(node, 7))])
 
 
 def _decompose_qconv(graph: Graph, node: Node) -> list[Value]:
@@ -84,7 +84,7 @@ def _decompose_qconv(graph: Graph, node: Node) -> list[Value]:
     if bias is not None:
         inputs.append(bias)
     y = _add(graph, node, "Conv", inputs, node.outputs[0].type, attrs).output
-    return [_epilogue(graph, node, y, None, _input(node, 7))]
+    return keep_output_names(graph, node, [_epilogue(graph, node, y, None, _input(node, 7))])
 
 
 def _decompose_dynamic_qmatmul(graph: Graph, node: Node) -> list[Value]:
@@ -96,7 +96,7 @@ def _decompose_dynamic_qmatmul(graph: Graph, node: Node) -> list[Value]:
     xd = _add(graph, node, "DequantizeLinear", [q, scale, zp], x.type).output
     wd = dequantize_weight(graph, node, w_q, w_scale, w_zp)
     y = _add(graph, node, "MatMul", [xd, wd], node.outputs[0].type).output
-    return [_epilogue(graph, node, y, _input(node, 4), _input(node, 5))]
+    return keep_output_names(graph, node, [_epilogue(graph, node, y, _input(node, 4), _input(node, 5))])
 
 
 register_irkit_op("QLinearMatMulInt8", _decompose_qmatmul,

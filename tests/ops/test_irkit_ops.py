@@ -146,3 +146,21 @@ def test_every_op_the_passes_emit_is_registered() -> None:
     for op in ("MatMulBiasAct", "ConvBiasAct", "Gelu", "QLinearMatMulInt8", "QLinearConvInt8",
                "DynamicQuantMatMulInt8"):
         assert is_irkit_op(op)
+
+
+@pytest.mark.parametrize("op", ["MatMulBiasAct", "Gelu", "DynamicQuantMatMulInt8"])
+def test_exported_graph_keeps_the_output_name(op: str) -> None:
+    """An irkit op producing a graph output: the ONNX model still has that output name, so
+    plain ``irkit.evaluate`` and exported artifacts work on optimized graphs."""
+    import irkit
+
+    x = np.ones((2, 4), np.float32)
+    inputs: dict[str, list] = {
+        "MatMulBiasAct": [x, np.eye(4, dtype=np.float32)],
+        "Gelu": [x],
+        "DynamicQuantMatMulInt8": [x, np.eye(4, dtype=np.int8), np.array(0.5, np.float32),
+                                   np.array(0, np.int8)],
+    }
+    graph = _single_op(op, inputs[op], {}, (2, 4))
+    assert [o.name for o in irkit.to_onnx(graph).graph.output] == [graph.outputs[0].name]
+    assert list(irkit.evaluate(graph, {"x": x})) == [graph.outputs[0].name]
