@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from irkit.ir import Node
-from irkit.kir import Binary, Buffer, Const, Expr, For, Load, Stmt, Store, block, simplify_expr
+from irkit.kir import Binary, Buffer, Const, Expr, For, If, Load, Stmt, Store, block, simplify_expr
 from irkit.lower.context import LoweringContext
 from irkit.lower.gemm import GemmSpec, emit_gemm, pack_weights
 from irkit.lower.tensor import (
@@ -182,11 +182,14 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> 
     batch = simplify_expr(x.shape[0] * groups)
 
     pads = g["p"]
-    padded = any(pads)
-    hp, wp = ih + pads[0] + pads[2], iw + pads[1] + pads[3]
-    xpad = ctx.new_buffer("conv_pad", "f32", batch * (cin_g * hp * wp)) if padded else None
     tiles = ctx.tiles.for_conv()
     nr = tiles.nr
+    # Panels made of whole output rows (or one part of a row) are packed straight from the
+    # unpadded input, with the padding's zeros written by the copy loops themselves.
+    rowwise = ow % nr == 0 or nr % ow == 0
+    padded = any(pads) and not rowwise
+    hp, wp = ih + pads[0] + pads[2], iw + pads[1] + pads[3]
+    xpad = ctx.new_buffer("conv_pad", "f32", batch * (cin_g * hp * wp)) if padded else None
 
     def prologue(bi: Expr) -> Stmt:
         """Copy this image's group of channels into a zero-padded slot."""
@@ -201,6 +204,52 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> 
             For(ci, Const(cin_g), For(yy, Const(ih), For(xx, Const(iw), Store(
                 xpad, dst, Load(xbuf, src))))),
         )
+
+    def pack_rows(bi: Expr, p: Expr, bpanel: Buffer) -> Stmt:
+        n, grp = bi // groups, bi % groups
+        base = (n * cin + grp * cin_g) * (ih * iw)
+        ci, ky, kx = ctx.var("ci"), ctx.var("ky"), ctx.var("kx")
+        sy, sx = g["s"]
+        dy, dx = g["d"]
+        zero = Const(0.0, "f32")
+
+        def segment(dst: Expr, oy: Expr, ox0: Expr, count: int, ky_: int, kx_: int) -> Stmt:
+            """Output pixels (oy, ox0 .. ox0+count-1) of tap (ci, ky_, kx_) into the panel."""
+            iy = oy * sy - pads[0] + ky_ * dy
+            # ox range whose input column lies inside the image (ceil/floor division).
+            lo = -(-(pads[1] - kx_ * dx) // sx)
+            hi = (iw - 1 + pads[1] - kx_ * dx) // sx + 1
+            c_lo = simplify_expr(Binary("min", Binary("max", Const(lo) - ox0, Const(0)),
+                                        Const(count)))
+            c_hi = simplify_expr(Binary("max", Binary("min", Const(hi) - ox0, Const(count)),
+                                        c_lo))
+            c = ctx.var("c")
+            src = base + ci * (ih * iw) + iy * iw + (ox0 + c) * sx - pads[1] + kx_ * dx
+            copy = block(
+                For(c, c_lo, Store(bpanel, dst + c, zero)),
+                For(c, simplify_expr(c_hi - c_lo), Store(bpanel, dst + c, Load(xbuf, src)),
+                    "serial", c_lo),
+                For(c, simplify_expr(Const(count) - c_hi), Store(bpanel, dst + c, zero),
+                    "serial", c_hi),
+            )
+            inside = Binary("and", Binary("ge", iy, Const(0)), Binary("lt", iy, Const(ih)))
+            return If(inside, copy, For(c, Const(count), Store(bpanel, dst + c, zero)))
+
+        taps: list[Stmt] = []
+        for ky_ in range(kh):
+            for kx_ in range(kw):
+                dst = ((ci * kh + ky_) * kw + kx_) * nr
+                if ow % nr == 0:
+                    q = ow // nr
+                    taps.append(segment(dst, p // q, (p % q) * nr, nr, ky_, kx_))
+                else:
+                    per = nr // ow
+                    for rr in range(per):
+                        # Rows past the last output row are never stored; clamp them.
+                        oy = Binary("min", p * per + rr, Const(oh - 1))
+                        taps.append(segment(dst + rr * ow, oy, Const(0), ow, ky_, kx_))
+        del ky, kx
+        return For(ci, Const(cin_g), block(*taps))
 
     def pack(bi: Expr, p: Expr, bpanel: Buffer) -> Stmt:
         n, grp = bi // groups, bi % groups
@@ -247,7 +296,7 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> 
 
         spec = GemmSpec(batch=batch, rows=Const(cout_g), depth=depth, cols=spatial,
                         a_buf=w_buf, a_offset=lambda bi: (bi % groups) * (cout_g * depth),
-                        lda=depth, store=store, pack_panel=pack,
+                        lda=depth, store=store, pack_panel=pack_rows if rowwise else pack,
                         prologue=prologue if padded else None)
         emit_gemm(ctx, spec, "conv", tiles)
 
