@@ -39,8 +39,10 @@ def main() -> int:
             print(f"  {row.model} batch {row.batch}: {row.ratio:.2f} (target <= {goal}) {verdict}")
     if result.matmul:
         share = result.matmul["irkit_gflops"] / result.matmul["numpy_gflops"]
-        print(f"  matmul 1024^3: {share:.0%} of numpy (target >= 70%) "
-              f"{'met' if share >= 0.7 else 'MISSED'}")
+        print(
+            f"  matmul 1024^3: {share:.0%} of numpy (target >= 70%) "
+            f"{'met' if share >= 0.7 else 'MISSED'}"
+        )
     return 0
 
 

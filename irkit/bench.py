@@ -221,7 +221,8 @@ def run_bench(
                 ort = irkit.runtime.load(Path(tmp) / "b", threads=thr)
             for batch in batches:
                 feeds = _inputs(graph, batch)
-                t_ours, t_ort = alternate(lambda: ours.run(feeds), lambda: ort.run(feeds),
+                t_ours, t_ort = alternate(lambda m=ours, f=feeds: m.run(f),
+                                          lambda m=ort, f=feeds: m.run(f),
                                           repeats)
                 row = BenchRow(name, batch, thr, t_ours * 1e3, t_ort * 1e3)
                 result.rows.append(row)

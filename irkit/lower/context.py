@@ -24,7 +24,6 @@ from irkit.kir.visit import walk_exprs
 from irkit.lower.tensor import (
     NUMPY_DTYPES,
     Index,
-    LoweringError,
     TensorRef,
     buffer_ref,
     flat_index,
@@ -63,6 +62,7 @@ class LoweringContext:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     _const_buffers: dict[int, Buffer] = field(default_factory=dict)
     _counter: int = 0
+    _keep_alive: list[np.ndarray] = field(default_factory=list)
 
     def fresh(self, hint: str) -> str:
         self._counter += 1
@@ -95,7 +95,7 @@ class LoweringContext:
         self.buffers[buf.name] = buf
         self.weights[buf.name] = data
         self._const_buffers[key] = buf
-        self._keep_alive = getattr(self, "_keep_alive", []) + [array]
+        self._keep_alive.append(array)  # ids stay unique while the array lives
         return buf
 
     def const_ref(self, array: Any, dtype: str) -> TensorRef:
@@ -167,8 +167,3 @@ class LoweringContext:
                                                               ref.read(idx)))
         self.add_kernel(hint, body)
         return buffer_ref(buf, ref.shape)
-
-    def check_size(self, dims: Sequence[Expr]) -> None:
-        for d in dims:
-            if not isinstance(simplify_expr(d), Const | Var) and False:
-                raise LoweringError(f"bad dim {d}")

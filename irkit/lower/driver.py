@@ -156,7 +156,7 @@ class GraphLowering:
             return self.ctx.materialize(ref, value.name)
         return ref
 
-    def output_buffer(self, value: Value, ref: TensorRef):  # noqa: ANN201
+    def output_buffer(self, value: Value, ref: TensorRef):
         existing = self.ctx.io.get(value.name)
         if existing is not None:
             return existing
@@ -281,5 +281,5 @@ def lower_graph(graph: Graph, tiles: Tiles | None = None) -> LoweredModel:
     return GraphLowering(graph, tiles or Tiles()).run()
 
 
-__all__ = ["LoweredModel", "LoweringError", "SUPPORTED_OPS", "lower_graph", "unsupported_nodes"]
+__all__ = ["SUPPORTED_OPS", "LoweredModel", "LoweringError", "lower_graph", "unsupported_nodes"]
 _ = Const

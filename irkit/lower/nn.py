@@ -35,7 +35,6 @@ from irkit.lower.tensor import (
     buffer_ref,
     flat_index,
     product,
-    static,
 )
 
 NEG_INF = float("-inf")
@@ -107,8 +106,7 @@ def lower_softmax(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     x = ins[0]
     assert x is not None
     axis = int(node.attr("axis", -1)) % x.rank
-    axes = [axis] if node.op != "Softmax" or True else []
-    red = _Reducer(ctx, x.shape, axes)
+    red = _Reducer(ctx, x.shape, [axis])
     out = ctx.new_buffer("softmax", x.dtype, product(x.shape))
     m, s = red.scalar(), red.scalar()
     z = Const(0)

@@ -57,11 +57,12 @@ def plan_workspace(kernels: list[Kernel], buffers: list[Buffer]) -> MemoryPlan:
     assignment: dict[str, int] = {}
     for buf in order:
         need = sizes[buf.name]
-        best = None
-        for s, slot in enumerate(slots):
-            if slot["free_after"] < first[buf.name]:  # type: ignore[operator]
-                if best is None:
-                    best = s
+        # Best fit: the free slot whose size (at N=64) is closest to this buffer's.
+        want = need[0] * 64 + need[1]
+        free = [s for s, slot in enumerate(slots)
+                if slot["free_after"] < first[buf.name]]  # type: ignore[operator]
+        best = min(free, key=lambda s: abs(slots[s]["n"] * 64 + slots[s]["c"] - want),  # type: ignore[operator]
+                   default=None)
         if best is None:
             slots.append({"n": need[0], "c": need[1], "free_after": last[buf.name]})
             best = len(slots) - 1

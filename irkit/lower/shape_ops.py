@@ -341,8 +341,8 @@ def lower_shape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
 
 def lower_constant(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                    ) -> list[TensorRef]:
-    from irkit.lower.tensor import KIR_DTYPES
     from irkit.ir import DType
+    from irkit.lower.tensor import KIR_DTYPES
 
     value = node.attr("value", None)
     for key in ("value_float", "value_int", "value_floats", "value_ints"):
@@ -362,8 +362,8 @@ def lower_constant_of_shape(ctx: LoweringContext, node: Node, ins: list[TensorRe
     dims = _int_list(ins[0], "ConstantOfShape shape") or []
     value = node.attr("value", None)
     arr = np.asarray(value if value is not None else np.zeros(1, np.float32)).reshape(-1)
-    from irkit.lower.tensor import KIR_DTYPES
     from irkit.ir import DType
+    from irkit.lower.tensor import KIR_DTYPES
 
     return [ctx.const_ref(np.full(dims, arr[0], dtype=arr.dtype),
                           KIR_DTYPES[DType.from_numpy(arr.dtype)])]

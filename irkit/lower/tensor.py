@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from irkit.ir import DType
-from irkit.kir import N, Buffer, Const, Expr, Load, simplify_expr
+from irkit.kir import Buffer, Const, Expr, Load, N, simplify_expr
 from irkit.kir.visit import substitute
 
 Index = tuple[Expr, ...]

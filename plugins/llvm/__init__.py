@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from irkit.runtime.artifact import Artifact
-from irkit.runtime.options import Option
-from irkit.runtime.signature import TensorSpec
 
 from irkit import __version__
 from irkit.errors import IrkitError
+from irkit.runtime.artifact import Artifact
+from irkit.runtime.options import Option
+from irkit.runtime.signature import TensorSpec
 
 OBJECT_FILE = "model.o"
 WEIGHTS_FILE = "weights.bin"

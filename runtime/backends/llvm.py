@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from irkit.runtime.artifact import ArtifactError, Manifest, read_verified
 
 _KERNEL_TYPE = ctypes.CFUNCTYPE(

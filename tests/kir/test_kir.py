@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from irkit.kir import (
-    N,
     Binary,
     Block,
     Broadcast,
@@ -19,8 +18,10 @@ from irkit.kir import (
     KirError,
     Let,
     Load,
+    N,
     Select,
     Store,
+    Unary,
     Var,
     format_expr,
     prepare_kernel,
@@ -32,14 +33,14 @@ from irkit.kir import (
 )
 from irkit.kir.simplify import EXPR_RULES, rewrite_expr
 
-I, J = Var("i"), Var("j")
+IV, JV = Var("i"), Var("j")
 X = Buffer("x", "f32", N * 4)
 Y = Buffer("y", "f32", N * 4)
 
 
 def relu_kernel() -> Kernel:
-    body = For(I, N, For(J, Const(4), Store(Y, I * 4 + J, Binary(
-        "max", Load(X, I * 4 + J), Const(0.0, "f32")))), "parallel")
+    body = For(IV, N, For(JV, Const(4), Store(Y, IV * 4 + JV, Binary(
+        "max", Load(X, IV * 4 + JV), Const(0.0, "f32")))), "parallel")
     return Kernel("relu", (X, Y), body)
 
 
@@ -60,11 +61,11 @@ def test_print_vector_local_if_let() -> None:
     v = Var("v", "f32")
     body = Block((
         Let(v, Load(X, Const(0), 8)),
-        Store(acc, Const(0), Call("fma", (Broadcast(Load(X, I), 8), v, Load(acc, Const(0), 8)))),
-        If(Binary("lt", I, Const(3)), Store(Y, I, Cast("f32", I)), Store(Y, I, Select(
-            Binary("eq", I, Const(4)), Const(1.0, "f32"), Const(2.0, "f32")))),
+        Store(acc, Const(0), Call("fma", (Broadcast(Load(X, IV), 8), v, Load(acc, Const(0), 8)))),
+        If(Binary("lt", IV, Const(3)), Store(Y, IV, Cast("f32", IV)), Store(Y, IV, Select(
+            Binary("eq", IV, Const(4)), Const(1.0, "f32"), Const(2.0, "f32")))),
     ))
-    kernel = Kernel("k", (X, Y), For(I, Const(8), body, "serial", Const(2)), (acc,))
+    kernel = Kernel("k", (X, Y), For(IV, Const(8), body, "serial", Const(2)), (acc,))
     assert print_kernel(kernel) == """\
 kernel k(x: f32[(N * 4)], y: f32[(N * 4)]) {
   local acc: f32[16]
@@ -80,26 +81,26 @@ kernel k(x: f32[(N * 4)], y: f32[(N * 4)]) {
 
 
 SIMPLIFY_CASES = [
-    (I + 0, "i"),
-    (0 + I, "i"),
-    (I * 1, "i"),
-    (I * 0, "0"),
-    (I - I, "0"),
-    ((I + 3) + 4, "(i + 7)"),
-    ((I * 2) * 8, "(i * 16)"),
-    (Const(3) + I, "(i + 3)"),
+    (IV + 0, "i"),
+    (0 + IV, "i"),
+    (IV * 1, "i"),
+    (IV * 0, "0"),
+    (IV - IV, "0"),
+    ((IV + 3) + 4, "(i + 7)"),
+    ((IV * 2) * 8, "(i * 16)"),
+    (Const(3) + IV, "(i + 3)"),
     (Const(6) * Const(7), "42"),
     (Const(7) // Const(2), "3"),
     (Const(-7) % Const(3), "-1"),
-    ((I * 8) % 8, "0"),
-    ((I * 8) // 8, "i"),
-    ((I // 32) * 32 + I % 32, "i"),
-    (((J + I // 32) * 32) + I % 32, "((j * 32) + i)"),
-    (Select(Binary("lt", Const(1), Const(2)), I, J), "i"),
-    (Select(Binary("lt", I, J), J, J), "j"),
-    (Cast("i64", I), "i"),
+    ((IV * 8) % 8, "0"),
+    ((IV * 8) // 8, "i"),
+    ((IV // 32) * 32 + IV % 32, "i"),
+    (((JV + IV // 32) * 32) + IV % 32, "((j * 32) + i)"),
+    (Select(Binary("lt", Const(1), Const(2)), IV, JV), "i"),
+    (Select(Binary("lt", IV, JV), JV, JV), "j"),
+    (Cast("i64", IV), "i"),
     (Cast("f32", Const(3)), "3.0:f32"),
-    (-(-I), "i"),
+    (Unary("neg", Unary("neg", IV)), "i"),
     (Binary("max", Const(2), Const(5)), "5"),
     (Const(1.5, "f32") * Const(2.0, "f32"), "3.0:f32"),
     (Var("x", "f32") + Const(0.0, "f32"), "x"),
@@ -123,15 +124,15 @@ def test_rewrite_rule_returning_none_is_no_match() -> None:
         calls.append(expr)
         return None
 
-    expr = Binary("add", I, J)
+    expr = Binary("add", IV, JV)
     assert rewrite_expr(expr, [(Binary, never)]) == expr
     assert calls == [expr]
 
 
 def test_simplify_stmt_folds_loops_and_ifs() -> None:
     stmt = Block((
-        For(I, Const(0), Store(Y, I, Const(1.0, "f32"))),
-        For(J, Const(1), Store(Y, J + 2, Const(2.0, "f32")), "serial", Const(5)),
+        For(IV, Const(0), Store(Y, IV, Const(1.0, "f32"))),
+        For(JV, Const(1), Store(Y, JV + 2, Const(2.0, "f32")), "serial", Const(5)),
         If(Binary("gt", Const(2), Const(1)), Store(Y, Const(0), Const(3.0, "f32"))),
     ))
     out = simplify_stmt(stmt)
@@ -140,11 +141,11 @@ def test_simplify_stmt_folds_loops_and_ifs() -> None:
 
 
 def test_unroll_expands_constant_loops() -> None:
-    stmt = For(I, Const(3), Store(Y, I * 2, Const(0.0, "f32")), "unroll")
+    stmt = For(IV, Const(3), Store(Y, IV * 2, Const(0.0, "f32")), "unroll")
     assert simplify_stmt(unroll_loops(stmt)) == Block(tuple(
         Store(Y, Const(2 * k), Const(0.0, "f32")) for k in range(3)))
     with pytest.raises(KirError, match="constant extent"):
-        unroll_loops(For(I, N, Store(Y, I, Const(0.0, "f32")), "unroll"))
+        unroll_loops(For(IV, N, Store(Y, IV, Const(0.0, "f32")), "unroll"))
 
 
 def test_prepare_kernel_keeps_semantics_text() -> None:
@@ -160,7 +161,7 @@ def test_prepare_kernel_keeps_semantics_text() -> None:
         (Store(Y, Const(0), Const(1)), "storing i64"),
         (Store(Y, Const(0), Binary("add", Const(1.0, "f32"), Const(1))), "mixes f32 and i64"),
         (Store(Y, Const(0), Call("nope", (Const(1.0, "f32"),))), "unknown call"),
-        (For(I, Const(2), Store(Y, I, Const(0.0, "f32")), "sideways"), "loop kind"),
+        (For(IV, Const(2), Store(Y, IV, Const(0.0, "f32")), "sideways"), "loop kind"),
         (Let(Var("a", "f32"), Const(1)), "let a"),
     ],
 )

@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("llvmlite")
 
-from onnx import TensorProto, helper  # noqa: E402
+from onnx import TensorProto, helper
 
-import irkit  # noqa: E402
-import irkit.runtime  # noqa: E402
+import irkit
+import irkit.runtime
 
 X = np.concatenate([
     np.linspace(-12, 12, 4001), np.linspace(-1e-3, 1e-3, 101), [-100, -88, 88, 100, 0.0],
@@ -27,7 +27,7 @@ REFERENCE = {
 }
 
 
-def compiled_unary(op: str, tmp_path: Path):  # noqa: ANN201
+def compiled_unary(op: str, tmp_path: Path):
     graph = helper.make_graph(
         [helper.make_node(op, ["x"], ["y"])], op,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
