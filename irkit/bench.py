@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,8 +222,7 @@ def run_bench(
                 ort = irkit.runtime.load(Path(tmp) / "b", threads=thr)
             for batch in batches:
                 feeds = _inputs(graph, batch)
-                t_ours, t_ort = alternate(lambda m=ours, f=feeds: m.run(f),
-                                          lambda m=ort, f=feeds: m.run(f),
+                t_ours, t_ort = alternate(partial(ours.run, feeds), partial(ort.run, feeds),
                                           repeats)
                 row = BenchRow(name, batch, thr, t_ours * 1e3, t_ort * 1e3)
                 result.rows.append(row)

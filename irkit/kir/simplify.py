@@ -109,7 +109,7 @@ def reassociate_constants(expr: Expr) -> Expr | None:
         and isinstance(a.b, Const)
     ):
         folded = _fold(expr.op, a.b.value, b.value, b.type)
-        return Binary(expr.op, a.a, Const(folded, b.type))
+        return None if folded is None else Binary(expr.op, a.a, Const(folded, b.type))
     return None
 
 
@@ -220,7 +220,7 @@ def simplify_expr(expr: Expr) -> Expr:
 
 def drop_empty_loop(stmt: Stmt) -> Stmt | None:
     assert isinstance(stmt, For)
-    if _is_const(stmt.extent) and stmt.extent.value <= 0:  # type: ignore[union-attr]
+    if isinstance(stmt.extent, Const) and stmt.extent.value <= 0:
         return Block(())
     return None
 

@@ -90,7 +90,7 @@ class LoweringContext:
         found = self._const_buffers.get(key)
         if found is not None:
             return found
-        data = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[dtype]).reshape(-1)
+        data: np.ndarray = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[dtype]).reshape(-1)
         buf = Buffer(self.fresh(hint), dtype, Const(max(data.size, 1)))
         self.buffers[buf.name] = buf
         self.weights[buf.name] = data

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -221,7 +222,7 @@ def fold_constant(node: Node, ins: Sequence[TensorRef | None]) -> list[np.ndarra
         *BINARY, "Neg", "Identity", "Cast", "Where", "Not", "Sqrt", "Pow"
     ):
         return None
-    arrays = [None if r is None else r.const for r in ins]
+    arrays: list[Any] = [None if r is None else r.const for r in ins]
     a = arrays[0]
     ops: dict[str, Callable[..., np.ndarray]] = {
         "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum,

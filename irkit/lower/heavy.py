@@ -121,6 +121,7 @@ def plan_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -
                 value = value + (cval if beta == 1.0 else cval * Const(beta, "f32"))
             return epilogue(idx, value)
 
+        assert a_mat.buffer is not None
         spec = GemmSpec(batch=batch, rows=rows_all, depth=k, cols=cols, a_buf=a_mat.buffer,
                         a_offset=a_offset, lda=k, store=store, **spec_b)  # type: ignore[arg-type]
         emit_gemm(ctx, spec, node.op.lower())

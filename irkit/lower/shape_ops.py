@@ -17,6 +17,7 @@ from irkit.lower.context import LoweringContext
 from irkit.lower.tensor import (
     Index,
     LoweringError,
+    Reader,
     TensorRef,
     affine,
     broadcast_read,
@@ -68,8 +69,9 @@ def view(src: TensorRef, shape: Sequence[Expr], read_fn: object) -> TensorRef:
 def reshape_ref(src: TensorRef, shape: Sequence[Expr]) -> TensorRef:
     """``src`` seen with a new shape of the same size (a buffer alias when contiguous)."""
     shape = tuple(simplify_expr(d) for d in shape)
-    if src.const is not None and all(isinstance(d, Const) for d in shape):
-        dims = tuple(int(d.value) for d in shape)  # type: ignore[union-attr]
+    consts = [d for d in shape if isinstance(d, Const)]
+    if src.const is not None and len(consts) == len(shape):
+        dims = tuple(int(d.value) for d in consts)
         return TensorRef(shape, src.dtype, _const_reader(src, dims), const=np.asarray(
             src.const).reshape(dims))
     if src.buffer is not None:
@@ -88,7 +90,7 @@ def reshape_ref(src: TensorRef, shape: Sequence[Expr]) -> TensorRef:
     return view(src, shape, read)
 
 
-def _const_reader(src: TensorRef, dims: tuple[int, ...]) -> object:
+def _const_reader(src: TensorRef, dims: tuple[int, ...]) -> Reader:
     from irkit.lower.tensor import flat_index as fi
 
     shape_src = src.shape
@@ -371,9 +373,9 @@ def lower_constant_of_shape(ctx: LoweringContext, node: Node, ins: list[TensorRe
 
 def lower_range(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                 ) -> list[TensorRef]:
-    vals = [np.asarray(r.const).reshape(-1)[0] if r is not None and r.const is not None
-            else None for r in ins]
-    if any(v is None for v in vals):
+    vals = [np.asarray(r.const).reshape(-1)[0] for r in ins if r is not None and
+            r.const is not None]
+    if len(vals) != 3:
         raise LoweringError("Range needs constant start, limit and delta")
     arr = np.arange(vals[0], vals[1], vals[2]).astype(np.asarray(vals[0]).dtype)
     assert ins[0] is not None

@@ -51,7 +51,7 @@ def _aligned_empty(nbytes: int, alignment: int = 64) -> np.ndarray:
 
 def _address(array: np.ndarray) -> int:
     try:
-        return ctypes.addressof(ctypes.c_char.from_buffer(array))  # fast path
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))  # type: ignore[arg-type]
     except (TypeError, ValueError):  # read-only or zero-size arrays
         return int(array.ctypes.data)
 
