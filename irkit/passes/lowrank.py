@@ -3,6 +3,12 @@ Conv weights (flattened to [Cout, Cin*k*k]: a k x k Conv to ``rank`` channels fo
 1x1 Conv). The rank is the smallest that keeps ``energy`` of the squared singular values,
 or the smallest whose relative Frobenius error fits ``error_budget``, or a fixed ``rank``.
 Layers where the factorization would not cut multiply-adds by ``min_saving`` are skipped.
+
+With calibration data (and ``whiten``), MatMul/Gemm weights are factorized to preserve the
+layer's *outputs* on that data: with ``E[x^T x] = L L^T`` the SVD is taken of ``L^T W``,
+so ``energy``/``error_budget`` bound the relative output error ``||x W - x A B||`` on the
+calibration inputs instead of the weight error (activations are far from isotropic, so
+this needs much lower ranks for the same accuracy).
 """
 
 from __future__ import annotations
@@ -46,6 +52,45 @@ def factorize(matrix: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray, float
     return a.astype(matrix.dtype), b.astype(matrix.dtype), err
 
 
+def factorize_whitened(matrix: np.ndarray, gram: np.ndarray, *, energy: float | None,
+                       error_budget: float | None, rank: int
+                       ) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Factorize ``matrix [K, N]`` minimizing ``||X (W - A B)||`` where ``gram = X^T X``.
+    Returns (A, B, relative output error on X, rank); :func:`choose_rank` picks the rank
+    from the whitened spectrum."""
+    k = gram.shape[0]
+    gram = gram.astype(np.float64)
+    damp = 1e-6 * max(float(np.trace(gram)) / k, 1e-30)
+    lower = np.linalg.cholesky(gram + damp * np.eye(k))
+    whitened = lower.T @ matrix.astype(np.float64)
+    u, s, vt = np.linalg.svd(whitened, full_matrices=False)
+    r = choose_rank(s, energy=energy, error_budget=error_budget, rank=rank)
+    root = np.sqrt(s[:r])
+    a = np.linalg.solve(lower.T, u[:, :r] * root)
+    b = root[:, None] * vt[:r]
+    total = float((s**2).sum())
+    err = float(np.sqrt((s[r:] ** 2).sum() / total)) if total > 0 else 0.0
+    return a.astype(matrix.dtype), b.astype(matrix.dtype), err, r
+
+
+def input_grams(graph: Graph, names: list[str], batches: Any) -> dict[str, np.ndarray]:
+    """``X^T X`` of each named value, X its rows over the last axis, over all batches."""
+    from irkit.passes.manager import evaluate_graph
+
+    work = graph.clone()
+    by_name = {v.name: v for v in work.values()}
+    work.set_outputs([*work.outputs, *(by_name[n] for n in names
+                                       if by_name[n] not in work.outputs)])
+    grams: dict[str, np.ndarray] = {}
+    for batch in batches:
+        outputs = evaluate_graph(work, batch)
+        for name in names:
+            array = np.asarray(outputs[name], np.float64)
+            rows = array.reshape(-1, array.shape[-1])
+            grams[name] = grams.get(name, 0) + rows.T @ rows
+    return grams
+
+
 def _shape_with_last(value: Value, last: int) -> TensorType | None:
     t = value.type
     if not isinstance(t, TensorType) or t.shape is None:
@@ -63,32 +108,51 @@ class LowRank(Pass):
     rank: int = 0
     min_saving: float = 0.1
     conv: bool = True
+    whiten: bool = True
     exclude: tuple[str, ...] = ()
 
     def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
         layers: dict[str, dict[str, Any]] = {}
         skipped: dict[str, str] = {}
         # weights shared by several nodes (CSE merges identical layers) share their factors
-        shared: dict[tuple[int, bool], tuple[Value, Value]] = {}
-        for node in graph.nodes:
+        shared: dict[tuple[int, bool, str], tuple[Value, Value]] = {}
+        targets = [n for n in graph.nodes if self._matrix(n) is not None
+                   and not {n.name, n.op, n.outputs[0].name} & set(self.exclude)]
+        grams: dict[str, np.ndarray] = {}
+        if self.whiten and context.calibration:
+            names = {n.inputs[0].name: None for n in targets  # type: ignore[union-attr]
+                     if n.op not in ("Conv", "ConvBiasAct")}
+            grams = input_grams(graph, list(names), context.calibration)
+        for node in targets:
             label = node.name or node.outputs[0].name
-            if {node.name, node.op, node.outputs[0].name} & set(self.exclude):
-                continue
             matrix = self._matrix(node)
-            if matrix is None:
-                continue
+            assert matrix is not None
             k, n = matrix.shape
-            _, s, _ = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
-            r = choose_rank(s, energy=self.energy, error_budget=self.error_budget,
-                            rank=self.rank)
+            x = node.inputs[0]
+            assert x is not None
+            gram = grams.get(x.name) if node.op not in ("Conv", "ConvBiasAct") else None
+            if gram is not None:
+                a, b, err, r = factorize_whitened(matrix, gram, energy=self.energy,
+                                                  error_budget=self.error_budget, rank=self.rank)
+                criterion = "output"
+            else:
+                _, s, _ = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
+                r = choose_rank(s, energy=self.energy, error_budget=self.error_budget,
+                                rank=self.rank)
+                a = b = np.empty(0)
+                err, criterion = 0.0, "weight"
             if r * (k + n) > (1.0 - self.min_saving) * k * n:
                 skipped[label] = f"rank {r}/{min(k, n)} would not save {self.min_saving:.0%}"
                 continue
-            a, b, err = factorize(matrix, r)
+            if gram is None:
+                a, b, err = factorize(matrix, r)
+            weight_err = float(np.linalg.norm(matrix - a.astype(np.float64) @ b)
+                               / max(float(np.linalg.norm(matrix)), 1e-30))
             is_conv = node.op in ("Conv", "ConvBiasAct")
             w = node.inputs[1]
             assert w is not None and w.const is not None
-            key = (id(w), node.op == "Gemm" and bool(node.attr("transB", 0)))
+            key = (id(w), node.op == "Gemm" and bool(node.attr("transB", 0)),
+                   x.name if gram is not None else "")
             if key not in shared:
                 if is_conv:
                     first_w = a.T.reshape(r, *w.const.shape[1:])  # k x k conv to r channels
@@ -102,7 +166,9 @@ class LowRank(Pass):
             else:
                 self._split_matmul(graph, node, first, second)
             layers[label] = {"rank": r, "full_rank": min(k, n), "macs_before": k * n,
-                             "macs_after": r * (k + n), "weight_rel_error": round(err, 6)}
+                             "macs_after": r * (k + n), "criterion": criterion,
+                             "bounded_rel_error": round(err, 6),
+                             "weight_rel_error": round(weight_err, 6)}
         drop_unused_constants(graph)
         return bool(layers), {"layers": layers, "skipped": skipped}
 

@@ -161,8 +161,14 @@ def test_lowrank_error_budget(digits: dict[str, Any], budget: float) -> None:
     layers = out.history[-1].details["layers"]
     assert layers
     for layer in layers.values():
-        assert layer["weight_rel_error"] <= budget + 1e-6
+        assert layer["criterion"] == "output"  # calibration given: output error is bounded
+        assert layer["bounded_rel_error"] <= budget + 1e-6
         assert layer["macs_after"] <= layer["macs_before"]
+    weight_only = _optimize(digits["mlp"], f"lowrank{{error_budget={budget},min_saving=0.0,"
+                                           "whiten=false}")
+    for layer in weight_only.history[-1].details["layers"].values():
+        assert layer["criterion"] == "weight"
+        assert layer["weight_rel_error"] <= budget + 1e-6
     x = digits["mlp"]["eval"]
     assert set(evaluate_graph(out, x)) == {"logits"}
 
