@@ -78,7 +78,10 @@ UNARY: dict[str, UnaryFn] = {
         "min", _c(1, x), x * _c(1.0 / 6.0, x) + _c(0.5, x))),
     "Softplus": lambda x, n: Call("log", (_c(1.0, x) + Call("exp", (x,)),)),
     "Softsign": lambda x, n: x / (_c(1.0, x) + Call("abs", (x,))),
+    "IsNaN": lambda x, n: Binary("ne", x, x),
+    "IsInf": lambda x, n: Binary("eq", Call("abs", (x,)), _c(float("inf"), x)),
 }
+BOOL_RESULT = frozenset(["IsNaN", "IsInf"])
 
 BINARY = {
     "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min",
@@ -103,7 +106,8 @@ def lower_unary(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -
     x = ins[0]
     assert x is not None
     fn = UNARY[node.op]
-    return [inline(x.shape, x.dtype, lambda idx: fn(x.read(idx), node), [x])]
+    dtype = "bool" if node.op in BOOL_RESULT else x.dtype
+    return [inline(x.shape, dtype, lambda idx: fn(x.read(idx), node), [x])]
 
 
 def _pow(base: Expr, exponent: TensorRef, idx_e: Expr) -> Expr:

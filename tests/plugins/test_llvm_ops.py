@@ -62,6 +62,8 @@ CASES = [
     Case("gelu", [node("Gelu", ["x"])], {"x": (("N", 16), F)}, opset=20),
     Case("gelu_tanh", [node("Gelu", ["x"], approximate="tanh")], {"x": (("N", 16), F)},
          opset=20),
+    Case("isnan_where", [node("Div", ["x", "x"], ["q"]), node("IsNaN", ["q"], ["c"]),
+                         node("Where", ["c", "x", "q"])], {"x": (("N", 6), F)}),
     Case("leaky_relu", [node("LeakyRelu", ["x"], alpha=0.2)], {"x": (("N", 6), F)}),
     Case("hard_sigmoid", [node("HardSigmoid", ["x"])], {"x": (("N", 6), F)}),
     Case("clip", [node("Clip", ["x", "lo", "hi"])], {"x": (("N", 6), F)},
@@ -230,4 +232,4 @@ def test_op_matches_onnxruntime(case: Case, tmp_path: Path) -> None:
 
 
 def test_case_count() -> None:
-    assert len(CASES) == 66
+    assert len(CASES) == 67
