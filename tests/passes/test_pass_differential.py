@@ -241,4 +241,4 @@ def test_whitened_lowrank_beats_weight_svd_at_equal_rank(digits: dict[str, Any])
         out = _optimize(digits["mlp"], f"lowrank{{rank=12,min_saving=0.0,whiten={whiten}}}")
         errors[whiten] = out.history[-1].rel_error
         assert out.history[-1].details["layers"]["/0/Gemm"]["rank"] == 12
-    assert errors["true"] < 0.5 * errors["false"]
+    assert errors["true"] < 0.75 * errors["false"]
