@@ -4,9 +4,9 @@
 
 1. static int8 per-channel accuracy on digits MLP/CNN vs fp32 (and the other int8 modes)
 2. accuracy cost of structured (and unstructured) pruning on digits MLP/CNN
-3. lowrank{energy=0.95} on a transformer encoder: parameters, MACs, output error
-   (the seeded random-init encoder from irkit.testing, and MiniLM's trained encoder when
-   an exported ONNX file is given with --minilm)
+3. lowrank (energy 0.95/0.99, error budget; weight SVD vs output-whitened SVD) on the
+   digits MLP, a transformer encoder (seeded random init, from irkit.testing) and MiniLM's
+   trained encoder when an exported ONNX file is given with --minilm: params, MACs, error
 4. speed, naming the backend of every number (benchmarks/bench_passes.py)
 """
 
@@ -133,62 +133,87 @@ def _variant_table(irkit: Any, digits: dict[str, Any],
     return "\n".join(lines), rows
 
 
-def lowrank_table(models: list[tuple[str, Any, dict[str, np.ndarray], dict[str, int]]]
-                  ) -> tuple[str, list[dict[str, Any]]]:
+LowRankModel = tuple[str, Any, dict[str, np.ndarray], list[dict[str, np.ndarray]],
+                     dict[str, int], Any]
+"""(label, graph, eval feeds, calibration batches, symbol sizes, labels or None)"""
+
+LOWRANK_PIPELINES = (
+    ("energy 0.95, weight SVD", "lowrank{energy=0.95,whiten=false}"),
+    ("energy 0.95, output-whitened SVD", "lowrank{energy=0.95}"),
+    ("energy 0.99, output-whitened SVD", "lowrank{energy=0.99}"),
+    ("error budget 0.05, output-whitened SVD", "lowrank{error_budget=0.05}"),
+)
+
+
+def lowrank_table(models: list[LowRankModel]) -> tuple[str, list[dict[str, Any]]]:
     import irkit
 
     rows = []
-    for label, graph, feeds, dims in models:
+    for label, graph, feeds, calibration, dims, labels in models:
         base = irkit.optimize(graph, "simplify,fuse{epilogues=false}")
-        for pipeline in ("lowrank{energy=0.95}", "lowrank{energy=0.99}",
-                         "lowrank{error_budget=0.5}"):
-            out = irkit.optimize(base, pipeline, eval_data=feeds)
+        for variant, pipeline in LOWRANK_PIPELINES:
+            out = irkit.optimize(base, pipeline, eval_data=feeds, calibration=calibration,
+                                 labels=labels)
             report = out.history[-1]
             layers = report.details["layers"]
-            rows.append({"model": label, "pipeline": pipeline,
+            rows.append({"model": label, "variant": variant, "pipeline": pipeline,
                          "factorized": len(layers), "skipped": len(report.details["skipped"]),
                          "params_before": report.params_before,
                          "params_after": report.params_after,
                          "macs_before": linear_macs(base, dims),
                          "macs_after": linear_macs(out, dims),
                          "rel_error": report.rel_error, "max_abs_error": report.max_abs_error,
+                         "accuracy": report.accuracy,
+                         "baseline_accuracy": report.baseline_accuracy,
                          "ranks": {k: f"{v['rank']}/{v['full_rank']}" for k, v in layers.items()}})
-    lines = ["| model | pipeline | layers factorized / skipped | params | linear MACs | "
-             "rel. output error |", "|---|---|---|---|---|---|"]
+    lines = ["| model | variant | layers factorized / skipped | params | linear MACs | "
+             "rel. output error (held-out) | accuracy |", "|---|---|---|---|---|---|---|"]
     for r in rows:
+        acc = "-" if r["accuracy"] is None else \
+            f"{r['accuracy']:.4f} ({100 * (r['accuracy'] - r['baseline_accuracy']):+.2f} pt)"
         lines.append(
-            f"| {r['model']} | {r['pipeline']} | {r['factorized']} / {r['skipped']} | "
+            f"| {r['model']} | {r['variant']} | {r['factorized']} / {r['skipped']} | "
             f"{r['params_before']} -> {r['params_after']} "
             f"({r['params_after'] / r['params_before']:.2f}x) | {r['macs_before']} -> "
             f"{r['macs_after']} ({r['macs_after'] / max(r['macs_before'], 1):.2f}x) | "
-            f"{r['rel_error']:.3e} |")
+            f"{r['rel_error']:.3e} | {acc} |")
     return "\n".join(lines), rows
 
 
-def transformer_models(minilm: Path | None) -> list[tuple[str, Any, dict[str, np.ndarray],
-                                                          dict[str, int]]]:
+def lowrank_models(digits: dict[str, Any], minilm: Path | None) -> list[LowRankModel]:
+    """The digits MLP (accuracy measurable), the seeded random-init encoder and, when given,
+    MiniLM. Calibration and evaluation data never overlap."""
     import torch
 
     import irkit
     from irkit.testing.models import export_onnx, make_transformer_encoder
 
-    out = []
+    mlp = digits["mlp"]
+    labels = np.load(ROOT / "specs" / "data" / "digits_eval.npz")["y"]
+    out: list[LowRankModel] = [("digits MLP", mlp["graph"], {mlp["name"]: mlp["x"]},
+                                mlp["calibration"], {"N": 1}, labels)]
     path = ROOT / "build" / "pass_report" / "transformer.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.randn(2, 64, 128, generator=torch.Generator().manual_seed(0))
     export_onnx(make_transformer_encoder(), (example,), path, input_names=["x"],
                 output_names=["y"])
-    x = np.random.default_rng(0).standard_normal((4, 64, 128)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 64, 128)).astype(np.float32)
+    calibration = [{"x": rng.standard_normal((4, 64, 128)).astype(np.float32)}
+                   for _ in range(4)]
     out.append(("encoder d=128 x2 (seeded random init)", irkit.load_model(str(path)),
-                {"x": x}, {"N": 1}))
+                {"x": x}, calibration, {"N": 1}, None))
     if minilm is not None and minilm.exists():
         graph = irkit.load_model(str(minilm))
-        rng = np.random.default_rng(0)
-        ids = rng.integers(1000, 20000, (2, 32)).astype(np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                 "token_type_ids": np.zeros_like(ids)}
-        feeds = {v.name: feeds[v.name] for v in graph.inputs}
-        out.append(("MiniLM-L6 (trained)", graph, feeds, {"N": 1, "S": 32}))
+
+        def tokens(seed: int, batch: int, seq: int) -> dict[str, np.ndarray]:
+            ids = np.random.default_rng(seed).integers(1000, 20000, (batch, seq))
+            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                     "token_type_ids": np.zeros_like(ids)}
+            return {v.name: feeds[v.name].astype(np.int64) for v in graph.inputs}
+
+        out.append(("MiniLM-L6 (trained; random token ids)", graph, tokens(0, 2, 32),
+                    [tokens(s, 4, 128) for s in range(1, 4)], {"N": 1, "S": 32}, None))
     return out
 
 
@@ -212,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         sections += [f"## {title}", "", table, ""]
         data[key] = rows
         print(f"## {title}\n\n{table}\n", flush=True)
-    table, rows = lowrank_table(transformer_models(args.minilm))
-    sections += ["## 3. Low-rank factorization of transformer encoders", "", table, ""]
+    table, rows = lowrank_table(lowrank_models(digits, args.minilm))
+    sections += ["## 3. Low-rank factorization (rank from energy / error budget)", "", table, ""]
     data["lowrank"] = rows
     print(f"## 3. lowrank\n\n{table}\n", flush=True)
     if not args.skip_speed:

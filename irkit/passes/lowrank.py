@@ -115,14 +115,21 @@ class LowRank(Pass):
         layers: dict[str, dict[str, Any]] = {}
         skipped: dict[str, str] = {}
         # weights shared by several nodes (CSE merges identical layers) share their factors
-        shared: dict[tuple[int, bool, str], tuple[Value, Value]] = {}
+        shared: dict[tuple[int, bool], tuple[Value, Value]] = {}
         targets = [n for n in graph.nodes if self._matrix(n) is not None
                    and not {n.name, n.op, n.outputs[0].name} & set(self.exclude)]
-        grams: dict[str, np.ndarray] = {}
+        grams: dict[Any, np.ndarray] = {}
         if self.whiten and context.calibration:
             names = {n.inputs[0].name: None for n in targets  # type: ignore[union-attr]
                      if n.op not in ("Conv", "ConvBiasAct")}
-            grams = input_grams(graph, list(names), context.calibration)
+            by_input = input_grams(graph, list(names), context.calibration)
+            # a weight shared by several nodes is fitted to all their inputs at once, so
+            # the factors stay shared: sum_i ||X_i (W - AB)||^2 has the summed Gram matrix
+            for node in targets:
+                x_in = node.inputs[0]
+                if x_in is not None and x_in.name in by_input:
+                    key = self._weight_key(node)
+                    grams[key] = grams.get(key, 0) + by_input[x_in.name]
         for node in targets:
             label = node.name or node.outputs[0].name
             matrix = self._matrix(node)
@@ -130,7 +137,7 @@ class LowRank(Pass):
             k, n = matrix.shape
             x = node.inputs[0]
             assert x is not None
-            gram = grams.get(x.name) if node.op not in ("Conv", "ConvBiasAct") else None
+            gram = grams.get(self._weight_key(node))
             if gram is not None:
                 a, b, err, r = factorize_whitened(matrix, gram, energy=self.energy,
                                                   error_budget=self.error_budget, rank=self.rank)
@@ -151,8 +158,7 @@ class LowRank(Pass):
             is_conv = node.op in ("Conv", "ConvBiasAct")
             w = node.inputs[1]
             assert w is not None and w.const is not None
-            key = (id(w), node.op == "Gemm" and bool(node.attr("transB", 0)),
-                   x.name if gram is not None else "")
+            key = self._weight_key(node)
             if key not in shared:
                 if is_conv:
                     first_w = a.T.reshape(r, *w.const.shape[1:])  # k x k conv to r channels
@@ -171,6 +177,11 @@ class LowRank(Pass):
                              "weight_rel_error": round(weight_err, 6)}
         drop_unused_constants(graph)
         return bool(layers), {"layers": layers, "skipped": skipped}
+
+    @staticmethod
+    def _weight_key(node: Node) -> tuple[int, bool]:
+        """Identifies a weight as used: the constant and whether it is read transposed."""
+        return (id(node.inputs[1]), node.op == "Gemm" and bool(node.attr("transB", 0)))
 
     def _matrix(self, node: Node) -> np.ndarray | None:
         """The weight as [K, N] (input features x outputs), or None if not factorable."""

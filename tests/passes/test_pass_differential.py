@@ -232,6 +232,10 @@ def test_lowrank_shares_factors_of_shared_weights() -> None:
 }""", {"w": w})
     out = irkit.optimize(graph, "lowrank")
     assert sorted(out.constants) == ["w_u", "w_v"]
+    calibration = [{"x": rng.standard_normal((64, 32)).astype(np.float32)}]
+    whitened = irkit.optimize(graph, "lowrank", calibration=calibration)  # fit to both inputs
+    assert sorted(whitened.constants) == ["w_u", "w_v"]
+    assert whitened.history[0].details["layers"]["y"]["criterion"] == "output"
 
 
 def test_whitened_lowrank_beats_weight_svd_at_equal_rank(digits: dict[str, Any]) -> None:
