@@ -351,3 +351,14 @@ def test_memory_does_not_grow_with_the_input(tmp_path: Path, digits_dir: Path) -
     print(f"RSS growth: {growth_mb}")
     assert growth_mb[400_000] < growth_mb[100_000] + 24, growth_mb
     assert growth_mb[400_000] < 200, growth_mb
+
+
+def test_progress_bar_reports_rows_per_second(
+    tmp_path: Path, digits_model: irkit.runtime.CompiledModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "in.npy", np.zeros((300, 64), np.float32))
+    BatchAdapter(digits_model, input=str(tmp_path / "in.npy"), output=str(tmp_path / "o.npz"),
+                 chunk_rows=100).serve()  # fmt: skip
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "300/300" in captured.err and "rows/s" in captured.err

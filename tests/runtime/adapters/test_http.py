@@ -448,3 +448,60 @@ def test_batcher_queue_bound_and_timeout(
         with pytest.raises(RequestTimeout):
             future.result(10)
     batcher.stop()
+
+
+SERVE_SCRIPT = """
+import sys, threading, time
+from pathlib import Path
+import irkit.runtime
+from irkit.runtime.adapters.http import HttpAdapter
+
+model = irkit.runtime.load(sys.argv[1])
+
+class Slow:  # each model call takes 0.5 s, so a request is in flight when SIGTERM lands
+    name, inputs, outputs = model.name, model.inputs, model.outputs
+    def validate(self, inputs): return model.validate(inputs)
+    def warmup(self): return model.warmup()
+    def run(self, inputs):
+        time.sleep(0.5)
+        return model.run(inputs)
+
+adapter = HttpAdapter(Slow(), port=0)
+threading.Thread(target=lambda: adapter.ready.wait(30)
+                 and Path(sys.argv[2]).write_text(str(adapter.port)), daemon=True).start()
+adapter.serve()
+print("served and returned", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(
+    tmp_path: Path, digits_dir: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    port_file = tmp_path / "port"
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVE_SCRIPT, str(digits_dir), str(port_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text()):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port_file.read_text()}/v2/models/digits/infer"
+        x = np.zeros((1, 64), np.float32)
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, url, json=infer_json(x), timeout=30)
+            time.sleep(0.2)  # the request is now inside the model call
+            process.send_signal(signal.SIGTERM)
+            assert pending.result().status_code == 200
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "served and returned" in stdout
