@@ -101,6 +101,8 @@ def _python_type(hint: Any) -> type | tuple[type, ...]:
     import types
     import typing
 
+    if hint is typing.Any:
+        return object
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         flat: list[type] = []

@@ -31,11 +31,22 @@ def _decompose_in(graph: Graph) -> None:
             _decompose_in(sub)
         if node.domain != IRKIT_DOMAIN:
             continue
+        original_names = [v.name for v in node.outputs]
         new_outputs = get_irkit_op(node).decompose(graph, node)
-        for old, new in zip(node.outputs, new_outputs):
+        renames = []
+        for old, new, name in zip(node.outputs, new_outputs, original_names):
             new.type = old.type
             old.replace_all_uses_with(new)
+            if new.name != name and new.producer is not None and not old.absent:
+                renames.append((new, name))
         graph.remove_node(node)
+        # The decomposition's results take the op's output names: graph outputs and
+        # artifact signatures keep their names.
+        for new, name in renames:
+            if name not in graph._names:
+                graph._names.discard(new.name)
+                graph._names.add(name)
+                new.name = name
 
 
 def _value_info(value: Value) -> onnx.ValueInfoProto:

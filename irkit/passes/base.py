@@ -75,6 +75,13 @@ def _format_option(value: Any) -> str:
     return str(value)
 
 
+CALIBRATE_DOC = (
+    "calibration data, e.g. npz(\"calib.npz\", input = \"x\"); the pass reads batches from "
+    "PassContext.calibration, which irkit.build fills from this reference"
+)
+"""Doc of the ``calibrate`` option that passes using data declare (a spec's npz(...))."""
+
+
 # -- helpers shared by the rewriting passes ------------------------------------------------
 
 def const_of(value: Value | None) -> np.ndarray | None:

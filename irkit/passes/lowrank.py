@@ -13,14 +13,20 @@ this needs much lower ranks for the same accuracy).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from irkit.ir import Graph, Node, Value
 from irkit.ir.types import TensorType
-from irkit.passes.base import IRKIT_DOMAIN, Pass, PassContext, drop_unused_constants
+from irkit.passes.base import (
+    CALIBRATE_DOC,
+    IRKIT_DOMAIN,
+    Pass,
+    PassContext,
+    drop_unused_constants,
+)
 
 
 def choose_rank(singular: np.ndarray, *, energy: float | None, error_budget: float | None,
@@ -110,6 +116,7 @@ class LowRank(Pass):
     conv: bool = True
     whiten: bool = True
     exclude: tuple[str, ...] = ()
+    calibrate: Any = field(default=None, compare=False, metadata={"doc": CALIBRATE_DOC})
 
     def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
         layers: dict[str, dict[str, Any]] = {}

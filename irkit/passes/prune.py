@@ -11,14 +11,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from irkit.ir import Graph, Node, Value
 from irkit.ir.types import TensorType
-from irkit.passes.base import IRKIT_DOMAIN, Pass, PassContext, drop_unused_constants
+from irkit.passes.base import (
+    CALIBRATE_DOC,
+    IRKIT_DOMAIN,
+    Pass,
+    PassContext,
+    drop_unused_constants,
+)
 from irkit.passes.prune_data import (
     Moments,
     add_consumer_bias,
@@ -191,6 +197,7 @@ class Prune(Pass):
     exclude: tuple[str, ...] = ()
     criterion: Literal["weight", "activation"] = "weight"
     compensate: bool = True
+    calibrate: Any = field(default=None, compare=False, metadata={"doc": CALIBRATE_DOC})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:

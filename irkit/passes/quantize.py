@@ -21,6 +21,7 @@ from irkit.ir import Graph, Node, Value
 from irkit.ir.dtypes import DType
 from irkit.ir.types import TensorType
 from irkit.passes.base import (
+    CALIBRATE_DOC,
     IRKIT_DOMAIN,
     Pass,
     PassContext,
@@ -125,6 +126,7 @@ class Quantize(Pass):
     percentile: float = 99.99
     format: Literal["irkit", "qdq"] = "irkit"
     exclude: tuple[str, ...] = ()
+    calibrate: Any = field(default=None, compare=False, metadata={"doc": CALIBRATE_DOC})
 
     @property
     def needs_calibration(self) -> bool:  # type: ignore[override]
