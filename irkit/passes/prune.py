@@ -186,7 +186,8 @@ def _set_dim(value: Value, axis: int, size: int) -> None:
 @dataclass(frozen=True)
 class Prune(Pass):
     """Magnitude pruning; see the module docstring. ``sparsity`` is the fraction of weights
-    (unstructured) or of output channels per layer (structured) removed."""
+    (unstructured) or of output channels per layer (structured) removed.
+    ``structured = true`` (the spelling of DESIGN.md's spec example) is ``mode=structured``."""
 
     name = "prune"
     sparsity: float = 0.5
@@ -198,8 +199,11 @@ class Prune(Pass):
     criterion: Literal["weight", "activation"] = "weight"
     compensate: bool = True
     calibrate: Any = field(default=None, compare=False, metadata={"doc": CALIBRATE_DOC})
+    structured: bool = False
 
     def __post_init__(self) -> None:
+        if self.structured:
+            object.__setattr__(self, "mode", "structured")
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"prune: sparsity must be in [0, 1), got {self.sparsity}")
 
