@@ -4,6 +4,7 @@
   saved ``ort`` artifact, from ``specs/models/digits_mlp.onnx`` when scripts/make_models.py
   has produced it, else an equivalent seeded MLP built with onnx.helper.
 - ``gemm_dir``: a 512x512 GEMM model (x f32[N,512] -> y f32[N,512]).
+- ``pair_model``: two inputs and two outputs, one of them INT64 (see its docstring).
 - ``GatedModel``: wraps a CompiledModel; its warmup and/or run block on events, to force
   503 (not yet warmed up), 429 (queue full) and 504 (timeout) deterministically.
 - ``gated(model, gate_run=True)``: factory of GatedModels (gates opened at teardown).
@@ -116,6 +117,45 @@ def gemm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digits_model(digits_dir: Path) -> CompiledModel:
     return irkit.runtime.load(digits_dir)
+
+
+@pytest.fixture(scope="session")
+def pair_model(tmp_path_factory: pytest.TempPathFactory) -> CompiledModel:
+    """Two inputs, two outputs of different dtypes: x f32[N,4], s f32[N,3] ->
+    y = relu(x @ W + s) f32[N,3], label = argmax(y) i64[N]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(5).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "s"], ["pre"]),
+            helper.make_node("Relu", ["pre"], ["y"]),
+            helper.make_node("ArgMax", ["y"], ["label"], axis=1, keepdims=0),
+        ],
+        "pair",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+        ],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    directory = save_ort_artifact(
+        tmp_path_factory.mktemp("artifacts") / "pair",
+        "pair",
+        model.SerializeToString(),
+        [TensorSpec("x", np.dtype(np.float32), ("N", 4)),
+         TensorSpec("s", np.dtype(np.float32), ("N", 3))],
+        [TensorSpec("y", np.dtype(np.float32), ("N", 3)),
+         TensorSpec("label", np.dtype(np.int64), ("N",))],
+    )  # fmt: skip
+    return irkit.runtime.load(directory)
 
 
 class GatedModel:

@@ -362,3 +362,37 @@ def test_progress_bar_reports_rows_per_second(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "300/300" in captured.err and "rows/s" in captured.err
+
+
+def test_columns_map_to_several_inputs_and_outputs(
+    tmp_path: Path, pair_model: irkit.runtime.CompiledModel
+) -> None:
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((50, 4)).astype(np.float32)
+    s = rng.standard_normal((50, 3)).astype(np.float32)
+    columns = {"id": np.arange(50) * 10, **{f"x{i}": x[:, i] for i in range(4)},
+               **{f"s{i}": s[:, i] for i in range(3)}}  # fmt: skip
+    pq.write_table(pa.table(columns), tmp_path / "in.parquet")
+    with open(tmp_path / "in.jsonl", "w") as handle:
+        for xr, sr in zip(x.tolist(), s.tolist()):
+            handle.write(json.dumps({"features": xr, "extra": sr}) + "\n")
+    want = pair_model(x=x, s=s)
+    mappings = {
+        "parquet": {"x": [f"x{i}" for i in range(4)], "s": ["s0", "s1", "s2"]},
+        "jsonl": {"x": "features", "s": "extra"},
+    }
+    for fmt, mapping in mappings.items():
+        out = tmp_path / f"out-{fmt}.csv"
+        summary = BatchAdapter(pair_model, input=str(tmp_path / f"in.{fmt}"), output=str(out),
+                               input_name=mapping, chunk_rows=16, progress=False).serve()  # fmt: skip
+        assert summary.written == 50 and summary.errors == 0
+        with open(out / "part-00000.csv", newline="") as handle:
+            records = list(csv.reader(handle))
+        assert records[0] == ["row", "y_0", "y_1", "y_2", "label"]
+        data = np.asarray(records[1:], dtype=np.float64)
+        assert data[:, 0].tolist() == list(range(50))
+        np.testing.assert_allclose(data[:, 1:4].astype(np.float32), want["y"], rtol=1e-6)
+        assert data[:, 4].astype(np.int64).tolist() == want["label"].tolist()
+    with pytest.raises(ValueError, match="input_name maps"):
+        BatchAdapter(pair_model, input=str(tmp_path / "in.parquet"),
+                     output=str(tmp_path / "bad.npz"), input_name={"x": "x0"}).serve()  # fmt: skip

@@ -505,3 +505,48 @@ def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(
             process.kill()
     assert process.returncode == 0, stderr
     assert "served and returned" in stdout
+
+
+def test_two_inputs_output_selection_and_int64(
+    pair_model: irkit.runtime.CompiledModel, start_server: Any
+) -> None:
+    adapter = start_server(HttpAdapter(pair_model, port=0, max_delay_ms=20))
+    x = RNG.standard_normal((6, 4)).astype(np.float32)
+    s = RNG.standard_normal((6, 3)).astype(np.float32)
+    want = pair_model(x=x, s=s)
+    inputs = [
+        {"name": "x", "shape": [6, 4], "datatype": "FP32", "data": x.tolist()},
+        {"name": "s", "shape": [6, 3], "datatype": "FP32", "data": s.ravel().tolist()},
+    ]
+    url = f"{adapter.url}/v2/models/pair/infer"
+    only_label = httpx.post(url, json={"inputs": inputs, "outputs": [{"name": "label"}]}).json()
+    [label] = only_label["outputs"]
+    assert label == {"name": "label", "datatype": "INT64", "shape": [6],
+                     "data": want["label"].tolist()}  # fmt: skip
+
+    mixed = httpx.post(url, json={"inputs": inputs, "outputs": [
+        {"name": "y", "parameters": {"binary_data": True}}, {"name": "label"}]})  # fmt: skip
+    split = int(mixed.headers["Inference-Header-Content-Length"])
+    y_meta, label_json = json.loads(mixed.content[:split])["outputs"]
+    y = np.frombuffer(mixed.content[split:], "<f4").reshape(y_meta["shape"])
+    np.testing.assert_allclose(y, want["y"], rtol=1e-6)
+    assert label_json["data"] == want["label"].tolist()
+
+    missing = httpx.post(url, json={"inputs": inputs[:1]})
+    assert missing.status_code == 400 and "'s'" in missing.json()["error"]
+    # Concurrent requests with both inputs are batched and split back correctly.
+    rows = [RNG.standard_normal((1, 7)).astype(np.float32) for _ in range(12)]
+
+    def post(row: np.ndarray) -> dict[str, Any]:
+        body = {"inputs": [
+            {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": row[0, :4].tolist()},
+            {"name": "s", "shape": [1, 3], "datatype": "FP32", "data": row[0, 4:].tolist()}]}  # fmt: skip
+        return httpx.post(url, json=body, timeout=30).json()
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(post, rows))
+    for row, answer in zip(rows, answers):
+        expected = pair_model(x=row[:, :4], s=row[:, 4:])
+        got = {o["name"]: o["data"] for o in answer["outputs"]}
+        np.testing.assert_allclose(got["y"], expected["y"].ravel(), rtol=1e-6)
+        assert got["label"] == expected["label"].tolist()
