@@ -550,3 +550,30 @@ def test_two_inputs_output_selection_and_int64(
         got = {o["name"]: o["data"] for o in answer["outputs"]}
         np.testing.assert_allclose(got["y"], expected["y"].ravel(), rtol=1e-6)
         assert got["label"] == expected["label"].tolist()
+
+
+def test_batcher_workers_run_batches_concurrently(
+    digits_model: irkit.runtime.CompiledModel,
+) -> None:
+    import threading
+
+    from irkit.runtime.adapters.batcher import DynamicBatcher
+
+    meeting = threading.Barrier(2, timeout=10)
+
+    class Meeting:  # each call waits for a second call to be inside the model too
+        name, inputs, outputs = digits_model.name, digits_model.inputs, digits_model.outputs
+
+        def validate(self, inputs: Any) -> Any:
+            return digits_model.validate(inputs)
+
+        def run(self, inputs: Any) -> dict[str, np.ndarray]:
+            meeting.wait()
+            return digits_model.run(inputs)
+
+    batcher = DynamicBatcher(Meeting(), max_batch=1, workers=2)  # type: ignore[arg-type]
+    batcher.start()
+    x = np.zeros((1, 64), np.float32)
+    futures = [batcher.submit({"x": x}) for _ in range(2)]
+    assert [f.result(20)["logits"].shape for f in futures] == [(1, 10), (1, 10)]
+    batcher.stop()
