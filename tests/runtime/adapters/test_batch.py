@@ -349,7 +349,9 @@ def test_memory_does_not_grow_with_the_input(tmp_path: Path, digits_dir: Path) -
         assert result["complete"]
         growth_mb[rows] = (result["after_kb"] - result["before_kb"]) / 1024
     print(f"RSS growth: {growth_mb}")
-    assert growth_mb[400_000] < growth_mb[100_000] + 24, growth_mb
+    # Holding the data would add >= 75 MB (the 300k extra rows of float32); allocator and
+    # pyarrow caches wobble by ~25 MB between runs.
+    assert growth_mb[400_000] < growth_mb[100_000] + 45, growth_mb
     assert growth_mb[400_000] < 200, growth_mb
 
 
