@@ -61,6 +61,7 @@ class LoweredModel:
     outputs: list[Value]
     fused: list[str] = field(default_factory=list)
     output_shapes: dict[str, list[list[int]]] = field(default_factory=dict)
+    input_shapes: dict[str, list[list[int]]] = field(default_factory=dict)
 
 
 def unsupported_nodes(graph: Graph) -> list[Node]:
@@ -246,8 +247,10 @@ class GraphLowering:
 
         shapes = {v.name: [list(affine(d)) for d in self.refs[v].shape]
                   for v in self.graph.outputs}
+        in_shapes = {v.name: [list(affine(d)) for d in self.refs[v].shape]
+                     for v in self.graph.inputs}
         return LoweredModel(program, plan, list(self.graph.inputs), list(self.graph.outputs),
-                            self.fused, shapes)
+                            self.fused, shapes, in_shapes)
 
 
 def _is_shape_like(ref: TensorRef) -> bool:

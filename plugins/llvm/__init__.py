@@ -45,8 +45,9 @@ class LlvmBackend:
     name = "llvm"
     options: dict[str, Option] = {
         "threads": Option(int, 0, "worker threads at run time; 0 = all cores"),
-        "fallback": Option(str, "none", "unsupported ops: 'none' raises, 'ort' builds an "
-                           "ONNX Runtime artifact for the whole graph", choices=("none", "ort")),
+        "fallback": Option(str, "none", "unsupported ops: 'none' raises one error naming them "
+                           "all; 'ort' runs those nodes (in segments) with ONNX Runtime",
+                           choices=("none", "ort")),
         "mr": Option(int, 8, "GEMM microkernel rows"),
         "nr": Option(int, 0, "GEMM microkernel columns (multiple of vec); 0 = 2 * vec"),
         "conv_mr": Option(int, 4, "convolution microkernel rows (output channels)"),
@@ -84,52 +85,61 @@ class LlvmBackend:
         return resolved
 
     def compile(self, graph: Any, **options: Any) -> Artifact:
-        from irkit.lower import LoweringError, lower_graph, unsupported_nodes
+        """Lower, translate and emit ``graph``; see the module docstring for options."""
+        from irkit.lower import LoweringError, unsupported_nodes
         from irkit.lower.driver import batch_symbol
-        from irkit.plugins.llvm.codegen import entry_symbol, translate_program
-        from irkit.plugins.llvm.emit import emit_object, host_target
+        from irkit.plugins.llvm.emit import host_target
 
         opts = self._resolve(options)
         start = time.perf_counter()
-        if unsupported_nodes(graph) and opts["fallback"] == "ort":
-            return self._fallback(graph, opts)
+        target = host_target()
+        missing = unsupported_nodes(graph)
         try:
-            lowered = lower_graph(graph, _tiles(opts, host_target().features))
+            if missing and opts["fallback"] == "ort":
+                files, entry = self._compile_segments(graph, set(missing), opts)
+            else:
+                files, entry = _compile_program(graph, opts, "")
         except LoweringError as exc:
             if opts["fallback"] == "ort":
                 return self._fallback(graph, opts, str(exc))
             raise LlvmBackendError(str(exc)) from exc
-        lower_s = time.perf_counter() - start
-        program = lowered.program
-        module = translate_program(program, fast_math=opts["fast_math"])
-        target = host_target()
-        obj = emit_object(module, target)
-        files = {OBJECT_FILE: obj.data, WEIGHTS_FILE: program.weights}
-        if opts["emit"] == "shared":
-            files.update(_link_shared(obj.data, program))
+        entry["target"] = {"triple": target.triple, "cpu": target.cpu}
+        entry["compile_seconds"]["total"] = round(time.perf_counter() - start, 4)
         symbol = batch_symbol(graph)
-        name = getattr(graph, "name", "") or "model"
-        entry = {
-            "object": OBJECT_FILE,
-            "weights": WEIGHTS_FILE,
-            "run": entry_symbol(program),
-            "kernels": [k.name for k in program.kernels],
-            "io": list(program.io_order),
-            "workspace": [program.workspace_n, program.workspace_c],
-            "output_shapes": lowered.output_shapes,
-            "target": {"triple": target.triple, "cpu": target.cpu},
-            "memory_plan": lowered.plan.report(),
-            "fused": lowered.fused,
-            "compile_seconds": {"lower": round(lower_s, 4), "llvm": round(obj.seconds, 4),
-                                "total": round(time.perf_counter() - start, 4)},
-        }
         return Artifact(
-            name=name, backend=self.name, target=f"cpu:{target.cpu}",
+            name=getattr(graph, "name", "") or "model", backend=self.name,
+            target=f"cpu:{target.cpu}",
             inputs=tuple(_tensor_spec(v, symbol) for v in graph.inputs),
             outputs=tuple(_tensor_spec(v, symbol) for v in graph.outputs),
             files=files, entry=entry, options=opts,
             report=[], created_by=f"irkit {__version__}",
         )
+
+    def _compile_segments(self, graph: Any, missing: set[Any], opts: dict[str, Any]
+                          ) -> tuple[dict[str, bytes], dict[str, Any]]:
+        """Per-node fallback: llvm segments as objects, the rest as ONNX for ORT."""
+        from irkit.api import to_onnx
+        from irkit.plugins.llvm.segments import split_graph
+
+        files: dict[str, bytes] = {}
+        segments: list[dict[str, Any]] = []
+        seconds = {"lower": 0.0, "llvm": 0.0}
+        for index, segment in enumerate(split_graph(graph, missing)):
+            if segment.kind == "ort":
+                name = f"seg{index}.onnx"
+                files[name] = to_onnx(segment.graph).SerializeToString()
+                segments.append({"kind": "ort", "model": name, "inputs": segment.inputs,
+                                 "outputs": segment.outputs})
+                continue
+            seg_files, seg_entry = _compile_program(segment.graph, opts, f"seg{index}_")
+            files.update(seg_files)
+            for key in seconds:
+                seconds[key] += seg_entry["compile_seconds"][key]
+            segments.append({"kind": "llvm", **seg_entry, "inputs": segment.inputs,
+                             "outputs": segment.outputs})
+        ops = sorted({n.op for n in missing})
+        return files, {"segments": segments, "fallback_ops": ops,
+                       "compile_seconds": {k: round(v, 4) for k, v in seconds.items()}}
 
     def _fallback(self, graph: Any, opts: dict[str, Any], why: str = "") -> Artifact:
         from irkit.lower import unsupported_nodes
@@ -140,6 +150,40 @@ class LlvmBackend:
         art.report = [*art.report, {"llvm_fallback": "ort", "unsupported_ops": ops,
                                     "reason": why}]
         return art
+
+
+def _compile_program(graph: Any, opts: dict[str, Any], prefix: str
+                     ) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """One kernel program: object file, weights blob and its manifest entry."""
+    from irkit.lower import lower_graph
+    from irkit.plugins.llvm.codegen import entry_symbol, translate_program
+    from irkit.plugins.llvm.emit import emit_object, host_target
+
+    start = time.perf_counter()
+    target = host_target()
+    lowered = lower_graph(graph, _tiles(opts, target.features))
+    lower_s = time.perf_counter() - start
+    program = lowered.program
+    obj = emit_object(translate_program(program, fast_math=opts["fast_math"]), target)
+    object_file, weights_file = f"{prefix}{OBJECT_FILE}", f"{prefix}{WEIGHTS_FILE}"
+    files = {object_file: obj.data, weights_file: program.weights}
+    if opts["emit"] == "shared" and not prefix:
+        files.update(_link_shared(obj.data, program))
+    entry = {
+        "object": object_file,
+        "weights": weights_file,
+        "run": entry_symbol(program),
+        "kernels": [k.name for k in program.kernels],
+        "io": list(program.io_order),
+        "workspace": [program.workspace_n, program.workspace_c],
+        "input_shapes": lowered.input_shapes,
+        "output_shapes": lowered.output_shapes,
+        "output_dtypes": {v.name: np.dtype(v.type.dtype.numpy).name for v in graph.outputs},
+        "memory_plan": lowered.plan.report(),
+        "fused": lowered.fused,
+        "compile_seconds": {"lower": round(lower_s, 4), "llvm": round(obj.seconds, 4)},
+    }
+    return files, entry
 
 
 def _tiles(opts: dict[str, Any], features: str) -> Any:

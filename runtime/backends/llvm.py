@@ -61,11 +61,10 @@ class LlvmRunner:
 
     thread_safe = False
 
-    def __init__(self, manifest: Manifest, object_code: bytes, weights: bytes,
-                 threads: int) -> None:
+    def __init__(self, entry: Mapping[str, Any], object_code: bytes, weights: bytes,
+                 threads: int, output_dtypes: Mapping[str, np.dtype]) -> None:
         import llvmlite.binding as llvm
 
-        entry = manifest.entry
         with _JIT_LOCK:
             llvm.initialize_all_targets()
             llvm.initialize_all_asmprinters()
@@ -84,11 +83,12 @@ class LlvmRunner:
             (_KERNEL_TYPE(self._tracker[k]), _EXTENT_TYPE(self._tracker[f"{k}_extent"]))
             for k in entry["kernels"]
         ]
-        self._input_specs = list(manifest.inputs)
-        self._output_dims = entry["output_shapes"]
+        # Input and output dims are ``a * N + b`` pairs.
+        self._input_dims: dict[str, list[list[int]]] = dict(entry["input_shapes"])
+        self._output_dims: dict[str, list[list[int]]] = dict(entry["output_shapes"])
         self._io_names: list[str] = list(entry["io"])
-        self._output_names = [spec.name for spec in manifest.outputs]
-        self._outputs = {spec.name: spec for spec in manifest.outputs}
+        self._output_names = list(self._output_dims)
+        self._output_dtypes = {name: np.dtype(output_dtypes[name]) for name in self._output_names}
         self._workspace_n, self._workspace_c = (int(v) for v in entry["workspace"])
         self._weights = _aligned_empty(max(len(weights), 1))
         self._weights[: len(weights)] = np.frombuffer(weights, dtype=np.uint8)
@@ -103,18 +103,18 @@ class LlvmRunner:
     def _prepare_slots(self) -> None:
         """Precompute where each io pointer comes from (the per-call path is hot)."""
         position = {name: i for i, name in enumerate(self._io_names)}
-        self._in_slots = [(position[s.name], s.name) for s in self._input_specs]
-        # Output dims are ``a * N + b`` pairs, from the manifest.
+        self._in_slots = [(position[name], name) for name in self._input_dims]
         self._out_slots = [
             (position[name], name, tuple((int(a), int(b)) for a, b in self._output_dims[name]),
-             self._outputs[name].dtype)
+             self._output_dtypes[name])
             for name in self._output_names
         ]
-        self._batch_source: tuple[str, int] | None = None
-        for spec in self._input_specs:
-            for axis, dim in enumerate(spec.shape):
-                if isinstance(dim, str) and self._batch_source is None:
-                    self._batch_source = (spec.name, axis)
+        # N comes from the first input dim that depends on it: dim = a * N + b.
+        self._batch_source: tuple[str, int, int, int] | None = None
+        for name, dims in self._input_dims.items():
+            for axis, (a, b) in enumerate(dims):
+                if a and self._batch_source is None:
+                    self._batch_source = (name, axis, int(a), int(b))
         self._io_address = ctypes.addressof(self._io)
         # {io, weights, workspace, N} for the one-argument entry.
         self._packed_args = (ctypes.c_int64 * 4)(self._io_address, self._weights_address,
@@ -124,7 +124,9 @@ class LlvmRunner:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         source = self._batch_source
-        n = int(inputs[source[0]].shape[source[1]]) if source is not None else 1
+        n = 1
+        if source is not None:
+            n = (int(inputs[source[0]].shape[source[1]]) - source[3]) // source[2]
         io = self._io
         for slot, name in self._in_slots:
             io[slot] = _address(inputs[name])
@@ -174,13 +176,67 @@ class LlvmRunner:
         self._tracker = None
 
 
-def load(artifact_dir: Path, manifest: Manifest, **overrides: Any) -> LlvmRunner:
-    """Link the artifact's object file into this process and return its runner."""
+class OrtSegment:
+    """A run of nodes the llvm backend could not lower, executed by ONNX Runtime."""
+
+    def __init__(self, model: bytes, outputs: list[str], threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self._outputs = outputs
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._outputs, self._session.run(self._outputs, dict(inputs))))
+
+    def close(self) -> None:
+        self._session = None
+
+
+class SegmentedRunner:
+    """Segments in order (llvm kernels and ORT fallbacks), passing tensors by name."""
+
+    thread_safe = False
+
+    def __init__(self, segments: list[tuple[list[str], Any]], outputs: list[str]) -> None:
+        self._segments = segments
+        self._outputs = outputs
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values: dict[str, np.ndarray] = dict(inputs)
+        for names, runner in self._segments:
+            feed = {name: np.ascontiguousarray(values[name]) for name in names}
+            values.update(runner.run(feed))
+        return {name: values[name] for name in self._outputs}
+
+    def close(self) -> None:
+        for _, runner in self._segments:
+            runner.close()
+
+
+_REQUIRED = ("object", "weights", "run", "kernels", "io", "workspace", "input_shapes",
+             "output_shapes")
+
+
+def _program_runner(artifact_dir: Path, manifest: Manifest, entry: Mapping[str, Any],
+                    threads: int, dtypes: Mapping[str, np.dtype]) -> LlvmRunner:
     where = f"artifact {artifact_dir}"
-    entry = manifest.entry
-    for key in ("object", "weights", "run", "kernels", "io", "workspace", "output_shapes"):
+    for key in _REQUIRED:
         if key not in entry:
             raise ArtifactError(f"{where}: llvm manifest entry lacks {key!r}")
+    object_code = read_verified(artifact_dir, manifest, entry["object"])
+    weights = read_verified(artifact_dir, manifest, entry["weights"])
+    try:
+        return LlvmRunner(entry, object_code, weights, threads, dtypes)
+    except (RuntimeError, OSError, KeyError) as exc:
+        raise ArtifactError(f"{where}: the JIT could not link {entry['object']}: {exc}") from exc
+
+
+def load(artifact_dir: Path, manifest: Manifest, **overrides: Any) -> LlvmRunner | SegmentedRunner:
+    """Link the artifact's object file(s) into this process and return its runner."""
+    where = f"artifact {artifact_dir}"
+    entry = manifest.entry
     unknown = sorted(set(overrides) - {"threads"})
     if unknown:
         raise ArtifactError(f"{where}: unknown llvm runtime option(s) {', '.join(unknown)}")
@@ -189,10 +245,22 @@ def load(artifact_dir: Path, manifest: Manifest, **overrides: Any) -> LlvmRunner
         raise ArtifactError(f"{where}: threads={threads!r} must be an int >= 0")
     if threads == 0:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    object_code = read_verified(artifact_dir, manifest, entry["object"])
-    weights = read_verified(artifact_dir, manifest, entry["weights"])
-    try:
-        runner = LlvmRunner(manifest, object_code, weights, threads)
-    except (RuntimeError, OSError, KeyError) as exc:
-        raise ArtifactError(f"{where}: the JIT could not link {entry['object']}: {exc}") from exc
-    return runner
+    outputs = [spec.name for spec in manifest.outputs]
+    if "segments" not in entry:
+        dtypes = {spec.name: spec.dtype for spec in manifest.outputs}
+        return _program_runner(artifact_dir, manifest, entry, threads, dtypes)
+    segments: list[tuple[list[str], Any]] = []
+    for segment in entry["segments"]:
+        names = list(segment["inputs"])
+        if segment.get("kind") == "ort":
+            model = read_verified(artifact_dir, manifest, segment["model"])
+            try:
+                segments.append((names, OrtSegment(model, list(segment["outputs"]), threads)))
+            except ImportError as exc:
+                raise ArtifactError(f"{where}: the ORT fallback segments need onnxruntime: "
+                                    f"{exc}") from exc
+        else:
+            dtypes = {name: np.dtype(dt) for name, dt in segment["output_dtypes"].items()}
+            segments.append((names, _program_runner(artifact_dir, manifest, segment, threads,
+                                                    dtypes)))
+    return SegmentedRunner(segments, outputs)

@@ -118,9 +118,10 @@ def unsupported_model() -> Any:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
     k = numpy_helper.from_array(np.array([4], np.int64), "k")
     nodes = [
-        helper.make_node("TopK", ["x", "k"], ["v", "i"]),
+        helper.make_node("Sigmoid", ["x"], ["s"]),
+        helper.make_node("TopK", ["s", "k"], ["v", "i"]),
         helper.make_node("Hardmax", ["v"], ["h"]),
-        helper.make_node("Relu", ["h"], ["y"]),
+        helper.make_node("Add", ["h", "x"], ["y"]),
     ]
     graph = helper.make_graph(nodes, "odd", [x], [y], [k])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -134,14 +135,15 @@ def test_unsupported_ops_named_in_one_error() -> None:
     assert "Hardmax" in message and "TopK" in message and "2 node(s)" in message
 
 
-def test_fallback_ort_builds_a_working_artifact(tmp_path: Path) -> None:
-    graph = irkit.load_model(unsupported_model())
-    artifact = irkit.compile(graph, target="llvm", fallback="ort")
-    assert artifact.backend == "ort"
-    assert artifact.report[-1]["unsupported_ops"] == ["Hardmax", "TopK"]
-    model = irkit.runtime.load(artifact.save(tmp_path / "fb"))
-    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
-    assert model(x=x)["y"].shape == (3, 4)
+def test_fallback_ort_runs_unsupported_nodes_per_segment(tmp_path: Path) -> None:
+    model = unsupported_model()
+    artifact = irkit.compile(irkit.load_model(model), target="llvm", fallback="ort")
+    assert artifact.backend == "llvm"
+    assert artifact.entry["fallback_ops"] == ["Hardmax", "TopK"]
+    kinds = [s["kind"] for s in artifact.entry["segments"]]
+    assert kinds == ["llvm", "ort", "llvm"]
+    compiled = irkit.runtime.load(artifact.save(tmp_path / "fb"), threads=1)
+    assert check_against_ort(model, compiled, (1, 7, 64)) == 3
 
 
 def test_bad_options_rejected() -> None:

@@ -1,0 +1,70 @@
+"""Per-node fallback: split a graph into runs of nodes the llvm backend lowers and runs of
+nodes it cannot, which ONNX Runtime executes (``fallback="ort"``).
+
+Nodes keep their topological order; consecutive nodes of one kind form a segment. Each
+segment becomes a standalone Graph whose inputs are the values it reads from earlier
+segments (or the model inputs) and whose outputs are the values later segments or the
+model read. Constants are copied into the segments that use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from irkit.ir import Graph, Node, Value
+
+
+@dataclass
+class Segment:
+    kind: str  # "llvm" or "ort"
+    graph: Graph
+    inputs: list[str]
+    outputs: list[str]
+
+
+def _subgraph(graph: Graph, nodes: list[Node], name: str, later: set[Value]) -> Graph:
+    sub = Graph(name, opset_imports=graph.opset_imports)
+    produced = {v for n in nodes for v in n.outputs}
+    mapping: dict[Value, Value] = {}
+    for node in nodes:
+        for value in node.inputs:
+            if value is None or value in produced or value in mapping:
+                continue
+            if value.const is not None:
+                mapping[value] = sub.add_constant(value.name, value.const, exact_name=True)
+            else:
+                mapping[value] = sub.add_input(value.name, value.type)
+    for node in nodes:
+        new = sub.add_node(
+            node.op,
+            [None if v is None else mapping[v] for v in node.inputs],
+            dict(node.attrs),
+            domain=node.domain,
+            outputs=[None if o.absent else o.name for o in node.outputs],
+            types=[o.type for o in node.outputs],
+            name=node.name,
+        )
+        for old, value in zip(node.outputs, new.outputs):
+            mapping[old] = value
+    sub.set_outputs([mapping[v] for v in produced if v in later and not v.absent])
+    return sub
+
+
+def split_graph(graph: Graph, unsupported: set[Node]) -> list[Segment]:
+    """Consecutive runs of supported / unsupported nodes as standalone graphs."""
+    runs: list[tuple[str, list[Node]]] = []
+    for node in graph.nodes:
+        kind = "ort" if node in unsupported else "llvm"
+        if runs and runs[-1][0] == kind:
+            runs[-1][1].append(node)
+        else:
+            runs.append((kind, [node]))
+    segments: list[Segment] = []
+    for index, (kind, nodes) in enumerate(runs):
+        later: set[Value] = set(graph.outputs)
+        for _, rest in runs[index + 1 :]:
+            later.update(v for n in rest for v in n.inputs if v is not None)
+        sub = _subgraph(graph, nodes, f"{graph.name or 'model'}_seg{index}", later)
+        segments.append(Segment(kind, sub, [v.name for v in sub.inputs],
+                                [v.name for v in sub.outputs]))
+    return segments
