@@ -8,8 +8,10 @@ Artifact layout (``entry``)::
      "workspace": [bytes per N, constant bytes], "alignment": 64}
 
 Each kernel ``k`` exports ``k(io, weights, workspace, N, start, end)`` and
-``k_extent(N)``; with ``threads > 1`` the runner splits every kernel's top-level
-parallel loop over a thread pool (ctypes releases the GIL while native code runs).
+``k_extent(N)``; with ``threads > 1`` the runner splits a kernel's top-level parallel
+loop over a thread pool (ctypes releases the GIL while native code runs) when that kernel
+took at least ``parallel_min_us`` (load option, default 200) on one thread — measured on
+the first call at each batch size, since a Python hand-off costs tens of microseconds.
 Calls share one workspace, so the runner is not ``thread_safe``: CompiledModel
 serializes concurrent calls.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,6 +44,9 @@ _JIT_LOCK = threading.Lock()
 _LIBRARY_COUNTER = iter(range(1 << 62))
 # Below this many iterations per thread a parallel split costs more than it saves.
 _MIN_SPLIT = 2
+# Handing a kernel to pool threads costs tens of microseconds in Python; only kernels that
+# took longer than this on one thread (measured on the first call per batch size) split.
+_MIN_PARALLEL_SECONDS = 2e-4
 
 
 def _aligned_empty(nbytes: int, alignment: int = 64) -> np.ndarray:
@@ -121,6 +127,8 @@ class LlvmRunner:
                                                  self._workspace_address, 0)
         self._packed_address = ctypes.addressof(self._packed_args)
         self._shapes: dict[int, list[tuple[int, ...]]] = {}
+        self._split_plan: dict[int, list[bool]] = {}
+        self.parallel_min_seconds = _MIN_PARALLEL_SECONDS
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         source = self._batch_source
@@ -154,9 +162,24 @@ class LlvmRunner:
 
     def _run_parallel(self, args: tuple[int, int, int], n: int) -> None:
         assert self._pool is not None
-        for kernel, extent_fn in self._kernels:
+        plan = self._split_plan.get(n)
+        if plan is None:
+            # First call at this batch size: run serially and time each kernel.
+            plan = []
+            for kernel, extent_fn in self._kernels:
+                start = time.perf_counter()
+                kernel(*args, n, 0, extent_fn(n))
+                plan.append(time.perf_counter() - start >= self.parallel_min_seconds)
+            if len(self._split_plan) < 64:
+                self._split_plan[n] = plan
+            return
+        if not any(plan):
+            self._packed_args[3] = n
+            self._run_packed(self._packed_address)
+            return
+        for (kernel, extent_fn), split in zip(self._kernels, plan):
             extent = extent_fn(n)
-            parts = min(self.threads, extent // _MIN_SPLIT)
+            parts = min(self.threads, extent // _MIN_SPLIT) if split else 1
             if parts <= 1:
                 kernel(*args, n, 0, extent)
                 continue
@@ -237,7 +260,7 @@ def load(artifact_dir: Path, manifest: Manifest, **overrides: Any) -> LlvmRunner
     """Link the artifact's object file(s) into this process and return its runner."""
     where = f"artifact {artifact_dir}"
     entry = manifest.entry
-    unknown = sorted(set(overrides) - {"threads"})
+    unknown = sorted(set(overrides) - {"threads", "parallel_min_us"})
     if unknown:
         raise ArtifactError(f"{where}: unknown llvm runtime option(s) {', '.join(unknown)}")
     threads = overrides.get("threads", manifest.options.get("threads", 0))
@@ -245,10 +268,15 @@ def load(artifact_dir: Path, manifest: Manifest, **overrides: Any) -> LlvmRunner
         raise ArtifactError(f"{where}: threads={threads!r} must be an int >= 0")
     if threads == 0:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    min_us = overrides.get("parallel_min_us", _MIN_PARALLEL_SECONDS * 1e6)
+    if not isinstance(min_us, int | float) or isinstance(min_us, bool) or min_us < 0:
+        raise ArtifactError(f"{where}: parallel_min_us={min_us!r} must be a number >= 0")
     outputs = [spec.name for spec in manifest.outputs]
     if "segments" not in entry:
         dtypes = {spec.name: spec.dtype for spec in manifest.outputs}
-        return _program_runner(artifact_dir, manifest, entry, threads, dtypes)
+        runner = _program_runner(artifact_dir, manifest, entry, threads, dtypes)
+        runner.parallel_min_seconds = min_us / 1e6
+        return runner
     segments: list[tuple[list[str], Any]] = []
     for segment in entry["segments"]:
         names = list(segment["inputs"])
