@@ -48,9 +48,11 @@ class LlvmBackend:
         "fallback": Option(str, "none", "unsupported ops: 'none' raises one error naming them "
                            "all; 'ort' runs those nodes (in segments) with ONNX Runtime",
                            choices=("none", "ort")),
-        "mr": Option(int, 8, "GEMM microkernel rows"),
+        "mr": Option(int, 0, "GEMM microkernel rows; 0 = 8 with AVX-512 (32 vector "
+                     "registers), else 6"),
         "nr": Option(int, 0, "GEMM microkernel columns (multiple of vec); 0 = 2 * vec"),
-        "conv_mr": Option(int, 4, "convolution microkernel rows (output channels)"),
+        "conv_mr": Option(int, 0, "convolution microkernel rows (output channels); 0 = 4 "
+                          "with AVX-512, else 3"),
         "conv_nr": Option(int, 0, "convolution microkernel columns (pixels); 0 = 4 * vec"),
         "vec": Option(int, 0, "vector lanes (f32) of the GEMM microkernel; 0 = 16 with "
                       "AVX-512, else 8"),
@@ -79,7 +81,7 @@ class LlvmBackend:
             raise LlvmBackendError("llvm option threads must be >= 0")
         if resolved["vec"] not in (0, 4, 8, 16):
             raise LlvmBackendError("llvm option vec must be 0 (auto), 4, 8 or 16")
-        if not (1 <= resolved["mr"] <= 16 and 1 <= resolved["conv_mr"] <= 16) or \
+        if not (0 <= resolved["mr"] <= 16 and 0 <= resolved["conv_mr"] <= 16) or \
                 resolved["nr"] < 0 or resolved["nr"] % 4 or resolved["conv_nr"] % 4:
             raise LlvmBackendError("tile sizes: 1 <= mr <= 16 and nr a multiple of 4")
         return resolved
@@ -189,14 +191,19 @@ def _compile_program(graph: Any, opts: dict[str, Any], prefix: str
 def _tiles(opts: dict[str, Any], features: str) -> Any:
     from irkit.lower import Tiles
 
-    vec = opts["vec"] or (16 if "+avx512f" in features.split(",") else 8)
+    wide = "+avx512f" in features.split(",")
+    vec = opts["vec"] or (16 if wide else 8)
+    # Accumulators must leave registers for the B row and the A broadcast: 32 vector
+    # registers with AVX-512, 16 with AVX2.
+    mr = opts["mr"] or (8 if vec == 16 and wide else 6)
+    conv_mr = opts["conv_mr"] or (4 if vec == 16 and wide else 3)
     nr = opts["nr"] or 2 * vec
     if nr % vec:
         raise LlvmBackendError(f"nr={nr} must be a multiple of vec={vec}")
-    conv_nr = opts["conv_nr"] or 4 * vec
+    conv_nr = opts["conv_nr"] or (4 * vec if vec == 16 else 32)
     if conv_nr % vec:
         raise LlvmBackendError(f"conv_nr={conv_nr} must be a multiple of vec={vec}")
-    return Tiles(mr=opts["mr"], nr=nr, vec=vec, conv_mr=opts["conv_mr"], conv_nr=conv_nr)
+    return Tiles(mr=mr, nr=nr, vec=vec, conv_mr=conv_mr, conv_nr=conv_nr)
 
 
 def _link_shared(object_code: bytes, program: Any) -> dict[str, bytes]:

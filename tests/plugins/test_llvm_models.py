@@ -84,6 +84,16 @@ def test_resnet_cnn(resnet_onnx: Path, tmp_path: Path) -> None:
     assert plan["peak_bytes_at_N64"] < plan["without_reuse_at_N64"]
 
 
+def test_avx2_width_tiles(resnet_onnx: Path, tmp_path: Path) -> None:
+    """8-lane vectors (the AVX2 configuration) with odd tile sizes still match ORT."""
+    for k, opts in enumerate([{"vec": 8}, {"vec": 8, "mr": 5, "nr": 24, "conv_mr": 2,
+                                           "conv_nr": 40}]):
+        compiled = compile_load(resnet_onnx, tmp_path / str(k), **opts)
+        assert check_against_ort(resnet_onnx, compiled, (1, 3)) == 2
+        mlp = compile_load(mlp_onnx((20, 70, 9)), tmp_path / f"m{k}", **opts)
+        assert check_against_ort(mlp_onnx((20, 70, 9)), mlp, (1, 13)) == 2
+
+
 def test_threads_split_parallel_loops(tmp_path: Path) -> None:
     model = mlp_onnx((32, 96, 64, 10))
     one = compile_load(model, tmp_path / "a", threads=1)
