@@ -33,9 +33,12 @@ def unroll_loops(stmt: Stmt) -> Stmt:
     return stmt
 
 
-def prepare_kernel(kernel: Kernel) -> Kernel:
-    """Unroll, then simplify: the form backends translate."""
-    body = simplify_stmt(unroll_loops(kernel.body))
+def prepare_kernel(kernel: Kernel, lanes: int = 8) -> Kernel:
+    """Unroll, vectorize ``vector`` loops to ``lanes``, then simplify: the form backends
+    translate."""
+    from irkit.kir.vectorize import vectorize_loops
+
+    body = simplify_stmt(vectorize_loops(simplify_stmt(unroll_loops(kernel.body)), lanes))
     if not isinstance(body, Block | For | If):
         body = Block((body,))
     return Kernel(kernel.name, kernel.buffers, body, kernel.locals)

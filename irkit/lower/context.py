@@ -149,6 +149,8 @@ class LoweringContext:
         stmt: Stmt = body_fn(tuple(vars_))
         for k in reversed(range(len(shape))):
             kind = "parallel" if (k == 0 and parallel) else "serial"
+            if k == len(shape) - 1 and k > 0:
+                kind = "vector"  # contiguous innermost dim (left serial if it is not)
             stmt = For(vars_[k], shape[k], stmt, kind)
         return stmt
 

@@ -116,11 +116,11 @@ def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Bu
     epilogue = spec.store(b, i0 + r_var, p * t.nr + c_var, Load(tile, r_var * t.nr + c_var))
     full_panels, tail = divmod(spec.cols, t.nr)
     # Constant trip counts let LLVM vectorize the epilogue without runtime checks.
-    full = For(r_var, Const(rows), For(c_var, Const(t.nr), epilogue))
+    full = For(r_var, Const(rows), For(c_var, Const(t.nr), epilogue, "vector"))
     if tail == 0:
         stmts.append(full)
     else:
-        partial = For(r_var, Const(rows), For(c_var, Const(tail), epilogue))
+        partial = For(r_var, Const(rows), For(c_var, Const(tail), epilogue, "vector"))
         stmts.append(If(Binary("lt", p, Const(full_panels)), full, partial)
                      if full_panels else partial)
     return block(*stmts)

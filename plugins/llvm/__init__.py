@@ -163,10 +163,12 @@ def _compile_program(graph: Any, opts: dict[str, Any], prefix: str
 
     start = time.perf_counter()
     target = host_target()
-    lowered = lower_graph(graph, _tiles(opts, target.features))
+    tiles = _tiles(opts, target.features)
+    lowered = lower_graph(graph, tiles)
     lower_s = time.perf_counter() - start
     program = lowered.program
-    obj = emit_object(translate_program(program, fast_math=opts["fast_math"]), target)
+    module = translate_program(program, fast_math=opts["fast_math"], lanes=tiles.vec)
+    obj = emit_object(module, target)
     object_file, weights_file = f"{prefix}{OBJECT_FILE}", f"{prefix}{WEIGHTS_FILE}"
     files = {object_file: obj.data, weights_file: program.weights}
     if opts["emit"] == "shared" and not prefix:

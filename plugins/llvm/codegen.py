@@ -75,13 +75,15 @@ def value_type(dtype: str, lanes: int = 1, memory: bool = False) -> ir.Type:
 class KernelTranslator:
     """Emits one kernel's function body."""
 
-    def __init__(self, module: ir.Module, program: Program, fast_math: bool) -> None:
+    def __init__(self, module: ir.Module, program: Program, fast_math: bool,
+                 lanes: int = 8) -> None:
+        self.lanes = lanes
         self.module = module
         self.program = program
         self.flags = FAST_FLAGS if fast_math else ()
 
     def translate(self, kernel: Kernel) -> tuple[ir.Function, ir.Function]:
-        kernel = prepare_kernel(kernel)
+        kernel = prepare_kernel(kernel, self.lanes)
         verify_kernel(kernel)
         fnty = ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I64, I64])
         fn = ir.Function(self.module, fnty, name=kernel.name)
@@ -346,10 +348,11 @@ def entry_symbol(program: Program) -> str:
     return f"{program.name}_run"
 
 
-def translate_program(program: Program, fast_math: bool = True) -> ir.Module:
-    """The LLVM module for ``program`` (kernel functions, extents and the run entry)."""
+def translate_program(program: Program, fast_math: bool = True, lanes: int = 8) -> ir.Module:
+    """The LLVM module for ``program`` (kernel functions, extents and the run entry);
+    ``vector`` loops use ``lanes``-wide vectors."""
     module = ir.Module(name=program.name)
-    translator = KernelTranslator(module, program, fast_math)
+    translator = KernelTranslator(module, program, fast_math, lanes)
     kernels = [translator.translate(k)[0] for k in program.kernels]
     run = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, PTR, I64]),
                       name=entry_symbol(program))

@@ -168,3 +168,31 @@ def test_prepare_kernel_keeps_semantics_text() -> None:
 def test_verifier_rejects(body, message) -> None:
     with pytest.raises(KirError, match=message):
         verify_kernel(Kernel("bad", (X, Y), body))
+
+
+def test_vector_loop_becomes_vector_code_and_remainder() -> None:
+    from irkit.kir.vectorize import affine_stride, vectorize_loops
+
+    b = Buffer("b", "f32", Const(4))
+    body = Store(Y, IV * 4 + JV, Binary("max", Load(X, IV * 4 + JV) + Load(b, IV),
+                                        Const(0.0, "f32")))
+    loop = For(JV, Const(10), body, "vector")
+    text = print_kernel(Kernel("v", (X, Y, b), simplify_stmt(vectorize_loops(loop, 4))))
+    assert text == """\
+kernel v(x: f32[(N * 4)], y: f32[(N * 4)], b: f32[4]) {
+  for j_v in range(2):
+    y[((i * 4) + (j_v * 4)) : +4] = max((x[((i * 4) + (j_v * 4)) : +4] + b[i]), 0.0:f32)
+  for j in range(8, +2):
+    y[((i * 4) + j)] = max((x[((i * 4) + j)] + b[i]), 0.0:f32)
+}"""
+    assert affine_stride(IV * 4 + JV * 3, JV) == 3
+    assert affine_stride((JV // 2) + IV, JV) is None
+
+
+def test_vector_loop_left_serial_when_not_contiguous() -> None:
+    from irkit.kir.vectorize import vectorize_loops
+
+    gather = For(JV, Const(8), Store(Y, JV, Load(X, JV * 2)), "vector")
+    assert vectorize_loops(gather, 4) == For(JV, Const(8), Store(Y, JV, Load(X, JV * 2)))
+    as_value = For(JV, Const(8), Store(Y, JV, Cast("f32", JV)), "vector")
+    assert vectorize_loops(as_value, 4).kind == "serial"  # type: ignore[attr-defined]
