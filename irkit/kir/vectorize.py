@@ -47,10 +47,11 @@ def affine_stride(expr: Expr, var: Var) -> int | None:
         a, b = affine_stride(expr.a, var), affine_stride(expr.b, var)
         if a is None or b is None:
             return None
-        if b == 0 and isinstance(simplify_expr(expr.b), Const):
-            return a * int(simplify_expr(expr.b).value)  # type: ignore[union-attr]
-        if a == 0 and isinstance(simplify_expr(expr.a), Const):
-            return b * int(simplify_expr(expr.a).value)  # type: ignore[union-attr]
+        left, right = simplify_expr(expr.a), simplify_expr(expr.b)
+        if b == 0 and isinstance(right, Const):
+            return a * int(right.value)
+        if a == 0 and isinstance(left, Const):
+            return b * int(left.value)
     return None
 
 
@@ -66,7 +67,7 @@ def _widen(expr: Expr, var: Var, base: Expr, lanes: int, vectors: set[str]) -> E
         raise _NotVectorizable
     if expr == var:
         raise _NotVectorizable  # the index as a value would need an iota vector
-    if isinstance(expr, Var) or isinstance(expr, Const):
+    if isinstance(expr, Var | Const):
         return expr
     return map_children(expr, lambda child: _widen(child, var, base, lanes, vectors))
 
