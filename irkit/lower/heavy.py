@@ -229,12 +229,12 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> 
             copy = block(
                 For(c, c_lo, Store(bpanel, dst + c, zero)),
                 For(c, simplify_expr(c_hi - c_lo), Store(bpanel, dst + c, Load(xbuf, src)),
-                    "serial", c_lo),
+                    "vector", c_lo),
                 For(c, simplify_expr(Const(count) - c_hi), Store(bpanel, dst + c, zero),
                     "serial", c_hi),
             )
             inside = Binary("and", Binary("ge", iy, Const(0)), Binary("lt", iy, Const(ih)))
-            return If(inside, copy, For(c, Const(count), Store(bpanel, dst + c, zero)))
+            return If(inside, copy, For(c, Const(count), Store(bpanel, dst + c, zero), "vector"))
 
         taps: list[Stmt] = []
         for ky_ in range(kh):
