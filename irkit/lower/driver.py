@@ -140,6 +140,10 @@ class GraphLowering:
                 outs = LOWERINGS[node.op](self.ctx, node, ins)
         except LoweringError as exc:
             raise LoweringError(f"{node.describe()}: {exc}") from exc
+        unbound = [v for v in node.outputs[len(outs):] if v.is_used]
+        if unbound:
+            raise LoweringError(f"{node.describe()}: its output(s) "
+                                f"{', '.join('%' + v.name for v in unbound)} are not supported")
         for value, ref in zip(node.outputs, outs):
             self.refs[value] = self.settle(value, ref)
 

@@ -17,6 +17,7 @@ from irkit.kir import Binary, Call, Cast, Const, Expr, Select, Unary, simplify_e
 from irkit.lower.context import LoweringContext, expr_cost
 from irkit.lower.tensor import (
     KIR_DTYPES,
+    NUMPY_DTYPES,
     Index,
     LoweringError,
     TensorRef,
@@ -37,6 +38,28 @@ def _c(value: float, like: Expr) -> Const:
 def _sigmoid(x: Expr) -> Expr:
     one = _c(1.0, x)
     return one / (one + Call("exp", (-x,)))
+
+
+def _isinf(x: Expr, node: Node) -> Expr:
+    pos = Binary("eq", x, _c(float("inf"), x))
+    neg = Binary("eq", x, _c(float("-inf"), x))
+    want_pos, want_neg = node.attr("detect_positive", 1), node.attr("detect_negative", 1)
+    if want_pos and want_neg:
+        return Binary("or", pos, neg)
+    if want_pos:
+        return pos
+    if want_neg:
+        return neg
+    return Binary("and", pos, neg)  # detects nothing: always false
+
+
+def _python_mod(a: Expr, b: Expr) -> Expr:
+    """ONNX Mod with fmod=0: the remainder takes the divisor's sign (like Python's %)."""
+    r = Binary("mod", a, b)
+    zero = _c(0, a)
+    fix = Binary("and", Binary("ne", r, zero),
+                 Binary("ne", Binary("lt", r, zero), Binary("lt", b, zero)))
+    return Select(fix, r + b, r)
 
 
 def _gelu(x: Expr, node: Node) -> Expr:
@@ -79,7 +102,7 @@ UNARY: dict[str, UnaryFn] = {
     "Softplus": lambda x, n: Call("log", (_c(1.0, x) + Call("exp", (x,)),)),
     "Softsign": lambda x, n: x / (_c(1.0, x) + Call("abs", (x,))),
     "IsNaN": lambda x, n: Binary("ne", x, x),
-    "IsInf": lambda x, n: Binary("eq", Call("abs", (x,)), _c(float("inf"), x)),
+    "IsInf": lambda x, n: _isinf(x, n),
 }
 BOOL_RESULT = frozenset(["IsNaN", "IsInf"])
 
@@ -115,8 +138,13 @@ def _pow(base: Expr, exponent: TensorRef, idx_e: Expr) -> Expr:
         e = float(exponent.const.reshape(-1)[0])
         table = {1.0: lambda b: b, 2.0: lambda b: b * b, 3.0: lambda b: b * b * b,
                  0.5: lambda b: Call("sqrt", (b,)), -1.0: lambda b: _c(1.0, b) / b}
-        if e in table:
+        if e in table and (base.dtype in ("f32", "f64") or e in (1.0, 2.0, 3.0)):
             return table[e](base)
+    if base.dtype not in ("f32", "f64"):
+        # Integer powers through f64 (exact for the magnitudes integer tensors hold).
+        wide = Call("pow", (Cast("f64", base), Cast("f64", idx_e)))
+        return Cast(base.dtype, Call("round", (wide,)) if idx_e.dtype not in ("f32", "f64")
+                    else wide)
     if idx_e.dtype != base.dtype:
         idx_e = Cast(base.dtype, idx_e)
     return Call("pow", (base, idx_e))
@@ -131,6 +159,9 @@ def lower_binary(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         base, exp = refs
         return [inline(shape, base.dtype,
                        lambda idx: _pow(reads[0](idx), exp, reads[1](idx)), refs)]
+    if node.op == "Mod" and not node.attr("fmod", 0):
+        return [inline(shape, refs[0].dtype,
+                       lambda idx: _python_mod(reads[0](idx), reads[1](idx)), refs)]
     if node.op in ("Sum", "Mean", "Max", "Min") or len(refs) > 2:
         op = {"Sum": "add", "Mean": "add"}.get(node.op, BINARY.get(node.op, "add"))
 
@@ -165,7 +196,7 @@ def lower_cast(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) ->
     if to is None:
         raise LoweringError(f"Cast to {DType(node.attr('to')).name} is not supported")
     if x.const is not None:
-        return [ctx.const_ref(x.const.astype(to if to != "bool" else np.bool_), to)]
+        return [ctx.const_ref(np.asarray(x.const).astype(NUMPY_DTYPES[to]), to)]
     return [inline(x.shape, to, lambda idx: Cast(to, x.read(idx)), [x])]
 
 

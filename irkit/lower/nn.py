@@ -240,6 +240,8 @@ def lower_pool(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                ) -> list[TensorRef]:
     x = ins[0]
     assert x is not None
+    if x.dtype not in ("f32", "f64"):
+        raise LoweringError(f"{node.op} on {x.dtype} is not supported (float only)")
     if node.op in ("GlobalAveragePool", "GlobalMaxPool"):
         fake = Node("ReduceMean" if node.op == "GlobalAveragePool" else "ReduceMax", [],
                     {"axes": list(range(2, x.rank)), "keepdims": 1})

@@ -140,7 +140,8 @@ def lower_reshape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     assert x is not None
     total = product(x.shape)
     if node.op == "Flatten":
-        axis = int(node.attr("axis", 1)) % (x.rank + 1) if x.rank else 0
+        axis = int(node.attr("axis", 1))
+        axis = axis + x.rank if axis < 0 else axis
         shape = [product(x.shape[:axis]), product(x.shape[axis:])]
         return [reshape_ref(x, shape)]
     if node.op in ("Squeeze", "Unsqueeze"):
