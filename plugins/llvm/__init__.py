@@ -1,12 +1,18 @@
 """The ``llvm`` backend: Graph → kernel IR → LLVM IR (llvmlite) → host object file.
 
-``irkit.compile(graph, target="llvm", threads=0, fallback="none", mr=6, nr=16,
-emit="object", fast_math=True)`` returns an Artifact holding ``model.o`` (relocatable,
-host triple and CPU features, -O3), ``weights.bin`` (64-byte aligned raw blobs) and a
-manifest whose ``entry`` names the entry symbols, io order and the workspace plan. The
-runtime loader ``irkit.runtime.backends.llvm`` links the object in process with
+``irkit.compile(graph, target="llvm", threads=0, fallback="none", mr=0, nr=0, vec=0,
+conv_mr=0, conv_nr=0, emit="object", fast_math=True)`` returns an Artifact holding
+``model.o`` (relocatable, host triple and CPU features, -O3), ``weights.bin`` (64-byte
+aligned raw blobs, GEMM weights pre-packed into panels) and a manifest whose ``entry``
+names the entry symbols, io order, affine (``a*N+b``) shapes, the workspace plan with its
+peak bytes, the fused ops and the compile time. Tile sizes of 0 pick defaults for the host
+(AVX-512: vec=16, 8x32 GEMM and 4x64 conv microkernels; AVX2: vec=8, 6x16 and 3x32).
+The runtime loader ``irkit.runtime.backends.llvm`` links the object in process with
 llvmlite's ORC JIT, so serving needs no system linker. ``emit="shared"`` also links
 ``model.so`` and writes ``model.h`` when a C compiler driver (``cc``) exists.
+
+Ops it cannot lower: one error naming all of them, or with ``fallback="ort"`` the graph
+is split into segments and ONNX Runtime runs the unsupported ones (see ``segments``).
 """
 
 from __future__ import annotations

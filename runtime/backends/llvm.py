@@ -5,7 +5,12 @@ Artifact layout (``entry``)::
 
     {"object": "model.o", "weights": "weights.bin", "run": "<name>_run",
      "kernels": ["k0", ...], "io": ["x", "y"],           # io pointer order
-     "workspace": [bytes per N, constant bytes], "alignment": 64}
+     "workspace": [bytes per N, constant bytes],
+     "input_shapes": {"x": [[1, 0], [0, 64]]},          # dims as a*N + b
+     "output_shapes": {"y": [[1, 0], [0, 10]]}, ...}
+
+or, with per-node ORT fallback, ``{"segments": [{"kind": "llvm", <the keys above>,
+"inputs": [...], "outputs": [...]}, {"kind": "ort", "model": "seg1.onnx", ...}]}``.
 
 Each kernel ``k`` exports ``k(io, weights, workspace, N, start, end)`` and
 ``k_extent(N)``; with ``threads > 1`` the runner splits a kernel's top-level parallel
