@@ -22,6 +22,7 @@ from irkit.lower.tensor import (
     TensorRef,
     broadcast_shape,
     dims_equal,
+    flat_index,
     product,
     static,
     unravel,
@@ -45,6 +46,8 @@ def _transpose_last2(ctx: LoweringContext, ref: TensorRef) -> TensorRef:
 def plan_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> HeavyPlan:
     a, b = ins[0], ins[1]
     assert a is not None and b is not None
+    if node.op == "MatMul" and (a.rank == 1 or b.rank == 1):
+        return _matmul_vector_operand(ctx, node, a, b)
     alpha, beta, c_ref = 1.0, 1.0, None
     if node.op == "Gemm":
         if node.attr("transA", 0):
@@ -78,12 +81,22 @@ def plan_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -
     else:
         rows_all = rows
         batch = product(batch_shape)
-        if a_batched and not all(dims_equal(x, y) for x, y in zip(a.shape[:-2], batch_shape)):
-            raise LoweringError("MatMul with broadcast batch dims on A is not supported")
     mk = simplify_expr(rows * k)
+    same_batch = a_batched and len(a.shape) - 2 == len(batch_shape) and all(
+        dims_equal(x, y) for x, y in zip(a.shape[:-2], batch_shape))
+    a_batch = a.shape[:-2]
 
     def a_offset(bi: Expr) -> Expr:
-        return bi * mk if (a_batched and not fold_batch) else Const(0)
+        if fold_batch or not a_batched:
+            return Const(0)
+        if same_batch:
+            return bi * mk
+        # A broadcasts over some batch dims: index its own (possibly size-1) dims.
+        full = unravel(bi, batch_shape)
+        off = len(batch_shape) - len(a_batch)
+        own = tuple(Const(0) if (isinstance(d, Const) and d.value == 1) else full[q + off]
+                    for q, d in enumerate(a_batch))
+        return simplify_expr(flat_index(own, a_batch) * mk)
 
     spec_b: dict[str, object] = {}
     if b.const is not None and fold_batch:
@@ -127,6 +140,30 @@ def plan_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -
         emit_gemm(ctx, spec, node.op.lower())
 
     return HeavyPlan(out_shape, emit)
+
+
+def _matmul_vector_operand(ctx: LoweringContext, node: Node, a: TensorRef, b: TensorRef
+                           ) -> HeavyPlan:
+    """numpy matmul semantics for 1-D operands: promote to a matrix, drop the dim after."""
+    from irkit.lower.shape_ops import reshape_ref
+
+    drop: list[int] = []
+    if a.rank == 1:
+        a = reshape_ref(a, (Const(1), a.shape[0]))
+        drop.append(-2)
+    if b.rank == 1:
+        b = reshape_ref(b, (b.shape[0], Const(1)))
+        drop.append(-1)
+    inner = plan_matmul(ctx, node, [a, b])
+    rank = len(inner.shape)
+    dropped = {rank + d for d in drop}
+    shape = tuple(d for k, d in enumerate(inner.shape) if k not in dropped)
+
+    def emit(epilogue: Epilogue) -> None:
+        inner.emit(lambda idx, acc: epilogue(
+            tuple(i for k, i in enumerate(idx) if k not in dropped), acc))
+
+    return HeavyPlan(shape, emit)
 
 
 def conv_geometry(node: Node, x: TensorRef, w: np.ndarray) -> dict[str, list[int]]:

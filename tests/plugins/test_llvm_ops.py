@@ -94,6 +94,12 @@ CASES = [
          {"w": w(12, 7)}),
     Case("matmul_batched_runtime", [node("MatMul", ["x", "z"])],
          {"x": (("N", 2, 5, 7), F), "z": (("N", 2, 7, 3), F)}),
+    Case("matmul_vector_left", [node("MatMul", ["v", "x"])], {"x": (("N", 7, 3), F)},
+         {"v": w(7)}),
+    Case("matmul_vector_right", [node("MatMul", ["x", "v"])], {"x": (("N", 5, 7), F)},
+         {"v": w(7)}),
+    Case("matmul_broadcast_a", [node("MatMul", ["a", "x"])], {"x": (("N", 2, 7, 3), F)},
+         {"a": w(2, 5, 7)}),
     Case("matmul_runtime_b_static", [node("MatMul", ["x", "z"])],
          {"x": (("N", 9), F), "z": ((9, 35), F)}),
     Case("gemm_full", [node("Gemm", ["x", "w", "c"], transB=1, alpha=0.5, beta=2.0)],
@@ -232,4 +238,4 @@ def test_op_matches_onnxruntime(case: Case, tmp_path: Path) -> None:
 
 
 def test_case_count() -> None:
-    assert len(CASES) == 67
+    assert len(CASES) == 70
