@@ -77,6 +77,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             print(f"{target}: {path}")
         return 0
     graph = _load_any(args.source)
+    if Path(args.source).is_file():
+        graph.name = Path(args.source).stem  # exporters' names ("main_graph") say nothing
     if args.passes:
         graph = optimize(graph, args.passes)
     target = args.target or "ort"
@@ -195,7 +197,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         build_pipeline(pipeline, target=target.name)
     model = irkit.runtime.load(artifact_dir)
     adapter_cls = get_registry().get("adapters", serve.adapter).obj
-    adapter = adapter_cls(model, **dict(serve.options))
+    try:
+        adapter = adapter_cls(model, **dict(serve.options))
+    except (ValueError, TypeError) as exc:  # option errors found by the adapter itself
+        raise IrkitError(f"{pipeline.file}:{serve.line}:{serve.column}: serve "
+                         f"{serve.adapter}: {exc}") from None
     adapter.serve()
     return 0
 

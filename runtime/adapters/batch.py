@@ -116,7 +116,11 @@ class BatchAdapter:
         self.input = Path(config["input"])
         self.output = Path(config["output"])
         self.input_format = infer_format(self.input, config["input_format"])
-        self.output_format = infer_format(self.output, config["output_format"])
+        # An output directory without an extension writes shards in the input's format.
+        output_format = config["output_format"]
+        if output_format is None and not self.output.suffix:
+            output_format = self.input_format
+        self.output_format = infer_format(self.output, output_format)
         self.chunk_rows: int = config["chunk_rows"]
         self.shard_rows: int = config["shard_rows"]
         if self.chunk_rows < 1 or self.shard_rows < 1:

@@ -217,7 +217,10 @@ def test_schema_mismatch_and_foreign_output_are_refused(
         BatchAdapter(digits_model, input=str(tmp_path / "ok.npy"), output=str(tmp_path / "q.npz"),
                      shard_rows=2, progress=False).serve()  # fmt: skip
     with pytest.raises(ValueError, match="cannot tell the format"):
-        BatchAdapter(digits_model, input=str(tmp_path / "ok.npy"), output=str(tmp_path / "out"))
+        BatchAdapter(digits_model, input=str(tmp_path / "ok.npy"), output=str(tmp_path / "o.bin"))
+    # an output directory without an extension takes the input's format
+    assert BatchAdapter(digits_model, input=str(tmp_path / "ok.npy"),
+                        output=str(tmp_path / "out")).output_format == "npy"
 
 
 RUNNER = textwrap.dedent(
