@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from irkit import __version__
-from irkit.errors import IrkitError
+from irkit.errors import IrkitError, UnsupportedOpsError
 from irkit.runtime.artifact import Artifact
 from irkit.runtime.options import Option
 from irkit.runtime.signature import TensorSpec
@@ -38,6 +38,10 @@ WEIGHTS_FILE = "weights.bin"
 
 class LlvmBackendError(IrkitError):
     """The graph cannot be compiled by the llvm backend."""
+
+
+class LlvmUnsupportedError(LlvmBackendError, UnsupportedOpsError):
+    """The graph uses ops, dtypes or attributes the llvm backend does not lower."""
 
 
 def _tensor_spec(value: Any, symbol: str | None) -> TensorSpec:
@@ -110,7 +114,7 @@ class LlvmBackend:
         except LoweringError as exc:
             if opts["fallback"] == "ort":
                 return self._fallback(graph, opts, str(exc))
-            raise LlvmBackendError(str(exc)) from exc
+            raise LlvmUnsupportedError(str(exc)) from exc
         entry["target"] = {"triple": target.triple, "cpu": target.cpu}
         entry["compile_seconds"]["total"] = round(time.perf_counter() - start, 4)
         symbol = batch_symbol(graph)
