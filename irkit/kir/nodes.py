@@ -27,6 +27,7 @@ CALLS = {
     # name: arity. ``fma(a, b, c) = a * b + c``.
     "exp": 1, "log": 1, "tanh": 1, "erf": 1, "sqrt": 1, "abs": 1, "floor": 1,
     "ceil": 1, "round": 1, "sin": 1, "cos": 1, "pow": 2, "fma": 3,
+    "dot4_u8s8": 3,  # i32 lanes: acc + sum of 4 u8(a byte) * s8(b byte) (int8 GEMM)
 }  # fmt: skip
 ForKind = Literal["serial", "parallel", "vector", "unroll"]
 FOR_KINDS = ("serial", "parallel", "vector", "unroll")

@@ -39,6 +39,7 @@ from irkit.kir import (
     prepare_kernel,
     verify_kernel,
 )
+from irkit.plugins.llvm.intrinsics import EXTENSION_CALLS, emit_extension_call
 from irkit.plugins.llvm.mathlib import MathEmitter
 
 I1 = ir.IntType(1)
@@ -299,6 +300,8 @@ class KernelTranslator:
         return self.b.select(keep_x, x, y)
 
     def _call(self, fn: str, args: Sequence[ir.Value], dtype: str) -> ir.Value:
+        if fn in EXTENSION_CALLS:
+            return emit_extension_call(self.b, self.module, fn, args)
         if dtype == "f32" and fn in ("exp", "tanh", "erf"):
             return getattr(self.math, fn)(args[0])
         if fn == "erf":
