@@ -14,6 +14,8 @@ from irkit.lower import elementwise as ew
 from irkit.lower import nn, shape_ops
 from irkit.lower.context import MAX_INLINE_COST, LoweringContext, Tiles
 from irkit.lower.heavy import HEAVY, HeavyPlan
+from irkit.lower.quantized import INT8_HEAVY
+from irkit.lower.sparse import SPARSE_AWARE
 from irkit.lower.planner import MemoryPlan, plan_workspace
 from irkit.lower.tensor import (
     KIR_DTYPES,
@@ -48,6 +50,7 @@ LOWERINGS: dict[str, LowerFn] = {
     "Shape": shape_ops.lower_shape, "Constant": shape_ops.lower_constant,
     "ConstantOfShape": shape_ops.lower_constant_of_shape, "Range": shape_ops.lower_range,
 }  # fmt: skip
+HEAVY = {**HEAVY, **SPARSE_AWARE, **INT8_HEAVY}  # sparse-aware MatMul/Gemm, irkit int8 ops
 SUPPORTED_OPS = frozenset([*LOWERINGS, *HEAVY])
 FUSABLE = ew.ELEMENTWISE_OPS
 ACC = Var("__acc", "f32")
@@ -65,8 +68,8 @@ class LoweredModel:
 
 
 def unsupported_nodes(graph: Graph) -> list[Node]:
-    return [n for n in graph.nodes if n.domain not in ("", "ai.onnx") or n.op not in
-            SUPPORTED_OPS]
+    return [n for n in graph.nodes if (n.domain not in ("", "ai.onnx") or n.op not in
+            SUPPORTED_OPS) and not (n.domain == "irkit" and n.op in INT8_HEAVY)]
 
 
 def batch_symbol(graph: Graph) -> str | None:

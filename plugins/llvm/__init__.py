@@ -99,10 +99,12 @@ class LlvmBackend:
     def compile(self, graph: Any, **options: Any) -> Artifact:
         """Lower, translate and emit ``graph``; see the module docstring for options."""
         from irkit.lower import LoweringError, unsupported_nodes
+        from irkit.lower.fused import decompose_fused_ops
         from irkit.lower.driver import batch_symbol
         from irkit.plugins.llvm.emit import host_target
 
         opts = self._resolve(options)
+        graph = decompose_fused_ops(graph)  # irkit fused ops -> ops the GEMM epilogues fuse
         start = time.perf_counter()
         target = host_target()
         missing = unsupported_nodes(graph)

@@ -1,0 +1,444 @@
+"""int8 kernels for ``irkit.QLinearMatMulInt8``, ``irkit.QLinearConvInt8`` and
+``irkit.DynamicQuantMatMulInt8``.
+
+Every op becomes two loops: a *quantize/pack* loop that turns the float activations into
+unsigned bytes, four per ``i32`` word along the reduction axis (for a convolution this is
+the im2col, so each input element is quantized where it is read), and an int8 GEMM whose
+microkernel adds ``dot4_u8s8`` products (``vpdpbusd`` with VNNI) into ``mr x nr`` i32
+accumulators. Weights are packed at compile time as ``[panels][K/4][nr]`` words of four
+int8 values. The epilogue removes the activation zero point with precomputed weight
+column sums, rescales by ``x_scale * w_scale[col]``, adds the bias and residual, applies
+the activation and hands the float to the driver's fused chain.
+
+Signed activations (symmetric int8) are shifted by 128 into u8 and the zero point with
+them, so one u8 x s8 kernel serves both. The accumulator is exact (int32); results
+differ from the reference decomposition only by float rounding of the final rescale
+(and by one quantization step where ``x / scale`` lands within an ulp of .5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from irkit.ir import Node
+from irkit.kir import (
+    Binary,
+    Broadcast,
+    Buffer,
+    Call,
+    Cast,
+    Const,
+    Expr,
+    For,
+    If,
+    Let,
+    Load,
+    Select,
+    Stmt,
+    Store,
+    Var,
+    block,
+    simplify_expr,
+)
+from irkit.lower.context import LoweringContext
+from irkit.lower.heavy import Epilogue, HeavyPlan, conv_geometry
+from irkit.lower.tensor import Index, LoweringError, TensorRef, product, static, unravel
+
+Int8Store = Callable[[Expr, Expr, Expr], Stmt]  # (row, col, i32 accumulator) -> Stmt
+F32 = "f32"
+
+
+def _f(value: float) -> Const:
+    return Const(float(np.float32(value)), F32)
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """How float activations become the u8 bytes the kernel reads.
+
+    ``q = clamp(round(x / scale) + zp, qmin, qmax) + shift`` and the zero point the
+    kernel subtracts is ``zp + shift``. ``scale``/``zp`` are literals (static) or loads
+    from a two-element workspace buffer written at run time (dynamic)."""
+
+    scale: Expr
+    zp: Expr  # f32
+    qmin: int
+    qmax: int
+    shift: int
+
+    def byte(self, x: Expr) -> Expr:
+        """The u8 value (as f32, exact) of float ``x``."""
+        q = Call("round", (x / self.scale,)) + self.zp
+        q = Binary("min", Binary("max", q, _f(self.qmin)), _f(self.qmax))
+        return q + _f(self.shift) if self.shift else q
+
+    def zero_i32(self) -> Expr:
+        return Cast("i32", self.zp + _f(self.shift)) if self.shift else Cast("i32", self.zp)
+
+
+def static_quant(scale: np.ndarray, zp: np.ndarray) -> ActQuant:
+    if np.asarray(scale).size != 1 or np.asarray(zp).size != 1:
+        raise LoweringError("int8 kernels need a per-tensor activation scale")
+    signed = np.asarray(zp).dtype == np.int8
+    return ActQuant(_f(float(np.asarray(scale).reshape(-1)[0])),
+                    _f(float(np.asarray(zp).reshape(-1)[0])),
+                    -128 if signed else 0, 127 if signed else 255, 128 if signed else 0)
+
+
+def pack_word(ctx: LoweringContext, values: list[Expr]) -> Expr:
+    """Four u8 values (f32, exact) as one little-endian i32 word; missing ones are 0."""
+    word: Expr = Const(0, "i32")
+    for t, v in enumerate(values):
+        term = Cast("i32", v)
+        word = term if t == 0 else word + term * Const(1 << (8 * t), "i32")
+    del ctx
+    return word
+
+
+def pack_int8_weights(w: np.ndarray, nr: int) -> tuple[np.ndarray, int]:
+    """``[K, cols]`` int8 → (``[panels, ceil(K/4), nr]`` i32 words, number of words)."""
+    k, cols = w.shape
+    kw = -(-k // 4)
+    panels = -(-cols // nr)
+    padded = np.zeros((kw * 4, panels * nr), np.int8)
+    padded[:k, :cols] = w
+    # [kw, 4, panels, nr] -> [panels, kw, nr, 4]: four consecutive k per word.
+    grouped = padded.reshape(kw, 4, panels, nr).transpose(2, 0, 3, 1)
+    return np.ascontiguousarray(grouped).view(np.int32).reshape(panels, kw, nr), kw
+
+
+@dataclass
+class Int8Gemm:
+    """``C[i, j] = sum_k A[i, k] * B[k, j]`` with u8 A packed in words ``[rows, kw]``."""
+
+    rows: Expr
+    words: int
+    cols: int
+    a_buf: Buffer
+    b_packed: Buffer
+    store: Int8Store
+
+
+def emit_int8_gemm(ctx: LoweringContext, spec: Int8Gemm, hint: str, mr: int, nr: int,
+                   lanes: int) -> None:
+    """The GEMM kernel: panels of ``nr`` columns (parallel), ``mr``-row blocks inside."""
+    vecs = nr // lanes
+    acc = Buffer(ctx.fresh("iacc"), "i32", Const(mr * nr), "local")
+    p = ctx.var("p")
+    panel_base = p * (spec.words * nr)
+
+    def micro(i0: Expr, rows: int) -> Stmt:
+        zero = Broadcast(Const(0, "i32"), lanes)
+        stmts: list[Stmt] = [Store(acc, Const(r * nr + v * lanes), zero)
+                             for r in range(rows) for v in range(vecs)]
+        kq = ctx.var("kw")
+        bvars = [Var(ctx.fresh(f"wb{v}"), "i32") for v in range(vecs)]
+        body: list[Stmt] = [Let(bvars[v], Load(spec.b_packed, panel_base + kq * nr + v * lanes,
+                                               lanes)) for v in range(vecs)]
+        for r in range(rows):
+            a = Broadcast(Load(spec.a_buf, (i0 + r) * spec.words + kq), lanes)
+            for v in range(vecs):
+                slot = Const(r * nr + v * lanes)
+                body.append(Store(acc, slot, Call("dot4_u8s8", (
+                    Load(acc, slot, lanes), a, bvars[v]))))
+        stmts.append(For(kq, Const(spec.words), block(*body)))
+        r_var, c_var = ctx.var("r"), ctx.var("c")
+        epilogue = spec.store(i0 + r_var, p * nr + c_var, Load(acc, r_var * nr + c_var))
+        full_panels, tail = divmod(spec.cols, nr)
+        full = For(r_var, Const(rows), For(c_var, Const(nr), epilogue, "vector"))
+        if tail == 0:
+            stmts.append(full)
+        else:
+            partial = For(r_var, Const(rows), For(c_var, Const(tail), epilogue, "vector"))
+            stmts.append(If(Binary("lt", p, Const(full_panels)), full, partial)
+                         if full_panels else partial)
+        return block(*stmts)
+
+    ib = ctx.var("ib")
+    rows = simplify_expr(spec.rows)
+    blocks: list[Stmt] = [For(ib, rows // mr, micro(ib * mr, mr))]
+    if isinstance(rows, Const):
+        rem = int(rows.value) % mr
+        if rem:
+            blocks.append(micro(Const(int(rows.value) - rem), rem))
+    else:
+        rem_var = ctx.var("rem")
+        blocks.append(Let(rem_var, rows % mr))
+        for r in range(1, mr):
+            blocks.append(If(Binary("eq", rem_var, Const(r)), micro(rows - r, r)))
+    panels = -(-spec.cols // nr)
+    ctx.add_kernel(hint, For(p, Const(panels), block(*blocks), "parallel"), [acc])
+
+
+def int8_tiles(ctx: LoweringContext) -> tuple[int, int, int]:
+    """(mr, nr, lanes): i32 lanes follow the f32 vector width the backend chose."""
+    lanes = ctx.tiles.vec if ctx.tiles.vec in (8, 16) else 8
+    return (8 if lanes == 16 else 4), 2 * lanes, lanes
+
+
+# -- epilogue ---------------------------------------------------------------------------
+def apply_activation(value: Expr, act: str) -> Expr:
+    half, one = _f(0.5), _f(1.0)
+    if act == "none":
+        return value
+    if act == "relu":
+        return Binary("max", value, _f(0.0))
+    if act == "sigmoid":
+        return one / (one + Call("exp", (-value,)))
+    if act == "tanh":
+        return Call("tanh", (value,))
+    if act == "gelu":
+        return half * value * (one + Call("erf", (value * _f(1 / math.sqrt(2.0)),)))
+    if act == "gelu_tanh":
+        inner = (value + _f(0.044715) * value * value * value) * _f(math.sqrt(2 / math.pi))
+        return half * value * (one + Call("tanh", (inner,)))
+    raise LoweringError(f"unknown activation {act!r}")
+
+
+@dataclass
+class Requant:
+    """acc (i32, u8 x s8) → float: ``(acc - zx * colsum[j]) * x_scale * w_scale[j] + b``."""
+
+    colsum: Buffer
+    wscale: Buffer
+    bias: TensorRef | None
+    residual: TensorRef | None
+    act: str
+    quant: ActQuant
+
+    def value(self, acc: Expr, col: Expr, out_idx: Index) -> Expr:
+        corrected = acc - self.quant.zero_i32() * Load(self.colsum, col)
+        y = Cast(F32, corrected) * (self.quant.scale * Load(self.wscale, col))
+        if self.bias is not None:
+            y = y + self.bias.read((col,))
+        if self.residual is not None:
+            off = len(out_idx) - self.residual.rank
+            ridx = tuple(Const(0) if (isinstance(d, Const) and d.value == 1) else out_idx[q + off]
+                         for q, d in enumerate(self.residual.shape))
+            y = y + self.residual.read(ridx)
+        return apply_activation(y, self.act)
+
+
+def _requant(ctx: LoweringContext, node: Node, w: np.ndarray, wscale: np.ndarray,
+             wzp: np.ndarray, bias: TensorRef | None, residual: TensorRef | None,
+             quant: ActQuant) -> Requant:
+    """``w`` is ``[K, cols]`` int8; its per-column sums fold the activation zero point."""
+    if np.any(np.asarray(wzp) != 0):
+        raise LoweringError("int8 kernels need symmetric weights (zero point 0)")
+    cols = w.shape[1]
+    scales = np.broadcast_to(np.asarray(wscale, np.float32).reshape(-1), (cols,))
+    colsum = w.astype(np.int32).sum(axis=0).astype(np.int32)
+    return Requant(ctx.weight_buffer(colsum, "i32", "wsum"),
+                   ctx.weight_buffer(np.ascontiguousarray(scales), F32, "wscale"),
+                   bias, residual, str(node.attr("act", "none")), quant)
+
+
+def _const(ref: TensorRef | None, what: str) -> np.ndarray:
+    if ref is None or ref.const is None:
+        raise LoweringError(f"int8 kernels need a constant {what}")
+    return np.asarray(ref.const)
+
+
+def _optional(ins: list[TensorRef | None], index: int) -> TensorRef | None:
+    return ins[index] if index < len(ins) else None
+
+
+# -- matmul -----------------------------------------------------------------------------
+def _plan_int8_matmul(ctx: LoweringContext, node: Node, x: TensorRef, w: np.ndarray,
+                      requant: Requant, prologue: Callable[[], None] | None) -> HeavyPlan:
+    if w.ndim != 2 or x.rank < 2:
+        raise LoweringError("int8 MatMul needs x of rank >= 2 and 2-D weights")
+    k, cols = w.shape
+    if static(x.shape[-1], "int8 MatMul depth") != k:
+        raise LoweringError(f"int8 MatMul depth {x.shape[-1]} != weight rows {k}")
+    lead = x.shape[:-1]
+    rows = simplify_expr(product(lead))
+    out_shape = (*lead, Const(cols))
+    mr, nr, lanes = int8_tiles(ctx)
+    packed, words = pack_int8_weights(w.astype(np.int8), nr)
+    b_buf = ctx.weight_buffer(packed, "i32", "w8pack")
+    a_buf = ctx.new_buffer("xq", "i32", rows * words)
+    quant = requant.quant
+
+    def emit(epilogue: Epilogue) -> None:
+        if prologue is not None:
+            prologue()
+        i, wv = ctx.var("i"), ctx.var("w")
+
+        def element(kk: Expr) -> Expr:
+            return quant.byte(x.read((*unravel(i, lead), kk)))
+
+        full = k // 4
+        pack: list[Stmt] = [For(wv, Const(full), Store(a_buf, i * words + wv, pack_word(
+            ctx, [element(wv * 4 + t) for t in range(4)])))]
+        if k % 4:
+            pack.append(Store(a_buf, i * words + full, pack_word(
+                ctx, [element(Const(full * 4 + t)) for t in range(k % 4)])))
+        ctx.add_kernel("quant_pack", For(i, rows, block(*pack), "parallel"))
+
+        def store(row: Expr, col: Expr, acc: Expr) -> Stmt:
+            idx = (*unravel(row, lead), col)
+            return epilogue(idx, requant.value(acc, col, idx))
+
+        emit_int8_gemm(ctx, Int8Gemm(rows, words, cols, a_buf, b_buf, store), "qgemm",
+                       mr, nr, lanes)
+
+    return HeavyPlan(out_shape, emit)
+
+
+def plan_qlinear_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                        ) -> HeavyPlan:
+    x = ins[0]
+    assert x is not None
+    quant = static_quant(_const(ins[1], "x_scale"), _const(ins[2], "x_zero_point"))
+    w = _const(ins[3], "weight")
+    requant = _requant(ctx, node, w, _const(ins[4], "w_scale"), _const(ins[5], "w_zp"),
+                       _optional(ins, 6), _optional(ins, 7), quant)
+    return _plan_int8_matmul(ctx, node, x, w, requant, None)
+
+
+def plan_dynamic_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                        ) -> HeavyPlan:
+    """DynamicQuantizeLinear semantics: range over the whole tensor, including 0."""
+    x = ins[0]
+    assert x is not None
+    w = _const(ins[1], "weight")
+    qp = ctx.new_buffer("qparams", F32, Const(2))
+    quant = ActQuant(Load(qp, Const(0)), Load(qp, Const(1)), 0, 255, 0)
+    requant = _requant(ctx, node, w, _const(ins[2], "w_scale"), _const(ins[3], "w_zp"),
+                       _optional(ins, 4), _optional(ins, 5), quant)
+    x_mat = ctx.materialize(x, "dq_in")
+    assert x_mat.buffer is not None
+
+    def prologue() -> None:
+        body, scratch = _range_kernel(ctx, x_mat.buffer, product(x.shape), qp)
+        ctx.add_kernel("dq_range", body, scratch)
+
+    return _plan_int8_matmul(ctx, node, x_mat, w, requant, prologue)
+
+
+def _range_kernel(ctx: LoweringContext, xbuf: Buffer | None, size: Expr, qp: Buffer
+                  ) -> tuple[Stmt, list[Buffer]]:
+    """min/max of ``xbuf`` (vector lanes, then a scalar tail), then scale and zero point:
+    ``scale = (max(hi, 0) - min(lo, 0)) / 255``, ``zp = clamp(round(-lo / scale))``."""
+    assert xbuf is not None
+    lanes = 16
+    lo = Buffer(ctx.fresh("lo"), F32, Const(lanes), "local")
+    hi = Buffer(ctx.fresh("hi"), F32, Const(lanes), "local")
+    size = simplify_expr(size)
+    i, lane = ctx.var("i"), ctx.var("l")
+    zero_v = Broadcast(_f(0.0), lanes)
+    # Starting from 0 is exact: DynamicQuantizeLinear widens the range to include 0.
+    body = block(
+        Store(lo, Const(0), zero_v), Store(hi, Const(0), zero_v),
+        For(i, size // lanes, block(
+            Store(lo, Const(0), Binary("min", Load(lo, Const(0), lanes),
+                                       Load(xbuf, i * lanes, lanes))),
+            Store(hi, Const(0), Binary("max", Load(hi, Const(0), lanes),
+                                       Load(xbuf, i * lanes, lanes))))),
+        For(i, size % lanes, block(
+            Store(lo, Const(0), Binary("min", Load(lo, Const(0)), Load(xbuf, i))),
+            Store(hi, Const(0), Binary("max", Load(hi, Const(0)), Load(xbuf, i)))),
+            "serial", simplify_expr(size - size % lanes)),
+        For(lane, Const(lanes - 1), block(
+            Store(lo, Const(0), Binary("min", Load(lo, Const(0)), Load(lo, lane))),
+            Store(hi, Const(0), Binary("max", Load(hi, Const(0)), Load(hi, lane)))),
+            "serial", Const(1)),
+    )
+    scale = (Load(hi, Const(0)) - Load(lo, Const(0))) / _f(255.0)
+    sv = Var(ctx.fresh("scale"), F32)
+    zp = Call("round", (_f(0.0) - Load(lo, Const(0)) / sv,))
+    zp = Binary("min", Binary("max", zp, _f(0.0)), _f(255.0))
+    # An all-zero input has scale 0; use 1 so the kernel computes zeros, not NaN.
+    safe = Select(Binary("eq", sv, _f(0.0)), _f(1.0), sv)
+    return block(body, Let(sv, scale), Store(qp, Const(0), safe),
+                 Store(qp, Const(1), Select(Binary("eq", sv, _f(0.0)), _f(0.0), zp))), [lo, hi]
+
+
+# -- convolution ------------------------------------------------------------------------
+def plan_qlinear_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                      ) -> HeavyPlan:
+    """Conv as ``out[n, co, p] = sum_ck im2col(x)[n*P + p, ck] * W[co, ck]``; the im2col
+    loop quantizes while it gathers (padding becomes the zero point)."""
+    x = ins[0]
+    assert x is not None
+    quant = static_quant(_const(ins[1], "x_scale"), _const(ins[2], "x_zero_point"))
+    w4 = _const(ins[3], "weight")
+    if int(node.attr("group", 1)) != 1:
+        raise LoweringError("int8 Conv supports group=1 only")
+    g = conv_geometry(node, x, w4.astype(np.float32))
+    cout = w4.shape[0]
+    cin = static(x.shape[1], "Conv channels")
+    kh, kw_ = g["k"]
+    depth = cin * kh * kw_
+    w = np.ascontiguousarray(w4.reshape(cout, depth).T)  # [K, cout]
+    bias = _optional(ins, 6)
+    requant = _requant(ctx, node, w, _const(ins[4], "w_scale"), _const(ins[5], "w_zp"),
+                       bias, _optional(ins, 7), quant)
+    oh, ow = g["out"]
+    ih, iw = g["in"]
+    spatial = oh * ow
+    out_shape = (x.shape[0], Const(cout), Const(oh), Const(ow))
+    rows = simplify_expr(x.shape[0] * spatial)
+    mr, nr, lanes = int8_tiles(ctx)
+    packed, words = pack_int8_weights(w.astype(np.int8), nr)
+    b_buf = ctx.weight_buffer(packed, "i32", "c8pack")
+    a_buf = ctx.new_buffer("im2col_q", "i32", rows * words)
+    x_mat = ctx.materialize(x, "qconv_in")
+    xbuf = x_mat.buffer
+    assert xbuf is not None
+    sy, sx = g["s"]
+    dy, dx = g["d"]
+    pt, pl = g["p"][0], g["p"][1]
+    pad_byte = quant.zp + _f(quant.shift)
+
+    def emit(epilogue: Epilogue) -> None:
+        n, pix, wv = ctx.var("n"), ctx.var("pix"), ctx.var("w")
+        oy, ox = pix // ow, pix % ow
+
+        def element(ck: int | Expr) -> Expr:
+            ck = Const(ck) if isinstance(ck, int) else ck
+            ci, rest = ck // (kh * kw_), ck % (kh * kw_)
+            ky, kx = rest // kw_, rest % kw_
+            iy = oy * sy - pt + ky * dy
+            ix = ox * sx - pl + kx * dx
+            inside = Binary("and", Binary("and", Binary("ge", iy, Const(0)),
+                                          Binary("lt", iy, Const(ih))),
+                            Binary("and", Binary("ge", ix, Const(0)), Binary("lt", ix, Const(iw))))
+            cy = Binary("min", Binary("max", iy, Const(0)), Const(ih - 1))
+            cx = Binary("min", Binary("max", ix, Const(0)), Const(iw - 1))
+            value = Load(xbuf, ((n * cin + ci) * ih + cy) * iw + cx)
+            return Select(inside, quant.byte(value), pad_byte)
+
+        row = n * spatial + pix
+        full = depth // 4
+        pack: list[Stmt] = [For(wv, Const(full), Store(a_buf, row * words + wv, pack_word(
+            ctx, [element(wv * 4 + t) for t in range(4)])))]
+        if depth % 4:
+            pack.append(Store(a_buf, row * words + full, pack_word(
+                ctx, [element(full * 4 + t) for t in range(depth % 4)])))
+        ctx.add_kernel("qim2col", For(n, x.shape[0], For(pix, Const(spatial), block(*pack)),
+                                      "parallel"))
+
+        def store(r: Expr, col: Expr, acc: Expr) -> Stmt:
+            nn_, pp = r // spatial, r % spatial
+            idx = (simplify_expr(nn_), col, simplify_expr(pp // ow), simplify_expr(pp % ow))
+            return epilogue(idx, requant.value(acc, col, idx))
+
+        emit_int8_gemm(ctx, Int8Gemm(rows, words, cout, a_buf, b_buf, store), "qconv",
+                       mr, nr, lanes)
+
+    return HeavyPlan(out_shape, emit)
+
+
+INT8_HEAVY = {
+    "QLinearMatMulInt8": plan_qlinear_matmul,
+    "QLinearConvInt8": plan_qlinear_conv,
+    "DynamicQuantMatMulInt8": plan_dynamic_matmul,
+}
+
+__all__ = ["INT8_HEAVY", "emit_int8_gemm", "pack_int8_weights"]

@@ -1,0 +1,147 @@
+"""Sparse GEMM for unstructured-pruned weights, chosen per node from measured sparsity.
+
+``MatMul``/``Gemm`` whose constant weight ``W[K, cols]`` has at least
+``SPARSE_THRESHOLD`` zeros lower to a CSC kernel (nonzeros of each output column, with
+their row indices, baked into the weights blob at compile time); others go to the dense
+template. The kernel takes ``rb`` rows of A at a time, transposes them into a
+``[K, rb]`` panel (so one nonzero multiplies ``rb`` contiguous activations), and for
+each output column runs ``rb / vec`` FMA chains over that column's nonzeros.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from irkit.ir import Node
+from irkit.kir import (
+    Binary,
+    Broadcast,
+    Buffer,
+    Call,
+    Const,
+    Expr,
+    For,
+    Let,
+    Load,
+    Stmt,
+    Store,
+    Var,
+    block,
+    simplify_expr,
+)
+from irkit.lower.context import LoweringContext
+from irkit.lower.heavy import Epilogue, HeavyPlan, plan_matmul
+from irkit.lower.tensor import LoweringError, TensorRef, product, static, unravel
+
+SPARSE_THRESHOLD = 0.7  # fraction of zeros from which the CSC kernel beats dense tiles
+
+
+def sparse_weight(node: Node, ins: list[TensorRef | None]) -> np.ndarray | None:
+    """The ``[K, cols]`` weight of a MatMul/Gemm the sparse kernel can take, or None."""
+    a, b = ins[0], ins[1]
+    if a is None or b is None or b.const is None or a.rank < 2 or b.rank != 2:
+        return None
+    if a.dtype != "f32" or b.dtype != "f32":
+        return None
+    w = np.asarray(b.const, np.float32)
+    if node.op == "Gemm":
+        if node.attr("transA", 0) or float(node.attr("alpha", 1.0)) != 1.0 or \
+                float(node.attr("beta", 1.0)) != 1.0 or a.rank != 2:
+            return None
+        if node.attr("transB", 0):
+            w = np.ascontiguousarray(w.T)
+    if w.size == 0 or float(np.mean(w == 0)) < SPARSE_THRESHOLD:
+        return None
+    return w
+
+
+def plan_matmul_auto(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                     ) -> HeavyPlan:
+    """Sparse kernel when the weight is sparse enough, else the dense template."""
+    w = sparse_weight(node, ins)
+    if w is None:
+        return plan_matmul(ctx, node, ins)
+    a = ins[0]
+    assert a is not None
+    c_ref = ins[2] if node.op == "Gemm" and len(ins) > 2 else None
+    return plan_sparse_matmul(ctx, a, w, c_ref)
+
+
+def csc(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(column pointers i64 [cols + 1], row indices i64 [nnz], values f32 [nnz])."""
+    cols = w.shape[1]
+    rows_of = [np.flatnonzero(w[:, j]) for j in range(cols)]
+    ptr = np.zeros(cols + 1, np.int64)
+    ptr[1:] = np.cumsum([len(r) for r in rows_of])
+    idx = np.concatenate(rows_of).astype(np.int64) if ptr[-1] else np.zeros(1, np.int64)
+    vals = np.concatenate([w[r, j] for j, r in enumerate(rows_of)]).astype(np.float32) \
+        if ptr[-1] else np.zeros(1, np.float32)
+    return ptr, idx, vals
+
+
+def plan_sparse_matmul(ctx: LoweringContext, a: TensorRef, w: np.ndarray,
+                       c_ref: TensorRef | None) -> HeavyPlan:
+    k, cols = w.shape
+    if static(a.shape[-1], "MatMul depth") != k:
+        raise LoweringError(f"MatMul depth {a.shape[-1]} != weight rows {k}")
+    lead = a.shape[:-1]
+    rows = simplify_expr(product(lead))
+    out_shape = (*lead, Const(cols))
+    vec = ctx.tiles.vec
+    rb = 4 * vec
+    ptr, idx, vals = csc(w)
+    ptr_buf = ctx.weight_buffer(ptr, "i64", "csc_ptr")
+    idx_buf = ctx.weight_buffer(idx * rb, "i64", "csc_idx")  # pre-scaled panel offsets
+    val_buf = ctx.weight_buffer(vals, "f32", "csc_val")
+    a_mat = ctx.materialize(a, "sp_a")
+    abuf = a_mat.buffer
+    assert abuf is not None
+
+    def emit(epilogue: Epilogue) -> None:
+        panel = Buffer(ctx.fresh("sp_panel"), "f32", Const(k * rb), "local")
+        acc = Buffer(ctx.fresh("sp_acc"), "f32", Const(rb), "local")
+        ib, kk, r, j, t = (ctx.var(h) for h in ("ib", "k", "r", "j", "t"))
+        row0 = ib * rb
+        last = simplify_expr(rows - 1)
+        # Rows past the end read the last row; their results are never stored.
+        src_row = Binary("min", row0 + r, last)
+        pack = For(kk, Const(k), For(r, Const(rb), Store(panel, kk * rb + r,
+                                                         Load(abuf, src_row * k + kk))))
+        vecs = rb // vec
+        wv, off = Var(ctx.fresh("wv"), "f32"), Var(ctx.fresh("off"))
+        start = Load(ptr_buf, j)
+        count = Load(ptr_buf, j + 1) - start
+        step: list[Stmt] = [Let(off, Load(idx_buf, t)), Let(wv, Load(val_buf, t))]
+        for v in range(vecs):
+            slot = Const(v * vec)
+            step.append(Store(acc, slot, Call("fma", (
+                Broadcast(wv, vec), Load(panel, off + v * vec, vec), Load(acc, slot, vec)))))
+        zero = Broadcast(Const(0.0, "f32"), vec)
+        valid = Binary("min", Const(rb), rows - row0)
+
+        def store(rr: Expr) -> Stmt:
+            row = row0 + rr
+            out_idx = (*unravel(row, lead), j)
+            value: Expr = Load(acc, rr)
+            if c_ref is not None:
+                off_c = len(out_shape) - c_ref.rank
+                cidx = tuple(Const(0) if (isinstance(d, Const) and d.value == 1)
+                             else out_idx[q + off_c] for q, d in enumerate(c_ref.shape))
+                value = value + c_ref.read(cidx)
+            return epilogue(out_idx, value)
+
+        column = block(
+            *[Store(acc, Const(v * vec), zero) for v in range(vecs)],
+            For(t, count, block(*step), "serial", start),
+            For(r, valid, store(r)),
+        )
+        body = block(pack, For(j, Const(cols), column))
+        blocks = simplify_expr((rows + (rb - 1)) // rb)
+        ctx.add_kernel("spmm", For(ib, blocks, body, "parallel"), [panel, acc])
+
+    return HeavyPlan(out_shape, emit)
+
+
+SPARSE_AWARE = {"MatMul": plan_matmul_auto, "Gemm": plan_matmul_auto}
+
+__all__ = ["SPARSE_AWARE", "SPARSE_THRESHOLD", "csc", "plan_matmul_auto", "sparse_weight"]
