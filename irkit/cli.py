@@ -14,11 +14,20 @@ from irkit.errors import IrkitError
 EXIT_USER_ERROR = 2
 
 
-def _load_any(source: str) -> Any:
+def _load_any(source: str, example: str | None = None) -> Any:
+    """A model file, or a torch ``pkg.module:factory`` (example inputs from ``example``,
+    an .npz whose arrays are the forward arguments in order, or from the factory)."""
     from irkit.api import load_model
 
     if ":" in source and not Path(source).exists() and not source.endswith(".onnx"):
-        return load_model(source, frontend="torch")
+        options: dict[str, Any] = {}
+        if example:
+            import numpy as np
+            import torch
+
+            with np.load(example, allow_pickle=False) as data:
+                options["example_inputs"] = tuple(torch.from_numpy(data[k]) for k in data.files)
+        return load_model(source, frontend="torch", **options)
     return load_model(source)
 
 
@@ -41,7 +50,7 @@ def summarize(graph: Any) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    graph = _load_any(args.model)
+    graph = _load_any(args.model, args.example)
     if not args.summary_only:
         print(graph.to_text())
     print(summarize(graph))
@@ -76,7 +85,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                        target=args.target).items():
             print(f"{target}: {path}")
         return 0
-    graph = _load_any(args.source)
+    graph = _load_any(args.source, args.example)
     if Path(args.source).is_file():
         graph.name = Path(args.source).stem  # exporters' names ("main_graph") say nothing
     if args.passes:
@@ -235,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--dot", metavar="FILE", help="also write a Graphviz drawing to FILE")
     p.add_argument("--summary-only", action="store_true", help="skip the IR text")
+    p.add_argument("--example", metavar="DATA.npz",
+                   help="example inputs for a torch factory (arrays in forward's order)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("compile", help="compile a model or a spec to an artifact",
@@ -245,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="backend (model) or target name (spec); default ort")
     p.add_argument("--passes", help="pass pipeline, e.g. 'fuse,quantize{mode=dynamic}'")
     p.add_argument("-o", "--output", help="artifact directory (model only)")
+    p.add_argument("--example", metavar="DATA.npz",
+                   help="example inputs for a torch factory (arrays in forward's order)")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("build", help="build everything a spec declares",

@@ -98,3 +98,19 @@ def test_user_errors_exit_2_without_traceback(args: list[str], message: str) -> 
 def test_debug_shows_traceback() -> None:
     res = irkit_cli("--debug", "inspect", "nope.onnx")
     assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_inspect_and_compile_a_torch_factory(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    np.savez(tmp_path / "example.npz", x=np.zeros((2, 64), np.float32))
+    res = irkit_cli("inspect", "irkit.testing.digits:build_mlp", "--summary-only",
+                    "--example", str(tmp_path / "example.npz"))
+    assert res.returncode == 0, res.stderr
+    assert "input  input: f32[N,64]" in res.stdout and "Gemm x2" in res.stdout
+    out = tmp_path / "art"
+    res = irkit_cli("compile", "irkit.testing.digits:build_mlp", "--example",
+                    str(tmp_path / "example.npz"), "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    assert (out / "manifest.json").is_file()
+    missing = irkit_cli("inspect", "irkit.testing.digits:build_mlp")
+    assert missing.returncode == 2 and "example_inputs" in missing.stderr
