@@ -89,14 +89,10 @@ def static_quant(scale: np.ndarray, zp: np.ndarray) -> ActQuant:
                     -128 if signed else 0, 127 if signed else 255, 128 if signed else 0)
 
 
-def pack_word(ctx: LoweringContext, values: list[Expr]) -> Expr:
-    """Four u8 values (f32, exact) as one little-endian i32 word; missing ones are 0."""
-    word: Expr = Const(0, "i32")
-    for t, v in enumerate(values):
-        term = Cast("i32", v)
-        word = term if t == 0 else word + term * Const(1 << (8 * t), "i32")
-    del ctx
-    return word
+def word_view(buf: Buffer) -> Buffer:
+    """The same memory as u8 ``buf`` read as little-endian i32 words (four bytes each):
+    buffers are placed by name, so the view shares the u8 buffer's placement."""
+    return Buffer(buf.name, "i32", simplify_expr(buf.size // 4), buf.scope)
 
 
 def pack_int8_weights(w: np.ndarray, nr: int) -> tuple[np.ndarray, int]:
@@ -113,12 +109,15 @@ def pack_int8_weights(w: np.ndarray, nr: int) -> tuple[np.ndarray, int]:
 
 @dataclass
 class Int8Gemm:
-    """``C[i, j] = sum_k A[i, k] * B[k, j]`` with u8 A packed in words ``[rows, kw]``."""
+    """``C[i, j] = sum_k A[i, k] * B[k, j]``: ``a_words`` is an i32 view of u8 activation
+    bytes and ``a_index(row, word)`` says where word ``word`` (bytes 4w..4w+3 of the
+    reduction) of row ``row`` is — a row-major matrix, or an implicit im2col."""
 
     rows: Expr
     words: int
     cols: int
-    a_buf: Buffer
+    a_words: Buffer
+    a_index: Callable[[Expr, Expr], Expr]
     b_packed: Buffer
     store: Int8Store
 
@@ -140,7 +139,7 @@ def emit_int8_gemm(ctx: LoweringContext, spec: Int8Gemm, hint: str, mr: int, nr:
         body: list[Stmt] = [Let(bvars[v], Load(spec.b_packed, panel_base + kq * nr + v * lanes,
                                                lanes)) for v in range(vecs)]
         for r in range(rows):
-            a = Broadcast(Load(spec.a_buf, (i0 + r) * spec.words + kq), lanes)
+            a = Broadcast(Load(spec.a_words, spec.a_index(i0 + r, kq)), lanes)
             for v in range(vecs):
                 slot = Const(r * nr + v * lanes)
                 body.append(Store(acc, slot, Call("dot4_u8s8", (
@@ -261,31 +260,26 @@ def _plan_int8_matmul(ctx: LoweringContext, node: Node, x: TensorRef, w: np.ndar
     mr, nr, lanes = int8_tiles(ctx)
     packed, words = pack_int8_weights(w.astype(np.int8), nr)
     b_buf = ctx.weight_buffer(packed, "i32", "w8pack")
-    a_buf = ctx.new_buffer("xq", "i32", rows * words)
+    a_bytes = ctx.new_buffer("xq", "u8", rows * (4 * words))
     quant = requant.quant
 
     def emit(epilogue: Epilogue) -> None:
         if prologue is not None:
             prologue()
-        i, wv = ctx.var("i"), ctx.var("w")
-
-        def element(kk: Expr) -> Expr:
-            return quant.byte(x.read((*unravel(i, lead), kk)))
-
-        full = k // 4
-        pack: list[Stmt] = [For(wv, Const(full), Store(a_buf, i * words + wv, pack_word(
-            ctx, [element(wv * 4 + t) for t in range(4)])))]
-        if k % 4:
-            pack.append(Store(a_buf, i * words + full, pack_word(
-                ctx, [element(Const(full * 4 + t)) for t in range(k % 4)])))
-        ctx.add_kernel("quant_pack", For(i, rows, block(*pack), "parallel"))
+        i, kk = ctx.var("i"), ctx.var("k")
+        stride = 4 * words
+        pack: list[Stmt] = [For(kk, Const(k), Store(a_bytes, i * stride + kk, Cast(
+            "u8", quant.byte(x.read((*unravel(i, lead), kk))))), "vector")]
+        pack += [Store(a_bytes, i * stride + t, Const(0, "u8")) for t in range(k, stride)]
+        ctx.add_kernel("quant", For(i, rows, block(*pack), "parallel"))
 
         def store(row: Expr, col: Expr, acc: Expr) -> Stmt:
             idx = (*unravel(row, lead), col)
             return epilogue(idx, requant.value(acc, col, idx))
 
-        emit_int8_gemm(ctx, Int8Gemm(rows, words, cols, a_buf, b_buf, store), "qgemm",
-                       mr, nr, lanes)
+        spec = Int8Gemm(rows, words, cols, word_view(a_bytes),
+                        lambda row, word: row * words + word, b_buf, store)
+        emit_int8_gemm(ctx, spec, "qgemm", mr, nr, lanes)
 
     return HeavyPlan(out_shape, emit)
 
@@ -362,8 +356,10 @@ def _range_kernel(ctx: LoweringContext, xbuf: Buffer | None, size: Expr, qp: Buf
 # -- convolution ------------------------------------------------------------------------
 def plan_qlinear_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                       ) -> HeavyPlan:
-    """Conv as ``out[n, co, p] = sum_ck im2col(x)[n*P + p, ck] * W[co, ck]``; the im2col
-    loop quantizes while it gathers (padding becomes the zero point)."""
+    """Implicit-GEMM int8 convolution. The input is quantized once into a zero-padded
+    NHWC byte image with channels padded to a multiple of 4 (padding holds the zero
+    point), so one i32 word is four channels of one pixel; row ``(n, oy, ox)`` of the GEMM
+    reads word ``(ky, kx, c/4)`` at ``pixel(n, oy, ox) + tap_offset[word]``."""
     x = ins[0]
     assert x is not None
     quant = static_quant(_const(ins[1], "x_scale"), _const(ins[2], "x_zero_point"))
@@ -371,66 +367,60 @@ def plan_qlinear_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | No
     if int(node.attr("group", 1)) != 1:
         raise LoweringError("int8 Conv supports group=1 only")
     g = conv_geometry(node, x, w4.astype(np.float32))
-    cout = w4.shape[0]
-    cin = static(x.shape[1], "Conv channels")
+    cout, cin = w4.shape[0], static(x.shape[1], "Conv channels")
     kh, kw_ = g["k"]
-    depth = cin * kh * kw_
-    w = np.ascontiguousarray(w4.reshape(cout, depth).T)  # [K, cout]
-    bias = _optional(ins, 6)
+    cw4 = -(-cin // 4)
+    cp = 4 * cw4
+    # K ordered (ky, kx, c) with c padded: matches the NHWC words.
+    w = np.zeros((kh, kw_, cp, cout), np.int8)
+    w[:, :, :cin, :] = np.asarray(w4, np.int8).transpose(2, 3, 1, 0)
+    w = w.reshape(kh * kw_ * cp, cout)
     requant = _requant(ctx, node, w, _const(ins[4], "w_scale"), _const(ins[5], "w_zp"),
-                       bias, _optional(ins, 7), quant)
+                       _optional(ins, 6), _optional(ins, 7), quant)
     oh, ow = g["out"]
     ih, iw = g["in"]
+    pt, pl, pb, pr = g["p"]
+    hp, wp = ih + pt + pb, iw + pl + pr
+    sy, sx = g["s"]
+    dy, dx = g["d"]
     spatial = oh * ow
     out_shape = (x.shape[0], Const(cout), Const(oh), Const(ow))
     rows = simplify_expr(x.shape[0] * spatial)
     mr, nr, lanes = int8_tiles(ctx)
-    packed, words = pack_int8_weights(w.astype(np.int8), nr)
+    packed, words = pack_int8_weights(w, nr)
     b_buf = ctx.weight_buffer(packed, "i32", "c8pack")
-    a_buf = ctx.new_buffer("im2col_q", "i32", rows * words)
+    taps = np.array([((ky * dy) * wp + kx * dx) * cw4 + c
+                     for ky in range(kh) for kx in range(kw_) for c in range(cw4)], np.int64)
+    tap_buf = ctx.weight_buffer(taps, "i64", "taps")
+    image = hp * wp * cp
+    xq = ctx.new_buffer("xq_nhwc", "u8", x.shape[0] * image)
     x_mat = ctx.materialize(x, "qconv_in")
     xbuf = x_mat.buffer
     assert xbuf is not None
-    sy, sx = g["s"]
-    dy, dx = g["d"]
-    pt, pl = g["p"][0], g["p"][1]
-    pad_byte = quant.zp + _f(quant.shift)
+    pad_byte = Cast("u8", quant.zp + _f(quant.shift))
 
     def emit(epilogue: Epilogue) -> None:
-        n, pix, wv = ctx.var("n"), ctx.var("pix"), ctx.var("w")
-        oy, ox = pix // ow, pix % ow
+        n, e, c, yy, xx = (ctx.var(h) for h in ("n", "e", "c", "y", "x"))
+        src = Load(xbuf, ((n * cin + c) * ih + yy) * iw + xx)
+        dst = n * image + ((yy + pt) * wp + xx + pl) * cp + c
+        fill = For(e, Const(image), Store(xq, n * image + e, pad_byte), "vector") \
+            if (pt or pb or pl or pr) else None
+        quantize = For(c, Const(cin), For(yy, Const(ih), For(xx, Const(iw), Store(
+            xq, dst, Cast("u8", quant.byte(src))), "vector")))
+        ctx.add_kernel("quant_nhwc", For(n, x.shape[0], block(fill, quantize), "parallel"))
 
-        def element(ck: int | Expr) -> Expr:
-            ck = Const(ck) if isinstance(ck, int) else ck
-            ci, rest = ck // (kh * kw_), ck % (kh * kw_)
-            ky, kx = rest // kw_, rest % kw_
-            iy = oy * sy - pt + ky * dy
-            ix = ox * sx - pl + kx * dx
-            inside = Binary("and", Binary("and", Binary("ge", iy, Const(0)),
-                                          Binary("lt", iy, Const(ih))),
-                            Binary("and", Binary("ge", ix, Const(0)), Binary("lt", ix, Const(iw))))
-            cy = Binary("min", Binary("max", iy, Const(0)), Const(ih - 1))
-            cx = Binary("min", Binary("max", ix, Const(0)), Const(iw - 1))
-            value = Load(xbuf, ((n * cin + ci) * ih + cy) * iw + cx)
-            return Select(inside, quant.byte(value), pad_byte)
-
-        row = n * spatial + pix
-        full = depth // 4
-        pack: list[Stmt] = [For(wv, Const(full), Store(a_buf, row * words + wv, pack_word(
-            ctx, [element(wv * 4 + t) for t in range(4)])))]
-        if depth % 4:
-            pack.append(Store(a_buf, row * words + full, pack_word(
-                ctx, [element(full * 4 + t) for t in range(depth % 4)])))
-        ctx.add_kernel("qim2col", For(n, x.shape[0], For(pix, Const(spatial), block(*pack)),
-                                      "parallel"))
+        def a_index(row: Expr, word: Expr) -> Expr:
+            img, pix = row // spatial, row % spatial
+            pixel = ((img * hp + (pix // ow) * sy) * wp + (pix % ow) * sx) * cw4
+            return pixel + Load(tap_buf, word)
 
         def store(r: Expr, col: Expr, acc: Expr) -> Stmt:
             nn_, pp = r // spatial, r % spatial
             idx = (simplify_expr(nn_), col, simplify_expr(pp // ow), simplify_expr(pp % ow))
             return epilogue(idx, requant.value(acc, col, idx))
 
-        emit_int8_gemm(ctx, Int8Gemm(rows, words, cout, a_buf, b_buf, store), "qconv",
-                       mr, nr, lanes)
+        spec = Int8Gemm(rows, words, cout, word_view(xq), a_index, b_buf, store)
+        emit_int8_gemm(ctx, spec, "qconv", mr, nr, lanes)
 
     return HeavyPlan(out_shape, emit)
 
