@@ -10,6 +10,7 @@ index (element units). ``bool`` is stored as one byte and computed as ``i1``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -180,7 +181,7 @@ class Select(Expr):
 
     @property
     def lanes(self) -> int:
-        return max(self.a.lanes, self.b.lanes)
+        return max(self.cond.lanes, self.a.lanes, self.b.lanes)
 
 
 @dataclass(frozen=True, eq=True)
@@ -287,7 +288,7 @@ def block(*stmts: Stmt | None) -> Stmt:
 @dataclass(frozen=True)
 class Kernel:
     """One loop nest. ``buffers`` are the global buffers it reads or writes; ``locals``
-    are its scratch arrays. Scalar argument ``N`` (the batch size) is always in scope."""
+    are its scratch arrays. The symbolic dims (``N``, ``N1``…) are always in scope."""
 
     name: str
     buffers: tuple[Buffer, ...]
@@ -295,16 +296,22 @@ class Kernel:
     locals: tuple[Buffer, ...] = ()
 
 
+# A polynomial in the symbolic dims: ((("N", "N1"), 384), ((), 64)) is 384*N*N1 + 64.
+Terms = tuple[tuple[tuple[str, ...], int], ...]
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a global buffer lives: ``io`` (argument ``index`` of the entry), ``weights``
     (byte ``offset`` into the weights blob) or ``workspace`` (byte offset
-    ``offset_n * N + offset_c`` into the scratch arena)."""
+    ``offset_n * N + offset_c`` plus ``offset_terms`` — the terms in other symbols, such
+    as ``N*N1`` — into the scratch arena)."""
 
     kind: str
     index: int = 0
     offset_n: int = 0
     offset_c: int = 0
+    offset_terms: Terms = ()
 
 
 @dataclass(frozen=True)
@@ -318,7 +325,12 @@ class Program:
     workspace_n: int = 0
     workspace_c: int = 0
     weights: bytes = b""
+    # Kernel-IR names of the symbolic dims, in the order the entry receives their values.
+    symbols: tuple[str, ...] = ("N",)
+    workspace_terms: Terms = ()  # workspace bytes in symbols other than N alone
 
 
 N = Var("N")
-"""The symbolic batch size, an argument of every kernel."""
+"""The first symbolic dim (the batch size), in scope in every kernel."""
+SYMBOL_NAME = re.compile(r"^N\d*$")
+"""Names of the symbolic dims: ``N``, ``N1``, ``N2``… (loop vars always hold an ``_``)."""

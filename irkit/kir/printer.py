@@ -108,8 +108,9 @@ def print_kernel(kernel: Kernel) -> str:
 
 
 def print_program(program: Program) -> str:
+    extra = "".join(f" + {c}*{'*'.join(m)}" for m, c in program.workspace_terms)
     lines = [f"program {program.name} (workspace {program.workspace_n}*N + "
-             f"{program.workspace_c} bytes)"]
+             f"{program.workspace_c}{extra} bytes)"]
     for name, place in sorted(program.placements.items()):
         if place.kind == "io":
             where = f"io[{place.index}]"
@@ -117,6 +118,7 @@ def print_program(program: Program) -> str:
             where = f"weights+{place.offset_c}"
         else:
             where = f"workspace+{place.offset_n}*N+{place.offset_c}"
+            where += "".join(f"+{c}*{'*'.join(m)}" for m, c in place.offset_terms)
         lines.append(f"  {name} @ {where}")
     for kernel in program.kernels:
         lines.append(print_kernel(kernel))

@@ -6,6 +6,7 @@ from irkit.kir.nodes import (
     CALLS,
     DTYPES,
     FOR_KINDS,
+    SYMBOL_NAME,
     Binary,
     Block,
     Broadcast,
@@ -30,7 +31,8 @@ def _check_expr(expr: Expr, scope: dict[str, str], buffers: set[str], where: str
     for node in walk_exprs(expr):
         match node:
             case Var(name=name, type=dtype):
-                if scope.get(name) != dtype:
+                symbol = dtype == "i64" and SYMBOL_NAME.match(name) is not None
+                if scope.get(name) != dtype and not symbol:
                     raise KirError(f"{where}: variable {name}:{dtype} is not in scope")
             case Binary(op=op, a=a, b=b):
                 if a.dtype != b.dtype:

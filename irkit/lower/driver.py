@@ -14,9 +14,9 @@ from irkit.lower import elementwise as ew
 from irkit.lower import nn, shape_ops
 from irkit.lower.context import MAX_INLINE_COST, LoweringContext, Tiles
 from irkit.lower.heavy import HEAVY, HeavyPlan
+from irkit.lower.planner import MemoryPlan, plan_workspace
 from irkit.lower.quantized import INT8_HEAVY
 from irkit.lower.sparse import SPARSE_AWARE
-from irkit.lower.planner import MemoryPlan, plan_workspace
 from irkit.lower.tensor import (
     KIR_DTYPES,
     Index,
@@ -46,7 +46,8 @@ LOWERINGS: dict[str, LowerFn] = {
     "Squeeze": shape_ops.lower_reshape, "Unsqueeze": shape_ops.lower_reshape,
     "Transpose": shape_ops.lower_transpose, "Slice": shape_ops.lower_slice,
     "Split": shape_ops.lower_split, "Concat": shape_ops.lower_concat,
-    "Gather": shape_ops.lower_gather, "Expand": shape_ops.lower_expand,
+    "Gather": shape_ops.lower_gather, "GatherND": shape_ops.lower_gather_nd,
+    "Expand": shape_ops.lower_expand,
     "Shape": shape_ops.lower_shape, "Constant": shape_ops.lower_constant,
     "ConstantOfShape": shape_ops.lower_constant_of_shape, "Range": shape_ops.lower_range,
 }  # fmt: skip
@@ -72,12 +73,27 @@ def unsupported_nodes(graph: Graph) -> list[Node]:
             SUPPORTED_OPS) and not (n.domain == "irkit" and n.op in INT8_HEAVY)]
 
 
+def graph_symbols(graph: Graph) -> dict[str, str]:
+    """The graph's symbolic input dims in order of first appearance, each mapped to its
+    kernel-IR var: the first is ``N``, the others ``N1``, ``N2``… (``k*S`` style dims
+    name the symbol ``S``)."""
+    from irkit.lower.symbolic import symbol_var_name
+    from irkit.lower.tensor import _DIM
+
+    names: dict[str, str] = {}
+    for v in graph.inputs:
+        if not isinstance(v.type, TensorType) or not v.type.shape:
+            continue
+        for d in v.type.shape:
+            match = _DIM.match(d) if isinstance(d, str) else None
+            if match and match.group(2) not in names:
+                names[match.group(2)] = symbol_var_name(len(names))
+    return names
+
+
 def batch_symbol(graph: Graph) -> str | None:
-    symbols = {d for v in graph.inputs if isinstance(v.type, TensorType) and v.type.shape
-               for d in v.type.shape if isinstance(d, str)}
-    if len(symbols) > 1:
-        raise LoweringError(f"only one symbolic dimension is supported, got {sorted(symbols)}")
-    return next(iter(symbols), None)
+    """The first symbolic input dim (the one lowering calls ``N``), if any."""
+    return next(iter(graph_symbols(graph)), None)
 
 
 class GraphLowering:
@@ -86,7 +102,7 @@ class GraphLowering:
         self.ctx = LoweringContext(graph.name or "model", tiles)
         self.refs: dict[Value, TensorRef] = {}
         self.done: set[Node] = set()
-        self.symbol = batch_symbol(graph)
+        self.symbols = graph_symbols(graph)
         self.fused: list[str] = []
         self.outputs = {v for v in graph.outputs}
 
@@ -94,7 +110,7 @@ class GraphLowering:
         shape = value.shape
         if shape is None:
             raise LoweringError(f"value %{value.name} has an unknown rank")
-        dims = [parse_dim(d, self.symbol) for d in shape]
+        dims = [parse_dim(d, self.symbols) for d in shape]
         if any(d is None for d in dims):
             raise LoweringError(f"value %{value.name} has unknown dims {shape}")
         return tuple(d for d in dims if d is not None)
@@ -249,21 +265,32 @@ class GraphLowering:
                 del placements[name]
         name = "".join(c if c.isalnum() else "_" for c in ctx.name) or "model"
         program = Program(name, tuple(ctx.kernels), placements, tuple(io_order),
-                          plan.workspace_n, plan.workspace_c, bytes(blob))
-        from irkit.lower.tensor import affine
-
-        shapes = {v.name: [list(affine(d)) for d in self.refs[v].shape]
-                  for v in self.graph.outputs}
-        in_shapes = {v.name: [list(affine(d)) for d in self.refs[v].shape]
+                          plan.workspace_n, plan.workspace_c, bytes(blob),
+                          symbols=tuple(self.symbols.values()) or ("N",),
+                          workspace_terms=plan.workspace_terms)
+        shapes = {v.name: [_dim_json(d) for d in self.refs[v].shape] for v in self.graph.outputs}
+        in_shapes = {v.name: [_dim_json(d) for d in self.refs[v].shape]
                      for v in self.graph.inputs}
         return LoweredModel(program, plan, list(self.graph.inputs), list(self.graph.outputs),
                             self.fused, shapes, in_shapes)
 
 
+def _dim_json(dim: Expr) -> list[int] | dict[str, int]:
+    """A dim for the manifest: ``[a, b]`` (``a*N + b``) when only N occurs, else the
+    polynomial form of :func:`irkit.lower.symbolic.to_json`."""
+    from irkit.lower.symbolic import to_json, to_poly
+
+    poly = to_poly(dim)
+    if set(poly) <= {(), ("N",)}:
+        return [poly.get(("N",), 0), poly.get((), 0)]
+    return to_json(poly)
+
+
 def _is_shape_like(ref: TensorRef) -> bool:
-    """A small 1-D int64 tensor whose elements are compile-time expressions in N."""
+    """A small 1-D int64 tensor whose elements are compile-time polynomials in the
+    symbolic dims."""
     from irkit.kir import simplify_expr
-    from irkit.lower.tensor import affine
+    from irkit.lower.symbolic import to_poly
 
     if ref.dtype != "i64" or ref.rank > 1 or ref.const is not None:
         return False
@@ -272,7 +299,7 @@ def _is_shape_like(ref: TensorRef) -> bool:
         return False
     try:
         for i in range(int(length.value)):
-            affine(simplify_expr(ref.read((Const(i),) if ref.rank else ())))
+            to_poly(simplify_expr(ref.read((Const(i),) if ref.rank else ())))
     except (LoweringError, KeyError, TypeError, ValueError):
         return False
     return True
@@ -291,5 +318,6 @@ def lower_graph(graph: Graph, tiles: Tiles | None = None) -> LoweredModel:
     return GraphLowering(graph, tiles or Tiles()).run()
 
 
-__all__ = ["SUPPORTED_OPS", "LoweredModel", "LoweringError", "lower_graph", "unsupported_nodes"]
+__all__ = ["SUPPORTED_OPS", "LoweredModel", "LoweringError", "graph_symbols", "lower_graph",
+           "unsupported_nodes"]
 _ = Const

@@ -34,6 +34,7 @@ from irkit.kir import (
     simplify_expr,
 )
 from irkit.lower.context import LoweringContext, Tiles
+from irkit.lower.tensor import LoweringError
 
 StoreFn = Callable[[Expr, Expr, Expr, Expr], Stmt]  # (batch, row, col, acc) -> Stmt
 PackFn = Callable[[Expr, Expr, Expr], Expr]  # (batch, k, col) -> B element (col < cols)
@@ -41,10 +42,10 @@ PackFn = Callable[[Expr, Expr, Expr], Expr]  # (batch, k, col) -> B element (col
 
 @dataclass
 class GemmSpec:
-    batch: Expr  # number of independent products (may depend on N)
-    rows: Expr  # M (may depend on N)
-    depth: int  # K
-    cols: int  # N of the product (static)
+    batch: Expr  # number of independent products (may depend on the symbols)
+    rows: Expr  # M (may depend on the symbols)
+    depth: int | Expr  # K; symbolic only with ``b_direct``
+    cols: int | Expr  # N of the product; symbolic only with a packed runtime B
     a_buf: Buffer
     a_offset: Callable[[Expr], Expr]  # batch -> element offset of A's first row
     lda: int
@@ -55,6 +56,11 @@ class GemmSpec:
     # ``depth x nr`` panel; a convolution writes im2col panels with contiguous copies.
     pack_panel: Callable[[Expr, Expr, Buffer], Stmt] | None = None
     prologue: Callable[[Expr], Stmt] | None = None  # per batch item, before its panels
+    # A runtime B already laid out row-major ``[depth, cols]`` per batch item with cols a
+    # multiple of nr: its rows serve as panels in place (stride cols), so the depth may be
+    # symbolic (attention's probabilities x values, K = sequence length).
+    b_direct: Buffer | None = None
+    b_direct_offset: Callable[[Expr], Expr] | None = None  # batch -> element offset of B
 
 
 def pack_weights(b: np.ndarray, nr: int) -> np.ndarray:
@@ -73,7 +79,9 @@ def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Bu
     # Few rows (GEMV-like calls at batch 1) leave too few FMA chains to hide latency:
     # split k over ``split`` independent accumulator sets and add them at the end.
     split = max(1, min(4, -(-8 // (rows * vecs))))
-    split = min(split, max(1, spec.depth))
+    dynamic_depth = not isinstance(spec.depth, int)
+    split = 1 if dynamic_depth else min(split, max(1, int(spec.depth)))
+    ldb = spec.cols if spec.b_direct is not None else t.nr
 
     def slot(s: int, r: int, v: int) -> Const:
         return Const((s * rows + r) * t.nr + v * t.vec)
@@ -90,7 +98,7 @@ def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Bu
         # Vector-valued lets: Vars carry no lane count; the backend keeps the vector.
         bvars = [Var(ctx.fresh(f"bv{v}"), "f32") for v in range(vecs)]
         body: list[Stmt] = [
-            _let_vec(bvars[v], Load(bpanel, panel_base + k * t.nr + v * t.vec, t.vec))
+            _let_vec(bvars[v], Load(bpanel, panel_base + k * ldb + v * t.vec, t.vec))
             for v in range(vecs)
         ]
         for r in range(rows):
@@ -101,11 +109,15 @@ def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Bu
         return body
 
     kq = ctx.var("k")
-    steps = spec.depth // split
-    unrolled = [st for s in range(split) for st in step(kq * split + s, s)]
-    stmts.append(For(kq, Const(steps), block(*unrolled)))
-    for k_rest in range(steps * split, spec.depth):
-        stmts += step(Const(k_rest), 0)
+    if dynamic_depth:
+        stmts.append(For(kq, simplify_expr(Const(0) + spec.depth), block(*step(kq, 0))))
+    else:
+        depth = int(spec.depth)  # type: ignore[arg-type]
+        steps = depth // split
+        unrolled = [st for s in range(split) for st in step(kq * split + s, s)]
+        stmts.append(For(kq, Const(steps), block(*unrolled)))
+        for k_rest in range(steps * split, depth):
+            stmts += step(Const(k_rest), 0)
     for r in range(rows):
         for v in range(vecs):
             total: Expr = Load(acc, slot(0, r, v), t.vec)
@@ -114,9 +126,14 @@ def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Bu
             stmts.append(Store(tile, Const(r * t.nr + v * t.vec), total))
     r_var, c_var = ctx.var("r"), ctx.var("c")
     epilogue = spec.store(b, i0 + r_var, p * t.nr + c_var, Load(tile, r_var * t.nr + c_var))
-    full_panels, tail = divmod(spec.cols, t.nr)
     # Constant trip counts let LLVM vectorize the epilogue without runtime checks.
     full = For(r_var, Const(rows), For(c_var, Const(t.nr), epilogue, "vector"))
+    if not isinstance(spec.cols, int):
+        cols = simplify_expr(Const(0) + spec.cols)
+        partial = For(r_var, Const(rows), For(c_var, simplify_expr(cols % t.nr), epilogue))
+        stmts.append(If(Binary("lt", p, simplify_expr(cols // t.nr)), full, partial))
+        return block(*stmts)
+    full_panels, tail = divmod(spec.cols, t.nr)
     if tail == 0:
         stmts.append(full)
     else:
@@ -134,7 +151,8 @@ def emit_gemm(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm",
               tiles: Tiles | None = None) -> None:
     """Emit the kernel(s) computing ``spec``: an optional prologue kernel and the GEMM."""
     t = tiles or ctx.tiles
-    panels = -(-spec.cols // t.nr)
+    panels: Expr = (Const(-(-spec.cols // t.nr)) if isinstance(spec.cols, int) else
+                    simplify_expr((spec.cols + (t.nr - 1)) // t.nr))
     acc = Buffer(ctx.fresh("acc"), "f32", Const(max(t.mr, 8) * t.nr), "local")
     tile = Buffer(ctx.fresh("tile"), "f32", Const(t.mr * t.nr), "local")
     b_var = ctx.var("b")
@@ -144,7 +162,13 @@ def emit_gemm(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm",
     pack_stmt: Stmt | None = None
     if spec.b_packed is not None:
         bpanel, panel_base = spec.b_packed, p * (spec.depth * t.nr)
+    elif spec.b_direct is not None:
+        assert spec.b_direct_offset is not None
+        bpanel, panel_base = spec.b_direct, spec.b_direct_offset(b_var) + p * t.nr
     else:
+        if not isinstance(spec.depth, int):
+            raise LoweringError("a runtime GEMM operand with a symbolic depth needs its "
+                                "columns to be a multiple of the tile width")
         # Runtime B: pack one panel at a time into a stack buffer, used while it is in L1.
         bpanel = Buffer(ctx.fresh("panel"), "f32", Const(spec.depth * t.nr), "local")
         locals_.append(bpanel)
@@ -175,10 +199,10 @@ def emit_gemm(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm",
     if single:
         if prologue is not None:
             ctx.add_kernel(f"{hint}_prologue", _bind_zero(b_var, prologue))
-        loops: Stmt = For(p, Const(panels), panel_body, "parallel")
+        loops: Stmt = For(p, panels, panel_body, "parallel")
         ctx.add_kernel(hint, _bind_zero(b_var, loops), locals_)
     else:
-        body = block(prologue, For(p, Const(panels), panel_body))
+        body = block(prologue, For(p, panels, panel_body))
         ctx.add_kernel(hint, For(b_var, spec.batch, body, "parallel"), locals_)
 
 
@@ -193,12 +217,11 @@ def _pack_panel(t: Tiles, spec: GemmSpec, bpanel: Buffer, b: Expr, p: Expr,
     assert spec.b_source is not None
     k, c = ctx.var("pk"), ctx.var("pc")
     j = p * t.nr + c
-    panels = -(-spec.cols // t.nr)
-    if panels * t.nr == spec.cols:
+    if isinstance(spec.cols, int) and spec.cols % t.nr == 0:
         value = spec.b_source(b, k, j)
     else:
         # Padding columns read a valid column; their results are never stored.
-        value = spec.b_source(b, k, Binary("min", j, Const(spec.cols - 1)))
+        value = spec.b_source(b, k, Binary("min", j, simplify_expr(Const(0) + spec.cols - 1)))
     return For(k, Const(spec.depth), For(c, Const(t.nr), Store(bpanel, k * t.nr + c, value)))
 
 

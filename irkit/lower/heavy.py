@@ -37,6 +37,11 @@ class HeavyPlan:
     emit: Callable[[Epilogue], None]
 
 
+def _static_or_symbolic(dim: Expr) -> int | Expr:
+    dim = simplify_expr(dim)
+    return int(dim.value) if isinstance(dim, Const) else dim
+
+
 def _transpose_last2(ctx: LoweringContext, ref: TensorRef) -> TensorRef:
     shape = (*ref.shape[:-2], ref.shape[-1], ref.shape[-2])
     return TensorRef(shape, ref.dtype, lambda idx: ref.read((*idx[:-2], idx[-1], idx[-2])),
@@ -63,11 +68,17 @@ def plan_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -
         raise LoweringError(f"{node.op} with a 1-D operand is not supported")
     if a.dtype != "f32" or b.dtype != "f32":
         raise LoweringError(f"{node.op} on {a.dtype} x {b.dtype} is not supported (f32 only)")
-    k = static(a.shape[-1], "MatMul depth")
-    cols = static(b.shape[-1], "MatMul columns")
+    # Depth and columns are static, except in attention: Q x K^T has ``S`` columns and
+    # probabilities x V a depth of ``S`` (then B's rows are used in place).
+    k: int | Expr = _static_or_symbolic(a.shape[-1])
+    cols: int | Expr = _static_or_symbolic(b.shape[-1])
+    direct = not isinstance(k, int)
+    if direct and not (isinstance(cols, int) and cols % ctx.tiles.nr == 0):
+        raise LoweringError(f"{node.op} with a symbolic depth needs static columns that are "
+                            f"a multiple of {ctx.tiles.nr}, got {b.shape[-1]}")
     rows = a.shape[-2]
     batch_shape = broadcast_shape([a.shape[:-2], b.shape[:-2]])
-    out_shape = (*batch_shape, rows, Const(cols))
+    out_shape = (*batch_shape, rows, Const(cols) if isinstance(cols, int) else cols)
     a_mat = ctx.materialize(a, "mm_a")
     assert a_mat.buffer is not None
     b_batched = b.rank > 2 and any(not (isinstance(d, Const) and d.value == 1)
@@ -99,7 +110,25 @@ def plan_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -
         return simplify_expr(flat_index(own, a_batch) * mk)
 
     spec_b: dict[str, object] = {}
-    if b.const is not None and fold_batch:
+    if direct:
+        b_mat = ctx.materialize(b, "mm_b")
+        assert b_mat.buffer is not None
+        spec_b["b_direct"] = b_mat.buffer
+        b_batch = b.shape[:-2]
+        kc = simplify_expr(k * cols)
+
+        def b_offset(bi: Expr) -> Expr:
+            if fold_batch:
+                return Const(0)
+            full = unravel(bi, batch_shape)
+            off = len(batch_shape) - len(b_batch)
+            own = tuple(Const(0) if (isinstance(d, Const) and d.value == 1) else full[q + off]
+                        for q, d in enumerate(b_batch))
+            return simplify_expr(flat_index(own, b_batch) * kc)
+
+        spec_b["b_direct_offset"] = b_offset
+    elif b.const is not None and fold_batch:
+        assert isinstance(k, int) and isinstance(cols, int)
         weights = np.asarray(b.const, np.float32).reshape(k, cols)
         spec_b["b_packed"] = ctx.weight_buffer(pack_weights(weights, ctx.tiles.nr), "f32", "wpack")
     else:

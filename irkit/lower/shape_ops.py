@@ -1,6 +1,7 @@
 """Layout and shape ops as inline views (no data movement until a consumer needs it).
 
-Shape computations fold at compile time: ``Shape`` yields dims as expressions in N, and
+Shape computations fold at compile time: ``Shape`` yields dims as polynomials in the
+symbolic dims, and
 Reshape reads its target shape through them, so exporter-generated shape arithmetic
 (Shape → Slice → Concat → Reshape) costs nothing at run time.
 """
@@ -14,18 +15,17 @@ import numpy as np
 from irkit.ir import Node
 from irkit.kir import Binary, Cast, Const, Expr, Select, simplify_expr
 from irkit.lower.context import LoweringContext
+from irkit.lower.symbolic import exact_div, is_poly, to_expr, to_poly
 from irkit.lower.tensor import (
     Index,
     LoweringError,
     Reader,
     TensorRef,
-    affine,
     broadcast_read,
     broadcast_shape,
     buffer_ref,
     dim_value,
     flat_index,
-    from_affine,
     product,
     static,
     unravel,
@@ -55,11 +55,13 @@ def _shape_values(ref: TensorRef) -> list[Expr]:
 
 
 def _is_affine(e: Expr) -> bool:
-    try:
-        affine(e)
-        return True
-    except (LoweringError, KeyError, TypeError):
-        return False
+    """Whether ``e`` folds to a polynomial in the symbolic dims (name kept from when
+    sizes were affine in N alone)."""
+    return is_poly(e)
+
+
+def wrap_int(value: int | Expr) -> Expr:
+    return Const(value) if isinstance(value, int) else value
 
 
 def view(src: TensorRef, shape: Sequence[Expr], read_fn: object) -> TensorRef:
@@ -172,14 +174,11 @@ def lower_reshape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     unknown = [k for k, v in enumerate(shape) if isinstance(v, Const) and v.value == -1]
     if unknown:
         known = product([d for k, d in enumerate(shape) if k != unknown[0]])
-        ta, tb = affine(total)
-        ka, kb = affine(known)
-        if ka and not kb and not tb and ta % ka == 0:
-            shape[unknown[0]] = Const(ta // ka)  # e.g. [N, -1] of an N x 12 tensor
-        elif ka or ta % kb or tb % kb:
+        # e.g. [N, -1] of an N x 12 tensor, or [-1, 384] of an N x S x 384 one.
+        quotient = exact_div(to_poly(total), to_poly(known))
+        if quotient is None:
             raise LoweringError(f"cannot infer the -1 of Reshape {values} for {total} elements")
-        else:
-            shape[unknown[0]] = from_affine(ta // kb, tb // kb)
+        shape[unknown[0]] = to_expr(quotient)
     return [reshape_ref(x, shape)]
 
 
@@ -195,12 +194,25 @@ def lower_transpose(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
     return [view(x, shape, lambda idx: x.read(tuple(idx[inverse[d]] for d in range(x.rank))))]
 
 
+def _bound_list(ref: TensorRef | None, what: str) -> list[int | Expr]:
+    """Slice starts/ends: ints, or polynomials in the symbolic dims (from ``Shape``)."""
+    if ref is None:
+        return []
+    if ref.const is not None:
+        return [int(v) for v in np.asarray(ref.const).reshape(-1)]
+    try:
+        values = _shape_values(ref)
+    except LoweringError as exc:
+        raise LoweringError(f"{what} must be compile-time values") from exc
+    return [int(v.value) if isinstance(v, Const) else v for v in values]
+
+
 def lower_slice(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                 ) -> list[TensorRef]:
     x = ins[0]
     assert x is not None
-    starts = _int_list(ins[1], "Slice starts") or []
-    ends = _int_list(ins[2], "Slice ends") or []
+    starts = _bound_list(ins[1], "Slice starts")
+    ends = _bound_list(ins[2], "Slice ends")
     axes = _int_list(ins[3] if len(ins) > 3 else None, "Slice axes") or list(range(len(starts)))
     steps = _int_list(ins[4] if len(ins) > 4 else None, "Slice steps") or [1] * len(starts)
     begin: list[Expr] = [Const(0)] * x.rank
@@ -208,15 +220,29 @@ def lower_slice(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     shape = list(x.shape)
     for s, e, a, st in zip(starts, ends, axes, steps):
         a %= x.rank
-        if isinstance(simplify_expr(x.shape[a]), Const):
+        if isinstance(simplify_expr(x.shape[a]), Const) and isinstance(s, int) and \
+                isinstance(e, int):
             dim = static(x.shape[a])
             lo, hi, _ = slice(s, e, st).indices(dim)
             count = len(range(lo, hi, st))
             begin[a], step[a], shape[a] = Const(lo), st, Const(count)
-        elif st == 1 and s == 0 and e >= 2**62:
+        elif st == 1 and s == 0 and isinstance(e, int) and e >= 2**62:
             continue
+        elif st == 1 and (not isinstance(s, int) or s >= 0) and \
+                (not isinstance(e, int) or 0 <= e < 2**62):
+            # Symbolic bounds (``x[:, :S]`` of position ids): taken as in range, since
+            # clamping to the dim needs the symbol's value (a symbolic ``e`` > dim is a
+            # model used beyond its size, e.g. a sequence longer than its positions).
+            lo_e, hi_e = simplify_expr(wrap_int(s)), simplify_expr(wrap_int(e))
+            if isinstance(hi_e, Const) and not is_poly(x.shape[a]):
+                raise LoweringError("Slice along a symbolic dimension needs symbolic bounds")
+            begin[a], shape[a] = lo_e, simplify_expr(hi_e - lo_e)
         else:
-            raise LoweringError("Slice along the batch dimension is not supported")
+            raise LoweringError("Slice with negative or strided bounds along a symbolic "
+                                "dimension is not supported")
+    if any(not isinstance(simplify_expr(d), Const) for d in shape) and x.const is not None:
+        return [view(x, shape, lambda idx: x.read(tuple(
+            simplify_expr(begin[d] + idx[d] * step[d]) for d in range(x.rank))))]
     if x.const is not None:
         sl = tuple(slice(int(b.value), None, st) for b, st in zip(begin, step))  # type: ignore
         arr = np.asarray(x.const)[sl]
@@ -313,6 +339,32 @@ def lower_gather(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     return [TensorRef(shape, data.dtype, read, cost=data.cost + indices.cost + 4)]
 
 
+def lower_gather_nd(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                    ) -> list[TensorRef]:
+    """ONNX GatherND: ``out[b…, i…, j…] = data[b…, *indices[b…, i…, :], j…]`` with
+    ``batch_dims`` leading dims shared; negative indices count from the end."""
+    data, indices = ins[0], ins[1]
+    assert data is not None and indices is not None
+    batch = int(node.attr("batch_dims", 0))
+    k = static(indices.shape[-1], "GatherND index length")
+    if batch + k > data.rank:
+        raise LoweringError(f"GatherND indexes {k} dims of a rank-{data.rank} tensor")
+    outer = indices.rank - 1  # output dims taken from the indices (batch dims included)
+    shape = (*indices.shape[:-1], *data.shape[batch + k :])
+
+    def read(idx: Index) -> Expr:
+        picked: list[Expr] = []
+        for j in range(k):
+            raw = indices.read((*idx[:outer], Const(j)))
+            if raw.dtype != "i64":
+                raw = Cast("i64", raw)
+            dim = data.shape[batch + j]
+            picked.append(simplify_expr(Select(Binary("lt", raw, Const(0)), raw + dim, raw)))
+        return data.read((*idx[:batch], *picked, *idx[outer:]))
+
+    return [TensorRef(shape, data.dtype, read, cost=data.cost + k * (indices.cost + 4))]
+
+
 def lower_expand(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                  ) -> list[TensorRef]:
     x, target = ins[0], ins[1]
@@ -377,7 +429,31 @@ def lower_range(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     vals = [np.asarray(r.const).reshape(-1)[0] for r in ins if r is not None and
             r.const is not None]
     if len(vals) != 3:
-        raise LoweringError("Range needs constant start, limit and delta")
+        return [_symbolic_range(ins)]
     arr = np.arange(vals[0], vals[1], vals[2]).astype(np.asarray(vals[0]).dtype)
     assert ins[0] is not None
     return [ctx.const_ref(arr, ins[0].dtype)]
+
+
+def _symbolic_range(ins: list[TensorRef | None]) -> TensorRef:
+    """``Range(start, limit, 1)`` with a limit in the symbolic dims (``arange(S)``)."""
+    start, limit, delta = ins[0], ins[1], ins[2]
+    assert start is not None and limit is not None and delta is not None
+    if start.const is None or delta.const is None or int(np.asarray(delta.const)) != 1 or \
+            start.dtype not in ("i64", "i32"):
+        raise LoweringError("Range needs constant start and delta 1 (and an integer type) "
+                            "when its limit is symbolic")
+    first = int(np.asarray(start.const))
+    end = simplify_expr(limit.read(()) if limit.rank == 0 else limit.read((Const(0),)))
+    if end.dtype != "i64":
+        end = simplify_expr(Cast("i64", end))
+    if not is_poly(end):
+        raise LoweringError("Range needs constant start, limit and delta")
+    length = simplify_expr(end - first)
+    dtype = start.dtype
+
+    def read(idx: Index) -> Expr:
+        value = simplify_expr(idx[0] + first)
+        return value if dtype == "i64" else Cast(dtype, value)
+
+    return TensorRef((length,), dtype, read)

@@ -3,13 +3,14 @@
 A :class:`TensorRef` is either materialized (a contiguous global buffer; ``read`` loads
 from it) or inline (``read`` builds the expression that computes the element, so
 elementwise chains and layout views fuse into whichever kernel consumes them). Dims are
-kernel-IR expressions: constants or expressions in the batch size ``N``.
+kernel-IR expressions: constants or polynomials in the symbolic dims ``N``, ``N1``…
+(see :mod:`irkit.lower.symbolic`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,17 @@ class TensorRef:
 
 
 def dim_value(dim: Expr, n: int) -> int:
-    value = simplify_expr(substitute(dim, {N: Const(n)}))
+    """``dim`` at a sample point: ``N = n`` and the k-th further symbol ``N<k> = n + 4k``
+    (distinct values, so products of different symbols do not collide)."""
+    from irkit.kir import Var
+    from irkit.kir.visit import walk_exprs
+    from irkit.lower.symbolic import is_symbol
+
+    binding: dict[Expr, Expr] = {N: Const(n)}
+    for node in walk_exprs(dim):
+        if isinstance(node, Var) and is_symbol(node.name) and node.name != "N":
+            binding[node] = Const(n + 4 * int(node.name[1:]))
+    value = simplify_expr(substitute(dim, binding))
     if not isinstance(value, Const):
         raise LoweringError(f"dimension {dim} does not evaluate to a number")
     return int(value.value)
@@ -87,6 +98,10 @@ def product(dims: Sequence[Expr]) -> Expr:
 
 
 def dims_equal(a: Expr, b: Expr) -> bool:
+    from irkit.lower.symbolic import is_poly, to_poly
+
+    if is_poly(a) and is_poly(b):
+        return to_poly(a) == to_poly(b)
     return all(dim_value(a, n) == dim_value(b, n) for n in (1, 2, 3))
 
 
@@ -97,15 +112,21 @@ def from_affine(a: int, b: int) -> Expr:
 _DIM = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?([A-Za-z_][\w]*)\s*(?:\*\s*(\d+))?\s*$")
 
 
-def parse_dim(dim: object, batch_symbol: str | None) -> Expr | None:
-    """A type's dim as an Expr: ints, the batch symbol, ``k*sym``; else None."""
+def parse_dim(dim: object, symbols: str | Mapping[str, str] | None) -> Expr | None:
+    """A type's dim as an Expr: ints, a symbol, ``k*sym``; else None. ``symbols`` maps
+    graph symbol names to kernel-IR var names (``N``, ``N1``…); a single name means
+    that symbol is ``N``."""
+    from irkit.kir import Var
+
     if isinstance(dim, int):
         return Const(dim)
-    if isinstance(dim, str) and batch_symbol is not None:
+    if isinstance(symbols, str):
+        symbols = {symbols: "N"}
+    if isinstance(dim, str) and symbols:
         match = _DIM.match(dim)
-        if match and match.group(2) == batch_symbol:
+        if match and match.group(2) in symbols:
             k = int(match.group(1) or 1) * int(match.group(3) or 1)
-            return simplify_expr(N * k)
+            return simplify_expr(Var(symbols[match.group(2)]) * k)
     return None
 
 

@@ -4,8 +4,10 @@
 conv_mr=0, conv_nr=0, emit="object", fast_math=True)`` returns an Artifact holding
 ``model.o`` (relocatable, host triple and CPU features, -O3), ``weights.bin`` (64-byte
 aligned raw blobs, GEMM weights pre-packed into panels) and a manifest whose ``entry``
-names the entry symbols, io order, affine (``a*N+b``) shapes, the workspace plan with its
-peak bytes, the fused ops and the compile time. Tile sizes of 0 pick defaults for the host
+names the entry symbols, io order, the symbolic dims, shapes (``[a, b]`` for ``a*N+b``,
+or polynomials such as ``{"N*N1": 384}`` when a model has several symbolic dims, e.g.
+batch and sequence), the workspace plan with its peak bytes, the fused ops and the
+compile time. Tile sizes of 0 pick defaults for the host
 (AVX-512: vec=16, 8x32 GEMM and 4x64 conv microkernels; AVX2: vec=8, 6x16 and 3x32).
 The runtime loader ``irkit.runtime.backends.llvm`` links the object in process with
 llvmlite's ORC JIT, so serving needs no system linker. ``emit="shared"`` also links
@@ -44,8 +46,10 @@ class LlvmUnsupportedError(LlvmBackendError, UnsupportedOpsError):
     """The graph uses ops, dtypes or attributes the llvm backend does not lower."""
 
 
-def _tensor_spec(value: Any, symbol: str | None) -> TensorSpec:
-    shape = tuple("N" if (isinstance(d, str) and d == symbol) else d for d in value.type.shape)
+def _tensor_spec(value: Any, symbols: list[str]) -> TensorSpec:
+    """The first symbolic dim is called ``N`` in the signature; others keep their names."""
+    rename = {symbols[0]: "N"} if symbols and "N" not in symbols[1:] else {}
+    shape = tuple(rename.get(d, d) if isinstance(d, str) else d for d in value.type.shape)
     return TensorSpec(value.name, np.dtype(value.type.dtype.numpy), shape)
 
 
@@ -99,8 +103,8 @@ class LlvmBackend:
     def compile(self, graph: Any, **options: Any) -> Artifact:
         """Lower, translate and emit ``graph``; see the module docstring for options."""
         from irkit.lower import LoweringError, unsupported_nodes
+        from irkit.lower.driver import graph_symbols
         from irkit.lower.fused import decompose_fused_ops
-        from irkit.lower.driver import batch_symbol
         from irkit.plugins.llvm.emit import host_target
 
         opts = self._resolve(options)
@@ -119,7 +123,7 @@ class LlvmBackend:
             raise LlvmUnsupportedError(str(exc)) from exc
         entry["target"] = {"triple": target.triple, "cpu": target.cpu}
         entry["compile_seconds"]["total"] = round(time.perf_counter() - start, 4)
-        symbol = batch_symbol(graph)
+        symbol = list(graph_symbols(graph))
         return Artifact(
             name=getattr(graph, "name", "") or "model", backend=self.name,
             target=f"cpu:{target.cpu}",
@@ -191,7 +195,9 @@ def _compile_program(graph: Any, opts: dict[str, Any], prefix: str
         "run": entry_symbol(program),
         "kernels": [k.name for k in program.kernels],
         "io": list(program.io_order),
+        "symbols": list(program.symbols),
         "workspace": [program.workspace_n, program.workspace_c],
+        "workspace_terms": {"*".join(m): c for m, c in program.workspace_terms},
         "input_shapes": lowered.input_shapes,
         "output_shapes": lowered.output_shapes,
         "output_dtypes": {v.name: np.dtype(v.type.dtype.numpy).name for v in graph.outputs},
@@ -234,11 +240,13 @@ def _link_shared(object_code: bytes, program: Any) -> dict[str, bytes]:
             raise LlvmBackendError(f"linking model.so failed: {result.stderr.strip()}")
         shared = so.read_bytes()
     run = f"{program.name}_run"
+    extra = "".join(f" + {c}*{'*'.join(m)}" for m, c in program.workspace_terms)
     header = (
-        "/* irkit llvm artifact: call run(io, weights, workspace, N). io holds one pointer\n"
+        "/* irkit llvm artifact: call run(io, weights, workspace, dims). io holds one pointer\n"
         f" * per tensor in this order: {', '.join(program.io_order)}.\n"
-        f" * workspace needs {program.workspace_n}*N + {program.workspace_c} bytes, 64-byte"
-        " aligned; weights is weights.bin. */\n#include <stdint.h>\n"
-        f"void {run}(void **io, const void *weights, void *workspace, int64_t N);\n"
+        f" * dims points at the symbolic dims as int64_t: {', '.join(program.symbols)}.\n"
+        f" * workspace needs {program.workspace_n}*N + {program.workspace_c}{extra} bytes, "
+        "64-byte aligned; weights is weights.bin. */\n#include <stdint.h>\n"
+        f"void {run}(void **io, const void *weights, void *workspace, const int64_t *dims);\n"
     )
     return {"model.so": shared, "model.h": header.encode()}

@@ -1,11 +1,13 @@
 """Translate a kernel-IR :class:`~irkit.kir.Program` into an llvmlite module.
 
-Every kernel becomes ``void @<kernel>(ptr io, ptr weights, ptr workspace, i64 N,
-i64 start, i64 end)``: it computes its buffer pointers from the program's placements
-and, when its body is a top-level ``parallel`` loop, runs only iterations
-``[start, end)``; ``i64 @<kernel>_extent(i64 N)`` gives that loop's trip count (1 for
-other kernels). ``void @<program>_run(ptr io, ptr weights, ptr workspace, i64 N)``
-runs all kernels in order on the calling thread.
+Every kernel becomes ``void @<kernel>(ptr io, ptr weights, ptr workspace, ptr dims,
+i64 start, i64 end)``: ``dims`` points at the values of the symbolic dims (``i64``
+each, in ``program.symbols`` order: ``N``, ``N1``…), the kernel computes its buffer
+pointers from the program's placements (offsets are polynomials in those values) and,
+when its body is a top-level ``parallel`` loop, runs only iterations ``[start, end)``;
+``i64 @<kernel>_extent(ptr dims)`` gives that loop's trip count (1 for other kernels).
+``void @<program>_run(ptr io, ptr weights, ptr workspace, ptr dims)`` runs all kernels
+in order on the calling thread.
 
 This module knows kernel IR and LLVM, nothing about graph ops.
 """
@@ -86,19 +88,19 @@ class KernelTranslator:
     def translate(self, kernel: Kernel) -> tuple[ir.Function, ir.Function]:
         kernel = prepare_kernel(kernel, self.lanes)
         verify_kernel(kernel)
-        fnty = ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I64, I64])
+        fnty = ir.FunctionType(VOID, [PTR, PTR, PTR, PTR, I64, I64])
         fn = ir.Function(self.module, fnty, name=kernel.name)
-        io, weights, workspace, n_arg, start, end = fn.args
-        for arg, name in zip(fn.args, ("io", "weights", "workspace", "N", "start", "end")):
+        io, weights, workspace, dims, start, end = fn.args
+        for arg, name in zip(fn.args, ("io", "weights", "workspace", "dims", "start", "end")):
             arg.name = name
-        for i in range(3):
+        for i in range(4):
             fn.args[i].add_attribute("noalias")
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.math = MathEmitter(self.b, self.module, ("contract", "nsz"))
-        self.scope: dict[str, ir.Value] = {"N": n_arg}
+        self.scope: dict[str, ir.Value] = self._load_symbols(dims)
         self.ptrs: dict[str, ir.Value] = {}
         for buf in kernel.buffers:
-            self.ptrs[buf.name] = self._global_pointer(buf, io, weights, workspace, n_arg)
+            self.ptrs[buf.name] = self._global_pointer(buf, io, weights, workspace)
         for buf in kernel.locals:
             if not isinstance(buf.size, Const):
                 raise ValueError(f"local buffer {buf.name} needs a constant size")
@@ -116,15 +118,21 @@ class KernelTranslator:
         return fn, self._extent_function(kernel.name, parallel)
 
     def _extent_function(self, name: str, loop: For | None) -> ir.Function:
-        fn = ir.Function(self.module, ir.FunctionType(I64, [I64]), name=f"{name}_extent")
+        fn = ir.Function(self.module, ir.FunctionType(I64, [PTR]), name=f"{name}_extent")
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
-        self.scope = {"N": fn.args[0]}
+        self.scope = self._load_symbols(fn.args[0])
         self.b.ret(self.expr(loop.extent) if loop is not None else ir.Constant(I64, 1))
         return fn
 
-    def _global_pointer(
-        self, buf: Buffer, io: ir.Value, weights: ir.Value, ws: ir.Value, n: ir.Value
-    ) -> ir.Value:
+    def _load_symbols(self, dims: ir.Value) -> dict[str, ir.Value]:
+        scope: dict[str, ir.Value] = {}
+        for i, symbol in enumerate(self.program.symbols):
+            slot = self.b.gep(dims, [ir.Constant(I64, i)], source_etype=I64)
+            scope[symbol] = self.b.load(slot, typ=I64, name=symbol)
+        return scope
+
+    def _global_pointer(self, buf: Buffer, io: ir.Value, weights: ir.Value, ws: ir.Value
+                        ) -> ir.Value:
         place = self.program.placements[buf.name]
         if place.kind == "io":
             slot = self.b.gep(io, [ir.Constant(I64, place.index)], source_etype=PTR)
@@ -134,7 +142,13 @@ class KernelTranslator:
                               name=buf.name)
         offset: ir.Value = ir.Constant(I64, place.offset_c)
         if place.offset_n:
+            n = self.scope["N"]
             offset = self.b.add(self.b.mul(n, ir.Constant(I64, place.offset_n)), offset)
+        for monomial, coefficient in place.offset_terms:
+            term: ir.Value = ir.Constant(I64, coefficient)
+            for symbol in monomial:
+                term = self.b.mul(term, self.scope[symbol])
+            offset = self.b.add(offset, term)
         return self.b.gep(ws, [offset], source_etype=I8, name=buf.name)
 
     # -- statements --------------------------------------------------------------
@@ -357,22 +371,22 @@ def translate_program(program: Program, fast_math: bool = True, lanes: int = 8) 
     module = ir.Module(name=program.name)
     translator = KernelTranslator(module, program, fast_math, lanes)
     kernels = [translator.translate(k)[0] for k in program.kernels]
-    run = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, PTR, I64]),
+    run = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, PTR, PTR]),
                       name=entry_symbol(program))
     b = ir.IRBuilder(run.append_basic_block("entry"))
-    io, weights, ws, n = run.args
+    io, weights, ws, dims = run.args
     for kernel_fn in kernels:
         extent_fn = module.get_global(f"{kernel_fn.name}_extent")
-        extent = b.call(extent_fn, [n])
-        b.call(kernel_fn, [io, weights, ws, n, ir.Constant(I64, 0), extent])
+        extent = b.call(extent_fn, [dims])
+        b.call(kernel_fn, [io, weights, ws, dims, ir.Constant(I64, 0), extent])
     b.ret_void()
-    # The same entry with its four arguments in one i64 block (one ctypes argument to
+    # The same entry with its four pointer arguments in one block (one ctypes argument to
     # convert per call instead of four: the batch-1 call path is dominated by overhead).
     packed = ir.Function(module, ir.FunctionType(VOID, [PTR]), name=f"{run.name}_packed")
     b = ir.IRBuilder(packed.append_basic_block("entry"))
     block_ptr = packed.args[0]
     values = []
-    for i, ty in enumerate((PTR, PTR, PTR, I64)):
+    for i, ty in enumerate((PTR, PTR, PTR, PTR)):
         slot = b.gep(block_ptr, [ir.Constant(I64, i)], source_etype=I64)
         values.append(b.load(slot, typ=ty))
     b.call(run, values)

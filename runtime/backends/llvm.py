@@ -5,18 +5,22 @@ Artifact layout (``entry``)::
 
     {"object": "model.o", "weights": "weights.bin", "run": "<name>_run",
      "kernels": ["k0", ...], "io": ["x", "y"],           # io pointer order
+     "symbols": ["N", "N1"],                             # symbolic dims, dims order
      "workspace": [bytes per N, constant bytes],
-     "input_shapes": {"x": [[1, 0], [0, 64]]},          # dims as a*N + b
+     "workspace_terms": {"N*N1": 98304},                 # further workspace bytes
+     "input_shapes": {"x": [[1, 0], {"N1": 1}, [0, 64]]},  # a*N + b, or polynomials
      "output_shapes": {"y": [[1, 0], [0, 10]]}, ...}
 
 or, with per-node ORT fallback, ``{"segments": [{"kind": "llvm", <the keys above>,
 "inputs": [...], "outputs": [...]}, {"kind": "ort", "model": "seg1.onnx", ...}]}``.
 
-Each kernel ``k`` exports ``k(io, weights, workspace, N, start, end)`` and
-``k_extent(N)``; with ``threads > 1`` the runner splits a kernel's top-level parallel
+Each call binds the symbolic dims from the input shapes (each symbol from an input dim
+``a*sym + b``), then evaluates every output dim and the workspace size from them. Each
+kernel ``k`` exports ``k(io, weights, workspace, dims, start, end)`` and
+``k_extent(dims)`` (``dims``: pointer to the symbol values, ``int64`` each); with ``threads > 1`` the runner splits a kernel's top-level parallel
 loop over a thread pool (ctypes releases the GIL while native code runs) when that kernel
 took at least ``parallel_min_us`` (load option, default 200) on one thread — measured on
-the first call at each batch size, since a Python hand-off costs tens of microseconds.
+the first call at each binding of the symbolic dims, since a Python hand-off costs tens of microseconds.
 Calls share one workspace, so the runner is not ``thread_safe``: CompiledModel
 serializes concurrent calls.
 """
@@ -38,11 +42,11 @@ from irkit.runtime.artifact import ArtifactError, Manifest, read_verified
 
 _KERNEL_TYPE = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-    ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+    ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
 )  # fmt: skip
-_EXTENT_TYPE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
+_EXTENT_TYPE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)
 _RUN_TYPE = ctypes.CFUNCTYPE(
-    None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64
+    None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
 )
 _PACKED_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _JIT_LOCK = threading.Lock()
@@ -52,6 +56,28 @@ _MIN_SPLIT = 2
 # Handing a kernel to pool threads costs tens of microseconds in Python; only kernels that
 # took longer than this on one thread (measured on the first call per batch size) split.
 _MIN_PARALLEL_SECONDS = 2e-4
+
+
+Poly = dict[tuple[str, ...], int]
+
+
+def _poly(obj: Any) -> Poly:
+    """A manifest dim or size: ``[a, b]`` (``a*N + b``), an int, or ``{"N*N1": k}``."""
+    if isinstance(obj, list | tuple) and len(obj) == 2:
+        return {("N",): int(obj[0]), (): int(obj[1])}
+    if isinstance(obj, int):
+        return {(): obj}
+    return {tuple(k.split("*")) if k else (): int(v) for k, v in dict(obj).items()}
+
+
+def _evaluate(poly: Poly, values: Mapping[str, int]) -> int:
+    total = 0
+    for monomial, coefficient in poly.items():
+        term = coefficient
+        for symbol in monomial:
+            term *= values[symbol]
+        total += term
+    return total
 
 
 def _aligned_empty(nbytes: int, alignment: int = 64) -> np.ndarray:
@@ -94,13 +120,17 @@ class LlvmRunner:
             (_KERNEL_TYPE(self._tracker[k]), _EXTENT_TYPE(self._tracker[f"{k}_extent"]))
             for k in entry["kernels"]
         ]
-        # Input and output dims are ``a * N + b`` pairs.
-        self._input_dims: dict[str, list[list[int]]] = dict(entry["input_shapes"])
-        self._output_dims: dict[str, list[list[int]]] = dict(entry["output_shapes"])
+        self._symbols: list[str] = list(entry.get("symbols", ["N"]))
+        self._input_dims = {name: [_poly(d) for d in dims]
+                            for name, dims in entry["input_shapes"].items()}
+        self._output_dims = {name: [_poly(d) for d in dims]
+                             for name, dims in entry["output_shapes"].items()}
         self._io_names: list[str] = list(entry["io"])
         self._output_names = list(self._output_dims)
         self._output_dtypes = {name: np.dtype(output_dtypes[name]) for name in self._output_names}
-        self._workspace_n, self._workspace_c = (int(v) for v in entry["workspace"])
+        n_bytes, c_bytes = (int(v) for v in entry["workspace"])
+        self._workspace_size = {("N",): n_bytes, (): c_bytes,
+                                **_poly(entry.get("workspace_terms", {}))}
         self._weights = _aligned_empty(max(len(weights), 1))
         self._weights[: len(weights)] = np.frombuffer(weights, dtype=np.uint8)
         self._workspace = _aligned_empty(0)
@@ -115,85 +145,93 @@ class LlvmRunner:
         """Precompute where each io pointer comes from (the per-call path is hot)."""
         position = {name: i for i, name in enumerate(self._io_names)}
         self._in_slots = [(position[name], name) for name in self._input_dims]
-        self._out_slots = [
-            (position[name], name, tuple((int(a), int(b)) for a, b in self._output_dims[name]),
-             self._output_dtypes[name])
-            for name in self._output_names
-        ]
-        # N comes from the first input dim that depends on it: dim = a * N + b.
-        self._batch_source: tuple[str, int, int, int] | None = None
-        for name, dims in self._input_dims.items():
-            for axis, (a, b) in enumerate(dims):
-                if a and self._batch_source is None:
-                    self._batch_source = (name, axis, int(a), int(b))
+        self._out_slots = [(position[name], name, self._output_dtypes[name])
+                           for name in self._output_names]
+        # Each symbol comes from the first input dim ``a * symbol + b`` (a != 0).
+        self._sources: list[tuple[str, int, int, int]] = []
+        for symbol in self._symbols:
+            found = [(name, axis, dim.get((symbol,), 0), dim.get((), 0))
+                     for name, dims in self._input_dims.items() for axis, dim in enumerate(dims)
+                     if dim.get((symbol,)) and set(dim) <= {(symbol,), ()}]
+            # A symbol no input dim carries only scales nothing (a model without any).
+            self._sources.append(found[0] if found else ("", 0, 1, 0))
         self._io_address = ctypes.addressof(self._io)
-        # {io, weights, workspace, N} for the one-argument entry.
-        self._packed_args = (ctypes.c_int64 * 4)(self._io_address, self._weights_address,
-                                                 self._workspace_address, 0)
+        self._dims = (ctypes.c_int64 * max(1, len(self._symbols)))()
+        for i in range(len(self._dims)):
+            self._dims[i] = 1
+        # {io, weights, workspace, dims} for the one-argument entry.
+        self._packed_args = (ctypes.c_void_p * 4)(self._io_address, self._weights_address,
+                                                  self._workspace_address,
+                                                  ctypes.addressof(self._dims))
         self._packed_address = ctypes.addressof(self._packed_args)
-        self._shapes: dict[int, list[tuple[int, ...]]] = {}
-        self._split_plan: dict[int, list[bool]] = {}
+        # Per binding of the symbols: output shapes and workspace bytes.
+        self._bindings: dict[tuple[int, ...], tuple[list[tuple[int, ...]], int]] = {}
+        self._split_plan: dict[tuple[int, ...], list[bool]] = {}
         self.parallel_min_seconds = _MIN_PARALLEL_SECONDS
 
+    def _bind(self, key: tuple[int, ...]) -> tuple[list[tuple[int, ...]], int]:
+        values = dict(zip(self._symbols, key))
+        shapes = [tuple(_evaluate(d, values) for d in self._output_dims[name])
+                  for _, name, _ in self._out_slots]
+        found = (shapes, _evaluate(self._workspace_size, values))
+        if len(self._bindings) < 64:
+            self._bindings[key] = found
+        return found
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        source = self._batch_source
-        n = 1
-        if source is not None:
-            n = (int(inputs[source[0]].shape[source[1]]) - source[3]) // source[2]
+        key = tuple((int(inputs[name].shape[axis]) - b) // a if name else 1
+                    for name, axis, a, b in self._sources)
+        for i, value in enumerate(key):
+            self._dims[i] = value
         io = self._io
         for slot, name in self._in_slots:
             io[slot] = _address(inputs[name])
-        shapes = self._shapes.get(n)
-        if shapes is None:
-            shapes = [tuple(a * n + b for a, b in dims) for _, _, dims, _ in self._out_slots]
-            if len(self._shapes) < 64:
-                self._shapes[n] = shapes
+        shapes, workspace_bytes = self._bindings.get(key) or self._bind(key)
         outputs: dict[str, np.ndarray] = {}
-        for (slot, name, _, dtype), shape in zip(self._out_slots, shapes):
+        for (slot, name, dtype), shape in zip(self._out_slots, shapes):
             array = np.empty(shape, dtype=dtype)
             io[slot] = _address(array)
             outputs[name] = array
-        if self._workspace.nbytes < self._workspace_n * n + self._workspace_c:
-            self._workspace = _aligned_empty(self._workspace_n * n + self._workspace_c)
+        if self._workspace.nbytes < workspace_bytes:
+            self._workspace = _aligned_empty(workspace_bytes)
             self._workspace_address = self._workspace.ctypes.data
             self._packed_args[2] = self._workspace_address
         if self._pool is None:
-            self._packed_args[3] = n
             self._run_packed(self._packed_address)
         else:
             self._run_parallel(
-                (self._io_address, self._weights_address, self._workspace_address), n)
+                (self._io_address, self._weights_address, self._workspace_address), key)
         return outputs
 
-    def _run_parallel(self, args: tuple[int, int, int], n: int) -> None:
+    def _run_parallel(self, args: tuple[int, int, int], key: tuple[int, ...]) -> None:
         assert self._pool is not None
-        plan = self._split_plan.get(n)
+        dims = ctypes.addressof(self._dims)
+        plan = self._split_plan.get(key)
         if plan is None:
-            # First call at this batch size: run serially and time each kernel.
+            # First call at this binding: run serially and time each kernel.
             plan = []
             for kernel, extent_fn in self._kernels:
                 start = time.perf_counter()
-                kernel(*args, n, 0, extent_fn(n))
+                kernel(*args, dims, 0, extent_fn(dims))
                 plan.append(time.perf_counter() - start >= self.parallel_min_seconds)
             if len(self._split_plan) < 64:
-                self._split_plan[n] = plan
+                self._split_plan[key] = plan
             return
         if not any(plan):
-            self._packed_args[3] = n
             self._run_packed(self._packed_address)
             return
         for (kernel, extent_fn), split in zip(self._kernels, plan):
-            extent = extent_fn(n)
+            extent = extent_fn(dims)
             parts = min(self.threads, extent // _MIN_SPLIT) if split else 1
             if parts <= 1:
-                kernel(*args, n, 0, extent)
+                kernel(*args, dims, 0, extent)
                 continue
             bounds = [extent * p // parts for p in range(parts + 1)]
             futures = [
-                self._pool.submit(kernel, *args, n, bounds[p], bounds[p + 1])
+                self._pool.submit(kernel, *args, dims, bounds[p], bounds[p + 1])
                 for p in range(1, parts)
             ]
-            kernel(*args, n, bounds[0], bounds[1])
+            kernel(*args, dims, bounds[0], bounds[1])
             for future in futures:
                 future.result()
 

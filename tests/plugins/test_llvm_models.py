@@ -101,7 +101,7 @@ def test_threads_split_parallel_loops(tmp_path: Path) -> None:
     x = np.random.default_rng(0).standard_normal((33, 32)).astype(np.float32)
     for _ in range(2):  # the first call measures, the second splits
         np.testing.assert_allclose(one(x=x)["y"], two(x=x)["y"], rtol=RTOL, atol=ATOL)
-    assert all(two._runner._split_plan[33])
+    assert all(two._runner._split_plan[(33,)])
     assert check_against_ort(model, two, (1, 64)) == 2
 
 
