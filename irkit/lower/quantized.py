@@ -45,11 +45,12 @@ from irkit.kir import (
     simplify_expr,
 )
 from irkit.lower.context import LoweringContext
-from irkit.lower.heavy import Epilogue, HeavyPlan, conv_geometry
+from irkit.lower.heavy import Epilogue, HeavyPlan, conv_geometry, plan_conv
 from irkit.lower.tensor import Index, LoweringError, TensorRef, product, static, unravel
 
 Int8Store = Callable[[Expr, Expr, Expr], Stmt]  # (row, col, i32 accumulator) -> Stmt
 F32 = "f32"
+MIN_INT8_CHANNELS = 4  # fewer input channels: the conv runs the decomposition in fp32
 
 
 def _f(value: float) -> Const:
@@ -120,6 +121,9 @@ class Int8Gemm:
     a_index: Callable[[Expr, Expr], Expr]
     b_packed: Buffer
     store: Int8Store
+    # Epilogue loop order: rows innermost when consecutive rows are contiguous in the
+    # output (a convolution's pixels in NCHW), else columns innermost.
+    rows_inner: bool = False
 
 
 def emit_int8_gemm(ctx: LoweringContext, spec: Int8Gemm, hint: str, mr: int, nr: int,
@@ -127,6 +131,8 @@ def emit_int8_gemm(ctx: LoweringContext, spec: Int8Gemm, hint: str, mr: int, nr:
     """The GEMM kernel: panels of ``nr`` columns (parallel), ``mr``-row blocks inside."""
     vecs = nr // lanes
     acc = Buffer(ctx.fresh("iacc"), "i32", Const(mr * nr), "local")
+    # The epilogue reads a copy, so the accumulators themselves stay in registers.
+    tile_buf = Buffer(ctx.fresh("itile"), "i32", Const(mr * nr), "local")
     p = ctx.var("p")
     panel_base = p * (spec.words * nr)
 
@@ -145,14 +151,23 @@ def emit_int8_gemm(ctx: LoweringContext, spec: Int8Gemm, hint: str, mr: int, nr:
                 body.append(Store(acc, slot, Call("dot4_u8s8", (
                     Load(acc, slot, lanes), a, bvars[v]))))
         stmts.append(For(kq, Const(spec.words), block(*body)))
+        stmts += [Store(tile_buf, Const(r * nr + v * lanes), Load(acc, Const(r * nr + v * lanes),
+                                                                  lanes))
+                  for r in range(rows) for v in range(vecs)]
         r_var, c_var = ctx.var("r"), ctx.var("c")
-        epilogue = spec.store(i0 + r_var, p * nr + c_var, Load(acc, r_var * nr + c_var))
+        epilogue = spec.store(i0 + r_var, p * nr + c_var, Load(tile_buf, r_var * nr + c_var))
         full_panels, tail = divmod(spec.cols, nr)
-        full = For(r_var, Const(rows), For(c_var, Const(nr), epilogue, "vector"))
+
+        def tile(ncols: int) -> Stmt:
+            if spec.rows_inner:
+                return For(c_var, Const(ncols), For(r_var, Const(rows), epilogue, "vector"))
+            return For(r_var, Const(rows), For(c_var, Const(ncols), epilogue, "vector"))
+
+        full = tile(nr)
         if tail == 0:
             stmts.append(full)
         else:
-            partial = For(r_var, Const(rows), For(c_var, Const(tail), epilogue, "vector"))
+            partial = tile(tail)
             stmts.append(If(Binary("lt", p, Const(full_panels)), full, partial)
                          if full_panels else partial)
         return block(*stmts)
@@ -170,7 +185,7 @@ def emit_int8_gemm(ctx: LoweringContext, spec: Int8Gemm, hint: str, mr: int, nr:
         for r in range(1, mr):
             blocks.append(If(Binary("eq", rem_var, Const(r)), micro(rows - r, r)))
     panels = -(-spec.cols // nr)
-    ctx.add_kernel(hint, For(p, Const(panels), block(*blocks), "parallel"), [acc])
+    ctx.add_kernel(hint, For(p, Const(panels), block(*blocks), "parallel"), [acc, tile_buf])
 
 
 def int8_tiles(ctx: LoweringContext) -> tuple[int, int, int]:
@@ -369,6 +384,8 @@ def plan_qlinear_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | No
     g = conv_geometry(node, x, w4.astype(np.float32))
     cout, cin = w4.shape[0], static(x.shape[1], "Conv channels")
     kh, kw_ = g["k"]
+    if cin < MIN_INT8_CHANNELS:
+        return _fake_quant_conv(ctx, node, x, quant, w4, ins)
     cw4 = -(-cin // 4)
     cp = 4 * cw4
     # K ordered (ky, kx, c) with c padded: matches the NHWC words.
@@ -401,12 +418,21 @@ def plan_qlinear_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | No
 
     def emit(epilogue: Epilogue) -> None:
         n, e, c, yy, xx = (ctx.var(h) for h in ("n", "e", "c", "y", "x"))
-        src = Load(xbuf, ((n * cin + c) * ih + yy) * iw + xx)
-        dst = n * image + ((yy + pt) * wp + xx + pl) * cp + c
+        words_view = word_view(xq)
+        # Four channels of one pixel -> one little-endian word; channels past cin are 0
+        # (their weights are 0).
+        word: Expr = Const(0, "i32")
+        for t in range(4):
+            chan = Binary("min", c * 4 + t, Const(cin - 1))
+            byte = Cast("i32", quant.byte(Load(xbuf, ((n * cin + chan) * ih + yy) * iw + xx)))
+            if cin % 4:
+                byte = Select(Binary("lt", c * 4 + t, Const(cin)), byte, Const(0, "i32"))
+            word = byte if t == 0 else word + byte * Const(1 << (8 * t), "i32")
+        dst = n * (image // 4) + ((yy + pt) * wp + xx + pl) * cw4 + c
         fill = For(e, Const(image), Store(xq, n * image + e, pad_byte), "vector") \
             if (pt or pb or pl or pr) else None
-        quantize = For(c, Const(cin), For(yy, Const(ih), For(xx, Const(iw), Store(
-            xq, dst, Cast("u8", quant.byte(src))), "vector")))
+        quantize = For(c, Const(cw4), For(yy, Const(ih), For(xx, Const(iw), Store(
+            words_view, dst, word), "vector")))
         ctx.add_kernel("quant_nhwc", For(n, x.shape[0], block(fill, quantize), "parallel"))
 
         def a_index(row: Expr, word: Expr) -> Expr:
@@ -419,10 +445,37 @@ def plan_qlinear_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | No
             idx = (simplify_expr(nn_), col, simplify_expr(pp // ow), simplify_expr(pp % ow))
             return epilogue(idx, requant.value(acc, col, idx))
 
-        spec = Int8Gemm(rows, words, cout, word_view(xq), a_index, b_buf, store)
+        spec = Int8Gemm(rows, words, cout, word_view(xq), a_index, b_buf, store,
+                        rows_inner=False)
         emit_int8_gemm(ctx, spec, "qconv", mr, nr, lanes)
 
     return HeavyPlan(out_shape, emit)
+
+
+def _fake_quant_conv(ctx: LoweringContext, node: Node, x: TensorRef, quant: ActQuant,
+                     w4: np.ndarray, ins: list[TensorRef | None]) -> HeavyPlan:
+    """The reference decomposition in fp32 (``Conv(DQ(Q(x)), DQ(w))``) on the fp32 conv
+    template: for a first layer with one to three input channels, bytes padded to four
+    channels would waste most of each int8 dot product."""
+    wscale = np.asarray(_const(ins[4], "w_scale"), np.float32)
+    wzp = np.asarray(_const(ins[5], "w_zp"), np.float32)
+    shape = (-1,) + (1,) * (w4.ndim - 1) if wscale.size > 1 else ()
+    w_f = (np.asarray(w4).astype(np.float32) - wzp.reshape(shape)) * wscale.reshape(shape)
+    zero = quant.zp + _f(quant.shift) if quant.shift else quant.zp
+    fake = TensorRef(x.shape, F32, lambda idx: (quant.byte(x.read(idx)) - zero) * quant.scale,
+                     cost=x.cost + 8)
+    inner = plan_conv(ctx, node, [fake, ctx.const_ref(w_f.astype(np.float32), F32),
+                                  _optional(ins, 6)])
+    residual, act = _optional(ins, 7), str(node.attr("act", "none"))
+
+    def emit(epilogue: Epilogue) -> None:
+        def finish(idx: Index, acc: Expr) -> Stmt:
+            value = acc if residual is None else acc + residual.read(idx)
+            return epilogue(idx, apply_activation(value, act))
+
+        inner.emit(finish)
+
+    return HeavyPlan(inner.shape, emit)
 
 
 INT8_HEAVY = {
