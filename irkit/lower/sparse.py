@@ -33,6 +33,7 @@ from irkit.lower.context import LoweringContext
 from irkit.lower.heavy import Epilogue, HeavyPlan, plan_matmul
 from irkit.lower.tensor import LoweringError, TensorRef, product, static, unravel
 
+COL_GROUP = 16
 SPARSE_THRESHOLD = 0.7  # fraction of zeros from which the CSC kernel beats dense tiles
 
 
@@ -100,44 +101,56 @@ def plan_sparse_matmul(ctx: LoweringContext, a: TensorRef, w: np.ndarray,
     def emit(epilogue: Epilogue) -> None:
         panel = Buffer(ctx.fresh("sp_panel"), "f32", Const(k * rb), "local")
         acc = Buffer(ctx.fresh("sp_acc"), "f32", Const(rb), "local")
-        ib, kk, r, j, t = (ctx.var(h) for h in ("ib", "k", "r", "j", "t"))
+        # Results of COL_GROUP columns, column-major; stored row by row afterwards so
+        # each row gets one contiguous run (a power-of-two row stride written column by
+        # column would keep hitting the same L1 sets).
+        tile = Buffer(ctx.fresh("sp_tile"), "f32", Const(rb * COL_GROUP), "local")
+        ib, kk, r, jj, t, jb = (ctx.var(h) for h in ("ib", "k", "r", "jj", "t", "jb"))
         row0 = ib * rb
         last = simplify_expr(rows - 1)
         # Rows past the end read the last row; their results are never stored.
         src_row = Binary("min", row0 + r, last)
-        pack = For(kk, Const(k), For(r, Const(rb), Store(panel, kk * rb + r,
+        # Row by row: contiguous reads of A, stores strided by rb into the L1 panel.
+        pack = For(r, Const(rb), For(kk, Const(k), Store(panel, kk * rb + r,
                                                          Load(abuf, src_row * k + kk))))
         vecs = rb // vec
-        wv, off = Var(ctx.fresh("wv"), "f32"), Var(ctx.fresh("off"))
-        start = Load(ptr_buf, j)
-        count = Load(ptr_buf, j + 1) - start
-        step: list[Stmt] = [Let(off, Load(idx_buf, t)), Let(wv, Load(val_buf, t))]
-        for v in range(vecs):
-            slot = Const(v * vec)
-            step.append(Store(acc, slot, Call("fma", (
-                Broadcast(wv, vec), Load(panel, off + v * vec, vec), Load(acc, slot, vec)))))
-        zero = Broadcast(Const(0.0, "f32"), vec)
         valid = Binary("min", Const(rb), rows - row0)
+        zero = Broadcast(Const(0.0, "f32"), vec)
 
-        def store(rr: Expr) -> Stmt:
-            row = row0 + rr
-            out_idx = (*unravel(row, lead), j)
-            value: Expr = Load(acc, rr)
+        def group(j0: Expr, width: int) -> Stmt:
+            j = j0 + jj
+            wv, off = Var(ctx.fresh("wv"), "f32"), Var(ctx.fresh("off"))
+            start = Load(ptr_buf, j)
+            step: list[Stmt] = [Let(off, Load(idx_buf, t)), Let(wv, Load(val_buf, t))]
+            for v in range(vecs):
+                slot = Const(v * vec)
+                step.append(Store(acc, slot, Call("fma", (
+                    Broadcast(wv, vec), Load(panel, off + v * vec, vec), Load(acc, slot, vec)))))
+            column = block(
+                *[Store(acc, Const(v * vec), zero) for v in range(vecs)],
+                For(t, Load(ptr_buf, j + 1) - start, block(*step), "serial", start),
+                *[Store(tile, jj * rb + v * vec, Load(acc, Const(v * vec), vec))
+                  for v in range(vecs)],
+            )
+            out_col = j0 + jj
+            row = row0 + r
+            out_idx = (*unravel(row, lead), out_col)
+            value: Expr = Load(tile, jj * rb + r)
             if c_ref is not None:
                 off_c = len(out_shape) - c_ref.rank
                 cidx = tuple(Const(0) if (isinstance(d, Const) and d.value == 1)
                              else out_idx[q + off_c] for q, d in enumerate(c_ref.shape))
                 value = value + c_ref.read(cidx)
-            return epilogue(out_idx, value)
+            stores = For(r, valid, For(jj, Const(width), epilogue(out_idx, value), "vector"))
+            return block(For(jj, Const(width), column), stores)
 
-        column = block(
-            *[Store(acc, Const(v * vec), zero) for v in range(vecs)],
-            For(t, count, block(*step), "serial", start),
-            For(r, valid, store(r)),
-        )
-        body = block(pack, For(j, Const(cols), column))
+        full, tail = divmod(cols, COL_GROUP)
+        columns = [For(jb, Const(full), group(jb * COL_GROUP, COL_GROUP))] if full else []
+        if tail:
+            columns.append(group(Const(full * COL_GROUP), tail))
+        body = block(pack, *columns)
         blocks = simplify_expr((rows + (rb - 1)) // rb)
-        ctx.add_kernel("spmm", For(ib, blocks, body, "parallel"), [panel, acc])
+        ctx.add_kernel("spmm", For(ib, blocks, body, "parallel"), [panel, acc, tile])
 
     return HeavyPlan(out_shape, emit)
 
