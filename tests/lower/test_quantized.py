@@ -1,0 +1,185 @@
+"""int8 and sparse kernels of the llvm backend against ``irkit.evaluate`` of the same
+graph (the irkit ops' reference decomposition), at batch 1, 7 and 64.
+
+Tolerance for int8: the accumulators are exact int32, so an output differs from the
+reference only by float rounding of the rescale (1e-5 relative) — except where
+``x / scale`` of one input lies within an ulp of a rounding boundary and the two sides
+round it to neighbouring bytes. Each output may then move by one quantization step of
+one input times that input's weight: ``x_scale * max|w|`` per flip. We allow one flip
+per output element and require 99% of the elements of a one-layer graph to be within
+1e-5 relative (90% for two layers: a flip in a hidden activation, which the two sides
+compute with different float summation orders, moves a whole output row).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("llvmlite")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import irkit  # noqa: E402
+import irkit.runtime  # noqa: E402
+
+BATCHES = (1, 7, 64)
+
+
+def _model(nodes: list[Any], inits: dict[str, np.ndarray], x_shape: list[Any],
+           y_shape: list[Any]) -> Any:
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def mlp_model(k: int = 70, hidden: int = 45, out: int = 19, residual: bool = False) -> Any:
+    """MatMul+bias+relu, then Gemm(transB); K and widths not multiples of 4 or 16."""
+    rng = np.random.default_rng(0)
+    inits = {"w0": rng.standard_normal((k, hidden)) * 0.2, "b0": rng.standard_normal(hidden),
+             "w1": rng.standard_normal((out, hidden)) * 0.2, "b1": rng.standard_normal(out)}
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]),
+             helper.make_node("Add", ["h0", "b0"], ["h1"])]
+    last = "h1"
+    if residual:
+        inits["wr"] = rng.standard_normal((hidden, hidden)) * 0.2
+        nodes += [helper.make_node("MatMul", ["h1", "wr"], ["r0"]),
+                  helper.make_node("Add", ["r0", "h1"], ["r1"])]
+        last = "r1"
+    nodes += [helper.make_node("Relu", [last], ["h2"]),
+              helper.make_node("Gemm", ["h2", "w1", "b1"], ["y"], transB=1)]
+    return _model(nodes, inits, ["N", k], ["N", out])
+
+
+def conv_model(cin: int, stride: int = 1, pad: int = 1) -> Any:
+    rng = np.random.default_rng(1)
+    inits = {"w": rng.standard_normal((12, cin, 3, 3)) * 0.3, "b": rng.standard_normal(12)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4,
+                              strides=[stride] * 2),
+             helper.make_node("Relu", ["c"], ["y"])]
+    size = (9 + 2 * pad - 3) // stride + 1
+    return _model(nodes, inits, ["N", cin, 9, 9], ["N", 12, size, size])
+
+
+def compile_llvm(graph: Any, tmp_path: Path) -> Any:
+    art = irkit.compile(graph, target="llvm", threads=1)
+    return irkit.runtime.load(art.save(tmp_path / "m"), threads=1)
+
+
+def quantized_ops(graph: Any) -> list[Any]:
+    return [n for n in graph.nodes if n.domain == "irkit"]
+
+
+def flip_tolerance(graph: Any) -> float:
+    """x_scale * max|w_q * w_scale| over the int8 ops (dynamic: bound the scale by the
+    inputs' range, |x| < 6 here)."""
+    tol = 0.0
+    for node in quantized_ops(graph):
+        consts = [v.const if v is not None and v.const is not None else None
+                  for v in node.inputs]
+        if node.op == "DynamicQuantMatMulInt8":
+            x_scale, w_q, w_scale = 12.0 / 255, consts[1], consts[2]
+        else:
+            x_scale, w_q, w_scale = float(consts[1]), consts[3], consts[4]
+        w = np.abs(w_q.astype(np.float32)) * np.max(w_scale)
+        tol = max(tol, x_scale * float(w.max()))
+    return tol
+
+
+def check(graph: Any, tmp_path: Path, shape: tuple[int, ...], flips: float = 1.0,
+          exact: float = 0.99) -> int:
+    compiled = compile_llvm(graph, tmp_path)
+    tol = flip_tolerance(graph) * flips
+    checked = 0
+    for batch in BATCHES:
+        x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+        x = np.clip(x * 1.5, -5.9, 5.9)
+        want = irkit.evaluate(graph, {"x": x})["y"]
+        got = compiled(x=x)["y"]
+        assert got.shape == want.shape
+        err = np.abs(got - want)
+        scale = max(float(np.abs(want).max()), 1e-6)
+        assert err.max() <= tol + 1e-5 * scale, f"batch {batch}: {err.max()} > {tol}"
+        close = np.mean(err <= 1e-5 * scale + 1e-6)
+        assert close >= exact, f"batch {batch}: only {close:.3f} of outputs exact"
+        checked += 1
+    return checked
+
+
+CALIB = [{"x": np.clip(np.random.default_rng(9).standard_normal((32, 70)) * 1.5, -5.9, 5.9)
+          .astype(np.float32)}]
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_static_matmul(tmp_path: Path, symmetric: bool) -> None:
+    graph = irkit.load_model(mlp_model())
+    q = irkit.optimize(graph, f"fuse,quantize{{mode=static,per_channel=true,"
+                              f"symmetric={str(symmetric).lower()}}}", calibration=CALIB)
+    assert [n.op for n in quantized_ops(q)] == ["QLinearMatMulInt8"] * 2
+    assert check(q, tmp_path, (70,), exact=0.9) == 3
+
+
+def test_static_matmul_per_tensor_with_residual(tmp_path: Path) -> None:
+    graph = irkit.load_model(mlp_model(residual=True))
+    q = irkit.optimize(graph, "fuse,quantize{mode=static}", calibration=CALIB)
+    assert len(quantized_ops(q)) == 3
+    assert check(q, tmp_path, (70,), flips=2.0, exact=0.9) == 3
+
+
+def test_dynamic_matmul(tmp_path: Path) -> None:
+    graph = irkit.load_model(mlp_model())
+    q = irkit.optimize(graph, "fuse,quantize{per_channel=true}")
+    assert [n.op for n in quantized_ops(q)] == ["DynamicQuantMatMulInt8"] * 2
+    assert check(q, tmp_path, (70,), exact=0.9) == 3
+
+
+@pytest.mark.parametrize(("cin", "stride", "pad"), [(8, 1, 1), (6, 2, 1), (5, 1, 0), (1, 1, 1)])
+def test_static_conv(tmp_path: Path, cin: int, stride: int, pad: int) -> None:
+    """cin >= 4: the int8 implicit-GEMM kernel; cin = 1: the fp32 decomposition."""
+    graph = irkit.load_model(conv_model(cin, stride, pad))
+    calib = [{"x": np.random.default_rng(3).standard_normal((16, cin, 9, 9))
+              .astype(np.float32) * 1.5}]
+    q = irkit.optimize(graph, "fuse,quantize{mode=static,per_channel=true}", calibration=calib)
+    assert [n.op for n in quantized_ops(q)] == ["QLinearConvInt8"]
+    assert check(q, tmp_path, (cin, 9, 9)) == 3
+
+
+def _gemm(k: int, n: int, sparsity: float, trans_b: bool) -> Any:
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    w[rng.random(w.shape) < sparsity] = 0.0
+    b = rng.standard_normal(n).astype(np.float32)
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=int(trans_b))
+    return _model([node, helper.make_node("Relu", ["g"], ["y"])], {"w": w, "b": b},
+                  ["N", k], ["N", n])
+
+
+@pytest.mark.parametrize(("sparsity", "sparse_kernel"), [(0.9, True), (0.75, True),
+                                                         (0.5, False)])
+def test_sparse_gemm_chosen_by_sparsity(tmp_path: Path, sparsity: float,
+                                        sparse_kernel: bool) -> None:
+    graph = irkit.load_model(_gemm(100, 37, sparsity, trans_b=True))
+    compiled = compile_llvm(graph, tmp_path)
+    kernels = compiled.manifest.entry["kernels"]
+    assert any(k.startswith("spmm") for k in kernels) == sparse_kernel
+    for batch in (*BATCHES, 65):
+        x = np.random.default_rng(batch).standard_normal((batch, 100)).astype(np.float32)
+        want = irkit.evaluate(graph, {"x": x})["y"]
+        np.testing.assert_allclose(compiled(x=x)["y"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_pruned_matmul_uses_sparse_kernel(tmp_path: Path) -> None:
+    from irkit.bench import _matmul_onnx
+
+    graph = irkit.optimize(irkit.load_model(_matmul_onnx("N", 128, 96)), "prune{sparsity=0.9}")
+    compiled = compile_llvm(graph, tmp_path)
+    assert any(k.startswith("spmm") for k in compiled.manifest.entry["kernels"])
+    x = np.random.default_rng(0).standard_normal((7, 128)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x=x)["y"], irkit.evaluate(graph, {"x": x})["y"],
+                               rtol=1e-5, atol=1e-5)
