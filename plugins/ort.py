@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from irkit import __version__
+from irkit.errors import IrkitError
 from irkit.runtime.artifact import Artifact
 from irkit.runtime.backends.ort import OPTIMIZATION_LEVELS
 from irkit.runtime.options import Option
 from irkit.runtime.signature import TensorSpec
-
-from irkit import __version__
-from irkit.errors import IrkitError
 
 MODEL_FILE = "model.onnx"
 

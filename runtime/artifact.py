@@ -40,10 +40,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from irkit.runtime.signature import TensorSpec
 
 from irkit import __version__
 from irkit.errors import IrkitError
+from irkit.runtime.signature import TensorSpec
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

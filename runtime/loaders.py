@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
 from irkit.runtime.artifact import ArtifactError, Manifest
 
 ENTRY_POINT_GROUP = "irkit.runtime"

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+
 from irkit.runtime.artifact import ArtifactError, Manifest, verify
 from irkit.runtime.loaders import Runner, open_runner
 from irkit.runtime.signature import (

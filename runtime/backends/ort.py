@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from irkit.runtime.artifact import ArtifactError, Manifest, read_verified
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")

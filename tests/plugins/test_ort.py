@@ -6,17 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-import irkit.runtime
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from irkit.plugins import get_registry
-from irkit.plugins.ort import OrtBackend, OrtBackendError
-from irkit.runtime import TensorSpec
 from onnx import TensorProto, helper, numpy_helper
 
 import irkit
+import irkit.runtime
+from irkit.plugins import get_registry
+from irkit.plugins.ort import OrtBackend, OrtBackendError
+from irkit.runtime import TensorSpec
 
 
 def mlp_proto() -> onnx.ModelProto:

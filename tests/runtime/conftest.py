@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from irkit.runtime import Artifact, CompiledModel, TensorSpec, load
 from irkit.runtime.artifact import npz_bytes
-from onnx import TensorProto, helper, numpy_helper
 
 RNG_SEED = 1234
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from irkit.runtime import FORMAT_VERSION, Artifact, ArtifactError, load, read_manifest, verify
 from irkit.runtime.artifact import (
     MANIFEST_NAME,

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from irkit.runtime import ArtifactError, CompiledModel, InputError, Manifest, TensorSpec
 from irkit.runtime.artifact import manifest_digest
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
 from irkit.runtime import (
     Artifact,
     ArtifactError,

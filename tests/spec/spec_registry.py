@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 from irkit.plugins import Entry, Registry
 from irkit.runtime.options import Option
-
 from irkit.spec import DataRef
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from irkit.plugins import Registry
 from spec_registry import GOLDEN, make_registry
 
+from irkit.plugins import Registry
 from irkit.spec import parse_spec, to_data
 
 # Interpolation golden's environment; nothing is read from os.environ.

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-from irkit.plugins import unknown_name_message
 from spec_registry import make_registry
 
 import irkit.spec.validation as validate_module
+from irkit.plugins import unknown_name_message
 from irkit.spec import (
     DataRef,
     InputDecl,
