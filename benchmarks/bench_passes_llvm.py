@@ -158,7 +158,7 @@ def prepare(model: Model) -> list[tuple[Variant, str, Callable[[], Any]]]:
                 v.results["acc"] = float(np.mean(logits.argmax(-1) == model.eval_y))
             feeds = model.feeds
             runners.append((v, "llvm", lambda m=compiled, f=feeds: m(**f)))
-        except Exception as exc:  # noqa: BLE001 - report, do not hide, a failing variant
+        except Exception as exc:  # report, do not hide, a variant that fails
             v.results["llvm_error"] = f"{type(exc).__name__}: {exc}"[:120]
         if v.ort_pipeline is not None:
             ograph = irkit.optimize(model.graph, v.ort_pipeline, calibration=model.calibration) \

@@ -1,0 +1,111 @@
+"""The optimization passes end to end on the llvm backend: fused irkit ops, static and
+dynamic int8 (against the reference decomposition and, for digits, task accuracy),
+and the host's int8 instruction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("llvmlite")
+
+import irkit
+import irkit.runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+STATIC = "fuse,quantize{mode=static,per_channel=true}"
+
+
+def compile_load(graph: Any, tmp_path: Path) -> Any:
+    art = irkit.compile(graph, target="llvm", threads=1)
+    return irkit.runtime.load(art.save(tmp_path / "m"), threads=1)
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[str, Any]:
+    from irkit.testing.models import ensure_digits_models
+
+    models = ensure_digits_models()
+    ev = np.load(ROOT / "specs" / "data" / "digits_eval.npz")
+    cal = np.load(ROOT / "specs" / "data" / "digits_calib.npz")
+    return {"models": models, "eval": ev, "calib": cal}
+
+
+@pytest.mark.parametrize(("kind", "key"), [("mlp", "x"), ("cnn", "x_img")])
+def test_digits_fused_and_static_int8(digits: dict[str, Any], tmp_path: Path, kind: str,
+                                      key: str) -> None:
+    graph = irkit.load_model(str(digits["models"] / f"digits_{kind}.onnx"))
+    name = graph.inputs[0].name
+    x_eval = digits["eval"][key].astype(np.float32)
+    labels = digits["eval"]["y"]
+    fp32 = compile_load(graph, tmp_path / "fp32")
+    acc_fp32 = np.mean(next(iter(fp32(**{name: x_eval}).values())).argmax(-1) == labels)
+
+    fused = irkit.optimize(graph, "fuse")
+    assert any(n.domain == "irkit" for n in fused.nodes)
+    fused_c = compile_load(fused, tmp_path / "fused")
+    calib = [{name: digits["calib"][key].astype(np.float32)}]
+    q = irkit.optimize(graph, STATIC, calibration=calib)
+    assert {n.op for n in q.nodes if n.domain == "irkit"} <= {"QLinearMatMulInt8",
+                                                              "QLinearConvInt8"}
+    q_c = compile_load(q, tmp_path / "int8")
+    for batch in (1, 7, 64):
+        x = np.resize(x_eval, (batch, *x_eval.shape[1:]))
+        want = next(iter(irkit.evaluate(graph, {name: x}).values()))
+        np.testing.assert_allclose(next(iter(fused_c(**{name: x}).values())), want,
+                                   rtol=1e-4, atol=1e-4)
+        ref = next(iter(irkit.evaluate(q, {name: x}).values()))
+        got = next(iter(q_c(**{name: x}).values()))
+        # Hidden activations can round to neighbouring bytes (see tests/lower/
+        # test_quantized.py): logits of size ~10-20 stay within 0.1, and on average
+        # within 1% of the largest logit.
+        np.testing.assert_allclose(got, ref, atol=0.1)
+        assert np.mean(np.abs(got - ref)) <= 0.01 * np.abs(ref).max()
+    acc_q = np.mean(next(iter(q_c(**{name: x_eval}).values())).argmax(-1) == labels)
+    assert abs(acc_q - acc_fp32) <= 0.01, (acc_q, acc_fp32)
+
+
+def test_transformer_fused_and_dynamic_int8(transformer_onnx: Path, tmp_path: Path) -> None:
+    graph = irkit.load_model(str(transformer_onnx))
+    fused = irkit.optimize(graph, "simplify,fuse")
+    dyn = irkit.optimize(fused, "quantize{per_channel=true}")
+    assert any(n.op == "DynamicQuantMatMulInt8" for n in dyn.nodes)
+    x = np.random.default_rng(0).standard_normal((3, 64, 128)).astype(np.float32)
+    want = next(iter(irkit.evaluate(graph, {"x": x}).values()))
+    got_fused = next(iter(compile_load(fused, tmp_path / "f")(x=x).values()))
+    np.testing.assert_allclose(got_fused, want, rtol=1e-4, atol=1e-4)
+    got = next(iter(compile_load(dyn, tmp_path / "d")(x=x).values()))
+    ref = next(iter(irkit.evaluate(dyn, {"x": x}).values()))
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-2
+    assert np.abs(got - want).max() / np.abs(want).max() < 5e-2
+
+
+def test_int8_gemm_uses_host_dot_product_instruction() -> None:
+    """With AVX-512 VNNI the int8 microkernel is vpdpbusd; elsewhere the portable
+    expansion (no VNNI instruction may appear)."""
+    import llvmlite.binding as llvm
+    from onnx import TensorProto, helper, numpy_helper
+
+    from irkit.lower import lower_graph
+    from irkit.plugins.llvm import LlvmBackend, _tiles
+    from irkit.plugins.llvm.codegen import translate_program
+    from irkit.plugins.llvm.emit import emit_object, host_target, target_machine
+
+    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+        [numpy_helper.from_array(w, "w")]), opset_imports=[helper.make_opsetid("", 17)])
+    q = irkit.optimize(irkit.load_model(model), "quantize{per_channel=true}")
+    target = host_target()
+    tiles = _tiles(LlvmBackend()._resolve({}), target.features)
+    module = translate_program(lower_graph(q, tiles).program, lanes=tiles.vec)
+    asm = target_machine(target).emit_assembly(
+        llvm.parse_assembly(emit_object(module, target).optimized_ir))
+    vnni = "+avx512vnni" in target.features.split(",") and tiles.vec == 16
+    assert ("vpdpbusd" in asm) == vnni
