@@ -45,12 +45,11 @@ from irkit.kir import (
     simplify_expr,
 )
 from irkit.lower.context import LoweringContext
-from irkit.lower.heavy import Epilogue, HeavyPlan, conv_geometry, plan_conv
+from irkit.lower.heavy import Epilogue, HeavyPlan
 from irkit.lower.tensor import Index, LoweringError, TensorRef, product, static, unravel
 
 Int8Store = Callable[[Expr, Expr, Expr], Stmt]  # (row, col, i32 accumulator) -> Stmt
 F32 = "f32"
-MIN_INT8_CHANNELS = 4  # fewer input channels: the conv runs the decomposition in fp32
 
 
 def _f(value: float) -> Const:
@@ -368,114 +367,12 @@ def _range_kernel(ctx: LoweringContext, xbuf: Buffer | None, size: Expr, qp: Buf
                  Store(qp, Const(1), Select(Binary("eq", sv, _f(0.0)), _f(0.0), zp))), [lo, hi]
 
 
-# -- convolution ------------------------------------------------------------------------
+# -- convolution (irkit/lower/quantized_conv.py) -------------------------------------------
 def plan_qlinear_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                       ) -> HeavyPlan:
-    """Implicit-GEMM int8 convolution. The input is quantized once into a zero-padded
-    NHWC byte image with channels padded to a multiple of 4 (padding holds the zero
-    point), so one i32 word is four channels of one pixel; row ``(n, oy, ox)`` of the GEMM
-    reads word ``(ky, kx, c/4)`` at ``pixel(n, oy, ox) + tap_offset[word]``."""
-    x = ins[0]
-    assert x is not None
-    quant = static_quant(_const(ins[1], "x_scale"), _const(ins[2], "x_zero_point"))
-    w4 = _const(ins[3], "weight")
-    if int(node.attr("group", 1)) != 1:
-        raise LoweringError("int8 Conv supports group=1 only")
-    g = conv_geometry(node, x, w4.astype(np.float32))
-    cout, cin = w4.shape[0], static(x.shape[1], "Conv channels")
-    kh, kw_ = g["k"]
-    if cin < MIN_INT8_CHANNELS:
-        return _fake_quant_conv(ctx, node, x, quant, w4, ins)
-    cw4 = -(-cin // 4)
-    cp = 4 * cw4
-    # K ordered (ky, kx, c) with c padded: matches the NHWC words.
-    w = np.zeros((kh, kw_, cp, cout), np.int8)
-    w[:, :, :cin, :] = np.asarray(w4, np.int8).transpose(2, 3, 1, 0)
-    w = w.reshape(kh * kw_ * cp, cout)
-    requant = _requant(ctx, node, w, _const(ins[4], "w_scale"), _const(ins[5], "w_zp"),
-                       _optional(ins, 6), _optional(ins, 7), quant)
-    oh, ow = g["out"]
-    ih, iw = g["in"]
-    pt, pl, pb, pr = g["p"]
-    hp, wp = ih + pt + pb, iw + pl + pr
-    sy, sx = g["s"]
-    dy, dx = g["d"]
-    spatial = oh * ow
-    out_shape = (x.shape[0], Const(cout), Const(oh), Const(ow))
-    rows = simplify_expr(x.shape[0] * spatial)
-    mr, nr, lanes = int8_tiles(ctx)
-    packed, words = pack_int8_weights(w, nr)
-    b_buf = ctx.weight_buffer(packed, "i32", "c8pack")
-    taps = np.array([((ky * dy) * wp + kx * dx) * cw4 + c
-                     for ky in range(kh) for kx in range(kw_) for c in range(cw4)], np.int64)
-    tap_buf = ctx.weight_buffer(taps, "i64", "taps")
-    image = hp * wp * cp
-    xq = ctx.new_buffer("xq_nhwc", "u8", x.shape[0] * image)
-    x_mat = ctx.materialize(x, "qconv_in")
-    xbuf = x_mat.buffer
-    assert xbuf is not None
-    pad_byte = Cast("u8", quant.zp + _f(quant.shift))
+    from irkit.lower.quantized_conv import plan_int8_conv
 
-    def emit(epilogue: Epilogue) -> None:
-        n, e, c, yy, xx = (ctx.var(h) for h in ("n", "e", "c", "y", "x"))
-        words_view = word_view(xq)
-        # Four channels of one pixel -> one little-endian word; channels past cin are 0
-        # (their weights are 0).
-        word: Expr = Const(0, "i32")
-        for t in range(4):
-            chan = Binary("min", c * 4 + t, Const(cin - 1))
-            byte = Cast("i32", quant.byte(Load(xbuf, ((n * cin + chan) * ih + yy) * iw + xx)))
-            if cin % 4:
-                byte = Select(Binary("lt", c * 4 + t, Const(cin)), byte, Const(0, "i32"))
-            word = byte if t == 0 else word + byte * Const(1 << (8 * t), "i32")
-        dst = n * (image // 4) + ((yy + pt) * wp + xx + pl) * cw4 + c
-        fill = For(e, Const(image), Store(xq, n * image + e, pad_byte), "vector") \
-            if (pt or pb or pl or pr) else None
-        quantize = For(c, Const(cw4), For(yy, Const(ih), For(xx, Const(iw), Store(
-            words_view, dst, word), "vector")))
-        ctx.add_kernel("quant_nhwc", For(n, x.shape[0], block(fill, quantize), "parallel"))
-
-        def a_index(row: Expr, word: Expr) -> Expr:
-            img, pix = row // spatial, row % spatial
-            pixel = ((img * hp + (pix // ow) * sy) * wp + (pix % ow) * sx) * cw4
-            return pixel + Load(tap_buf, word)
-
-        def store(r: Expr, col: Expr, acc: Expr) -> Stmt:
-            nn_, pp = r // spatial, r % spatial
-            idx = (simplify_expr(nn_), col, simplify_expr(pp // ow), simplify_expr(pp % ow))
-            return epilogue(idx, requant.value(acc, col, idx))
-
-        spec = Int8Gemm(rows, words, cout, word_view(xq), a_index, b_buf, store,
-                        rows_inner=False)
-        emit_int8_gemm(ctx, spec, "qconv", mr, nr, lanes)
-
-    return HeavyPlan(out_shape, emit)
-
-
-def _fake_quant_conv(ctx: LoweringContext, node: Node, x: TensorRef, quant: ActQuant,
-                     w4: np.ndarray, ins: list[TensorRef | None]) -> HeavyPlan:
-    """The reference decomposition in fp32 (``Conv(DQ(Q(x)), DQ(w))``) on the fp32 conv
-    template: for a first layer with one to three input channels, bytes padded to four
-    channels would waste most of each int8 dot product."""
-    wscale = np.asarray(_const(ins[4], "w_scale"), np.float32)
-    wzp = np.asarray(_const(ins[5], "w_zp"), np.float32)
-    shape = (-1,) + (1,) * (w4.ndim - 1) if wscale.size > 1 else ()
-    w_f = (np.asarray(w4).astype(np.float32) - wzp.reshape(shape)) * wscale.reshape(shape)
-    zero = quant.zp + _f(quant.shift) if quant.shift else quant.zp
-    fake = TensorRef(x.shape, F32, lambda idx: (quant.byte(x.read(idx)) - zero) * quant.scale,
-                     cost=x.cost + 8)
-    inner = plan_conv(ctx, node, [fake, ctx.const_ref(w_f.astype(np.float32), F32),
-                                  _optional(ins, 6)])
-    residual, act = _optional(ins, 7), str(node.attr("act", "none"))
-
-    def emit(epilogue: Epilogue) -> None:
-        def finish(idx: Index, acc: Expr) -> Stmt:
-            value = acc if residual is None else acc + residual.read(idx)
-            return epilogue(idx, apply_activation(value, act))
-
-        inner.emit(finish)
-
-    return HeavyPlan(inner.shape, emit)
+    return plan_int8_conv(ctx, node, ins)
 
 
 INT8_HEAVY = {

@@ -57,14 +57,14 @@ def mlp_model(k: int = 70, hidden: int = 45, out: int = 19, residual: bool = Fal
     return _model(nodes, inits, ["N", k], ["N", out])
 
 
-def conv_model(cin: int, stride: int = 1, pad: int = 1) -> Any:
+def conv_model(cin: int, stride: int = 1, pad: int = 1, size: int = 9) -> Any:
     rng = np.random.default_rng(1)
     inits = {"w": rng.standard_normal((12, cin, 3, 3)) * 0.3, "b": rng.standard_normal(12)}
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4,
                               strides=[stride] * 2),
              helper.make_node("Relu", ["c"], ["y"])]
-    size = (9 + 2 * pad - 3) // stride + 1
-    return _model(nodes, inits, ["N", cin, 9, 9], ["N", 12, size, size])
+    out = (size + 2 * pad - 3) // stride + 1
+    return _model(nodes, inits, ["N", cin, size, size], ["N", 12, out, out])
 
 
 def compile_llvm(graph: Any, tmp_path: Path) -> Any:
@@ -139,15 +139,19 @@ def test_dynamic_matmul(tmp_path: Path) -> None:
     assert check(q, tmp_path, (70,), exact=0.9) == 3
 
 
-@pytest.mark.parametrize(("cin", "stride", "pad"), [(8, 1, 1), (6, 2, 1), (5, 1, 0), (1, 1, 1)])
-def test_static_conv(tmp_path: Path, cin: int, stride: int, pad: int) -> None:
+@pytest.mark.parametrize(("cin", "stride", "pad", "size"), [
+    (8, 1, 1, 9), (6, 2, 1, 9), (5, 1, 0, 9), (1, 1, 1, 9),  # panels of any pixels
+    (16, 1, 1, 8),  # panels of whole output rows (digits CNN)
+    (4, 1, 1, 32),  # panels inside one output row
+])
+def test_static_conv(tmp_path: Path, cin: int, stride: int, pad: int, size: int) -> None:
     """cin >= 4: the int8 implicit-GEMM kernel; cin = 1: the fp32 decomposition."""
-    graph = irkit.load_model(conv_model(cin, stride, pad))
-    calib = [{"x": np.random.default_rng(3).standard_normal((16, cin, 9, 9))
+    graph = irkit.load_model(conv_model(cin, stride, pad, size))
+    calib = [{"x": np.random.default_rng(3).standard_normal((16, cin, size, size))
               .astype(np.float32) * 1.5}]
     q = irkit.optimize(graph, "fuse,quantize{mode=static,per_channel=true}", calibration=calib)
     assert [n.op for n in quantized_ops(q)] == ["QLinearConvInt8"]
-    assert check(q, tmp_path, (cin, 9, 9)) == 3
+    assert check(q, tmp_path, (cin, size, size)) == 3
 
 
 def _gemm(k: int, n: int, sparsity: float, trans_b: bool) -> Any:

@@ -1,0 +1,213 @@
+"""int8 convolution (``irkit.QLinearConvInt8``) on the llvm backend.
+
+The input is quantized once per call into a zero-padded byte image laid out
+``[n][c/4][y][x][4]`` (channels padded to a multiple of 4, spatial padding holding the
+zero point), so one i32 word is four channels of one pixel and a row of pixels is a row
+of consecutive words. The GEMM has output channels as rows and output pixels as columns
+— ``out[n, co, pix] = sum_w W[co, w] . X[n, pixel(pix) + tap_offset[w]]`` over words
+``w = (ky, kx, c/4)`` — so the epilogue writes NCHW rows contiguously: each panel of
+``nr`` pixels is copied, output row by output row, into a ``[words][nr]`` stack panel
+(an im2col of words, in L1), and the microkernel broadcasts one weight word against it
+with ``dot4_u8s8``.
+
+Layers with one to three input channels run the reference decomposition in fp32 on the
+fp32 conv template instead (four-channel words would be mostly padding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from irkit.ir import Node
+from irkit.kir import (
+    Binary,
+    Broadcast,
+    Buffer,
+    Call,
+    Cast,
+    Const,
+    Expr,
+    For,
+    If,
+    Let,
+    Load,
+    Select,
+    Stmt,
+    Store,
+    Var,
+    block,
+)
+from irkit.lower.context import LoweringContext
+from irkit.lower.heavy import Epilogue, HeavyPlan, conv_geometry, plan_conv
+from irkit.lower.quantized import (
+    F32,
+    ActQuant,
+    _const,
+    _f,
+    _optional,
+    _requant,
+    apply_activation,
+    int8_tiles,
+    static_quant,
+    word_view,
+)
+from irkit.lower.tensor import Index, LoweringError, TensorRef, static
+
+MIN_INT8_CHANNELS = 4  # fewer input channels: the decomposition in fp32
+
+
+def plan_int8_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> HeavyPlan:
+    x = ins[0]
+    assert x is not None
+    quant = static_quant(_const(ins[1], "x_scale"), _const(ins[2], "x_zero_point"))
+    w4 = _const(ins[3], "weight")
+    if int(node.attr("group", 1)) != 1:
+        raise LoweringError("int8 Conv supports group=1 only")
+    cin = static(x.shape[1], "Conv channels")
+    if cin < MIN_INT8_CHANNELS:
+        return _fake_quant_conv(ctx, node, x, quant, w4, ins)
+    g = conv_geometry(node, x, w4.astype(np.float32))
+    cout = int(w4.shape[0])
+    kh, kw_ = g["k"]
+    cw4 = -(-cin // 4)
+    cp = 4 * cw4
+    # Reduction ordered (ky, kx, c) with c padded: matches the NHWC words.
+    w = np.zeros((kh, kw_, cp, cout), np.int8)
+    w[:, :, :cin, :] = np.asarray(w4, np.int8).transpose(2, 3, 1, 0)
+    w = w.reshape(kh * kw_ * cp, cout)
+    words = kh * kw_ * cw4
+    requant = _requant(ctx, node, w, _const(ins[4], "w_scale"), _const(ins[5], "w_zp"),
+                       _optional(ins, 6), _optional(ins, 7), quant)
+    w_rows = np.ascontiguousarray(w.T).view(np.int32).reshape(cout, words)
+    a_buf = ctx.weight_buffer(w_rows, "i32", "c8rows")
+    oh, ow = g["out"]
+    ih, iw = g["in"]
+    pt, pl, pb, pr = g["p"]
+    hp, wp = ih + pt + pb, iw + pl + pr
+    sy, sx = g["s"]
+    dy, dx = g["d"]
+    spatial = oh * ow
+    out_shape = (x.shape[0], Const(cout), Const(oh), Const(ow))
+    taps = np.array([(c * hp + ky * dy) * wp + kx * dx
+                     for ky in range(kh) for kx in range(kw_) for c in range(cw4)], np.int64)
+    tap_buf = ctx.weight_buffer(taps, "i64", "taps")
+    image = hp * wp * cp
+    xq = ctx.new_buffer("xq_nhwc", "u8", x.shape[0] * image)
+    x_mat = ctx.materialize(x, "qconv_in")
+    xbuf = x_mat.buffer
+    assert xbuf is not None
+    mr, nr, lanes = int8_tiles(ctx)
+
+    def quantize_kernel() -> None:
+        n, e, c, yy, xx = (ctx.var(h) for h in ("n", "e", "c", "y", "x"))
+        # Four channels of one pixel -> one little-endian word; channels past cin are 0
+        # (their weights are 0).
+        word: Expr = Const(0, "i32")
+        for t in range(4):
+            chan = Binary("min", c * 4 + t, Const(cin - 1))
+            byte = Cast("i32", quant.byte(Load(xbuf, ((n * cin + chan) * ih + yy) * iw + xx)))
+            if cin % 4:
+                byte = Select(Binary("lt", c * 4 + t, Const(cin)), byte, Const(0, "i32"))
+            word = byte if t == 0 else word + byte * Const(1 << (8 * t), "i32")
+        dst = ((n * cw4 + c) * hp + yy + pt) * wp + xx + pl
+        pad_byte = Cast("u8", quant.zp + _f(quant.shift))
+        fill = For(e, Const(image), Store(xq, n * image + e, pad_byte), "vector") \
+            if (pt or pb or pl or pr) else None
+        quantize = For(c, Const(cw4), For(yy, Const(ih), For(xx, Const(iw), Store(
+            word_view(xq), dst, word), "vector")))
+        ctx.add_kernel("quant_nhwc", For(n, x.shape[0], block(fill, quantize), "parallel"))
+
+    def emit(epilogue: Epilogue) -> None:
+        quantize_kernel()
+        vecs = nr // lanes
+        n, p = ctx.var("n"), ctx.var("p")
+        panel = Buffer(ctx.fresh("cpanel"), "i32", Const(words * nr), "local")
+        acc = Buffer(ctx.fresh("cacc"), "i32", Const(mr * nr), "local")
+        tile = Buffer(ctx.fresh("ctile"), "i32", Const(mr * nr), "local")
+        kq, col, seg = ctx.var("kw"), ctx.var("c"), ctx.var("s")
+        words_view = word_view(xq)
+
+        def source(oy: Expr, ox: Expr) -> Expr:
+            return Load(words_view, (n * (cw4 * hp) + oy * sy) * wp + ox * sx + Load(tap_buf, kq))
+
+        if nr % ow == 0:  # whole output rows per panel; rows past the end repeat the last
+            per = nr // ow
+            oy = Binary("min", p * per + seg, Const(oh - 1))
+            copy: Stmt = For(seg, Const(per), For(col, Const(ow), Store(
+                panel, kq * nr + seg * ow + col, source(oy, col)), "vector"))
+        elif ow % nr == 0:  # part of one output row per panel
+            q = ow // nr
+            copy = For(col, Const(nr), Store(panel, kq * nr + col,
+                                             source(p // q, (p % q) * nr + col)), "vector")
+        else:  # pixels past the last one repeat it; their results are never stored
+            pix = Binary("min", p * nr + col, Const(spatial - 1))
+            copy = For(col, Const(nr), Store(panel, kq * nr + col,
+                                             source(pix // ow, pix % ow)), "vector")
+        pack = For(kq, Const(words), copy)
+
+        def micro(co0: int, rows: int) -> Stmt:
+            zero = Broadcast(Const(0, "i32"), lanes)
+            stmts: list[Stmt] = [Store(acc, Const(r * nr + v * lanes), zero)
+                                 for r in range(rows) for v in range(vecs)]
+            k = ctx.var("k")
+            xs = [Var(ctx.fresh(f"xw{v}"), "i32") for v in range(vecs)]
+            body: list[Stmt] = [Let(xs[v], Load(panel, k * nr + v * lanes, lanes))
+                                for v in range(vecs)]
+            for r in range(rows):
+                wb = Broadcast(Load(a_buf, Const((co0 + r) * words) + k), lanes)
+                for v in range(vecs):
+                    slot = Const(r * nr + v * lanes)
+                    body.append(Store(acc, slot, Call("dot4_u8s8", (
+                        Load(acc, slot, lanes), xs[v], wb))))
+            stmts.append(For(k, Const(words), block(*body)))
+            stmts += [Store(tile, Const(r * nr + v * lanes),
+                            Load(acc, Const(r * nr + v * lanes), lanes))
+                      for r in range(rows) for v in range(vecs)]
+            r_var, c_var = ctx.var("r"), ctx.var("c")
+            co = Const(co0) + r_var
+            px = p * nr + c_var
+            idx = (n, co, px // ow, px % ow)
+            store = epilogue(idx, requant.value(Load(tile, r_var * nr + c_var), co, idx))
+            full_panels, tail = divmod(spatial, nr)
+            full = For(r_var, Const(rows), For(c_var, Const(nr), store, "vector"))
+            if tail == 0:
+                stmts.append(full)
+            else:
+                part = For(r_var, Const(rows), For(c_var, Const(tail), store, "vector"))
+                stmts.append(If(Binary("lt", p, Const(full_panels)), full, part)
+                             if full_panels else part)
+            return block(*stmts)
+
+        row_blocks = [micro(co0, min(mr, cout - co0)) for co0 in range(0, cout, mr)]
+        panels = -(-spatial // nr)
+        body = For(p, Const(panels), block(pack, *row_blocks))
+        ctx.add_kernel("qconv", For(n, x.shape[0], body, "parallel"), [panel, acc, tile])
+
+    return HeavyPlan(out_shape, emit)
+
+
+def _fake_quant_conv(ctx: LoweringContext, node: Node, x: TensorRef, quant: ActQuant,
+                     w4: np.ndarray, ins: list[TensorRef | None]) -> HeavyPlan:
+    """``Conv(DQ(Q(x)), DQ(w)) + bias``, then residual and activation, in fp32."""
+    wscale = np.asarray(_const(ins[4], "w_scale"), np.float32)
+    wzp = np.asarray(_const(ins[5], "w_zp"), np.float32)
+    shape = (-1,) + (1,) * (w4.ndim - 1) if wscale.size > 1 else ()
+    w_f = (np.asarray(w4).astype(np.float32) - wzp.reshape(shape)) * wscale.reshape(shape)
+    zero = quant.zp + _f(quant.shift) if quant.shift else quant.zp
+    fake = TensorRef(x.shape, F32, lambda idx: (quant.byte(x.read(idx)) - zero) * quant.scale,
+                     cost=x.cost + 8)
+    inner = plan_conv(ctx, node, [fake, ctx.const_ref(w_f.astype(np.float32), F32),
+                                  _optional(ins, 6)])
+    residual, act = _optional(ins, 7), str(node.attr("act", "none"))
+
+    def emit(epilogue: Epilogue) -> None:
+        def finish(idx: Index, acc: Expr) -> Stmt:
+            value = acc if residual is None else acc + residual.read(idx)
+            return epilogue(idx, apply_activation(value, act))
+
+        inner.emit(finish)
+
+    return HeavyPlan(inner.shape, emit)
+
+
+__all__ = ["MIN_INT8_CHANNELS", "plan_int8_conv"]
