@@ -7,7 +7,8 @@ reports medians over rounds and the irkit/ORT ratio (below 1 = irkit faster).
 
 Models: a Graph, an ONNX path, an ``.irk`` spec (its model), or a built-in name:
 ``mlp`` (64-256-256-10), ``gemm512`` (x @ W, 512x512), ``resnet`` (ResNet-style CNN,
-3x32x32) and ``transformer`` (2-layer encoder, d=128, seq 64).
+3x32x32), ``transformer`` (2-layer encoder, d=128, seq 64) and ``minilm``
+(all-MiniLM-L6-v2's BERT, batch and sequence symbolic; run at sequence ``SEQUENCE``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-BUILTIN_MODELS = ("mlp", "gemm512", "resnet", "transformer")
+BUILTIN_MODELS = ("mlp", "gemm512", "resnet", "transformer", "minilm")
+# Sequence length of models with a second symbolic dim (MiniLM: batch N, sequence S).
+SEQUENCE = 32
 _CACHE = Path(tempfile.gettempdir()) / "irkit_bench_models"
 
 
@@ -102,6 +105,13 @@ def builtin_model(name: str) -> Any:
         return irkit.load_model(mlp_onnx())
     if name == "gemm512":
         return irkit.load_model(_matmul_onnx("N", 512, 512))
+    if name == "minilm":
+        from irkit.testing.models import export_minilm_onnx
+
+        path = _CACHE / "minilm.onnx"
+        if not path.exists():
+            export_minilm_onnx(path)
+        return irkit.load_model(path)
     if name in ("resnet", "transformer"):
         import torch
 
@@ -134,12 +144,25 @@ def _resolve_model(model: Any) -> tuple[str, Any]:
     return getattr(graph, "name", "model") or "model", graph
 
 
-def _inputs(graph: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+def _inputs(graph: Any, batch: int, seed: int = 0, sequence: int = SEQUENCE
+            ) -> dict[str, np.ndarray]:
+    """Random inputs: the first symbolic dim is ``batch``, any other ``sequence``;
+    integer inputs are token ids (``*ids``: small ids, else masks of ones / zeros)."""
     rng = np.random.default_rng(seed)
+    symbols = [d for v in graph.inputs for d in v.type.shape if isinstance(d, str)]
     out = {}
     for value in graph.inputs:
-        shape = tuple(batch if isinstance(d, str) else d for d in value.type.shape)
-        out[value.name] = rng.standard_normal(shape).astype(value.type.dtype.numpy)
+        shape = tuple((batch if d == symbols[0] else sequence) if isinstance(d, str) else d
+                      for d in value.type.shape)
+        dtype = np.dtype(value.type.dtype.numpy)
+        if dtype.kind in "iu":
+            if value.name.endswith("ids") and "type" not in value.name:
+                out[value.name] = rng.integers(0, 1000, shape).astype(dtype)
+            else:
+                fill = 1 if "mask" in value.name else 0
+                out[value.name] = np.full(shape, fill, dtype)
+        else:
+            out[value.name] = rng.standard_normal(shape).astype(dtype)
     return out
 
 

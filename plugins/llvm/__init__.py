@@ -195,6 +195,7 @@ def _compile_program(graph: Any, opts: dict[str, Any], prefix: str
         "run": entry_symbol(program),
         "kernels": [k.name for k in program.kernels],
         "io": list(program.io_order),
+        "abi": 2,  # kernels take a pointer to the symbol values (irkit.runtime.backends.llvm)
         "symbols": list(program.symbols),
         "workspace": [program.workspace_n, program.workspace_c],
         "workspace_terms": {"*".join(m): c for m, c in program.workspace_terms},

@@ -179,10 +179,17 @@ class LlvmRunner:
         return found
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        key = tuple((int(inputs[name].shape[axis]) - b) // a if name else 1
-                    for name, axis, a, b in self._sources)
-        for i, value in enumerate(key):
-            self._dims[i] = value
+        dims = self._dims
+        if len(self._sources) == 1:  # the common batch-only model: no loop on the hot path
+            name, axis, a, b = self._sources[0]
+            value = (int(inputs[name].shape[axis]) - b) // a if name else 1
+            dims[0] = value
+            key: tuple[int, ...] = (value,)
+        else:
+            key = tuple([(int(inputs[name].shape[axis]) - b) // a if name else 1
+                         for name, axis, a, b in self._sources])
+            for i, value in enumerate(key):
+                dims[i] = value
         io = self._io
         for slot, name in self._in_slots:
             io[slot] = _address(inputs[name])
@@ -283,6 +290,8 @@ class SegmentedRunner:
 
 _REQUIRED = ("object", "weights", "run", "kernels", "io", "workspace", "input_shapes",
              "output_shapes")
+# Version 2: kernels take a pointer to the symbolic dims' values (version 1 took N).
+ABI_VERSION = 2
 
 
 def _program_runner(artifact_dir: Path, manifest: Manifest, entry: Mapping[str, Any],
@@ -291,6 +300,9 @@ def _program_runner(artifact_dir: Path, manifest: Manifest, entry: Mapping[str, 
     for key in _REQUIRED:
         if key not in entry:
             raise ArtifactError(f"{where}: llvm manifest entry lacks {key!r}")
+    if entry.get("abi", 1) != ABI_VERSION:
+        raise ArtifactError(f"{where}: its code uses llvm kernel ABI {entry.get('abi', 1)}, "
+                            f"this runtime calls ABI {ABI_VERSION}; recompile the model")
     object_code = read_verified(artifact_dir, manifest, entry["object"])
     weights = read_verified(artifact_dir, manifest, entry["weights"])
     try:
