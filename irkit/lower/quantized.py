@@ -1,12 +1,14 @@
 """int8 kernels for ``irkit.QLinearMatMulInt8``, ``irkit.QLinearConvInt8`` and
 ``irkit.DynamicQuantMatMulInt8``.
 
-Every op becomes two loops: a *quantize/pack* loop that turns the float activations into
-unsigned bytes, four per ``i32`` word along the reduction axis (for a convolution this is
-the im2col, so each input element is quantized where it is read), and an int8 GEMM whose
-microkernel adds ``dot4_u8s8`` products (``vpdpbusd`` with VNNI) into ``mr x nr`` i32
-accumulators. Weights are packed at compile time as ``[panels][K/4][nr]`` words of four
-int8 values. The epilogue removes the activation zero point with precomputed weight
+A MatMul becomes two loops: a vectorized *quantize* loop that turns the float
+activations into unsigned bytes (rows padded to a multiple of 4 bytes, so the GEMM reads
+them as ``i32`` words of four reduction steps), and an int8 GEMM whose microkernel adds
+``dot4_u8s8`` products (``vpdpbusd`` with VNNI) into ``mr x nr`` i32 accumulators held in
+registers. Weights are packed at compile time as ``[panels][K/4][nr]`` words of four
+int8 values. Dynamic quantization adds a min/max kernel that writes scale and zero point
+(DynamicQuantizeLinear's formulas) for the other two to read. Convolutions: see
+``quantized_conv``. The epilogue removes the activation zero point with precomputed weight
 column sums, rescales by ``x_scale * w_scale[col]``, adds the bias and residual, applies
 the activation and hands the float to the driver's fused chain.
 
@@ -187,10 +189,35 @@ def emit_int8_gemm(ctx: LoweringContext, spec: Int8Gemm, hint: str, mr: int, nr:
     ctx.add_kernel(hint, For(p, Const(panels), block(*blocks), "parallel"), [acc, tile_buf])
 
 
-def int8_tiles(ctx: LoweringContext) -> tuple[int, int, int]:
-    """(mr, nr, lanes): i32 lanes follow the f32 vector width the backend chose."""
+def int8_tiles(ctx: LoweringContext, cols: int = 0) -> tuple[int, int, int]:
+    """(mr, nr, lanes): i32 lanes follow the f32 vector width the backend chose; one
+    vector of columns when there are no more (a classifier head)."""
     lanes = ctx.tiles.vec if ctx.tiles.vec in (8, 16) else 8
-    return (8 if lanes == 16 else 4), 2 * lanes, lanes
+    return (8 if lanes == 16 else 4), (lanes if 0 < cols <= lanes else 2 * lanes), lanes
+
+
+def _prequantized(ctx: LoweringContext) -> dict[Node, Buffer]:
+    """Consumer node -> the u8 input bytes a producer's epilogue already wrote for it."""
+    table: dict[Node, Buffer] = ctx.__dict__.setdefault("_int8_prequantized", {})
+    return table
+
+
+def _static_int8_consumer(node: Node, cols: int) -> tuple[Node, ActQuant] | None:
+    """The static QLinearMatMulInt8 that is the only reader of ``node``'s output, whose
+    input bytes ``node``'s epilogue can write (quantize once, in the producer)."""
+    value = node.outputs[0]
+    if value.is_graph_output or len(value.uses) != 1:
+        return None
+    user = value.uses[0].node
+    if user.domain != "irkit" or user.op != "QLinearMatMulInt8" or user.inputs[0] is not value:
+        return None
+    consts = [v.const if v is not None else None for v in user.inputs[1:4]]
+    if any(c is None for c in consts) or np.asarray(consts[2]).shape[0] != cols:
+        return None
+    try:
+        return user, static_quant(np.asarray(consts[0]), np.asarray(consts[1]))
+    except LoweringError:
+        return None
 
 
 # -- epilogue ---------------------------------------------------------------------------
@@ -271,25 +298,39 @@ def _plan_int8_matmul(ctx: LoweringContext, node: Node, x: TensorRef, w: np.ndar
     lead = x.shape[:-1]
     rows = simplify_expr(product(lead))
     out_shape = (*lead, Const(cols))
-    mr, nr, lanes = int8_tiles(ctx)
+    mr, nr, lanes = int8_tiles(ctx, cols)
     packed, words = pack_int8_weights(w.astype(np.int8), nr)
     b_buf = ctx.weight_buffer(packed, "i32", "w8pack")
-    a_bytes = ctx.new_buffer("xq", "u8", rows * (4 * words))
     quant = requant.quant
+    pre = _prequantized(ctx).pop(node, None)
+    a_bytes = pre or ctx.new_buffer("xq", "u8", rows * (4 * words))
+    consumer = _static_int8_consumer(node, cols)
+    next_bytes = None
+    if consumer is not None:
+        # Padding bytes past ``cols`` stay unwritten: they meet zero weights.
+        next_stride = 4 * -(-cols // 4)
+        next_bytes = ctx.new_buffer("xq", "u8", rows * next_stride)
+        _prequantized(ctx)[consumer[0]] = next_bytes
 
     def emit(epilogue: Epilogue) -> None:
         if prologue is not None:
             prologue()
-        i, kk = ctx.var("i"), ctx.var("k")
         stride = 4 * words
-        pack: list[Stmt] = [For(kk, Const(k), Store(a_bytes, i * stride + kk, Cast(
-            "u8", quant.byte(x.read((*unravel(i, lead), kk))))), "vector")]
-        pack += [Store(a_bytes, i * stride + t, Const(0, "u8")) for t in range(k, stride)]
-        ctx.add_kernel("quant", For(i, rows, block(*pack), "parallel"))
+        if pre is None:
+            i, kk = ctx.var("i"), ctx.var("k")
+            pack: list[Stmt] = [For(kk, Const(k), Store(a_bytes, i * stride + kk, Cast(
+                "u8", quant.byte(x.read((*unravel(i, lead), kk))))), "vector")]
+            pack += [Store(a_bytes, i * stride + t, Const(0, "u8")) for t in range(k, stride)]
+            ctx.add_kernel("quant", For(i, rows, block(*pack), "parallel"))
 
         def store(row: Expr, col: Expr, acc: Expr) -> Stmt:
             idx = (*unravel(row, lead), col)
-            return epilogue(idx, requant.value(acc, col, idx))
+            value = requant.value(acc, col, idx)
+            if consumer is None or next_bytes is None:
+                return epilogue(idx, value)
+            # The consumer is this value's only reader and reads the bytes: the float
+            # tensor is never stored (its buffer goes unused and unplaced).
+            return Store(next_bytes, row * next_stride + col, Cast("u8", consumer[1].byte(value)))
 
         spec = Int8Gemm(rows, words, cols, word_view(a_bytes),
                         lambda row, word: row * words + word, b_buf, store)
