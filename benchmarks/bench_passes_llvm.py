@@ -10,8 +10,9 @@ compare each variant with the fp32 (or dense) baseline of the same backend, same
 
 Quality columns: digits accuracy on specs/data/digits_eval.npz (all 360 images, irkit
 llvm outputs); for the transformer and the GEMM the output error relative to the fp32
-output (max |a - b| / max |b|); "vs ref" is the llvm output against ``irkit.evaluate`` of
-the same optimized graph (the reference decomposition).
+output (max |a - b| / max |b|; for pruning that is what pruning random weights changes,
+not a kernel error); "vs ref" is the llvm output against ``irkit.evaluate`` of the same
+optimized graph (the reference decomposition), i.e. the kernels' own error.
 """
 
 from __future__ import annotations

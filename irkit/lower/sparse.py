@@ -34,6 +34,7 @@ from irkit.lower.heavy import Epilogue, HeavyPlan, plan_matmul
 from irkit.lower.tensor import LoweringError, TensorRef, product, static, unravel
 
 COL_GROUP = 16
+MAX_PANEL_BYTES = 256 * 1024  # the transposed A block lives on the kernel's stack
 SPARSE_THRESHOLD = 0.7  # fraction of zeros from which the CSC kernel beats dense tiles
 
 
@@ -53,6 +54,8 @@ def sparse_weight(node: Node, ins: list[TensorRef | None]) -> np.ndarray | None:
             w = np.ascontiguousarray(w.T)
     if w.size == 0 or float(np.mean(w == 0)) < SPARSE_THRESHOLD:
         return None
+    if w.shape[0] * 16 * 4 > MAX_PANEL_BYTES:
+        return None  # K too deep for even a one-vector (16-row) stack panel: dense
     return w
 
 
@@ -89,7 +92,11 @@ def plan_sparse_matmul(ctx: LoweringContext, a: TensorRef, w: np.ndarray,
     rows = simplify_expr(product(lead))
     out_shape = (*lead, Const(cols))
     vec = ctx.tiles.vec
+    # Rows per block: four vectors, fewer when the [K, rb] stack panel would pass
+    # MAX_PANEL_BYTES (deep K), at least one vector.
     rb = 4 * vec
+    while rb > vec and k * rb * 4 > MAX_PANEL_BYTES:
+        rb -= vec
     ptr, idx, vals = csc(w)
     ptr_buf = ctx.weight_buffer(ptr, "i64", "csc_ptr")
     idx_buf = ctx.weight_buffer(idx * rb, "i64", "csc_idx")  # pre-scaled panel offsets

@@ -178,6 +178,18 @@ def test_sparse_gemm_chosen_by_sparsity(tmp_path: Path, sparsity: float,
         np.testing.assert_allclose(compiled(x=x)["y"], want, rtol=1e-5, atol=1e-5)
 
 
+def test_sparse_gemm_deep_k(tmp_path: Path) -> None:
+    """K = 2048 shrinks the row block to fit the stack panel; K = 8192 stays dense."""
+    for k, sparse_kernel in ((2048, True), (8192, False)):
+        graph = irkit.load_model(_gemm(k, 20, 0.9, trans_b=False))
+        compiled = compile_llvm(graph, tmp_path / str(k))
+        assert any(n.startswith("spmm") for n in compiled.manifest.entry["kernels"]) \
+            == sparse_kernel
+        x = np.random.default_rng(k).standard_normal((65, k)).astype(np.float32)
+        np.testing.assert_allclose(compiled(x=x)["y"], irkit.evaluate(graph, {"x": x})["y"],
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_pruned_matmul_uses_sparse_kernel(tmp_path: Path) -> None:
     from irkit.bench import _matmul_onnx
 
