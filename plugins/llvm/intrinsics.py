@@ -2,9 +2,9 @@
 
 ``dot4_u8s8(acc, a, b)`` (i32 lanes): ``acc[l] + sum_t u8(a[l].byte[t]) * s8(b[l].byte[t])``
 for t in 0..3, wrapping on overflow. With AVX-512 VNNI (``vpdpbusd``) or AVX-VNNI it is
-one instruction; elsewhere it is expanded into zero/sign extends, a multiply and a
-horizontal add of byte groups, which LLVM turns into ``vpmaddubsw``-free
-``vpmaddwd`` sequences.
+one instruction; elsewhere it is expanded into zero/sign extends to i32, a multiply and
+an add of the four byte groups (exact, no i16 saturation), and LLVM picks the widening
+instructions the host has.
 """
 
 from __future__ import annotations

@@ -109,3 +109,28 @@ def test_int8_gemm_uses_host_dot_product_instruction() -> None:
         llvm.parse_assembly(emit_object(module, target).optimized_ir))
     vnni = "+avx512vnni" in target.features.split(",") and tiles.vec == 16
     assert ("vpdpbusd" in asm) == vnni
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("vec", [8, 16])
+def test_int8_paths_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, portable: bool,
+                          vec: int) -> None:
+    """The portable dot4 expansion (hosts without VNNI) and 8-lane tiles (AVX2 hosts)
+    give the same bits as the reference int32 arithmetic (static int8 MLP, cols 19 and
+    45 so panels are partial)."""
+    from irkit.plugins.llvm import intrinsics
+
+    sys_path = str(ROOT / "tests" / "lower")
+    monkeypatch.syspath_prepend(sys_path)
+    from test_quantized import CALIB, mlp_model  # type: ignore[import-not-found]
+
+    if portable:
+        monkeypatch.setattr(intrinsics, "_host_features", lambda: frozenset())
+    graph = irkit.optimize(irkit.load_model(mlp_model()), STATIC, calibration=CALIB)
+    art = irkit.compile(graph, target="llvm", threads=1, vec=vec)
+    model = irkit.runtime.load(art.save(tmp_path / "m"), threads=1)
+    x = np.clip(np.random.default_rng(4).standard_normal((33, 70)) * 1.5, -5.9, 5.9
+                ).astype(np.float32)
+    got, ref = model(x=x)["y"], irkit.evaluate(graph, {"x": x})["y"]
+    assert np.mean(np.abs(got - ref) <= 1e-5 * np.abs(ref).max() + 1e-6) >= 0.9
+    np.testing.assert_allclose(got, ref, atol=0.1)
