@@ -92,3 +92,19 @@ def test_two_symbol_attention_matches_onnxruntime(tmp_path: Path) -> None:
         np.testing.assert_allclose(compiled(x=x)["y"], expected, rtol=1e-4, atol=1e-5)
         checked += 1
     assert checked == 4
+
+
+def test_two_symbols_bind_per_call_split_over_threads_and_check_consistency(
+        tmp_path: Path) -> None:
+    model = _attention_model()
+    graph = irkit.load_model(model)
+    serial = irkit.runtime.load(irkit.compile(graph, target="llvm", threads=1)
+                                .save(tmp_path / "one"))
+    split = irkit.runtime.load(irkit.compile(graph, target="llvm", threads=2)
+                               .save(tmp_path / "two"), parallel_min_us=0)
+    for n, s in [(4, 9), (2, 31), (4, 9)]:  # the repeat runs the cached split plan
+        x = np.random.default_rng(s).standard_normal((n, s, 64)).astype(np.float32)
+        np.testing.assert_allclose(split(x=x)["y"], serial(x=x)["y"], rtol=1e-5, atol=1e-6)
+    assert (4, 9) in split._runner._split_plan  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="x"):
+        serial(x=np.zeros((2, 3, 63), np.float32))
