@@ -99,6 +99,11 @@ def digits_models(batch: int) -> list[Model]:
             variants.append(Variant("structured prune 50%", "fuse,prune{sparsity=0.5,"
                                     "structured=true}", "fuse,prune{sparsity=0.5,"
                                     "structured=true}", "fuse", 1.6))
+            # Same speed; channels ranked by calibration activations keep more accuracy.
+            variants.append(Variant("structured prune 50% (activation criterion)",
+                                    "fuse,prune{sparsity=0.5,structured=true,"
+                                    "criterion=activation}", "fuse,prune{sparsity=0.5,"
+                                    "structured=true,criterion=activation}", "fuse", 1.6))
         calib = [{name: cal[key][i:i + 32].astype(np.float32)}
                  for i in range(0, len(cal[key]), 32)]
         out.append(Model(f"digits {kind}", graph, {name: x}, calib, variants,

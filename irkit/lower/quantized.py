@@ -400,8 +400,8 @@ def _range_kernel(ctx: LoweringContext, xbuf: Buffer | None, size: Expr, qp: Buf
     )
     scale = (Load(hi, Const(0)) - Load(lo, Const(0))) / _f(255.0)
     sv = Var(ctx.fresh("scale"), F32)
-    zp = Call("round", (_f(0.0) - Load(lo, Const(0)) / sv,))
-    zp = Binary("min", Binary("max", zp, _f(0.0)), _f(255.0))
+    rounded = Call("round", (_f(0.0) - Load(lo, Const(0)) / sv,))
+    zp = Binary("min", Binary("max", rounded, _f(0.0)), _f(255.0))
     # An all-zero input has scale 0; use 1 so the kernel computes zeros, not NaN.
     safe = Select(Binary("eq", sv, _f(0.0)), _f(1.0), sv)
     return block(body, Let(sv, scale), Store(qp, Const(0), safe),

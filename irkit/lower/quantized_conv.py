@@ -72,9 +72,9 @@ def plan_int8_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     cw4 = -(-cin // 4)
     cp = 4 * cw4
     # Reduction ordered (ky, kx, c) with c padded: matches the NHWC words.
-    w = np.zeros((kh, kw_, cp, cout), np.int8)
-    w[:, :, :cin, :] = np.asarray(w4, np.int8).transpose(2, 3, 1, 0)
-    w = w.reshape(kh * kw_ * cp, cout)
+    taps_w = np.zeros((kh, kw_, cp, cout), np.int8)
+    taps_w[:, :, :cin, :] = np.asarray(w4, np.int8).transpose(2, 3, 1, 0)
+    w = taps_w.reshape(kh * kw_ * cp, cout)
     words = kh * kw_ * cw4
     requant = _requant(ctx, node, w, _const(ins[4], "w_scale"), _const(ins[5], "w_zp"),
                        _optional(ins, 6), _optional(ins, 7), quant)
@@ -105,7 +105,7 @@ def plan_int8_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         word: Expr = Const(0, "i32")
         for t in range(4):
             chan = Binary("min", c * 4 + t, Const(cin - 1))
-            byte = Cast("i32", quant.byte(Load(xbuf, ((n * cin + chan) * ih + yy) * iw + xx)))
+            byte: Expr = Cast("i32", quant.byte(Load(xbuf, ((n * cin + chan) * ih + yy) * iw + xx)))
             if cin % 4:
                 byte = Select(Binary("lt", c * 4 + t, Const(cin)), byte, Const(0, "i32"))
             word = byte if t == 0 else word + byte * Const(1 << (8 * t), "i32")

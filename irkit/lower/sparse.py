@@ -152,7 +152,7 @@ def plan_sparse_matmul(ctx: LoweringContext, a: TensorRef, w: np.ndarray,
             return block(For(jj, Const(width), column), stores)
 
         full, tail = divmod(cols, COL_GROUP)
-        columns = [For(jb, Const(full), group(jb * COL_GROUP, COL_GROUP))] if full else []
+        columns: list[Stmt] = [For(jb, Const(full), group(jb * COL_GROUP, COL_GROUP))] if full else []
         if tail:
             columns.append(group(Const(full * COL_GROUP), tail))
         body = block(pack, *columns)
