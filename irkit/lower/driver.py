@@ -64,8 +64,9 @@ class LoweredModel:
     inputs: list[Value]
     outputs: list[Value]
     fused: list[str] = field(default_factory=list)
-    output_shapes: dict[str, list[list[int]]] = field(default_factory=dict)
-    input_shapes: dict[str, list[list[int]]] = field(default_factory=dict)
+    # Dims as ``[a, b]`` (a*N + b) or polynomials ``{"N*N1": k}`` (irkit.lower.symbolic).
+    output_shapes: dict[str, list[list[int] | dict[str, int]]] = field(default_factory=dict)
+    input_shapes: dict[str, list[list[int] | dict[str, int]]] = field(default_factory=dict)
 
 
 def unsupported_nodes(graph: Graph) -> list[Node]:

@@ -80,7 +80,7 @@ def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Bu
     # split k over ``split`` independent accumulator sets and add them at the end.
     split = max(1, min(4, -(-8 // (rows * vecs))))
     dynamic_depth = not isinstance(spec.depth, int)
-    split = 1 if dynamic_depth else min(split, max(1, int(spec.depth)))
+    split = 1 if isinstance(spec.depth, Expr) else min(split, max(1, spec.depth))
     ldb = spec.cols if spec.b_direct is not None else t.nr
 
     def slot(s: int, r: int, v: int) -> Const:
@@ -222,6 +222,7 @@ def _pack_panel(t: Tiles, spec: GemmSpec, bpanel: Buffer, b: Expr, p: Expr,
     else:
         # Padding columns read a valid column; their results are never stored.
         value = spec.b_source(b, k, Binary("min", j, simplify_expr(Const(0) + spec.cols - 1)))
+    assert isinstance(spec.depth, int)  # emit_gemm refuses a packed symbolic depth
     return For(k, Const(spec.depth), For(c, Const(t.nr), Store(bpanel, k * t.nr + c, value)))
 
 

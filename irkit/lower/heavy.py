@@ -115,7 +115,8 @@ def plan_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -
         assert b_mat.buffer is not None
         spec_b["b_direct"] = b_mat.buffer
         b_batch = b.shape[:-2]
-        kc = simplify_expr(k * cols)
+        assert isinstance(cols, int)  # checked above
+        kc = simplify_expr(Const(cols) * k)
 
         def b_offset(bi: Expr) -> Expr:
             if fold_batch:

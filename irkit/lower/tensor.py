@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from irkit.ir import DType
-from irkit.kir import Buffer, Const, Expr, Load, N, simplify_expr
+from irkit.kir import Buffer, Const, Expr, Load, N, Var, simplify_expr
 from irkit.kir.visit import substitute
 
 Index = tuple[Expr, ...]
@@ -56,11 +56,10 @@ class TensorRef:
 def dim_value(dim: Expr, n: int) -> int:
     """``dim`` at a sample point: ``N = n`` and the k-th further symbol ``N<k> = n + 4k``
     (distinct values, so products of different symbols do not collide)."""
-    from irkit.kir import Var
     from irkit.kir.visit import walk_exprs
     from irkit.lower.symbolic import is_symbol
 
-    binding: dict[Expr, Expr] = {N: Const(n)}
+    binding: dict[Var, Expr] = {N: Const(n)}
     for node in walk_exprs(dim):
         if isinstance(node, Var) and is_symbol(node.name) and node.name != "N":
             binding[node] = Const(n + 4 * int(node.name[1:]))
@@ -116,8 +115,6 @@ def parse_dim(dim: object, symbols: str | Mapping[str, str] | None) -> Expr | No
     """A type's dim as an Expr: ints, a symbol, ``k*sym``; else None. ``symbols`` maps
     graph symbol names to kernel-IR var names (``N``, ``N1``…); a single name means
     that symbol is ``N``."""
-    from irkit.kir import Var
-
     if isinstance(dim, int):
         return Const(dim)
     if isinstance(symbols, str):
