@@ -5,7 +5,13 @@
 their row indices, baked into the weights blob at compile time); others go to the dense
 template. The kernel takes ``rb`` rows of A at a time, transposes them into a
 ``[K, rb]`` panel (so one nonzero multiplies ``rb`` contiguous activations), and for
-each output column runs ``rb / vec`` FMA chains over that column's nonzeros.
+each output column runs ``rb / vec`` FMA chains over that column's nonzeros; results of
+``COL_GROUP`` columns are then stored row by row through the fused epilogue.
+
+The threshold is measured on the weight itself (the ``sparsity`` the prune pass records
+in ``graph.meta`` says the same for pruned weights; any weight this sparse qualifies).
+Measured at 512x512, batch 64, one Zen 5 core: dense 0.132 ms; sparse 0.127 ms at 70%
+zeros, 0.089 ms at 80%, 0.064 ms at 90% — about even at 70%, hence the switch there.
 """
 
 from __future__ import annotations
