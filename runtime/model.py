@@ -27,6 +27,7 @@ from irkit.runtime.artifact import ArtifactError, Manifest, verify
 from irkit.runtime.loaders import Runner, open_runner
 from irkit.runtime.signature import (
     InputError,
+    InputPlan,
     TensorSpec,
     format_shape,
     resolve_shape,
@@ -44,6 +45,7 @@ class CompiledModel:
         self._lock: threading.Lock | None = (
             None if getattr(runner, "thread_safe", False) else threading.Lock()
         )
+        self._input_plan = InputPlan(manifest.inputs)
 
     @property
     def name(self) -> str:
@@ -90,7 +92,8 @@ class CompiledModel:
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Validate ``inputs`` and run the model; returns ``{output name: array}``."""
-        arrays, bindings = validate_inputs(inputs, self.manifest.inputs)
+        checked = self._input_plan.check(inputs) if isinstance(inputs, Mapping) else None
+        arrays, bindings = checked or validate_inputs(inputs, self.manifest.inputs)
         empty = self._empty_outputs(arrays, bindings)
         if empty is not None:
             return empty

@@ -274,6 +274,55 @@ def validate_inputs(
     return arrays, bindings
 
 
+class InputPlan:
+    """A precomputed fast path of :func:`validate_inputs` for the common call: numpy arrays
+    of exactly the right dtype, rank and fixed dims, C-contiguous and aligned.
+
+    ``check`` returns what ``validate_inputs`` would, or None when any input needs the
+    full path (conversion, a copy, or an error message).
+    """
+
+    __slots__ = ("_count", "_specs")
+
+    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+        self._count = len(specs)
+        self._specs = tuple(
+            (
+                spec.name,
+                spec.dtype,
+                spec.rank,
+                tuple((axis, dim) for axis, dim in enumerate(spec.shape) if isinstance(dim, int)),
+                tuple((axis, dim) for axis, dim in enumerate(spec.shape) if isinstance(dim, str)),
+            )
+            for spec in specs
+        )
+
+    def check(
+        self, inputs: Mapping[str, Any]
+    ) -> tuple[dict[str, np.ndarray], dict[str, int]] | None:
+        if len(inputs) != self._count:
+            return None
+        arrays: dict[str, np.ndarray] = {}
+        bindings: dict[str, int] = {}
+        for name, dtype, rank, fixed, symbols in self._specs:
+            array = inputs.get(name)
+            if type(array) is not np.ndarray or array.dtype != dtype or array.ndim != rank:
+                return None
+            flags = array.flags
+            if not (flags.c_contiguous and flags.aligned):
+                return None
+            shape = array.shape
+            for axis, dim in fixed:
+                if shape[axis] != dim:
+                    return None
+            for axis, symbol in symbols:
+                size = shape[axis]
+                if bindings.setdefault(symbol, size) != size:
+                    return None
+            arrays[name] = array
+        return arrays, bindings
+
+
 def resolve_shape(spec: TensorSpec, bindings: Mapping[str, int]) -> tuple[int, ...] | None:
     """The concrete shape of ``spec`` under ``bindings``, or None if a dim is unknown."""
     dims: list[int] = []
