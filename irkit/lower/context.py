@@ -60,6 +60,9 @@ class LoweringContext:
     buffers: dict[str, Buffer] = field(default_factory=dict)
     io: dict[str, Buffer] = field(default_factory=dict)
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    # Sizes that must be >= 0 at run time for the code to stay in bounds (``S <= 512`` for
+    # a slice of 512 position ids), each with the reason; the runtime checks them.
+    constraints: list[tuple[Expr, str]] = field(default_factory=list)
     _const_buffers: dict[int, Buffer] = field(default_factory=dict)
     _counter: int = 0
     _keep_alive: list[np.ndarray] = field(default_factory=list)
@@ -71,6 +74,22 @@ class LoweringContext:
 
     def var(self, hint: str) -> Var:
         return Var(self.fresh(hint))
+
+    def require_nonnegative(self, size: Expr, why: str) -> None:
+        """Record that ``size`` (a polynomial in the symbols) must be >= 0 at run time;
+        a negative constant is a compile-time error."""
+        from irkit.lower.tensor import LoweringError
+
+        size = simplify_expr(size)
+        if isinstance(size, Const):
+            if size.value < 0:
+                raise LoweringError(why)
+            return
+        from irkit.lower.symbolic import to_poly
+
+        if all(c >= 0 for c in to_poly(size).values()):
+            return  # holds for every binding (symbols are >= 0)
+        self.constraints.append((size, why))
 
     # -- buffers ---------------------------------------------------------------------
     def new_buffer(self, hint: str, dtype: str, size: Expr) -> Buffer:

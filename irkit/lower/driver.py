@@ -67,6 +67,8 @@ class LoweredModel:
     # Dims as ``[a, b]`` (a*N + b) or polynomials ``{"N*N1": k}`` (irkit.lower.symbolic).
     output_shapes: dict[str, list[list[int] | dict[str, int]]] = field(default_factory=dict)
     input_shapes: dict[str, list[list[int] | dict[str, int]]] = field(default_factory=dict)
+    # ``{"size": polynomial, "why": text}``: must be >= 0 for the bound symbols.
+    constraints: list[dict[str, object]] = field(default_factory=list)
 
 
 def unsupported_nodes(graph: Graph) -> list[Node]:
@@ -272,8 +274,12 @@ class GraphLowering:
         shapes = {v.name: [_dim_json(d) for d in self.refs[v].shape] for v in self.graph.outputs}
         in_shapes = {v.name: [_dim_json(d) for d in self.refs[v].shape]
                      for v in self.graph.inputs}
+        from irkit.lower.symbolic import to_json, to_poly
+
+        constraints: list[dict[str, object]] = [
+            {"size": to_json(to_poly(size)), "why": why} for size, why in ctx.constraints]
         return LoweredModel(program, plan, list(self.graph.inputs), list(self.graph.outputs),
-                            self.fused, shapes, in_shapes)
+                            self.fused, shapes, in_shapes, constraints)
 
 
 def _dim_json(dim: Expr) -> list[int] | dict[str, int]:

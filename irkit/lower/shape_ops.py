@@ -230,12 +230,15 @@ def lower_slice(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
             continue
         elif st == 1 and (not isinstance(s, int) or s >= 0) and \
                 (not isinstance(e, int) or 0 <= e < 2**62):
-            # Symbolic bounds (``x[:, :S]`` of position ids): taken as in range, since
-            # clamping to the dim needs the symbol's value (a symbolic ``e`` > dim is a
-            # model used beyond its size, e.g. a sequence longer than its positions).
+            # Symbolic bounds (``x[:, :S]`` of position ids) cannot be clamped at compile
+            # time: the slice is taken as in range, and the runtime checks that it is
+            # (a sequence longer than the model's positions is refused, not read past).
             lo_e, hi_e = simplify_expr(wrap_int(s)), simplify_expr(wrap_int(e))
-            if isinstance(hi_e, Const) and not is_poly(x.shape[a]):
-                raise LoweringError("Slice along a symbolic dimension needs symbolic bounds")
+            if not (is_poly(x.shape[a]) and is_poly(lo_e) and is_poly(hi_e)):
+                raise LoweringError("Slice bounds must be polynomials in the symbolic dims")
+            where = f"{node.describe()} on axis {a} (size {x.shape[a]})"
+            ctx.require_nonnegative(x.shape[a] - hi_e, f"{where}: end {hi_e} past the size")
+            ctx.require_nonnegative(hi_e - lo_e, f"{where}: end {hi_e} before start {lo_e}")
             begin[a], shape[a] = lo_e, simplify_expr(hi_e - lo_e)
         else:
             raise LoweringError("Slice with negative or strided bounds along a symbolic "

@@ -201,6 +201,7 @@ def _compile_program(graph: Any, opts: dict[str, Any], prefix: str
         "workspace_terms": {"*".join(m): c for m, c in program.workspace_terms},
         "input_shapes": lowered.input_shapes,
         "output_shapes": lowered.output_shapes,
+        "constraints": lowered.constraints,
         "output_dtypes": {v.name: np.dtype(v.type.dtype.numpy).name for v in graph.outputs},
         "memory_plan": lowered.plan.report(),
         "fused": lowered.fused,

@@ -9,7 +9,8 @@ Artifact layout (``entry``)::
      "workspace": [bytes per N, constant bytes],
      "workspace_terms": {"N*N1": 98304},                 # further workspace bytes
      "input_shapes": {"x": [[1, 0], {"N1": 1}, [0, 64]]},  # a*N + b, or polynomials
-     "output_shapes": {"y": [[1, 0], [0, 10]]}, ...}
+     "output_shapes": {"y": [[1, 0], [0, 10]]},
+     "constraints": [{"size": {"": 512, "N1": -1}, "why": "..."}], ...}  # each >= 0
 
 or, with per-node ORT fallback, ``{"segments": [{"kind": "llvm", <the keys above>,
 "inputs": [...], "outputs": [...]}, {"kind": "ort", "model": "seg1.onnx", ...}]}``.
@@ -129,6 +130,9 @@ class LlvmRunner:
         self._output_names = list(self._output_dims)
         self._output_dtypes = {name: np.dtype(output_dtypes[name]) for name in self._output_names}
         n_bytes, c_bytes = (int(v) for v in entry["workspace"])
+        # Sizes that must be >= 0 for the code to stay in bounds (polynomial, reason).
+        self._constraints = [(_poly(c["size"]), str(c["why"]))
+                             for c in entry.get("constraints", [])]
         self._workspace_size = {("N",): n_bytes, (): c_bytes,
                                 **_poly(entry.get("workspace_terms", {}))}
         self._weights = _aligned_empty(max(len(weights), 1))
@@ -171,6 +175,10 @@ class LlvmRunner:
 
     def _bind(self, key: tuple[int, ...]) -> tuple[list[tuple[int, ...]], int]:
         values = dict(zip(self._symbols, key))
+        for size, why in self._constraints:
+            if _evaluate(size, values) < 0:
+                raise ValueError(f"inputs outside the shapes this model supports: {why} "
+                                 f"(dims {', '.join(f'{k}={v}' for k, v in values.items())})")
         shapes = [tuple(_evaluate(d, values) for d in self._output_dims[name])
                   for _, name, _ in self._out_slots]
         found = (shapes, _evaluate(self._workspace_size, values))

@@ -108,3 +108,14 @@ def test_two_symbols_bind_per_call_split_over_threads_and_check_consistency(
     assert (4, 9) in split._runner._split_plan  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="x"):
         serial(x=np.zeros((2, 3, 63), np.float32))
+
+
+def test_symbolic_slice_past_its_table_is_refused_at_run_time(tmp_path: Path) -> None:
+    model = _attention_model()  # slices 32 position rows to the sequence length S
+    lowered = lower_graph(irkit.load_model(model))
+    assert [c["size"] for c in lowered.constraints] == [{"": 32, "N1": -1}]
+    compiled = irkit.runtime.load(irkit.compile(irkit.load_model(model), target="llvm",
+                                                threads=1).save(tmp_path / "a"))
+    assert compiled(x=np.ones((1, 32, 64), np.float32))["y"].shape == (1, 32, 64)
+    with pytest.raises(ValueError, match="past the size"):
+        compiled(x=np.ones((1, 33, 64), np.float32))

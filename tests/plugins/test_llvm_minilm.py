@@ -62,3 +62,6 @@ def test_minilm_matches_onnxruntime(minilm_onnx: Path, minilm_llvm: object) -> N
         assert cosine.min() >= 0.99999, (batch, seq, cosine.min())
         checked += 1
     assert checked == len(CASES)
+    # 512 position embeddings: a longer sequence is refused before any native code runs.
+    with pytest.raises(ValueError, match="past the size"):
+        minilm_llvm(**_feed(1, 513, 0))  # type: ignore[operator]
