@@ -194,6 +194,10 @@ class Manifest:
                 raise ArtifactError(
                     f"{where}: {optional!r} must be a JSON {container.__name__}"
                 )
+            try:  # strict JSON: NaN/Infinity would make the manifest unwritable
+                json.dumps(data.get(optional, container()), allow_nan=False)
+            except ValueError as exc:
+                raise ArtifactError(f"{where}: {optional!r} is not strict JSON: {exc}") from None
         return cls(
             name=data["name"],
             backend=data["backend"],
