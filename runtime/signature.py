@@ -279,7 +279,7 @@ class InputPlan:
     of exactly the right dtype, rank and fixed dims, C-contiguous and aligned.
 
     ``check`` returns what ``validate_inputs`` would, or None when any input needs the
-    full path (conversion, a copy, or an error message).
+    full path (conversion, a copy, an empty array, or an error message).
     """
 
     __slots__ = ("_count", "_specs")
@@ -309,8 +309,8 @@ class InputPlan:
             if type(array) is not np.ndarray or array.dtype != dtype or array.ndim != rank:
                 return None
             flags = array.flags
-            if not (flags.c_contiguous and flags.aligned):
-                return None
+            if not (flags.c_contiguous and flags.aligned) or not array.size:
+                return None  # copies and empty inputs take the full path
             shape = array.shape
             for axis, dim in fixed:
                 if shape[axis] != dim:

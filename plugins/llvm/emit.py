@@ -30,9 +30,13 @@ def host_target() -> HostTarget:
 
 
 def target_machine(target: HostTarget, opt: int = 3) -> llvm.TargetMachine:
+    """The host target machine. The large code model matters: the in-process JIT linker
+    (RuntimeDyld) places sections wherever mmap puts them, and in a long-lived process with
+    a big heap they land more than 2 GiB apart, where the small model's 32-bit
+    PC-relative relocations overflow and LLVM aborts the whole process."""
     _initialize()
     return llvm.Target.from_triple(target.triple).create_target_machine(
-        cpu=target.cpu, features=target.features, opt=opt, reloc="pic", codemodel="default"
+        cpu=target.cpu, features=target.features, opt=opt, reloc="pic", codemodel="large"
     )
 
 

@@ -39,6 +39,7 @@ def test_fast_path_matches_full_validation() -> None:
         lambda d: d.update(y=d.pop("x")),  # unknown name
         lambda d: d.pop("m"),  # missing input
         lambda d: d.update(m=np.zeros((3, 2), np.int64)),  # rank
+        lambda d: d.update(x=np.ones((0, 4), np.float32), m=np.zeros((0, 5, 2), np.int64)),
     ],
 )
 def test_anything_unusual_takes_the_full_path(change) -> None:
