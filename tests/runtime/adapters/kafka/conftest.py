@@ -8,6 +8,7 @@ use 6000 ms, so each join costs about 3 s.
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,9 @@ from irkit.runtime.adapters.kafka_broker import EmbeddedBroker, ensure_topics
 def kafka_broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as broker:
         yield broker
+        # Clients still referenced by cycles (e.g. a worker kept alive by an exception's
+        # traceback) would otherwise outlive the broker and log connection errors.
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
