@@ -68,21 +68,9 @@ def mlp_onnx_bytes(seed: int = 0) -> bytes:
 
 
 def gemm_onnx_bytes(size: int = 512, seed: int = 1) -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
+    from irkit.testing.onnx_models import gemm_model
 
-    rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
-    b = rng.standard_normal(size).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])],
-        f"gemm{size}",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", size])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+    return gemm_model(size, seed).SerializeToString()
 
 
 def save_artifact(

@@ -10,39 +10,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import irkit
 import irkit.runtime
 from irkit.plugins import get_registry
 from irkit.plugins.ort import OrtBackend, OrtBackendError
 from irkit.runtime import TensorSpec
+from irkit.testing.onnx_models import pair_model
 
 
 def mlp_proto() -> onnx.ModelProto:
     """x: f32[N,4], s: f32[N,3] -> y = relu(x @ W + s) : f32[N,3], label = argmax(y) : i64[N]."""
-    weight = np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["xw"]),
-            helper.make_node("Add", ["xw", "s"], ["pre"]),
-            helper.make_node("Relu", ["pre"], ["y"]),
-            helper.make_node("ArgMax", ["y"], ["label"], axis=1, keepdims=0),
-        ],
-        "mlp",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
-            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 3]),
-        ],
-        [
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
-            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
-        ],
-        [numpy_helper.from_array(weight, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return pair_model(3)
 
 
 def run_onnxruntime(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -12,37 +12,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from irkit.runtime import Artifact, CompiledModel, TensorSpec, load
 from irkit.runtime.artifact import npz_bytes
+from irkit.testing.onnx_models import pair_model
 
 RNG_SEED = 1234
 
 
 def _mlp_proto() -> onnx.ModelProto:
-    """x: f32[N,4], s: f32[N,3] -> y = relu(x @ W + s) : f32[N,3], label = argmax(y) : i64[N]."""
-    rng = np.random.default_rng(RNG_SEED)
-    weight = rng.standard_normal((4, 3)).astype(np.float32)
-    nodes = [
-        helper.make_node("MatMul", ["x", "W"], ["xw"]),
-        helper.make_node("Add", ["xw", "s"], ["pre"]),
-        helper.make_node("Relu", ["pre"], ["y"]),
-        helper.make_node("ArgMax", ["y"], ["label"], axis=1, keepdims=0),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
-            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 3]),
-        ],
-        [
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
-            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
-        ],
-        [numpy_helper.from_array(weight, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    """x: f32[N,4], s: f32[N,3] -> y = relu(x @ W + s), label = argmax(y)."""
+    return pair_model(RNG_SEED)
 
 
 def _sum_proto() -> onnx.ModelProto:

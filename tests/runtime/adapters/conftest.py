@@ -24,6 +24,7 @@ import pytest
 
 import irkit.runtime
 from irkit.runtime import Artifact, CompiledModel, TensorSpec
+from irkit.testing.onnx_models import gemm_model
 
 REPO = Path(__file__).resolve().parents[3]
 DIGITS_ONNX = REPO / "specs" / "models" / "digits_mlp.onnx"
@@ -60,21 +61,7 @@ def mlp_onnx_bytes(seed: int = 0) -> bytes:
 
 def gemm_onnx_bytes(size: int = 512, seed: int = 1) -> bytes:
     """y = x @ W + b with W f32[size,size]."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
-    b = rng.standard_normal(size).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])],
-        f"gemm{size}",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", size])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+    return gemm_model(size, seed).SerializeToString()
 
 
 def save_ort_artifact(path: Path, name: str, onnx_bytes: bytes, inputs: Any, outputs: Any) -> Path:
@@ -123,29 +110,9 @@ def digits_model(digits_dir: Path) -> CompiledModel:
 def pair_model(tmp_path_factory: pytest.TempPathFactory) -> CompiledModel:
     """Two inputs, two outputs of different dtypes: x f32[N,4], s f32[N,3] ->
     y = relu(x @ W + s) f32[N,3], label = argmax(y) i64[N]."""
-    from onnx import TensorProto, helper, numpy_helper
+    from irkit.testing.onnx_models import pair_model as pair_proto
 
-    weight = np.random.default_rng(5).standard_normal((4, 3)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["xw"]),
-            helper.make_node("Add", ["xw", "s"], ["pre"]),
-            helper.make_node("Relu", ["pre"], ["y"]),
-            helper.make_node("ArgMax", ["y"], ["label"], axis=1, keepdims=0),
-        ],
-        "pair",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
-            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 3]),
-        ],
-        [
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
-            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
-        ],
-        [numpy_helper.from_array(weight, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = pair_proto(5, name="pair")
     directory = save_ort_artifact(
         tmp_path_factory.mktemp("artifacts") / "pair",
         "pair",
