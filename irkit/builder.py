@@ -158,6 +158,10 @@ def build_pipeline(pipeline: Any, *, target: str | None = None,
         raise IrkitError(f"{pipeline.file}: pipeline {pipeline.name!r} declares no target")
     graph = load_pipeline_model(pipeline)
     graph = optimize_pipeline(pipeline, graph)
+    if graph.history:
+        from irkit.passes.manager import format_report_table
+
+        print(format_report_table(graph.history), file=log)
     graph.name = pipeline.name  # the served model's name (HTTP URLs, Kafka results)
     built: dict[str, Path] = {}
     for spec in targets:

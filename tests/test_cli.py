@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import textwrap
@@ -114,3 +115,25 @@ def test_inspect_and_compile_a_torch_factory(tmp_path: Path) -> None:
     assert (out / "manifest.json").is_file()
     missing = irkit_cli("inspect", "irkit.testing.digits:build_mlp")
     assert missing.returncode == 2 and "example_inputs" in missing.stderr
+
+
+@pytest.mark.parametrize(("spec", "target", "key", "min_accuracy"),
+                         [("digits.irk", "ort", "x", 0.95),
+                          ("digits_cnn.irk", "cpu", "x_img", 0.95),
+                          ("digits_cnn.irk", "ort", "x_img", 0.95)])
+def test_example_specs_build_and_keep_accuracy(digits_models: Path, spec: str, target: str,
+                                               key: str, min_accuracy: float) -> None:
+    """The shipped examples validate against the real registry, build every target, print
+    the per-pass report, and the optimized artifacts stay accurate on held-out digits."""
+    import irkit.runtime
+    from irkit.builder import build_spec
+
+    specs = digits_models.parent
+    log = io.StringIO()
+    built = build_spec(specs / spec, log=log)
+    assert "rel err" in log.getvalue() and "acc" in log.getvalue()
+    with np.load(specs / "data" / "digits_eval.npz") as data:
+        x, y = data[key], data["y"]
+    model = irkit.runtime.load(built[target])
+    (logits,) = model(x=x).values()
+    assert (logits.argmax(1) == y).mean() >= min_accuracy

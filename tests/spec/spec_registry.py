@@ -20,6 +20,8 @@ class FakePrune:
 
     sparsity: float = 0.5
     structured: bool = False
+    criterion: str = "weight"
+    calibrate: object = None
 
 
 @dataclass(frozen=True)
