@@ -181,19 +181,7 @@ def emit_gemm(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm",
     def micro(i0: Expr, rows: int) -> Stmt:
         return _microkernel(spec, t, acc, tile, bpanel, b_var, panel_base, p, i0, rows, ctx)
 
-    ib = ctx.var("ib")
-    mr = t.mr
-    rows = simplify_expr(spec.rows)
-    row_blocks: list[Stmt] = [For(ib, rows // mr, micro(ib * mr, mr))]
-    if isinstance(rows, Const):
-        rem = int(rows.value) % mr
-        if rem:
-            row_blocks.append(micro(Const(int(rows.value) - rem), rem))
-    else:
-        rem_var = ctx.var("rem")
-        row_blocks.append(Let(rem_var, rows % mr))
-        for r in range(1, mr):
-            row_blocks.append(If(Binary("eq", rem_var, Const(r)), micro(rows - r, r)))
+    row_blocks = tile_rows(ctx, spec.rows, t.mr, micro)
     panel_body = block(pack_stmt, *row_blocks)
     prologue = spec.prologue(b_var) if spec.prologue is not None else None
     if single:
@@ -227,3 +215,22 @@ def _pack_panel(t: Tiles, spec: GemmSpec, bpanel: Buffer, b: Expr, p: Expr,
 
 
 __all__ = ["GemmSpec", "emit_gemm", "pack_weights"]
+
+
+def tile_rows(ctx: LoweringContext, rows: Expr, mr: int,
+              micro: Callable[[Expr, int], Stmt]) -> list[Stmt]:
+    """Cover ``rows`` with ``mr``-row microkernel calls: full blocks in a loop, then the
+    remainder (known at compile time, or dispatched on ``rows % mr`` at run time)."""
+    ib = ctx.var("ib")
+    rows = simplify_expr(rows)
+    blocks: list[Stmt] = [For(ib, rows // mr, micro(ib * mr, mr))]
+    if isinstance(rows, Const):
+        rem = int(rows.value) % mr
+        if rem:
+            blocks.append(micro(Const(int(rows.value) - rem), rem))
+    else:
+        rem_var = ctx.var("rem")
+        blocks.append(Let(rem_var, rows % mr))
+        for r in range(1, mr):
+            blocks.append(If(Binary("eq", rem_var, Const(r)), micro(rows - r, r)))
+    return blocks

@@ -47,6 +47,7 @@ from irkit.kir import (
     simplify_expr,
 )
 from irkit.lower.context import LoweringContext
+from irkit.lower.gemm import tile_rows
 from irkit.lower.heavy import Epilogue, HeavyPlan
 from irkit.lower.tensor import Index, LoweringError, TensorRef, product, static, unravel
 
@@ -173,18 +174,7 @@ def emit_int8_gemm(ctx: LoweringContext, spec: Int8Gemm, hint: str, mr: int, nr:
                          if full_panels else partial)
         return block(*stmts)
 
-    ib = ctx.var("ib")
-    rows = simplify_expr(spec.rows)
-    blocks: list[Stmt] = [For(ib, rows // mr, micro(ib * mr, mr))]
-    if isinstance(rows, Const):
-        rem = int(rows.value) % mr
-        if rem:
-            blocks.append(micro(Const(int(rows.value) - rem), rem))
-    else:
-        rem_var = ctx.var("rem")
-        blocks.append(Let(rem_var, rows % mr))
-        for r in range(1, mr):
-            blocks.append(If(Binary("eq", rem_var, Const(r)), micro(rows - r, r)))
+    blocks = tile_rows(ctx, spec.rows, mr, micro)
     panels = -(-spec.cols // nr)
     ctx.add_kernel(hint, For(p, Const(panels), block(*blocks), "parallel"), [acc, tile_buf])
 
