@@ -11,7 +11,7 @@ from irkit.ir import Graph, Node, TensorType, Value
 from irkit.kir import Const, Expr, Placement, Program, Stmt, Store, Var
 from irkit.kir.visit import substitute
 from irkit.lower import elementwise as ew
-from irkit.lower import nn, shape_ops
+from irkit.lower import image, indexing, nn, shape_ops
 from irkit.lower.context import MAX_INLINE_COST, LoweringContext, Tiles
 from irkit.lower.heavy import HEAVY, HeavyPlan
 from irkit.lower.planner import MemoryPlan, plan_workspace
@@ -50,6 +50,7 @@ LOWERINGS: dict[str, LowerFn] = {
     "Expand": shape_ops.lower_expand,
     "Shape": shape_ops.lower_shape, "Constant": shape_ops.lower_constant,
     "ConstantOfShape": shape_ops.lower_constant_of_shape, "Range": shape_ops.lower_range,
+    **indexing.LOWERINGS, **image.LOWERINGS,
 }  # fmt: skip
 HEAVY = {**HEAVY, **SPARSE_AWARE, **INT8_HEAVY}  # sparse-aware MatMul/Gemm, irkit int8 ops
 SUPPORTED_OPS = frozenset([*LOWERINGS, *HEAVY])
