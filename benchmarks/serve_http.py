@@ -1,21 +1,29 @@
 """HTTP serving benchmark: irkit's OIP v2 server vs. the bare ASGI stack, batching vs. not.
 
-    python benchmarks/serve_http.py [--seconds 1.5] [--clients 1,16,64]
+    python benchmarks/serve_http.py [--seconds 0.5] [--rounds 5] [--clients 1,16,64]
+                                    [--http auto|httptools|h11] [--loop auto|uvloop|asyncio]
 
-Each server runs in its own subprocess (uvicorn + Starlette, one event loop, one
-inference thread); this process is the load generator: asyncio keep-alive connections
-speaking raw HTTP/1.1 (cheaper than any client library), each sending one request after
-another for ``--seconds`` after a short warm-up. Servers measured in the same run:
+Each server runs in its own subprocess (HttpAdapter on uvicorn, one event loop, one
+inference thread); this process is the load generator: keep-alive connections on one
+event loop (uvloop when installed) speaking raw HTTP/1.1 (cheaper than any client
+library), each sending one request after another for ``--seconds`` after a short warm-up.
+Servers measured in the same run, all with the same uvicorn settings:
 
-- ``constant``: the same Starlette + uvicorn stack whose infer route reads the body and
-  returns a precomputed response: the ceiling of the ASGI stack itself;
+- ``constant``: HttpAdapter itself whose infer handler reads the body and answers a
+  precomputed response (same server, same dispatch to the infer route, same body
+  reading): the ceiling of the stack;
 - ``irkit b=32``: HttpAdapter with dynamic batching (max_batch=32, max_delay_ms=2);
 - ``irkit b=1``: HttpAdapter with max_batch=1 (no batching).
 
-Models: the digits MLP (x f32[1,64] as JSON, floats with 9 significant digits; ``specs/models/digits_mlp.onnx`` if present,
-else a seeded MLP of the same shape) and a 512x512 GEMM (x f32[1,512], binary tensor
-extension both ways). The table gives requests/s, p50/p99 latency, the mean rows per
-model call (from the server's /metrics) and the ratios the targets are stated in.
+Models: the digits MLP (x f32[1,64] as JSON, floats with 9 significant digits;
+``specs/models/digits_mlp.onnx`` if present, else a seeded MLP of the same shape) and a
+512x512 GEMM (x f32[1,512], binary tensor extension both ways). The table gives
+requests/s, p50/p99 latency, the mean rows per model call (from the server's /metrics)
+and the ratios the targets are stated in. Windows are interleaved round-robin, the
+servers compared at one point back to back; req/s is the median window and each ratio
+the median of the per-round ratios, so bursts of other load on a shared machine move
+single windows, not the result. req/cpu-s (requests per server CPU-second) is the
+same comparison by CPU cost, which other load disturbs less.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,14 +139,9 @@ def request_bytes(model: str, port: int) -> bytes:
 # ----------------------------------------------------------------------------- servers
 
 
-def serve_irkit(artifact: str, max_batch: int, port_file: str) -> None:
+def _serve_announcing(adapter: Any, port_file: str) -> None:
+    """Run ``adapter.serve()``; write its port to ``port_file`` once the model is ready."""
     import threading
-
-    import irkit.runtime
-    from irkit.runtime.adapters.http import HttpAdapter
-
-    adapter = HttpAdapter(irkit.runtime.load(artifact), port=0, max_batch=max_batch,
-                          max_delay_ms=2.0, max_queue=4096)  # fmt: skip
 
     def announce() -> None:
         adapter.ready.wait(60)
@@ -147,19 +151,25 @@ def serve_irkit(artifact: str, max_batch: int, port_file: str) -> None:
     adapter.serve()
 
 
-def serve_constant(artifact: str, port_file: str) -> None:
-    """The ASGI stack alone: the same infer route answering a precomputed response."""
-    import socket
-    import threading
-
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
-
+def serve_irkit(artifact: str, max_batch: int, port_file: str, stack: dict[str, str]) -> None:
     import irkit.runtime
-    from irkit.runtime.adapters.http import encode_infer_response
+    from irkit.runtime.adapters.http import HttpAdapter
+
+    adapter = HttpAdapter(irkit.runtime.load(artifact), port=0, max_batch=max_batch,
+                          max_delay_ms=2.0, max_queue=4096, **stack)  # fmt: skip
+    _serve_announcing(adapter, port_file)
+
+
+def serve_constant(artifact: str, port_file: str, stack: dict[str, str]) -> None:
+    """The stack alone: HttpAdapter itself (same uvicorn settings, same dispatch to the
+    infer handler, same body reading) whose infer handler answers a precomputed response
+    instead of decoding, batching, running and encoding."""
+    import irkit.runtime
+    from irkit.runtime.adapters.http import (
+        HttpAdapter,
+        encode_infer_response,
+        send_response,
+    )
 
     model = irkit.runtime.load(artifact)
     spec = model.inputs[0]
@@ -167,35 +177,30 @@ def serve_constant(artifact: str, port_file: str) -> None:
     binary = model.name != "digits"
     selection = dict.fromkeys(result, True) if binary else None
     payload, split = encode_infer_response(model.name, "1", result, selection)
-    headers = {"Inference-Header-Content-Length": str(split)} if split is not None else None
-    media = "application/octet-stream" if split is not None else "application/json"
+    headers = [(b"inference-header-content-length", b"%d" % split)] if split is not None else []
+    media = b"application/octet-stream" if split is not None else b"application/json"
 
-    async def infer(request: Request) -> Response:
-        await request.body()
-        return Response(payload, headers=headers, media_type=media)
+    class ConstantAdapter(HttpAdapter):
+        async def handle_infer(
+            self, scope: Any, receive: Any, send: Any, model: str, version: str | None
+        ) -> None:
+            await self.read_body(scope, receive)
+            await send_response(send, 200, payload, media, headers)
 
-    app = Starlette(routes=[Route("/v2/models/{model}/infer", infer, methods=["POST"])])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # NODELAY
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-
-    def announce() -> None:
-        while not server.started:
-            time.sleep(0.01)
-        Path(port_file).write_text(str(sock.getsockname()[1]))
-
-    threading.Thread(target=announce, daemon=True).start()
-    server.run(sockets=[sock])
+    _serve_announcing(ConstantAdapter(model, port=0, **stack), port_file)
 
 
 class Server:
     """A server subprocess; ``port`` once it is ready."""
 
-    def __init__(self, kind: str, artifact: Path, max_batch: int = 32) -> None:
+    def __init__(
+        self, kind: str, artifact: Path, max_batch: int, http: str, loop: str
+    ) -> None:
         self.port_file = Path(tempfile.mkstemp(prefix="irkit-bench-port-")[1])
         self.port_file.write_text("")
         command = [sys.executable, __file__, "--serve", kind, "--artifact", str(artifact),
-                   "--max-batch", str(max_batch), "--port-file", str(self.port_file)]  # fmt: skip
+                   "--max-batch", str(max_batch), "--port-file", str(self.port_file),
+                   "--http", http, "--loop", loop]  # fmt: skip
         self.process = subprocess.Popen(command)
         deadline = time.monotonic() + 60
         while not self.port_file.read_text():
@@ -272,21 +277,23 @@ class Point:
     model: str
     server: str
     clients: int
-    seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     failures: int = 0
     rows: float = 0.0
     calls: float = 0.0
-    cpu: float = 0.0  # server CPU seconds during the windows (warm-up included)
-
-    @property
-    def per_cpu(self) -> float:
-        """Requests per server CPU-second: robust to other load on a shared machine."""
-        return len(self.latencies) / self.cpu if self.cpu else float("nan")
+    # one entry per measured window, in round order: requests/s and requests per server
+    # CPU-second (robust to other load on a shared machine)
+    window_rps: list[float] = field(default_factory=list)
+    window_per_cpu: list[float] = field(default_factory=list)
 
     @property
     def rps(self) -> float:
-        return len(self.latencies) / self.seconds
+        """Median over the windows."""
+        return float(np.median(self.window_rps))
+
+    @property
+    def per_cpu(self) -> float:
+        return float(np.median(self.window_per_cpu))
 
     def percentile_ms(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.latencies) * 1000, q))
@@ -296,16 +303,36 @@ class Point:
         return self.rows / self.calls if self.calls else float("nan")
 
 
+def paired_ratio(a: Point, b: Point, per_cpu: bool = False) -> float:
+    """Median over rounds of a/b within each round (the two windows ran back to back)."""
+    if per_cpu:
+        return float(np.median([x / y for x, y in zip(a.window_per_cpu, b.window_per_cpu)]))
+    return float(np.median([x / y for x, y in zip(a.window_rps, b.window_rps)]))
+
+
+def run_load(
+    port: int, request: bytes, clients: int, seconds: float
+) -> tuple[list[float], list[int]]:
+    """``_load`` on uvloop when it is installed: less client CPU on a machine it shares."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_load(port, request, clients, seconds))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_load(port, request, clients, seconds))
+
+
 def measure(point: Point, server: Server, seconds: float) -> None:
     """Add one measurement window to ``point``."""
     before = server.batch_stats()
     request = request_bytes(point.model, server.port)
     cpu_before = server.cpu_seconds()
-    latencies, failures = asyncio.run(_load(server.port, request, point.clients, seconds))
+    latencies, failures = run_load(server.port, request, point.clients, seconds)
     # scale out the un-recorded warm-up share of the CPU time
-    point.cpu += (server.cpu_seconds() - cpu_before) * seconds / (seconds + 0.2)
+    cpu = (server.cpu_seconds() - cpu_before) * seconds / (seconds + 0.2)
     after = server.batch_stats()
-    point.seconds += seconds
+    point.window_rps.append(len(latencies) / seconds)
+    point.window_per_cpu.append(len(latencies) / cpu if cpu else float("nan"))
     point.latencies += latencies
     point.failures += len(failures)
     point.rows += after[0] - before[0]
@@ -318,19 +345,24 @@ SERVERS = [("constant", "constant", 1), ("irkit b=32", "irkit", 32), ("irkit b=1
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=0.5, help="measured time per window")
-    parser.add_argument("--rounds", type=int, default=3, help="windows per point, interleaved")
+    parser.add_argument("--rounds", type=int, default=5, help="windows per point, interleaved")
     parser.add_argument("--clients", default="1,16,64")
     parser.add_argument("--models", default="digits,gemm512")
+    parser.add_argument("--http", default="auto", choices=("auto", "httptools", "h11"),
+                        help="uvicorn HTTP parser of every server (auto: httptools if installed)")
+    parser.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+                        help="event loop of every server (auto: uvloop if installed)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--artifact", help=argparse.SUPPRESS)
     parser.add_argument("--max-batch", type=int, default=32, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    stack = {"http": args.http, "loop": args.loop}
     if args.serve == "irkit":
-        serve_irkit(args.artifact, args.max_batch, args.port_file)
+        serve_irkit(args.artifact, args.max_batch, args.port_file, stack)
         return 0
     if args.serve == "constant":
-        serve_constant(args.artifact, args.port_file)
+        serve_constant(args.artifact, args.port_file, stack)
         return 0
 
     clients = [int(c) for c in args.clients.split(",")]
@@ -342,26 +374,32 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for model in models:
                 for label, kind, max_batch in SERVERS:
-                    servers[model, label] = Server(kind, artifacts[model], max_batch)
+                    servers[model, label] = Server(kind, artifacts[model], max_batch, **stack)
             points = {
                 (model, label, count): Point(model, label, count)
                 for model in models for label, _, _ in SERVERS for count in clients
             }  # fmt: skip
             # Round-robin windows: background load on a shared machine hits every
             # configuration alike instead of whichever happened to run at that moment.
-            for _ in range(args.rounds):
-                for (model, label, _count), point in points.items():
-                    measure(point, servers[model, label], args.seconds)
+            # The servers compared at one (model, clients) run back to back, in an order
+            # reversed every other round; ratios are medians of these paired windows.
+            labels = [label for label, _, _ in SERVERS]
+            for round_ in range(args.rounds):
+                for model in models:
+                    for count in clients:
+                        for label in labels[:: -1 if round_ % 2 else 1]:
+                            measure(points[model, label, count], servers[model, label],
+                                    args.seconds)  # fmt: skip
         finally:
             for server in servers.values():
                 server.close()
-    print_table(list(points.values()))
+    print_table(list(points.values()), stack)
     print(f"\n{os.cpu_count()} CPUs (shared); {args.rounds} x {args.seconds} s windows per "
           f"point, interleaved; {time.perf_counter() - started:.0f} s total")  # fmt: skip
     return 0
 
 
-def print_table(points: list[Point]) -> None:
+def print_table(points: list[Point], stack: dict[str, str]) -> None:
     index = {(p.model, p.server, p.clients): p for p in points}
     print(f"\n{'model':8} {'server':11} {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'rows/call':>9} {'fail':>4} {'vs b=1':>7} {'vs const':>8} {'req/cpu-s':>9} "
@@ -369,19 +407,21 @@ def print_table(points: list[Point]) -> None:
     for p in points:
         base = index.get((p.model, "irkit b=1", p.clients))
         const = index.get((p.model, "constant", p.clients))
-        show_b1 = base is not None and p.server == "irkit b=32"
-        show_const = const is not None and p.server != "constant"
+        vs_b1 = base if base is not None and p.server == "irkit b=32" else None
+        vs_const = const if const is not None and p.server != "constant" else None
         cells = [
-            f"{p.rps / base.rps:.2f}x" if show_b1 else "",  # type: ignore[union-attr]
-            f"{p.rps / const.rps:.2f}x" if show_const else "",  # type: ignore[union-attr]
+            f"{paired_ratio(p, vs_b1):.2f}x" if vs_b1 else "",
+            f"{paired_ratio(p, vs_const):.2f}x" if vs_const else "",
             f"{p.per_cpu:.0f}",
-            f"{p.per_cpu / base.per_cpu:.2f}x" if show_b1 else "",  # type: ignore[union-attr]
-            f"{p.per_cpu / const.per_cpu:.2f}x" if show_const else "",  # type: ignore[union-attr]
+            f"{paired_ratio(p, vs_b1, per_cpu=True):.2f}x" if vs_b1 else "",
+            f"{paired_ratio(p, vs_const, per_cpu=True):.2f}x" if vs_const else "",
         ]
         batch = "" if p.server == "constant" else f"{p.mean_batch:.1f}"
         print(f"{p.model:8} {p.server:11} {p.clients:7d} {p.rps:7.0f} {p.percentile_ms(50):7.2f} "
               f"{p.percentile_ms(99):7.2f} {batch:>9} {p.failures:4d} {cells[0]:>7} {cells[1]:>8} "
               f"{cells[2]:>9} {cells[3]:>7} {cells[4]:>8}")  # fmt: skip
+    print("\nreq/s and req/cpu-s are medians over the windows; a ratio is the median of its "
+          "per-round ratios\n(the windows compared ran back to back).")  # fmt: skip
     print("\ntargets at the highest client count (req/s; in brackets per server CPU-second):")
     top = max(p.clients for p in points)
     for model in sorted({p.model for p in points}):
@@ -389,22 +429,29 @@ def print_table(points: list[Point]) -> None:
             index.get((model, s, top)) for s in ("irkit b=32", "irkit b=1", "constant")
         )
         if b32 and b1:
-            ratio = b32.rps / b1.rps
-            print(f"  {model}: batching {ratio:.2f}x max_batch=1 [{b32.per_cpu / b1.per_cpu:.2f}x] "
+            ratio = paired_ratio(b32, b1)
+            print(f"  {model}: batching {ratio:.2f}x max_batch=1 "
+                  f"[{paired_ratio(b32, b1, per_cpu=True):.2f}x] "
                   f"(target >= 1.5x) {'PASS' if ratio >= 1.5 else 'MISS'}")  # fmt: skip
         if b32 and const:
-            ratio = b32.rps / const.rps
+            ratio = paired_ratio(b32, const)
             print(f"  {model}: irkit {ratio:.2f}x the constant handler "
-                  f"[{b32.per_cpu / const.per_cpu:.2f}x] (target >= 0.5x) "
+                  f"[{paired_ratio(b32, const, per_cpu=True):.2f}x] (target >= 0.5x) "
                   f"{'PASS' if ratio >= 0.5 else 'MISS'}")  # fmt: skip
-    try:
-        import httptools  # noqa: F401
-        import uvloop  # noqa: F401
+    print(f"\nservers: uvicorn with http={_resolved(stack['http'], 'httptools', 'h11')}, "
+          f"loop={_resolved(stack['loop'], 'uvloop', 'asyncio')}; load generator on "
+          f"{_resolved('auto', 'uvloop', 'asyncio')}")  # fmt: skip
 
-        stack = "uvicorn with httptools + uvloop"
+
+def _resolved(choice: str, fast: str, fallback: str) -> str:
+    """What uvicorn's "auto" picks: the fast module if it imports."""
+    if choice != "auto":
+        return choice
+    try:
+        __import__(fast)
     except ImportError:
-        stack = "uvicorn with h11 + asyncio (pip install httptools uvloop for the fast stack)"
-    print(f"\nASGI stack: {stack}")
+        return fallback
+    return fast
 
 
 if __name__ == "__main__":

@@ -313,11 +313,13 @@ def datatype_of(dtype: Any) -> str:
 
 def _shape_of(obj: Mapping[str, Any], name: str) -> tuple[int, ...]:
     shape = obj.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise BadInput(f"input {name!r}: shape must be a list of non-negative ints, got {shape!r}")
-    return tuple(shape)
+    if type(shape) is list:
+        for d in shape:  # type(d) is int: not a bool, not a float
+            if type(d) is not int or d < 0:
+                break
+        else:
+            return tuple(shape)
+    raise BadInput(f"input {name!r}: shape must be a list of non-negative ints, got {shape!r}")
 
 
 def decode_tensor(obj: Mapping[str, Any], raw: bytes | memoryview | None = None) -> np.ndarray:
@@ -326,7 +328,7 @@ def decode_tensor(obj: Mapping[str, Any], raw: bytes | memoryview | None = None)
     Raises BadInput naming the tensor when the datatype is unknown or the data does not
     fill the declared shape.
     """
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):  # dict: skip the ABC check
         raise BadInput(f"tensor must be a JSON object, got {type(obj).__name__}")
     name = obj.get("name")
     if not isinstance(name, str):
@@ -344,11 +346,10 @@ def decode_tensor(obj: Mapping[str, Any], raw: bytes | memoryview | None = None)
                 f"input {name!r}: expected {expected} bytes for shape {list(shape)} "
                 f"{datatype}, got {len(raw)}"
             )
-        return (
-            np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
-            .astype(dtype, copy=False)
-            .reshape(shape)
-        )
+        array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+        if not array.flags.aligned:  # bytes at any offset of the body: validation would copy
+            array = array.copy()
+        return array.reshape(shape)
     if "data" not in obj:
         raise BadInput(f"input {name!r}: no 'data' and no binary_data_size")
     try:

@@ -577,3 +577,88 @@ def test_batcher_workers_run_batches_concurrently(
     futures = [batcher.submit({"x": x}) for _ in range(2)]
     assert [f.result(20)["logits"].shape for f in futures] == [(1, 10), (1, 10)]
     batcher.stop()
+
+
+# ------------------------------------------------------------ codec and routing (no server)
+
+
+def test_infer_route_matches_what_starlette_would() -> None:
+    from irkit.runtime.adapters.http import infer_route
+
+    assert infer_route("/v2/models/digits/infer") == ("digits", None)
+    assert infer_route("/v2/models/digits/versions/3/infer") == ("digits", "3")
+    for path in ("/v2/models//infer", "/v2/models/a/b/infer", "/v2/models/digits",
+                 "/v2/models/a/versions//infer", "/v2/models/a/version/1/infer", "/v2/infer"):  # fmt: skip
+        assert infer_route(path) is None, path
+
+
+def test_codec_round_trips_what_orjson_cannot_write() -> None:
+    from irkit.runtime.adapters.http import encode_infer_response, parse_infer_request
+
+    # NaN/Infinity and integers over 64 bits are not JSON, but json.loads reads them:
+    # orjson refuses the body, and the json fallback keeps accepting it.
+    body = b'{"id": 123456789012345678901234567890, "inputs": [{"name": "x", "shape": [3],' \
+           b' "datatype": "FP32", "data": [NaN, Infinity, 1.5]}]}'  # fmt: skip
+    decoded = parse_infer_request(body, None, ["y"])
+    np.testing.assert_array_equal(decoded.inputs["x"], np.array([np.nan, np.inf, 1.5], "f4"))
+    result: dict[str, np.ndarray] = {
+        "y": np.array([[np.nan, -np.inf], [0.1, 2.0]], np.float32),
+        "h": np.array([0.5, 1.0], np.float16),
+        "i": np.array([-(2**62), 7], np.int64),
+        "b": np.array([True, False]),
+    }
+    payload, split = encode_infer_response("m", "1", result, None, decoded.request_id)
+    assert split is None
+    doc = json.loads(payload)  # NaN/-Infinity written as json.dumps writes them
+    assert doc["id"] == 123456789012345678901234567890
+    out = {o["name"]: o for o in doc["outputs"]}
+    np.testing.assert_array_equal(np.asarray(out["y"]["data"], np.float32), result["y"].ravel())
+    assert out["y"]["shape"] == [2, 2] and out["y"]["datatype"] == "FP32"
+    assert out["h"]["data"] == [0.5, 1.0] and out["h"]["datatype"] == "FP16"
+    assert out["i"]["data"] == [-(2**62), 7] and out["b"]["data"] == [True, False]
+    # float32 values come back exactly (orjson writes the shortest exact float32 form)
+    x = RNG.standard_normal(1000).astype(np.float32)
+    payload, _ = encode_infer_response("m", "1", {"y": x}, None, "r")
+    assert json.loads(payload)["id"] == "r"
+    np.testing.assert_array_equal(np.asarray(json.loads(payload)["outputs"][0]["data"], "f4"), x)
+
+
+def test_infer_with_another_method_is_405(client: httpx.Client) -> None:
+    response = client.get("/v2/models/digits/infer")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert response.json() == {"error": "Method Not Allowed"}
+
+
+def test_batcher_hands_each_batch_to_its_sink_at_once(
+    digits_model: irkit.runtime.CompiledModel, gated: Any
+) -> None:
+    import threading
+
+    from irkit.runtime.adapters.batcher import DynamicBatcher, Job
+
+    slow = gated(digits_model, gate_run=True)
+    batcher = DynamicBatcher(slow, max_batch=8, max_delay_ms=1)
+    delivered: list[list[Job]] = []
+    done = threading.Event()
+
+    def sink(jobs: list[Job]) -> None:
+        delivered.append(jobs)
+        if sum(map(len, delivered)) == 5:
+            done.set()
+
+    batcher.start()
+    x = RNG.standard_normal((6, 64)).astype(np.float32)
+    first = batcher.enqueue({"x": x[:1]}, sink, "first")
+    assert slow.running.wait(10)  # the worker holds the first batch at the gate
+    jobs = [batcher.enqueue({"x": x[i : i + 1]}, sink, i) for i in range(1, 6)]
+    jobs[2].cancel()  # its batch has not started: it is skipped, never delivered
+    slow.run_gate.set()
+    assert done.wait(10)
+    batcher.stop()
+    assert [[job.waiter for job in batch] for batch in delivered] == [["first"], [1, 2, 4, 5]]
+    for job in [first, *jobs[:2], *jobs[3:]]:
+        assert job.error is None and job.outputs is not None
+        row = x[job.waiter if job is not first else 0]
+        np.testing.assert_allclose(job.outputs["logits"], digits_model(x=row[None])["logits"],
+                                   rtol=1e-6)  # fmt: skip
+    assert jobs[2].outputs is None and slow.batch_sizes == [1, 4]
