@@ -1,6 +1,7 @@
 """Do the optimization passes make models faster on irkit's own llvm backend?
 
-    python benchmarks/bench_passes_llvm.py [--rounds 40] [--batch 64] [--tbatch 8]
+    python benchmarks/bench_passes_llvm.py [--rounds 40] [--batch 64] [--tbatch 64]
+        [--only mlp,cnn,resnet,transformer,gemm]
 
 Each model's variants are compiled with the llvm backend (1 thread) and, as exported
 ONNX, run by ONNX Runtime (1 thread; int8 variants in QDQ form so ORT uses its int8
@@ -33,6 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 STATIC = "fuse,quantize{mode=static,per_channel=true}"
 STATIC_QDQ = "fuse,quantize{mode=static,per_channel=true,format=qdq}"
 DYNAMIC = "quantize{per_channel=true}"
+
+
+# #5 asks that fuse make the CNN and the transformer "faster": at least 2% (the spread
+# of round-to-round medians on a quiet host), so noise alone cannot pass it.
+FASTER = 1.02
 
 
 @dataclass
@@ -92,7 +98,8 @@ def digits_models(batch: int) -> list[Model]:
         x = np.resize(ev[key], (batch, *ev[key].shape[1:])).astype(np.float32)
         variants = [
             Variant("fp32", "", "", "fp32"),
-            Variant("fuse", "fuse", "fuse", "fp32"),
+            # CNN: BatchNorm folded, Conv+ReLU+MaxPool pooled in the conv's tile epilogue.
+            Variant("fuse", "fuse", "fuse", "fp32", FASTER if kind == "cnn" else None),
             Variant("int8 static per-channel", STATIC, STATIC_QDQ, "fp32", 1.5),
         ]
         if kind == "cnn":
@@ -111,6 +118,20 @@ def digits_models(batch: int) -> list[Model]:
     return out
 
 
+def resnet_model(batch: int) -> Model:
+    """The ResNet-style CNN (3x32x32, torch export: BatchNorm already folded into the
+    convolutions by the exporter, so fuse has conv epilogues only)."""
+    import torch  # noqa: F401  (before irkit.bench's export: torch.export import order)
+
+    from irkit.bench import builtin_model
+
+    x = np.random.default_rng(2).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    return Model("resnet cnn 3x32x32", builtin_model("resnet"), {"x": x}, [], [
+        Variant("fp32", "", "", "fp32"),
+        Variant("fuse", "fuse", "fuse", "fp32", FASTER),
+    ])
+
+
 def transformer_model(batch: int) -> Model:
     import torch
 
@@ -125,7 +146,9 @@ def transformer_model(batch: int) -> Model:
     x = rng.standard_normal((batch, 64, 128)).astype(np.float32)
     return Model("transformer d128 s64", irkit.load_model(str(path)), {"x": x}, [], [
         Variant("fp32", "", "", "fp32"),
-        Variant("fuse", "simplify,fuse", "simplify,fuse", "fp32"),
+        Variant("simplify", "simplify", "simplify", "fp32"),
+        # fuse alone: against the simplified graph it runs on.
+        Variant("fuse", "simplify,fuse", "simplify,fuse", "simplify", FASTER),
         Variant("int8 dynamic per-channel", "simplify,fuse," + DYNAMIC,
                 "simplify,quantize{per_channel=true,format=qdq}", "fuse", 1.3),
     ])
@@ -209,8 +232,12 @@ def table(models: list[Model]) -> str:
             ort_ratio = b["ort_ms"] / ort_ms if ort_ms and b.get("ort_ms") else None
             target = "-"
             if v.target is not None and ratio is not None:
-                verdict = "met" if ratio >= v.target else "MISSED"
-                target = f">={v.target:.1f}x {verdict}"
+                if v.target == FASTER:  # the issue asks "faster", beyond round noise
+                    verdict = "met" if ratio >= FASTER else "MISSED"
+                    target = f"faster (>={FASTER:.2f}x) {verdict}"
+                else:
+                    verdict = "met" if ratio >= v.target else "MISSED"
+                    target = f">={v.target:.1f}x {verdict}"
             if "acc" in r:
                 quality = f"acc {100 * r['acc']:.1f}%"
             elif "vs_base" in r and v.label != v.baseline:
@@ -233,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--tbatch", type=int, default=8, help="transformer batch")
-    parser.add_argument("--only", default="", help="comma list: mlp,cnn,transformer,gemm")
+    parser.add_argument("--tbatch", type=int, default=64, help="transformer batch")
+    parser.add_argument("--only", default="",
+                        help="comma list: mlp,cnn,resnet,transformer,gemm")
     args = parser.parse_args(argv)
     from irkit.plugins.llvm.emit import host_target
 
@@ -243,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     for model in digits_models(args.batch):
         if not wanted or model.name.split()[-1] in wanted:
             models.append(model)
+    if not wanted or "resnet" in wanted:
+        models.append(resnet_model(args.batch))
     if not wanted or "transformer" in wanted:
         models.append(transformer_model(args.tbatch))
     if not wanted or "gemm" in wanted:
@@ -254,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     target = host_target()
     print(f"host {target.cpu}; 1 thread; batch {args.batch} (transformer {args.tbatch} x 64 "
           f"tokens); medians of {args.rounds} alternating rounds; ratio = baseline time / "
-          "variant time on the same backend (baseline: fp32, or fuse for prune and "
-          "dynamic int8)\n")
+          "variant time on the same backend (baseline: fp32; simplify for the "
+          "transformer's fuse; fuse for prune and dynamic int8)\n")
     print(table(models))
     return 0
 

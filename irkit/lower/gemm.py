@@ -61,6 +61,9 @@ class GemmSpec:
     # symbolic (attention's probabilities x values, K = sequence length).
     b_direct: Buffer | None = None
     b_direct_offset: Callable[[Expr], Expr] | None = None  # batch -> element offset of B
+    # Replaces the per-element ``store`` loop: (batch, first row, rows, panel, tile) -> Stmt
+    # reading the finished ``rows x nr`` tile (irkit.ConvBiasActPool pools it in place).
+    tile_store: Callable[[Expr, Expr, int, Expr, Buffer], Stmt] | None = None
 
 
 def pack_weights(b: np.ndarray, nr: int) -> np.ndarray:
@@ -124,6 +127,9 @@ def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Bu
             for s in range(1, split):
                 total = total + Load(acc, slot(s, r, v), t.vec)
             stmts.append(Store(tile, Const(r * t.nr + v * t.vec), total))
+    if spec.tile_store is not None:
+        stmts.append(spec.tile_store(b, i0, rows, p, tile))
+        return block(*stmts)
     r_var, c_var = ctx.var("r"), ctx.var("c")
     epilogue = spec.store(b, i0 + r_var, p * t.nr + c_var, Load(tile, r_var * t.nr + c_var))
     # Constant trip counts let LLVM vectorize the epilogue without runtime checks.

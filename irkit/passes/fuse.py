@@ -1,6 +1,8 @@
 """``fuse``: fold BatchNorm into Conv weights, recognize LayerNorm/GELU/Softmax chains,
-and absorb bias/residual/activation epilogues into ``irkit.MatMulBiasAct`` and
-``irkit.ConvBiasAct`` (see irkit/ops/fused.py for their semantics)."""
+softmax attention (``irkit.ScaledDotProductAttention``, irkit/ops/attention.py), and
+absorb bias/residual/activation epilogues into ``irkit.MatMulBiasAct`` and
+``irkit.ConvBiasAct`` (see irkit/ops/fused.py for their semantics), then a pooling after a
+convolution into ``irkit.ConvBiasActPool`` (irkit/ops/conv_pool.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from irkit.passes.base import (
     take_name,
     use_irkit_domain,
 )
+from irkit.passes.fuse_attention import fuse_attention
+from irkit.passes.fuse_conv_pool import fuse_conv_pool
 from irkit.passes.fuse_patterns import (
     erase_chain,
     fuse_erf_gelu,
@@ -101,6 +105,8 @@ class Fuse(Pass):
     patterns: bool = True
     epilogues: bool = True
     residual: bool = True
+    attention: bool = True
+    conv_pool: bool = True  # ConvBiasAct + MaxPool/AveragePool -> irkit.ConvBiasActPool
     gelu: Literal["auto", "irkit", "onnx"] = "auto"
 
     def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
@@ -120,9 +126,13 @@ class Fuse(Pass):
             sweep("gelu", lambda g, n: fuse_erf_gelu(g, n, onnx_gelu))
             sweep("layer_norm", fuse_layer_norm)
             sweep("softmax", fuse_softmax)
+        if self.attention:
+            sweep("attention", fuse_attention)
         if self.epilogues:
             sweep("matmul_epilogue", self.fuse_linear)
             sweep("conv_epilogue", self.fuse_conv)
+        if self.conv_pool:
+            sweep("conv_pool", fuse_conv_pool)
         drop_unused_constants(graph)
         return bool(counts), {"fused": counts}
 

@@ -27,6 +27,7 @@ from irkit.passes.base import (
     PassContext,
     drop_unused_constants,
 )
+from irkit.passes.fuse_conv_pool import split_conv_pool
 
 
 def choose_rank(singular: np.ndarray, *, energy: float | None, error_budget: float | None,
@@ -119,6 +120,7 @@ class LowRank(Pass):
     calibrate: Any = field(default=None, compare=False, metadata={"doc": CALIBRATE_DOC})
 
     def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
+        split_conv_pool(graph)  # irkit.ConvBiasActPool -> ConvBiasAct + pool
         layers: dict[str, dict[str, Any]] = {}
         skipped: dict[str, str] = {}
         # weights shared by several nodes (CSE merges identical layers) share their factors

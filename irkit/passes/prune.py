@@ -25,6 +25,7 @@ from irkit.passes.base import (
     PassContext,
     drop_unused_constants,
 )
+from irkit.passes.fuse_conv_pool import refuse_conv_pools, split_conv_pool
 from irkit.passes.prune_data import (
     Moments,
     add_consumer_bias,
@@ -214,9 +215,14 @@ class Prune(Pass):
     def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
         if self.sparsity == 0.0:
             return False, {}
+        split = split_conv_pool(graph)  # irkit.ConvBiasActPool -> ConvBiasAct + pool
         if self.mode == "structured":
-            return self._structured(graph, context)
-        return self._unstructured(graph)
+            result = self._structured(graph, context)
+        else:
+            result = self._unstructured(graph)
+        if split:
+            refuse_conv_pools(graph)  # the pruned convs keep their fused pooling
+        return result
 
     # -- unstructured -----------------------------------------------------------------------
     def _unstructured(self, graph: Graph) -> tuple[bool, dict[str, Any]]:

@@ -36,6 +36,7 @@ from irkit.passes.calibrate import (
     quantize_weight,
 )
 from irkit.passes.fuse import _bias_vector
+from irkit.passes.fuse_conv_pool import split_conv_pool
 
 _MATMUL_OPS = ("MatMul", "Gemm", "MatMulBiasAct")
 _CONV_OPS = ("Conv", "ConvBiasAct")
@@ -133,6 +134,7 @@ class Quantize(Pass):
         return self.mode == "static"
 
     def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
+        split_conv_pool(graph)  # irkit.ConvBiasActPool -> ConvBiasAct + pool
         if self.format == "qdq":
             _decompose_fused_linear(graph)
         views = []

@@ -10,7 +10,7 @@ import irkit
 from irkit.ir import parse_graph
 
 CASES = all_cases()
-EXPECTED_CASES = 28
+EXPECTED_CASES = 32
 
 
 def test_golden_case_count() -> None:
