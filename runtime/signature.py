@@ -79,7 +79,8 @@ def parse_dtype(name: str) -> np.dtype[Any]:
             dtype = np.dtype(name)
         except (ImportError, TypeError):
             raise ValueError(f"unknown dtype {name!r}") from None
-    if dtype.hasobject or dtype.kind in "USVMm":
+    extension = dtype.kind == "V" and dtype.type.__module__ == "ml_dtypes"  # bfloat16…
+    if dtype.hasobject or (dtype.kind in "USVMm" and not extension):
         raise ValueError(f"dtype {name!r} is not a tensor element type")
     return dtype
 

@@ -1,8 +1,9 @@
 """Kernel IR nodes: scalar/vector expressions, statements, buffers, kernels, programs.
 
 Every node is a frozen dataclass, so rewrites build new trees and structural equality
-works for pattern matching. Element types are short strings (``f32``, ``i64``, ``bool``…);
-an expression's ``lanes`` is 1 for a scalar and >1 for an LLVM-style fixed vector.
+works for pattern matching. Element types are short strings (``f32``, ``i64``, ``bool``…;
+see ``DTYPES``); an expression's ``lanes`` is 1 for a scalar and >1 for an LLVM-style
+fixed vector.
 
 Index arithmetic is ``i64``. Buffers are flat, typed, and addressed with one ``i64``
 index (element units). ``bool`` is stored as one byte and computed as ``i1``.
@@ -14,9 +15,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-DTYPES = ("f32", "f64", "i64", "i32", "i8", "u8", "bool")
-FLOATS = ("f32", "f64")
-ITEMSIZE = {"f32": 4, "f64": 8, "i64": 8, "i32": 4, "i8": 1, "u8": 1, "bool": 1}
+DTYPES = ("f32", "f64", "f16", "bf16", "i64", "i32", "i16", "i8", "u64", "u32", "u16", "u8",
+          "bool")
+FLOATS = ("f32", "f64", "f16", "bf16")
+HALF_FLOATS = ("f16", "bf16")
+"""16-bit floats: stored as 16 bits, computed in f32 with every result rounded back (to
+nearest even), so a value of these types is always exactly representable in them."""
+UNSIGNED = ("u64", "u32", "u16", "u8", "bool")
+ITEMSIZE = {"f32": 4, "f64": 8, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 2, "i8": 1,
+            "u64": 8, "u32": 4, "u16": 2, "u8": 1, "bool": 1}
 
 BINARY_OPS = (
     "add", "sub", "mul", "div", "mod", "max", "min",
@@ -28,6 +35,10 @@ CALLS = {
     # name: arity. ``fma(a, b, c) = a * b + c``.
     "exp": 1, "log": 1, "tanh": 1, "erf": 1, "sqrt": 1, "abs": 1, "floor": 1,
     "ceil": 1, "round": 1, "sin": 1, "cos": 1, "pow": 2, "fma": 3,
+    "tan": 1, "asin": 1, "acos": 1, "atan": 1, "sinh": 1, "cosh": 1, "asinh": 1,
+    "acosh": 1, "atanh": 1,
+    "fdiv": 2,  # a / b rounded exactly (never a reciprocal multiply; quantization)
+    "shl": 2, "shr": 2,  # integers: shift by b < bits (shr is arithmetic when signed)
     "dot4_u8s8": 3,  # i32 lanes: acc + sum of 4 u8(a byte) * s8(b byte) (int8 GEMM)
 }  # fmt: skip
 ForKind = Literal["serial", "parallel", "vector", "unroll"]

@@ -12,6 +12,9 @@ from collections.abc import Callable, Sequence
 
 from irkit.kir.nodes import (
     FLOATS,
+    HALF_FLOATS,
+    ITEMSIZE,
+    UNSIGNED,
     Binary,
     Block,
     Cast,
@@ -35,21 +38,45 @@ def _is_const(expr: Expr, value: float | None = None) -> bool:
     return isinstance(expr, Const) and (value is None or expr.value == value)
 
 
+def _wrap_int(value: int, dtype: str) -> int:
+    """``value`` wrapped to the range of integer type ``dtype`` (two's complement)."""
+    bits = 8 * ITEMSIZE[dtype]
+    value %= 1 << bits
+    return value - (1 << bits) if dtype not in UNSIGNED and value >> (bits - 1) else value
+
+
 def _fold(op: str, x: float, y: float, dtype: str) -> float | bool | None:
+    value = _fold_exact(op, x, y, dtype)
+    if isinstance(value, int) and not isinstance(value, bool) and dtype not in FLOATS:
+        return _wrap_int(value, dtype)
+    return value
+
+
+def _fold_exact(op: str, x: float, y: float, dtype: str) -> float | bool | None:
+    if dtype in HALF_FLOATS:
+        return None  # 16-bit float results round in the backend
     integer = dtype not in FLOATS
     table: dict[str, Callable[[], float | bool]] = {
         "add": lambda: x + y, "sub": lambda: x - y, "mul": lambda: x * y,
         "max": lambda: max(x, y), "min": lambda: min(x, y),
         "lt": lambda: x < y, "le": lambda: x <= y, "gt": lambda: x > y,
         "ge": lambda: x >= y, "eq": lambda: x == y, "ne": lambda: x != y,
-        "and": lambda: bool(x) and bool(y), "or": lambda: bool(x) or bool(y),
     }  # fmt: skip
+    if dtype == "bool":
+        table["and"] = lambda: bool(x) and bool(y)
+        table["or"] = lambda: bool(x) or bool(y)
+    elif integer:  # bitwise on integers
+        table["and"] = lambda: int(x) & int(y)
+        table["or"] = lambda: int(x) | int(y)
     if op in table:
         return table[op]()
     if op == "div":
         if y == 0:
             return None
-        return int(x / y) if integer else x / y  # C semantics: truncate toward zero
+        if not integer:
+            return x / y
+        q = abs(int(x)) // abs(int(y))  # C semantics: truncate toward zero, exactly
+        return q if (x < 0) == (y < 0) else -q
     if op == "mod" and integer and y != 0:
         return int(math.fmod(x, y))
     return None
@@ -161,7 +188,8 @@ def fold_cast(expr: Expr) -> Expr | None:
     assert isinstance(expr, Cast)
     if expr.x.dtype == expr.type:
         return expr.x
-    if isinstance(expr.x, Const):
+    rounds = expr.type in HALF_FLOATS or expr.x.dtype in HALF_FLOATS  # in the backend
+    if isinstance(expr.x, Const) and not rounds:
         value = expr.x.value
         if expr.type in FLOATS:
             return Const(float(value), expr.type)
@@ -169,7 +197,7 @@ def fold_cast(expr: Expr) -> Expr | None:
             return Const(bool(value), "bool")
         if isinstance(value, float) and not math.isfinite(value):
             return None
-        return Const(int(value), expr.type)
+        return Const(_wrap_int(int(value), expr.type), expr.type)
     return None
 
 
@@ -177,10 +205,14 @@ def fold_unary(expr: Expr) -> Expr | None:
     assert isinstance(expr, Unary)
     x = expr.x
     if isinstance(x, Const):
-        if expr.op == "neg":
+        if expr.op == "neg" and x.type in FLOATS:
             return Const(-x.value, x.type)
-        if expr.op == "not":
+        if expr.op == "neg" and x.type != "bool":
+            return Const(_wrap_int(-int(x.value), x.type), x.type)
+        if expr.op == "not" and x.type == "bool":
             return Const(not x.value, "bool")
+        if expr.op == "not" and x.type not in FLOATS:
+            return Const(_wrap_int(~int(x.value), x.type), x.type)
     if isinstance(x, Unary) and x.op == expr.op:
         return x.x
     return None

@@ -12,6 +12,8 @@ from irkit.kir.nodes import (
     Broadcast,
     Buffer,
     Call,
+    Cast,
+    Const,
     Expr,
     For,
     If,
@@ -42,6 +44,8 @@ def _check_expr(expr: Expr, scope: dict[str, str], buffers: set[str], where: str
             case Call(fn=fn, args=args):
                 if CALLS.get(fn) != len(args):
                     raise KirError(f"{where}: unknown call {fn}/{len(args)}")
+            case Cast(type=dtype) | Const(type=dtype) if dtype not in DTYPES:
+                raise KirError(f"{where}: unknown dtype {dtype} in {node!r}")
             case Select(cond=cond, a=a, b=b):
                 if cond.dtype != "bool" or a.dtype != b.dtype:
                     raise KirError(f"{where}: select needs bool cond and equal arm types")

@@ -25,14 +25,20 @@ Reader = Callable[[Index], Expr]
 KIR_DTYPES = {
     DType.FLOAT32: "f32",
     DType.FLOAT64: "f64",
+    DType.FLOAT16: "f16",
+    DType.BFLOAT16: "bf16",
     DType.INT64: "i64",
     DType.INT32: "i32",
+    DType.INT16: "i16",
     DType.INT8: "i8",
+    DType.UINT64: "u64",
+    DType.UINT32: "u32",
+    DType.UINT16: "u16",
     DType.UINT8: "u8",
     DType.BOOL: "bool",
 }
-NUMPY_DTYPES = {"f32": np.float32, "f64": np.float64, "i64": np.int64, "i32": np.int32,
-                "i8": np.int8, "u8": np.uint8, "bool": np.bool_}
+NUMPY_DTYPES: dict[str, type] = {dtype: kind.numpy.type for kind, dtype in
+                                 KIR_DTYPES.items()}
 
 
 class LoweringError(ValueError):

@@ -14,8 +14,12 @@ This module knows kernel IR and LLVM, nothing about graph ops.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 
+import ml_dtypes
+import numpy as np
 from llvmlite import ir
 
 from irkit.kir import (
@@ -41,38 +45,65 @@ from irkit.kir import (
     prepare_kernel,
     verify_kernel,
 )
+from irkit.kir.nodes import HALF_FLOATS, ITEMSIZE, UNSIGNED
+from irkit.kir.printer import print_kernel
 from irkit.plugins.llvm.intrinsics import EXTENSION_CALLS, emit_extension_call
 from irkit.plugins.llvm.mathlib import MathEmitter
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
+I16 = ir.IntType(16)
+I32 = ir.IntType(32)
 I64 = ir.IntType(64)
+F16 = ir.HalfType()
+F32 = ir.FloatType()
+F64 = ir.DoubleType()
 PTR = ir.PointerType()
 VOID = ir.VoidType()
+# Register types. f16 and bf16 compute as f32 (each result rounded back, see ``_round``).
 LLVM_TYPES: dict[str, ir.Type] = {
-    "f32": ir.FloatType(),
-    "f64": ir.DoubleType(),
-    "i64": I64,
-    "i32": ir.IntType(32),
-    "i8": I8,
-    "u8": I8,
+    "f32": F32, "f64": F64, "f16": F32, "bf16": F32,
+    "i64": I64, "i32": I32, "i16": I16, "i8": I8,
+    "u64": I64, "u32": I32, "u16": I16, "u8": I8,
     "bool": I1,
-}
-MEMORY_TYPES = {**LLVM_TYPES, "bool": I8}
-FLOAT_TYPES = ("f32", "f64")
-UNSIGNED = ("u8", "bool")
+}  # fmt: skip
+MEMORY_TYPES = {**LLVM_TYPES, "f16": I16, "bf16": I16, "bool": I8}
+FLOAT_TYPES = ("f32", "f64", *HALF_FLOATS)
+# Results of these calls on 16-bit float values are 16-bit values already.
+EXACT_CALLS = ("abs", "floor", "ceil", "round")
 FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 INTRINSIC_CALLS = {
     "sqrt": "llvm.sqrt", "abs": "llvm.fabs", "floor": "llvm.floor", "ceil": "llvm.ceil",
     "round": "llvm.roundeven", "log": "llvm.log", "sin": "llvm.sin", "cos": "llvm.cos",
     "pow": "llvm.pow", "fma": "llvm.fma", "exp": "llvm.exp", "tanh": "llvm.tanh",
+    "tan": "llvm.tan", "asin": "llvm.asin", "acos": "llvm.acos", "atan": "llvm.atan",
+    "sinh": "llvm.sinh", "cosh": "llvm.cosh",
 }  # fmt: skip
+LIBM_CALLS = ("asinh", "acosh", "atanh")  # no LLVM intrinsic: libm, one lane at a time
 FAST_FLAGS = ("reassoc", "contract", "nsz", "arcp", "afn")
 
 
 def value_type(dtype: str, lanes: int = 1, memory: bool = False) -> ir.Type:
     base = (MEMORY_TYPES if memory else LLVM_TYPES)[dtype]
     return base if lanes == 1 else ir.VectorType(base, lanes)
+
+
+def _like(ty: ir.Type, element: ir.Type) -> ir.Type:
+    """``element``, or a vector of it as wide as ``ty``."""
+    return ir.VectorType(element, ty.count) if isinstance(ty, ir.VectorType) else element
+
+
+def _const(ty: ir.Type, value: int | float) -> ir.Constant:
+    if isinstance(ty, ir.VectorType):
+        return ir.Constant(ty, [ir.Constant(ty.element, value)] * ty.count)
+    return ir.Constant(ty, value)
+
+
+def half_value(value: float, dtype: str) -> float:
+    """``value`` rounded to ``dtype`` (``f16`` or ``bf16``; to nearest even)."""
+    half = np.float16 if dtype == "f16" else ml_dtypes.bfloat16
+    with np.errstate(over="ignore"):
+        return float(np.asarray(value, dtype=np.float64).astype(half))
 
 
 class KernelTranslator:
@@ -84,10 +115,16 @@ class KernelTranslator:
         self.module = module
         self.program = program
         self.flags = FAST_FLAGS if fast_math else ()
+        self.scope: dict[str, ir.Value] = {}
 
-    def translate(self, kernel: Kernel) -> tuple[ir.Function, ir.Function]:
+    def translate(self, kernel: Kernel, body: ir.Function | None = None
+                  ) -> tuple[ir.Function, ir.Function]:
+        """``kernel(io, weights, workspace, dims, start, end)`` and its extent function;
+        the kernel computes its buffers' addresses and calls ``body`` (see
+        :meth:`translate_body`; made here when not given)."""
         kernel = prepare_kernel(kernel, self.lanes)
-        verify_kernel(kernel)
+        if body is None:
+            body = self.translate_body(kernel, f"{kernel.name}_body")
         fnty = ir.FunctionType(VOID, [PTR, PTR, PTR, PTR, I64, I64])
         fn = ir.Function(self.module, fnty, name=kernel.name)
         io, weights, workspace, dims, start, end = fn.args
@@ -96,11 +133,35 @@ class KernelTranslator:
         for i in range(4):
             fn.args[i].add_attribute("noalias")
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.scope = self._load_symbols(dims)
+        pointers = [self._global_pointer(buf, io, weights, workspace) for buf in kernel.buffers]
+        self.b.call(body, [*pointers, dims, start, end])
+        self.b.ret_void()
+        return fn, self._extent_function(kernel.name, _parallel_loop(kernel.body))
+
+    def translate_body(self, kernel: Kernel, name: str, shared: bool = False) -> ir.Function:
+        """``name(buffer pointers…, dims, start, end)``: the kernel's loops, with one pointer
+        argument per buffer in ``kernel.buffers`` order. Buffers of one kernel never
+        overlap (the memory planner gives buffers live in the same kernel distinct
+        slots; inputs are only read), so every pointer is ``noalias``. A ``shared`` body
+        serves several identical kernels and is kept out of line. ``kernel`` is in
+        prepared form (:func:`prepare_kernel`)."""
+        verify_kernel(kernel)
+        fnty = ir.FunctionType(VOID, [PTR] * len(kernel.buffers) + [PTR, I64, I64])
+        fn = ir.Function(self.module, fnty, name=name)
+        fn.linkage = "internal"
+        if shared:
+            fn.attributes.add("noinline")
+        *buffers, dims, start, end = fn.args
+        for arg, buf in zip(buffers, kernel.buffers):
+            arg.name = buf.name
+            arg.add_attribute("noalias")
+        dims.name, start.name, end.name = "dims", "start", "end"
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.math = MathEmitter(self.b, self.module, ("contract", "nsz"))
-        self.scope: dict[str, ir.Value] = self._load_symbols(dims)
-        self.ptrs: dict[str, ir.Value] = {}
-        for buf in kernel.buffers:
-            self.ptrs[buf.name] = self._global_pointer(buf, io, weights, workspace)
+        self.scope = self._load_symbols(dims)
+        self.ptrs: dict[str, ir.Value] = {buf.name: arg for arg, buf in zip(buffers,
+                                                                          kernel.buffers)}
         for buf in kernel.locals:
             if not isinstance(buf.size, Const):
                 raise ValueError(f"local buffer {buf.name} needs a constant size")
@@ -108,14 +169,13 @@ class KernelTranslator:
                                  size=ir.Constant(I64, int(buf.size.value)), name=buf.name)
             slot.align = 64
             self.ptrs[buf.name] = slot
-        body = kernel.body
-        parallel = _parallel_loop(body)
+        parallel = _parallel_loop(kernel.body)
         if parallel is not None:
             self._loop(parallel, lo=start, hi=end)
         else:
-            self.stmt(body)
+            self.stmt(kernel.body)
         self.b.ret_void()
-        return fn, self._extent_function(kernel.name, parallel)
+        return fn
 
     def _extent_function(self, name: str, loop: For | None) -> ir.Function:
         fn = ir.Function(self.module, ir.FunctionType(I64, [PTR]), name=f"{name}_extent")
@@ -160,12 +220,10 @@ class KernelTranslator:
             case Let(var=var, value=value):
                 self.scope[var.name] = self.expr(value)
             case Store(buf=buf, index=index, value=value):
-                val = self.expr(value)
-                if buf.dtype == "bool":
-                    val = self.b.zext(val, value_type("bool", value.lanes, memory=True))
+                val = self._to_memory(self.expr(value), buf.dtype)
                 ptr = self._typed(self._address(buf, index), val.type)
                 store = self.b.store(val, ptr)
-                store.align = MEMORY_ITEMSIZE[buf.dtype]
+                store.align = ITEMSIZE[buf.dtype]
             case For():
                 self._loop(stmt, lo=self.expr(stmt.start), hi=None)
             case If(cond=cond, then=then, orelse=orelse):
@@ -239,7 +297,17 @@ class KernelTranslator:
             case Var(name=name):
                 return self.scope[name]
             case Const(value=value, type=dtype):
-                return ir.Constant(LLVM_TYPES[dtype], int(value) if dtype == "bool" else value)
+                ty = LLVM_TYPES[dtype]
+                if dtype in HALF_FLOATS:
+                    return ir.Constant(ty, half_value(float(value), dtype))
+                if dtype in FLOAT_TYPES:
+                    return ir.Constant(ty, value)
+                # LLVM integers are signless: write u64 values >= 2**63 as negative i64.
+                bits = ty.width
+                wrapped = int(value) % (1 << bits)
+                if bits > 1 and wrapped >> (bits - 1):
+                    wrapped -= 1 << bits
+                return ir.Constant(ty, wrapped)
             case Binary(op=op, a=a, b=b):
                 lanes = e.lanes
                 x, y = self._splat(self.expr(a), lanes), self._splat(self.expr(b), lanes)
@@ -266,10 +334,8 @@ class KernelTranslator:
                 vty = value_type(buf.dtype, lanes, memory=True)
                 ptr = self._typed(self._address(buf, index), vty)
                 val = self.b.load(ptr, typ=vty)
-                val.align = MEMORY_ITEMSIZE[buf.dtype]
-                if buf.dtype == "bool":
-                    val = self.b.icmp_unsigned("!=", val, ir.Constant(val.type, None))
-                return val
+                val.align = ITEMSIZE[buf.dtype]
+                return self._from_memory(val, buf.dtype)
             case Broadcast(x=x, vlanes=lanes):
                 return self._splat(self.expr(x), lanes)
         raise TypeError(f"cannot translate expression {e!r}")
@@ -279,7 +345,7 @@ class KernelTranslator:
         if dtype in FLOAT_TYPES:
             arith = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv, "mod": b.frem}
             if op in arith:
-                return self._fl(arith[op](x, y))
+                return self._round(self._fl(arith[op](x, y)), dtype)
             if op in FCMP:
                 pred = FCMP[op]
                 return b.fcmp_unordered(pred, x, y) if op == "ne" else b.fcmp_ordered(pred, x, y)
@@ -316,16 +382,105 @@ class KernelTranslator:
     def _call(self, fn: str, args: Sequence[ir.Value], dtype: str) -> ir.Value:
         if fn in EXTENSION_CALLS:
             return emit_extension_call(self.b, self.module, fn, args)
-        if dtype == "f32" and fn in ("exp", "tanh", "erf"):
+        if dtype in HALF_FLOATS and fn not in EXACT_CALLS:
+            return self._round(self._call(fn, args, "f32"), dtype)
+        if dtype in ("f32", *HALF_FLOATS) and fn in ("exp", "tanh", "erf"):
             return getattr(self.math, fn)(args[0])
         if fn == "erf":
             raise TypeError("erf is only implemented for f32")
+        if fn == "fdiv":  # no fast-math flags: the correctly rounded quotient
+            return self.b.fdiv(args[0], args[1])
+        if fn in ("shl", "shr"):
+            if fn == "shl":
+                return self.b.shl(args[0], args[1])
+            return self.b.lshr(*args) if dtype in UNSIGNED else self.b.ashr(*args)
+        if fn in LIBM_CALLS:
+            return self._libm(fn, args[0])
         name = INTRINSIC_CALLS[fn]
         inst = self.math.intrinsic(name, *args)
         return inst
 
+    # -- 16-bit floats: f32 in registers, 16 bits in memory ----------------------------
+    def _round(self, v: ir.Value, dtype: str) -> ir.Value:
+        """An f32 value rounded to the nearest even ``dtype`` value (still an f32)."""
+        b = self.b
+        if dtype == "f16":
+            return b.fpext(b.fptrunc(v, _like(v.type, F16)), v.type)
+        if dtype != "bf16":
+            return v
+        # Round the top 16 bits to nearest even; NaN stays NaN (quieted, as ml_dtypes).
+        ity = _like(v.type, I32)
+        bits = b.bitcast(v, ity)
+        lsb = b.and_(b.lshr(bits, _const(ity, 16)), _const(ity, 1))
+        rounded = b.add(bits, b.add(lsb, _const(ity, 0x7FFF)))
+        quiet = b.or_(bits, _const(ity, 0x00400000))
+        bits = b.select(b.fcmp_unordered("uno", v, v), quiet, rounded)
+        return b.bitcast(b.and_(bits, _const(ity, 0xFFFF0000)), v.type)
+
+    def _from_memory(self, v: ir.Value, dtype: str) -> ir.Value:
+        b = self.b
+        if dtype == "bool":
+            return b.icmp_unsigned("!=", v, ir.Constant(v.type, None))
+        if dtype == "f16":
+            return b.fpext(b.bitcast(v, _like(v.type, F16)), _like(v.type, F32))
+        if dtype == "bf16":
+            wide = b.shl(b.zext(v, _like(v.type, I32)), _const(_like(v.type, I32), 16))
+            return b.bitcast(wide, _like(v.type, F32))
+        return v
+
+    def _to_memory(self, v: ir.Value, dtype: str) -> ir.Value:
+        b = self.b
+        if dtype == "bool":
+            return b.zext(v, _like(v.type, I8))
+        if dtype == "f16":  # exact: the value is an f16 value
+            return b.bitcast(b.fptrunc(v, _like(v.type, F16)), _like(v.type, I16))
+        if dtype == "bf16":
+            bits = b.lshr(b.bitcast(v, _like(v.type, I32)), _const(_like(v.type, I32), 16))
+            return b.trunc(bits, _like(v.type, I16))
+        return v
+
+    def _to_f32_odd(self, v: ir.Value) -> ir.Value:
+        """f64 → f32 rounding to odd, so that rounding the result again to f16 or bf16
+        equals rounding ``v`` directly (no double-rounding error)."""
+        b = self.b
+        t = b.fptrunc(v, _like(v.type, F32))
+        back = b.fpext(t, v.type)
+        ity = _like(t.type, I32)
+        bits = b.bitcast(t, ity)
+        even = b.icmp_unsigned("==", b.and_(bits, _const(ity, 1)), _const(ity, 0))
+        inexact = b.and_(b.fcmp_ordered("!=", back, v), even)
+        away = b.fcmp_ordered(">", self.math.intrinsic("llvm.fabs", back),
+                              self.math.intrinsic("llvm.fabs", v))
+        step = b.select(away, _const(ity, -1), _const(ity, 1))
+        return b.bitcast(b.select(inexact, b.add(bits, step), bits), t.type)
+
+    def _libm(self, fn: str, x: ir.Value) -> ir.Value:
+        lanes = x.type.count if isinstance(x.type, ir.VectorType) else 0
+        elem = x.type.element if lanes else x.type
+        name = fn if isinstance(elem, ir.DoubleType) else f"{fn}f"
+        callee = self.module.globals.get(name)
+        if callee is None:
+            callee = ir.Function(self.module, ir.FunctionType(elem, [elem]), name)
+        if not lanes:
+            return self.b.call(callee, [x])
+        out = ir.Constant(x.type, ir.Undefined)
+        for k in range(lanes):
+            lane = self.b.call(callee, [self.b.extract_element(x, ir.Constant(I64, k))])
+            out = self.b.insert_element(out, lane, ir.Constant(I64, k))
+        return out
+
     def _cast(self, v: ir.Value, src: str, dst: str, lanes: int) -> ir.Value:
         b = self.b
+        if src == dst:
+            return v
+        if dst in HALF_FLOATS:
+            if src not in FLOAT_TYPES and ITEMSIZE[src] > 2:  # exact in f64 up to 2**53
+                v, src = self._cast(v, src, "f64", lanes), "f64"
+            if src == "f64":
+                v, src = self._to_f32_odd(v), "f32"
+            return self._round(self._cast(v, src, "f32", lanes), dst)
+        if src in HALF_FLOATS:
+            src = "f32"  # the register value is an f32
         target = value_type(dst, lanes)
         if src == dst:
             return v
@@ -350,15 +505,37 @@ class KernelTranslator:
         return v
 
 
-MEMORY_ITEMSIZE = {"f32": 4, "f64": 8, "i64": 8, "i32": 4, "i8": 1, "u8": 1, "bool": 1}
-
-
 def _parallel_loop(body: Stmt) -> For | None:
     if isinstance(body, Block) and len(body.stmts) == 1:
         body = body.stmts[0]
     if isinstance(body, For) and body.kind == "parallel":
         return body
     return None
+
+
+_NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
+
+
+def kernel_key(kernel: Kernel) -> str:
+    """The kernel's text with buffers numbered by their position in ``kernel.buffers``
+    and other names (locals, loop and let variables) by first appearance: equal keys
+    mean one body serves both kernels (symbols such as ``N`` keep their names)."""
+    text = print_kernel(kernel)
+    header, _, body = text.partition("\n")
+    renames = {buf.name: f"%b{i}" for i, buf in enumerate(kernel.buffers)}
+    local_names = {buf.name for buf in kernel.locals}
+    bound = local_names | {m.group(1) for m in _BINDERS.finditer(body)}
+
+    def rename(match: re.Match[str]) -> str:
+        name = match.group(0)
+        if name not in renames and name in bound:
+            renames[name] = f"%v{len(renames)}"
+        return renames.get(name, name)
+
+    return _NAME.sub(rename, header.partition("(")[2]) + "\n" + _NAME.sub(rename, body)
+
+
+_BINDERS = re.compile(r"(?:\bfor|\blet|\blocal)\s+([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def entry_symbol(program: Program) -> str:
@@ -370,7 +547,21 @@ def translate_program(program: Program, fast_math: bool = True, lanes: int = 8) 
     ``vector`` loops use ``lanes``-wide vectors."""
     module = ir.Module(name=program.name)
     translator = KernelTranslator(module, program, fast_math, lanes)
-    kernels = [translator.translate(k)[0] for k in program.kernels]
+    # Kernels that are the same up to buffer and loop-variable names (the GEMMs of every
+    # layer of a transformer) share one body, so LLVM optimizes it once.
+    keys = [kernel_key(k) for k in program.kernels]
+    uses = Counter(keys)
+    bodies: dict[str, ir.Function] = {}
+    kernels = []
+    for kernel, key in zip(program.kernels, keys):
+        body = None
+        if uses[key] > 1:
+            body = bodies.get(key)
+            if body is None:
+                body = bodies[key] = translator.translate_body(
+                    prepare_kernel(kernel, lanes), f"{program.name}_shared{len(bodies)}",
+                    shared=True)
+        kernels.append(translator.translate(kernel, body)[0])
     run = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, PTR, PTR]),
                       name=entry_symbol(program))
     b = ir.IRBuilder(run.append_basic_block("entry"))

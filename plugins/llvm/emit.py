@@ -35,9 +35,19 @@ def target_machine(target: HostTarget, opt: int = 3) -> llvm.TargetMachine:
     a big heap they land more than 2 GiB apart, where the small model's 32-bit
     PC-relative relocations overflow and LLVM aborts the whole process."""
     _initialize()
+    features = target.features
+    if "+avx512f" in features or "+avx2" in features:
+        features += NO_GATHER
     return llvm.Target.from_triple(target.triple).create_target_machine(
-        cpu=target.cpu, features=target.features, opt=opt, reloc="pic", codemodel="large"
+        cpu=target.cpu, features=features, opt=opt, reloc="pic", codemodel="large"
     )
+
+
+# LLVM's loop vectorizer otherwise turns strided loops (a pooling window's taps, the
+# channel loop of a transposed read) into AVX2/AVX-512 gathers and scatters, which are
+# slower than scalar code on AMD cores (a 2x2 MaxPool ran 4x slower). irkit's own vector
+# loops use contiguous loads and are unaffected.
+NO_GATHER = ",+prefer-no-gather,+prefer-no-scatter"
 
 
 @dataclass(frozen=True)

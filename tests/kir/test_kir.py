@@ -104,6 +104,13 @@ SIMPLIFY_CASES = [
     (Binary("max", Const(2), Const(5)), "5"),
     (Const(1.5, "f32") * Const(2.0, "f32"), "3.0:f32"),
     (Var("x", "f32") + Const(0.0, "f32"), "x"),
+    # integer and/or/not are bitwise; bool ones logical; division exact past 2**53
+    (Binary("and", Const(12), Const(10)), "8"),
+    (Binary("or", Const(12), Const(3)), "15"),
+    (Unary("not", Const(5)), "-6"),
+    (Binary("and", Const(True, "bool"), Const(False, "bool")), "false"),
+    (Const(2**62 + 1) // Const(1), str(2**62 + 1)),
+    (Const(-7) // Const(2), "-3"),
 ]
 
 
@@ -113,7 +120,7 @@ def test_simplify_rules(expr, expected) -> None:
 
 
 def test_simplify_cases_counted() -> None:
-    assert len(SIMPLIFY_CASES) == 23
+    assert len(SIMPLIFY_CASES) == 29
     assert len(EXPR_RULES) >= 7
 
 
