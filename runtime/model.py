@@ -3,9 +3,10 @@
 Empty batches: when an input has a zero-size dim and every output's shape resolves (from
 fixed dims and symbols bound by the inputs) to a zero-size shape, the call returns empty
 arrays of those shapes and dtypes without running native code — there is no data an
-output could hold. When an input is empty but some output would not be (or its shape
-cannot be known), the call is rejected with ``InputError``, because native kernels are
-not required to handle zero-size loops.
+output could hold. When an input is empty but some output is not (a sum over an empty
+batch, a CastLike whose ``like`` input is empty), the backend runs: kernels loop zero
+times over the empty input, and the llvm runner hands an empty input a zeroed guard
+buffer rather than numpy's zero-byte allocation.
 
 Thread safety: ``run``/``__call__`` may be called from several threads at once. Runners
 that declare ``thread_safe = True`` (ONNX Runtime) run concurrently; any other runner is
@@ -26,7 +27,6 @@ import numpy as np
 from irkit.runtime.artifact import ArtifactError, Manifest, verify
 from irkit.runtime.loaders import Runner, open_runner
 from irkit.runtime.signature import (
-    InputError,
     InputPlan,
     TensorSpec,
     format_shape,
@@ -85,6 +85,10 @@ class CompiledModel:
 
     def validate(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Checked, C-contiguous arrays for ``inputs``; raises ``InputError``/``InputTypeError``."""
+        # the plan's fast path first, as in run(): servers validate every request
+        checked = self._input_plan.check(inputs) if isinstance(inputs, Mapping) else None
+        if checked is not None:
+            return checked[0]
         arrays, _ = validate_inputs(inputs, self.manifest.inputs)
         return arrays
 
@@ -117,20 +121,16 @@ class CompiledModel:
     def _empty_outputs(
         self, arrays: Mapping[str, np.ndarray], bindings: Mapping[str, int]
     ) -> dict[str, np.ndarray] | None:
-        empty_input = next((name for name, a in arrays.items() if a.size == 0), None)
-        if empty_input is None:
+        """Empty outputs without running the backend when some input is empty and every
+        output is empty too; None when the backend must run (a sum over an empty batch is
+        zeros, a CastLike reads only its ``like`` input's type)."""
+        if all(a.size for a in arrays.values()):
             return None
         outputs: dict[str, np.ndarray] = {}
         for spec in self.manifest.outputs:
             shape = resolve_shape(spec, bindings)
             if shape is None or 0 not in shape:
-                shown = format_shape(shape if shape is not None else spec.shape)
-                raise InputError(
-                    f"input {empty_input!r} is empty (shape "
-                    f"{format_shape(arrays[empty_input].shape)}) but output {spec.name!r} "
-                    f"would have shape {shown}; only calls whose outputs are all empty too "
-                    "are supported with zero-size inputs"
-                )
+                return None
             outputs[spec.name] = np.empty(shape, dtype=spec.dtype)
         return outputs
 

@@ -158,6 +158,7 @@ def _prepare(model: onnx.ModelProto, label: str, infer_shapes: bool) -> onnx.Mod
     check_ops(model, label)
     version = _opset_of(model, "")
     if version is not None and version < MIN_OPSET:
+        _coerce_legacy_hardmax(model.graph)
         try:
             model = onnx.version_converter.convert_version(model, MIN_OPSET)
         except Exception as exc:  # the converter raises C++ errors as RuntimeError etc.
@@ -170,6 +171,30 @@ def _prepare(model: onnx.ModelProto, label: str, infer_shapes: bool) -> onnx.Mod
         with contextlib.suppress(Exception):
             model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     return model
+
+
+def _coerce_legacy_hardmax(graph: onnx.GraphProto) -> None:
+    """Before opset 13, Hardmax works on the input flattened to 2-D at ``axis``; onnx's
+    version converter keeps the node as is, which changes its meaning for inputs of rank
+    > 2. Spell the old meaning out (as the converter does for Softmax): Flatten, Hardmax
+    on axis 1, Reshape back."""
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.op_type != "Hardmax" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        x, y = node.input[0], node.output[0]
+        tag = f"{y}__legacy_hardmax"
+        nodes += [
+            onnx.helper.make_node("Shape", [x], [f"{tag}_shape"]),
+            onnx.helper.make_node("Flatten", [x], [f"{tag}_2d"], axis=axis),
+            onnx.helper.make_node("Hardmax", [f"{tag}_2d"], [f"{tag}_max"], axis=1,
+                                  name=node.name),
+            onnx.helper.make_node("Reshape", [f"{tag}_max", f"{tag}_shape"], [y]),
+        ]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def load_onnx(source: str | os.PathLike | onnx.ModelProto, *, infer_shapes: bool = True) -> Graph:

@@ -63,6 +63,10 @@ class LoweringContext:
     # Sizes that must be >= 0 at run time for the code to stay in bounds (``S <= 512`` for
     # a slice of 512 position ids), each with the reason; the runtime checks them.
     constraints: list[tuple[Expr, str]] = field(default_factory=list)
+    # Graph inputs whose values set output sizes, checked before each call
+    # (irkit.runtime.guards); ``inputs`` names the graph's input buffers.
+    guards: list[dict[str, Any]] = field(default_factory=list)
+    inputs: set[str] = field(default_factory=set)
     _const_buffers: dict[int, Buffer] = field(default_factory=dict)
     _counter: int = 0
     _keep_alive: list[np.ndarray] = field(default_factory=list)
@@ -90,6 +94,38 @@ class LoweringContext:
         if all(c >= 0 for c in to_poly(size).values()):
             return  # holds for every binding (symbols are >= 0)
         self.constraints.append((size, why))
+
+    def shape_guard(self, node: Any, kind: str, inputs: dict[str, TensorRef | None],
+                    in_shape: Sequence[Expr], out_shapes: Sequence[Sequence[Expr]],
+                    attrs: dict[str, Any] | None = None) -> None:
+        """Build ``node`` for its declared output shapes although some of ``inputs`` (sizes
+        like axes, pads or K) are only known at run time: each must be a graph input, and
+        the runtime checks before every call that its values give ``out_shapes``."""
+        from irkit.lower.tensor import LoweringError, static
+
+        names: dict[str, str] = {}
+        consts: dict[str, list[int]] = {}
+        for role, ref in inputs.items():
+            if ref is None:
+                continue
+            if ref.const is not None:
+                consts[role] = [int(v) for v in np.asarray(ref.const).reshape(-1)]
+                continue
+            name = next((n for n, b in self.io.items()
+                         if b is ref.buffer and n in self.inputs), None)
+            if name is None:
+                raise LoweringError(
+                    f"{node.op}'s {role} is computed at run time; output sizes may come "
+                    "from constants, shapes, or graph inputs (checked before each call)")
+            names[role] = name
+        if not names:
+            return
+        self.guards.append({
+            "op": kind, "node": node.describe(), "inputs": names, "consts": consts,
+            "in_shape": [static(d, f"{node.op} input dim") for d in in_shape],
+            "out_shapes": [[static(d, f"{node.op} output dim") for d in s] for s in out_shapes],
+            "attrs": dict(attrs or {}),
+        })
 
     # -- buffers ---------------------------------------------------------------------
     def new_buffer(self, hint: str, dtype: str, size: Expr) -> Buffer:
@@ -124,14 +160,19 @@ class LoweringContext:
         if array.size == 1:
             scalar = array.reshape(-1)[0].item()
             literal = Const(bool(scalar) if dtype == "bool" else scalar, dtype)
-            if dtype in ("f32", "f64"):
+            if dtype in ("f32", "f64", "f16", "bf16"):
                 literal = Const(float(np.asarray(scalar, NUMPY_DTYPES[dtype])), dtype)
             elif dtype != "bool":
                 literal = Const(int(scalar), dtype)
             return TensorRef(shape, dtype, lambda idx: literal, const=array)
         holder: dict[str, Buffer] = {}
+        small_int = array.dtype.kind in "iu" and array.size <= 64
 
         def read(idx: Index) -> Expr:
+            consts = [i for i in idx if isinstance(i, Const)]
+            if small_int and len(consts) == len(idx):
+                # Shape-like constants fold where they are read.
+                return Const(int(array[tuple(int(i.value) for i in consts)]), dtype)
             if "buf" not in holder:
                 holder["buf"] = self.weight_buffer(array, dtype)
             return Load(holder["buf"], flat_index(idx, shape))

@@ -11,8 +11,10 @@ from irkit.ir import Graph, Node, TensorType, Value
 from irkit.kir import Const, Expr, Placement, Program, Stmt, Store, Var
 from irkit.kir.visit import substitute
 from irkit.lower import elementwise as ew
-from irkit.lower import image, indexing, nn, shape_ops
+from irkit.lower import image, indexing, linalg, nn, quant_ops, shape_ops
+from irkit.lower.attention import LOWERINGS as ATTENTION_LOWERINGS
 from irkit.lower.context import MAX_INLINE_COST, LoweringContext, Tiles
+from irkit.lower.fused import FUSED_HEAVY
 from irkit.lower.heavy import HEAVY, HeavyPlan
 from irkit.lower.planner import MemoryPlan, plan_workspace
 from irkit.lower.quantized import INT8_HEAVY
@@ -35,7 +37,8 @@ LOWERINGS: dict[str, LowerFn] = {
     **{op: ew.lower_unary for op in ew.UNARY},
     **{op: ew.lower_binary for op in ew.BINARY},
     "Pow": ew.lower_binary, "Sum": ew.lower_binary, "Mean": ew.lower_binary,
-    "Where": ew.lower_where, "Cast": ew.lower_cast, "Clip": ew.lower_clip,
+    "Where": ew.lower_where, "Cast": ew.lower_cast, "CastLike": ew.lower_castlike,
+    "Clip": ew.lower_clip,
     "PRelu": ew.lower_prelu, "BatchNormalization": ew.lower_batchnorm,
     "Softmax": nn.lower_softmax, "LogSoftmax": nn.lower_softmax,
     "LayerNormalization": nn.lower_layernorm,
@@ -48,11 +51,15 @@ LOWERINGS: dict[str, LowerFn] = {
     "Split": shape_ops.lower_split, "Concat": shape_ops.lower_concat,
     "Gather": shape_ops.lower_gather, "GatherND": shape_ops.lower_gather_nd,
     "Expand": shape_ops.lower_expand,
-    "Shape": shape_ops.lower_shape, "Constant": shape_ops.lower_constant,
+    "Shape": shape_ops.lower_shape, "Size": shape_ops.lower_size,
+    "Constant": shape_ops.lower_constant,
     "ConstantOfShape": shape_ops.lower_constant_of_shape, "Range": shape_ops.lower_range,
     **indexing.LOWERINGS, **image.LOWERINGS,
+    **ew.LOWERINGS, **nn.LOWERINGS, **quant_ops.LOWERINGS,
+    **ATTENTION_LOWERINGS,  # irkit.ScaledDotProductAttention
 }  # fmt: skip
 HEAVY = {**HEAVY, **SPARSE_AWARE, **INT8_HEAVY}  # sparse-aware MatMul/Gemm, irkit int8 ops
+HEAVY.update(FUSED_HEAVY)  # irkit.MatMulBiasAct with a GELU epilogue
 SUPPORTED_OPS = frozenset([*LOWERINGS, *HEAVY])
 FUSABLE = ew.ELEMENTWISE_OPS
 ACC = Var("__acc", "f32")
@@ -70,11 +77,18 @@ class LoweredModel:
     input_shapes: dict[str, list[list[int] | dict[str, int]]] = field(default_factory=dict)
     # ``{"size": polynomial, "why": text}``: must be >= 0 for the bound symbols.
     constraints: list[dict[str, object]] = field(default_factory=list)
+    guards: list[dict[str, object]] = field(default_factory=list)  # irkit.runtime.guards
+
+
+def lowers(op: str, domain: str) -> bool:
+    """Whether the lowering has a kernel for ``domain.op``."""
+    if domain == "irkit":
+        return op in INT8_HEAVY or op in FUSED_HEAVY or op in ATTENTION_LOWERINGS
+    return domain in ("", "ai.onnx") and op in SUPPORTED_OPS
 
 
 def unsupported_nodes(graph: Graph) -> list[Node]:
-    return [n for n in graph.nodes if (n.domain not in ("", "ai.onnx") or n.op not in
-            SUPPORTED_OPS) and not (n.domain == "irkit" and n.op in INT8_HEAVY)]
+    return [n for n in graph.nodes if not lowers(n.op, n.domain)]
 
 
 def graph_symbols(graph: Graph) -> dict[str, str]:
@@ -129,6 +143,7 @@ class GraphLowering:
         ctx = self.ctx
         for value in self.graph.inputs:
             shape = self.type_shape(value)
+            ctx.inputs.add(value.name)
             buf = ctx.io_buffer(value.name, self.dtype(value), product(shape))
             self.refs[value] = buffer_ref(buf, shape)
         for value in self.graph.constants.values():
@@ -153,11 +168,17 @@ class GraphLowering:
     def lower_node(self, node: Node) -> None:
         ins = self._input_refs(node)
         try:
-            if node.op in HEAVY:
+            generic = linalg.needs_generic(node, ins)  # f64/integer MatMul, Gemm
+            if node.op in HEAVY and not generic and not any(
+                    r is not None and r.dtype in ("f16", "bf16") for r in ins):
                 self.lower_heavy(node, HEAVY[node.op](self.ctx, node, ins))
                 return
             folded = ew.fold_constant(node, ins)
-            if folded is not None:
+            if generic:
+                outs = linalg.lower_matmul_generic(self.ctx, node, ins)
+            elif node.op in HEAVY:
+                outs = [self.lower_half_heavy(node, ins)]
+            elif folded is not None:
                 outs = [self.ctx.const_ref(a, self.dtype(o)) for a, o in zip(folded, node.outputs)]
             else:
                 outs = LOWERINGS[node.op](self.ctx, node, ins)
@@ -241,6 +262,26 @@ class GraphLowering:
         for value in [node.outputs[0], *(u.outputs[0] for u in chain)]:
             self.refs[value] = result
 
+    def lower_half_heavy(self, node: Node, ins: list[TensorRef | None]) -> TensorRef:
+        """A heavy op on f16/bf16 inputs: the f32 kernel on the inputs widened to f32 (so
+        it accumulates in f32, like numpy), its result rounded back when read."""
+        from irkit.kir import Cast
+
+        def widen(ref: TensorRef) -> TensorRef:
+            if ref.dtype not in ("f16", "bf16"):
+                return ref
+            if ref.const is not None:
+                return self.ctx.const_ref(np.asarray(ref.const, np.float32), "f32")
+            return TensorRef(ref.shape, "f32", lambda idx: Cast("f32", ref.read(idx)),
+                             cost=ref.cost + 1)
+
+        plan = HEAVY[node.op](self.ctx, node, [None if r is None else widen(r) for r in ins])
+        wide = self.ctx.new_buffer(node.op.lower(), "f32", product(plan.shape))
+        plan.emit(lambda idx, acc: Store(wide, flat_index(idx, plan.shape), acc))
+        dtype = self.dtype(node.outputs[0])
+        return TensorRef(plan.shape, dtype, lambda idx: Cast(dtype, buffer_ref(
+            wide, plan.shape).read(idx)), cost=1)
+
     # -- outputs and plan -----------------------------------------------------------
     def bind_output(self, value: Value) -> None:
         ref = self.refs[value]
@@ -280,7 +321,7 @@ class GraphLowering:
         constraints: list[dict[str, object]] = [
             {"size": to_json(to_poly(size)), "why": why} for size, why in ctx.constraints]
         return LoweredModel(program, plan, list(self.graph.inputs), list(self.graph.outputs),
-                            self.fused, shapes, in_shapes, constraints)
+                            self.fused, shapes, in_shapes, constraints, ctx.guards)
 
 
 def _dim_json(dim: Expr) -> list[int] | dict[str, int]:

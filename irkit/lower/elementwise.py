@@ -14,6 +14,7 @@ import numpy as np
 
 from irkit.ir import Node
 from irkit.kir import Binary, Call, Cast, Const, Expr, Select, Unary, simplify_expr
+from irkit.kir.nodes import FLOATS, ITEMSIZE, UNSIGNED
 from irkit.lower.context import LoweringContext, expr_cost
 from irkit.lower.tensor import (
     KIR_DTYPES,
@@ -29,9 +30,8 @@ UnaryFn = Callable[[Expr, Node], Expr]
 
 
 def _c(value: float, like: Expr) -> Const:
-    if like.dtype in ("f32", "f64"):
-        return Const(float(np.asarray(value, np.float32 if like.dtype == "f32" else np.float64)),
-                     like.dtype)
+    if like.dtype in FLOATS:
+        return Const(float(np.asarray(value, NUMPY_DTYPES[like.dtype])), like.dtype)
     return Const(int(value), like.dtype)
 
 
@@ -62,6 +62,13 @@ def _python_mod(a: Expr, b: Expr) -> Expr:
     return Select(fix, r + b, r)
 
 
+def _sign(x: Expr) -> Expr:
+    """-1, 0 or 1 (NaN stays NaN: it is neither above nor below zero)."""
+    zero = _c(0, x)
+    pos = Select(Binary("gt", x, zero), _c(1, x), x)
+    return pos if x.dtype in UNSIGNED else Select(Binary("lt", x, zero), _c(-1, x), pos)
+
+
 def _gelu(x: Expr, node: Node) -> Expr:
     half = _c(0.5, x)
     if node.attr("approximate", "none") == "tanh":
@@ -78,7 +85,7 @@ UNARY: dict[str, UnaryFn] = {
     "Log": lambda x, n: Call("log", (x,)),
     "Erf": lambda x, n: Call("erf", (x,)),
     "Sqrt": lambda x, n: Call("sqrt", (x,)),
-    "Abs": lambda x, n: Call("abs", (x,)) if x.dtype in ("f32", "f64") else Select(
+    "Abs": lambda x, n: Call("abs", (x,)) if x.dtype in FLOATS else Select(
         Binary("lt", x, _c(0, x)), -x, x),
     "Neg": lambda x, n: -x,
     "Floor": lambda x, n: Call("floor", (x,)),
@@ -103,6 +110,10 @@ UNARY: dict[str, UnaryFn] = {
     "Softsign": lambda x, n: x / (_c(1.0, x) + Call("abs", (x,))),
     "IsNaN": lambda x, n: Binary("ne", x, x),
     "IsInf": lambda x, n: _isinf(x, n),
+    **{op: (lambda fn: lambda x, n: Call(fn, (x,)))(op.lower()) for op in (
+        "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh")},
+    "Sign": lambda x, n: _sign(x),
+    "BitwiseNot": lambda x, n: Unary("not", x),
 }
 BOOL_RESULT = frozenset(["IsNaN", "IsInf"])
 
@@ -110,11 +121,14 @@ BINARY = {
     "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min",
     "Equal": "eq", "Less": "lt", "Greater": "gt", "LessOrEqual": "le",
     "GreaterOrEqual": "ge", "And": "and", "Or": "or", "Mod": "mod",
+    "BitwiseAnd": "and", "BitwiseOr": "or",
 }  # fmt: skip
+# Built from several kernel-IR operations: lower_bitwise.
+BITWISE = ("Xor", "BitwiseXor", "BitShift")
 
 ELEMENTWISE_OPS = frozenset(
-    [*UNARY, *BINARY, "Pow", "Where", "Cast", "Clip", "BatchNormalization", "PRelu", "Sum",
-     "Mean"]
+    [*UNARY, *BINARY, *BITWISE, "Pow", "Where", "Cast", "Clip", "BatchNormalization", "PRelu",
+     "Sum", "Mean"]
 )
 
 
@@ -138,12 +152,12 @@ def _pow(base: Expr, exponent: TensorRef, idx_e: Expr) -> Expr:
         e = float(exponent.const.reshape(-1)[0])
         table = {1.0: lambda b: b, 2.0: lambda b: b * b, 3.0: lambda b: b * b * b,
                  0.5: lambda b: Call("sqrt", (b,)), -1.0: lambda b: _c(1.0, b) / b}
-        if e in table and (base.dtype in ("f32", "f64") or e in (1.0, 2.0, 3.0)):
+        if e in table and (base.dtype in FLOATS or e in (1.0, 2.0, 3.0)):
             return table[e](base)
-    if base.dtype not in ("f32", "f64"):
+    if base.dtype not in FLOATS:
         # Integer powers through f64 (exact for the magnitudes integer tensors hold).
         wide = Call("pow", (Cast("f64", base), Cast("f64", idx_e)))
-        return Cast(base.dtype, Call("round", (wide,)) if idx_e.dtype not in ("f32", "f64")
+        return Cast(base.dtype, Call("round", (wide,)) if idx_e.dtype not in FLOATS
                     else wide)
     if idx_e.dtype != base.dtype:
         idx_e = Cast(base.dtype, idx_e)
@@ -179,6 +193,69 @@ def lower_binary(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     return [inline(shape, dtype, lambda idx: Binary(op, reads[0](idx), reads[1](idx)), refs)]
 
 
+def _xor(a: Expr, b: Expr) -> Expr:
+    if a.dtype == "bool":
+        return Binary("ne", a, b)
+    return Binary("and", Binary("or", a, b), Unary("not", Binary("and", a, b)))
+
+
+def _shift(x: Expr, y: Expr, left: bool) -> Expr:
+    """ONNX BitShift: a shift by a negative amount or by the width or more gives what
+    the sign fill alone gives (-1 for a right shift of a negative signed x, else 0)."""
+    zero = _c(0, x)
+    ok = Binary("lt", y, _c(8 * ITEMSIZE[x.dtype], y))
+    if y.dtype not in UNSIGNED:
+        ok = Binary("and", Binary("ge", y, _c(0, y)), ok)
+    shifted = Call("shl" if left else "shr", (x, Select(ok, y, _c(0, y))))
+    fill: Expr = zero
+    if not left and x.dtype not in UNSIGNED:
+        fill = Select(Binary("lt", x, zero), _c(-1, x), zero)
+    return Select(ok, shifted, fill)
+
+
+def lower_bitwise(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                  ) -> list[TensorRef]:
+    """Xor (bool), BitwiseXor and BitShift (integers), with broadcasting."""
+    a, b = ins[0], ins[1]
+    assert a is not None and b is not None
+    if a.dtype in FLOATS or (node.op == "BitShift" and a.dtype == "bool"):
+        raise LoweringError(f"{node.op} on {a.dtype} is not supported")
+    shape = broadcast_shape([a.shape, b.shape])
+    ra, rb = broadcast_read(a, len(shape)), broadcast_read(b, len(shape))
+    if node.op == "BitShift":
+        direction = node.attr("direction", "")
+        direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+        if direction not in ("LEFT", "RIGHT"):
+            raise LoweringError(f"BitShift direction {direction!r} is not LEFT or RIGHT")
+        left = direction == "LEFT"
+        return [inline(shape, a.dtype, lambda idx: _shift(ra(idx), rb(idx), left), [a, b])]
+    return [inline(shape, a.dtype, lambda idx: _xor(ra(idx), rb(idx)), [a, b])]
+
+
+def lower_dropout(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                  ) -> list[TensorRef]:
+    """Dropout at inference: the output is the input and the mask is all true. Training
+    with a nonzero ratio draws a random mask, which is not supported."""
+    x = ins[0]
+    assert x is not None
+    ratio = ins[1] if len(ins) > 1 else None
+    training = ins[2] if len(ins) > 2 else None
+    if training is not None:
+        if training.const is None:
+            raise LoweringError("Dropout with a run-time training_mode is not supported "
+                                "(training draws a random mask)")
+        zero_ratio = ratio is not None and ratio.const is not None and not np.any(ratio.const)
+        if bool(np.asarray(training.const).reshape(-1)[0]) and not zero_ratio:
+            raise LoweringError("Dropout in training mode with a nonzero ratio is not "
+                                "supported (it draws a random mask)")
+    if node.attr("is_test", 1) == 0:
+        raise LoweringError("Dropout with is_test=0 (training) is not supported")
+    outs = [x]
+    if len(node.outputs) > 1:
+        outs.append(TensorRef(x.shape, "bool", lambda idx: Const(True, "bool")))
+    return outs
+
+
 def lower_where(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                 ) -> list[TensorRef]:
     refs = [r for r in ins if r is not None]
@@ -197,6 +274,17 @@ def lower_cast(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) ->
         raise LoweringError(f"Cast to {DType(node.attr('to')).name} is not supported")
     if x.const is not None:
         return [ctx.const_ref(np.asarray(x.const).astype(NUMPY_DTYPES[to]), to)]
+    return [inline(x.shape, to, lambda idx: Cast(to, x.read(idx)), [x])]
+
+
+def lower_castlike(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+                   ) -> list[TensorRef]:
+    """CastLike: Cast to the element type of the second input (its values are unused)."""
+    x, like = ins[0], ins[1]
+    assert x is not None and like is not None
+    if x.const is not None:
+        return [ctx.const_ref(np.asarray(x.const).astype(NUMPY_DTYPES[like.dtype]), like.dtype)]
+    to = like.dtype
     return [inline(x.shape, to, lambda idx: Cast(to, x.read(idx)), [x])]
 
 
@@ -235,14 +323,31 @@ def lower_prelu(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
 
 def lower_batchnorm(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                     ) -> list[TensorRef]:
-    """Inference BatchNormalization as ``x * a[c] + b[c]`` with a, b folded at compile time."""
+    """Inference BatchNormalization as ``x * a[c] + b[c]`` with a, b folded at compile time
+    (constant parameters), else ``(x - mean[c]) / sqrt(var[c] + eps) * scale[c] + bias[c]``.
+    Training mode (batch statistics) is :func:`irkit.lower.nn.lower_batchnorm_training`."""
     x, scale, bias, mean, var = ins[:5]
-    assert x is not None
-    consts = [r.const if r is not None else None for r in (scale, bias, mean, var)]
-    if any(c is None for c in consts):
-        raise LoweringError("BatchNormalization needs constant scale, bias, mean and var")
+    assert x is not None and scale is not None and bias is not None
+    assert mean is not None and var is not None
+    if node.attr("training_mode", 0):
+        from irkit.lower.nn import lower_batchnorm_training
+
+        return lower_batchnorm_training(ctx, node, ins)
+    consts = [r.const for r in (scale, bias, mean, var)]
+    eps = float(node.attr("epsilon", 1e-5))
+    if any(c is None for c in consts) or x.dtype not in ("f32", "f64"):
+        def channel(ref: TensorRef, idx: Index) -> Expr:
+            v = ref.read((idx[1] if x.rank > 1 else Const(0),))
+            return v if v.dtype == x.dtype else Cast(x.dtype, v)
+
+        def read(idx: Index) -> Expr:
+            norm = (x.read(idx) - channel(mean, idx)) / Call(
+                "sqrt", (channel(var, idx) + _c(eps, Const(0.0, x.dtype)),))
+            return norm * channel(scale, idx) + channel(bias, idx)
+
+        return [inline(x.shape, x.dtype, read, [x, scale, bias, mean, var])]
     s, b, m, v = (np.asarray(c, np.float64) for c in consts)  # type: ignore[arg-type]
-    a = s / np.sqrt(v + float(node.attr("epsilon", 1e-5)))
+    a = s / np.sqrt(v + eps)
     shift = b - m * a
     trailing = (1,) * (x.rank - 2)
     a_ref = ctx.const_ref(a.astype(np.float32).reshape(-1, *trailing), x.dtype)
@@ -254,7 +359,8 @@ def lower_batchnorm(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
 def fold_constant(node: Node, ins: Sequence[TensorRef | None]) -> list[np.ndarray] | None:
     """Evaluate an elementwise node at compile time when every input is constant."""
     if not all(r is None or r.const is not None for r in ins) or node.op not in (
-        *BINARY, "Neg", "Identity", "Cast", "Where", "Not", "Sqrt", "Pow"
+        *BINARY, "Neg", "Identity", "Cast", "Where", "Not", "Sqrt", "Pow", "Xor", "BitwiseXor",
+        "BitwiseNot"
     ):
         return None
     arrays: list[Any] = [None if r is None else r.const for r in ins]
@@ -263,13 +369,17 @@ def fold_constant(node: Node, ins: Sequence[TensorRef | None]) -> list[np.ndarra
         "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum,
         "Min": np.minimum, "Equal": np.equal, "Less": np.less, "Greater": np.greater,
         "LessOrEqual": np.less_equal, "GreaterOrEqual": np.greater_equal,
-        "And": np.logical_and, "Or": np.logical_or, "Pow": np.power,
+        "And": np.logical_and, "Or": np.logical_or, "Pow": np.power, "Xor": np.logical_xor,
+        "BitwiseAnd": np.bitwise_and, "BitwiseOr": np.bitwise_or, "BitwiseXor": np.bitwise_xor,
     }  # fmt: skip
     if node.op in ops and len(arrays) == 2:
         out = ops[node.op](a, arrays[1])
         if node.op in ("Add", "Sub", "Mul", "Max", "Min", "Pow"):
             out = out.astype(np.asarray(a).dtype)
         return [np.asarray(out)]
+    if node.op == "Mod":
+        mod = np.fmod if node.attr("fmod", 0) else np.mod
+        return [np.asarray(mod(a, arrays[1])).astype(np.asarray(a).dtype)]
     if node.op == "Div":
         b = arrays[1]
         if np.asarray(a).dtype.kind in "iu":
@@ -281,6 +391,8 @@ def fold_constant(node: Node, ins: Sequence[TensorRef | None]) -> list[np.ndarra
         return [np.negative(a)]
     if node.op == "Not":
         return [np.logical_not(a)]
+    if node.op == "BitwiseNot":
+        return [np.invert(a)]
     if node.op == "Sqrt":
         return [np.sqrt(a)]
     if node.op == "Identity":
@@ -290,3 +402,8 @@ def fold_constant(node: Node, ins: Sequence[TensorRef | None]) -> list[np.ndarra
 
 def simplified(expr: Expr) -> Expr:
     return simplify_expr(expr)
+
+
+# Ops lowered here that the driver's table does not list one by one.
+LOWERINGS = {"Xor": lower_bitwise, "BitwiseXor": lower_bitwise, "BitShift": lower_bitwise,
+             "Dropout": lower_dropout}

@@ -196,9 +196,10 @@ def _matmul_vector_operand(ctx: LoweringContext, node: Node, a: TensorRef, b: Te
     return HeavyPlan(shape, emit)
 
 
-def conv_geometry(node: Node, x: TensorRef, w: np.ndarray) -> dict[str, list[int]]:
+def conv_geometry(node: Node, x: TensorRef, w: np.ndarray, any_rank: bool = False
+                  ) -> dict[str, list[int]]:
     spatial = x.rank - 2
-    if spatial != 2:
+    if spatial != 2 and not any_rank:
         raise LoweringError(f"Conv over {spatial} spatial dims is not supported (2-D only)")
     in_hw = [static(d, "Conv spatial dim") for d in x.shape[2:]]
     kernel = list(node.attr("kernel_shape", None) or w.shape[2:])
@@ -222,13 +223,18 @@ def conv_geometry(node: Node, x: TensorRef, w: np.ndarray) -> dict[str, list[int
     return {"in": in_hw, "k": kernel, "s": strides, "d": dil, "p": pads, "out": out_hw}
 
 
-def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> HeavyPlan:
-    """Conv as ``out[n, co, p] = W[co, ck] @ im2col(x)[ck, p]``; the im2col is B's packing."""
+def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
+              tile_store: Callable[[Expr, Expr, int, Expr, Buffer], Stmt] | None = None
+              ) -> HeavyPlan:
+    """Conv as ``out[n, co, p] = W[co, ck] @ im2col(x)[ck, p]``; the im2col is B's packing.
+    ``tile_store`` replaces the epilogue's per-element stores (see GemmSpec.tile_store)."""
     x, w_ref = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
     assert x is not None and w_ref is not None
-    if w_ref.const is None:
-        raise LoweringError("Conv needs constant weights")
+    if w_ref.const is None or x.rank != 4:
+        from irkit.lower.windows import plan_direct_conv
+
+        return HeavyPlan(*plan_direct_conv(ctx, node, ins))  # weights known at run time, 1-D, 3-D
     if x.dtype != "f32":
         raise LoweringError("Conv supports f32 only")
     w = np.asarray(w_ref.const, np.float32)
@@ -365,7 +371,7 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> 
         spec = GemmSpec(batch=batch, rows=Const(cout_g), depth=depth, cols=spatial,
                         a_buf=w_buf, a_offset=lambda bi: (bi % groups) * (cout_g * depth),
                         lda=depth, store=store, pack_panel=pack_rows if rowwise else pack,
-                        prologue=prologue if padded else None)
+                        prologue=prologue if padded else None, tile_store=tile_store)
         emit_gemm(ctx, spec, "conv", tiles)
 
     return HeavyPlan(out_shape, emit)

@@ -15,6 +15,7 @@ import numpy as np
 from irkit.ir import Node
 from irkit.kir import Binary, Cast, Const, Expr, Select, simplify_expr
 from irkit.lower.context import LoweringContext
+from irkit.lower.runtime_sizes import guarded_shape, runtime_range, runtime_slice
 from irkit.lower.symbolic import exact_div, is_poly, to_expr, to_poly
 from irkit.lower.tensor import (
     Index,
@@ -148,6 +149,9 @@ def lower_reshape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         return [reshape_ref(x, shape)]
     if node.op in ("Squeeze", "Unsqueeze"):
         axes = node.attr("axes", None)
+        if axes is None and len(ins) > 1 and ins[1] is not None and ins[1].const is None:
+            (declared,) = guarded_shape(ctx, node, node.op.lower(), x, {"axes": ins[1]})
+            return [_reshape_declared(x, declared, node)]
         if axes is None:
             axes = _int_list(ins[1] if len(ins) > 1 else None, f"{node.op} axes")
         if node.op == "Squeeze":
@@ -163,8 +167,13 @@ def lower_reshape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         return [reshape_ref(x, shape)]
     target = ins[1]
     assert target is not None
-    values = _shape_values(target)
     allowzero = int(node.attr("allowzero", 0))
+    try:
+        values = _shape_values(target)
+    except LoweringError:
+        (declared,) = guarded_shape(ctx, node, "reshape", x, {"shape": target},
+                                    {"allowzero": allowzero})
+        return [_reshape_declared(x, declared, node)]
     shape = []
     for k, v in enumerate(values):
         if isinstance(v, Const) and v.value == 0 and not allowzero:
@@ -180,6 +189,14 @@ def lower_reshape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
             raise LoweringError(f"cannot infer the -1 of Reshape {values} for {total} elements")
         shape[unknown[0]] = to_expr(quotient)
     return [reshape_ref(x, shape)]
+
+
+def _reshape_declared(x: TensorRef, shape: Sequence[Expr], node: Node) -> TensorRef:
+    """``x`` viewed with a declared shape of the same element count."""
+    if to_poly(product(x.shape)) != to_poly(product(shape)):
+        raise LoweringError(f"{node.op}: declared output {[str(d) for d in shape]} does not "
+                            f"hold the input's elements")
+    return reshape_ref(x, shape)
 
 
 def lower_transpose(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
@@ -211,6 +228,9 @@ def lower_slice(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                 ) -> list[TensorRef]:
     x = ins[0]
     assert x is not None
+    dynamic = runtime_slice(ctx, node, x, ins)
+    if dynamic is not None:
+        return [dynamic]
     starts = _bound_list(ins[1], "Slice starts")
     ends = _bound_list(ins[2], "Slice ends")
     axes = _int_list(ins[3] if len(ins) > 3 else None, "Slice axes") or list(range(len(starts)))
@@ -261,8 +281,16 @@ def lower_split(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     assert x is not None
     axis = int(node.attr("axis", 0)) % x.rank
     dim = static(x.shape[axis], "Split axis")
-    sizes = node.attr("split", None) or _int_list(ins[1] if len(ins) > 1 else None, "split")
     count = len(node.outputs)
+    runtime = len(ins) > 1 and ins[1] is not None and ins[1].const is None
+    sizes: list[int] | None
+    if runtime and node.attr("split", None) is None:
+        shapes = guarded_shape(ctx, node, "split", x, {"split": ins[1]}, {"axis": axis},
+                               outputs=count)
+        sizes = [static(sh[axis]) for sh in shapes]
+    else:
+        sizes = node.attr("split", None) or _int_list(ins[1] if len(ins) > 1 else None,
+                                                      "split")
     if not sizes:
         chunk = -(-dim // count)
         sizes = [min(chunk, dim - k * chunk) for k in range(count)]
@@ -372,7 +400,11 @@ def lower_expand(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                  ) -> list[TensorRef]:
     x, target = ins[0], ins[1]
     assert x is not None and target is not None
-    dims = _shape_values(target)
+    try:
+        dims = _shape_values(target)
+    except LoweringError:
+        (declared,) = guarded_shape(ctx, node, "expand", x, {"shape": target})
+        dims = list(declared)
     shape = broadcast_shape([x.shape, tuple(dims)])
     reader = broadcast_read(x, len(shape))
     return [TensorRef(shape, x.dtype, reader, cost=x.cost)]
@@ -397,6 +429,17 @@ def lower_shape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     return [TensorRef((Const(len(dims)),), "i64", read)]
 
 
+def lower_size(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+               ) -> list[TensorRef]:
+    """Size: the element count as an int64 scalar, a polynomial in the symbolic dims."""
+    x = ins[0]
+    assert x is not None
+    count = simplify_expr(product(x.shape))
+    if isinstance(count, Const):
+        return [ctx.const_ref(np.array(static(count), np.int64), "i64")]
+    return [TensorRef((), "i64", lambda idx: count)]
+
+
 def lower_constant(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                    ) -> list[TensorRef]:
     from irkit.ir import DType
@@ -417,7 +460,11 @@ def lower_constant(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
 
 def lower_constant_of_shape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                             ) -> list[TensorRef]:
-    dims = _int_list(ins[0], "ConstantOfShape shape") or []
+    if ins[0] is not None and ins[0].const is None:
+        (shape,) = guarded_shape(ctx, node, "constant_of_shape", ins[0], {"shape": ins[0]})
+        dims = [static(d) for d in shape]
+    else:
+        dims = _int_list(ins[0], "ConstantOfShape shape") or []
     value = node.attr("value", None)
     arr = np.asarray(value if value is not None else np.zeros(1, np.float32)).reshape(-1)
     from irkit.ir import DType
@@ -432,7 +479,8 @@ def lower_range(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     vals = [np.asarray(r.const).reshape(-1)[0] for r in ins if r is not None and
             r.const is not None]
     if len(vals) != 3:
-        return [_symbolic_range(ins)]
+        dynamic = runtime_range(ctx, node, ins)
+        return [dynamic if dynamic is not None else _symbolic_range(ins)]
     arr = np.arange(vals[0], vals[1], vals[2]).astype(np.asarray(vals[0]).dtype)
     assert ins[0] is not None
     return [ctx.const_ref(arr, ins[0].dtype)]

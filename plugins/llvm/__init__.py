@@ -103,12 +103,16 @@ class LlvmBackend:
     def compile(self, graph: Any, **options: Any) -> Artifact:
         """Lower, translate and emit ``graph``; see the module docstring for options."""
         from irkit.lower import LoweringError, unsupported_nodes
-        from irkit.lower.driver import graph_symbols
+        from irkit.lower.driver import graph_symbols, lowers
+        from irkit.lower.expand import expand_functions
         from irkit.lower.fused import decompose_fused_ops
+        from irkit.lower.unroll import unroll_control_flow
         from irkit.plugins.llvm.emit import host_target
 
         opts = self._resolve(options)
         graph = decompose_fused_ops(graph)  # irkit fused ops -> ops the GEMM epilogues fuse
+        graph = expand_functions(graph, lowers)  # ONNX function bodies for ops without lowering
+        graph = unroll_control_flow(graph, lowers)  # If/Loop/Scan/RNN/GRU/LSTM unrolled
         start = time.perf_counter()
         target = host_target()
         missing = unsupported_nodes(graph)
@@ -202,6 +206,7 @@ def _compile_program(graph: Any, opts: dict[str, Any], prefix: str
         "input_shapes": lowered.input_shapes,
         "output_shapes": lowered.output_shapes,
         "constraints": lowered.constraints,
+        "guards": lowered.guards,
         "output_dtypes": {v.name: np.dtype(v.type.dtype.numpy).name for v in graph.outputs},
         "memory_plan": lowered.plan.report(),
         "fused": lowered.fused,

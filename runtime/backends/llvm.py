@@ -10,7 +10,8 @@ Artifact layout (``entry``)::
      "workspace_terms": {"N*N1": 98304},                 # further workspace bytes
      "input_shapes": {"x": [[1, 0], {"N1": 1}, [0, 64]]},  # a*N + b, or polynomials
      "output_shapes": {"y": [[1, 0], [0, 10]]},
-     "constraints": [{"size": {"": 512, "N1": -1}, "why": "..."}], ...}  # each >= 0
+     "constraints": [{"size": {"": 512, "N1": -1}, "why": "..."}],  # each >= 0
+     "guards": [{"op": "reduce", "inputs": {"axes": "axes"}, ...}], ...}  # runtime.guards
 
 or, with per-node ORT fallback, ``{"segments": [{"kind": "llvm", <the keys above>,
 "inputs": [...], "outputs": [...]}, {"kind": "ort", "model": "seg1.onnx", ...}]}``.
@@ -40,6 +41,8 @@ from typing import Any
 import numpy as np
 
 from irkit.runtime.artifact import ArtifactError, Manifest, read_verified
+from irkit.runtime.guards import check_guards, validate_guards
+from irkit.runtime.signature import parse_dtype
 
 _KERNEL_TYPE = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -85,6 +88,12 @@ def _aligned_empty(nbytes: int, alignment: int = 64) -> np.ndarray:
     raw = np.empty(nbytes + alignment, dtype=np.uint8)
     shift = (-raw.ctypes.data) % alignment
     return raw[shift : shift + nbytes]
+
+
+# Zero-size inputs point into the middle of this zeroed block: no kernel should read
+# them, and one that did would read zeros instead of a neighbouring allocation.
+_EMPTY_GUARD = np.zeros(1024, np.uint8)
+_EMPTY_GUARD_ADDRESS = int(_EMPTY_GUARD.ctypes.data) + 512
 
 
 def _address(array: np.ndarray) -> int:
@@ -133,6 +142,7 @@ class LlvmRunner:
         # Sizes that must be >= 0 for the code to stay in bounds (polynomial, reason).
         self._constraints = [(_poly(c["size"]), str(c["why"]))
                              for c in entry.get("constraints", [])]
+        self._guards = validate_guards(entry.get("guards", []))
         self._workspace_size = {("N",): n_bytes, (): c_bytes,
                                 **_poly(entry.get("workspace_terms", {}))}
         self._weights = _aligned_empty(max(len(weights), 1))
@@ -187,6 +197,8 @@ class LlvmRunner:
         return found
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._guards:  # size-setting input values, before any native code
+            check_guards(self._guards, inputs)
         dims = self._dims
         if len(self._sources) == 1:  # the common batch-only model: no loop on the hot path
             name, axis, a, b = self._sources[0]
@@ -200,7 +212,8 @@ class LlvmRunner:
                 dims[i] = value
         io = self._io
         for slot, name in self._in_slots:
-            io[slot] = _address(inputs[name])
+            array = inputs[name]
+            io[slot] = _address(array) if array.size else _EMPTY_GUARD_ADDRESS
         shapes, workspace_bytes = self._bindings.get(key) or self._bind(key)
         outputs: dict[str, np.ndarray] = {}
         for (slot, name, dtype), shape in zip(self._out_slots, shapes):
@@ -351,7 +364,7 @@ def load(artifact_dir: Path, manifest: Manifest, **overrides: Any) -> LlvmRunner
                 raise ArtifactError(f"{where}: the ORT fallback segments need onnxruntime: "
                                     f"{exc}") from exc
         else:
-            dtypes = {name: np.dtype(dt) for name, dt in segment["output_dtypes"].items()}
+            dtypes = {name: parse_dtype(dt) for name, dt in segment["output_dtypes"].items()}
             segments.append((names, _program_runner(artifact_dir, manifest, segment, threads,
                                                     dtypes)))
     return SegmentedRunner(segments, outputs)

@@ -362,3 +362,20 @@ def test_outer_name_reused_inside_a_branch_gets_one_suffix() -> None:
         feeds = {"c": np.array(cond), "x": x}
         np.testing.assert_allclose(irkit.evaluate(g, feeds)["out"], run_ort(model, feeds)[0],
                                    atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_legacy_hardmax_keeps_its_2d_meaning(axis: int) -> None:
+    """Opset-11 Hardmax flattens at ``axis`` (ONNX Runtime agrees); the version converter
+    alone would turn it into an opset-13 Hardmax along one axis."""
+    ort = pytest.importorskip("onnxruntime")
+    graph = helper.make_graph(
+        [helper.make_node("Hardmax", ["x"], ["y"], axis=axis)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    x = np.random.default_rng(axis).standard_normal((2, 3, 4)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    got = irkit.evaluate(irkit.load_model(model), {"x": x})
+    np.testing.assert_array_equal(got["y"] if isinstance(got, dict) else got[0], want)

@@ -1,65 +1,46 @@
-"""The ONNX backend node test cases (from the onnx wheel's definitions) whose ops the llvm
-backend lowers: each either compiles and matches the expected outputs (fp32 rtol 1e-4,
-atol 1e-5) or is refused at compile time with a clean error (run-time shape inputs,
-dtypes or ranks outside the supported set). Wrong answers and crashes fail the test."""
+"""All 1,884 ONNX backend node cases through the llvm backend, with each case's own
+tolerance (irkit.conformance): issue #4's targets — >= 60% of all cases pass and >= 95% of
+the cases the backend claims (compiles) — plus no wrong answer beyond the known ones and a
+floor on the passing count, so coverage cannot quietly shrink."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx")
 pytest.importorskip("llvmlite")
 
-import irkit  # noqa: E402
-import irkit.runtime  # noqa: E402
-from irkit.errors import IrkitError  # noqa: E402
-from irkit.lower import SUPPORTED_OPS  # noqa: E402
+from irkit.conformance import Outcome, run_conformance
 
 # Known wrong answers, each with the reason.
 KNOWN_WRONG = {
-    # ceil_mode windows that start inside the end padding are dropped by ONNX; the
-    # pool lowering counts them.
-    "test_averagepool_2d_ceil_last_window_starts_on_pad",
+    # The expected values carry float32 FFT rounding noise (1.9e-7 where the exact answer
+    # is 0) above the case's atol of 1e-7; the kernel sums in f64 and gets 3e-15.
+    "test_dft_inverse",
+    "test_dft_inverse_opset19",
 }
-MIN_PASSING = 355  # measured: 364 of the 743 cases whose ops are all supported
+MIN_PASSING = 1485  # measured: 1,494 of 1,884 (79.3%) on 2026-11-30
 
 
+@pytest.mark.slow
 @pytest.mark.conformance
-def test_onnx_node_cases(tmp_path: Path) -> None:
-    from onnx.backend.test.case.node import collect_testcases
-
-    passed, refused, wrong = [], [], []
-    for case in collect_testcases():
-        model = case.model
-        if not {n.op_type for n in model.graph.node} <= SUPPORTED_OPS:
-            continue
-        if any(n.domain not in ("", "ai.onnx") for n in model.graph.node):
-            continue
-        try:
-            graph = irkit.load_model(model)
-            artifact = irkit.compile(graph, target="llvm")
-        except IrkitError:
-            refused.append(case.name)
-            continue
-        compiled = irkit.runtime.load(artifact.save(tmp_path / case.name), threads=1)
-        try:
-            for inputs, outputs in case.data_sets:
-                feeds = {vi.name: np.asarray(x) for vi, x in zip(model.graph.input, inputs)}
-                try:
-                    got = compiled(**feeds)
-                except (ValueError, TypeError):
-                    refused.append(case.name)  # e.g. object arrays the runtime won't cast
-                    break
-                for vi, want in zip(model.graph.output, outputs):
-                    np.testing.assert_allclose(got[vi.name], want, rtol=1e-4, atol=1e-5)
-            else:
-                passed.append(case.name)
-        except AssertionError:
-            wrong.append(case.name)
-        finally:
-            compiled.close()
-    assert set(wrong) <= KNOWN_WRONG, sorted(set(wrong) - KNOWN_WRONG)
-    assert len(passed) >= MIN_PASSING, (len(passed), len(refused))
+def test_llvm_conformance_targets(tmp_path: Path) -> None:
+    report = run_conformance("llvm", progress=False)
+    data = report.to_dict()
+    (tmp_path / "llvm_conformance.json").write_text(json.dumps(data))
+    by_outcome: dict[str, list[str]] = {}
+    for case in data["cases"]:
+        by_outcome.setdefault(case["outcome"], []).append(case["name"])
+        if case["outcome"] != Outcome.PASSED.value:
+            assert case["reason"], case["name"]
+    passed = len(by_outcome.get(Outcome.PASSED.value, []))
+    wrong = set(by_outcome.get(Outcome.FAILED.value, []))
+    assert data["total"] == 1884
+    assert wrong <= KNOWN_WRONG, report.format(show_ops=False)
+    assert not by_outcome.get(Outcome.TIMEOUT.value), by_outcome[Outcome.TIMEOUT.value]
+    assert passed / data["total"] >= 0.60
+    assert passed / (passed + len(wrong)) >= 0.95
+    assert passed >= MIN_PASSING, (passed, report.format(show_ops=False, show_failures=False))
