@@ -172,7 +172,14 @@ def _python_sequence_to_array(name: str, value: Any, spec: TensorSpec) -> np.nda
         return array
     ok = False
     if got.kind == "f" and want.kind == "f" and array.dtype == np.float64:
-        ok = True  # Python floats have no precision of their own
+        # Python floats have no precision of their own, but must fit the model's type.
+        with np.errstate(all="ignore"):
+            converted = array.astype(want)
+        if not np.array_equal(np.isfinite(converted), np.isfinite(array)):
+            raise InputTypeError(
+                f"input {name!r}: values outside the range of {dtype_name(want)} "
+                f"(largest finite: {float(np.finfo(want).max):g}); convert or scale them")
+        return converted
     elif got.kind in "iu" and want.kind in "iuf" and array.dtype == np.int64:
         with np.errstate(all="ignore"):
             converted = array.astype(want)

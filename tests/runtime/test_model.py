@@ -241,3 +241,15 @@ def test_closed_model_refuses_to_run(saved_mlp: Path) -> None:
         assert model(**batch(1))["y"].shape == (1, 3)
     with pytest.raises(ArtifactError, match="is closed"):
         model(**batch(1))
+
+
+def test_python_floats_out_of_range_for_float16_are_rejected() -> None:
+    """Python floats are converted to the model's float type only when they fit."""
+    from irkit.runtime.signature import InputTypeError, TensorSpec, validate_inputs
+
+    spec = TensorSpec("x", np.dtype(np.float16), (2,))
+    assert validate_inputs({"x": [1.5, 2.0]}, [spec])[0]["x"].dtype == np.float16
+    got = validate_inputs({"x": [float("inf"), float("nan")]}, [spec])[0]["x"]
+    assert np.isinf(got[0]) and np.isnan(got[1])  # non-finite values stay as they are
+    with pytest.raises(InputTypeError, match=r"input 'x': values outside the range of float16"):
+        validate_inputs({"x": [1e6, 2.0]}, [spec])
