@@ -70,8 +70,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.utils import floatToGoString
 
 from irkit.runtime.options import Option
 
@@ -220,6 +222,67 @@ _LATENCY_BUCKETS = (
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 
 
+class FastHistogram:
+    """A Prometheus histogram whose ``observe`` is one list append.
+
+    ``prometheus_client``'s ``Histogram.observe`` takes a lock and searches the buckets
+    on every call, about 0.5 µs; a request records two of them, on a path that costs tens
+    of µs in all. Here observations queue up and are folded into the bucket counts with one
+    vectorized search when the registry is collected (or the queue grows long). Appends
+    and the fold never lose an observation: the fold consumes only the prefix it read.
+    """
+
+    FOLD_AT = 1 << 16
+
+    def __init__(self, name: str, doc: str, buckets: Sequence[float],
+                 labels: dict[str, str]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # the last is +Inf
+        self._sum = 0.0
+        self._pending: list[float] = []
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        pending = self._pending
+        pending.append(value)
+        if len(pending) >= self.FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        with self._lock:
+            pending = self._pending
+            n = len(pending)
+            if not n:
+                return
+            values = np.asarray(pending[:n], dtype=np.float64)
+            del pending[:n]  # appends made meanwhile stay queued
+            # Prometheus buckets are ``value <= le``.
+            self._counts += np.bincount(np.searchsorted(self._bounds, values, side="left"),
+                                        minlength=len(self._counts))
+            self._sum += float(values.sum())
+
+    def family(self) -> HistogramMetricFamily:
+        self.fold()
+        family = HistogramMetricFamily(self.name, self.doc, labels=list(self.labels))
+        cumulative = np.cumsum(self._counts)
+        bounds = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
+        family.add_metric(list(self.labels.values()),
+                          [(b, float(c)) for b, c in zip(bounds, cumulative)], self._sum)
+        return family
+
+
+class _FastHistograms:
+    """A collector exposing :class:`FastHistogram` instances in a registry."""
+
+    def __init__(self, histograms: Sequence[FastHistogram]) -> None:
+        self.histograms = list(histograms)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        for histogram in self.histograms:
+            yield histogram.family()
+
+
 class AdapterMetrics:
     """Prometheus metrics of one adapter instance, in a registry of its own."""
 
@@ -231,32 +294,23 @@ class AdapterMetrics:
         self._requests = Counter(
             "irkit_requests", "Requests by outcome.", (*labels, "outcome"), registry=self.registry
         )
-        self._latency = Histogram(
-            "irkit_request_latency_seconds", "End-to-end request latency.", labels,
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self._queue = Histogram(
-            "irkit_queue_time_seconds", "Time from enqueue to batch start.", labels,
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self._batch = Histogram(
-            "irkit_batch_size", "Rows per model call.", labels,
-            buckets=_BATCH_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self._inference = Histogram(
-            "irkit_inference_seconds", "Duration of one model call.", labels,
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+        key = {"adapter": adapter, "model": model}
+        self.latency = FastHistogram("irkit_request_latency_seconds",
+                                     "End-to-end request latency.", _LATENCY_BUCKETS, key)
+        self.queue_time = FastHistogram("irkit_queue_time_seconds",
+                                        "Time from enqueue to batch start.", _LATENCY_BUCKETS,
+                                        key)
+        self.batch_size = FastHistogram("irkit_batch_size", "Rows per model call.",
+                                        _BATCH_BUCKETS, key)
+        self.inference_time = FastHistogram("irkit_inference_seconds",
+                                            "Duration of one model call.", _LATENCY_BUCKETS, key)
+        self.registry.register(_FastHistograms(  # type: ignore[arg-type]
+            [self.latency, self.queue_time, self.batch_size, self.inference_time]))
         self._rows = Counter(
             "irkit_rows", "Rows run through the model.", labels, registry=self.registry
         )
         # Bind the label sets once: .labels() costs a dict lookup + lock per call.
-        key = (adapter, model)
-        self.latency = self._latency.labels(*key)
-        self.queue_time = self._queue.labels(*key)
-        self.batch_size = self._batch.labels(*key)
-        self.inference_time = self._inference.labels(*key)
-        self.rows = self._rows.labels(*key)
+        self.rows = self._rows.labels(adapter, model)
         self._outcomes: dict[str, Any] = {}
 
     def count(self, outcome: str, n: int = 1) -> None:
