@@ -11,7 +11,7 @@ from irkit.ir import Graph, Node, TensorType, Value
 from irkit.kir import Const, Expr, Placement, Program, Stmt, Store, Var
 from irkit.kir.visit import substitute
 from irkit.lower import elementwise as ew
-from irkit.lower import image, indexing, linalg, nn, quant_ops, shape_ops
+from irkit.lower import image, indexing, linalg, nn, quant_ops, resize, shape_ops
 from irkit.lower.attention import LOWERINGS as ATTENTION_LOWERINGS
 from irkit.lower.context import MAX_INLINE_COST, LoweringContext, Tiles
 from irkit.lower.fused import FUSED_HEAVY
@@ -54,7 +54,7 @@ LOWERINGS: dict[str, LowerFn] = {
     "Shape": shape_ops.lower_shape, "Size": shape_ops.lower_size,
     "Constant": shape_ops.lower_constant,
     "ConstantOfShape": shape_ops.lower_constant_of_shape, "Range": shape_ops.lower_range,
-    **indexing.LOWERINGS, **image.LOWERINGS,
+    **indexing.LOWERINGS, **image.LOWERINGS, **resize.LOWERINGS,
     **ew.LOWERINGS, **nn.LOWERINGS, **quant_ops.LOWERINGS,
     **ATTENTION_LOWERINGS,  # irkit.ScaledDotProductAttention
 }  # fmt: skip

@@ -39,15 +39,12 @@ from irkit.lower.tensor import (
     LoweringError,
     TensorRef,
     buffer_ref,
+    fconst,
     flat_index,
     product,
 )
 
 NEG_INF = float("-inf")
-
-
-def _f(value: float, dtype: str = "f32") -> Const:
-    return Const(float(np.float32(value)) if dtype == "f32" else float(value), dtype)
 
 
 def _axes(node: Node, rank: int, ins: Sequence[TensorRef | None], default_all: bool,
@@ -123,9 +120,9 @@ def lower_softmax(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     m, s = red.scalar(acc), red.scalar(acc)
     z = Const(0)
     body = block(
-        Store(m, z, _f(NEG_INF, acc)),
+        Store(m, z, fconst(NEG_INF, acc)),
         red.inner(lambda idx: Store(m, z, Binary("max", Load(m, z), _as(x.read(idx), acc)))),
-        Store(s, z, _f(0.0, acc)),
+        Store(s, z, fconst(0.0, acc)),
         red.inner(lambda idx: block(
             Store(out, flat_index(idx, x.shape),
                   _as(Call("exp", (_as(x.read(idx), acc) - Load(m, z),)), x.dtype)),
@@ -151,7 +148,7 @@ def _inv_scale(out: Buffer, s: Buffer, red: _Reducer, x: TensorRef, log: bool) -
     if x.dtype != acc:  # 16-bit: divide by the rounded sum, like numpy's 16-bit softmax
         return red.inner(lambda idx: Store(out, at(idx), Load(out, at(idx)) / Cast(
             x.dtype, Load(s, z))))
-    return block(Let(inv, _f(1.0, acc) / Load(s, z)), red.inner(lambda idx: Store(
+    return block(Let(inv, fconst(1.0, acc) / Load(s, z)), red.inner(lambda idx: Store(
         out, at(idx), Load(out, at(idx)) * inv)))
 
 
@@ -192,16 +189,16 @@ def _standardize(ctx: LoweringContext, x: TensorRef, axes: Sequence[int], eps: f
         return _as(Load(out, at(idx)), acc)
 
     body = block(
-        Let(inv_n, _f(1.0, acc) / Binary("max", Cast(acc, red.count()), _f(1.0, acc))),
-        Store(total, z, _f(0.0, acc)),
+        Let(inv_n, fconst(1.0, acc) / Binary("max", Cast(acc, red.count()), fconst(1.0, acc))),
+        Store(total, z, fconst(0.0, acc)),
         red.inner(lambda idx: block(Store(out, at(idx), x.read(idx)),
                                     Store(total, z, Load(total, z) + xv(idx)))),
         Let(mu, Load(total, z) * inv_n),
-        Store(squares, z, _f(0.0, acc)),
+        Store(squares, z, fconst(0.0, acc)),
         red.inner(lambda idx: Store(squares, z, Load(squares, z) + (xv(idx) - mu) * (
             xv(idx) - mu))),
         Let(var, Load(squares, z) * inv_n),
-        Let(rstd, _f(1.0, acc) / Call("sqrt", (var + _f(eps, acc),))),
+        Let(rstd, fconst(1.0, acc) / Call("sqrt", (var + fconst(eps, acc),))),
         stats(red, mu, var, rstd) if stats is not None else None,
         red.inner(lambda idx: Store(out, at(idx), _as(affine(idx, (xv(idx) - mu) * rstd),
                                                       x.dtype))),
@@ -277,7 +274,7 @@ def lower_batchnorm_training(ctx: LoweringContext, node: Node, ins: list[TensorR
     def stats(red: _Reducer, mu: Expr, batch_var: Expr, rstd: Expr) -> Stmt | None:
         c = red.outer[0]
         return block(*(Store(buf, c, _as(
-            _as(old.read((c,)), acc) * _f(momentum, acc) + new * _f(1.0 - momentum, acc),
+            _as(old.read((c,)), acc) * fconst(momentum, acc) + new * fconst(1.0 - momentum, acc),
             buf.dtype)) for buf, old, new in zip(running, (mean, var), (mu, batch_var))))
 
     y = _standardize(ctx, x, [0, *range(2, x.rank)], float(node.attr("epsilon", 1e-5)), acc,
@@ -301,11 +298,11 @@ def lower_hardmax(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     def mark(idx: Index) -> Stmt:
         hit = Binary("and", Binary("eq", x.read(idx), Load(best, z)), Unary("not", Load(done, z)))
         return block(Store(out, flat_index(idx, x.shape),
-                           Select(hit, _f(1.0, x.dtype), _f(0.0, x.dtype))),
+                           Select(hit, fconst(1.0, x.dtype), fconst(0.0, x.dtype))),
                      Store(done, z, Binary("or", Load(done, z), hit)))
 
     body = block(
-        Store(best, z, _f(NEG_INF, x.dtype)),
+        Store(best, z, fconst(NEG_INF, x.dtype)),
         red.inner(lambda idx: Store(best, z, Binary("max", Load(best, z), x.read(idx)))),
         Store(done, z, Const(False, "bool")),
         red.inner(mark),
@@ -335,12 +332,12 @@ def lower_lpnorm(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         return v * v if p == 2 else Call("abs", (v,))
 
     def write(idx: Index) -> Stmt:
-        zero = _f(0.0, acc)
+        zero = fconst(0.0, acc)
         y = Select(Binary("eq", norm, zero), zero, _as(x.read(idx), acc) / norm)
         return Store(out, flat_index(idx, x.shape), _as(y, x.dtype))
 
     body = block(
-        Store(total, z, _f(0.0, acc)),
+        Store(total, z, fconst(0.0, acc)),
         red.inner(lambda idx: Store(total, z, Load(total, z) + term(idx))),
         Let(norm, Call("sqrt", (Load(total, z),)) if p == 2 else Load(total, z)),
         red.inner(write),
@@ -371,12 +368,12 @@ def lower_lrn(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         c = idx[1] - (size - 1) // 2 + j
         inside = Binary("and", Binary("ge", c, z), Binary("lt", c, x.shape[1]))
         v = _as(x.read((idx[0], Select(inside, c, z), *idx[2:])), acc)
-        base = _f(bias, acc) + _f(alpha / size, acc) * Load(total, z)
-        y = _as(x.read(idx), acc) / Call("pow", (base, _f(beta, acc)))
+        base = fconst(bias, acc) + fconst(alpha / size, acc) * Load(total, z)
+        y = _as(x.read(idx), acc) / Call("pow", (base, fconst(beta, acc)))
         return block(
-            Store(total, z, _f(0.0, acc)),
+            Store(total, z, fconst(0.0, acc)),
             For(j, Const(size), Store(total, z, Load(total, z) + Select(
-                inside, v * v, _f(0.0, acc)))),
+                inside, v * v, fconst(0.0, acc)))),
             Store(out, flat_index(idx, x.shape), _as(y, x.dtype)),
         )
 
@@ -406,7 +403,7 @@ def _init(value: float, dtype: str) -> Const:
     """``value`` (0, 1 or ±inf) as the first running value in ``dtype``: the type's
     lowest or highest value for infinities of integer types, False/True for bool."""
     if dtype in FLOATS:
-        return _f(value, dtype)
+        return fconst(value, dtype)
     if dtype == "bool":
         return Const(value > 0, "bool")
     if np.isinf(value):
@@ -456,7 +453,7 @@ def lower_reduce(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
 
     result: Expr = Load(acc, z)
     if op == "ReduceMean":
-        result = result / Binary("max", Cast(acc.dtype, red.count()), _f(1.0, acc.dtype))
+        result = result / Binary("max", Cast(acc.dtype, red.count()), fconst(1.0, acc.dtype))
     elif op == "ReduceL2":
         result = Call("sqrt", (result,))
     out_idx = tuple(red.outer) if not keep else tuple(

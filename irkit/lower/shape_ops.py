@@ -33,7 +33,8 @@ from irkit.lower.tensor import (
 )
 
 
-def _int_list(ref: TensorRef | None, what: str) -> list[int] | None:
+def const_ints(ref: TensorRef | None, what: str) -> list[int] | None:
+    """The values of an optional constant int input; LoweringError if known only at run time."""
     if ref is None:
         return None
     if ref.const is None:
@@ -153,7 +154,7 @@ def lower_reshape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
             (declared,) = guarded_shape(ctx, node, node.op.lower(), x, {"axes": ins[1]})
             return [_reshape_declared(x, declared, node)]
         if axes is None:
-            axes = _int_list(ins[1] if len(ins) > 1 else None, f"{node.op} axes")
+            axes = const_ints(ins[1] if len(ins) > 1 else None, f"{node.op} axes")
         if node.op == "Squeeze":
             if not axes:
                 axes = [d for d in range(x.rank) if dim_value(x.shape[d], 2) == 1]
@@ -233,8 +234,8 @@ def lower_slice(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         return [dynamic]
     starts = _bound_list(ins[1], "Slice starts")
     ends = _bound_list(ins[2], "Slice ends")
-    axes = _int_list(ins[3] if len(ins) > 3 else None, "Slice axes") or list(range(len(starts)))
-    steps = _int_list(ins[4] if len(ins) > 4 else None, "Slice steps") or [1] * len(starts)
+    axes = const_ints(ins[3] if len(ins) > 3 else None, "Slice axes") or list(range(len(starts)))
+    steps = const_ints(ins[4] if len(ins) > 4 else None, "Slice steps") or [1] * len(starts)
     begin: list[Expr] = [Const(0)] * x.rank
     step: list[int] = [1] * x.rank
     shape = list(x.shape)
@@ -289,7 +290,7 @@ def lower_split(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                                outputs=count)
         sizes = [static(sh[axis]) for sh in shapes]
     else:
-        sizes = node.attr("split", None) or _int_list(ins[1] if len(ins) > 1 else None,
+        sizes = node.attr("split", None) or const_ints(ins[1] if len(ins) > 1 else None,
                                                       "split")
     if not sizes:
         chunk = -(-dim // count)
@@ -464,7 +465,7 @@ def lower_constant_of_shape(ctx: LoweringContext, node: Node, ins: list[TensorRe
         (shape,) = guarded_shape(ctx, node, "constant_of_shape", ins[0], {"shape": ins[0]})
         dims = [static(d) for d in shape]
     else:
-        dims = _int_list(ins[0], "ConstantOfShape shape") or []
+        dims = const_ints(ins[0], "ConstantOfShape shape") or []
     value = node.attr("value", None)
     arr = np.asarray(value if value is not None else np.zeros(1, np.float32)).reshape(-1)
     from irkit.ir import DType

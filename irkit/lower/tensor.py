@@ -41,6 +41,11 @@ NUMPY_DTYPES: dict[str, type] = {dtype: kind.numpy.type for kind, dtype in
                                  KIR_DTYPES.items()}
 
 
+def fconst(value: float, dtype: str = "f32") -> Const:
+    """A float literal of ``dtype`` (f32 values rounded to f32)."""
+    return Const(float(np.float32(value)) if dtype == "f32" else float(value), dtype)
+
+
 class LoweringError(ValueError):
     """The graph uses something this lowering cannot express."""
 

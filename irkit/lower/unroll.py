@@ -286,15 +286,7 @@ class _Unroller:
                 self.body_consts[value] = self.graph.add_constant(value.name, value.const)
             mapping[value] = self.body_consts[value]
         for node in body.nodes:
-            attrs: dict[str, Attr] = {}
-            for key, attr in node.attrs.items():
-                if attr.kind is AttrKind.GRAPH:
-                    attrs[key] = Attr(attr.kind, self._copy_subgraph(attr.value, mapping))
-                elif attr.kind is AttrKind.GRAPHS:
-                    attrs[key] = Attr(attr.kind, tuple(self._copy_subgraph(g, mapping)
-                                                       for g in attr.value))
-                else:
-                    attrs[key] = attr
+            attrs = self._copy_attrs(node, mapping)
             self.budget -= 1
             if self.budget < 0:
                 raise Refused(f"the unrolled graph would exceed {MAX_NEW_NODES} new nodes")
@@ -308,6 +300,19 @@ class _Unroller:
                 mapping[old] = new
         return [mapping.get(v, v) for v in body.outputs]
 
+    def _copy_attrs(self, node: Node, mapping: dict[Value, Value]) -> dict[str, Attr]:
+        """``node``'s attributes with subgraph bodies copied (see :meth:`_copy_subgraph`)."""
+        attrs: dict[str, Attr] = {}
+        for key, attr in node.attrs.items():
+            if attr.kind is AttrKind.GRAPH:
+                attrs[key] = Attr(attr.kind, self._copy_subgraph(attr.value, mapping))
+            elif attr.kind is AttrKind.GRAPHS:
+                attrs[key] = Attr(attr.kind, tuple(self._copy_subgraph(g, mapping)
+                                                   for g in attr.value))
+            else:
+                attrs[key] = attr
+        return attrs
+
     def _copy_subgraph(self, sub: Graph, mapping: dict[Value, Value]) -> Graph:
         """A nested body (an If inside a Scan body…) copied under the main graph with
         fresh names: each copy needs its own names in the shared name space."""
@@ -319,15 +324,7 @@ class _Unroller:
         for value in sub.constants.values():
             mapping[value] = new.add_constant(value.name, value.const)
         for node in sub.nodes:
-            attrs: dict[str, Attr] = {}
-            for key, attr in node.attrs.items():
-                if attr.kind is AttrKind.GRAPH:
-                    attrs[key] = Attr(attr.kind, self._copy_subgraph(attr.value, mapping))
-                elif attr.kind is AttrKind.GRAPHS:
-                    attrs[key] = Attr(attr.kind, tuple(self._copy_subgraph(g, mapping)
-                                                       for g in attr.value))
-                else:
-                    attrs[key] = attr
+            attrs = self._copy_attrs(node, mapping)
             copy = new.append(Node(
                 node.op, [None if v is None else mapping.get(v, v) for v in node.inputs], attrs,
                 domain=node.domain, outputs=[None if v.absent else v.name for v in node.outputs],

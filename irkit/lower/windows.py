@@ -35,6 +35,7 @@ from irkit.lower.tensor import (
     LoweringError,
     TensorRef,
     buffer_ref,
+    fconst,
     flat_index,
     product,
     static,
@@ -42,10 +43,6 @@ from irkit.lower.tensor import (
 
 INT_MIN = {"u8": 0, "i8": -(2**7), "i32": -(2**31), "i64": -(2**63)}
 FLOATS = ("f32", "f64")
-
-
-def fconst(value: float, dtype: str = "f32") -> Const:
-    return Const(float(np.float32(value)) if dtype == "f32" else float(value), dtype)
 
 
 def all_of(conds: Sequence[Expr]) -> Expr:
