@@ -85,6 +85,15 @@ def parse_dtype(name: str) -> np.dtype[Any]:
     return dtype
 
 
+def canonical_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """``dtype`` in native byte order, as numpy's own instance for its scalar type: the
+    object arrays made with ``np.float32`` carry (``newbyteorder`` returns a copy that
+    compares equal but is another object, which identity checks would refuse)."""
+    native = dtype.newbyteorder("=")
+    shared = np.dtype(native.type)
+    return shared if shared == native else native
+
+
 def dtype_name(dtype: np.dtype[Any]) -> str:
     """The canonical numpy name of ``dtype`` (``"float32"``), as stored in manifests."""
     return np.dtype(dtype).newbyteorder("=").name
@@ -121,7 +130,7 @@ class TensorSpec:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"tensor name must be a non-empty string, got {self.name!r}")
         dtype = parse_dtype(self.dtype) if isinstance(self.dtype, str) else np.dtype(self.dtype)
-        object.__setattr__(self, "dtype", dtype.newbyteorder("="))
+        object.__setattr__(self, "dtype", canonical_dtype(dtype))
         dims = tuple(_check_dim(d, f"tensor {self.name!r}") for d in self.shape)
         object.__setattr__(self, "shape", dims)
 

@@ -180,6 +180,7 @@ def _compile_program(graph: Any, opts: dict[str, Any], prefix: str
     from irkit.lower import lower_graph
     from irkit.plugins.llvm.codegen import entry_symbol, translate_program
     from irkit.plugins.llvm.emit import emit_object, host_target
+    from irkit.plugins.llvm.entry import call_symbol, table_symbol
 
     start = time.perf_counter()
     target = host_target()
@@ -197,6 +198,9 @@ def _compile_program(graph: Any, opts: dict[str, Any], prefix: str
         "object": object_file,
         "weights": weights_file,
         "run": entry_symbol(program),
+        # The CPython fast entry and the global its table address goes in (entry.py).
+        "call": call_symbol(entry_symbol(program)),
+        "call_table": table_symbol(entry_symbol(program)),
         "kernels": [k.name for k in program.kernels],
         "io": list(program.io_order),
         "abi": 2,  # kernels take a pointer to the symbol values (irkit.runtime.backends.llvm)

@@ -6,8 +6,8 @@ each, in ``program.symbols`` order: ``N``, ``N1``…), the kernel computes its b
 pointers from the program's placements (offsets are polynomials in those values) and,
 when its body is a top-level ``parallel`` loop, runs only iterations ``[start, end)``;
 ``i64 @<kernel>_extent(ptr dims)`` gives that loop's trip count (1 for other kernels).
-``void @<program>_run(ptr io, ptr weights, ptr workspace, ptr dims)`` runs all kernels
-in order on the calling thread.
+The entry points (``<program>_run``, its packed form and the CPython fast entry) are built by
+:mod:`irkit.plugins.llvm.entry`.
 
 This module knows kernel IR and LLVM, nothing about graph ops.
 """
@@ -47,6 +47,7 @@ from irkit.kir import (
 )
 from irkit.kir.nodes import HALF_FLOATS, ITEMSIZE, UNSIGNED
 from irkit.kir.printer import print_kernel
+from irkit.plugins.llvm.entry import add_entries
 from irkit.plugins.llvm.intrinsics import EXTENSION_CALLS, emit_extension_call
 from irkit.plugins.llvm.mathlib import MathEmitter
 
@@ -562,24 +563,5 @@ def translate_program(program: Program, fast_math: bool = True, lanes: int = 8) 
                     prepare_kernel(kernel, lanes), f"{program.name}_shared{len(bodies)}",
                     shared=True)
         kernels.append(translator.translate(kernel, body)[0])
-    run = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, PTR, PTR]),
-                      name=entry_symbol(program))
-    b = ir.IRBuilder(run.append_basic_block("entry"))
-    io, weights, ws, dims = run.args
-    for kernel_fn in kernels:
-        extent_fn = module.get_global(f"{kernel_fn.name}_extent")
-        extent = b.call(extent_fn, [dims])
-        b.call(kernel_fn, [io, weights, ws, dims, ir.Constant(I64, 0), extent])
-    b.ret_void()
-    # The same entry with its four pointer arguments in one block (one ctypes argument to
-    # convert per call instead of four: the batch-1 call path is dominated by overhead).
-    packed = ir.Function(module, ir.FunctionType(VOID, [PTR]), name=f"{run.name}_packed")
-    b = ir.IRBuilder(packed.append_basic_block("entry"))
-    block_ptr = packed.args[0]
-    values = []
-    for i, ty in enumerate((PTR, PTR, PTR, PTR)):
-        slot = b.gep(block_ptr, [ir.Constant(I64, i)], source_etype=I64)
-        values.append(b.load(slot, typ=ty))
-    b.call(run, values)
-    b.ret_void()
+    add_entries(module, entry_symbol(program), kernels)
     return module

@@ -25,12 +25,24 @@ took at least ``parallel_min_us`` (load option, default 200) on one thread — m
 the first call at each binding of the symbolic dims, since a Python hand-off costs tens of microseconds.
 Calls share one workspace, so the runner is not ``thread_safe``: CompiledModel
 serializes concurrent calls.
+
+The exact path: ``run_exact`` serves the common call (numpy arrays of exactly the
+signature's dtypes, C-contiguous, aligned, non-empty, at dims seen before) with one call
+of ``<run>_call`` (:mod:`irkit.plugins.llvm.entry`), which the loader wraps in a CPython
+builtin function (no ctypes conversions). It checks every array's type, dtype, flags and
+dims against a table before any kernel runs and releases the GIL while kernels run. The
+table holds the byte offsets of the CPython and numpy struct fields it reads; the loader
+verifies them on probe objects (``_object_layout``) and keeps to ``run`` when they
+differ, when the artifact has no fast entry, when it has guards, or when a dim is not
+``a*N + b``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -42,7 +54,7 @@ import numpy as np
 
 from irkit.runtime.artifact import ArtifactError, Manifest, read_verified
 from irkit.runtime.guards import check_guards, validate_guards
-from irkit.runtime.signature import parse_dtype
+from irkit.runtime.signature import canonical_dtype, parse_dtype
 
 _KERNEL_TYPE = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -53,6 +65,16 @@ _RUN_TYPE = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
 )
 _PACKED_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+class _MethodDef(ctypes.Structure):
+    """CPython's ``PyMethodDef``: the JIT-linked fast entry becomes a builtin function."""
+
+    _fields_ = [("name", ctypes.c_char_p), ("meth", ctypes.c_void_p),
+                ("flags", ctypes.c_int), ("doc", ctypes.c_char_p)]
+
+
+_METH_FASTCALL = 0x80
 _JIT_LOCK = threading.Lock()
 _LIBRARY_COUNTER = iter(range(1 << 62))
 # Below this many iterations per thread a parallel split costs more than it saves.
@@ -103,13 +125,59 @@ def _address(array: np.ndarray) -> int:
         return int(array.ctypes.data)
 
 
+# numpy flag bits (ndarraytypes.h) the checked entry requires.
+_C_CONTIGUOUS, _ALIGNED, _WRITEABLE = 0x1, 0x100, 0x400
+
+
+@functools.cache
+def _object_layout() -> tuple[int, ...] | None:
+    """(ob_type, data, nd, dimensions, descr, flags) byte offsets as this CPython and
+    numpy lay them out, checked on probe objects; None when any differs.
+
+    These are the fields numpy's own C macros read (``PyArrayObject_fields``), so their
+    places are part of numpy's ABI, but the runtime still trusts only what it has seen.
+    """
+    if ctypes.sizeof(ctypes.c_void_p) != 8 or sys.implementation.name != "cpython":
+        return None
+    offsets = (8, 16, 24, 32, 56, 64)
+    off_type, off_data, off_nd, off_dims, off_descr, off_flags = offsets
+
+    def read(obj: object, offset: int, ctype: Any) -> int:
+        return int(ctype.from_address(id(obj) + offset).value or 0)
+
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    readonly = np.arange(5, dtype=np.int64)
+    readonly.flags.writeable = False
+    probes = (base, base[:, ::2], base.T, readonly, np.zeros((), np.uint8))
+    for array in probes:
+        flags = array.flags
+        expected_flags = ((_C_CONTIGUOUS if flags.c_contiguous else 0)
+                          | (_ALIGNED if flags.aligned else 0)
+                          | (_WRITEABLE if flags.writeable else 0))
+        shape = ctypes.cast(read(array, off_dims, ctypes.c_void_p),
+                            ctypes.POINTER(ctypes.c_int64)) if array.ndim else None
+        if (read(array, off_type, ctypes.c_void_p) != id(np.ndarray)
+                or read(array, off_data, ctypes.c_void_p) != array.ctypes.data
+                or read(array, off_nd, ctypes.c_int32) != array.ndim
+                or read(array, off_descr, ctypes.c_void_p) != id(array.dtype)
+                or read(array, off_flags, ctypes.c_int32) & 0x501 != expected_flags
+                or (shape is not None and tuple(shape[:array.ndim]) != array.shape)):
+            return None
+    return offsets
+
+
+def _c_function(name: str) -> int:
+    return int(ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value or 0)
+
+
 class LlvmRunner:
     """Owns the JIT-linked code, the weights and a growing workspace."""
 
     thread_safe = False
 
     def __init__(self, entry: Mapping[str, Any], object_code: bytes, weights: bytes,
-                 threads: int, output_dtypes: Mapping[str, np.dtype]) -> None:
+                 threads: int, output_dtypes: Mapping[str, np.dtype],
+                 input_dtypes: Mapping[str, np.dtype] | None = None) -> None:
         import llvmlite.binding as llvm
 
         with _JIT_LOCK:
@@ -121,6 +189,8 @@ class LlvmRunner:
             symbols = [entry["run"], f"{entry['run']}_packed"]
             for name in entry["kernels"]:
                 symbols += [name, f"{name}_extent"]
+            if entry.get("call"):
+                symbols += [entry["call"], entry["call_table"]]
             for symbol in symbols:
                 builder.export_symbol(symbol)
             self._tracker = builder.link(self._jit, f"irkit_{next(_LIBRARY_COUNTER)}")
@@ -137,7 +207,8 @@ class LlvmRunner:
                              for name, dims in entry["output_shapes"].items()}
         self._io_names: list[str] = list(entry["io"])
         self._output_names = list(self._output_dims)
-        self._output_dtypes = {name: np.dtype(output_dtypes[name]) for name in self._output_names}
+        self._output_dtypes = {name: canonical_dtype(np.dtype(output_dtypes[name]))
+                               for name in self._output_names}
         n_bytes, c_bytes = (int(v) for v in entry["workspace"])
         # Sizes that must be >= 0 for the code to stay in bounds (polynomial, reason).
         self._constraints = [(_poly(c["size"]), str(c["why"]))
@@ -154,6 +225,13 @@ class LlvmRunner:
         self._prepare_slots()
         self.threads = max(1, threads)
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self._call: Any = None
+        self._exact: Any = None
+        self._ready: dict[Any, list[tuple[int, ...]]] = {}
+        if entry.get("call") and input_dtypes is not None:
+            self._prepare_exact(entry, input_dtypes)
+            if self._call is not None:
+                self._exact = self._exact_path()
 
     def _prepare_slots(self) -> None:
         """Precompute where each io pointer comes from (the per-call path is hot)."""
@@ -196,6 +274,113 @@ class LlvmRunner:
             self._bindings[key] = found
         return found
 
+    def _prepare_exact(self, entry: Mapping[str, Any], input_dtypes: Mapping[str, Any]
+                       ) -> None:
+        """The fast entry's table and builtin function (see :mod:`irkit.plugins.llvm.entry`);
+        leaves the exact path off when this interpreter's layout is unverified, the model
+        has guards or a dim is not ``a*symbol + b``."""
+        layout = _object_layout()
+        if layout is None or self._guards:
+            return
+        index = {symbol: i for i, symbol in enumerate(self._symbols)}
+        position = {name: i for i, name in enumerate(self._io_names)}
+        inputs = list(self._input_dims)
+        arrays = [(name, self._input_dims[name], canonical_dtype(np.dtype(input_dtypes[name])),
+                   _C_CONTIGUOUS | _ALIGNED) for name in inputs]
+        arrays += [(name, self._output_dims[name], self._output_dtypes[name],
+                    _C_CONTIGUOUS | _ALIGNED | _WRITEABLE) for name in self._output_names]
+        records: list[int] = []
+        for name, dims, dtype, flags in arrays:
+            records += [id(dtype), flags, position[name], len(dims)]
+            for dim in dims:
+                symbols = [m[0] for m in dim if len(m) == 1]
+                if any(len(m) > 1 for m in dim) or len(symbols) > 1:
+                    return
+                symbol = symbols[0] if symbols else ""
+                records += [dim.get((symbol,), 0), dim.get((), 0), index.get(symbol, -1)]
+        python = [id(True), id(False), *map(_c_function, ("Py_IncRef", "PyEval_SaveThread",
+                                                          "PyEval_RestoreThread"))]
+        self._table = np.array([id(np.ndarray), *layout, self._packed_address, len(arrays),
+                                *python, *records], dtype=np.int64)
+        self._exact_dtypes = [dtype for _, _, dtype, _ in arrays]  # the table holds their ids
+        self._exact_inputs = inputs
+        ctypes.c_int64.from_address(self._tracker[entry["call_table"]]).value = (
+            self._table.ctypes.data)
+        # The definition must outlive the function object made from it.
+        self._method = _MethodDef(f"{entry['run']}_call".encode(), self._tracker[entry["call"]],
+                                  _METH_FASTCALL, None)
+        new_function = ctypes.pythonapi.PyCFunction_NewEx
+        new_function.argtypes = [ctypes.POINTER(_MethodDef), ctypes.c_void_p, ctypes.c_void_p]
+        new_function.restype = ctypes.py_object
+        self._call = new_function(ctypes.byref(self._method), None, None)
+
+    @property
+    def exact(self) -> bool:
+        """Whether ``run_exact`` can serve calls (see the module docstring)."""
+        return self._call is not None
+
+    def run_exact(self, inputs: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], Any] | None:
+        """``(outputs, dims key)`` from one checked native call, or None when the call
+        needs ``run``: a conversion, a copy, an empty array, dims ``run`` has not served
+        yet, a parallel split, or an error message. Nothing has run when it returns None."""
+        exact = self._exact
+        return None if exact is None or self._call is None else exact(inputs)
+
+    def _exact_path(self) -> Any:
+        """The closure behind ``run_exact``, its lookups bound once: the batch-1 call path
+        is mostly Python overhead. ``_ready`` maps a dims key to output shapes; ``run``
+        fills it once a call at those dims has succeeded, with the workspace grown and no
+        parallel split planned."""
+        call, dims, ready, empty = self._call, self._dims, self._ready, np.empty
+        names = self._exact_inputs
+        out_names = self._output_names
+        out_dtypes = self._exact_dtypes[len(names):]
+        sources = [(names.index(name) if name else -1, axis, a, b)
+                   for name, axis, a, b in self._sources]
+        count = len(names)
+        errors = (KeyError, AttributeError, IndexError, TypeError)
+        if count == 1 and len(out_names) == 1 and len(sources) == 1 and sources[0][0] == 0:
+            (name,), (out_name,), (out_dtype,) = names, out_names, out_dtypes
+            _, axis, a, b = sources[0]
+
+            def exact_one(inputs: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], Any] | None:
+                if len(inputs) != 1:
+                    return None
+                try:
+                    array = inputs[name]
+                    key = (array.shape[axis] - b) // a
+                    dims[0] = key  # a TypeError unless an int; the type is checked natively
+                except errors:
+                    return None
+                shapes = ready.get(key)
+                if shapes is None:
+                    return None
+                out = empty(shapes[0], out_dtype)
+                return ({out_name: out}, key) if call(array, out) else None
+
+            return exact_one
+
+        def exact_any(inputs: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], Any] | None:
+            if len(inputs) != count:
+                return None
+            try:
+                objects = [inputs[name] for name in names]
+                key = tuple([(objects[i].shape[axis] - b) // a if i >= 0 else 1
+                             for i, axis, a, b in sources])
+                for i, value in enumerate(key):
+                    dims[i] = value
+            except errors:
+                return None
+            shapes = ready.get(key[0] if len(key) == 1 else key)
+            if shapes is None:
+                return None
+            outputs = [empty(shape, dtype) for shape, dtype in zip(shapes, out_dtypes)]
+            if not call(*objects, *outputs):
+                return None
+            return dict(zip(out_names, outputs)), key
+
+        return exact_any
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._guards:  # size-setting input values, before any native code
             check_guards(self._guards, inputs)
@@ -229,6 +414,9 @@ class LlvmRunner:
         else:
             self._run_parallel(
                 (self._io_address, self._weights_address, self._workspace_address), key)
+        if (self._call is not None and len(self._ready) < 64
+                and not any(self._split_plan.get(key, [self._pool is not None]))):
+            self._ready[key[0] if len(key) == 1 else key] = shapes
         return outputs
 
     def _run_parallel(self, args: tuple[int, int, int], key: tuple[int, ...]) -> None:
@@ -266,6 +454,7 @@ class LlvmRunner:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        self._call = self._exact = None
         self._kernels = []
         self._tracker = None
 
@@ -316,7 +505,8 @@ ABI_VERSION = 2
 
 
 def _program_runner(artifact_dir: Path, manifest: Manifest, entry: Mapping[str, Any],
-                    threads: int, dtypes: Mapping[str, np.dtype]) -> LlvmRunner:
+                    threads: int, dtypes: Mapping[str, np.dtype],
+                    input_dtypes: Mapping[str, np.dtype] | None = None) -> LlvmRunner:
     where = f"artifact {artifact_dir}"
     for key in _REQUIRED:
         if key not in entry:
@@ -327,7 +517,7 @@ def _program_runner(artifact_dir: Path, manifest: Manifest, entry: Mapping[str, 
     object_code = read_verified(artifact_dir, manifest, entry["object"])
     weights = read_verified(artifact_dir, manifest, entry["weights"])
     try:
-        return LlvmRunner(entry, object_code, weights, threads, dtypes)
+        return LlvmRunner(entry, object_code, weights, threads, dtypes, input_dtypes)
     except (RuntimeError, OSError, KeyError) as exc:
         raise ArtifactError(f"{where}: the JIT could not link {entry['object']}: {exc}") from exc
 
@@ -350,7 +540,8 @@ def load(artifact_dir: Path, manifest: Manifest, **overrides: Any) -> LlvmRunner
     outputs = [spec.name for spec in manifest.outputs]
     if "segments" not in entry:
         dtypes = {spec.name: spec.dtype for spec in manifest.outputs}
-        runner = _program_runner(artifact_dir, manifest, entry, threads, dtypes)
+        input_dtypes = {spec.name: spec.dtype for spec in manifest.inputs}
+        runner = _program_runner(artifact_dir, manifest, entry, threads, dtypes, input_dtypes)
         runner.parallel_min_seconds = min_us / 1e6
         return runner
     segments: list[tuple[list[str], Any]] = []
