@@ -193,7 +193,14 @@ class KafkaWorker:
                     raise
                 log.exception("while stopping after an error")
             finally:
-                self._consumer.close()  # leave the group: partitions move at once
+                try:
+                    self._consumer.close()  # leave the group: partitions move at once
+                finally:
+                    # librdkafka's client lives as long as the object: one a finished worker
+                    # kept (a traceback holds the worker) would reconnect, and log, once
+                    # the broker is gone.
+                    self._producer = None
+                    self._consumer = None
             log.info("consumer (pid %d) of %s stopped: %s", os.getpid(), config.input_topic,
                      self.counts)
 
