@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from irkit.ir import Graph, Node, TensorType, Value
-from irkit.kir import Const, Expr, Placement, Program, Stmt, Store, Var
+from irkit.kir import Cast, Const, Expr, Placement, Program, Stmt, Store, Var
 from irkit.kir.visit import substitute
 from irkit.lower import elementwise as ew
 from irkit.lower import image, indexing, linalg, nn, quant_ops, resize, shape_ops
@@ -62,6 +62,11 @@ HEAVY = {**HEAVY, **SPARSE_AWARE, **INT8_HEAVY}  # sparse-aware MatMul/Gemm, irk
 HEAVY.update(FUSED_HEAVY)  # irkit.MatMulBiasAct with a GELU epilogue
 SUPPORTED_OPS = frozenset([*LOWERINGS, *HEAVY])
 FUSABLE = ew.ELEMENTWISE_OPS
+# Ops whose kernels exist for f32 but not for 16-bit floats: they run on inputs widened
+# to f32 and round their float results back once (like the heavy ops).
+WIDEN_HALF = frozenset({"MaxPool", "AveragePool", "LpPool", "CumSum", "CumProd",
+                        "ScatterElements", "ScatterND", "Scatter"})
+HALF = ("f16", "bf16")
 ACC = Var("__acc", "f32")
 
 
@@ -178,6 +183,8 @@ class GraphLowering:
                 outs = linalg.lower_matmul_generic(self.ctx, node, ins)
             elif node.op in HEAVY:
                 outs = [self.lower_half_heavy(node, ins)]
+            elif node.op in WIDEN_HALF and any(r is not None and r.dtype in HALF for r in ins):
+                outs = self.lower_widened(node, ins)
             elif folded is not None:
                 outs = [self.ctx.const_ref(a, self.dtype(o)) for a, o in zip(folded, node.outputs)]
             else:
@@ -262,25 +269,37 @@ class GraphLowering:
         for value in [node.outputs[0], *(u.outputs[0] for u in chain)]:
             self.refs[value] = result
 
+    def widen(self, ref: TensorRef | None) -> TensorRef | None:
+        """``ref`` read as f32 when it holds f16/bf16; other refs as they are."""
+        if ref is None or ref.dtype not in HALF:
+            return ref
+        if ref.const is not None:
+            return self.ctx.const_ref(np.asarray(ref.const, np.float32), "f32")
+        return TensorRef(ref.shape, "f32", lambda idx: Cast("f32", ref.read(idx)),
+                         cost=ref.cost + 1)
+
     def lower_half_heavy(self, node: Node, ins: list[TensorRef | None]) -> TensorRef:
         """A heavy op on f16/bf16 inputs: the f32 kernel on the inputs widened to f32 (so
         it accumulates in f32, like numpy), its result rounded back when read."""
-        from irkit.kir import Cast
-
-        def widen(ref: TensorRef) -> TensorRef:
-            if ref.dtype not in ("f16", "bf16"):
-                return ref
-            if ref.const is not None:
-                return self.ctx.const_ref(np.asarray(ref.const, np.float32), "f32")
-            return TensorRef(ref.shape, "f32", lambda idx: Cast("f32", ref.read(idx)),
-                             cost=ref.cost + 1)
-
-        plan = HEAVY[node.op](self.ctx, node, [None if r is None else widen(r) for r in ins])
+        plan = HEAVY[node.op](self.ctx, node, [self.widen(r) for r in ins])
         wide = self.ctx.new_buffer(node.op.lower(), "f32", product(plan.shape))
         plan.emit(lambda idx, acc: Store(wide, flat_index(idx, plan.shape), acc))
         dtype = self.dtype(node.outputs[0])
         return TensorRef(plan.shape, dtype, lambda idx: Cast(dtype, buffer_ref(
             wide, plan.shape).read(idx)), cost=1)
+
+    def lower_widened(self, node: Node, ins: list[TensorRef | None]) -> list[TensorRef]:
+        """A ``WIDEN_HALF`` op on f16/bf16 inputs: its f32 kernel, each f32 result rounded
+        to the output's declared 16-bit type when read (MaxPool's indices stay i64)."""
+        outs = LOWERINGS[node.op](self.ctx, node, [self.widen(r) for r in ins])
+        rounded: list[TensorRef] = []
+        for value, ref in zip(node.outputs, outs):
+            dtype = self.dtype(value)
+            if ref.dtype == "f32" and dtype in HALF:
+                ref = TensorRef(ref.shape, dtype, lambda idx, ref=ref, dtype=dtype: Cast(
+                    dtype, ref.read(idx)), cost=ref.cost + 1)
+            rounded.append(ref)
+        return rounded
 
     # -- outputs and plan -----------------------------------------------------------
     def bind_output(self, value: Value) -> None:
