@@ -5,43 +5,38 @@ Runtime at batch 1 and 3 (fp32: rtol 1e-4, atol 1e-5)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
 pytest.importorskip("llvmlite")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper
 
-import irkit  # noqa: E402
-import irkit.runtime  # noqa: E402
-from irkit.errors import IrkitError  # noqa: E402
+import irkit
+from irkit.errors import IrkitError
+from irkit.testing.op_cases import (
+    OpCase,
+    build_model,
+    check_batches,
+    compile_and_load,
+    integers,
+    node,
+    onnx_element_type,
+    onnxruntime_reference,
+    uniform,
+)
 
 BATCHES = (1, 3)
 RTOL, ATOL = 1e-4, 1e-5
 F, U8 = np.float32, np.uint8
-ONNX_TYPES: dict[type, int] = {F: TensorProto.FLOAT, U8: TensorProto.UINT8}
-
-
-@dataclass
-class Case:
-    name: str
-    nodes: list[Any]
-    inputs: dict[str, tuple[tuple[Any, ...], type]]  # name -> (shape with "N", dtype)
-    consts: dict[str, np.ndarray] = field(default_factory=dict)
-    outputs: tuple[str, ...] = ("y",)
-    opset: int = 20
-    low: float = -1.0  # float inputs are drawn from U(low, high)
-    high: float = 1.0
-
-
-def node(op: str, ins: list[str], outs: list[str] | None = None, **attrs: Any) -> Any:
-    return helper.make_node(op, ins, outs or ["y"], **attrs)
+DRAW = uniform(-1.0, 1.0)  # inputs without their own draw
+Case = partial(OpCase, opset=20)
 
 
 R = np.random.default_rng(11)
@@ -86,7 +81,7 @@ CASES = [
                                             strides=[2, 2], storage_order=1)],
          {"x": (("N", 2, 6, 4), F)}, outputs=("y", "z")),
     Case("maxpool_uint8", [node("MaxPool", ["x"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
-         {"x": (("N", 2, 5, 5), U8)}),
+         {"x": (("N", 2, 5, 5), U8, integers(0, 256))}),
     # convolution: weights at run time, 1-D and 3-D
     Case("conv_runtime_weights", [node("Conv", ["x", "k", "b"], group=2, strides=[2, 1],
                                        pads=[1, 0, 1, 2])],
@@ -113,13 +108,15 @@ CASES = [
     # GridSample (grid slightly beyond [-1, 1] to exercise the padding modes)
     *[Case(f"gridsample_{mode}_{pad}_align{align}",
            [node("GridSample", ["x", "g"], mode=mode, padding_mode=pad, align_corners=align)],
-           {"x": (("N", 2, 4, 5), F), "g": (("N", 3, 6, 2), F)}, low=-1.3, high=1.3)
+           {"x": (("N", 2, 4, 5), F, uniform(-1.3, 1.3)),
+            "g": (("N", 3, 6, 2), F, uniform(-1.3, 1.3))})
       for mode, pad, align in (("linear", "zeros", 0), ("linear", "border", 1),
                                ("linear", "reflection", 0), ("nearest", "zeros", 1),
                                ("nearest", "reflection", 1), ("cubic", "zeros", 0),
                                ("cubic", "border", 0), ("cubic", "reflection", 1))],
     Case("gridsample_3d_linear", [node("GridSample", ["x", "g"], mode="linear")],
-         {"x": (("N", 2, 3, 4, 5), F), "g": (("N", 2, 3, 4, 3), F)}, low=-1.2, high=1.2),
+         {"x": (("N", 2, 3, 4, 5), F, uniform(-1.2, 1.2)),
+          "g": (("N", 2, 3, 4, 3), F, uniform(-1.2, 1.2))}),
     # RoiAlign (all regions on image 0, so any batch works)
     Case("roialign_avg_half_pixel", [node("RoiAlign", ["x", "r", "i"], output_height=3,
                                           output_width=4, sampling_ratio=2,
@@ -175,50 +172,12 @@ CASES = [
 ]
 
 
-def build_model(case: Case) -> Any:
-    inputs = [helper.make_tensor_value_info(name, ONNX_TYPES[dtype], list(shape))
-              for name, (shape, dtype) in case.inputs.items()]
-    outputs = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None)
-               for o in case.outputs]
-    inits = [numpy_helper.from_array(np.asarray(a), n) for n, a in case.consts.items()]
-    graph = helper.make_graph(case.nodes, case.name, inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
-    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
-
-
-def feeds(case: Case, batch: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, (shape, dtype) in case.inputs.items():
-        dims = tuple(batch if d == "N" else d for d in shape)
-        if dtype is U8:
-            out[name] = rng.integers(0, 256, size=dims).astype(np.uint8)
-        else:
-            out[name] = rng.uniform(case.low, case.high, size=dims).astype(np.float32)
-    return out
-
-
-def compile_and_load(model: Any, tmp_path: Path) -> Any:
-    artifact = irkit.compile(irkit.load_model(model), target="llvm")
-    return irkit.runtime.load(artifact.save(tmp_path / "artifact"), threads=2)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_op_matches_onnxruntime(case: Case, tmp_path: Path) -> None:
+def test_op_matches_onnxruntime(case: OpCase, tmp_path: Path) -> None:
     model = build_model(case)
-    compiled = compile_and_load(model, tmp_path)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    checked = 0
-    for batch in BATCHES:
-        inputs = feeds(case, batch, seed=batch)
-        expected = dict(zip(case.outputs, session.run(list(case.outputs), inputs)))
-        got = compiled(**inputs)
-        for name in case.outputs:
-            assert got[name].shape == expected[name].shape, (name, batch)
-            assert got[name].dtype == expected[name].dtype, (name, batch)
-            np.testing.assert_allclose(got[name], expected[name], rtol=RTOL, atol=ATOL,
-                                       err_msg=f"{case.name} output {name} at batch {batch}")
-            checked += 1
+    compiled = compile_and_load(model, tmp_path, threads=2)
+    reference = onnxruntime_reference(model, case.outputs)
+    checked = check_batches(case, compiled, reference, BATCHES, rtol=RTOL, atol=ATOL, draw=DRAW)
     assert checked == len(BATCHES) * len(case.outputs)
 
 
@@ -233,9 +192,8 @@ REFUSED = [
 @pytest.mark.parametrize("name,nodes,inputs,message", REFUSED, ids=[r[0] for r in REFUSED])
 def test_refuses_runtime_shapes(name: str, nodes: list[Any], inputs: dict[str, Any],
                                 message: str) -> None:
-    types = {**ONNX_TYPES, np.int64: TensorProto.INT64}
     graph = helper.make_graph(nodes, name, [
-        helper.make_tensor_value_info(n, types[dt], list(shape))
+        helper.make_tensor_value_info(n, onnx_element_type(dt), list(shape))
         for n, (shape, dt) in inputs.items()],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
@@ -251,12 +209,12 @@ def test_dft_runtime_axis_matches_onnxruntime(tmp_path: Path) -> None:
         helper.make_tensor_value_info("a", TensorProto.INT64, [])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 6, 2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-    compiled = compile_and_load(model, tmp_path)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    compiled = compile_and_load(model, tmp_path, threads=2)
+    reference = onnxruntime_reference(model, ["y"])
     x = np.random.default_rng(3).standard_normal((2, 4, 6, 2)).astype(np.float32)
     for axis in (1, 2, -2, -3):
         a = np.array(axis, np.int64)
-        np.testing.assert_allclose(compiled(x=x, a=a)["y"], session.run(["y"], {"x": x, "a": a})[0],
+        np.testing.assert_allclose(compiled(x=x, a=a)["y"], reference({"x": x, "a": a})[0],
                                    rtol=RTOL, atol=ATOL, err_msg=f"axis {axis}")
 
 

@@ -9,50 +9,43 @@ inputs (pads, K, axis…) are run-time values use static shapes declared on the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
 pytest.importorskip("llvmlite")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto
 
-import irkit  # noqa: E402
-import irkit.runtime  # noqa: E402
+from irkit.testing.op_cases import (
+    InputSpec,
+    Reference,
+    assert_outputs,
+    build_model,
+    check_batches,
+    compile_and_load,
+    feeds,
+    integers,
+    node,
+    normal,
+    onnxruntime_reference,
+)
+from irkit.testing.op_cases import OpCase as Case
 
 BATCHES = (1, 5, 17)
 RTOL, ATOL = 1e-4, 1e-5
 F, D, I64, I32 = np.float32, np.float64, np.int64, np.int32
-ONNX_TYPES = {F: TensorProto.FLOAT, D: TensorProto.DOUBLE, I64: TensorProto.INT64,
-              I32: TensorProto.INT32, np.bool_: TensorProto.BOOL}
 
 
-@dataclass
-class Case:
-    name: str
-    nodes: list[Any]
-    # name -> (shape with "N", dtype, value range): a range draws integers in
-    # [low, high) (cast to the dtype, so float inputs get ties); None draws N(0, 1).
-    inputs: dict[str, tuple[tuple[Any, ...], type, tuple[int, int] | None]]
-    consts: dict[str, np.ndarray] = field(default_factory=dict)
-    outputs: tuple[str, ...] = ("y",)
-    opset: int = 18
-    # Declared output types (name -> (shape, dtype)) when inference cannot know them.
-    declared: dict[str, tuple[tuple[int, ...], type]] = field(default_factory=dict)
-
-
-def node(op: str, ins: list[str], outs: list[str] | None = None, **attrs: Any) -> Any:
-    return helper.make_node(op, ins, outs or ["y"], **attrs)
-
-
-def x_in(*shape: Any, dtype: type = F, rng: tuple[int, int] | None = None
-         ) -> tuple[tuple[Any, ...], type, tuple[int, int] | None]:
-    return (shape, dtype, rng)
+def x_in(*shape: Any, dtype: type = F, rng: tuple[int, int] | None = None) -> InputSpec:
+    """An input of ``shape`` (dims may be "N"): ``rng`` draws integers in [low, high)
+    (cast to the dtype, so float inputs get ties); None draws N(0, 1)."""
+    return (shape, dtype, normal() if rng is None else integers(*rng))
 
 
 C = np.array
@@ -176,69 +169,31 @@ STATIC_VALUES: dict[str, dict[str, np.ndarray]] = {
 }
 
 
-def build_model(case: Case) -> Any:
-    inputs = [helper.make_tensor_value_info(name, ONNX_TYPES[dtype], list(shape))
-              for name, (shape, dtype, _) in case.inputs.items()]
-    outputs = []
-    for name in case.outputs:
-        shape, dtype = case.declared.get(name, (None, None))
-        elem = ONNX_TYPES[dtype] if dtype is not None else TensorProto.UNDEFINED
-        outputs.append(helper.make_tensor_value_info(name, elem, shape))
-    inits = [numpy_helper.from_array(np.asarray(a), n) for n, a in case.consts.items()]
-    graph = helper.make_graph(case.nodes, case.name, inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
-    return onnx.shape_inference.infer_shapes(model)
-
-
-def feeds(case: Case, batch: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    for name, (shape, dtype, value_range) in case.inputs.items():
-        dims = tuple(batch if d == "N" else d for d in shape)
-        if value_range is None:
-            out[name] = rng.standard_normal(dims).astype(dtype)
-        else:
-            out[name] = rng.integers(*value_range, size=dims).astype(dtype)
-    return out
-
-
-def reference(model: Any, inputs: dict[str, np.ndarray], names: tuple[str, ...]
-              ) -> list[np.ndarray]:
-    """ONNX Runtime's outputs, or the ONNX reference evaluator's where ORT lacks the op."""
+def reference(model: Any, names: tuple[str, ...]) -> Reference:
+    """ONNX Runtime, or the ONNX reference evaluator where ORT lacks the op."""
     try:
-        session = ort.InferenceSession(model.SerializeToString(),
-                                       providers=["CPUExecutionProvider"])
+        return onnxruntime_reference(model, names)
     except Exception:  # an opset or op newer than the installed ORT
         from onnx.reference import ReferenceEvaluator
 
-        return list(ReferenceEvaluator(model).run(list(names), inputs))
-    return list(session.run(list(names), inputs))
+        evaluator = ReferenceEvaluator(model)
+        return lambda inputs: list(evaluator.run(list(names), inputs))
 
 
-def compile_and_load(model: Any, tmp_path: Path) -> Any:
-    artifact = irkit.compile(irkit.load_model(model), target="llvm")
-    return irkit.runtime.load(artifact.save(tmp_path / "artifact"), threads=1)
-
-
-def check(case: Case, got: dict[str, np.ndarray], expected: list[np.ndarray]) -> int:
-    for name, want in zip(case.outputs, expected):
-        have = np.asarray(got[name])
-        assert have.shape == want.shape, (name, have.shape, want.shape)
-        if want.dtype.kind == "f":
-            np.testing.assert_allclose(have, want, rtol=RTOL, atol=ATOL, err_msg=name)
-        else:
-            np.testing.assert_array_equal(have, want, err_msg=name)
-    return len(expected)
+def check(case: Case, got: dict[str, np.ndarray], expected: Sequence[np.ndarray],
+          batch: int | None = None) -> int:
+    """Every output of ``case`` against ``expected``: floats within RTOL/ATOL, the rest
+    equal; returns how many were compared."""
+    return assert_outputs(case, got, expected, batch=batch, rtol=RTOL, atol=ATOL,
+                          exact_integers=True)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_indexing_op_matches_reference(case: Case, tmp_path: Path) -> None:
-    model = build_model(case)
-    compiled = compile_and_load(model, tmp_path)
-    checked = 0
-    for batch in BATCHES:
-        inputs = feeds(case, batch, seed=batch)
-        checked += check(case, compiled(**inputs), reference(model, inputs, case.outputs))
+    model = build_model(case, strict=False)
+    compiled = compile_and_load(model, tmp_path, threads=1)
+    checked = check_batches(case, compiled, reference(model, case.outputs), BATCHES,
+                            rtol=RTOL, atol=ATOL, exact_integers=True)
     assert checked == len(BATCHES) * len(case.outputs)
 
 
@@ -247,25 +202,26 @@ def test_scatter_elements_none(tmp_path: Path) -> None:
     distinct rows (a permutation), as ONNX requires."""
     case = Case("scatter_elements_none", [node("ScatterElements", ["x", "i", "u"], axis=0)],
                 {"x": x_in(4, "N"), "i": x_in(2, "N", dtype=I64), "u": x_in(2, "N")})
-    model = build_model(case)
-    compiled = compile_and_load(model, tmp_path)
+    model = build_model(case, strict=False)
+    compiled = compile_and_load(model, tmp_path, threads=1)
+    expected = reference(model, case.outputs)
     checked = 0
     for batch in BATCHES:
         inputs = feeds(case, batch, seed=batch)
         rng = np.random.default_rng(batch)
         rows = np.stack([rng.permutation(4)[:2] for _ in range(batch)], axis=1)
         inputs["i"] = np.where(rows % 2 == 1, rows - 4, rows).astype(I64)  # some negative
-        checked += check(case, compiled(**inputs), reference(model, inputs, case.outputs))
+        checked += check(case, compiled(**inputs), expected(inputs), batch)
     assert checked == len(BATCHES)
 
 
 @pytest.mark.parametrize("case", STATIC_CASES, ids=lambda c: c.name)
 def test_runtime_steering_inputs(case: Case, tmp_path: Path) -> None:
-    model = build_model(case)
-    compiled = compile_and_load(model, tmp_path)
+    model = build_model(case, strict=False)
+    compiled = compile_and_load(model, tmp_path, threads=1)
     inputs = {**feeds(case, 1, seed=3), **STATIC_VALUES[case.name]}
-    assert check(case, compiled(**inputs), reference(model, inputs, case.outputs)) == len(
-        case.outputs)
+    expected = reference(model, case.outputs)(inputs)
+    assert check(case, compiled(**inputs), expected) == len(case.outputs)
 
 
 def test_out_of_range_indices_stay_in_bounds(tmp_path: Path) -> None:
@@ -273,7 +229,7 @@ def test_out_of_range_indices_stay_in_bounds(tmp_path: Path) -> None:
     process neither crashes nor reads past the buffer (the clamped element is read)."""
     case = Case("gather_elements_oob", [node("GatherElements", ["x", "i"], axis=1)],
                 {"x": x_in(2, 3), "i": x_in(2, 2, dtype=I64)})
-    compiled = compile_and_load(build_model(case), tmp_path)
+    compiled = compile_and_load(build_model(case, strict=False), tmp_path, threads=1)
     x = np.arange(6, dtype=F).reshape(2, 3)
     got = compiled(x=x, i=np.array([[7, -9], [3, 1 << 40]], I64))["y"]
     np.testing.assert_array_equal(got, [[2.0, 0.0], [5.0, 5.0]])
@@ -288,7 +244,7 @@ def test_out_of_range_indices_stay_in_bounds(tmp_path: Path) -> None:
 def test_runtime_sizes_without_declared_shapes_are_refused(case: Case, tmp_path: Path
                                                              ) -> None:
     with pytest.raises(Exception, match="run-time value"):
-        compile_and_load(build_model(case), tmp_path)
+        compile_and_load(build_model(case, strict=False), tmp_path, threads=1)
 
 
 def test_case_count() -> None:

@@ -4,42 +4,30 @@ backend, run through ``irkit.runtime.load`` at batch 1, 7 and 64, against ONNX R
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
 pytest.importorskip("llvmlite")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto
 
-import irkit  # noqa: E402
-import irkit.runtime  # noqa: E402
+from irkit.testing.op_cases import OpCase as Case
+from irkit.testing.op_cases import (
+    build_model,
+    check_batches,
+    compile_and_load,
+    integers,
+    node,
+    onnxruntime_reference,
+    uniform,
+)
 
 BATCHES = (1, 7, 64)
 RTOL, ATOL = 1e-4, 1e-5
-NP_TO_ONNX = {np.float32: TensorProto.FLOAT, np.int64: TensorProto.INT64,
-              np.bool_: TensorProto.BOOL}
-
-
-@dataclass
-class Case:
-    name: str
-    nodes: list[Any]
-    inputs: dict[str, tuple[tuple[Any, ...], type]]  # name -> (shape with "N", dtype)
-    consts: dict[str, np.ndarray] = field(default_factory=dict)
-    outputs: tuple[str, ...] = ("y",)
-    opset: int = 18
-    low: float | None = None  # inputs drawn from U(low, high) instead of N(0, 1)
-    high: float = 1.0
-
-
-def node(op: str, ins: list[str], outs: list[str] | None = None, **attrs: Any) -> Any:
-    return helper.make_node(op, ins, outs or ["y"], **attrs)
 
 
 R = np.random.default_rng(7)
@@ -56,9 +44,9 @@ CASES = [
     *[Case(op.lower(), [node(op, ["x"])], {"x": (("N", 3, 5), F)}) for op in
       ("Relu", "Sigmoid", "Tanh", "Exp", "Erf", "Neg", "Abs", "Softplus", "Identity",
        "Floor", "Ceil")],
-    Case("sqrt", [node("Sqrt", ["x"])], {"x": (("N", 3, 5), F)}, low=0.0, high=4.0),
-    Case("reciprocal", [node("Reciprocal", ["x"])], {"x": (("N", 8), F)}, low=0.5, high=3.0),
-    Case("log", [node("Log", ["x"])], {"x": (("N", 8), F)}, low=0.1, high=5.0),
+    Case("sqrt", [node("Sqrt", ["x"])], {"x": (("N", 3, 5), F, uniform(0.0, 4.0))}),
+    Case("reciprocal", [node("Reciprocal", ["x"])], {"x": (("N", 8), F, uniform(0.5, 3.0))}),
+    Case("log", [node("Log", ["x"])], {"x": (("N", 8), F, uniform(0.1, 5.0))}),
     Case("gelu", [node("Gelu", ["x"])], {"x": (("N", 16), F)}, opset=20),
     Case("gelu_tanh", [node("Gelu", ["x"], approximate="tanh")], {"x": (("N", 16), F)},
          opset=20),
@@ -76,15 +64,15 @@ CASES = [
     Case("div_const", [node("Div", ["x", "b"])], {"x": (("N", 3, 4), F)},
          {"b": w(3, 4, positive=True)}),
     Case("pow_square", [node("Pow", ["x", "e"])], {"x": (("N", 5), F)}, {"e": np.array(2.0, F)}),
-    Case("pow_general", [node("Pow", ["x", "e"])], {"x": (("N", 5), F)},
-         {"e": np.array(1.7, F)}, low=0.1, high=3.0),
+    Case("pow_general", [node("Pow", ["x", "e"])], {"x": (("N", 5), F, uniform(0.1, 3.0))},
+         {"e": np.array(1.7, F)}),
     Case("max_min", [node("Max", ["x", "z"], ["m"]), node("Min", ["m", "b"])],
          {"x": (("N", 4), F), "z": (("N", 4), F)}, {"b": w(4)}),
     Case("where_greater", [node("Greater", ["x", "z"], ["c"]), node("Where", ["c", "x", "z"])],
          {"x": (("N", 6), F), "z": (("N", 6), F)}),
     Case("equal_bool_out", [node("Equal", ["x", "x"])], {"x": (("N", 4), F)}),
     Case("cast_int64", [node("Floor", ["x"], ["f"]), node("Cast", ["f"], to=TensorProto.INT64)],
-         {"x": (("N", 4), F)}, low=-5.0, high=5.0),
+         {"x": (("N", 4), F, uniform(-5.0, 5.0))}),
     Case("chain_fused", [node("Mul", ["x", "a"], ["m"]), node("Add", ["m", "b"], ["s"]),
                          node("Tanh", ["s"], ["t"]), node("Mul", ["t", "x"])],
          {"x": (("N", 32), F)}, {"a": w(32), "b": w(32)}),
@@ -169,8 +157,8 @@ CASES = [
           "ax": np.array([1, 2], np.int64), "sp": np.array([3, -2], np.int64)}),
     Case("split", [node("Split", ["x", "sp"], ["a", "b"], axis=1), node("Sub", ["b", "a"])],
          {"x": (("N", 6), F)}, {"sp": np.array([3, 3], np.int64)}),
-    Case("gather_embedding", [node("Gather", ["e", "i"])], {"i": (("N", 5), np.int64)},
-         {"e": w(11, 4)}),
+    Case("gather_embedding", [node("Gather", ["e", "i"])],
+         {"i": (("N", 5), np.int64, integers(-11, 11))}, {"e": w(11, 4)}),
     Case("gather_axis1_const", [node("Gather", ["x", "i"], axis=1)], {"x": (("N", 5, 3), F)},
          {"i": np.array([4, 0, -1], np.int64)}),
     Case("expand", [node("Expand", ["x", "s"])], {"x": (("N", 1, 4), F)},
@@ -184,56 +172,13 @@ CASES = [
           "m1": np.array([-1], np.int64)}),
 ]
 
-def build_model(case: Case) -> Any:
-    inputs = []
-    for name, (shape, dtype) in case.inputs.items():
-        inputs.append(helper.make_tensor_value_info(name, NP_TO_ONNX[dtype], list(shape)))
-    outputs = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in
-               case.outputs]
-    inits = [numpy_helper.from_array(np.asarray(a), n) for n, a in case.consts.items()]
-    graph = helper.make_graph(case.nodes, case.name, inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    # Keep the batch symbolic on the outputs (inference may have made it concrete).
-    return model
-
-
-def feeds(case: Case, batch: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, (shape, dtype) in case.inputs.items():
-        dims = tuple(batch if d == "N" else d for d in shape)
-        if dtype is np.int64:
-            out[name] = rng.integers(-11, 11, size=dims).astype(np.int64)
-        elif case.low is not None:
-            out[name] = rng.uniform(case.low, case.high, size=dims).astype(np.float32)
-        else:
-            out[name] = rng.standard_normal(dims).astype(np.float32)
-    return out
-
-
-def compile_and_load(model: Any, tmp_path: Path, **options: Any) -> Any:
-    graph = irkit.load_model(model)
-    artifact = irkit.compile(graph, target="llvm", **options)
-    return irkit.runtime.load(artifact.save(tmp_path / "artifact"), threads=1)
-
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_op_matches_onnxruntime(case: Case, tmp_path: Path) -> None:
     model = build_model(case)
-    compiled = compile_and_load(model, tmp_path)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    checked = 0
-    for batch in BATCHES:
-        inputs = feeds(case, batch, seed=batch)
-        expected = dict(zip(case.outputs, session.run(list(case.outputs), inputs)))
-        got = compiled(**inputs)
-        for name in case.outputs:
-            assert got[name].shape == expected[name].shape, (name, batch)
-            assert got[name].dtype == expected[name].dtype, (name, batch)
-            np.testing.assert_allclose(got[name], expected[name], rtol=RTOL, atol=ATOL,
-                                       err_msg=f"{case.name} output {name} at batch {batch}")
-            checked += 1
+    compiled = compile_and_load(model, tmp_path, threads=1)
+    reference = onnxruntime_reference(model, case.outputs)
+    checked = check_batches(case, compiled, reference, BATCHES, rtol=RTOL, atol=ATOL)
     assert checked == len(BATCHES) * len(case.outputs)
 
 

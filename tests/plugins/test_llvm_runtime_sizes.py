@@ -15,20 +15,23 @@ from typing import Any
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
 pytest.importorskip("llvmlite")
 
-from onnx import TensorProto, helper  # noqa: E402
+from onnx import helper
 
-import irkit  # noqa: E402
-import irkit.runtime  # noqa: E402
-from irkit.errors import UnsupportedOpsError  # noqa: E402
-from irkit.runtime.signature import InputError  # noqa: E402
+import irkit
+from irkit.errors import UnsupportedOpsError
+from irkit.runtime.signature import InputError
+from irkit.testing.op_cases import (
+    assert_output,
+    compile_and_load,
+    onnx_element_type,
+    onnxruntime_reference,
+)
 
 RTOL, ATOL = 1e-4, 1e-5
-ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
-              np.dtype(np.int32): TensorProto.INT32, np.dtype(np.bool_): TensorProto.BOOL}
 R = np.random.default_rng(11)
 
 
@@ -63,10 +66,10 @@ def _given(name: str) -> bool:
 def model(case: Case, computed: str | None = None) -> Any:
     """The one-node graph; ``computed`` names a size input that is instead computed in the
     graph (``Abs``, or ``Not`` for booleans, of the graph input)."""
-    inputs = [helper.make_tensor_value_info(n, ONNX_TYPES[v.dtype], list(v.shape))
+    inputs = [helper.make_tensor_value_info(n, onnx_element_type(v.dtype), list(v.shape))
               for n, v in case.feeds.items() if _given(n)]
     outputs = [helper.make_tensor_value_info(
-        n, ONNX_TYPES[np.dtype(case.out_dtypes.get(n, np.float32))], list(s))
+        n, onnx_element_type(case.out_dtypes.get(n, np.float32)), list(s))
         for n, s in case.outputs.items()]
     names = [n if n != computed else f"{n}_abs" for n in case.feeds]
     nodes = [] if computed is None else [helper.make_node(
@@ -149,25 +152,18 @@ CASES = [
 ]
 
 
-def compile_and_load(onnx_model: Any, tmp_path: Path) -> Any:
-    artifact = irkit.compile(irkit.load_model(onnx_model), target="llvm")
-    return irkit.runtime.load(artifact.save(tmp_path / "artifact"), threads=1)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_matches_onnxruntime_and_guards(case: Case, tmp_path: Path) -> None:
     onnx_model = model(case)
-    compiled = compile_and_load(onnx_model, tmp_path)
-    session = ort.InferenceSession(onnx_model.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    compiled = compile_and_load(onnx_model, tmp_path, threads=1)
     inputs = feeds(case)
-    expected = dict(zip(case.outputs, session.run(list(case.outputs), inputs)))
+    reference = onnxruntime_reference(onnx_model, list(case.outputs))
+    expected = dict(zip(case.outputs, reference(inputs)))
     got = compiled(**inputs)
     for name, shape in case.outputs.items():
         assert expected[name].shape == shape, "the case's declared shape is ONNX's"
-        assert got[name].shape == shape and got[name].dtype == expected[name].dtype
-        np.testing.assert_allclose(got[name], expected[name], rtol=RTOL, atol=ATOL,
-                                   err_msg=f"{case.name} output {name}")
+        assert_output(got[name], expected[name], where=f"{case.name} output {name}",
+                      rtol=RTOL, atol=ATOL)
     with pytest.raises(InputError) as info:
         compiled(**feeds(case, case.bad))
     assert case.op in str(info.value)
