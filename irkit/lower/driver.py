@@ -292,14 +292,8 @@ class GraphLowering:
         """A ``WIDEN_HALF`` op on f16/bf16 inputs: its f32 kernel, each f32 result rounded
         to the output's declared 16-bit type when read (MaxPool's indices stay i64)."""
         outs = LOWERINGS[node.op](self.ctx, node, [self.widen(r) for r in ins])
-        rounded: list[TensorRef] = []
-        for value, ref in zip(node.outputs, outs):
-            dtype = self.dtype(value)
-            if ref.dtype == "f32" and dtype in HALF:
-                ref = TensorRef(ref.shape, dtype, lambda idx, ref=ref, dtype=dtype: Cast(
-                    dtype, ref.read(idx)), cost=ref.cost + 1)
-            rounded.append(ref)
-        return rounded
+        return [_rounded(ref, self.dtype(value)) if ref.dtype == "f32" else ref
+                for value, ref in zip(node.outputs, outs)]
 
     # -- outputs and plan -----------------------------------------------------------
     def bind_output(self, value: Value) -> None:
@@ -341,6 +335,13 @@ class GraphLowering:
             {"size": to_json(to_poly(size)), "why": why} for size, why in ctx.constraints]
         return LoweredModel(program, plan, list(self.graph.inputs), list(self.graph.outputs),
                             self.fused, shapes, in_shapes, constraints, ctx.guards)
+
+
+def _rounded(ref: TensorRef, dtype: str) -> TensorRef:
+    """``ref`` read in the 16-bit float ``dtype`` (other dtypes: ``ref`` itself)."""
+    if dtype not in HALF:
+        return ref
+    return TensorRef(ref.shape, dtype, lambda idx: Cast(dtype, ref.read(idx)), cost=ref.cost + 1)
 
 
 def _dim_json(dim: Expr) -> list[int] | dict[str, int]:
