@@ -21,6 +21,7 @@ from irkit.kir import (
     Const,
     Expr,
     For,
+    If,
     Let,
     Load,
     Select,
@@ -56,7 +57,11 @@ def _axes(node: Node, rank: int, ins: Sequence[TensorRef | None], default_all: b
                 raise LoweringError(f"{node.op} needs constant axes")
             from irkit.lower.runtime_sizes import reduce_axes
 
-            return reduce_axes(ctx, node, ins[0], ins[1])  # from the declared shape
+            choices = reduce_axes(ctx, node, ins[0], ins[1])  # from the declared shape
+            if len(choices) > 1:
+                raise LoweringError(f"{node.op}: the declared output shape fits several "
+                                    "run-time axes")
+            return choices[0][0]
         axes = [int(a) for a in np.asarray(ins[1].const).reshape(-1)]
     if not axes:
         if node.attr("noop_with_empty_axes", 0):
@@ -97,12 +102,16 @@ class _Reducer:
             stmt = For(v, self.shape[d], stmt)
         return stmt
 
-    def emit(self, hint: str, body: Stmt) -> None:
+    def nest(self, body: Stmt) -> Stmt:
+        """``body`` inside the loops over the kept dims (the outermost parallel)."""
         stmt = body
         for k in reversed(range(len(self.kept))):
             stmt = For(self.outer[k], self.shape[self.kept[k]], stmt,
                        "parallel" if k == 0 else "serial")
-        self.ctx.add_kernel(hint, stmt, self.locals)
+        return stmt
+
+    def emit(self, hint: str, body: Stmt) -> None:
+        self.ctx.add_kernel(hint, self.nest(body), self.locals)
 
     def count(self) -> Expr:
         return product([self.shape[d] for d in self.axes])
@@ -422,14 +431,35 @@ def lower_reduce(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare", "ReduceL1"))
     if integer and op not in allowed:
         raise LoweringError(f"{op} on {x.dtype} is not supported")
-    axes = _axes(node, x.rank, ins, default_all=True, ctx=ctx)
+    choices: list[tuple[list[int], Expr | None]]
+    if (node.attr("axes", None) is None and len(ins) > 1 and ins[1] is not None
+            and ins[1].const is None):
+        from irkit.lower.runtime_sizes import reduce_axes
+
+        # Run-time axes: from the declared shape; with keepdims=0 it may fit several
+        # choices, each a kernel that runs only when the axes values pick it.
+        choices = reduce_axes(ctx, node, x, ins[1])
+    else:
+        choices = [(_axes(node, x.rank, ins, default_all=True, ctx=ctx), None)]
     keep = bool(node.attr("keepdims", 1))
+    axes0 = choices[0][0]
     out_shape = tuple(
-        (Const(1) if d in axes else x.shape[d]) for d in range(x.rank)
-        if keep or d not in axes
+        (Const(1) if d in axes0 else x.shape[d]) for d in range(x.rank)
+        if keep or d not in axes0
     )
-    red = _Reducer(ctx, x.shape, axes)
     out = ctx.new_buffer(node.op.lower(), x.dtype, product(out_shape))
+    for axes, picked in choices:
+        _emit_reduce(ctx, node, x, axes, keep, out, out_shape, picked)
+    return [buffer_ref(out, out_shape)]
+
+
+def _emit_reduce(ctx: LoweringContext, node: Node, x: TensorRef, axes: list[int],
+                 keep: bool, out: Buffer, out_shape: tuple[Expr, ...],
+                 picked: Expr | None) -> None:
+    """The kernel reducing ``x`` over ``axes`` into ``out`` (only when ``picked`` holds)."""
+    op = node.op
+    integer = x.dtype not in FLOATS
+    red = _Reducer(ctx, x.shape, axes)
     # Floats accumulate in f32 (f64 for f64), integer sums and products in 64 bits (then
     # wrap to the input type like numpy's); max and min stay in the input type.
     acc = red.scalar(_reduce_acc(op, x.dtype))
@@ -463,8 +493,11 @@ def lower_reduce(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         red.inner(lambda idx: Store(acc, z, combine(x.read(idx)))),
         Store(out, flat_index(out_idx, out_shape), _as(result, x.dtype)),
     )
-    red.emit(op.lower(), body)
-    return [buffer_ref(out, out_shape)]
+    if picked is None:
+        red.emit(op.lower(), body)
+    else:
+        stmt = red.nest(body)
+        ctx.add_kernel(op.lower(), If(picked, stmt, None), red.locals)
 
 
 def lower_pool(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]

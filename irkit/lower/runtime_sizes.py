@@ -51,9 +51,12 @@ def _static_shape(x: TensorRef, what: str) -> tuple[int, ...]:
     return tuple(static(d, what) for d in x.shape)
 
 
-def reduce_axes(ctx: LoweringContext, node: Node, x: TensorRef, axes: TensorRef) -> list[int]:
+def reduce_axes(ctx: LoweringContext, node: Node, x: TensorRef, axes: TensorRef
+                ) -> list[tuple[list[int], Expr | None]]:
     """The reduced axes of a reduction whose ``axes`` input is a run-time value, read from
-    the declared output shape (guarded)."""
+    the declared output shape (guarded): one ``(axes, None)``, or, when that shape fits
+    several choices (``keepdims=0`` over [3, 2, 2] giving [3, 2]), each choice with the
+    run-time condition under which the ``axes`` values pick it."""
     shape = _static_shape(x, f"{node.op} input dim")
     out = declared(node, 0, f"{node.op} axes")
     keep = bool(node.attr("keepdims", 1))
@@ -64,19 +67,44 @@ def reduce_axes(ctx: LoweringContext, node: Node, x: TensorRef, axes: TensorRef)
         if any(out[d] != 1 for d in found):
             raise LoweringError(f"{node.op}: declared output {list(out)} is not a reduction "
                                 f"of {list(shape)}")
+        choices: list[tuple[list[int], Expr | None]] = [(found, None)]
     else:
         matches = [removed for removed in combinations(range(len(shape)), len(shape) - len(out))
                    if tuple(n for d, n in enumerate(shape) if d not in removed) == out]
-        distinct = {tuple(d for d in m if shape[d] != 1) for m in matches}
-        if len(distinct) != 1:
-            raise LoweringError(
-                f"{node.op}: the declared output {list(out)} does not tell which axes of "
-                f"{list(shape)} the run-time axes reduce")
-        found = list(matches[0])
+        if not matches:
+            raise LoweringError(f"{node.op}: declared output {list(out)} is not a reduction "
+                                f"of {list(shape)}")
+        # Choices that differ only in size-1 dims give the same values: keep one of each.
+        distinct = {tuple(d for d in m if shape[d] != 1): list(m) for m in matches}
+        choices = [(axes_, None) for axes_ in distinct.values()]
+        if len(choices) > 1:
+            choices = [(axes_, _picks(axes, [d for d in axes_ if shape[d] != 1], len(shape)))
+                       for axes_ in distinct.values()]
     ctx.shape_guard(node, "reduce", {"axes": axes}, x.shape, [[Const(d) for d in out]],
                     {"keepdims": int(keep),
                      "noop_with_empty_axes": int(node.attr("noop_with_empty_axes", 0))})
-    return sorted(found)
+    return [(sorted(a), cond) for a, cond in choices]
+
+
+def _picks(axes: TensorRef, wanted: list[int], rank: int) -> Expr:
+    """Whether the run-time ``axes`` values (negative ones count from the end) name every
+    dim in ``wanted``; the guard has already checked they give the declared shape."""
+    count = static(axes.shape[0], "reduction axes count") if axes.rank else 1
+    values = []
+    for j in range(count):
+        a = axes.read((Const(j),) if axes.rank else ())
+        a = a if a.dtype == "i64" else Cast("i64", a)
+        values.append(Select(Binary("lt", a, Const(0)), a + Const(rank), a))
+    cond: Expr | None = None
+    for d in wanted:
+        named: Expr | None = None
+        for v in values:
+            hit = Binary("eq", v, Const(d))
+            named = hit if named is None else Binary("or", named, hit)
+        assert named is not None
+        cond = named if cond is None else Binary("and", cond, named)
+    assert cond is not None
+    return cond
 
 
 def guarded_shape(ctx: LoweringContext, node: Node, kind: str, x: TensorRef,

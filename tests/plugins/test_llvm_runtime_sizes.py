@@ -185,3 +185,37 @@ def test_resize_antialias_with_runtime_scales_is_refused() -> None:
                 {"y": (1, 1, 2, 2)}, {}, {"mode": "linear", "antialias": 1})
     with pytest.raises(UnsupportedOpsError, match="antialias"):
         irkit.compile(irkit.load_model(model(case)), target="llvm")
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMax", "ReduceMean", "ReduceL2"])
+def test_reduction_whose_declared_shape_fits_several_axes(op: str, tmp_path: Path) -> None:
+    """keepdims=0 over [3, 2, 2] declared [3, 2]: axes 1 or 2 (or -1, -2) both fit, so
+    the model holds a kernel per choice and the axes values pick one at run time."""
+    case = Case("ambiguous", op, {"x": data(3, 2, 2), "axes": i64(1)}, {"y": (3, 2)},
+                {"axes": i64(0)}, {"keepdims": 0}, opset=18)
+    onnx_model = model(case)
+    compiled = compile_and_load(onnx_model, tmp_path, threads=1)
+    reference = onnxruntime_reference(onnx_model, ["y"])
+    x = case.feeds["x"]
+    for axes in ([1], [2], [-1], [-2]):
+        inputs = {"x": x, "axes": i64(*axes)}
+        expected = reference(inputs)[0]
+        got = compiled(**inputs)["y"]
+        assert_output(got, expected, where=f"{op} axes {axes}", rtol=RTOL, atol=ATOL)
+    assert not np.allclose(compiled(x=x, axes=i64(1))["y"], compiled(x=x, axes=i64(2))["y"])
+    with pytest.raises(InputError, match=op):
+        compiled(x=x, axes=i64(0))  # [2, 2]: not the shape the kernels were built for
+
+
+def test_two_axis_reduction_choices(tmp_path: Path) -> None:
+    """[2, 3, 3, 3] declared [2, 3] with two run-time axes: three pairs fit."""
+    case = Case("pairs", "ReduceSum", {"x": data(2, 3, 3, 3), "axes": i64(1, 2)},
+                {"y": (2, 3)}, {"axes": i64(0, 1)}, {"keepdims": 0}, opset=18)
+    onnx_model = model(case)
+    compiled = compile_and_load(onnx_model, tmp_path, threads=1)
+    reference = onnxruntime_reference(onnx_model, ["y"])
+    x = case.feeds["x"]
+    for axes in ([1, 2], [3, 1], [-1, 2], [2, 3]):
+        inputs = {"x": x, "axes": i64(*axes)}
+        assert_output(compiled(**inputs)["y"], reference(inputs)[0], where=f"axes {axes}",
+                      rtol=RTOL, atol=ATOL)
