@@ -8,7 +8,7 @@ reports medians over rounds and the irkit/ORT ratio (below 1 = irkit faster).
 
 Models: a Graph, an ONNX path, an ``.irk`` spec (its model), or a built-in name:
 ``mlp`` (64-256-256-10), ``gemm512`` (x @ W, 512x512), ``resnet`` (ResNet-style CNN,
-3x32x32), ``transformer`` (2-layer encoder, d=128, seq 64) and ``minilm``
+3x32x32), ``mobilenet`` (depthwise-separable CNN, 3x96x96), ``transformer`` (2-layer encoder, d=128, seq 64) and ``minilm``
 (all-MiniLM-L6-v2's BERT, batch and sequence symbolic; run at sequence ``SEQUENCE``).
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-BUILTIN_MODELS = ("mlp", "gemm512", "resnet", "transformer", "minilm")
+BUILTIN_MODELS = ("mlp", "gemm512", "resnet", "mobilenet", "transformer", "minilm")
 # Sequence length of models with a second symbolic dim (MiniLM: batch N, sequence S).
 SEQUENCE = 32
 _CACHE = Path(tempfile.gettempdir()) / "irkit_bench_models"
@@ -98,6 +98,51 @@ def mlp_onnx(dims: Sequence[int] = (64, 256, 256, 10), seed: int = 0) -> Any:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def mobilenet_onnx(seed: int = 0) -> Any:
+    """A MobileNet-style CNN over f32[N, 3, 96, 96]: a strided 3x3 stem, five depthwise
+    3x3 + pointwise 1x1 blocks (BatchNorm folded into bias, ReLU6 as Clip), global
+    average pooling and a 10-way Gemm."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits: list[Any] = []
+    nodes: list[Any] = []
+
+    def const(name: str, *shape: int, scale: float = 1.0) -> str:
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        value = rng.standard_normal(shape) * scale / np.sqrt(fan_in)
+        inits.append(numpy_helper.from_array(value.astype(np.float32), name))
+        return name
+
+    def conv(x: str, name: str, cin: int, cout: int, k: int, stride: int, group: int) -> str:
+        w = const(f"{name}_w", cout, cin // group, k, k)
+        b = const(f"{name}_b", cout, scale=0.1)
+        nodes.append(helper.make_node("Conv", [x, w, b], [f"{name}_c"], group=group,
+                                      kernel_shape=[k, k], strides=[stride, stride],
+                                      pads=[k // 2] * 4))
+        nodes.append(helper.make_node("Clip", [f"{name}_c", "zero", "six"], [name]))
+        return name
+
+    inits += [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+              numpy_helper.from_array(np.array(6.0, np.float32), "six")]
+    x = conv("x", "stem", 3, 16, 3, 2, 1)
+    channels = 16
+    for i, (cout, stride) in enumerate([(32, 1), (64, 2), (64, 1), (128, 2), (128, 1)]):
+        x = conv(x, f"dw{i}", channels, channels, 3, stride, channels)
+        x = conv(x, f"pw{i}", channels, cout, 1, 1, 1)
+        channels = cout
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"]))
+    nodes.append(helper.make_node("Gemm", ["flat", const("fc_w", 10, channels), "fc_b"],
+                                  ["y"], transB=1))
+    inits.append(numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"))
+    graph = helper.make_graph(
+        nodes, "mobilenet", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                           ["N", 3, 96, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def builtin_model(name: str) -> Any:
     """The Graph of a built-in benchmark model (torch exports are cached on disk)."""
     import irkit
@@ -106,6 +151,8 @@ def builtin_model(name: str) -> Any:
         return irkit.load_model(mlp_onnx())
     if name == "gemm512":
         return irkit.load_model(_matmul_onnx("N", 512, 512))
+    if name == "mobilenet":
+        return irkit.load_model(mobilenet_onnx())
     if name == "minilm":
         from irkit.testing.models import export_minilm_onnx
 

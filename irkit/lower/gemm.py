@@ -48,7 +48,7 @@ class GemmSpec:
     cols: int | Expr  # N of the product; symbolic only with a packed runtime B
     a_buf: Buffer
     a_offset: Callable[[Expr], Expr]  # batch -> element offset of A's first row
-    lda: int
+    lda: int  # A's row stride (elements)
     store: StoreFn
     b_packed: Buffer | None = None  # compile-time packed weights (shared by all batches)
     b_source: PackFn | None = None  # runtime B, packed by a loop into the workspace
@@ -64,6 +64,9 @@ class GemmSpec:
     # Replaces the per-element ``store`` loop: (batch, first row, rows, panel, tile) -> Stmt
     # reading the finished ``rows x nr`` tile (irkit.ConvBiasActPool pools it in place).
     tile_store: Callable[[Expr, Expr, int, Expr, Buffer], Stmt] | None = None
+    # A's column (depth) stride: a 1x1 convolution reads its input [C, H*W] as A = x^T,
+    # rows one element apart and columns a channel plane apart.
+    a_kstride: int = 1
 
 
 def pack_weights(b: np.ndarray, nr: int) -> np.ndarray:
@@ -105,7 +108,8 @@ def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Bu
             for v in range(vecs)
         ]
         for r in range(rows):
-            a = Broadcast(Load(spec.a_buf, a_base + (r * spec.lda) + k), t.vec)
+            a = Broadcast(Load(spec.a_buf, a_base + (r * spec.lda) + k * spec.a_kstride),
+                          t.vec)
             for v in range(vecs):
                 body.append(Store(acc, slot(s, r, v), Call(
                     "fma", (a, bvars[v], Load(acc, slot(s, r, v), t.vec)))))

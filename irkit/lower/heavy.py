@@ -15,6 +15,7 @@ import numpy as np
 from irkit.ir import Node
 from irkit.kir import Binary, Buffer, Const, Expr, For, If, Load, Stmt, Store, block, simplify_expr
 from irkit.lower.context import LoweringContext
+from irkit.lower.depthwise import depthwise_emitter, is_depthwise
 from irkit.lower.gemm import GemmSpec, emit_gemm, pack_weights
 from irkit.lower.tensor import (
     Index,
@@ -247,12 +248,17 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     oh, ow = g["out"]
     ih, iw = g["in"]
     cin = static(x.shape[1], "Conv channels")
-    x_mat = ctx.materialize(x, "conv_in")
     out_shape = (x.shape[0], Const(cout), Const(oh), Const(ow))
-    w_buf = ctx.weight_buffer(w.reshape(cout, depth), "f32", "convw")
+    if is_depthwise(groups, w) and tile_store is None:
+        return HeavyPlan(out_shape, depthwise_emitter(ctx, x, w, bias, g, out_shape))
+    x_mat = ctx.materialize(x, "conv_in")
     assert x_mat.buffer is not None
     xbuf = x_mat.buffer
     spatial = oh * ow
+    if (groups == 1 and (kh, kw) == (1, 1) and g["s"] == [1, 1] and not any(g["p"])
+            and tile_store is None and _rows_fit_better(ctx, spatial, cout)):
+        return _pointwise_by_pixels(ctx, xbuf, w.reshape(cout, cin), bias, out_shape)
+    w_buf = ctx.weight_buffer(w.reshape(cout, depth), "f32", "convw")
     batch = simplify_expr(x.shape[0] * groups)
 
     pads = g["p"]
@@ -260,7 +266,8 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     nr = tiles.nr
     # Panels made of whole output rows (or one part of a row) are packed straight from the
     # unpadded input, with the padding's zeros written by the copy loops themselves.
-    rowwise = ow % nr == 0 or nr % ow == 0
+    pointwise = (kh, kw) == (1, 1) and g["s"] == [1, 1] and not any(pads)
+    rowwise = (ow % nr == 0 or nr % ow == 0) and not pointwise
     padded = any(pads) and not rowwise
     hp, wp = ih + pads[0] + pads[2], iw + pads[1] + pads[3]
     xpad = ctx.new_buffer("conv_pad", "f32", batch * (cin_g * hp * wp)) if padded else None
@@ -343,9 +350,19 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
                         + ox * sx + kx * dx)
 
         c = ctx.var("c")
-        if ow % nr == 0:
+        if pointwise:
+            # A 1x1 stride-1 unpadded conv reads each channel plane as one row of B: whole
+            # panels are contiguous copies; the last, partial one repeats the last column.
+            row = base + ci * chan_stride
+            j = p * nr + c
+            inner: Stmt = If(Binary("lt", p, Const(spatial // nr)),
+                       For(c, Const(nr), Store(bpanel, dst + c, Load(base_buf, row + j)),
+                           "vector"),
+                       For(c, Const(nr), Store(bpanel, dst + c, Load(
+                           base_buf, row + Binary("min", j, Const(spatial - 1))))))
+        elif ow % nr == 0:
             q = ow // nr
-            inner: Stmt = For(c, Const(nr), Store(bpanel, dst + c, src(p // q, (p % q) * nr + c)))
+            inner = For(c, Const(nr), Store(bpanel, dst + c, src(p // q, (p % q) * nr + c)))
         elif nr % ow == 0:
             per = nr // ow
             rr = ctx.var("rr")
@@ -373,6 +390,43 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
                         lda=depth, store=store, pack_panel=pack_rows if rowwise else pack,
                         prologue=prologue if padded else None, tile_store=tile_store)
         emit_gemm(ctx, spec, "conv", tiles)
+
+    return HeavyPlan(out_shape, emit)
+
+
+def _rows_fit_better(ctx: LoweringContext, spatial: int, cout: int) -> bool:
+    """Whether a 1x1 conv wastes less of its tiles with pixels as GEMM rows and output
+    channels as columns than with channels as rows and pixels as columns (a 7x7 map
+    fills 49 of a 64-wide panel; 128 channels fill whole panels)."""
+    conv, plain = ctx.tiles.for_conv(), ctx.tiles
+
+    def used(n: int, tile: int) -> float:
+        return n / (-(-n // tile) * tile)
+
+    by_channels = used(cout, conv.mr) * used(spatial, conv.nr)
+    by_pixels = used(spatial, plain.mr) * used(cout, plain.nr)
+    return by_pixels > by_channels
+
+
+def _pointwise_by_pixels(ctx: LoweringContext, xbuf: Buffer, w: np.ndarray,
+                         bias: TensorRef | None, out_shape: tuple[Expr, ...]) -> HeavyPlan:
+    """A 1x1 stride-1 Conv as ``out[n]^T = x[n]^T @ W^T`` per image: A is the input read
+    in place (pixel rows, channel columns a plane apart), B the packed weights."""
+    cout, cin = w.shape
+    oh, ow = int(out_shape[2].value), int(out_shape[3].value)  # type: ignore[attr-defined]
+    spatial = oh * ow
+    packed = ctx.weight_buffer(pack_weights(np.ascontiguousarray(w.T), ctx.tiles.nr), "f32",
+                               "wpack")
+
+    def emit(epilogue: Epilogue) -> None:
+        def store(n: Expr, i: Expr, co: Expr, acc: Expr) -> Stmt:
+            value = acc if bias is None else acc + bias.read((co,))
+            return epilogue((n, co, simplify_expr(i // ow), simplify_expr(i % ow)), value)
+
+        spec = GemmSpec(batch=out_shape[0], rows=Const(spatial), depth=cin, cols=cout,
+                        a_buf=xbuf, a_offset=lambda n: n * (cin * spatial), lda=1,
+                        a_kstride=spatial, store=store, b_packed=packed)
+        emit_gemm(ctx, spec, "conv")
 
     return HeavyPlan(out_shape, emit)
 
