@@ -264,27 +264,10 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     pads = g["p"]
     tiles = ctx.tiles.for_conv()
     nr = tiles.nr
-    # Panels made of whole output rows (or one part of a row) are packed straight from the
-    # unpadded input, with the padding's zeros written by the copy loops themselves.
+    # Panels are packed straight from the unpadded input, a segment per output row they
+    # touch, with the padding's zeros written by the copy loops themselves; a 1x1 stride-1
+    # unpadded conv copies whole channel rows.
     pointwise = (kh, kw) == (1, 1) and g["s"] == [1, 1] and not any(pads)
-    rowwise = (ow % nr == 0 or nr % ow == 0) and not pointwise
-    padded = any(pads) and not rowwise
-    hp, wp = ih + pads[0] + pads[2], iw + pads[1] + pads[3]
-    xpad = ctx.new_buffer("conv_pad", "f32", batch * (cin_g * hp * wp)) if padded else None
-
-    def prologue(bi: Expr) -> Stmt:
-        """Copy this image's group of channels into a zero-padded slot."""
-        assert xpad is not None
-        n, grp = bi // groups, bi % groups
-        slot = bi * (cin_g * hp * wp)
-        e, ci, yy, xx = ctx.var("e"), ctx.var("ci"), ctx.var("y"), ctx.var("x")
-        src = ((n * cin + grp * cin_g + ci) * ih + yy) * iw + xx
-        dst = slot + (ci * hp + yy + pads[0]) * wp + xx + pads[1]
-        return block(
-            For(e, Const(cin_g * hp * wp), Store(xpad, slot + e, Const(0.0, "f32"))),
-            For(ci, Const(cin_g), For(yy, Const(ih), For(xx, Const(iw), Store(
-                xpad, dst, Load(xbuf, src))))),
-        )
 
     def pack_rows(bi: Expr, p: Expr, bpanel: Buffer) -> Stmt:
         n, grp = bi // groups, bi % groups
@@ -294,27 +277,43 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
         dy, dx = g["d"]
         zero = Const(0.0, "f32")
 
-        def segment(dst: Expr, oy: Expr, ox0: Expr, count: int, ky_: int, kx_: int) -> Stmt:
+        def segment(dst: Expr, oy: Expr, ox0: Expr, count: int | Expr, ky_: int, kx_: int
+                    ) -> Stmt:
             """Output pixels (oy, ox0 .. ox0+count-1) of tap (ci, ky_, kx_) into the panel."""
+            n_out = Const(count) if isinstance(count, int) else count
             iy = oy * sy - pads[0] + ky_ * dy
             # ox range whose input column lies inside the image (ceil/floor division).
             lo = -(-(pads[1] - kx_ * dx) // sx)
             hi = (iw - 1 + pads[1] - kx_ * dx) // sx + 1
             c_lo = simplify_expr(Binary("min", Binary("max", Const(lo) - ox0, Const(0)),
-                                        Const(count)))
-            c_hi = simplify_expr(Binary("max", Binary("min", Const(hi) - ox0, Const(count)),
-                                        c_lo))
+                                        n_out))
+            c_hi = simplify_expr(Binary("max", Binary("min", Const(hi) - ox0, n_out), c_lo))
             c = ctx.var("c")
             src = base + ci * (ih * iw) + iy * iw + (ox0 + c) * sx - pads[1] + kx_ * dx
             copy = block(
                 For(c, c_lo, Store(bpanel, dst + c, zero)),
                 For(c, simplify_expr(c_hi - c_lo), Store(bpanel, dst + c, Load(xbuf, src)),
                     "vector", c_lo),
-                For(c, simplify_expr(Const(count) - c_hi), Store(bpanel, dst + c, zero),
+                For(c, simplify_expr(n_out - c_hi), Store(bpanel, dst + c, zero),
                     "serial", c_hi),
             )
             inside = Binary("and", Binary("ge", iy, Const(0)), Binary("lt", iy, Const(ih)))
-            return If(inside, copy, For(c, Const(count), Store(bpanel, dst + c, zero), "vector"))
+            return If(inside, copy, For(c, n_out, Store(bpanel, dst + c, zero), "vector"))
+
+        def spanning(dst: Expr, ky_: int, kx_: int) -> list[Stmt]:
+            """A panel whose pixels start mid-row and run over row ends: one segment per
+            output row it touches (at most ``(ow + nr - 2) // ow + 1``)."""
+            oy0, c0 = (p * nr) // ow, (p * nr) % ow
+            parts: list[Stmt] = []
+            for k in range((ow + nr - 2) // ow + 1):
+                first = c0 if k == 0 else Const(0)
+                done = Const(0) if k == 0 else simplify_expr(Const(ow) - c0 + (k - 1) * ow)
+                count = simplify_expr(Binary("max", Const(0), Binary(
+                    "min", Const(ow) - first, Const(nr) - done)))
+                # Rows past the last output row are never stored; clamp them.
+                oy = Binary("min", oy0 + k, Const(oh - 1))
+                parts.append(segment(dst + done, oy, first, count, ky_, kx_))
+            return parts
 
         taps: list[Stmt] = []
         for ky_ in range(kh):
@@ -323,6 +322,8 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
                 if ow % nr == 0:
                     q = ow // nr
                     taps.append(segment(dst, p // q, (p % q) * nr, nr, ky_, kx_))
+                elif nr % ow:
+                    taps += spanning(dst, ky_, kx_)
                 else:
                     per = nr // ow
                     for rr in range(per):
@@ -332,47 +333,18 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
         del ky, kx
         return For(ci, Const(cin_g), block(*taps))
 
-    def pack(bi: Expr, p: Expr, bpanel: Buffer) -> Stmt:
+    def pack_pointwise(bi: Expr, p: Expr, bpanel: Buffer) -> Stmt:
+        """Each channel plane is one row of B: whole panels are contiguous copies; the
+        last, partial one repeats the last column (never stored)."""
         n, grp = bi // groups, bi % groups
-        if xpad is not None:
-            base_buf, base = xpad, bi * (cin_g * hp * wp)
-            chan_stride, rows_stride = hp * wp, wp
-        else:
-            base_buf, base = xbuf, (n * cin + grp * cin_g) * (ih * iw)
-            chan_stride, rows_stride = ih * iw, iw
-        ci, ky, kx = ctx.var("ci"), ctx.var("ky"), ctx.var("kx")
-        dst = ((ci * kh + ky) * kw + kx) * nr
-        sy, sx = g["s"]
-        dy, dx = g["d"]
-
-        def src(oy: Expr, ox: Expr) -> Expr:
-            return Load(base_buf, base + ci * chan_stride + (oy * sy + ky * dy) * rows_stride
-                        + ox * sx + kx * dx)
-
-        c = ctx.var("c")
-        if pointwise:
-            # A 1x1 stride-1 unpadded conv reads each channel plane as one row of B: whole
-            # panels are contiguous copies; the last, partial one repeats the last column.
-            row = base + ci * chan_stride
-            j = p * nr + c
-            inner: Stmt = If(Binary("lt", p, Const(spatial // nr)),
-                       For(c, Const(nr), Store(bpanel, dst + c, Load(base_buf, row + j)),
-                           "vector"),
-                       For(c, Const(nr), Store(bpanel, dst + c, Load(
-                           base_buf, row + Binary("min", j, Const(spatial - 1))))))
-        elif ow % nr == 0:
-            q = ow // nr
-            inner = For(c, Const(nr), Store(bpanel, dst + c, src(p // q, (p % q) * nr + c)))
-        elif nr % ow == 0:
-            per = nr // ow
-            rr = ctx.var("rr")
-            oy = Binary("min", p * per + rr, Const(oh - 1))  # rows past the end: never stored
-            inner = For(rr, Const(per), For(c, Const(ow), Store(
-                bpanel, dst + rr * ow + c, src(oy, c))))
-        else:
-            j = Binary("min", p * nr + c, Const(spatial - 1))
-            inner = For(c, Const(nr), Store(bpanel, dst + c, src(j // ow, j % ow)))
-        return For(ci, Const(cin_g), For(ky, Const(kh), For(kx, Const(kw), inner)))
+        ci, c = ctx.var("ci"), ctx.var("c")
+        row = (n * cin + grp * cin_g + ci) * (ih * iw)
+        j = p * nr + c
+        return For(ci, Const(cin_g), If(
+            Binary("lt", p, Const(spatial // nr)),
+            For(c, Const(nr), Store(bpanel, ci * nr + c, Load(xbuf, row + j)), "vector"),
+            For(c, Const(nr), Store(bpanel, ci * nr + c, Load(
+                xbuf, row + Binary("min", j, Const(spatial - 1)))))))
 
     def emit(epilogue: Epilogue) -> None:
         def store(bi: Expr, i: Expr, j: Expr, acc: Expr) -> Stmt:
@@ -387,8 +359,9 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
 
         spec = GemmSpec(batch=batch, rows=Const(cout_g), depth=depth, cols=spatial,
                         a_buf=w_buf, a_offset=lambda bi: (bi % groups) * (cout_g * depth),
-                        lda=depth, store=store, pack_panel=pack_rows if rowwise else pack,
-                        prologue=prologue if padded else None, tile_store=tile_store)
+                        lda=depth, store=store,
+                        pack_panel=pack_pointwise if pointwise else pack_rows,
+                        tile_store=tile_store)
         emit_gemm(ctx, spec, "conv", tiles)
 
     return HeavyPlan(out_shape, emit)

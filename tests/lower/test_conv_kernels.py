@@ -1,7 +1,9 @@
-"""Depthwise Conv (irkit.lower.depthwise) and pointwise 1x1 Conv packing against ONNX
-Runtime: fp32 rtol 1e-4, atol 1e-5, at batch 1, 3 and 8, with bias, channel multipliers,
-strides, dilations, asymmetric and automatic padding, images with no interior (every
-output touches the padding), odd widths (vector remainders) and fused epilogues."""
+"""Conv kernel strategies against ONNX Runtime (fp32 rtol 1e-4, atol 1e-5, batch 1, 3
+and 8): depthwise sliding windows (irkit.lower.depthwise) with bias, channel multipliers,
+strides, dilations, asymmetric and automatic padding, images with no interior and fused
+epilogues; 1x1 convs in both GEMM orientations; and im2col panels that start mid-row
+and run over row ends (output widths that neither divide nor are divided by the panel
+width)."""
 
 from __future__ import annotations
 
@@ -120,3 +122,18 @@ def test_mobilenet_block_matches_onnxruntime(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     run_against_ort(model, 24, (28, 28), tmp_path, "mobilenet block")
+
+
+SPANNING = {
+    "ow48_stride2": (3, (96, 96), (16, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    "ow100_wider_than_panel": (2, (5, 100), (4, 2, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "ow13_dilated": (3, (15, 17), (5, 3, 3, 3), {"pads": [2, 0, 1, 2], "dilations": [2, 2]}),
+    "ow7_5x5_stride3": (4, (19, 21), (6, 4, 5, 5), {"pads": [2, 2, 2, 2], "strides": [3, 3]}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPANNING))
+def test_panels_spanning_output_rows(name: str, tmp_path: Path) -> None:
+    channels, hw, weight, attrs = SPANNING[name]
+    model = conv_model(channels, hw, weight, epilogue="relu", **attrs)
+    run_against_ort(model, channels, hw, tmp_path, name)
