@@ -197,11 +197,13 @@ class Select(Expr):
 
 @dataclass(frozen=True, eq=True)
 class Load(Expr):
-    """``buf[index]``, or ``lanes`` consecutive elements from there as a vector."""
+    """``buf[index]``, or ``lanes`` elements from there as a vector: consecutive, or
+    ``stride`` apart (a stride-2 convolution reads every other column)."""
 
     buf: Buffer
     index: Expr
     vlanes: int = 1
+    stride: int = 1
 
     @property
     def dtype(self) -> str:

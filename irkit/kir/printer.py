@@ -58,8 +58,10 @@ def format_expr(expr: Expr) -> str:
             return f"select({format_expr(c)}, {format_expr(a)}, {format_expr(b)})"
         case Load(buf=buf, index=index, vlanes=1):
             return f"{buf.name}[{format_expr(index)}]"
-        case Load(buf=buf, index=index, vlanes=lanes):
+        case Load(buf=buf, index=index, vlanes=lanes, stride=1):
             return f"{buf.name}[{format_expr(index)} : +{lanes}]"
+        case Load(buf=buf, index=index, vlanes=lanes, stride=stride):
+            return f"{buf.name}[{format_expr(index)} : +{lanes} step {stride}]"
         case Broadcast(x=x, vlanes=lanes):
             return f"broadcast({format_expr(x)}, {lanes})"
     raise TypeError(f"not a kernel IR expression: {expr!r}")

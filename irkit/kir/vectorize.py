@@ -1,8 +1,9 @@
 """``For(kind="vector")`` → explicit vector code.
 
 A vector loop whose body is straight-line (stores and lets, no inner loops or ifs) and
-whose loads/stores are contiguous (index stride 1 in the loop variable) or uniform
-(stride 0) becomes a loop over ``lanes``-wide vectors plus a scalar remainder loop.
+whose stores are contiguous (index stride 1 in the loop variable) and whose loads are
+contiguous, uniform (stride 0) or stride 2 (``MAX_LOAD_STRIDE``: stride-2 convolutions
+and pooling read every other column) becomes a loop over ``lanes``-wide vectors plus a scalar remainder loop.
 Anything else — a gathered index, the loop variable used as a value — leaves the loop
 serial: vectorization is a promise kept only when it is safe.
 """
@@ -26,6 +27,8 @@ from irkit.kir.nodes import (
 )
 from irkit.kir.simplify import simplify_expr
 from irkit.kir.visit import map_children, walk_exprs
+
+MAX_LOAD_STRIDE = 2
 
 
 class _NotVectorizable(Exception):
@@ -63,7 +66,9 @@ def _widen(expr: Expr, var: Var, base: Expr, lanes: int, vectors: set[str]) -> E
         if stride == 1 and expr.vlanes == 1:
             return Load(expr.buf, index, lanes)
         if stride == 0:
-            return Load(expr.buf, index, expr.vlanes)
+            return Load(expr.buf, index, expr.vlanes, expr.stride)
+        if stride is not None and 2 <= stride <= MAX_LOAD_STRIDE and expr.vlanes == 1:
+            return Load(expr.buf, index, lanes, stride)
         raise _NotVectorizable
     if expr == var:
         raise _NotVectorizable  # the index as a value would need an iota vector

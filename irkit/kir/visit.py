@@ -44,9 +44,9 @@ def map_children(expr: Expr, fn: ExprFn) -> Expr:
         case Select(cond=c, a=a, b=b):
             nc, na, nb = fn(c), fn(a), fn(b)
             return expr if (nc is c and na is a and nb is b) else Select(nc, na, nb)
-        case Load(buf=buf, index=index, vlanes=lanes):
+        case Load(buf=buf, index=index, vlanes=lanes, stride=stride):
             ni = fn(index)
-            return expr if ni is index else Load(buf, ni, lanes)
+            return expr if ni is index else Load(buf, ni, lanes, stride)
         case Broadcast(x=x, vlanes=lanes):
             nx = fn(x)
             return expr if nx is x else Broadcast(nx, lanes)

@@ -275,6 +275,24 @@ class KernelTranslator:
             source_etype=value_type(buf.dtype, memory=True),
         )
 
+    def _strided_load(self, buf: Buffer, index: Expr, lanes: int, stride: int) -> ir.Value:
+        """``lanes`` elements two apart from two overlapping contiguous loads that end at
+        the last element read (nothing past it is touched) and one shuffle."""
+        if stride != 2 or lanes % 2:
+            raise ValueError(f"strided load of {lanes} lanes, stride {stride}")
+        vty = value_type(buf.dtype, lanes, memory=True)
+        elem = value_type(buf.dtype, memory=True)
+        start = self._address(buf, index)
+        head = self.b.load(self._typed(start, vty), typ=vty)
+        tail_ptr = self.b.gep(start, [ir.Constant(I64, lanes - 1)], inbounds=True,
+                              source_etype=elem)
+        tail = self.b.load(self._typed(tail_ptr, vty), typ=vty)
+        head.align = tail.align = ITEMSIZE[buf.dtype]
+        # Offsets 0, 2, .., lanes-2 are in head; lanes, .., 2*lanes-2 are tail's odd lanes.
+        picks = [2 * k for k in range(lanes // 2)] + [lanes + 2 * k + 1
+                                                      for k in range(lanes // 2)]
+        return self.b.shuffle_vector(head, tail, ir.Constant(ir.VectorType(I32, lanes), picks))
+
     def _typed(self, ptr: ir.Value, ty: ir.Type) -> ir.Value:
         # Allocas are typed pointers in llvmlite; vector accesses need a cast.
         if not ptr.type.is_opaque and ptr.type.pointee != ty:
@@ -331,6 +349,10 @@ class KernelTranslator:
                     c = self._splat(c, lanes)
                 return self.b.select(c, self._splat(self.expr(a), lanes),
                                      self._splat(self.expr(b), lanes))
+            case Load(buf=buf, index=index, vlanes=lanes, stride=stride) if (
+                    stride > 1 and lanes > 1):
+                return self._from_memory(self._strided_load(buf, index, lanes, stride),
+                                         buf.dtype)
             case Load(buf=buf, index=index, vlanes=lanes):
                 vty = value_type(buf.dtype, lanes, memory=True)
                 ptr = self._typed(self._address(buf, index), vty)

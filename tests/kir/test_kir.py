@@ -199,7 +199,13 @@ kernel v(x: f32[(N * 4)], y: f32[(N * 4)], b: f32[4]) {
 def test_vector_loop_left_serial_when_not_contiguous() -> None:
     from irkit.kir.vectorize import vectorize_loops
 
-    gather = For(JV, Const(8), Store(Y, JV, Load(X, JV * 2)), "vector")
-    assert vectorize_loops(gather, 4) == For(JV, Const(8), Store(Y, JV, Load(X, JV * 2)))
+    gather = For(JV, Const(8), Store(Y, JV, Load(X, JV * 3)), "vector")
+    assert vectorize_loops(gather, 4) == For(JV, Const(8), Store(Y, JV, Load(X, JV * 3)))
+    every_other = vectorize_loops(For(JV, Const(8), Store(Y, JV, Load(X, JV * 2)), "vector"), 4)
+    from irkit.kir.visit import walk_exprs, walk_stmts
+
+    strided = [e for st in walk_stmts(every_other) if isinstance(st, Store)
+               for e in walk_exprs(st.value) if isinstance(e, Load) and e.vlanes == 4]
+    assert strided and all(e.stride == 2 for e in strided)
     as_value = For(JV, Const(8), Store(Y, JV, Cast("f32", JV)), "vector")
     assert vectorize_loops(as_value, 4).kind == "serial"  # type: ignore[attr-defined]
