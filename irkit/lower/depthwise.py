@@ -5,7 +5,8 @@ The GEMM template would see one output channel per group and a depth of ``kh*kw`
 product too small for its tiles (3x3 depthwise ran at a few GFLOP/s). Here each
 ``(image, output channel)`` plane is one parallel iteration. Output rows and columns
 whose window lies inside the image (the interior) read the input with no bounds checks,
-the column loop as ``lanes``-wide vectors (stride 1); the border rows and columns read
+the column loop as ``lanes``-wide vectors (stride 1; LLVM vectorizes wider strides); the
+border rows and columns read
 through guarded loads that give zero in the padding. Bias and the fused epilogue (ReLU,
 residual adds) are applied to each output element as it is produced.
 """
@@ -91,8 +92,11 @@ def depthwise_emitter(ctx: LoweringContext, x: TensorRef, w: np.ndarray,
         def span(lo: int, hi: int, body: Stmt, kind: str = "serial") -> Stmt | None:
             return For(ox, Const(hi - lo), body, kind, Const(lo)) if hi > lo else None
 
+        # Column stride 1: kir vectors. Wider strides stay a plain loop, which LLVM
+        # vectorizes with one wide load per input row shared by the taps (kir's strided
+        # loads would load each tap separately: 0.29 vs 0.18 ms on a 64ch 56² stride-2 map).
         inner_row = block(span(0, cols[0], out_at(True)),
-                          span(cols[0], cols[1], out_at(False), "vector"),
+                          span(cols[0], cols[1], out_at(False), "vector" if sx == 1 else "serial"),
                           span(cols[1], ow, out_at(True)))
         edge_row = For(ox, Const(ow), out_at(True))
 
