@@ -1,15 +1,18 @@
-"""``irkit bench``: latency of a compiled model against ONNX Runtime, in one process.
+"""``irkit bench``: latency of a compiled model against anchors, in one process.
 
-irkit runs through :class:`irkit.runtime.CompiledModel` (its input checks included); the
-anchor is ONNX Runtime's own ``InferenceSession.run`` on the same model, inputs and
-thread count, with no irkit code around it: what a user of ORT would call. After warm-up, rounds alternate irkit and ORT so drift
-and noise from other processes hit both; each round times ``inner`` calls, and the table
-reports medians over rounds and the irkit/ORT ratio (below 1 = irkit faster).
+irkit runs through :class:`irkit.runtime.CompiledModel` (its input checks included).
+Anchors: ``onnxruntime`` is ONNX Runtime's own ``InferenceSession.run`` on the same model,
+inputs and thread count, with no irkit code around it (what a user of ORT would call);
+``torch`` is eager PyTorch (:mod:`irkit.bench_torch`). After warm-up, rounds alternate
+irkit and the anchor so drift and noise from other processes hit both; each round times
+``inner`` calls, and the table reports medians over rounds and the irkit/anchor ratio
+(below 1 = irkit faster).
 
-Models: a Graph, an ONNX path, an ``.irk`` spec (its model), or a built-in name:
-``mlp`` (64-256-256-10), ``gemm512`` (x @ W, 512x512), ``resnet`` (ResNet-style CNN,
-3x32x32), ``mobilenet`` (depthwise-separable CNN, 3x96x96), ``transformer`` (2-layer encoder, d=128, seq 64) and ``minilm``
-(all-MiniLM-L6-v2's BERT, batch and sequence symbolic; run at sequence ``SEQUENCE``).
+Models: a Graph, an ONNX path, an ``.irk`` spec (its first pipeline's model), or a
+built-in name: ``mlp`` (64-256-256-10), ``gemm512`` (x @ W, 512x512), ``resnet``
+(ResNet-style CNN, 3x32x32), ``mobilenet`` (depthwise-separable CNN, 3x96x96),
+``transformer`` (2-layer encoder, d=128, seq 64) and ``minilm`` (all-MiniLM-L6-v2's BERT,
+batch and sequence symbolic; run at sequence ``SEQUENCE``).
 """
 
 from __future__ import annotations
@@ -50,12 +53,12 @@ class BenchResult:
     matmul: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> str:
-        head = (f"{'model':<12} {'batch':>5} {'thr':>3} {'irkit ms':>10} {'ort ms':>10} "
-                f"{'irkit/ort':>9}")
+        head = (f"{'model':<12} {'batch':>5} {'thr':>3} {'irkit ms':>10} {'anchor':>11} "
+                f"{'anchor ms':>10} {'ratio':>6}")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             lines.append(f"{r.model:<12} {r.batch:>5} {r.threads:>3} {r.irkit_ms:>10.4f} "
-                         f"{r.other_ms:>10.4f} {r.ratio:>9.2f}")
+                         f"{r.against:>11} {r.other_ms:>10.4f} {r.ratio:>6.2f}")
         if self.matmul:
             m = self.matmul
             lines.append(
@@ -176,20 +179,21 @@ def builtin_model(name: str) -> Any:
     raise ValueError(f"unknown benchmark model {name!r}; built-ins: {', '.join(BUILTIN_MODELS)}")
 
 
-def _resolve_model(model: Any) -> tuple[str, Any]:
+def _resolve_model(model: Any) -> tuple[str, Any, Any]:
+    """(name, graph, torch source or None) for a built-in name, a spec, a path or a Graph."""
     import irkit
 
     if isinstance(model, str) and model in BUILTIN_MODELS:
-        return model, builtin_model(model)
+        return model, builtin_model(model), None
     if isinstance(model, str | Path) and str(model).endswith(".irk"):
-        from irkit.spec import parse_spec_file  # type: ignore[attr-defined]
+        from irkit.builder import load_pipeline_model
+        from irkit.spec import parse_spec
 
-        spec = parse_spec_file(Path(model))
-        pipeline = spec.pipelines[0] if hasattr(spec, "pipelines") else spec
-        path = Path(model).parent / pipeline.model.path
-        return pipeline.name, irkit.load_model(path)
-    graph = irkit.load_model(model)
-    return getattr(graph, "name", "model") or "model", graph
+        pipeline = parse_spec(Path(model)).pipeline()
+        source = pipeline.model.factory if pipeline.model.kind == "torch" else None
+        return pipeline.name, load_pipeline_model(pipeline), source
+    graph = model if hasattr(model, "nodes") else irkit.load_model(model)
+    return getattr(graph, "name", "model") or "model", graph, None
 
 
 def _inputs(graph: Any, batch: int, seed: int = 0, sequence: int = SEQUENCE
@@ -273,18 +277,23 @@ def run_bench(
     matmul: bool = True,
     verbose: bool = True,
 ) -> BenchResult:
-    """Benchmark ``model_or_spec`` compiled for ``target`` against ONNX Runtime; prints
-    and returns the table (plus the 1024^3 matmul line when ``matmul``)."""
+    """Benchmark ``model_or_spec`` compiled for ``target`` against each anchor in
+    ``against`` (``onnxruntime``: ORT's own ``InferenceSession.run``; ``torch``: eager
+    PyTorch, see :mod:`irkit.bench_torch`); prints and returns the table (plus the 1024^3
+    matmul line when ``matmul``)."""
     import irkit
     import irkit.runtime
 
-    unknown = [a for a in against if a not in ("onnxruntime", "ort")]
-    if unknown:
-        raise ValueError(f"cannot benchmark against {unknown}; supported: onnxruntime")
+    anchors = ["onnxruntime" if a == "ort" else a for a in against]
+    unknown = [a for a in anchors if a not in ("onnxruntime", "torch")]
+    if unknown or not anchors:
+        raise ValueError(f"cannot benchmark against {unknown or 'nothing'}; "
+                         "supported: onnxruntime, torch")
     names = model_or_spec if isinstance(model_or_spec, list | tuple) else [model_or_spec]
     result = BenchResult()
     for item in names:
-        name, graph = _resolve_model(item)
+        name, graph, source = _resolve_model(item)
+        module = _torch_module(name, graph, source, verbose) if "torch" in anchors else None
         for thr in threads:
             with tempfile.TemporaryDirectory() as tmp:
                 irkit.compile(graph, target=target, threads=thr).save(Path(tmp) / "a")
@@ -292,15 +301,28 @@ def run_bench(
                 ours = irkit.runtime.load(Path(tmp) / "a", threads=thr)
                 ort = irkit.runtime.load(Path(tmp) / "b", threads=thr)
             # The anchor is ONNX Runtime's own call, without irkit's input checks around it.
-            anchor = partial(ort._runner.session.run, ort._runner.output_names)
+            ort_run = partial(ort._runner.session.run, ort._runner.output_names)
             for batch in batches:
                 feeds = _inputs(graph, batch)
-                t_ours, t_ort = alternate(partial(ours.run, feeds), partial(anchor, feeds), repeats)
-                row = BenchRow(name, batch, thr, t_ours * 1e3, t_ort * 1e3)
-                result.rows.append(row)
-                if verbose:
-                    print(f"  {name} batch {batch} threads {thr}: irkit {row.irkit_ms:.4f} ms, "
-                          f"ort {row.other_ms:.4f} ms, ratio {row.ratio:.2f}", flush=True)
+                calls: dict[str, Callable[[], Any]] = {}
+                if "onnxruntime" in anchors:
+                    calls["onnxruntime"] = partial(ort_run, feeds)
+                if module is not None:
+                    from irkit.bench_torch import max_difference, torch_call
+
+                    calls["torch"] = torch_call(module, graph, feeds, thr)
+                    diff = max_difference(calls["torch"](), ours.run(feeds))
+                    if verbose:
+                        print(f"  {name} batch {batch}: torch and irkit outputs differ by at "
+                              f"most {diff:.2g}", flush=True)
+                for anchor, call in calls.items():
+                    t_ours, t_anchor = alternate(partial(ours.run, feeds), call, repeats)
+                    row = BenchRow(name, batch, thr, t_ours * 1e3, t_anchor * 1e3, anchor)
+                    result.rows.append(row)
+                    if verbose:
+                        print(f"  {name} batch {batch} threads {thr}: irkit "
+                              f"{row.irkit_ms:.4f} ms, {anchor} {row.other_ms:.4f} ms, "
+                              f"ratio {row.ratio:.2f}", flush=True)
             ours.close()
             ort.close()
     if matmul:
@@ -308,3 +330,14 @@ def run_bench(
     if verbose:
         print(result.table())
     return result
+
+
+def _torch_module(name: str, graph: Any, source: Any, verbose: bool) -> Any:
+    from irkit.bench_torch import TorchUnavailable, torch_module
+
+    try:
+        return torch_module(name, graph, source)
+    except TorchUnavailable as exc:
+        if verbose:
+            print(f"  {name}: no torch anchor: {exc}", flush=True)
+        return None

@@ -316,15 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="rebuild even if an artifact exists")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("bench", help="benchmark irkit against ONNX Runtime",
+    p = sub.add_parser("bench", help="benchmark irkit against ONNX Runtime and torch",
                        description="Median latency of irkit vs anchors over alternating "
-                       "rounds, with ratios; plus a 1024^3 matmul GFLOP/s line.")
-    p.add_argument("model", help="model or spec")
-    p.add_argument("--against", default="onnxruntime", help="onnxruntime[,torch]")
-    p.add_argument("--batch", default="1,64")
-    p.add_argument("--threads", default="1")
-    p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--target", default="llvm")
+                       "rounds, with irkit/anchor ratios; plus a 1024^3 matmul GFLOP/s "
+                       "line beside numpy's.")
+    p.add_argument("model", help="an .onnx file, an .irk spec (its first pipeline's model) "
+                   "or a built-in: mlp, gemm512, resnet, mobilenet, transformer, minilm")
+    p.add_argument("--against", default="onnxruntime",
+                   help="comma-separated anchors: onnxruntime (ORT's own run), torch "
+                   "(eager PyTorch: the model's torch source, or its ops replayed with "
+                   "torch.nn.functional); default onnxruntime")
+    p.add_argument("--batch", default="1,64", help="batch sizes (default 1,64)")
+    p.add_argument("--threads", default="1", help="thread counts, each for both sides "
+                   "(default 1)")
+    p.add_argument("--repeats", type=int, default=50, help="alternating rounds (default 50)")
+    p.add_argument("--target", default="llvm", help="irkit target to compile for "
+                   "(default llvm)")
     p.set_defaults(func=cmd_bench)
     return parser
 
