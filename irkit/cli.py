@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -91,10 +92,32 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.passes:
         graph = optimize(graph, args.passes)
     target = args.target or "ort"
+    started = time.perf_counter()
     artifact = compile_graph(graph, target=target)
+    seconds = time.perf_counter() - started
     out = Path(args.output or Path("build") / f"{Path(args.source).stem}-{target}")
     print(artifact.save(out))
+    print(compile_summary(artifact, seconds), file=sys.stderr)
     return 0
+
+
+def compile_summary(artifact: Any, seconds: float) -> str:
+    """One line for people: what was compiled, how long it took and how big it is (the
+    artifact's path alone goes to stdout, for scripts)."""
+    entry = artifact.entry or {}
+    parts = [f"compiled {artifact.name} with {artifact.backend} in {seconds:.2f} s"]
+    phases = entry.get("compile_seconds", {})
+    if "lower" in phases and "llvm" in phases:
+        parts[0] += f" (lowering {phases['lower']:.2f} s, LLVM {phases['llvm']:.2f} s)"
+    if "kernels" in entry:
+        parts.append(f"{len(entry['kernels'])} kernels")
+    size = sum(len(data) for data in artifact.files.values())
+    parts.append(f"{size / 1024:.0f} KiB of files")
+    plan = entry.get("memory_plan", {})
+    if "peak_bytes_at_N1" in plan:
+        parts.append(f"workspace {plan['peak_bytes_at_N1'] / 1024:.0f} KiB at batch 1, "
+                     f"{plan['peak_bytes_at_N64'] / 1024:.0f} KiB at batch 64")
+    return "; ".join(parts)
 
 
 def cmd_build(args: argparse.Namespace) -> int:

@@ -137,3 +137,15 @@ def test_example_specs_build_and_keep_accuracy(digits_models: Path, spec: str, t
     model = irkit.runtime.load(built[target])
     (logits,) = model(x=x).values()
     assert (logits.argmax(1) == y).mean() >= min_accuracy
+
+
+def test_compile_reports_time_and_size(digits_models: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cnn"
+    assert main(["compile", str(digits_models / "digits_cnn.onnx"), "--target", "llvm",
+                 "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out)  # stdout stays the path alone, for scripts
+    summary = captured.err
+    assert summary.startswith("compiled digits_cnn with llvm in ")
+    assert "LLVM" in summary and "kernels" in summary and "workspace" in summary
