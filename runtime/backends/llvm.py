@@ -298,8 +298,13 @@ class LlvmRunner:
                     return
                 symbol = symbols[0] if symbols else ""
                 records += [dim.get((symbol,), 0), dim.get((), 0), index.get(symbol, -1)]
-        python = [id(True), id(False), *map(_c_function, ("Py_IncRef", "PyEval_SaveThread",
-                                                          "PyEval_RestoreThread"))]
+        try:  # an interpreter that does not export these keeps to the checked path
+            functions = [_c_function(name) for name in (
+                "Py_IncRef", "PyEval_SaveThread", "PyEval_RestoreThread")]
+            new_function = ctypes.pythonapi.PyCFunction_NewEx
+        except (AttributeError, OSError):
+            return
+        python = [id(True), id(False), *functions]
         self._table = np.array([id(np.ndarray), *layout, self._packed_address, len(arrays),
                                 *python, *records], dtype=np.int64)
         self._exact_dtypes = [dtype for _, _, dtype, _ in arrays]  # the table holds their ids
@@ -309,7 +314,6 @@ class LlvmRunner:
         # The definition must outlive the function object made from it.
         self._method = _MethodDef(f"{entry['run']}_call".encode(), self._tracker[entry["call"]],
                                   _METH_FASTCALL, None)
-        new_function = ctypes.pythonapi.PyCFunction_NewEx
         new_function.argtypes = [ctypes.POINTER(_MethodDef), ctypes.c_void_p, ctypes.c_void_p]
         new_function.restype = ctypes.py_object
         self._call = new_function(ctypes.byref(self._method), None, None)
