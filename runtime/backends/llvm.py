@@ -19,10 +19,15 @@ or, with per-node ORT fallback, ``{"segments": [{"kind": "llvm", <the keys above
 Each call binds the symbolic dims from the input shapes (each symbol from an input dim
 ``a*sym + b``), then evaluates every output dim and the workspace size from them. Each
 kernel ``k`` exports ``k(io, weights, workspace, dims, start, end)`` and
-``k_extent(dims)`` (``dims``: pointer to the symbol values, ``int64`` each); with ``threads > 1`` the runner splits a kernel's top-level parallel
-loop over a thread pool (ctypes releases the GIL while native code runs) when that kernel
-took at least ``parallel_min_us`` (load option, default 200) on one thread — measured on
-the first call at each binding of the symbolic dims, since a Python hand-off costs tens of microseconds.
+``k_extent(dims)`` (``dims``: pointer to the symbol values, ``int64`` each).
+
+With ``threads > 1`` the runner splits a kernel's top-level parallel loop over worker
+threads (ctypes releases the GIL while native code runs). The first call at each binding
+of the symbolic dims times every kernel on one thread; the second splits those that took
+at least ``parallel_min_us`` (load option, default 60; 0 splits every one, unmeasured)
+and keeps a split only where it was 10% faster. Handing a part to a worker
+(``_Workers``: one lock to start it, one to wait for it) costs about 13 µs, where a
+``ThreadPoolExecutor`` submit and result cost about 65 µs.
 Calls share one workspace, so the runner is not ``thread_safe``: CompiledModel
 serializes concurrent calls.
 
@@ -46,7 +51,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +83,69 @@ _JIT_LOCK = threading.Lock()
 _LIBRARY_COUNTER = iter(range(1 << 62))
 # Below this many iterations per thread a parallel split costs more than it saves.
 _MIN_SPLIT = 2
-# Handing a kernel to pool threads costs tens of microseconds in Python; only kernels that
-# took longer than this on one thread (measured on the first call per batch size) split.
-_MIN_PARALLEL_SECONDS = 2e-4
+# Handing a kernel part to a worker costs about 13 us; only kernels that took longer than
+# this on one thread (measured on the first call per batch size) split.
+_MIN_PARALLEL_SECONDS = 6e-5
+
+
+class _Workers:
+    """``count`` daemon threads that each run one job per ``start`` and signal ``wait``.
+
+    Two locks per worker: ``start`` releases its "go" lock, the worker runs the job (a
+    ctypes kernel call, which releases the GIL) and releases its "done" lock. Threads are
+    started on first use and again after a fork (a child process has none of them).
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._pid = -1
+        self._slots: list[list[Any]] = []
+
+    def _spawn(self) -> None:
+        self._pid = os.getpid()
+        self._slots = []
+        for _ in range(self.count):
+            go, done = threading.Lock(), threading.Lock()
+            go.acquire()
+            done.acquire()
+            slot: list[Any] = [go, done, None, None]  # locks, job, error
+            threading.Thread(target=self._loop, args=(slot,), daemon=True,
+                             name="irkit-llvm-worker").start()
+            self._slots.append(slot)
+
+    @staticmethod
+    def _loop(slot: list[Any]) -> None:
+        go, done = slot[0], slot[1]
+        while True:
+            go.acquire()
+            job = slot[2]
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException as exc:  # handed to the caller by wait()
+                slot[3] = exc
+            done.release()
+
+    def start(self, index: int, job: Any) -> None:
+        if self._pid != os.getpid():
+            self._spawn()
+        slot = self._slots[index]
+        slot[2], slot[3] = job, None
+        slot[0].release()
+
+    def wait(self, index: int) -> None:
+        slot = self._slots[index]
+        slot[1].acquire()
+        if slot[3] is not None:
+            raise slot[3]
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for slot in self._slots:
+                slot[2] = None
+                slot[0].release()
+        self._slots = []
 
 
 Poly = dict[tuple[str, ...], int]
@@ -224,7 +288,7 @@ class LlvmRunner:
         self._io = (ctypes.c_void_p * len(self._io_names))()
         self._prepare_slots()
         self.threads = max(1, threads)
-        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self._pool = _Workers(self.threads - 1) if self.threads > 1 else None
         self._call: Any = None
         self._exact: Any = None
         self._ready: dict[Any, list[tuple[int, ...]]] = {}
@@ -259,6 +323,7 @@ class LlvmRunner:
         # Per binding of the symbols: output shapes and workspace bytes.
         self._bindings: dict[tuple[int, ...], tuple[list[tuple[int, ...]], int]] = {}
         self._split_plan: dict[tuple[int, ...], list[bool]] = {}
+        self._serial_seconds: dict[tuple[int, ...], list[float]] = {}
         self.parallel_min_seconds = _MIN_PARALLEL_SECONDS
 
     def _bind(self, key: tuple[int, ...]) -> tuple[list[tuple[int, ...]], int]:
@@ -424,40 +489,59 @@ class LlvmRunner:
         return outputs
 
     def _run_parallel(self, args: tuple[int, int, int], key: tuple[int, ...]) -> None:
-        assert self._pool is not None
+        """Run the kernels, splitting the ones the plan for ``key`` says gain from it.
+
+        The plan is measured on the first two calls at each binding of the symbolic dims:
+        the first runs every kernel on one thread and times it; the second splits those
+        that took at least ``parallel_min_seconds`` and times them again. A kernel stays
+        split only if that was at least 10% faster (a 512x512 GEMM at batch 64 is not:
+        its halves wait on the same memory)."""
         dims = ctypes.addressof(self._dims)
         plan = self._split_plan.get(key)
-        if plan is None:
-            # First call at this binding: run serially and time each kernel.
-            plan = []
-            for kernel, extent_fn in self._kernels:
-                start = time.perf_counter()
-                kernel(*args, dims, 0, extent_fn(dims))
-                plan.append(time.perf_counter() - start >= self.parallel_min_seconds)
-            if len(self._split_plan) < 64:
-                self._split_plan[key] = plan
+        if plan is not None:
+            if not any(plan):
+                self._run_packed(self._packed_address)
+                return
+            for kernel_fns, split in zip(self._kernels, plan):
+                self._run_kernel(kernel_fns, args, dims, split)
             return
-        if not any(plan):
-            self._run_packed(self._packed_address)
+        serial = self._serial_seconds.get(key)
+        timed = []
+        for i, kernel_fns in enumerate(self._kernels):
+            trial = serial is not None and serial[i] >= self.parallel_min_seconds
+            start = time.perf_counter()
+            self._run_kernel(kernel_fns, args, dims, trial)
+            timed.append(time.perf_counter() - start)
+        if serial is None:
+            if len(self._serial_seconds) < 64:
+                self._serial_seconds[key] = timed
+        elif len(self._split_plan) < 64:
+            least = self.parallel_min_seconds  # 0: split every parallel kernel, unmeasured
+            self._split_plan[key] = [s >= least and (not least or t < 0.9 * s)
+                                     for s, t in zip(serial, timed)]
+
+    def _run_kernel(self, kernel_fns: tuple[Any, Any], args: tuple[int, int, int], dims: int,
+                    split: bool) -> None:
+        """One kernel over its whole extent: on this thread, or in ``threads`` parts."""
+        kernel, extent_fn = kernel_fns
+        extent = extent_fn(dims)
+        parts = min(self.threads, extent // _MIN_SPLIT) if split else 1
+        if parts <= 1 or self._pool is None:
+            kernel(*args, dims, 0, extent)
             return
-        for (kernel, extent_fn), split in zip(self._kernels, plan):
-            extent = extent_fn(dims)
-            parts = min(self.threads, extent // _MIN_SPLIT) if split else 1
-            if parts <= 1:
-                kernel(*args, dims, 0, extent)
-                continue
-            bounds = [extent * p // parts for p in range(parts + 1)]
-            futures = [
-                self._pool.submit(kernel, *args, dims, bounds[p], bounds[p + 1])
-                for p in range(1, parts)
-            ]
+        bounds = [extent * p // parts for p in range(parts + 1)]
+        for p in range(1, parts):
+            self._pool.start(p - 1, functools.partial(kernel, *args, dims, bounds[p],
+                                                      bounds[p + 1]))
+        try:
             kernel(*args, dims, bounds[0], bounds[1])
-            for future in futures:
-                future.result()
+        finally:
+            for p in range(1, parts):
+                self._pool.wait(p - 1)
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False)
+            self._pool.close()
         self._call = self._exact = None
         self._kernels = []
         self._tracker = None
