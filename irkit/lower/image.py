@@ -46,15 +46,11 @@ from irkit.lower.tensor import (
     is_static,
     product,
     static,
+    str_attr,
 )
 from irkit.lower.windows import all_of, in_range, nest
 
 F32, F64 = "f32", "f64"
-
-
-def _text(node: Node, name: str, default: str) -> str:
-    value = node.attr(name, default)
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _let(ctx: LoweringContext, lets: list[Stmt], hint: str, value: Expr) -> Var:
@@ -127,9 +123,9 @@ def lower_grid_sample(ctx: LoweringContext, node: Node, ins: list[TensorRef | No
     if spatial < 1 or grid.rank != x.rank or static(grid.shape[-1]) != spatial:
         raise LoweringError(f"GridSample grid shape {grid.shape} does not match input "
                             f"rank {x.rank}")
-    mode = _text(node, "mode", "linear")
+    mode = str_attr(node, "mode", "linear")
     mode = {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)
-    padding = _text(node, "padding_mode", "zeros")
+    padding = str_attr(node, "padding_mode", "zeros")
     align = bool(node.attr("align_corners", 0))
     if mode not in ("nearest", "linear", "cubic") or padding not in ("zeros", "border",
                                                                      "reflection"):
@@ -218,8 +214,8 @@ def lower_roi_align(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
     oh, ow = int(node.attr("output_height", 1)), int(node.attr("output_width", 1))
     ratio = int(node.attr("sampling_ratio", 0))
     scale = float(node.attr("spatial_scale", 1.0))
-    is_max = _text(node, "mode", "avg") == "max"
-    half_pixel = _text(node, "coordinate_transformation_mode", "half_pixel") == "half_pixel"
+    is_max = str_attr(node, "mode", "avg") == "max"
+    half_pixel = str_attr(node, "coordinate_transformation_mode", "half_pixel") == "half_pixel"
     out_shape = (rois.shape[0], x.shape[1], Const(oh), Const(ow))
     out = ctx.new_buffer("roialign", F32, product(out_shape))
     acc = Buffer(ctx.fresh("acc"), F32, Const(1), "local")

@@ -51,6 +51,7 @@ from irkit.lower.tensor import (
     is_static,
     product,
     static,
+    str_attr,
 )
 
 # Selections compare values, exactly in every numeric type; arithmetic ops (running
@@ -133,11 +134,6 @@ def _folded_ints(ref: TensorRef | None) -> list[Expr] | None:
             return None
         values.append(value)
     return values
-
-
-def _str_attr(node: Node, name: str, default: str) -> str:
-    value = node.attr(name, default)
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _input(ins: Sequence[TensorRef | None], k: int) -> TensorRef | None:
@@ -320,7 +316,7 @@ def lower_tensor_scatter(ctx: LoweringContext, node: Node, ins: list[TensorRef |
     axis = _axis(int(node.attr("axis", -2)), past.rank, node)
     if axis == 0 or update.rank != past.rank:
         raise LoweringError("TensorScatter needs a non-batch axis and a same-rank update")
-    circular = _str_attr(node, "mode", "linear") == "circular"
+    circular = str_attr(node, "mode", "linear") == "circular"
     length, capacity = update.shape[axis], past.shape[axis]
     if is_static(length) and static(length) == 0:
         return [past]
@@ -407,7 +403,7 @@ def _pad_begins(ctx: LoweringContext, node: Node, x: TensorRef,
 def lower_pad(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
               ) -> list[TensorRef]:
     x = _required(ins, 0, node)
-    mode = _str_attr(node, "mode", "constant")
+    mode = str_attr(node, "mode", "constant")
     if mode not in PAD_MODES:
         raise LoweringError(f"Pad mode {mode!r} is not supported")
     begins, shape = _pad_begins(ctx, node, x, ins)
@@ -613,7 +609,7 @@ def _combine(reduction: str, current: Expr, update: Expr) -> Expr:
 def _scatter_target(ctx: LoweringContext, node: Node, data: TensorRef
                     ) -> tuple[Buffer, str]:
     """A copy of ``data`` to scatter into, and the reduction."""
-    reduction = _str_attr(node, "reduction", "none")
+    reduction = str_attr(node, "reduction", "none")
     if reduction not in REDUCTIONS:
         raise LoweringError(f"{node.op} reduction {reduction!r} is not supported")
     if reduction != "none" and data.dtype not in ARITHMETIC:
@@ -752,7 +748,7 @@ def lower_einsum(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     if dtype not in ORDERED or any(r.dtype != dtype for r in refs):
         raise LoweringError(f"Einsum on {[r.dtype for r in refs]} is not supported")
     work = "f32" if dtype in HALF_FLOATS else dtype  # 16-bit floats: round once, at the end
-    labels, out_labels = _einsum_terms(_str_attr(node, "equation", ""), [r.rank for r in refs])
+    labels, out_labels = _einsum_terms(str_attr(node, "equation", ""), [r.rank for r in refs])
     sizes: dict[str, Expr] = {}
     for ref, term in zip(refs, labels):
         for label, d in zip(term, ref.shape):

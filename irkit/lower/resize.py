@@ -38,7 +38,6 @@ from irkit.lower.image import (
     _cubic_weights,
     _let,
     _runtime,
-    _text,
     _to_int,
     _weighted_sum,
 )
@@ -53,6 +52,7 @@ from irkit.lower.tensor import (
     is_static,
     product,
     static,
+    str_attr,
 )
 from irkit.lower.windows import in_range, nest
 
@@ -72,7 +72,7 @@ def lower_resize(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     if node.op == "Upsample":
         scales_ref = ins[1] if len(ins) > 1 else None
         scales = node.attr("scales", None)
-        mode = _text(node, "mode", "nearest")
+        mode = str_attr(node, "mode", "nearest")
         upsample = ResizeOptions(mode=mode, transform="asymmetric", nearest="floor")
         if scales is None and _runtime(scales_ref):
             return [_resize_runtime(ctx, node, x, scales_ref, None, None, list(range(rank)),
@@ -90,14 +90,14 @@ def lower_resize(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         sizes_ref = ins[3] if len(ins) > 3 else None
     axes = [int(a) % rank for a in node.attr("axes", None) or range(rank)]
     opts = ResizeOptions(
-        mode=_text(node, "mode", "nearest"),
-        transform=_text(node, "coordinate_transformation_mode", "half_pixel"),
-        nearest=_text(node, "nearest_mode", "round_prefer_floor"),
+        mode=str_attr(node, "mode", "nearest"),
+        transform=str_attr(node, "coordinate_transformation_mode", "half_pixel"),
+        nearest=str_attr(node, "nearest_mode", "round_prefer_floor"),
         cubic_a=float(node.attr("cubic_coeff_a", -0.75)),
         exclude_outside=bool(node.attr("exclude_outside", 0)),
         extrapolation=float(node.attr("extrapolation_value", 0.0)),
         antialias=bool(node.attr("antialias", 0)),
-        aspect=_text(node, "keep_aspect_ratio_policy", "stretch"))
+        aspect=str_attr(node, "keep_aspect_ratio_policy", "stretch"))
     crop = opts.transform == "tf_crop_and_resize"
     if _runtime(sizes_ref) or _runtime(scales_ref) or (crop and _runtime(roi_ref)):
         if _runtime(sizes_ref) and opts.aspect == "stretch" and not (crop and _runtime(roi_ref)):

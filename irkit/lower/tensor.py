@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from irkit.ir import DType
+from irkit.ir import DType, Node
 from irkit.kir import Buffer, Const, Expr, Load, N, Var, simplify_expr
 from irkit.kir.visit import substitute
 
@@ -44,6 +44,12 @@ NUMPY_DTYPES: dict[str, type] = {dtype: kind.numpy.type for kind, dtype in
 def fconst(value: float, dtype: str = "f32") -> Const:
     """A float literal of ``dtype`` (f32 values rounded to f32)."""
     return Const(float(np.float32(value)) if dtype == "f32" else float(value), dtype)
+
+
+def str_attr(node: Node, name: str, default: str) -> str:
+    """A string attribute of ``node`` (ONNX stores them as bytes)."""
+    value = node.attr(name, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class LoweringError(ValueError):
