@@ -37,10 +37,9 @@ def torch_module(name: str, graph: Any, source: Any = None) -> Any:
     except ImportError as exc:
         raise TorchUnavailable(f"torch is not installed ({exc})") from None
     if source is not None:
-        from irkit.frontends.torch import _resolve_source
+        from irkit.frontends.torch import resolve_module
 
-        module, _, _ = _resolve_source(source, ())
-        return module.eval()
+        return resolve_module(source)[0].eval()
     if name in TORCH_BUILTINS:
         from irkit.testing import models
 

@@ -107,12 +107,12 @@ def load_torch(
     )
 
 
-def _resolve_source(
-    source: Any, example_inputs: Any
-) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+def resolve_module(source: Any) -> tuple[Any, Any]:
+    """``(module, the factory's example inputs or None)`` for an ``nn.Module`` or a
+    ``"pkg.module:factory"`` string; ModelLoadError when it names no module."""
     import torch
 
-    module = source
+    module, factory_inputs = source, None
     if isinstance(source, str):
         module_name, _, attr = source.partition(":")
         try:
@@ -128,9 +128,18 @@ def _resolve_source(
         )
         if isinstance(module, tuple) and len(module) == 2:
             module, factory_inputs = module
-            example_inputs = example_inputs if example_inputs is not None else factory_inputs
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(f"{source!r} is not a torch.nn.Module (got {type(module).__name__})")
+    return module, factory_inputs
+
+
+def _resolve_source(
+    source: Any, example_inputs: Any
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    import torch
+
+    module, factory_inputs = resolve_module(source)
+    example_inputs = example_inputs if example_inputs is not None else factory_inputs
     if example_inputs is None:
         raise ModelLoadError(
             f"loading {_graph_name(module)} from torch needs example_inputs=(tensor, …)"
