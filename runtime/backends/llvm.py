@@ -288,7 +288,7 @@ class LlvmRunner:
         self._io = (ctypes.c_void_p * len(self._io_names))()
         self._prepare_slots()
         self.threads = max(1, threads)
-        self._pool = _Workers(self.threads - 1) if self.threads > 1 else None
+        self._workers = _Workers(self.threads - 1) if self.threads > 1 else None
         self._call: Any = None
         self._exact: Any = None
         self._ready: dict[Any, list[tuple[int, ...]]] = {}
@@ -478,13 +478,13 @@ class LlvmRunner:
             self._workspace = _aligned_empty(workspace_bytes)
             self._workspace_address = self._workspace.ctypes.data
             self._packed_args[2] = self._workspace_address
-        if self._pool is None:
+        if self._workers is None:
             self._run_packed(self._packed_address)
         else:
             self._run_parallel(
                 (self._io_address, self._weights_address, self._workspace_address), key)
         if (self._call is not None and len(self._ready) < 64
-                and not any(self._split_plan.get(key, [self._pool is not None]))):
+                and not any(self._split_plan.get(key, [self._workers is not None]))):
             self._ready[key[0] if len(key) == 1 else key] = shapes
         return outputs
 
@@ -526,22 +526,22 @@ class LlvmRunner:
         kernel, extent_fn = kernel_fns
         extent = extent_fn(dims)
         parts = min(self.threads, extent // _MIN_SPLIT) if split else 1
-        if parts <= 1 or self._pool is None:
+        if parts <= 1 or self._workers is None:
             kernel(*args, dims, 0, extent)
             return
         bounds = [extent * p // parts for p in range(parts + 1)]
         for p in range(1, parts):
-            self._pool.start(p - 1, functools.partial(kernel, *args, dims, bounds[p],
+            self._workers.start(p - 1, functools.partial(kernel, *args, dims, bounds[p],
                                                       bounds[p + 1]))
         try:
             kernel(*args, dims, bounds[0], bounds[1])
         finally:
             for p in range(1, parts):
-                self._pool.wait(p - 1)
+                self._workers.wait(p - 1)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
+        if self._workers is not None:
+            self._workers.close()
         self._call = self._exact = None
         self._kernels = []
         self._tracker = None
