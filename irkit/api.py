@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from irkit.errors import IrkitError
-from irkit.frontends.onnx_export import to_onnx
+from irkit.interop.onnx_export import to_onnx
+from irkit.interop.reference import evaluate
 from irkit.ir import Graph
-from irkit.reference import evaluate
 from irkit.runtime.artifact import Artifact
 
 __all__ = ["Artifact", "build", "compile", "evaluate", "load_model", "optimize", "to_onnx"]
@@ -54,9 +54,10 @@ def optimize(
     """Run a pass pipeline (text like ``"fuse,quantize{mode=static}"`` or pass objects);
     the returned graph carries one report per pass in ``graph.history``."""
     from irkit.passes.manager import run_pipeline
+    from irkit.plugins import get_registry
 
     return run_pipeline(graph, passes, calibration=calibration, eval_data=eval_data,
-                        labels=labels)
+                        labels=labels, table=get_registry().passes)
 
 
 def compile(graph: Graph, target: str = "ort", **options: Any) -> Artifact:

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import irkit
 from irkit.errors import EvaluationError, IrkitError, ModelLoadError
-from irkit.frontends.onnx_export import ExportError
+from irkit.interop.onnx_export import ExportError
 from irkit.ir import DType, Graph, TensorType, parse_graph, verify
 
 ATOL = 1e-5

@@ -74,7 +74,7 @@ def _export_check(model: onnx.ModelProto) -> bool:
 
 
 def evaluate_original(model: onnx.ModelProto, inputs: list[Any]) -> list[Any]:
-    from irkit.reference import _RUNNERS
+    from irkit.interop.reference import _RUNNERS
 
     names = [vi.name for vi in model.graph.input]
     feeds = dict(zip(names, inputs))
@@ -88,9 +88,9 @@ def evaluate_original(model: onnx.ModelProto, inputs: list[Any]) -> list[Any]:
 
 
 def _roundtrip(model: onnx.ModelProto, workdir: Path) -> Runner:
-    from irkit.frontends.onnx import load_onnx
+    from irkit.interop.onnx_import import load_onnx
+    from irkit.interop.reference import evaluate
     from irkit.ir import parse_graph, print_graph
-    from irkit.reference import evaluate
 
     check = _export_check(model)
 
@@ -116,7 +116,7 @@ def _backend(name: str) -> Callable[[onnx.ModelProto, Path], Runner]:
     def prepare(model: onnx.ModelProto, workdir: Path) -> Runner:
         import irkit.runtime
         from irkit.api import compile as compile_graph
-        from irkit.frontends.onnx import load_onnx
+        from irkit.interop.onnx_import import load_onnx
 
         graph = load_onnx(model)
         artifact = compile_graph(graph, target=name)

@@ -261,7 +261,7 @@ def _load_via_onnx(
 ) -> Graph:
     import torch
 
-    from irkit.frontends.onnx import load_onnx
+    from irkit.interop.onnx_import import load_onnx
 
     names = forward_arg_names(module, len(args))
     spec = dynamic_shapes

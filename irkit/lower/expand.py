@@ -63,7 +63,7 @@ def _expand(graph: Graph, lowers: Callable[[str, str], bool], opset: int) -> Gra
     import onnx.inliner
     import onnx.shape_inference
 
-    from irkit.frontends.onnx_export import to_onnx
+    from irkit.interop.onnx_export import to_onnx
 
     model = to_onnx(graph, check=False)
     for _ in range(MAX_ROUNDS):
@@ -90,7 +90,7 @@ def _expand(graph: Graph, lowers: Callable[[str, str], bool], opset: int) -> Gra
         del model.opset_import[:]
         model.opset_import.extend(kept)
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    from irkit.frontends.onnx import load_onnx
+    from irkit.interop.onnx_import import load_onnx
 
     expanded = load_onnx(model)
     expanded.name = graph.name

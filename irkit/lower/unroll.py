@@ -96,8 +96,8 @@ def _retype(graph: Graph) -> Graph:
     """The graph exported, typed by ONNX shape inference and imported again."""
     import onnx.shape_inference
 
-    from irkit.frontends.onnx import load_onnx
-    from irkit.frontends.onnx_export import to_onnx
+    from irkit.interop.onnx_export import to_onnx
+    from irkit.interop.onnx_import import load_onnx
 
     model = onnx.shape_inference.infer_shapes(to_onnx(graph, check=False), strict_mode=True,
                                               data_prop=True)
@@ -692,7 +692,7 @@ def _evaluate(node: Node, arrays: list[np.ndarray | None], opset: int) -> list[n
     from onnx import helper
     from onnx.reference import ReferenceEvaluator
 
-    from irkit.frontends.onnx_types import attr_to_proto
+    from irkit.interop.onnx_types import attr_to_proto
 
     def no_graphs(graph: Graph) -> onnx.GraphProto:
         raise ValueError("nodes with subgraphs are not evaluated")

@@ -28,7 +28,7 @@ def evaluate_node(node: Node, opset: int) -> list[np.ndarray]:
     from onnx import helper
     from onnx.reference import ReferenceEvaluator
 
-    from irkit.frontends.onnx_types import attr_to_proto
+    from irkit.interop.onnx_types import attr_to_proto
 
     inputs = [f"in{i}" if v is not None else "" for i, v in enumerate(node.inputs)]
     outputs = [f"out{i}" for i in range(len(node.outputs))]

@@ -18,7 +18,7 @@ import numpy as np
 from irkit.errors import IrkitError
 from irkit.ir import Graph
 from irkit.passes.base import Pass, PassContext, PassResult, parameter_count, weight_bytes
-from irkit.passes.pipeline import resolve_passes
+from irkit.passes.pipeline import PassTable, resolve_passes
 
 
 class PassError(IrkitError):
@@ -99,7 +99,7 @@ def evaluate_graph(graph: Graph, feeds: Mapping[str, Any]) -> dict[str, Any]:
     The exporter's decomposition renames such outputs (so ORT is asked for a name the model
     lacks); routing them through an Identity that carries the original name avoids that.
     """
-    from irkit.reference import evaluate
+    from irkit.interop.reference import evaluate
 
     if not any(v.producer is not None and v.producer.domain == "irkit" for v in graph.outputs):
         return evaluate(graph, feeds)
@@ -140,11 +140,13 @@ def run_pipeline(
     eval_data: Mapping[str, Any] | None = None,
     labels: Any = None,
     verify: bool = True,
+    table: PassTable | None = None,
 ) -> Graph:
     """Run ``passes`` over ``graph`` (which is left untouched); the result carries one
-    :class:`PassReport` per pass appended to ``graph.history``."""
+    :class:`PassReport` per pass appended to ``graph.history``. Pipeline text is resolved
+    through ``table`` (pass name -> class or registry entry)."""
     evaluate = evaluate_graph
-    pipeline = resolve_passes(passes)
+    pipeline = resolve_passes(passes, table)
     context = PassContext(calibration=list(calibration) if calibration is not None else None)
     reference = evaluate(graph, eval_data) if eval_data is not None else None
     baseline_acc = None

@@ -3,8 +3,9 @@
 ``fuse,quantize{mode=static,per_channel=true},prune{sparsity=0.5,exclude=[fc1,fc2]}``
 is a comma-separated list of pass names, each optionally followed by ``{key=value,...}``.
 Values are typed by the pass's dataclass field annotations (bool, int, float, str,
-``Literal[...]`` choices, ``tuple[str, ...]`` lists written ``[a,b]``). Passes are looked
-up in the plugin registry, so third-party passes work the same as built-in ones.
+``Literal[...]`` choices, ``tuple[str, ...]`` lists written ``[a,b]``). Names are looked
+up in a pass table the caller hands in (``irkit.optimize`` passes the plugin registry's, so
+third-party passes work the same as built-in ones); this layer never imports the plugins.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from irkit.errors import IrkitError
@@ -60,15 +61,18 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
     return parts
 
 
-def _pass_classes() -> dict[str, Any]:
-    from irkit.plugins import get_registry
+PassTable = Mapping[str, Any]
+"""Pass name -> pass class, or a registry entry whose ``obj`` is the class (resolved on
+first use, so naming a pass does not import every other one)."""
 
-    return get_registry().passes  # name -> Entry (resolved lazily)
+
+def _pass_class(entry: Any) -> Any:
+    return entry if isinstance(entry, type) else entry.obj
 
 
-def parse_pipeline(text: str) -> list[Pass]:
+def parse_pipeline(text: str, table: PassTable) -> list[Pass]:
     """Parse pipeline text into configured pass objects (errors name the culprit)."""
-    entries = _pass_classes()
+    entries = table
     passes: list[Pass] = []
     for item in split_top_level(text.strip()) if text.strip() else []:
         if not item:
@@ -82,7 +86,7 @@ def parse_pipeline(text: str) -> list[Pass]:
             raise PipelineError(
                 f"unknown pass {name!r}{_did_you_mean(name, known)} (known: {', '.join(known)})"
             )
-        cls = entries[name].obj
+        cls = _pass_class(entries[name])
         options = _parse_options(name, cls, rest[:-1] if brace else "")
         passes.append(cls(**options))
     return passes
@@ -169,16 +173,26 @@ def convert_option(raw: str, hint: Any) -> Any:
     return _unquote(raw)
 
 
-def resolve_passes(passes: str | Pass | Sequence[Any]) -> list[Pass]:
-    """Pipeline text, one pass, or a list mixing pass objects and pipeline text."""
+def resolve_passes(passes: str | Pass | Sequence[Any], table: PassTable | None = None
+                   ) -> list[Pass]:
+    """Pipeline text, one pass, or a list mixing pass objects and pipeline text (text
+    needs ``table``)."""
+
+    def parse(text: str) -> list[Pass]:
+        if table is None:
+            if not text.strip():
+                return []
+            raise PipelineError(f"pipeline text {text!r} needs a pass table to resolve names")
+        return parse_pipeline(text, table)
+
     if isinstance(passes, str):
-        return parse_pipeline(passes)
+        return parse(passes)
     if isinstance(passes, Pass):
         return [passes]
     out: list[Pass] = []
     for item in passes:
         if isinstance(item, str):
-            out.extend(parse_pipeline(item))
+            out.extend(parse(item))
         elif isinstance(item, type) and dataclasses.is_dataclass(item):
             out.append(item())  # type: ignore[arg-type]  # third-party passes duck-type
         elif hasattr(item, "run"):

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import irkit
 from irkit.errors import IrkitError, ModelLoadError, UnsupportedOpsError
-from irkit.frontends.onnx import load_onnx
+from irkit.interop.onnx_import import load_onnx
 from irkit.ir import DType, TensorType, verify
 
 RNG = np.random.default_rng(0)

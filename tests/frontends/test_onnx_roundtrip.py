@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 import irkit
-from irkit.frontends.onnx import load_onnx
+from irkit.interop.onnx_import import load_onnx
 from irkit.ir import DType, Graph, parse_graph, print_graph, verify
 
 ATOL = 1e-5

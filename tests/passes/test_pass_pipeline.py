@@ -22,6 +22,11 @@ from irkit.passes.manager import (
     run_pipeline,
 )
 from irkit.passes.pipeline import PipelineError, parse_pipeline, split_top_level
+from irkit.plugins import get_registry
+
+
+def _parse(text: str) -> list[Pass]:
+    return parse_pipeline(text, get_registry().passes)
 
 MLP = """graph mlp(%x: f32[N,4]) -> (%y: f32[N,2]) {
   const @w: f32[4,3] = [0.1, 0.2, 0.3, -0.1, -0.2, -0.3, 0.5, 0.5, 0.5, 1.0, 0.0, -1.0]
@@ -47,23 +52,23 @@ def test_every_builtin_pass_is_a_frozen_dataclass_registered_by_name() -> None:
 
 
 def test_pipeline_text_is_typed() -> None:
-    passes = parse_pipeline(
+    passes = _parse(
         "fuse,quantize{mode=static,per_channel=true,exclude=[fc1,Conv]},prune{sparsity=0.5}")
     assert [p.name for p in passes] == ["fuse", "quantize", "prune"]
     quantize, prune = passes[1], passes[2]
     assert quantize.mode == "static" and quantize.per_channel is True  # type: ignore[attr-defined]
     assert quantize.exclude == ("fc1", "Conv")  # type: ignore[attr-defined]
     assert prune.sparsity == 0.5 and isinstance(prune.sparsity, float)  # type: ignore[attr-defined]
-    assert parse_pipeline("lowrank{error_budget=0.1}")[0].error_budget == 0.1  # type: ignore[attr-defined]
-    assert parse_pipeline("lowrank{error_budget=none}")[0].error_budget is None  # type: ignore[attr-defined]
-    assert parse_pipeline("") == []
+    assert _parse("lowrank{error_budget=0.1}")[0].error_budget == 0.1  # type: ignore[attr-defined]
+    assert _parse("lowrank{error_budget=none}")[0].error_budget is None  # type: ignore[attr-defined]
+    assert _parse("") == []
 
 
 def test_describe_round_trips() -> None:
     text = "quantize{mode=static,per_channel=true,exclude=[a,b]}"
-    (p,) = parse_pipeline(text)
+    (p,) = _parse(text)
     assert p.describe() == text
-    assert parse_pipeline(p.describe()) == [p]
+    assert _parse(p.describe()) == [p]
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -78,13 +83,13 @@ def test_describe_round_trips() -> None:
 ])
 def test_pipeline_errors_name_the_culprit(text: str, message: str) -> None:
     with pytest.raises(PipelineError) as info:
-        parse_pipeline(text)
+        _parse(text)
     assert message in str(info.value)
 
 
 def test_invalid_option_value_in_dataclass_is_reported() -> None:
     with pytest.raises(ValueError, match="sparsity must be in"):
-        parse_pipeline("prune{sparsity=1.5}")
+        _parse("prune{sparsity=1.5}")
 
 
 def test_split_top_level_respects_brackets_and_quotes() -> None:
@@ -113,10 +118,10 @@ def test_third_party_pass_through_the_registry(monkeypatch: pytest.MonkeyPatch) 
 
     passes = get_registry().passes
     monkeypatch.setitem(passes, "negate", Entry("passes", "negate", NegateOutputs, "test", "t"))
-    (p,) = parse_pipeline("negate{times=3}")
+    (p,) = _parse("negate{times=3}")
     assert p == NegateOutputs(times=3)
     with pytest.raises(PipelineError, match="did you mean 'times'"):
-        parse_pipeline("negate{tims=3}")
+        _parse("negate{tims=3}")
 
 
 def test_manager_rejects_renamed_outputs() -> None:

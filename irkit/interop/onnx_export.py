@@ -6,7 +6,7 @@ import onnx
 from onnx import helper
 
 from irkit.errors import IrkitError
-from irkit.frontends.onnx_types import array_to_tensor, attr_to_proto, type_to_proto
+from irkit.interop.onnx_types import array_to_tensor, attr_to_proto, type_to_proto
 from irkit.ir import Graph, Value
 from irkit.ops import IRKIT_DOMAIN, get_irkit_op
 

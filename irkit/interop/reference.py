@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from irkit.errors import EvaluationError
-from irkit.frontends.onnx_export import to_onnx
+from irkit.interop.onnx_export import to_onnx
 from irkit.ir import Graph
 
 ENGINES = ("ort", "reference")
