@@ -119,19 +119,20 @@ def activation_qparams(lo: float, hi: float, symmetric: bool) -> tuple[np.ndarra
     return np.array(scale, np.float32), np.array(zero, np.uint8)
 
 
-def quantize_weight(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray,
-                                                                   np.ndarray]:
-    """Symmetric int8 weights in [-127, 127]: (q, scale, zero point); per channel along
-    ``axis`` or per tensor when ``axis`` is None."""
+def quantize_weight(weight: np.ndarray, axis: int | None, qmax: int = 127
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Symmetric int8 weights in [-qmax, qmax] (127, or 63 for 7-bit "reduced range"
+    weights): (q, scale, zero point); per channel along ``axis`` or per tensor when
+    ``axis`` is None."""
     w = weight.astype(np.float64)
     if axis is None:
         amax = np.array(np.abs(w).max())
     else:
         reduce = tuple(i for i in range(w.ndim) if i != axis)
         amax = np.abs(w).max(axis=reduce)
-    scale = np.where(amax > 0, amax / 127.0, 1.0)
+    scale = np.where(amax > 0, amax / qmax, 1.0)
     shape = [1] * w.ndim
     if axis is not None:
         shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    q = np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
     return q, scale.astype(np.float32), np.zeros(scale.shape, np.int8)
