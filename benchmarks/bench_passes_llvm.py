@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="",
                         help="comma list: mlp,cnn,resnet,transformer,gemm")
     args = parser.parse_args(argv)
-    from irkit.plugins.llvm.emit import host_target
+    from irkit.bench import cpu_description
 
     wanted = set(filter(None, args.only.split(",")))
     models: list[Model] = []
@@ -281,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         runners = prepare(model)
         time_rounds(runners, args.rounds)
         print(f"[{model.name}: {len(runners)} runners timed]", file=sys.stderr)
-    target = host_target()
-    print(f"host {target.cpu}; 1 thread; batch {args.batch} (transformer {args.tbatch} x 64 "
+    print(f"{cpu_description()}; 1 thread; batch {args.batch} (transformer {args.tbatch} x 64 "
           f"tokens); medians of {args.rounds} alternating rounds; ratio = baseline time / "
           "variant time on the same backend (baseline: fp32; simplify for the "
           "transformer's fuse; fuse for prune and dynamic int8)\n")

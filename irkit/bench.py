@@ -41,6 +41,7 @@ class BenchRow:
     irkit_ms: float
     other_ms: float
     against: str = "onnxruntime"
+    arch: str = "native"
 
     @property
     def ratio(self) -> float:
@@ -53,12 +54,13 @@ class BenchResult:
     matmul: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> str:
-        head = (f"{'model':<12} {'batch':>5} {'thr':>3} {'irkit ms':>10} {'anchor':>11} "
-                f"{'anchor ms':>10} {'ratio':>6}")
-        lines = [head, "-" * len(head)]
+        head = (f"{'model':<12} {'arch':<10} {'batch':>5} {'thr':>3} {'irkit ms':>10} "
+                f"{'anchor':>11} {'anchor ms':>10} {'ratio':>6}")
+        lines = [cpu_description(), head, "-" * len(head)]
         for r in self.rows:
-            lines.append(f"{r.model:<12} {r.batch:>5} {r.threads:>3} {r.irkit_ms:>10.4f} "
-                         f"{r.against:>11} {r.other_ms:>10.4f} {r.ratio:>6.2f}")
+            lines.append(f"{r.model:<12} {r.arch:<10} {r.batch:>5} {r.threads:>3} "
+                         f"{r.irkit_ms:>10.4f} {r.against:>11} {r.other_ms:>10.4f} "
+                         f"{r.ratio:>6.2f}")
         if self.matmul:
             m = self.matmul
             lines.append(
@@ -66,6 +68,24 @@ class BenchResult:
                 f"{m['numpy_gflops']:.1f} GFLOP/s ({m['irkit_gflops'] / m['numpy_gflops']:.0%}"
                 " of numpy)")
         return "\n".join(lines)
+
+
+def cpu_description() -> str:
+    """The CPU the numbers come from: model name and the flags that change the code
+    irkit and ONNX Runtime pick (avx2, avx512f, avx512_vnni, avx_vnni)."""
+    model, flags = "unknown CPU", set[str]()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    marks = [f"{f} {'yes' if f in flags else 'no'}"
+             for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni")]
+    return f"CPU: {model} ({', '.join(marks)})"
 
 
 def _matmul_onnx(m: int | str, k: int, n: int, seed: int = 0) -> Any:
@@ -276,8 +296,10 @@ def run_bench(
     target: str = "llvm",
     matmul: bool = True,
     verbose: bool = True,
+    arches: Sequence[str] = ("native",),
 ) -> BenchResult:
-    """Benchmark ``model_or_spec`` compiled for ``target`` against each anchor in
+    """Benchmark ``model_or_spec`` compiled for ``target`` (for each of ``arches`` when
+    it is a kernel backend: ``native``, ``x86-64-v3``…) against each anchor in
     ``against`` (``onnxruntime``: ORT's own ``InferenceSession.run``; ``torch``: eager
     PyTorch, see :mod:`irkit.bench_torch`); prints and returns the table (plus the 1024^3
     matmul line when ``matmul``)."""
@@ -291,12 +313,16 @@ def run_bench(
                          "supported: onnxruntime, torch")
     names = model_or_spec if isinstance(model_or_spec, list | tuple) else [model_or_spec]
     result = BenchResult()
+    takes_arch = "arch" in _backend_options(target)
+    if verbose:
+        print(cpu_description(), flush=True)
     for item in names:
         name, graph, source = _resolve_model(item)
         module = _torch_module(name, graph, source, verbose) if "torch" in anchors else None
-        for thr in threads:
+        for thr, arch in [(t, a) for t in threads for a in (arches if takes_arch else ["-"])]:
+            options = {"threads": thr, **({"arch": arch} if takes_arch else {})}
             with tempfile.TemporaryDirectory() as tmp:
-                irkit.compile(graph, target=target, threads=thr).save(Path(tmp) / "a")
+                irkit.compile(graph, target=target, **options).save(Path(tmp) / "a")
                 ours = irkit.runtime.load(Path(tmp) / "a", threads=thr)
             # The anchor is ONNX Runtime's own call, without irkit's input checks around it.
             session = _ort_session(irkit.compile(graph, target="ort").files["model.onnx"], thr)
@@ -316,10 +342,11 @@ def run_bench(
                               f"most {diff:.2g}", flush=True)
                 for anchor, call in calls.items():
                     t_ours, t_anchor = alternate(partial(ours.run, feeds), call, repeats)
-                    row = BenchRow(name, batch, thr, t_ours * 1e3, t_anchor * 1e3, anchor)
+                    row = BenchRow(name, batch, thr, t_ours * 1e3, t_anchor * 1e3, anchor,
+                                   arch)
                     result.rows.append(row)
                     if verbose:
-                        print(f"  {name} batch {batch} threads {thr}: irkit "
+                        print(f"  {name} [{arch}] batch {batch} threads {thr}: irkit "
                               f"{row.irkit_ms:.4f} ms, {anchor} {row.other_ms:.4f} ms, "
                               f"ratio {row.ratio:.2f}", flush=True)
             ours.close()
@@ -328,6 +355,12 @@ def run_bench(
     if verbose:
         print(result.table())
     return result
+
+
+def _backend_options(backend: str) -> dict[str, Any]:
+    from irkit.plugins import get_registry
+
+    return get_registry().get("backends", backend).options
 
 
 def _ort_session(model: bytes, threads: int) -> Any:

@@ -148,8 +148,10 @@ def optimize_pipeline(pipeline: Any, graph: Graph) -> Graph:
                     eval_data=eval_data, labels=labels)
 
 
-def build_pipeline(pipeline: Any, *, target: str | None = None,
+def build_pipeline(pipeline: Any, *, target: str | None = None, arch: Any = None,
                    log: Any = sys.stderr) -> dict[str, Path]:
+    """Build ``pipeline``'s targets (only ``target`` when given); ``arch`` overrides the
+    targets' ``arch`` option."""
     from irkit.api import compile as compile_graph
 
     start = time.perf_counter()
@@ -166,7 +168,10 @@ def build_pipeline(pipeline: Any, *, target: str | None = None,
     built: dict[str, Path] = {}
     for spec in targets:
         t0 = time.perf_counter()
-        artifact = compile_graph(graph, target=spec.backend, **dict(spec.options))
+        options = dict(spec.options)
+        if arch is not None:
+            options["arch"] = arch
+        artifact = compile_graph(graph, target=spec.backend, **options)
         out = artifact.save(Path(pipeline.output) / spec.name)
         built[spec.name] = out
         print(f"irkit: built {pipeline.name}/{spec.name} ({spec.backend}) -> {out} "
@@ -177,12 +182,12 @@ def build_pipeline(pipeline: Any, *, target: str | None = None,
 
 
 def build_spec(path: Path, pipeline: str | None = None, *, target: str | None = None,
-               log: Any = sys.stderr) -> dict[str, Path]:
+               arch: Any = None, log: Any = sys.stderr) -> dict[str, Path]:
     """Build one pipeline of a spec file (the only one when ``pipeline`` is None)."""
     from irkit.spec import parse_spec
 
     spec = parse_spec(path)
-    return build_pipeline(spec.pipeline(pipeline), target=target, log=log)
+    return build_pipeline(spec.pipeline(pipeline), target=target, arch=arch, log=log)
 
 
 def feeds_summary(feeds: Mapping[str, np.ndarray]) -> str:

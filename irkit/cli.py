@@ -51,6 +51,9 @@ def summarize(graph: Any) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if Path(args.model).is_dir():
+        print(describe_artifact(Path(args.model)))
+        return 0
     graph = _load_any(args.model, args.example)
     if not args.summary_only:
         print(graph.to_text())
@@ -58,6 +61,60 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.dot:
         Path(args.dot).write_text(graph.to_dot())
         print(f"wrote {args.dot}", file=sys.stderr)
+    return 0
+
+
+def describe_artifact(path: Path) -> str:
+    """What an artifact directory holds: signature, backend, and for kernel programs each
+    compiled variant (target, CPU, vector width, int8 kernel, required features) with
+    whether this machine can run it and which one it would load."""
+    import irkit.runtime
+    from irkit.runtime.hostcpu import host
+    from irkit.runtime.program import ProgramEntry, variants_summary
+
+    manifest = irkit.runtime.verify(path)
+    lines = [f"artifact {path}: model {manifest.name!r}, backend {manifest.backend}, "
+             f"target {manifest.target}, {manifest.created_by}"]
+    for spec in manifest.inputs:
+        lines.append(f"  input  {spec.name}: {spec.dtype.name}{list(spec.shape)}")
+    for spec in manifest.outputs:
+        lines.append(f"  output {spec.name}: {spec.dtype.name}{list(spec.shape)}")
+    size = sum((path / name).stat().st_size for name in manifest.files)
+    lines.append(f"  files: {len(manifest.files)}, {size / 1024:.0f} KiB")
+    if "variants" in manifest.entry:
+        entry = ProgramEntry.from_json(manifest.entry, f"{path}/manifest.json: entry")
+        machine = host()
+        chosen = next((v.name for v in entry.variants if not machine.missing(v.requires)), None)
+        lines.append(f"  arches ({len(entry.variants)}), most capable first; this machine "
+                     f"({machine.cpu}) runs: {chosen or 'none of them'}")
+        for row in variants_summary(entry):
+            variant = next(v for v in entry.variants if v.name == row["arch"])
+            missing = machine.missing(variant.requires)
+            status = "runs here" if not missing else f"not here: lacks {', '.join(missing)}"
+            lines.append(f"    {row['arch']:<16} cpu {row['cpu']:<12} {row['vector_bits']}-bit "
+                         f"vectors, int8 {'/'.join(row['int8_dot']) or '-'}; {status}")
+            lines.append(f"      requires: {' '.join(row['requires']) or '-'}")
+            lines.append(f"      files: {' '.join(row['files'])}")
+    for item in manifest.report:
+        if isinstance(item, dict) and "pipeline" in item:
+            lines.append(f"  pass {item['pipeline']}: ops {item.get('ops_before')}->"
+                         f"{item.get('ops_after')}, rel err {item.get('rel_error')}")
+    return "\n".join(lines)
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from irkit.runtime.hostcpu import host
+    from irkit.target import PRESET_NAMES, get_target
+
+    machine = host()
+    print(f"this machine: {machine.arch}, cpu {machine.cpu}")
+    for name in PRESET_NAMES:
+        target = get_target(name)
+        missing = machine.missing(target.requirements())
+        runs = "runs here" if not missing else f"not here ({len(missing)} missing)"
+        vector = f"{target.vector_bits}-bit SIMD" if target.vector_bits else "no SIMD"
+        print(f"  {name:<16} {target.family:<5} {target.triple:<26} cpu {target.cpu:<11} "
+              f"{vector:<13} int8 {target.int8_dot():<9} {runs}")
     return 0
 
 
@@ -78,12 +135,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from irkit.api import optimize
     from irkit.builder import build_spec
 
+    arch = _arch_list(args.arch)
     if args.source.endswith(".irk"):
         if args.passes or args.output:
             raise IrkitError("--passes and -o apply to a model; a spec declares its own "
                              "passes and output directory")
         for target, path in build_spec(Path(args.source), args.pipeline,
-                                       target=args.target).items():
+                                       target=args.target, arch=arch).items():
             print(f"{target}: {path}")
         return 0
     graph = _load_any(args.source, args.example)
@@ -91,9 +149,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         graph.name = Path(args.source).stem  # exporters' names ("main_graph") say nothing
     if args.passes:
         graph = optimize(graph, args.passes)
-    target = args.target or "ort"
+    target = args.target or ("llvm" if arch else "ort")
     started = time.perf_counter()
-    artifact = compile_graph(graph, target=target)
+    artifact = compile_graph(graph, target=target, **({"arch": arch} if arch else {}))
     seconds = time.perf_counter() - started
     out = Path(args.output or Path("build") / f"{Path(args.source).stem}-{target}")
     print(artifact.save(out))
@@ -105,19 +163,31 @@ def compile_summary(artifact: Any, seconds: float) -> str:
     """One line for people: what was compiled, how long it took and how big it is (the
     artifact's path alone goes to stdout, for scripts)."""
     entry = artifact.entry or {}
-    parts = [f"compiled {artifact.name} with {artifact.backend} in {seconds:.2f} s"]
+    parts = [f"compiled {artifact.name} with {artifact.backend} for {artifact.target} in "
+             f"{seconds:.2f} s"]
     phases = entry.get("compile_seconds", {})
-    if "lower" in phases and "llvm" in phases:
-        parts[0] += f" (lowering {phases['lower']:.2f} s, LLVM {phases['llvm']:.2f} s)"
-    if "kernels" in entry:
-        parts.append(f"{len(entry['kernels'])} kernels")
+    if "lower" in phases and "codegen" in phases:
+        parts[0] += f" (lowering {phases['lower']:.2f} s, code generation " \
+                    f"{phases['codegen']:.2f} s)"
+    if "variants" in entry:
+        from irkit.runtime.program import programs
+
+        first = programs(entry)
+        parts.append(f"{sum(len(p.kernels) for p in first)} kernels")
+        plan = first[0].info.get("memory_plan", {}) if first else {}
+        if "peak_bytes_at_N1" in plan:
+            parts.append(f"workspace {plan['peak_bytes_at_N1'] / 1024:.0f} KiB at batch 1, "
+                         f"{plan['peak_bytes_at_N64'] / 1024:.0f} KiB at batch 64")
     size = sum(len(data) for data in artifact.files.values())
-    parts.append(f"{size / 1024:.0f} KiB of files")
-    plan = entry.get("memory_plan", {})
-    if "peak_bytes_at_N1" in plan:
-        parts.append(f"workspace {plan['peak_bytes_at_N1'] / 1024:.0f} KiB at batch 1, "
-                     f"{plan['peak_bytes_at_N64'] / 1024:.0f} KiB at batch 64")
+    parts.insert(1, f"{size / 1024:.0f} KiB of files")
     return "; ".join(parts)
+
+
+def _arch_list(text: str | None) -> list[str] | None:
+    """``--arch x86-64-v3,x86-64-v4`` as a list (None when not given)."""
+    if not text:
+        return None
+    return [a.strip() for a in text.split(",") if a.strip()]
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -248,6 +318,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=tuple(int(t) for t in args.threads.split(",")),
         repeats=args.repeats,
         target=args.target,
+        arches=tuple(_arch_list(args.arch) or ["native"]),
     )
     return 0
 
@@ -260,11 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("inspect", help="print a model's IR and a summary",
+    p = sub.add_parser("inspect", help="print a model's IR and a summary, or what an "
+                       "artifact holds",
                        description="Print the IR text of MODEL (an .onnx file or a torch "
                        "'pkg.module:factory') with an op histogram, parameter count and the "
-                       "signature.")
-    p.add_argument("model")
+                       "signature. Given an artifact directory, print its signature and, "
+                       "for kernel backends, every compiled arch with the CPU features it "
+                       "needs and whether this machine can run it.")
+    p.add_argument("model", help="model file, torch factory, or artifact directory")
     p.add_argument("--dot", metavar="FILE", help="also write a Graphviz drawing to FILE")
     p.add_argument("--summary-only", action="store_true", help="skip the IR text")
     p.add_argument("--example", metavar="DATA.npz",
@@ -276,7 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "directory.")
     p.add_argument("source", help="spec file (.irk) or model (.onnx / pkg.module:factory)")
     p.add_argument("--pipeline", help="pipeline name when the spec has several")
-    p.add_argument("--target", help="backend (model) or target name (spec); default ort")
+    p.add_argument("--target", help="backend (model) or target name (spec); default ort, "
+                   "or llvm when --arch is given")
+    p.add_argument("--arch", help="CPU(s) to compile for, comma-separated: native (default), "
+                   "x86-64-v3 (AVX2, runs on most x86 servers), x86-64-v4 (AVX-512), ...; "
+                   "several give one artifact that runs the best the host supports "
+                   "(see `irkit targets`)")
     p.add_argument("--passes", help="pass pipeline, e.g. 'fuse,quantize{mode=dynamic}'")
     p.add_argument("-o", "--output", help="artifact directory (model only)")
     p.add_argument("--example", metavar="DATA.npz",
@@ -298,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an input array (repeat per input)")
     p.add_argument("--output", "-o", metavar="OUT.npz", help="write outputs to an .npz file")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("targets", help="list the targets code can be compiled for",
+                       description="The target presets (--arch / arch = ...): triple, CPU, "
+                       "vector width, int8 dot-product instruction, and whether this machine "
+                       "can run code compiled for each.")
+    p.set_defaults(func=cmd_targets)
 
     p = sub.add_parser("plugins", help="list registered frontends, passes, backends, adapters")
     p.set_defaults(func=cmd_plugins)
@@ -355,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=50, help="alternating rounds (default 50)")
     p.add_argument("--target", default="llvm", help="irkit target to compile for "
                    "(default llvm)")
+    p.add_argument("--arch", default="native", help="comma-separated CPU targets, one row "
+                   "each (e.g. native,x86-64-v3; default native)")
     p.set_defaults(func=cmd_bench)
     return parser
 

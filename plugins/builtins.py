@@ -16,9 +16,10 @@ def register_frontends(register: Register) -> None:
 
 @hookimpl
 def register_passes(register: Register) -> None:
+    from irkit.lower.legalize import LEGALIZE_PASSES
     from irkit.passes import BUILTIN_PASSES
 
-    for name, target in BUILTIN_PASSES.items():
+    for name, target in {**BUILTIN_PASSES, **LEGALIZE_PASSES}.items():
         register(name, target)
 
 

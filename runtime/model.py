@@ -62,7 +62,14 @@ class CompiledModel:
 
     @property
     def target(self) -> str:
+        """What the artifact was compiled for (several comma-separated arches for a
+        multi-arch artifact)."""
         return self.manifest.target
+
+    @property
+    def variant(self) -> str | None:
+        """The arch whose code this process runs (kernel backends; None otherwise)."""
+        return getattr(self._runner, "variant", None)
 
     @property
     def inputs(self) -> list[TensorSpec]:

@@ -147,5 +147,5 @@ def test_compile_reports_time_and_size(digits_models: Path, tmp_path: Path,
     captured = capsys.readouterr()
     assert captured.out.strip() == str(out)  # stdout stays the path alone, for scripts
     summary = captured.err
-    assert summary.startswith("compiled digits_cnn with llvm in ")
-    assert "LLVM" in summary and "kernels" in summary and "workspace" in summary
+    assert summary.startswith("compiled digits_cnn with llvm for native in ")
+    assert "code generation" in summary and "kernels" in summary and "workspace" in summary

@@ -119,3 +119,23 @@ def walk_exprs(expr: Expr) -> Iterator[Expr]:
     yield expr
     for child in children(expr):
         yield from walk_exprs(child)
+
+
+def stmt_exprs(stmt: Stmt) -> tuple[Expr, ...]:
+    """The expressions ``stmt`` holds itself (not those of nested statements)."""
+    match stmt:
+        case Store(index=index, value=value):
+            return (index, value)
+        case Let(value=value):
+            return (value,)
+        case For(extent=extent, start=start):
+            return (extent, start)
+        case If(cond=cond):
+            return (cond,)
+    return ()
+
+
+def calls_in(stmt: Stmt) -> set[str]:
+    """Names of every ``Call`` in ``stmt`` and the statements nested in it."""
+    return {e.fn for s in walk_stmts(stmt) for top in stmt_exprs(s) for e in walk_exprs(top)
+            if isinstance(e, Call)}

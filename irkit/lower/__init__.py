@@ -1,8 +1,14 @@
 """Lowering: Graph IR → kernel IR programs (fusion, GEMM templates, memory planning)."""
 
 from irkit.lower.context import Tiles
-from irkit.lower.driver import SUPPORTED_OPS, LoweredModel, lower_graph, unsupported_nodes
+from irkit.lower.driver import (
+    SUPPORTED_OPS,
+    Capabilities,
+    LoweredModel,
+    lower_graph,
+    unsupported_nodes,
+)
 from irkit.lower.tensor import LoweringError
 
-__all__ = ["SUPPORTED_OPS", "LoweredModel", "LoweringError", "Tiles", "lower_graph",
-           "unsupported_nodes"]
+__all__ = ["SUPPORTED_OPS", "Capabilities", "LoweredModel", "LoweringError", "Tiles",
+           "lower_graph", "unsupported_nodes"]

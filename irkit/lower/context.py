@@ -29,6 +29,7 @@ from irkit.lower.tensor import (
     flat_index,
     product,
 )
+from irkit.target import Target, get_target
 
 # An inline ref is materialized once the expression it recomputes per element is this big.
 MAX_INLINE_COST = 48
@@ -51,11 +52,37 @@ class Tiles:
     def for_conv(self) -> Tiles:
         return Tiles(self.conv_mr, self.conv_nr, self.vec, self.conv_mr, self.conv_nr)
 
+    @classmethod
+    def for_target(cls, target: Target, mr: int = 0, nr: int = 0, vec: int = 0,
+                   conv_mr: int = 0, conv_nr: int = 0) -> Tiles:
+        """The CPU register-tile sizes for ``target``; a 0 picks the default.
+
+        ``vec`` is the target's f32 lanes (16 with AVX-512, 8 with AVX2, 4 with 128-bit
+        SIMD). The accumulators must leave registers for the B row and the A broadcast:
+        with 32 vector registers (AVX-512, NEON) an 8 x 2-vector GEMM tile and a 4 x
+        4-vector conv tile; with 16 (AVX2) 6 x 2 and 3 x 4.
+        """
+        from irkit.lower.tensor import LoweringError
+
+        vec = vec or target.f32_lanes
+        many = target.vector_registers >= 32
+        mr = mr or (8 if many else 6)
+        conv_mr = conv_mr or (4 if many else 3)
+        nr = nr or 2 * vec
+        conv_nr = conv_nr or 4 * vec
+        for name, width in (("nr", nr), ("conv_nr", conv_nr)):
+            if width % vec:
+                raise LoweringError(f"{name}={width} must be a multiple of vec={vec}")
+        return cls(mr=mr, nr=nr, vec=vec, conv_mr=conv_mr, conv_nr=conv_nr)
+
 
 @dataclass
 class LoweringContext:
     name: str
     tiles: Tiles = field(default_factory=Tiles)
+    # What the code is for: lowering rules ask it (int8 kernels, vector width), never
+    # the build host.
+    target: Target = field(default_factory=lambda: get_target("x86-64-v3"))
     kernels: list[Kernel] = field(default_factory=list)
     buffers: dict[str, Buffer] = field(default_factory=dict)
     io: dict[str, Buffer] = field(default_factory=dict)
@@ -183,19 +210,12 @@ class LoweringContext:
     def add_kernel(self, hint: str, body: Stmt, locals_: Sequence[Buffer] = ()) -> None:
         used: dict[str, Buffer] = {}
         local_names = {b.name for b in locals_}
-        from irkit.kir.visit import walk_stmts
+        from irkit.kir.visit import stmt_exprs, walk_stmts
 
         for stmt in walk_stmts(body):
-            exprs: list[Expr] = []
-            if isinstance(stmt, Store):
-                if stmt.buf.name not in local_names:
-                    used[stmt.buf.name] = stmt.buf
-                exprs = [stmt.index, stmt.value]
-            elif isinstance(stmt, For):
-                exprs = [stmt.extent, stmt.start]
-            else:
-                exprs = [getattr(stmt, attr) for attr in ("value", "cond") if hasattr(stmt, attr)]
-            for e in exprs:
+            if isinstance(stmt, Store) and stmt.buf.name not in local_names:
+                used[stmt.buf.name] = stmt.buf
+            for e in stmt_exprs(stmt):
                 for node in walk_exprs(e):
                     if isinstance(node, Load) and node.buf.name not in local_names:
                         used[node.buf.name] = node.buf

@@ -30,6 +30,7 @@ from irkit.lower.tensor import (
     parse_dim,
     product,
 )
+from irkit.target import Target, get_target
 
 LowerFn = Callable[[LoweringContext, Node, list[TensorRef | None]], list[TensorRef]]
 
@@ -77,9 +78,9 @@ class LoweredModel:
     inputs: list[Value]
     outputs: list[Value]
     fused: list[str] = field(default_factory=list)
-    # Dims as ``[a, b]`` (a*N + b) or polynomials ``{"N*N1": k}`` (irkit.lower.symbolic).
-    output_shapes: dict[str, list[list[int] | dict[str, int]]] = field(default_factory=dict)
-    input_shapes: dict[str, list[list[int] | dict[str, int]]] = field(default_factory=dict)
+    # Each dim a polynomial in the manifest form ``{"N": 1, "": 2}`` (irkit.lower.symbolic).
+    output_shapes: dict[str, list[dict[str, int]]] = field(default_factory=dict)
+    input_shapes: dict[str, list[dict[str, int]]] = field(default_factory=dict)
     # ``{"size": polynomial, "why": text}``: must be >= 0 for the bound symbols.
     constraints: list[dict[str, object]] = field(default_factory=list)
     guards: list[dict[str, object]] = field(default_factory=list)  # irkit.runtime.guards
@@ -92,8 +93,27 @@ def lowers(op: str, domain: str) -> bool:
     return domain in ("", "ai.onnx") and op in SUPPORTED_OPS
 
 
-def unsupported_nodes(graph: Graph) -> list[Node]:
-    return [n for n in graph.nodes if not lowers(n.op, n.domain)]
+@dataclass(frozen=True)
+class Capabilities:
+    """Which ops a backend lowers for a target: the kernel-IR lowering's table, less the
+    ops the backend refuses (``excluded``: qualified names such as ``"LSTM"`` or
+    ``"irkit.ScaledDotProductAttention"``). Node-level limits (dtypes, attributes) are
+    reported by lowering itself."""
+
+    backend: str = "llvm"
+    excluded: frozenset[str] = frozenset()
+
+    def lowers(self, op: str, domain: str) -> bool:
+        if not lowers(op, domain):
+            return False
+        return (op if domain in ("", "ai.onnx") else f"{domain}.{op}") not in self.excluded
+
+    def unsupported(self, graph: Graph) -> list[Node]:
+        return [n for n in graph.nodes if not self.lowers(n.op, n.domain)]
+
+
+def unsupported_nodes(graph: Graph, capabilities: Capabilities | None = None) -> list[Node]:
+    return (capabilities or Capabilities()).unsupported(graph)
 
 
 def graph_symbols(graph: Graph) -> dict[str, str]:
@@ -120,9 +140,9 @@ def batch_symbol(graph: Graph) -> str | None:
 
 
 class GraphLowering:
-    def __init__(self, graph: Graph, tiles: Tiles) -> None:
+    def __init__(self, graph: Graph, tiles: Tiles, target: Target) -> None:
         self.graph = graph
-        self.ctx = LoweringContext(graph.name or "model", tiles)
+        self.ctx = LoweringContext(graph.name or "model", tiles, target)
         self.refs: dict[Value, TensorRef] = {}
         self.done: set[Node] = set()
         self.symbols = graph_symbols(graph)
@@ -344,15 +364,11 @@ def _rounded(ref: TensorRef, dtype: str) -> TensorRef:
     return TensorRef(ref.shape, dtype, lambda idx: Cast(dtype, ref.read(idx)), cost=ref.cost + 1)
 
 
-def _dim_json(dim: Expr) -> list[int] | dict[str, int]:
-    """A dim for the manifest: ``[a, b]`` (``a*N + b``) when only N occurs, else the
-    polynomial form of :func:`irkit.lower.symbolic.to_json`."""
+def _dim_json(dim: Expr) -> dict[str, int]:
+    """A dim for the manifest: the polynomial form of :func:`irkit.lower.symbolic.to_json`."""
     from irkit.lower.symbolic import to_json, to_poly
 
-    poly = to_poly(dim)
-    if set(poly) <= {(), ("N",)}:
-        return [poly.get(("N",), 0), poly.get((), 0)]
-    return to_json(poly)
+    return to_json(to_poly(dim))
 
 
 def _is_shape_like(ref: TensorRef) -> bool:
@@ -374,19 +390,24 @@ def _is_shape_like(ref: TensorRef) -> bool:
     return True
 
 
-def lower_graph(graph: Graph, tiles: Tiles | None = None) -> LoweredModel:
-    """Lower ``graph`` to a kernel-IR program; raises LoweringError naming every
-    unsupported node at once."""
-    missing = unsupported_nodes(graph)
+def lower_graph(graph: Graph, target: Target | str = "x86-64-v3", tiles: Tiles | None = None,
+                capabilities: Capabilities | None = None) -> LoweredModel:
+    """Lower ``graph`` to a kernel-IR program for ``target`` (its default register tiles
+    unless ``tiles`` are given); raises LoweringError naming every unsupported node at
+    once."""
+    target = get_target(target)
+    capabilities = capabilities or Capabilities()
+    missing = capabilities.unsupported(graph)
     if missing:
         names = ", ".join(sorted({n.qualified_op for n in missing}))
         raise LoweringError(
-            f"graph {graph.name!r}: {len(missing)} node(s) use ops the llvm backend cannot "
-            f"lower: {names} (nodes: {', '.join(n.describe() for n in missing[:10])})"
+            f"graph {graph.name!r}: {len(missing)} node(s) use ops the {capabilities.backend} "
+            f"backend cannot lower: {names} (nodes: "
+            f"{', '.join(n.describe() for n in missing[:10])})"
         )
-    return GraphLowering(graph, tiles or Tiles()).run()
+    return GraphLowering(graph, tiles or Tiles.for_target(target), target).run()
 
 
-__all__ = ["SUPPORTED_OPS", "LoweredModel", "LoweringError", "graph_symbols", "lower_graph",
-           "unsupported_nodes"]
+__all__ = ["SUPPORTED_OPS", "Capabilities", "LoweredModel", "LoweringError", "graph_symbols",
+           "lower_graph", "unsupported_nodes"]
 _ = Const

@@ -145,7 +145,8 @@ def freeze(p: Mapping[Monomial, int]) -> FrozenPoly:
 
 
 def to_json(p: Mapping[Monomial, int]) -> dict[str, int]:
-    return {"*".join(m): int(c) for m, c in sorted(p.items())}
+    """The manifest form ``{"N*N1": 384, "": 64}``; the zero polynomial is ``{"": 0}``."""
+    return {"*".join(m): int(c) for m, c in sorted(p.items()) if c} or {"": 0}
 
 
 def from_json(obj: object) -> Poly:

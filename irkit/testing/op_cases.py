@@ -1,9 +1,11 @@
 """Differential op tests as data: an ``OpCase`` is a small ONNX graph with a symbolic batch.
 
 ``build_model`` turns a case into a shape-inferred ONNX model, ``feeds`` draws its seeded
-inputs at one batch size, ``compile_and_load`` compiles the model with the llvm backend,
-and ``check_batches`` runs it at several batch sizes against a reference (ONNX Runtime,
-or numpy written from the ONNX spec), asserting every output with ``assert_output``.
+inputs at one batch size, ``compile_and_load`` compiles the model for a
+:class:`KernelTarget` (a kernel backend and an arch: llvm for this CPU, llvm for
+x86-64-v3), and ``check_batches`` runs it at several batch sizes against a reference
+(ONNX Runtime, or numpy written from the ONNX spec), asserting every output with
+``assert_output``. Tests parametrize over ``KERNEL_TARGETS`` so every case runs on each.
 
 onnx and onnxruntime are imported when a function needs them, so that importing this
 module costs numpy only; tests ``pytest.importorskip`` them first.
@@ -50,6 +52,24 @@ ONNX_ELEMENT_TYPES: dict[np.dtype, str] = {
 }
 
 
+@dataclass(frozen=True)
+class KernelTarget:
+    """Where op cases run: a kernel backend and the arch it compiles for."""
+
+    backend: str = "llvm"
+    arch: str = "native"
+
+    def __str__(self) -> str:
+        return f"{self.backend}-{self.arch}"
+
+
+LLVM_NATIVE = KernelTarget("llvm", "native")
+LLVM_V3 = KernelTarget("llvm", "x86-64-v3")
+KERNEL_TARGETS: tuple[KernelTarget, ...] = (LLVM_NATIVE, LLVM_V3)
+"""Every op case runs on each: the build host's own code, and AVX2 code (x86-64-v3,
+what most deployment CPUs run) even on a host with AVX-512."""
+
+
 @dataclass
 class OpCase:
     """One graph to compile and compare.
@@ -57,7 +77,11 @@ class OpCase:
     ``inputs`` maps each graph input to its spec (dims may be ``BATCH_DIM``); ``consts``
     become initializers. ``declared`` gives output types (name -> (shape, dtype)) where
     inference cannot know them; the others are left for shape inference. ``reference``
-    replaces ONNX Runtime as the source of expected outputs.
+    replaces ONNX Runtime as the source of expected outputs; ``oracle="onnx.reference"``
+    takes them from ONNX's own reference implementation instead, for ops whose ONNX
+    Runtime results depend on the CPU (its u8 x s8 kernels saturate int16 pair sums on
+    x86 CPUs without VNNI, so QLinearConv with full-range int8 weights gives other
+    numbers on an AVX2 machine than on an AVX-512 VNNI one).
     """
 
     name: str
@@ -68,6 +92,7 @@ class OpCase:
     opset: int = 18
     declared: dict[str, tuple[tuple[int, ...], Any]] = field(default_factory=dict)
     reference: Reference | None = None
+    oracle: str = "onnxruntime"  # or "onnx.reference"
 
 
 def normal(scale: float = 1.0) -> Draw:
@@ -140,14 +165,16 @@ def feeds(
 
 
 def compile_and_load(
-    model: onnx.ModelProto, tmp_path: Path, threads: int = 1, **options: Any
+    model: onnx.ModelProto, tmp_path: Path, threads: int = 1,
+    target: KernelTarget = LLVM_NATIVE, **options: Any
 ) -> CompiledModel:
-    """Compile ``model`` with the llvm backend (``options`` go to the backend), save it
-    under ``tmp_path`` and load it with ``threads`` worker threads."""
+    """Compile ``model`` for ``target`` (``options`` go to the backend), save it under
+    ``tmp_path`` and load it with ``threads`` worker threads."""
     import irkit.runtime
     from irkit import api
 
-    artifact = api.compile(api.load_model(model), target="llvm", **options)
+    artifact = api.compile(api.load_model(model), target=target.backend, arch=target.arch,
+                           **options)
     return irkit.runtime.load(artifact.save(tmp_path / "artifact"), threads=threads)
 
 
@@ -159,6 +186,24 @@ def onnxruntime_reference(model: onnx.ModelProto, outputs: Sequence[str]) -> Ref
         model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
     return lambda inputs: session.run(list(outputs), inputs)
+
+
+def spec_reference(model: onnx.ModelProto, outputs: Sequence[str]) -> Reference:
+    """ONNX's reference implementation (``onnx.reference``) running ``model``."""
+    from onnx.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(model)
+    return lambda inputs: list(evaluator.run(list(outputs), inputs))
+
+
+def reference_for(case: OpCase, model: onnx.ModelProto) -> Reference:
+    """The expected outputs of ``case``: its own reference, ONNX's reference
+    implementation, or ONNX Runtime (the default), as the case says."""
+    if case.reference is not None:
+        return case.reference
+    if case.oracle == "onnx.reference":
+        return spec_reference(model, case.outputs)
+    return onnxruntime_reference(model, case.outputs)
 
 
 def assert_output(

@@ -1,20 +1,21 @@
-"""The ``llvm`` backend: Graph → kernel IR → LLVM IR (llvmlite) → host object file.
+"""The ``llvm`` backend: kernel IR → LLVM IR (llvmlite) → a relocatable object per target.
 
-``irkit.compile(graph, target="llvm", threads=0, fallback="none", mr=0, nr=0, vec=0,
-conv_mr=0, conv_nr=0, emit="object", fast_math=True)`` returns an Artifact holding
-``model.o`` (relocatable, host triple and CPU features, -O3), ``weights.bin`` (64-byte
-aligned raw blobs, GEMM weights pre-packed into panels) and a manifest whose ``entry``
-names the entry symbols, io order, the symbolic dims, shapes (``[a, b]`` for ``a*N+b``,
-or polynomials such as ``{"N*N1": 384}`` when a model has several symbolic dims, e.g.
-batch and sequence), the workspace plan with its peak bytes, the fused ops and the
-compile time. Tile sizes of 0 pick defaults for the host
-(AVX-512: vec=16, 8x32 GEMM and 4x64 conv microkernels; AVX2: vec=8, 6x16 and 3x32).
-The runtime loader ``irkit.runtime.backends.llvm`` links the object in process with
-llvmlite's ORC JIT, so serving needs no system linker. ``emit="shared"`` also links
-``model.so`` and writes ``model.h`` when a C compiler driver (``cc``) exists.
+``irkit.compile(graph, target="llvm", arch="native", threads=0, fallback="none", mr=0,
+nr=0, vec=0, conv_mr=0, conv_nr=0, emit="object", fast_math=True)`` returns an Artifact
+holding, for each target named by ``arch`` (``"x86-64-v3"``, ``["x86-64-v3",
+"x86-64-v4"]``…; see :mod:`irkit.target`), ``model.o`` (relocatable, -O3, for that
+target's triple, CPU and features) and ``weights.bin`` (64-byte aligned raw blobs, GEMM
+weights pre-packed into panels). Several targets go into one artifact, each under its own
+directory; the runtime runs the best one the host supports and refuses, naming the
+missing features, when there is none.
 
-Ops it cannot lower: one error naming all of them, or with ``fallback="ort"`` the graph
-is split into segments and ONNX Runtime runs the unsupported ones (see ``segments``).
+Everything but translation is the shared kernel-program flow (:mod:`irkit.backend`):
+legalize, ORT-fallback partitioning, lowering for the target and the manifest entry.
+This plugin translates the kernel IR (:mod:`.codegen`), adds the entry points
+(:mod:`.entry`) and emits the object (:mod:`.emit`); the runtime loader
+:mod:`irkit.runtime.backends.llvm` JIT-links it in process, so serving needs no system
+linker. ``emit="shared"`` also links ``model.so`` and writes ``model.h`` when a C
+compiler driver (``cc``) exists (single target only).
 """
 
 from __future__ import annotations
@@ -23,218 +24,104 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
-
-from irkit import __version__
-from irkit.errors import IrkitError, UnsupportedOpsError
-from irkit.runtime.artifact import Artifact
+from irkit.backend import (
+    KERNEL_OPTIONS,
+    BackendError,
+    BackendUnsupportedError,
+    EmittedProgram,
+    KernelBackend,
+    program_entry,
+)
+from irkit.lower import LoweredModel, LoweringError, Tiles
 from irkit.runtime.options import Option
-from irkit.runtime.signature import TensorSpec
+from irkit.target import Target
 
 OBJECT_FILE = "model.o"
 WEIGHTS_FILE = "weights.bin"
+# Kept for code that catches the llvm-specific names.
+LlvmBackendError = BackendError
+LlvmUnsupportedError = BackendUnsupportedError
 
 
-class LlvmBackendError(IrkitError):
-    """The graph cannot be compiled by the llvm backend."""
-
-
-class LlvmUnsupportedError(LlvmBackendError, UnsupportedOpsError):
-    """The graph uses ops, dtypes or attributes the llvm backend does not lower."""
-
-
-def _tensor_spec(value: Any, symbols: list[str]) -> TensorSpec:
-    """The first symbolic dim is called ``N`` in the signature; others keep their names."""
-    rename = {symbols[0]: "N"} if symbols and "N" not in symbols[1:] else {}
-    shape = tuple(rename.get(d, d) if isinstance(d, str) else d for d in value.type.shape)
-    return TensorSpec(value.name, np.dtype(value.type.dtype.numpy), shape)
-
-
-class LlvmBackend:
-    """Compile a Graph to native code for the host CPU."""
+class LlvmBackend(KernelBackend):
+    """Compile a Graph to native code for one or several CPU targets."""
 
     name = "llvm"
-    options: dict[str, Option] = {
-        "threads": Option(int, 0, "worker threads at run time; 0 = all cores"),
-        "fallback": Option(str, "none", "unsupported ops: 'none' raises one error naming them "
-                           "all; 'ort' runs those nodes (in segments) with ONNX Runtime",
-                           choices=("none", "ort")),
-        "mr": Option(int, 0, "GEMM microkernel rows; 0 = 8 with AVX-512 (32 vector "
-                     "registers), else 6"),
+    families = ("cpu",)
+    options: ClassVar[dict[str, Option]] = {
+        **KERNEL_OPTIONS,
+        "mr": Option(int, 0, "GEMM microkernel rows; 0 = 8 with 32 vector registers "
+                     "(AVX-512), else 6"),
         "nr": Option(int, 0, "GEMM microkernel columns (multiple of vec); 0 = 2 * vec"),
         "conv_mr": Option(int, 0, "convolution microkernel rows (output channels); 0 = 4 "
-                          "with AVX-512, else 3"),
+                          "with 32 vector registers, else 3"),
         "conv_nr": Option(int, 0, "convolution microkernel columns (pixels); 0 = 4 * vec"),
-        "vec": Option(int, 0, "vector lanes (f32) of the GEMM microkernel; 0 = 16 with "
-                      "AVX-512, else 8"),
+        "vec": Option(int, 0, "vector lanes (f32) of the heavy-op templates; 0 = the "
+                      "target's (16 with AVX-512, 8 with AVX2)"),
         "emit": Option(str, "object", "'object', or 'shared' to also link model.so + model.h",
                        choices=("object", "shared")),
         "fast_math": Option(bool, True, "reassociation/contraction flags (vectorized "
                             "reductions); NaN/Inf semantics are kept"),
     }
 
-    def _resolve(self, options: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            raise LlvmBackendError(f"llvm backend has no option(s) {', '.join(unknown)}; "
-                                   f"its options: {', '.join(self.options)}")
-        resolved = {}
-        for key, opt in self.options.items():
-            value = options.get(key, opt.default)
-            ok = isinstance(value, opt.type) and (opt.type is bool or not isinstance(value, bool))
-            if not ok:
-                raise LlvmBackendError(f"llvm option {key}={value!r} must be {opt.type.__name__}")
-            if opt.choices is not None and value not in opt.choices:
-                raise LlvmBackendError(f"llvm option {key}={value!r} must be one of "
-                                       f"{', '.join(opt.choices)}")
-            resolved[key] = value
-        if resolved["threads"] < 0:
-            raise LlvmBackendError("llvm option threads must be >= 0")
-        if resolved["vec"] not in (0, 4, 8, 16):
-            raise LlvmBackendError("llvm option vec must be 0 (auto), 4, 8 or 16")
-        if not (0 <= resolved["mr"] <= 16 and 0 <= resolved["conv_mr"] <= 16) or \
-                resolved["nr"] < 0 or resolved["nr"] % 4 or resolved["conv_nr"] % 4:
-            raise LlvmBackendError("tile sizes: 1 <= mr <= 16 and nr a multiple of 4")
-        return resolved
+    def check_options(self, options: dict[str, Any]) -> None:
+        super().check_options(options)
+        if options["vec"] not in (0, 4, 8, 16):
+            raise BackendError("llvm option vec must be 0 (the target's), 4, 8 or 16")
+        if not (0 <= options["mr"] <= 16 and 0 <= options["conv_mr"] <= 16) or \
+                options["nr"] < 0 or options["nr"] % 4 or options["conv_nr"] % 4:
+            raise BackendError("tile sizes: 1 <= mr <= 16 and nr a multiple of 4")
 
-    def compile(self, graph: Any, **options: Any) -> Artifact:
-        """Lower, translate and emit ``graph``; see the module docstring for options."""
-        from irkit.lower import LoweringError, unsupported_nodes
-        from irkit.lower.driver import graph_symbols, lowers
-        from irkit.lower.expand import expand_functions
-        from irkit.lower.fused import decompose_fused_ops
-        from irkit.lower.unroll import unroll_control_flow
-        from irkit.plugins.llvm.emit import host_target
-
-        opts = self._resolve(options)
-        graph = decompose_fused_ops(graph)  # irkit fused ops -> ops the GEMM epilogues fuse
-        graph = expand_functions(graph, lowers)  # ONNX function bodies for ops without lowering
-        graph = unroll_control_flow(graph, lowers)  # If/Loop/Scan/RNN/GRU/LSTM unrolled
-        start = time.perf_counter()
-        target = host_target()
-        missing = unsupported_nodes(graph)
+    def tiles(self, target: Target, options: Mapping[str, Any]) -> Tiles:
         try:
-            if missing and opts["fallback"] == "ort":
-                files, entry = self._compile_segments(graph, set(missing), opts)
-            else:
-                files, entry = _compile_program(graph, opts, "")
+            return Tiles.for_target(target, mr=options["mr"], nr=options["nr"],
+                                    vec=options["vec"], conv_mr=options["conv_mr"],
+                                    conv_nr=options["conv_nr"])
         except LoweringError as exc:
-            if opts["fallback"] == "ort":
-                return self._fallback(graph, opts, str(exc))
-            raise LlvmUnsupportedError(str(exc)) from exc
-        entry["target"] = {"triple": target.triple, "cpu": target.cpu}
-        entry["compile_seconds"]["total"] = round(time.perf_counter() - start, 4)
-        symbol = list(graph_symbols(graph))
-        return Artifact(
-            name=getattr(graph, "name", "") or "model", backend=self.name,
-            target=f"cpu:{target.cpu}",
-            inputs=tuple(_tensor_spec(v, symbol) for v in graph.inputs),
-            outputs=tuple(_tensor_spec(v, symbol) for v in graph.outputs),
-            files=files, entry=entry, options=opts,
-            report=[], created_by=f"irkit {__version__}",
-        )
+            raise BackendError(f"llvm options: {exc}") from exc
 
-    def _compile_segments(self, graph: Any, missing: set[Any], opts: dict[str, Any]
-                          ) -> tuple[dict[str, bytes], dict[str, Any]]:
-        """Per-node fallback: llvm segments as objects, the rest as ONNX for ORT."""
-        from irkit.api import to_onnx
-        from irkit.plugins.llvm.segments import split_graph
+    def emit(self, lowered: LoweredModel, target: Target, options: Mapping[str, Any],
+             prefix: str) -> EmittedProgram:
+        from irkit.plugins.llvm.codegen import entry_symbol, translate_program
+        from irkit.plugins.llvm.emit import emit_object
+        from irkit.plugins.llvm.entry import call_symbol, table_symbol
 
-        files: dict[str, bytes] = {}
-        segments: list[dict[str, Any]] = []
-        seconds = {"lower": 0.0, "llvm": 0.0}
-        for index, segment in enumerate(split_graph(graph, missing)):
-            if segment.kind == "ort":
-                name = f"seg{index}.onnx"
-                files[name] = to_onnx(segment.graph).SerializeToString()
-                segments.append({"kind": "ort", "model": name, "inputs": segment.inputs,
-                                 "outputs": segment.outputs})
-                continue
-            seg_files, seg_entry = _compile_program(segment.graph, opts, f"seg{index}_")
-            files.update(seg_files)
-            for key in seconds:
-                seconds[key] += seg_entry["compile_seconds"][key]
-            segments.append({"kind": "llvm", **seg_entry, "inputs": segment.inputs,
-                             "outputs": segment.outputs})
-        ops = sorted({n.op for n in missing})
-        return files, {"segments": segments, "fallback_ops": ops,
-                       "compile_seconds": {k: round(v, 4) for k, v in seconds.items()}}
-
-    def _fallback(self, graph: Any, opts: dict[str, Any], why: str = "") -> Artifact:
-        from irkit.lower import unsupported_nodes
-        from irkit.plugins.ort import OrtBackend
-
-        art = OrtBackend().compile(graph, threads=opts["threads"])
-        ops = sorted({n.op for n in unsupported_nodes(graph)})
-        art.report = [*art.report, {"llvm_fallback": "ort", "unsupported_ops": ops,
-                                    "reason": why}]
-        return art
+        start = time.perf_counter()
+        program = lowered.program
+        lanes = self.tiles(target, options).vec
+        module = translate_program(program, target, fast_math=options["fast_math"],
+                                   lanes=lanes)
+        obj = emit_object(module, target)
+        object_file, weights_file = f"{prefix}{OBJECT_FILE}", f"{prefix}{WEIGHTS_FILE}"
+        files = {object_file: obj.data, weights_file: program.weights}
+        if options["emit"] == "shared":
+            if prefix:
+                raise BackendError("emit='shared' links one model.so: name one arch")
+            files.update(_link_shared(obj.data, program))
+        run = entry_symbol(program)
+        info = {
+            "memory_plan": lowered.plan.report(),
+            "fused": lowered.fused,
+            "compile_seconds": {"llvm": round(obj.seconds, 4)},
+            "int8_dot": target.int8_dot(lanes) if _uses_int8_dot(program) else None,
+        }
+        entry = program_entry(
+            lowered, code=object_file, weights=weights_file, run=run,
+            kernels=[k.name for k in program.kernels],
+            # The CPython fast entry and the global its table address goes in (entry.py).
+            native={"call": call_symbol(run), "call_table": table_symbol(run)},
+            info={k: v for k, v in info.items() if v is not None})
+        return EmittedProgram(files, entry, time.perf_counter() - start)
 
 
-def _compile_program(graph: Any, opts: dict[str, Any], prefix: str
-                     ) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """One kernel program: object file, weights blob and its manifest entry."""
-    from irkit.lower import lower_graph
-    from irkit.plugins.llvm.codegen import entry_symbol, translate_program
-    from irkit.plugins.llvm.emit import emit_object, host_target
-    from irkit.plugins.llvm.entry import call_symbol, table_symbol
+def _uses_int8_dot(program: Any) -> bool:
+    from irkit.kir.visit import calls_in
 
-    start = time.perf_counter()
-    target = host_target()
-    tiles = _tiles(opts, target.features)
-    lowered = lower_graph(graph, tiles)
-    lower_s = time.perf_counter() - start
-    program = lowered.program
-    module = translate_program(program, fast_math=opts["fast_math"], lanes=tiles.vec)
-    obj = emit_object(module, target)
-    object_file, weights_file = f"{prefix}{OBJECT_FILE}", f"{prefix}{WEIGHTS_FILE}"
-    files = {object_file: obj.data, weights_file: program.weights}
-    if opts["emit"] == "shared" and not prefix:
-        files.update(_link_shared(obj.data, program))
-    entry = {
-        "object": object_file,
-        "weights": weights_file,
-        "run": entry_symbol(program),
-        # The CPython fast entry and the global its table address goes in (entry.py).
-        "call": call_symbol(entry_symbol(program)),
-        "call_table": table_symbol(entry_symbol(program)),
-        "kernels": [k.name for k in program.kernels],
-        "io": list(program.io_order),
-        "abi": 2,  # kernels take a pointer to the symbol values (irkit.runtime.backends.llvm)
-        "symbols": list(program.symbols),
-        "workspace": [program.workspace_n, program.workspace_c],
-        "workspace_terms": {"*".join(m): c for m, c in program.workspace_terms},
-        "input_shapes": lowered.input_shapes,
-        "output_shapes": lowered.output_shapes,
-        "constraints": lowered.constraints,
-        "guards": lowered.guards,
-        "output_dtypes": {v.name: np.dtype(v.type.dtype.numpy).name for v in graph.outputs},
-        "memory_plan": lowered.plan.report(),
-        "fused": lowered.fused,
-        "compile_seconds": {"lower": round(lower_s, 4), "llvm": round(obj.seconds, 4)},
-    }
-    return files, entry
-
-
-def _tiles(opts: dict[str, Any], features: str) -> Any:
-    from irkit.lower import Tiles
-
-    wide = "+avx512f" in features.split(",")
-    vec = opts["vec"] or (16 if wide else 8)
-    # Accumulators must leave registers for the B row and the A broadcast: 32 vector
-    # registers with AVX-512, 16 with AVX2.
-    mr = opts["mr"] or (8 if vec == 16 and wide else 6)
-    conv_mr = opts["conv_mr"] or (4 if vec == 16 and wide else 3)
-    nr = opts["nr"] or 2 * vec
-    if nr % vec:
-        raise LlvmBackendError(f"nr={nr} must be a multiple of vec={vec}")
-    conv_nr = opts["conv_nr"] or (4 * vec if vec == 16 else 32)
-    if conv_nr % vec:
-        raise LlvmBackendError(f"conv_nr={conv_nr} must be a multiple of vec={vec}")
-    return Tiles(mr=mr, nr=nr, vec=vec, conv_mr=conv_mr, conv_nr=conv_nr)
+    return any("dot4_u8s8" in calls_in(kernel.body) for kernel in program.kernels)
 
 
 def _link_shared(object_code: bytes, program: Any) -> dict[str, bytes]:
@@ -248,7 +135,7 @@ def _link_shared(object_code: bytes, program: Any) -> dict[str, bytes]:
         result = subprocess.run([cc, "-shared", "-o", str(so), str(obj), "-lm"],
                                 capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise LlvmBackendError(f"linking model.so failed: {result.stderr.strip()}")
+            raise BackendError(f"linking model.so failed: {result.stderr.strip()}")
         shared = so.read_bytes()
     run = f"{program.name}_run"
     extra = "".join(f" + {c}*{'*'.join(m)}" for m, c in program.workspace_terms)

@@ -50,6 +50,7 @@ from irkit.kir.printer import print_kernel
 from irkit.plugins.llvm.entry import add_entries
 from irkit.plugins.llvm.intrinsics import EXTENSION_CALLS, emit_extension_call
 from irkit.plugins.llvm.mathlib import MathEmitter
+from irkit.target import Target, get_target
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
@@ -110,9 +111,10 @@ def half_value(value: float, dtype: str) -> float:
 class KernelTranslator:
     """Emits one kernel's function body."""
 
-    def __init__(self, module: ir.Module, program: Program, fast_math: bool,
+    def __init__(self, module: ir.Module, program: Program, target: Target, fast_math: bool,
                  lanes: int = 8) -> None:
         self.lanes = lanes
+        self.target = target
         self.module = module
         self.program = program
         self.flags = FAST_FLAGS if fast_math else ()
@@ -404,7 +406,7 @@ class KernelTranslator:
 
     def _call(self, fn: str, args: Sequence[ir.Value], dtype: str) -> ir.Value:
         if fn in EXTENSION_CALLS:
-            return emit_extension_call(self.b, self.module, fn, args)
+            return emit_extension_call(self.b, self.module, self.target, fn, args)
         if dtype in HALF_FLOATS and fn not in EXACT_CALLS:
             return self._round(self._call(fn, args, "f32"), dtype)
         if dtype in ("f32", *HALF_FLOATS) and fn in ("exp", "tanh", "erf"):
@@ -565,11 +567,14 @@ def entry_symbol(program: Program) -> str:
     return f"{program.name}_run"
 
 
-def translate_program(program: Program, fast_math: bool = True, lanes: int = 8) -> ir.Module:
-    """The LLVM module for ``program`` (kernel functions, extents and the run entry);
-    ``vector`` loops use ``lanes``-wide vectors."""
+def translate_program(program: Program, target: Target | str, fast_math: bool = True,
+                      lanes: int = 0) -> ir.Module:
+    """The LLVM module for ``program`` on ``target`` (kernel functions, extents and the run
+    entry); ``vector`` loops use ``lanes``-wide vectors (0: the target's f32 lanes)."""
+    target = get_target(target)
+    lanes = lanes or target.f32_lanes
     module = ir.Module(name=program.name)
-    translator = KernelTranslator(module, program, fast_math, lanes)
+    translator = KernelTranslator(module, program, target, fast_math, lanes)
     # Kernels that are the same up to buffer and loop-variable names (the GEMMs of every
     # layer of a transformer) share one body, so LLVM optimizes it once.
     keys = [kernel_key(k) for k in program.kernels]

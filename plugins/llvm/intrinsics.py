@@ -1,18 +1,21 @@
 """Target-specific expansions of kernel-IR calls that are not plain math functions.
 
 ``dot4_u8s8(acc, a, b)`` (i32 lanes): ``acc[l] + sum_t u8(a[l].byte[t]) * s8(b[l].byte[t])``
-for t in 0..3, wrapping on overflow. With AVX-512 VNNI (``vpdpbusd``) or AVX-VNNI it is
-one instruction; elsewhere it is expanded into zero/sign extends to i32, a multiply and
-an add of the four byte groups (exact, no i16 saturation), and LLVM picks the widening
-instructions the host has.
+for t in 0..3, wrapping on overflow. On a target with AVX-512 VNNI (``vpdpbusd``) or
+AVX-VNNI at the accumulator's width it is one instruction; elsewhere it is expanded into
+zero/sign extends to i32, a multiply and an add of the four byte groups (exact, no i16
+saturation), and LLVM picks the widening instructions the target has. The choice reads
+the :class:`~irkit.target.Target`, never the build host
+(:meth:`~irkit.target.Target.int8_dot`).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 from llvmlite import ir
+
+from irkit.target import Target
 
 I8 = ir.IntType(8)
 I32 = ir.IntType(32)
@@ -20,18 +23,11 @@ I32 = ir.IntType(32)
 EXTENSION_CALLS = ("dot4_u8s8",)
 
 
-@functools.cache
-def _host_features() -> frozenset[str]:
-    from irkit.plugins.llvm.emit import host_target
-
-    return frozenset(f[1:] for f in host_target().features.split(",") if f.startswith("+"))
-
-
-def emit_extension_call(b: ir.IRBuilder, module: ir.Module, fn: str,
+def emit_extension_call(b: ir.IRBuilder, module: ir.Module, target: Target, fn: str,
                         args: Sequence[ir.Value]) -> ir.Value:
     """The LLVM value of extension call ``fn`` on ``args`` (already splatted to lanes)."""
     if fn == "dot4_u8s8":
-        return _dot4_u8s8(b, module, args[0], args[1], args[2])
+        return _dot4_u8s8(b, module, target, args[0], args[1], args[2])
     raise TypeError(f"unknown extension call {fn}")
 
 
@@ -39,16 +35,12 @@ def _lanes(value: ir.Value) -> int:
     return value.type.count if isinstance(value.type, ir.VectorType) else 1
 
 
-def _dot4_u8s8(b: ir.IRBuilder, module: ir.Module, acc: ir.Value, a: ir.Value,
-               w: ir.Value) -> ir.Value:
+def _dot4_u8s8(b: ir.IRBuilder, module: ir.Module, target: Target, acc: ir.Value,
+               a: ir.Value, w: ir.Value) -> ir.Value:
     lanes = _lanes(acc)
-    features = _host_features()
     name = None
-    if lanes == 16 and "avx512vnni" in features:
-        name = "llvm.x86.avx512.vpdpbusd.512"
-    elif lanes == 8 and ("avxvnni" in features or
-                         {"avx512vnni", "avx512vl"} <= features):
-        name = "llvm.x86.avx512.vpdpbusd.256"
+    if target.int8_dot(lanes) == "vpdpbusd":
+        name = f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"
     bytes_ty = ir.VectorType(I8, 4 * lanes)
     if name is not None:
         fnty = ir.FunctionType(acc.type, [acc.type, bytes_ty, bytes_ty])

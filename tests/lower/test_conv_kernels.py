@@ -19,6 +19,7 @@ pytest.importorskip("llvmlite")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from irkit.runtime.program import programs  # noqa: E402
 from irkit.testing.op_cases import assert_output, compile_and_load  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -81,7 +82,7 @@ def test_depthwise_matches_onnxruntime(name: str, epilogue: str, tmp_path: Path)
     group = channels
     model = conv_model(channels, hw, weight, epilogue=epilogue, group=group, **attrs)
     compiled = run_against_ort(model, channels, hw, tmp_path, name)
-    kernels = compiled.manifest.entry["kernels"]
+    kernels = programs(compiled.manifest.entry)[0].kernels
     assert any(k.startswith("dwconv") for k in kernels), kernels
 
 
@@ -94,7 +95,7 @@ def test_depthwise_with_residual_and_no_bias(tmp_path: Path) -> None:
 def test_grouped_conv_with_several_channels_per_group_keeps_the_gemm(tmp_path: Path) -> None:
     model = conv_model(8, (9, 9), (8, 2, 3, 3), group=4, pads=[1, 1, 1, 1])
     compiled = run_against_ort(model, 8, (9, 9), tmp_path, "group 4")
-    assert not any(k.startswith("dwconv") for k in compiled.manifest.entry["kernels"])
+    assert not any(k.startswith("dwconv") for k in programs(compiled.manifest.entry)[0].kernels)
 
 
 @pytest.mark.parametrize("hw", [(7, 7), (14, 14), (8, 8), (9, 5), (1, 1)], ids=str)

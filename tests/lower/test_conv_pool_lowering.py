@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import irkit  # noqa: E402
 import irkit.runtime  # noqa: E402
+from irkit.runtime.program import programs  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
 # AVX2-sized tiles as well as the host's: the conv panel width (conv_nr) decides whether
@@ -104,9 +105,7 @@ def _run_llvm(graph: Any, feeds: dict[str, np.ndarray], tmp_path: Path, name: st
 
 
 def _kernels(entry: dict[str, Any]) -> list[str]:
-    if "kernels" in entry:
-        return list(entry["kernels"])
-    return [k for s in entry.get("segments", []) for k in s.get("kernels", [])]
+    return [k for program in programs(entry) for k in program.kernels]
 
 
 @pytest.mark.parametrize("tiles", TILES, ids=["host", "avx2"])

@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import irkit  # noqa: E402
 import irkit.runtime  # noqa: E402
+from irkit.runtime.program import programs  # noqa: E402
 
 BATCHES = (1, 7, 64)
 
@@ -170,7 +171,7 @@ def test_sparse_gemm_chosen_by_sparsity(tmp_path: Path, sparsity: float,
                                         sparse_kernel: bool) -> None:
     graph = irkit.load_model(_gemm(100, 37, sparsity, trans_b=True))
     compiled = compile_llvm(graph, tmp_path)
-    kernels = compiled.manifest.entry["kernels"]
+    kernels = programs(compiled.manifest.entry)[0].kernels
     assert any(k.startswith("spmm") for k in kernels) == sparse_kernel
     for batch in (*BATCHES, 65):
         x = np.random.default_rng(batch).standard_normal((batch, 100)).astype(np.float32)
@@ -183,7 +184,7 @@ def test_sparse_gemm_deep_k(tmp_path: Path) -> None:
     for k, sparse_kernel in ((2048, True), (8192, False)):
         graph = irkit.load_model(_gemm(k, 20, 0.9, trans_b=False))
         compiled = compile_llvm(graph, tmp_path / str(k))
-        assert any(n.startswith("spmm") for n in compiled.manifest.entry["kernels"]) \
+        assert any(n.startswith("spmm") for n in programs(compiled.manifest.entry)[0].kernels) \
             == sparse_kernel
         x = np.random.default_rng(k).standard_normal((65, k)).astype(np.float32)
         np.testing.assert_allclose(compiled(x=x)["y"], irkit.evaluate(graph, {"x": x})["y"],
@@ -195,7 +196,7 @@ def test_pruned_matmul_uses_sparse_kernel(tmp_path: Path) -> None:
 
     graph = irkit.optimize(irkit.load_model(_matmul_onnx("N", 128, 96)), "prune{sparsity=0.9}")
     compiled = compile_llvm(graph, tmp_path)
-    assert any(k.startswith("spmm") for k in compiled.manifest.entry["kernels"])
+    assert any(k.startswith("spmm") for k in programs(compiled.manifest.entry)[0].kernels)
     x = np.random.default_rng(0).standard_normal((7, 128)).astype(np.float32)
     np.testing.assert_allclose(compiled(x=x)["y"], irkit.evaluate(graph, {"x": x})["y"],
                                rtol=1e-5, atol=1e-5)

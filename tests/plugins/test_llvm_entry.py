@@ -9,6 +9,7 @@ same result or error as before, with nothing written by native code.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 from pathlib import Path
@@ -26,7 +27,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import irkit  # noqa: E402
 import irkit.runtime  # noqa: E402
 from irkit.runtime import ArtifactError, InputError, InputTypeError  # noqa: E402
-from irkit.runtime.backends.llvm import LlvmRunner, _object_layout  # noqa: E402
+from irkit.runtime.backends.llvm import LlvmLibrary, LlvmRunner, _object_layout  # noqa: E402
+from irkit.runtime.program import programs  # noqa: E402
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -168,7 +170,7 @@ def test_the_native_check_refuses_without_writing(affine: tuple[Any, Any]) -> No
     model.run({"x": x})
     call = runner._call
     out = np.full((3, 40), np.nan, np.float32)
-    runner._dims[0] = 3
+    runner.library.dims[0] = 3
     refused = [
         (x.astype(np.float64), out), (x[:, :23].copy(), out), (x.T.copy().T, out),
         (x, out[:, :39].copy()), (x, out.astype(np.float64)), (x, np.full((4, 40), 0.0,
@@ -192,7 +194,7 @@ def test_calls_keep_reference_counts(affine: tuple[Any, Any]) -> None:
     model.run({"x": x})
     out = np.empty((2, 40), np.float32)
     call = model._runner._call
-    model._runner._dims[0] = 2
+    model._runner.library.dims[0] = 2
     before = sys.getrefcount(x), sys.getrefcount(out), sys.getrefcount(True)
     for _ in range(1000):
         call(x, out)
@@ -293,11 +295,12 @@ def test_closed_models_refuse_calls(affine: tuple[Any, Any]) -> None:
 
 def test_artifacts_without_the_fast_entry_still_run(tmp_path: Path) -> None:
     model, session = compiled(affine_model(), tmp_path / "old")
-    entry = {k: v for k, v in model.manifest.entry.items() if k not in ("call", "call_table")}
+    program = dataclasses.replace(programs(model.manifest.entry)[0], native={})
     path = tmp_path / "old"
-    runner = LlvmRunner(entry, (path / entry["object"]).read_bytes(),
-                        (path / entry["weights"]).read_bytes(), 1,
-                        {"y": np.dtype(np.float32)}, {"x": np.dtype(np.float32)})
+    library = LlvmLibrary(program, (path / program.code).read_bytes(),
+                          (path / program.weights).read_bytes())
+    runner = LlvmRunner(program, library, 1, {"y": np.dtype(np.float32)},
+                        {"x": np.dtype(np.float32)})
     assert not runner.exact
     x = np.random.default_rng(6).standard_normal((3, 24)).astype(np.float32)
     for _ in range(2):

@@ -21,6 +21,8 @@ from onnx import TensorProto, helper
 import irkit
 from irkit.errors import IrkitError
 from irkit.testing.op_cases import (
+    KERNEL_TARGETS,
+    KernelTarget,
     OpCase,
     build_model,
     check_batches,
@@ -172,10 +174,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("target", KERNEL_TARGETS, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_op_matches_onnxruntime(case: OpCase, tmp_path: Path) -> None:
+def test_op_matches_onnxruntime(case: OpCase, target: KernelTarget, tmp_path: Path) -> None:
     model = build_model(case)
-    compiled = compile_and_load(model, tmp_path, threads=2)
+    compiled = compile_and_load(model, tmp_path, threads=2, target=target)
     reference = onnxruntime_reference(model, case.outputs)
     checked = check_batches(case, compiled, reference, BATCHES, rtol=RTOL, atol=ATOL, draw=DRAW)
     assert checked == len(BATCHES) * len(case.outputs)

@@ -23,7 +23,9 @@ pytest.importorskip("llvmlite")
 from onnx import TensorProto
 
 from irkit.testing.op_cases import (
+    KERNEL_TARGETS,
     InputSpec,
+    KernelTarget,
     Reference,
     assert_outputs,
     build_model,
@@ -188,10 +190,12 @@ def check(case: Case, got: dict[str, np.ndarray], expected: Sequence[np.ndarray]
                           exact_integers=True)
 
 
+@pytest.mark.parametrize("target", KERNEL_TARGETS, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_indexing_op_matches_reference(case: Case, tmp_path: Path) -> None:
+def test_indexing_op_matches_reference(case: Case, target: KernelTarget, tmp_path: Path
+                                       ) -> None:
     model = build_model(case, strict=False)
-    compiled = compile_and_load(model, tmp_path, threads=1)
+    compiled = compile_and_load(model, tmp_path, threads=1, target=target)
     checked = check_batches(case, compiled, reference(model, case.outputs), BATCHES,
                             rtol=RTOL, atol=ATOL, exact_integers=True)
     assert checked == len(BATCHES) * len(case.outputs)

@@ -84,16 +84,19 @@ def test_transformer_fused_and_dynamic_int8(transformer_onnx: Path, tmp_path: Pa
     assert np.abs(got - want).max() / np.abs(want).max() < 5e-2
 
 
-def test_int8_gemm_uses_host_dot_product_instruction() -> None:
-    """With AVX-512 VNNI the int8 microkernel is vpdpbusd; elsewhere the portable
-    expansion (no VNNI instruction may appear)."""
+@pytest.mark.parametrize("arch,vnni", [("x86-64-v3", False), ("x86-64-v4", False),
+                                       ("x86-64-v3-vnni", True), ("x86-64-v4-vnni", True)])
+def test_int8_gemm_dot_product_instruction_follows_the_target(arch: str, vnni: bool) -> None:
+    """The int8 microkernel is vpdpbusd on targets with VNNI at its width and the
+    portable expansion elsewhere (no VNNI instruction may appear), whatever the build
+    host has."""
     import llvmlite.binding as llvm
     from onnx import TensorProto, helper, numpy_helper
 
-    from irkit.lower import lower_graph
-    from irkit.plugins.llvm import LlvmBackend, _tiles
+    from irkit.lower import Tiles, lower_graph
     from irkit.plugins.llvm.codegen import translate_program
-    from irkit.plugins.llvm.emit import emit_object, host_target, target_machine
+    from irkit.plugins.llvm.emit import emit_object, target_machine
+    from irkit.target import get_target
 
     w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
     model = helper.make_model(helper.make_graph(
@@ -102,32 +105,37 @@ def test_int8_gemm_uses_host_dot_product_instruction() -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
         [numpy_helper.from_array(w, "w")]), opset_imports=[helper.make_opsetid("", 17)])
     q = irkit.optimize(irkit.load_model(model), "quantize{per_channel=true}")
-    target = host_target()
-    tiles = _tiles(LlvmBackend()._resolve({}), target.features)
-    module = translate_program(lower_graph(q, tiles).program, lanes=tiles.vec)
+    target = get_target(arch)
+    tiles = Tiles.for_target(target)
+    module = translate_program(lower_graph(q, target, tiles=tiles).program, target,
+                               lanes=tiles.vec)
     asm = target_machine(target).emit_assembly(
         llvm.parse_assembly(emit_object(module, target).optimized_ir))
-    vnni = "+avx512vnni" in target.features.split(",") and tiles.vec == 16
     assert ("vpdpbusd" in asm) == vnni
+    assert target.int8_dot() == ("vpdpbusd" if vnni else "widen")
+    assert ("zmm" in asm) == (target.vector_bits == 512)
 
 
-@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("arch", ["x86-64-v3", "x86-64-v4", "x86-64-v4-vnni"])
 @pytest.mark.parametrize("vec", [8, 16])
-def test_int8_paths_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, portable: bool,
+def test_int8_paths_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str,
                           vec: int) -> None:
-    """The portable dot4 expansion (hosts without VNNI) and 8-lane tiles (AVX2 hosts)
-    give the same bits as the reference int32 arithmetic (static int8 MLP, cols 19 and
-    45 so panels are partial)."""
-    from irkit.plugins.llvm import intrinsics
+    """The portable dot4 expansion (targets without VNNI), VNNI, and 8- and 16-lane
+    tiles give the same results as the reference int32 arithmetic (static int8 MLP, cols
+    19 and 45 so panels are partial). The int32 accumulation is exact on every target;
+    only the final float rescale may round differently, which the tolerance covers."""
+    from irkit.runtime.hostcpu import host
+    from irkit.target import get_target
 
+    missing = host().missing(get_target(arch).requirements())
+    if missing:
+        pytest.skip(f"this CPU cannot run {arch} code (lacks {', '.join(missing)})")
     sys_path = str(ROOT / "tests" / "lower")
     monkeypatch.syspath_prepend(sys_path)
     from test_quantized import CALIB, mlp_model  # type: ignore[import-not-found]
 
-    if portable:
-        monkeypatch.setattr(intrinsics, "_host_features", lambda: frozenset())
     graph = irkit.optimize(irkit.load_model(mlp_model()), STATIC, calibration=CALIB)
-    art = irkit.compile(graph, target="llvm", threads=1, vec=vec)
+    art = irkit.compile(graph, target="llvm", threads=1, vec=vec, arch=arch)
     model = irkit.runtime.load(art.save(tmp_path / "m"), threads=1)
     x = np.clip(np.random.default_rng(4).standard_normal((33, 70)) * 1.5, -5.9, 5.9
                 ).astype(np.float32)

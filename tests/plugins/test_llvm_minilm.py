@@ -11,6 +11,7 @@ import pytest
 
 import irkit
 import irkit.runtime
+from irkit.runtime.program import programs
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -23,7 +24,7 @@ CASES = [(1, 16), (7, 16), (1, 128), (7, 128), (64, 16)]
 def minilm_llvm(minilm_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
     graph = irkit.load_model(minilm_onnx)
     artifact = irkit.compile(graph, target="llvm", threads=1)
-    assert artifact.entry["symbols"] == ["N", "N1"]
+    assert programs(artifact.entry)[0].symbols == ("N", "N1")
     return irkit.runtime.load(artifact.save(tmp_path_factory.mktemp("minilm") / "llvm"))
 
 

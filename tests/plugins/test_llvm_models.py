@@ -21,6 +21,7 @@ import irkit  # noqa: E402
 import irkit.runtime  # noqa: E402
 from irkit.bench import mlp_onnx  # noqa: E402
 from irkit.plugins.llvm import LlvmBackendError  # noqa: E402
+from irkit.runtime.program import programs  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,9 +79,9 @@ def resnet_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_resnet_cnn(resnet_onnx: Path, tmp_path: Path) -> None:
     compiled = compile_load(resnet_onnx, tmp_path)
     assert check_against_ort(resnet_onnx, compiled, (1, 7, 64)) == 3
-    entry = compiled.manifest.entry
-    assert any(f.startswith("Conv+") for f in entry["fused"])
-    plan = entry["memory_plan"]
+    (program,) = programs(compiled.manifest.entry)
+    assert any(f.startswith("Conv+") for f in program.info["fused"])
+    plan = program.info["memory_plan"]
     assert plan["peak_bytes_at_N64"] < plan["without_reuse_at_N64"]
 
 
@@ -101,7 +102,7 @@ def test_threads_split_parallel_loops(tmp_path: Path) -> None:
     x = np.random.default_rng(0).standard_normal((33, 32)).astype(np.float32)
     for _ in range(3):  # the first call measures, the second tries the split, then the plan
         np.testing.assert_allclose(one(x=x)["y"], two(x=x)["y"], rtol=RTOL, atol=ATOL)
-    assert all(two._runner._split_plan[(33,)])
+    assert all(two._runner._split_plan[(33,)])  # type: ignore[union-attr]
     assert check_against_ort(model, two, (1, 64)) == 2
 
 
@@ -109,9 +110,10 @@ def test_manifest_records_compile_time_and_plan(tmp_path: Path) -> None:
     compiled = compile_load(mlp_onnx(), tmp_path)
     entry = compiled.manifest.entry
     assert entry["compile_seconds"]["total"] > 0
-    assert entry["object"] == "model.o" and entry["kernels"]
-    assert entry["memory_plan"]["workspace_bytes"]["per_N"] > 0
-    assert entry["fused"] == ["Gemm+Relu", "Gemm+Relu"]
+    (program,) = programs(entry)
+    assert program.code == "model.o" and program.kernels
+    assert program.info["memory_plan"]["workspace_bytes"]["per_N"] > 0
+    assert program.info["fused"] == ["Gemm+Relu", "Gemm+Relu"]
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler driver")
@@ -123,7 +125,7 @@ def test_emit_shared_library_and_header(tmp_path: Path) -> None:
     header = (path / "model.h").read_text()
     assert "_run(void **io" in header
     lib = ctypes.CDLL(str(path / "model.so"))
-    assert hasattr(lib, artifact.entry["run"])
+    assert hasattr(lib, programs(artifact.entry)[0].run)
 
 
 def unsupported_model() -> Any:
@@ -159,8 +161,8 @@ def test_fallback_ort_runs_unsupported_nodes_per_segment(tmp_path: Path) -> None
     artifact = irkit.compile(irkit.load_model(model), target="llvm", fallback="ort")
     assert artifact.backend == "llvm"
     assert artifact.entry["fallback_ops"] == ["Det"]
-    kinds = [s["kind"] for s in artifact.entry["segments"]]
-    assert kinds == ["llvm", "ort", "llvm"]
+    kinds = [s["kind"] for s in artifact.entry["variants"][0]["segments"]]
+    assert kinds == ["kernels", "ort", "kernels"]
     compiled = irkit.runtime.load(artifact.save(tmp_path / "fb"), threads=1)
     assert check_against_ort(model, compiled, (1, 7, 64)) == 3
 

@@ -15,8 +15,9 @@ pytest.importorskip("llvmlite")
 
 from onnx import TensorProto
 
-from irkit.testing.op_cases import OpCase as Case
 from irkit.testing.op_cases import (
+    KERNEL_TARGETS,
+    KernelTarget,
     build_model,
     check_batches,
     compile_and_load,
@@ -25,6 +26,7 @@ from irkit.testing.op_cases import (
     onnxruntime_reference,
     uniform,
 )
+from irkit.testing.op_cases import OpCase as Case
 
 BATCHES = (1, 7, 64)
 RTOL, ATOL = 1e-4, 1e-5
@@ -173,10 +175,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("target", KERNEL_TARGETS, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_op_matches_onnxruntime(case: Case, tmp_path: Path) -> None:
+def test_op_matches_onnxruntime(case: Case, target: KernelTarget, tmp_path: Path) -> None:
     model = build_model(case)
-    compiled = compile_and_load(model, tmp_path, threads=1)
+    compiled = compile_and_load(model, tmp_path, threads=1, target=target)
     reference = onnxruntime_reference(model, case.outputs)
     checked = check_batches(case, compiled, reference, BATCHES, rtol=RTOL, atol=ATOL)
     assert checked == len(BATCHES) * len(case.outputs)

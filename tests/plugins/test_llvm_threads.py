@@ -1,4 +1,4 @@
-"""The llvm runner's worker threads (``_Workers``): split kernels give the one-thread
+"""The llvm runner's worker threads (``irkit.runtime.runner.Workers``): split kernels give the one-thread
 results, a worker's error reaches the caller, workers stop on close, and a forked child
 process (Kafka ``processes = N``, multiprocessing) gets threads of its own instead of
 waiting forever on its parent's."""
@@ -20,7 +20,7 @@ pytest.importorskip("llvmlite")
 import irkit
 import irkit.runtime
 from irkit.bench import mlp_onnx
-from irkit.runtime.backends.llvm import _Workers
+from irkit.runtime.runner import Workers
 
 
 def split_model(tmp_path: Path) -> Any:
@@ -29,11 +29,11 @@ def split_model(tmp_path: Path) -> Any:
 
 
 def workers_alive() -> int:
-    return sum(t.name == "irkit-llvm-worker" for t in threading.enumerate())
+    return sum(t.name == "irkit-kernel-worker" for t in threading.enumerate())
 
 
 def test_a_workers_error_reaches_the_caller() -> None:
-    workers = _Workers(1)
+    workers = Workers(1)
 
     def fail() -> None:
         raise RuntimeError("in the worker")

@@ -1,5 +1,6 @@
-"""Per-node fallback: split a graph into runs of nodes the llvm backend lowers and runs of
-nodes it cannot, which ONNX Runtime executes (``fallback="ort"``).
+"""The ORT-fallback partitioner every kernel backend shares: split a graph into runs of
+nodes the backend lowers and runs of nodes it cannot, which ONNX Runtime executes
+(``fallback = "ort"``).
 
 Nodes keep their topological order; consecutive nodes of one kind form a segment. Each
 segment becomes a standalone Graph whose inputs are the values it reads from earlier
@@ -16,7 +17,7 @@ from irkit.ir import Graph, Node, Value
 
 @dataclass
 class Segment:
-    kind: str  # "llvm" or "ort"
+    kind: str  # "kernels" or "ort"
     graph: Graph
     inputs: list[str]
     outputs: list[str]
@@ -54,7 +55,7 @@ def split_graph(graph: Graph, unsupported: set[Node]) -> list[Segment]:
     """Consecutive runs of supported / unsupported nodes as standalone graphs."""
     runs: list[tuple[str, list[Node]]] = []
     for node in graph.nodes:
-        kind = "ort" if node in unsupported else "llvm"
+        kind = "ort" if node in unsupported else "kernels"
         if runs and runs[-1][0] == kind:
             runs[-1][1].append(node)
         else:
