@@ -77,6 +77,7 @@ import signal
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path, PurePath
 from typing import Any, Protocol
 
 import numpy as np
@@ -549,6 +550,8 @@ def resolve_options(declared: Mapping[str, Option], given: Mapping[str, Any]) ->
         allowed = option.type if isinstance(option.type, tuple) else (option.type,)
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if isinstance(value, str) and any(issubclass(t, PurePath) for t in allowed):
+            value = Path(value)
         nullable = value is None and option.default is None and not option.required
         wrong = not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
         if wrong and not nullable:

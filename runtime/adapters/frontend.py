@@ -26,6 +26,7 @@ import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,7 @@ MODEL_OPTIONS: dict[str, Option] = {
 }  # fmt: skip
 
 REPOSITORY_OPTIONS: dict[str, Option] = {
-    "model_repository": Option(str, None, "directory <model>/<version>/ of artifacts served "
+    "model_repository": Option(Path, None, "directory <model>/<version>/ of artifacts served "
                                "as well"),
     "poll_s": Option(float, None, "rescan model_repository every poll_s seconds and swap in "
                      "new versions (None: scan at start only)"),
@@ -319,7 +320,8 @@ class Frontend:
 def serve_frontends(frontends: Sequence[Frontend], *, timeout: float = 30.0) -> None:
     """Run ``frontends`` (sharing one repository) until SIGINT/SIGTERM or one stops.
 
-    The repository loads its models while the frontends start (health/live answers at
+    Each frontend runs in a thread of its own, with an event loop of its own; an error
+    of one (such as a port in use) stops the others and is raised here. The repository loads its models while the frontends start (health/live answers at
     once, ready once the models are); on a signal every frontend stops accepting and
     finishes its in-flight requests, then every batcher drains, then this returns.
     """
@@ -329,10 +331,13 @@ def serve_frontends(frontends: Sequence[Frontend], *, timeout: float = 30.0) -> 
     repository = next(iter(repositories.values()))
     stop = threading.Event()
     threads = []
+    errors: list[BaseException] = []
     for frontend in frontends:
         def run(frontend: Frontend = frontend) -> None:
             try:
                 frontend.serve()
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                errors.append(exc)
             finally:
                 stop.set()  # one server ending (or failing to bind) ends them all
 
@@ -351,6 +356,8 @@ def serve_frontends(frontends: Sequence[Frontend], *, timeout: float = 30.0) -> 
         for thread in threads:
             thread.join(timeout)
         repository.stop(timeout)
+    if errors:
+        raise errors[0]
 
 
 def check_control_parameters(parameters: Any, action: str) -> None:

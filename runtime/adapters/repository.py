@@ -43,6 +43,7 @@ until it is loaded again. ``stop()`` ends polling and drains every batcher.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -350,9 +351,9 @@ class ModelRepository:
             self._load_version(entry, version, loader, fingerprint)
         if not any(entry.versions[v].ready for v in wanted if v in entry.versions) and wanted:
             return  # keep serving the old versions until a new one is ready
-        for version in list(entry.versions.values()):
-            if version.version not in wanted:
-                self._retire(entry, version)
+        for stale in list(entry.versions.values()):
+            if stale.version not in wanted:
+                self._retire(entry, stale)
 
     def _load_version(self, entry: ModelEntry, version: str, loader: Loader,
                       fingerprint: object) -> None:
@@ -574,5 +575,5 @@ def _discover(directory: Path) -> dict[str, tuple[Loader, object]]:
             continue
         fingerprint = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
                                    for f in path.rglob("*") if f.is_file()))  # fmt: skip
-        found[str(int(path.name))] = ((lambda p=path: load(p)), fingerprint)
+        found[str(int(path.name))] = (functools.partial(load, path), fingerprint)
     return found
