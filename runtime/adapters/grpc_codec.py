@@ -76,6 +76,24 @@ def _typed_array(tensor: Any) -> np.ndarray:
     return array.reshape(shape)
 
 
+# little-endian dtypes of the datatypes, for np.frombuffer
+_WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items()}
+
+
+def _raw_array(tensor: Any, blob: bytes) -> np.ndarray:
+    """``common.decode_tensor`` for a raw blob, without building its JSON form first."""
+    wire = _WIRE_DTYPES.get(tensor.datatype)
+    shape = tuple(tensor.shape)
+    if wire is None or any(d < 0 for d in shape):
+        header = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(shape)}
+        return decode_tensor(header, blob)  # raises BadInput naming what is wrong
+    if len(blob) != math.prod(shape) * wire.itemsize:
+        raise BadInput(f"input {tensor.name!r}: expected {math.prod(shape) * wire.itemsize} "
+                       f"bytes for shape {list(shape)} {tensor.datatype}, got {len(blob)}")
+    return np.frombuffer(blob, dtype=wire).astype(DATATYPES[tensor.datatype],
+                                                  copy=False).reshape(shape)
+
+
 def decode_infer_request(request: Any, output_names: Sequence[str]) -> GrpcInferRequest:
     """Arrays of a ``ModelInferRequest``; BadInput naming the tensor on any mismatch."""
     raw = request.raw_input_contents
@@ -92,8 +110,7 @@ def decode_infer_request(request: Any, output_names: Sequence[str]) -> GrpcInfer
             if tensor.HasField("contents"):
                 raise BadInput(f"input {name!r}: typed contents and raw_input_contents "
                                "cannot be mixed")  # fmt: skip
-            header = {"name": name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-            inputs[name] = decode_tensor(header, raw[index])
+            inputs[name] = _raw_array(tensor, raw[index])
         else:
             inputs[name] = _typed_array(tensor)
     outputs = None
