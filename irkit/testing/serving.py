@@ -12,7 +12,8 @@ from irkit.runtime.adapters.repository import ModelRepository
 
 
 class Served:
-    """An HTTP and a gRPC frontend over one repository, running in a thread."""
+    """An HTTP and a gRPC frontend over one repository on free ports, run by
+    ``serve_frontends`` in a thread: ``Served(repo).start()``, then ``.stop()``."""
 
     def __init__(self, repository: ModelRepository, **grpc_options: Any) -> None:
         self.repository = repository
@@ -23,12 +24,14 @@ class Served:
 
     def start(self, wait_ready: bool = True) -> Served:
         self.thread.start()
-        assert self.http.started.wait(20) and self.grpc.started.wait(20), "did not start"
-        if wait_ready:
-            assert self.repository.ready.wait(20), "models did not become ready"
+        if not (self.http.started.wait(20) and self.grpc.started.wait(20)):
+            raise RuntimeError("the HTTP and gRPC servers did not start within 20 s")
+        if wait_ready and not self.repository.ready.wait(20):
+            raise RuntimeError("the models did not become ready within 20 s")
         return self
 
     def stop(self) -> None:
-        self.grpc.stop()
+        self.grpc.stop()  # ends serve_frontends, which stops the HTTP server too
         self.thread.join(30)
-        assert not self.thread.is_alive(), "server did not stop"
+        if self.thread.is_alive():
+            raise RuntimeError("the servers did not stop within 30 s")

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -256,8 +257,6 @@ def test_ready_only_when_every_required_model_is(tmp_path: Path, serve: Any) -> 
     assert g.is_model_ready("good") and not g.is_server_ready()
     index = {m.name: m for m in g.get_model_repository_index().models}
     assert index["needed"].state == "UNAVAILABLE" and "checksum mismatch" in index["needed"].reason
-    import httpx
-
     response = httpx.get(f"{served.http.url}/v2/health/ready")
     assert response.status_code == 503 and "'needed'" in response.json()["error"]
     assert "'extra'" not in response.json()["error"]  # not required
