@@ -29,6 +29,15 @@ def _generator() -> Any:
 
 def test_generated_files_match_the_generator(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools")
+    import re
+    from importlib.metadata import version
+
+    made_by = re.search(r"GRPC_GENERATED_VERSION = '([^']+)'",
+                        (OIP / "inference_pb2_grpc.py").read_text())  # fmt: skip
+    assert made_by is not None
+    if version("grpcio-tools") != made_by.group(1):  # another release words its output apart
+        pytest.skip(f"grpcio-tools {version('grpcio-tools')} installed, the files were made "
+                    f"by {made_by.group(1)}")
     written = _generator().generate(tmp_path)
     assert sorted(p.name for p in written) == sorted(GENERATED)
     for name in GENERATED:
