@@ -285,27 +285,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import irkit.runtime
-    from irkit.builder import build_pipeline
-    from irkit.plugins import get_registry
-    from irkit.spec import parse_spec
+    from irkit.serving import cmd_serve as serve
 
-    pipeline = parse_spec(Path(args.spec)).pipeline(args.pipeline)
-    serve = pipeline.serve(args.adapter)
-    target = pipeline.target(args.target) if (args.target or len(pipeline.targets) == 1) \
-        else pipeline.targets[0]
-    artifact_dir = Path(pipeline.output) / target.name
-    if args.rebuild or not (artifact_dir / "manifest.json").exists():
-        build_pipeline(pipeline, target=target.name)
-    model = irkit.runtime.load(artifact_dir)
-    adapter_cls = get_registry().get("adapters", serve.adapter).obj
-    try:
-        adapter = adapter_cls(model, **dict(serve.options))
-    except (ValueError, TypeError) as exc:  # option errors found by the adapter itself
-        raise IrkitError(f"{pipeline.file}:{serve.line}:{serve.column}: serve "
-                         f"{serve.adapter}: {exc}") from None
-    adapter.serve()
-    return 0
+    return serve(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -413,16 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.onnx", help="write the optimized model")
     p.set_defaults(func=cmd_optimize)
 
-    p = sub.add_parser("serve", help="serve a spec's artifact (batch, http or kafka)",
-                       description="Build the artifact if needed, then serve it with the "
-                       "adapter of one of the spec's serve blocks. SIGINT/SIGTERM finish the "
-                       "in-flight batch and exit 0.")
-    p.add_argument("spec")
-    p.add_argument("--pipeline")
-    p.add_argument("--adapter", help="batch, http or kafka (default: the only serve block)")
-    p.add_argument("--target", help="which target's artifact to serve (default: the first)")
-    p.add_argument("--rebuild", action="store_true", help="rebuild even if an artifact exists")
-    p.set_defaults(func=cmd_serve)
+    from irkit.serving import add_serve_parser
+
+    add_serve_parser(sub)
 
     p = sub.add_parser("bench", help="benchmark irkit against ONNX Runtime and torch",
                        description="Median latency of irkit vs anchors over alternating "

@@ -33,4 +33,5 @@ def register_backends(register: Register) -> None:
 def register_adapters(register: Register) -> None:
     register("batch", "irkit.runtime.adapters.batch:BatchAdapter")
     register("http", "irkit.runtime.adapters.http:HttpAdapter")
+    register("grpc", "irkit.runtime.adapters.grpc:GrpcAdapter")
     register("kafka", "irkit.runtime.adapters.kafka:KafkaAdapter")

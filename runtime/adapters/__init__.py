@@ -1,5 +1,5 @@
-"""Serving adapters: run a ``CompiledModel`` over files (batch), HTTP (Open Inference
-Protocol v2) or Kafka.
+"""Serving adapters: run a ``CompiledModel`` over files (batch), HTTP and gRPC (Open
+Inference Protocol v2; one model repository behind both, see ``frontend``) or Kafka.
 
 Every adapter follows one plugin contract: a class with ``options`` (option name ->
 ``irkit.runtime.options.Option``), built as ``Adapter(model, **options)``; ``serve()``
@@ -8,7 +8,7 @@ returns. Errors, metrics and tensor encoding are shared: see ``common``; the dyn
 batcher is ``batcher.DynamicBatcher``.
 
 Adapter classes are imported lazily so that ``import irkit.runtime.adapters`` pulls in
-neither starlette/uvicorn nor pyarrow.
+neither starlette/uvicorn, grpcio nor pyarrow.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = ["ADAPTERS", "get_adapter"]
 ADAPTERS: dict[str, str] = {
     "batch": "irkit.runtime.adapters.batch:BatchAdapter",
     "http": "irkit.runtime.adapters.http:HttpAdapter",
+    "grpc": "irkit.runtime.adapters.grpc:GrpcAdapter",
     "kafka": "irkit.runtime.adapters.kafka:KafkaAdapter",
 }
 

@@ -9,17 +9,23 @@ Errors. Every adapter maps a failure to one ``AdapterError`` subclass. ``status`
 HTTP code the http adapter answers with; ``outcome`` is the metrics label (and what the
 kafka adapter writes in a dead-letter record). ``error_body(exc)`` is ``{"error": str}``.
 
-    ===================  ======  ==============  =========================================
-    class                status  outcome         raised when
-    ===================  ======  ==============  =========================================
-    BadInput             400     ``bad_input``   request does not fit the model signature
-    UnknownModel         404     ``not_found``   model name/version is not served here
-    PayloadTooLarge      413     ``too_large``   body is over the configured byte limit
-    QueueFull            429     ``queue_full``  bounded queue is full (``retry_after`` s)
-    NotReady             503     ``not_ready``   model not loaded+warmed up, or stopping
-    RequestTimeout       504     ``timeout``     request waited longer than its timeout
-    AdapterError         500     ``error``       anything else (e.g. the model raised)
-    ===================  ======  ==============  =========================================
+``grpc_code`` is the gRPC status code's name the grpc adapter answers with.
+
+    ===============  ======  ==================  ==============  ==============================
+    class            status  grpc_code           outcome         raised when
+    ===============  ======  ==================  ==============  ==============================
+    BadInput         400     INVALID_ARGUMENT    ``bad_input``   request does not fit the model
+    ControlDisabled  403     PERMISSION_DENIED   ``forbidden``   load/unload without
+                                                                 ``allow_model_control``
+    UnknownModel     404     NOT_FOUND           ``not_found``   model/version not served here
+    PayloadTooLarge  413     RESOURCE_EXHAUSTED  ``too_large``   body over the byte limit
+    QueueFull        429     RESOURCE_EXHAUSTED  ``queue_full``  bounded queue is full
+                                                                 (``retry_after`` s)
+    NotReady         503     UNAVAILABLE         ``not_ready``   model not loaded+warmed up,
+                                                                 unloaded, or stopping
+    RequestTimeout   504     DEADLINE_EXCEEDED   ``timeout``     waited longer than its timeout
+    AdapterError     500     INTERNAL            ``error``       anything else (the model raised)
+    ===============  ======  ==================  ==============  ==============================
 
 Validation.
     ``check_inputs(model, inputs)`` runs ``model.validate`` and turns its ValueError /
@@ -30,8 +36,11 @@ Batching helpers (used by ``batcher.DynamicBatcher`` and the batch adapter).
     ``concat_requests([inputs, ...]) -> (inputs, sizes)`` concatenates along axis 0;
     ``split_outputs(outputs, sizes) -> [outputs, ...]`` undoes it (views, no copies).
 
-Metrics. ``AdapterMetrics(adapter)`` owns its own ``CollectorRegistry`` (so two servers in
-one process never share counters) with:
+Metrics. ``AdapterMetrics(adapter, model)`` owns its own ``CollectorRegistry`` (so two
+servers in one process never share counters) unless given one: several
+``AdapterMetrics`` on one registry (one per adapter and model of a model repository) share
+its metric families, each with its own label values (the same pair twice shares the
+same series), with:
 
     irkit_requests_total{adapter,model,outcome}     counter
     irkit_request_latency_seconds{adapter,model}    histogram, end to end per request
@@ -66,7 +75,9 @@ import json
 import math
 import signal
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path, PurePath
 from typing import Any, Protocol
 
 import numpy as np
@@ -82,6 +93,7 @@ __all__ = [
     "AdapterError",
     "AdapterMetrics",
     "BadInput",
+    "ControlDisabled",
     "NotReady",
     "PayloadTooLarge",
     "QueueFull",
@@ -121,29 +133,41 @@ class ServableModel(Protocol):
 
 
 class AdapterError(Exception):
-    """A request failed; ``status`` is its HTTP code and ``outcome`` its metrics label."""
+    """A request failed; ``status`` is its HTTP code, ``grpc_code`` the name of its gRPC
+    status code and ``outcome`` its metrics label."""
 
     status = 500
+    grpc_code = "INTERNAL"
     outcome = "error"
 
 
 class BadInput(AdapterError):
     status = 400
+    grpc_code = "INVALID_ARGUMENT"
     outcome = "bad_input"
+
+
+class ControlDisabled(AdapterError):
+    status = 403
+    grpc_code = "PERMISSION_DENIED"
+    outcome = "forbidden"
 
 
 class UnknownModel(AdapterError):
     status = 404
+    grpc_code = "NOT_FOUND"
     outcome = "not_found"
 
 
 class PayloadTooLarge(AdapterError):
     status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
     outcome = "too_large"
 
 
 class QueueFull(AdapterError):
     status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
     outcome = "queue_full"
 
     def __init__(self, message: str = "queue full", retry_after: float = 1.0) -> None:
@@ -153,11 +177,13 @@ class QueueFull(AdapterError):
 
 class NotReady(AdapterError):
     status = 503
+    grpc_code = "UNAVAILABLE"
     outcome = "not_ready"
 
 
 class RequestTimeout(AdapterError):
     status = 504
+    grpc_code = "DEADLINE_EXCEEDED"
     outcome = "timeout"
 
 
@@ -263,54 +289,91 @@ class FastHistogram:
             self._sum += float(values.sum())
 
     def family(self) -> HistogramMetricFamily:
-        self.fold()
         family = HistogramMetricFamily(self.name, self.doc, labels=list(self.labels))
+        self.add_to(family)
+        return family
+
+    def add_to(self, family: HistogramMetricFamily) -> None:
+        """Add this label set's buckets, sum and count to ``family``."""
+        self.fold()
         cumulative = np.cumsum(self._counts)
         bounds = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
         family.add_metric(list(self.labels.values()),
                           [(b, float(c)) for b, c in zip(bounds, cumulative)], self._sum)
-        return family
 
 
 class _FastHistograms:
-    """A collector exposing :class:`FastHistogram` instances in a registry."""
+    """A collector exposing :class:`FastHistogram` instances in a registry: one family per
+    metric name, one series per label set."""
 
-    def __init__(self, histograms: Sequence[FastHistogram]) -> None:
-        self.histograms = list(histograms)
+    def __init__(self) -> None:
+        self.histograms: dict[tuple[str, tuple[str, ...]], FastHistogram] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, doc: str, buckets: Sequence[float],
+            labels: dict[str, str]) -> FastHistogram:
+        """The histogram of ``name`` and ``labels``, made on first use."""
+        key = (name, tuple(labels.values()))
+        with self._lock:
+            histogram = self.histograms.get(key)
+            if histogram is None:
+                histogram = self.histograms[key] = FastHistogram(name, doc, buckets, labels)
+            return histogram
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        for histogram in self.histograms:
-            yield histogram.family()
+        with self._lock:
+            histograms = list(self.histograms.values())
+        families: dict[str, HistogramMetricFamily] = {}
+        for histogram in histograms:
+            family = families.get(histogram.name)
+            if family is None:
+                family = families[histogram.name] = HistogramMetricFamily(
+                    histogram.name, histogram.doc, labels=list(histogram.labels))
+            histogram.add_to(family)
+        yield from families.values()
+
+
+class _Families:
+    """The metric families of one registry, shared by every AdapterMetrics on it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("adapter", "model")
+        self.requests = Counter("irkit_requests", "Requests by outcome.", (*labels, "outcome"),
+                                registry=registry)  # fmt: skip
+        self.rows = Counter("irkit_rows", "Rows run through the model.", labels,
+                            registry=registry)  # fmt: skip
+        self.histograms = _FastHistograms()
+        registry.register(self.histograms)  # type: ignore[arg-type]
+
+
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
+_FAMILIES_LOCK = threading.Lock()
 
 
 class AdapterMetrics:
-    """Prometheus metrics of one adapter instance, in a registry of its own."""
+    """Prometheus metrics of one adapter and model, in a registry of its own or a shared one."""
 
     def __init__(self, adapter: str, model: str, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.adapter = adapter
         self.model = model
-        labels = ("adapter", "model")
-        self._requests = Counter(
-            "irkit_requests", "Requests by outcome.", (*labels, "outcome"), registry=self.registry
-        )
+        with _FAMILIES_LOCK:
+            families = _FAMILIES.get(self.registry)
+            if families is None:
+                families = _FAMILIES[self.registry] = _Families(self.registry)
+        self._requests = families.requests
         key = {"adapter": adapter, "model": model}
-        self.latency = FastHistogram("irkit_request_latency_seconds",
-                                     "End-to-end request latency.", _LATENCY_BUCKETS, key)
-        self.queue_time = FastHistogram("irkit_queue_time_seconds",
-                                        "Time from enqueue to batch start.", _LATENCY_BUCKETS,
-                                        key)
-        self.batch_size = FastHistogram("irkit_batch_size", "Rows per model call.",
-                                        _BATCH_BUCKETS, key)
-        self.inference_time = FastHistogram("irkit_inference_seconds",
-                                            "Duration of one model call.", _LATENCY_BUCKETS, key)
-        self.registry.register(_FastHistograms(  # type: ignore[arg-type]
-            [self.latency, self.queue_time, self.batch_size, self.inference_time]))
-        self._rows = Counter(
-            "irkit_rows", "Rows run through the model.", labels, registry=self.registry
-        )
+        histogram = families.histograms.get
+        self.latency = histogram("irkit_request_latency_seconds", "End-to-end request latency.",
+                                 _LATENCY_BUCKETS, key)  # fmt: skip
+        self.queue_time = histogram("irkit_queue_time_seconds",
+                                    "Time from enqueue to batch start.", _LATENCY_BUCKETS, key)
+        self.batch_size = histogram("irkit_batch_size", "Rows per model call.",
+                                    _BATCH_BUCKETS, key)  # fmt: skip
+        self.inference_time = histogram("irkit_inference_seconds", "Duration of one model call.",
+                                        _LATENCY_BUCKETS, key)  # fmt: skip
         # Bind the label sets once: .labels() costs a dict lookup + lock per call.
-        self.rows = self._rows.labels(adapter, model)
+        self.rows = families.rows.labels(adapter, model)
         self._outcomes: dict[str, Any] = {}
 
     def count(self, outcome: str, n: int = 1) -> None:
@@ -487,6 +550,8 @@ def resolve_options(declared: Mapping[str, Option], given: Mapping[str, Any]) ->
         allowed = option.type if isinstance(option.type, tuple) else (option.type,)
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if isinstance(value, str) and any(issubclass(t, PurePath) for t in allowed):
+            value = Path(value)
         nullable = value is None and option.default is None and not option.required
         wrong = not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
         if wrong and not nullable:

@@ -2,13 +2,19 @@
 
 Endpoints (``/v2/models/{m}/versions/{v}/...`` forms are accepted wherever ``{m}`` is)::
 
-    GET  /v2                         server metadata (name, version, extensions)
-    GET  /v2/health/live             200 once the server runs
-    GET  /v2/health/ready            200 after the model is loaded and warmed up, else 503
-    GET  /v2/models/{m}              model metadata (inputs/outputs, -1 for variable dims)
-    GET  /v2/models/{m}/ready        as health/ready, for this model
-    POST /v2/models/{m}/infer        inference
-    GET  /metrics                    Prometheus text (this server's own registry)
+    GET  /v2                                   server metadata (name, version, extensions)
+    GET  /v2/health/live                       200 once the server runs
+    GET  /v2/health/ready                      200 while every required model is ready,
+                                               else 503
+    GET  /v2/models/{m}                        model metadata (ready versions, inputs/outputs,
+                                               -1 for variable dims)
+    GET  /v2/models/{m}/ready                  200 while the model (version) takes requests
+    POST /v2/models/{m}/infer                  inference
+    POST /v2/repository/index                  every model and version with state, reason
+                                               (body ``{"ready": true}``: ready ones only)
+    POST /v2/repository/models/{m}/load        load / reload a model (needs
+    POST /v2/repository/models/{m}/unload      ``allow_model_control``, else 403)
+    GET  /metrics                              Prometheus text (this server's own registry)
 
 Infer requests are v2 JSON (``inputs``: name, shape, datatype, data flat or nested;
 optional ``id``, ``outputs`` to select outputs) or Triton's binary tensor extension: the
@@ -18,15 +24,18 @@ the rest of the body, and outputs with ``parameters.binary_data: true`` (or ever
 when the request's ``parameters.binary_data_output`` is true) come back the same way.
 
 Errors are ``{"error": "..."}`` with the status of ``common.AdapterError``: 400 bad input
-(decoding, then ``model.validate``, whose message names the input), 404 unknown model or
-version, 405 infer with a method other than POST, 413 body over ``max_payload_bytes``
-(checked on Content-Length before reading and again while streaming), 429 queue full (with
-``Retry-After``), 503 not ready, 504 timeout.
+(decoding, then ``model.validate``, whose message names the input), 403 model control
+disabled, 404 unknown model or version, 405 infer with a method other than POST, 413 body
+over ``max_payload_bytes`` (checked on Content-Length before reading and again while
+streaming), 429 queue full (with ``Retry-After``), 503 not ready, 504 timeout.
 
-Requests go through ``batcher.DynamicBatcher``; the model runs in its worker threads, and
-each finished batch comes back to the event loop in one wakeup (``_LoopBridge``).
+The models are those of a ``repository.ModelRepository`` (see ``frontend``): one model
+given as ``HttpAdapter(model, **options)``, a directory of versions
+(``model_repository``), or a repository shared with the grpc adapter. Requests go through
+each model version's ``batcher.DynamicBatcher``; the model runs in its worker threads, and
+each finished batch comes back to the event loop in one wakeup (``frontend.LoopBridge``).
 ``serve()`` blocks until SIGINT/SIGTERM or ``stop()``; uvicorn then stops accepting,
-lets in-flight requests finish, and the batcher drains before ``serve()`` returns.
+lets in-flight requests finish, and the batchers drain before ``serve()`` returns.
 
 The infer route is the hot path: ``HttpAdapter.app`` answers it as a plain ASGI handler
 (``handle_infer``) and passes everything else to a Starlette app. Starlette's routing,
@@ -40,17 +49,14 @@ import contextlib
 import json
 import logging
 import socket
-import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 import orjson
 import uvicorn
-from prometheus_client import Gauge
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -60,26 +66,21 @@ from starlette.types import Receive, Scope, Send
 
 from irkit.runtime.options import Option
 
-from .batcher import DynamicBatcher, Job
 from .common import (
     AdapterError,
-    AdapterMetrics,
     BadInput,
     NotReady,
     PayloadTooLarge,
-    RequestTimeout,
     ServableModel,
-    UnknownModel,
-    check_inputs,
     datatype_of,
     decode_tensor,
     dumps,
     error_body,
-    resolve_options,
-    signature_json,
     stop_on_signals,
     tensor_json,
 )
+from .frontend import SHARED_OPTIONS, Frontend, LoopBridge, check_control_parameters
+from .repository import ModelRepository
 
 __all__ = [
     "HttpAdapter",
@@ -277,63 +278,6 @@ class _ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
 
-# ----------------------------------------------------------------------------- server
-
-
-class _LoopBridge:
-    """The batcher's sink for the event loop: one loop wakeup per burst of finished batches.
-
-    A wakeup per request (``asyncio.wrap_future``: a self-pipe write and a loop iteration
-    each) would cost every request what batching saves. The worker hands over a whole
-    batch at once; if batches finish faster than the loop picks them up, the later ones
-    join the delivery already scheduled. No lock is shared with the worker: deque
-    appends and pops are atomic, and ``_scheduled`` is cleared before the queue is
-    drained, so a batch either is drained by a delivery or schedules its own.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._done: deque[Job] = deque()
-        self._scheduled = False
-        self._waking: DynamicBatcher | None = None
-
-    def wake_soon(self, batcher: DynamicBatcher) -> None:
-        """Wake ``batcher``'s workers once the loop has run what is ready now (loop thread).
-
-        Requests that arrive together (one poll of the sockets) are then queued by the time
-        a worker wakes, and it takes them as one batch; woken per request, the worker would
-        take the GIL back and forth with the loop that is still parsing the rest.
-        """
-        if self._waking is None:
-            self._waking = batcher
-            self.loop.call_soon(self._wake)
-
-    def _wake(self) -> None:
-        batcher, self._waking = self._waking, None
-        if batcher is not None:
-            batcher.wake()
-
-    def deliver(self, jobs: list[Job]) -> None:
-        """Batcher sink (worker thread): resolve the jobs' asyncio waiters on the loop."""
-        self._done.extend(jobs)
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon_threadsafe(self._resolve)
-
-    def _resolve(self) -> None:
-        self._scheduled = False  # first: a batch delivered from now on schedules again
-        done = self._done
-        while done:
-            job = done.popleft()
-            waiter: asyncio.Future[Any] = job.waiter
-            if waiter.done():
-                continue  # the request timed out and was cancelled
-            if job.error is not None:
-                waiter.set_exception(job.error)
-            else:
-                waiter.set_result(job.outputs)
-
-
 class _Server(uvicorn.Server):
     """uvicorn without re-raising the captured signal after shutdown: serve() returns."""
 
@@ -343,19 +287,14 @@ class _Server(uvicorn.Server):
             yield
 
 
-class HttpAdapter:
-    """Serve one model over HTTP with dynamic batching (see module docstring)."""
+class HttpAdapter(Frontend):
+    """Serve a model, or a model repository, over HTTP with dynamic batching (module doc)."""
 
-    options: dict[str, Option] = {
+    name = "http"
+    network_options: dict[str, Option] = {
         "host": Option(str, "127.0.0.1", "address to bind"),
         "port": Option(int, 8080, "TCP port; 0 picks a free one (see .port after start)"),
-        "max_batch": Option(int, 32, "most rows per model call (1 disables batching)"),
-        "max_delay_ms": Option(float, 2.0, "longest a request waits for a batch to fill"),
-        "max_queue": Option(int, 1024, "requests waiting beyond this are refused with 429"),
-        "timeout_ms": Option(float, None, "per-request deadline -> 504 (None: no deadline)"),
         "max_payload_bytes": Option(int, 64 << 20, "larger request bodies get 413"),
-        "workers": Option(int, 1, "inference threads"),
-        "version": Option(str, "1", "model version reported and accepted in URLs"),
         "log_level": Option(str, "warning", "uvicorn log level",
                             choices=("critical", "error", "warning", "info", "debug")),
         "http": Option(str, "auto", "uvicorn HTTP parser (auto: httptools if installed)",
@@ -363,40 +302,25 @@ class HttpAdapter:
         "loop": Option(str, "auto", "event loop (auto: uvloop if installed)",
                        choices=("auto", "uvloop", "asyncio")),
     }  # fmt: skip
+    options: dict[str, Option] = {**network_options, **SHARED_OPTIONS}
 
-    def __init__(self, model: ServableModel, **options: Any) -> None:
-        config = resolve_options(self.options, options)
-        self.model = model
+    def __init__(
+        self,
+        model: ServableModel | None,
+        *,
+        repository: ModelRepository | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, repository=repository, **options)
+        config = self.config
         self.host: str = config["host"]
         self.port: int = config["port"]
         self.max_payload_bytes: int = config["max_payload_bytes"]
-        self.version: str = config["version"]
         self.log_level: str = config["log_level"]
         self.http: str = config["http"]
         self.loop: str = config["loop"]
-        timeout_ms = config["timeout_ms"]
-        self.timeout = timeout_ms / 1000.0 if timeout_ms else None
-        self.metrics = AdapterMetrics("http", model.name)
-        self.batcher = DynamicBatcher(
-            model,
-            max_batch=config["max_batch"],
-            max_delay_ms=config["max_delay_ms"],
-            max_queue=config["max_queue"],
-            workers=config["workers"],
-            timeout_ms=timeout_ms,
-            metrics=self.metrics,
-            arrivals=lambda: self._arriving,
-        )
-        self._arriving = 0  # infer requests between arrival and submit (event-loop thread)
-        depth = Gauge("irkit_queue_depth", "Requests waiting for a batch.",
-                      registry=self.metrics.registry)  # fmt: skip
-        depth.set_function(lambda: self.batcher.queue_depth)
-        self.output_names = [spec.name for spec in model.outputs]
-        self.ready = threading.Event()
-        self.started = threading.Event()
-        self.warmup_error: BaseException | None = None
         self._server: _Server | None = None
-        self._bridge: _LoopBridge | None = None
+        self._bridge: LoopBridge | None = None
         self._stop_requested = False
         self._starlette = self._build_app()
 
@@ -419,15 +343,28 @@ class HttpAdapter:
                 return
         await self._starlette(scope, receive, send)
 
-    def serve(self) -> None:
-        """Run the server until SIGINT/SIGTERM or ``stop()``; returns after a clean drain."""
+    def bind(self) -> socket.socket:
+        """The listening socket (``port`` 0 picks a free port and updates ``self.port``)."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on sockets that say so,
         # and without it a response's two writes wait ~40 ms for a delayed ACK.
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"http: cannot listen on {self.host}:{self.port}: {exc.strerror}") \
+                from None
         self.port = sock.getsockname()[1]
+        return sock
+
+    def serve(self, sock: socket.socket | None = None) -> None:
+        """Run the server until SIGINT/SIGTERM or ``stop()``; returns after a clean drain.
+
+        ``sock``: an already bound listening socket to serve on (default: ``bind()``).
+        """
+        sock = sock if sock is not None else self.bind()
         config = uvicorn.Config(
             self.app,
             interface="asgi3",  # a bound method: uvicorn's guess would say ASGI 2
@@ -454,40 +391,35 @@ class HttpAdapter:
         if self._server is not None:
             self._server.should_exit = True
 
-    def _warmup(self) -> None:
-        try:
-            self.model.warmup()
-        except BaseException as exc:  # keep serving 503 and say why
-            self.warmup_error = exc
-            log.error("warmup of model %r failed: %s", self.model.name, exc)
-            return
-        self.ready.set()
-
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self._bridge = _LoopBridge(asyncio.get_running_loop())
-        self.batcher.start()
-        threading.Thread(target=self._warmup, name="irkit-warmup", daemon=True).start()
+        self._bridge = LoopBridge(asyncio.get_running_loop())
+        if self.owns_repository:
+            self.repository.start()  # loads and warms up in a thread of its own
         self.started.set()
         try:
             yield
         finally:
             # uvicorn has stopped accepting and waited for in-flight requests.
-            self.ready.clear()
-            await asyncio.get_running_loop().run_in_executor(None, self.batcher.stop)
+            if self.owns_repository:
+                await asyncio.get_running_loop().run_in_executor(None, self.repository.stop)
             self.started.clear()
 
     def _build_app(self) -> Starlette:
         """Every endpoint but infer (which ``app`` answers before Starlette sees it)."""
         routes = [
-            Route("/v2", self.server_metadata),
+            Route("/v2", self.server_metadata_endpoint),
             Route("/v2/health/live", self.live),
             Route("/v2/health/ready", self.ready_endpoint),
             Route("/metrics", self.metrics_endpoint),
-        ]
+            Route("/v2/repository/index", self.index_endpoint, methods=["POST", "GET"]),
+            Route("/v2/repository/models/{model}/load", self.load_endpoint, methods=["POST"]),
+            Route("/v2/repository/models/{model}/unload", self.unload_endpoint,
+                  methods=["POST"]),
+        ]  # fmt: skip
         for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             routes += [
-                Route(base, self.model_metadata),
+                Route(base, self.model_metadata_endpoint),
                 Route(base + "/ready", self.ready_endpoint),
             ]
         return Starlette(
@@ -516,59 +448,70 @@ class HttpAdapter:
         assert isinstance(exc, HTTPException)
         return JSONResponse({"error": exc.detail}, exc.status_code, exc.headers)
 
-    def _check_model(self, name: str | None, wanted: str | None) -> None:
-        if name is not None and name != self.model.name:
-            raise UnknownModel(f"unknown model {name!r}; this server serves {self.model.name!r}")
-        if wanted is not None and wanted != self.version:
-            raise UnknownModel(
-                f"model {self.model.name!r} has no version {wanted!r} (served: {self.version!r})"
-            )
-
-    def _check_ready(self) -> None:
-        if not self.ready.is_set():
-            why = f"warmup failed: {self.warmup_error}" if self.warmup_error else "warming up"
-            raise NotReady(f"model {self.model.name!r} is not ready ({why})")
-
-    async def server_metadata(self, request: Request) -> Response:
-        try:
-            irkit_version = version("irkit")
-        except PackageNotFoundError:
-            irkit_version = "unknown"
-        return self._json(
-            {"name": "irkit", "version": irkit_version, "extensions": ["binary_tensor_data"]}
-        )
+    async def server_metadata_endpoint(self, request: Request) -> Response:
+        return self._json(self.server_metadata())
 
     async def live(self, request: Request) -> Response:
         return self._json({"live": True})
 
     async def ready_endpoint(self, request: Request) -> Response:
+        model = request.path_params.get("model")
+        if model is None:
+            if self.ready.is_set():
+                return self._json({"ready": True})
+            return self._error(NotReady(self.not_ready_reason()))
         try:
-            self._check_model(request.path_params.get("model"), request.path_params.get("version"))
-            self._check_ready()
+            self.repository.route(model, request.path_params.get("version"))
         except AdapterError as exc:
             return self._error(exc)
-        return self._json({"name": self.model.name, "ready": True})
+        return self._json({"name": model, "ready": True})
 
-    async def model_metadata(self, request: Request) -> Response:
+    async def model_metadata_endpoint(self, request: Request) -> Response:
         try:
-            self._check_model(request.path_params.get("model"), request.path_params.get("version"))
+            doc = self.model_metadata(request.path_params["model"],
+                                      request.path_params.get("version"))  # fmt: skip
         except AdapterError as exc:
             return self._error(exc)
-        signature = getattr(self.model, "signature", None)
-        platform = signature().get("platform", "irkit") if callable(signature) else "irkit"
-        return self._json(
-            {
-                "name": self.model.name,
-                "versions": [self.version],
-                "platform": platform,
-                "inputs": signature_json(self.model.inputs),
-                "outputs": signature_json(self.model.outputs),
-            }
-        )
+        return self._json(doc)
 
     async def metrics_endpoint(self, request: Request) -> Response:
-        body, content_type = self.metrics.render()
-        return Response(body, media_type=content_type)
+        return Response(generate_latest(self.repository.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _json_body(self, request: Request) -> dict[str, Any]:
+        body = await request.body()
+        if not body.strip():
+            return {}
+        doc = _loads(body)
+        if not isinstance(doc, dict):
+            raise BadInput("request body must be a JSON object")
+        return doc
+
+    async def index_endpoint(self, request: Request) -> Response:
+        try:
+            doc = await self._json_body(request) if request.method == "POST" else {}
+            ready = doc.get("ready", False)
+            if not isinstance(ready, bool):
+                raise BadInput("'ready' must be true or false")
+        except AdapterError as exc:
+            return self._error(exc)
+        return self._json(self.repository.index(ready_only=ready))
+
+    async def _control(self, request: Request, action: str) -> Response:
+        try:
+            doc = await self._json_body(request)
+            check_control_parameters(doc.get("parameters"), action)
+            call = self.repository.load if action == "load" else self.repository.unload
+            await asyncio.get_running_loop().run_in_executor(None, call,
+                                                             request.path_params["model"])
+        except AdapterError as exc:
+            return self._error(exc)
+        return self._json({})
+
+    async def load_endpoint(self, request: Request) -> Response:
+        return await self._control(request, "load")
+
+    async def unload_endpoint(self, request: Request) -> Response:
+        return await self._control(request, "unload")
 
     # ------------------------------------------------------------------------ infer
 
@@ -594,45 +537,28 @@ class HttpAdapter:
             status, content_type, headers = 500, JSON_TYPE, []
             body = dumps(error_body(AdapterError(f"internal error: {exc}")))
         finally:
-            self.metrics.observe_request(outcome, time.perf_counter() - started)
+            self.request_metrics(model).observe_request(outcome, time.perf_counter() - started)
         await send_response(send, status, body, content_type, headers)
 
     async def _infer(
         self, scope: Scope, receive: Receive, model: str, version: str | None
     ) -> tuple[bytes, bytes, Headers]:
-        self._check_model(model, version)
-        self._check_ready()
-        self._arriving += 1  # tells the batcher a request is on its way
+        served = self.repository.route(model, version)  # 404 / 503 before reading the body
+        self._arriving += 1  # tells the batchers a request is on its way
         try:
             body, header_length = await self.read_body(scope, receive)
             try:
                 split = int(header_length) if header_length is not None else None
             except ValueError:
                 raise BadInput(f"bad Inference-Header-Content-Length {header_length!r}") from None
-            decoded = parse_infer_request(body, split, self.output_names)
-            inputs = check_inputs(self.model, decoded.inputs)
+            decoded = parse_infer_request(body, split, served.output_names)
         finally:
             self._arriving -= 1  # before submit: the batcher may flush when it hits 0
         bridge = self._bridge
         assert bridge is not None
-        waiter = bridge.loop.create_future()
-        job = self.batcher.enqueue(inputs, bridge.deliver, waiter, wake=False)
-        bridge.wake_soon(self.batcher)
-        try:
-            if self.timeout is None:
-                result = await waiter
-            else:
-                result = await asyncio.wait_for(waiter, self.timeout)
-        except TimeoutError:
-            job.cancel()  # the batcher skips it if its batch has not started yet
-            raise RequestTimeout(
-                f"no result within timeout_ms={self.timeout * 1000:g}"  # type: ignore[operator]
-            ) from None
-        except asyncio.CancelledError:
-            job.cancel()
-            raise
+        served, result = await self.infer(bridge, model, version, decoded.inputs)
         payload, split_at = encode_infer_response(
-            self.model.name, self.version, result, decoded.outputs, decoded.request_id
+            model, served.version, result, decoded.outputs, decoded.request_id
         )
         if split_at is None:
             return payload, JSON_TYPE, ()

@@ -10,6 +10,8 @@
 - ``gated(model, gate_run=True)``: factory of GatedModels (gates opened at teardown).
 - ``start_server(adapter)``: a real uvicorn server on 127.0.0.1 in a thread, stopped at
   teardown.
+- ``serve(repository)``: an HTTP and a gRPC frontend over one ``ModelRepository`` on free
+  ports (``Served``: ``.http``, ``.grpc``, ``.repository``), stopped at teardown.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import pytest
 
 import irkit.runtime
 from irkit.runtime import Artifact, CompiledModel, TensorSpec
+from irkit.runtime.adapters.repository import ModelRepository
 from irkit.testing.onnx_models import gemm_model
+from irkit.testing.serving import Served
 
 REPO = Path(__file__).resolve().parents[3]
 DIGITS_ONNX = REPO / "specs" / "models" / "digits_mlp.onnx"
@@ -194,3 +198,17 @@ def start_server() -> Iterator[Callable[..., Any]]:
         adapter.stop()
         thread.join(30)
         assert not thread.is_alive(), "server did not stop"
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Served]]:
+    running: list[Served] = []
+
+    def start(repository: ModelRepository, wait_ready: bool = True, **options: Any) -> Served:
+        served = Served(repository, **options)
+        running.append(served)
+        return served.start(wait_ready)
+
+    yield start
+    for served in running:
+        served.stop()
