@@ -18,5 +18,5 @@ packages += _remapped("plugins", "irkit.plugins") + _remapped("runtime", "irkit.
 setup(
     packages=packages,
     package_dir={"irkit": "irkit", "irkit.plugins": "plugins", "irkit.runtime": "runtime"},
-    package_data={"": ["*.lark", "*.json", "*.js", "*.h"]},
+    package_data={"": ["*.lark", "*.json", "*.js", "*.h", "*.mjs", "*.zig", "*.html"]},
 )

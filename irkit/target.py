@@ -17,8 +17,8 @@ x86-64-v4      + AVX-512 F/BW/CD/DQ/VL (Skylake-X, Ice Lake, Zen 4 and newer)
 x86-64-v3-vnni x86-64-v3 + AVX-VNNI (Alder Lake, Zen 5): int8 dot products in 256 bits
 x86-64-v4-vnni x86-64-v4 + AVX512-VNNI (Cascade Lake, Ice Lake, Zen 4): int8 dot products
 aarch64        ARMv8-A with NEON (cross-compilation: objects are produced, not run here)
-wasm32         WebAssembly without SIMD
-wasm32-simd    WebAssembly with the 128-bit SIMD proposal
+wasm32         WebAssembly 1.0 without SIMD (every engine)
+wasm32-simd    WebAssembly with 128-bit SIMD (simd128: current browsers, node, wasmtime)
 sm_90          NVIDIA Hopper (H100/H200) through PTX
 ============== =========================================================================
 
@@ -95,6 +95,14 @@ class Target:
     @property
     def has_int8_dot(self) -> bool:
         return self.int8_dot() != "widen"
+
+    @property
+    def has_fma(self) -> bool:
+        """Whether the target has a fused multiply-add instruction. Without one (the x86-64
+        baseline, WebAssembly) code generation asks for a multiply and an add instead: an
+        exact fused ``fma`` would be a call into a software routine, per lane."""
+        return self.machine in ("aarch64", "nvptx64") or bool(
+            self.features & {"fma", "avx512f"})
 
     # -- what the artifact records --------------------------------------------------
     def requirements(self) -> dict[str, Any]:

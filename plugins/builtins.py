@@ -27,6 +27,7 @@ def register_passes(register: Register) -> None:
 def register_backends(register: Register) -> None:
     register("ort", "irkit.plugins.ort:OrtBackend")
     register("llvm", "irkit.plugins.llvm:LlvmBackend")
+    register("wasm", "irkit.plugins.wasm:WasmBackend")
 
 
 @hookimpl

@@ -161,7 +161,7 @@ class KernelTranslator:
             arg.add_attribute("noalias")
         dims.name, start.name, end.name = "dims", "start", "end"
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
-        self.math = MathEmitter(self.b, self.module, ("contract", "nsz"))
+        self.math = MathEmitter(self.b, self.module, ("contract", "nsz"), self.target)
         self.scope = self._load_symbols(dims)
         self.ptrs: dict[str, ir.Value] = {buf.name: arg for arg, buf in zip(buffers,
                                                                           kernel.buffers)}
@@ -422,8 +422,11 @@ class KernelTranslator:
         if fn in LIBM_CALLS:
             return self._libm(fn, args[0])
         name = INTRINSIC_CALLS[fn]
-        inst = self.math.intrinsic(name, *args)
-        return inst
+        if fn == "fma" and not self.target.has_fma:
+            # Without the instruction llvm.fma is a software call per lane; fmuladd lets
+            # LLVM emit a multiply and an add (the heavy-op templates only accumulate).
+            name = "llvm.fmuladd"
+        return self.math.intrinsic(name, *args)
 
     # -- 16-bit floats: f32 in registers, 16 bits in memory ----------------------------
     def _round(self, v: ir.Value, dtype: str) -> ir.Value:
@@ -590,5 +593,8 @@ def translate_program(program: Program, target: Target | str, fast_math: bool = 
                     prepare_kernel(kernel, lanes), f"{program.name}_shared{len(bodies)}",
                     shared=True)
         kernels.append(translator.translate(kernel, body)[0])
-    add_entries(module, entry_symbol(program), kernels)
+    # The CPython fast entry is for native CPU code; a WebAssembly module has its own
+    # exports (irkit.plugins.wasm).
+    add_entries(module, entry_symbol(program), kernels,
+                fast_call=target.entry in ("cpython", "c"))
     return module

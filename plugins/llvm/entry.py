@@ -55,9 +55,10 @@ def table_symbol(run_symbol: str) -> str:
     return f"{run_symbol}_table"
 
 
-def add_entries(module: ir.Module, name: str, kernels: Sequence[ir.Function]) -> ir.Function:
-    """Add ``name`` (run), ``name_packed``, ``name_call`` and its table global to
-    ``module``; returns run."""
+def add_entries(module: ir.Module, name: str, kernels: Sequence[ir.Function],
+                fast_call: bool = True) -> ir.Function:
+    """Add ``name`` (run), ``name_packed`` and, with ``fast_call``, ``name_call`` and its
+    table global to ``module``; returns run."""
     run = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, PTR, PTR]), name=name)
     b = ir.IRBuilder(run.append_basic_block("entry"))
     io, weights, ws, dims = run.args
@@ -71,7 +72,8 @@ def add_entries(module: ir.Module, name: str, kernels: Sequence[ir.Function]) ->
     b.call(run, [_load_word(b, packed.args[0], i, PTR) for i in range(4)])
     b.ret_void()
 
-    _add_call(module, name, packed)
+    if fast_call:
+        _add_call(module, name, packed)
     return run
 
 

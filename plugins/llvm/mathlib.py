@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
+from irkit.target import Target
+
 F32 = ir.FloatType()
 I32 = ir.IntType(32)
 
@@ -31,10 +33,15 @@ def _int_type_like(ty: ir.Type) -> ir.Type:
 class MathEmitter:
     """Emits f32 math on scalars or vectors with one builder and a set of fp flags."""
 
-    def __init__(self, builder: ir.IRBuilder, module: ir.Module, flags: tuple[str, ...]) -> None:
+    def __init__(self, builder: ir.IRBuilder, module: ir.Module, flags: tuple[str, ...],
+                 target: Target | None = None) -> None:
         self.b = builder
         self.module = module
         self.flags = flags
+        # WebAssembly's f32.min/max propagate NaN where llvm.minnum/maxnum ignore it, so
+        # LLVM lowers those intrinsics to fminf/fmaxf calls there (one per lane); a compare
+        # and select clamps the same (callers handle NaN inputs themselves).
+        self.select_minmax = target is not None and target.family == "wasm"
 
     def _fl(self, inst: ir.Instruction) -> ir.Value:
         inst.flags.extend(self.flags)
@@ -67,6 +74,9 @@ class MathEmitter:
         return self.b.call(fn, list(args))
 
     def clamp(self, x: ir.Value, lo: float, hi: float) -> ir.Value:
+        if self.select_minmax:
+            x = self.b.select(self.b.fcmp_ordered("<", x, self.c(x, lo)), self.c(x, lo), x)
+            return self.b.select(self.b.fcmp_ordered(">", x, self.c(x, hi)), self.c(x, hi), x)
         x = self.intrinsic("llvm.maxnum", x, self.c(x, lo))
         return self.intrinsic("llvm.minnum", x, self.c(x, hi))
 
