@@ -3,9 +3,10 @@
 ``build_model`` turns a case into a shape-inferred ONNX model, ``feeds`` draws its seeded
 inputs at one batch size, ``compile_and_load`` compiles the model for a
 :class:`KernelTarget` (a kernel backend and an arch: llvm for this CPU, llvm for
-x86-64-v3), and ``check_batches`` runs it at several batch sizes against a reference
-(ONNX Runtime, or numpy written from the ONNX spec), asserting every output with
-``assert_output``. Tests parametrize over ``KERNEL_TARGETS`` so every case runs on each.
+x86-64-v3, wasm for wasm32-simd or wasm32 run by wasmtime), and ``check_batches`` runs it
+at several batch sizes against a reference (ONNX Runtime, or numpy written from the ONNX
+spec), asserting every output with ``assert_output``. Tests parametrize over
+``KERNEL_TARGETS`` (and ``WASM_TARGETS``) so every case runs on each.
 
 onnx and onnxruntime are imported when a function needs them, so that importing this
 module costs numpy only; tests ``pytest.importorskip`` them first.
@@ -68,6 +69,10 @@ LLVM_V3 = KernelTarget("llvm", "x86-64-v3")
 KERNEL_TARGETS: tuple[KernelTarget, ...] = (LLVM_NATIVE, LLVM_V3)
 """Every op case runs on each: the build host's own code, and AVX2 code (x86-64-v3,
 what most deployment CPUs run) even on a host with AVX-512."""
+WASM_SIMD = KernelTarget("wasm", "wasm32-simd")
+WASM_SCALAR = KernelTarget("wasm", "wasm32")
+WASM_TARGETS: tuple[KernelTarget, ...] = (WASM_SIMD, WASM_SCALAR)
+"""The wasm backend's two builds, run by wasmtime: 128-bit SIMD and scalar code."""
 
 
 @dataclass
