@@ -104,13 +104,13 @@ def types_text(description: dict[str, Any]) -> str:
              "export interface Inputs {"]
     for spec in description["inputs"]:
         array = _TS_ARRAYS.get(spec["dtype"], "ArrayBufferView")
-        lines.append(f"  /** {spec['dtype']}{spec['shape']} */")
+        lines.append(f"  /** {spec['dtype']}[{', '.join(map(str, spec['shape']))}] */")
         lines.append(f"  {_ts_name(spec['name'])}: {array} | Tensor<{array} | number[]>;")
     lines.append("}")
     lines.append("export interface Outputs {")
     for spec in description["outputs"]:
         array = _TS_ARRAYS.get(spec["dtype"], "ArrayBufferView")
-        lines.append(f"  /** {spec['dtype']}{spec['shape']} */")
+        lines.append(f"  /** {spec['dtype']}[{', '.join(map(str, spec['shape']))}] */")
         lines.append(f"  {_ts_name(spec['name'])}: Output<{array}>;")
     lines.append("}")
     lines += [

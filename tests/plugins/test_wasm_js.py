@@ -1,0 +1,130 @@
+"""The JavaScript loader written into wasm artifacts (model.mjs), run by node: outputs
+against ONNX Runtime (rtol 1e-4, atol 1e-5) for the SIMD and the scalar build, loading
+from a URL and from bytes, checksums, and input errors that name the input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("wasmtime")
+pytest.importorskip("ziglang")
+
+from wasm_helpers import matmul_onnx, node, run_in_node, tensor  # noqa: E402
+
+import irkit  # noqa: E402
+import irkit.runtime  # noqa: E402
+from irkit.bench import mlp_onnx  # noqa: E402
+
+pytestmark = pytest.mark.skipif(node() is None, reason="node is not installed")
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def compile_wasm(model: Any, path: Path, **options: Any) -> Path:
+    return irkit.compile(irkit.load_model(model), target="wasm", **options).save(path)
+
+
+def ort_outputs(model: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    proto = model if hasattr(model, "graph") else onnx.load(str(model))
+    session = ort.InferenceSession(proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
+
+
+def test_node_matches_onnxruntime(digits_models: Path, tmp_path: Path) -> None:
+    models = {"digits_mlp": digits_models / "digits_mlp.onnx",
+              "digits_cnn": digits_models / "digits_cnn.onnx",
+              "mlp": mlp_onnx(), "gemm": matmul_onnx(96, 40)}
+    requests, expected = [], []
+    for name, model in models.items():
+        artifact = compile_wasm(model, tmp_path / name)
+        compiled = irkit.runtime.load(artifact)
+        spec = compiled.inputs[0]
+        for batch in (1, 5):
+            shape = [batch if isinstance(d, str) else d for d in spec.shape]
+            x = np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
+            want = ort_outputs(model, {spec.name: x})
+            in_python = compiled.run({spec.name: x})  # wasmtime
+            for variant in ("wasm32-simd", "wasm32"):
+                requests.append({"artifact": str(artifact), "options": {"variant": variant},
+                                 "inputs": {spec.name: tensor(x)}})
+                expected.append((name, batch, variant, want, in_python))
+    answers = run_in_node(requests)
+    for answer, (name, batch, variant, want, in_python) in zip(answers, expected):
+        assert "error" not in answer, (name, answer)
+        assert answer["variant"] == variant
+        for out, value in want.items():
+            got = answer["outputs"][out]
+            where = f"{name} {out} batch {batch} {variant}"
+            assert got.shape == value.shape and got.dtype == value.dtype, where
+            np.testing.assert_allclose(got, value, rtol=RTOL, atol=ATOL, err_msg=where)
+            np.testing.assert_allclose(got, in_python[out], rtol=1e-6, atol=1e-7,
+                                       err_msg=f"{where}: node vs wasmtime")
+    assert len(answers) == 16
+
+
+def test_node_default_variant_and_bytes(tmp_path: Path) -> None:
+    artifact = compile_wasm(mlp_onnx(), tmp_path / "mlp")
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    want = ort_outputs(mlp_onnx(), {"x": x})["y"]
+    weights = "wasm32-simd/weights.bin"
+    answers = run_in_node([
+        {"artifact": str(artifact), "inputs": {"x": tensor(x)}},
+        {"artifact": str(artifact), "inputs": {"x": tensor(x, bare=True)}},
+        {"artifact": str(artifact), "source": "bytes", "weights": weights, "options": {},
+         "inputs": {"x": tensor(x)}},
+        {"artifact": str(artifact), "source": "bytes", "weights": weights,
+         "options": {"variant": "wasm32"}, "inputs": {"x": tensor(x)}},
+    ])
+    assert [a.get("variant") for a in answers] == ["wasm32-simd"] * 3 + ["wasm32"]
+    for answer in answers:
+        np.testing.assert_allclose(answer["outputs"]["y"], want, rtol=RTOL, atol=ATOL)
+
+
+def test_node_input_errors_name_the_input(tmp_path: Path) -> None:
+    artifact = compile_wasm(matmul_onnx(8, 4), tmp_path / "mm")
+    good = np.ones((2, 8), np.float32)
+    cases = {
+        "unknown": ({"x": tensor(good), "z": tensor(good)}, "input 'z' is not an input"),
+        "missing": ({}, "input 'x' is missing"),
+        "dtype": ({"x": tensor(good.astype(np.float64))},
+                  "input 'x': expected float32 data (Float32Array), got Float64Array"),
+        "int": ({"x": tensor(good.astype(np.int32))}, "input 'x': expected float32"),
+        "rank": ({"x": tensor(good.reshape(2, 2, 4))}, "input 'x': expected rank 2"),
+        "dim": ({"x": tensor(np.ones((2, 7), np.float32))}, "input 'x': dim 1 is 7, expected 8"),
+        "bare": ({"x": tensor(np.ones(12, np.float32), bare=True)},
+                 "input 'x': 12 values do not fill shape [N,8]"),
+        "count": ({"x": {"raw": {"data": [1.0, 2.0], "shape": [1, 8]}}},
+                  "input 'x': 2 values for shape [1,8]"),
+    }
+    answers = run_in_node([{"artifact": str(artifact), "inputs": inputs}
+                           for inputs, _ in cases.values()])
+    for (name, (_, message)), answer in zip(cases.items(), answers):
+        assert message in answer.get("error", ""), (name, answer)
+
+
+def test_node_refuses_a_changed_file(tmp_path: Path) -> None:
+    artifact = compile_wasm(matmul_onnx(8, 4), tmp_path / "mm")
+    copy = tmp_path / "changed"
+    shutil.copytree(artifact, copy)
+    code = copy / "wasm32-simd" / "model.wasm"
+    code.write_bytes(code.read_bytes() + b"\0")
+    answer, = run_in_node([{"artifact": str(copy), "inputs": {"x": tensor(np.ones((1, 8),
+                                                                                   np.float32))}}])
+    assert "wasm32-simd/model.wasm does not match the artifact's checksum" in answer["error"]
+
+
+def test_types_declare_the_model(tmp_path: Path) -> None:
+    artifact = compile_wasm(matmul_onnx(8, 4), tmp_path / "mm")
+    text = (artifact / "model.d.ts").read_text()
+    assert "x: Float32Array | Tensor<Float32Array | number[]>;" in text
+    assert "y: Output<Float32Array>;" in text
+    assert "export function load(" in text
+    assert "/** float32[N, 8] */" in text  # the signature's dims

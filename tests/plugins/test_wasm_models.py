@@ -1,0 +1,168 @@
+"""Whole models through the wasm backend, run by wasmtime from Python, against ONNX
+Runtime (rtol 1e-4, atol 1e-5): the digits models and the built-in benchmark models, on
+the SIMD and the scalar build; the module's imports and exports, variant choice by what
+the engine supports, the ORT fallback and option errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+wasmtime = pytest.importorskip("wasmtime")
+pytest.importorskip("ziglang")
+
+from wasm_helpers import matmul_onnx  # noqa: E402
+
+import irkit  # noqa: E402
+import irkit.runtime  # noqa: E402
+from irkit.backend import BackendError  # noqa: E402
+from irkit.bench import builtin_model, mlp_onnx  # noqa: E402
+from irkit.interop.onnx_export import to_onnx  # noqa: E402
+from irkit.runtime.artifact import ArtifactError  # noqa: E402
+from irkit.runtime.hostcpu import host_with  # noqa: E402
+from irkit.runtime.program import programs  # noqa: E402
+
+RTOL, ATOL = 1e-4, 1e-5
+SCALAR_ENGINE = host_with([], arch="wasm32")  # an engine without SIMD
+
+
+def check(graph: Any, artifact: Path, batches: tuple[int, ...], **load: Any) -> str:
+    """Outputs of the artifact vs ORT on the same graph; returns the variant that ran."""
+    session = ort.InferenceSession(to_onnx(graph).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    compiled = irkit.runtime.load(artifact, **load)
+    spec = compiled.inputs[0]
+    names = [o.name for o in session.get_outputs()]
+    for batch in batches:
+        shape = [batch if isinstance(d, str) else d for d in spec.shape]
+        x = np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
+        got = compiled.run({spec.name: x})
+        for name, want in zip(names, session.run(names, {spec.name: x})):
+            np.testing.assert_allclose(got[name], want, rtol=RTOL, atol=ATOL,
+                                       err_msg=f"{name} at batch {batch} ({compiled.variant})")
+    return str(compiled.variant)
+
+
+@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn"])
+def test_digits_models(name: str, digits_models: Path, tmp_path: Path) -> None:
+    graph = irkit.load_model(digits_models / f"{name}.onnx")
+    artifact = irkit.compile(graph, target="wasm").save(tmp_path / name)
+    assert check(graph, artifact, (1, 7, 64)) == "wasm32-simd"
+    assert check(graph, artifact, (1, 7), host=SCALAR_ENGINE) == "wasm32"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mlp", "gemm512", "resnet", "transformer"])
+def test_builtin_models(name: str, tmp_path: Path) -> None:
+    graph = builtin_model(name)
+    artifact = irkit.compile(graph, target="wasm").save(tmp_path / name)
+    assert check(graph, artifact, (1, 16)) == "wasm32-simd"
+    assert check(graph, artifact, (3,), host=SCALAR_ENGINE) == "wasm32"
+
+
+def test_module_imports_nothing_and_exports_its_entry(tmp_path: Path) -> None:
+    artifact = irkit.compile(irkit.load_model(mlp_onnx()), target="wasm").save(tmp_path / "a")
+    manifest = irkit.runtime.load(artifact).manifest
+    variants = manifest.entry["variants"]
+    assert [v["target"]["name"] for v in variants] == ["wasm32-simd", "wasm32"]
+    assert [v["requires"] for v in variants] == [
+        {"arch": "wasm32", "features": ["simd128"]}, {"arch": "wasm32", "features": []}]
+    engine = wasmtime.Engine()
+    for variant in ("wasm32-simd", "wasm32"):
+        program, = programs(manifest.entry, variant)
+        module = wasmtime.Module.from_file(engine, str(artifact / program.code))
+        assert list(module.imports) == []
+        exports = {e.name for e in module.exports}
+        assert {"memory", "irkit_alloc", "irkit_release", program.run} <= exports
+        assert set(program.kernels) <= exports
+        # Same weights file for both builds: their GEMM packing agrees (4 lanes).
+        assert program.weights == "wasm32-simd/weights.bin"
+    sizes = {v: (artifact / v / "model.wasm").stat().st_size for v in ("wasm32-simd", "wasm32")}
+    assert sizes["wasm32-simd"] < 64 * 1024, sizes
+
+
+def test_simd_only_artifact_on_an_engine_without_simd(tmp_path: Path) -> None:
+    graph = irkit.load_model(matmul_onnx(8, 4))
+    artifact = irkit.compile(graph, target="wasm", arch="wasm32-simd").save(tmp_path / "a")
+    with pytest.raises(ArtifactError, match="wasm32-simd needs simd128"):
+        irkit.runtime.load(artifact, host=SCALAR_ENGINE)
+    with pytest.raises(ArtifactError, match="runs on a wasm32 engine"):
+        irkit.runtime.load(artifact, host=host_with(["avx2"], arch="x86_64"))
+    assert check(graph, artifact, (2,)) == "wasm32-simd"
+
+
+def test_options_and_targets_are_checked() -> None:
+    graph = irkit.load_model(matmul_onnx(8, 4))
+    with pytest.raises(BackendError, match=r"x86-64-v3.* is a cpu target"):
+        irkit.compile(graph, target="wasm", arch="x86-64-v3")
+    with pytest.raises(BackendError, match="one thread"):
+        irkit.compile(graph, target="wasm", threads=4)
+    with pytest.raises(BackendError, match="unknown target 'wasm64'"):
+        irkit.compile(graph, target="wasm", arch="wasm64")
+
+
+NUMPY_MATH = {"Sin": np.sin, "Cos": np.cos, "Tan": np.tan, "Asin": np.arcsin,
+              "Acos": np.arccos, "Atan": np.arctan, "Sinh": np.sinh, "Cosh": np.cosh,
+              "Asinh": np.arcsinh, "Atanh": np.arctanh, "Log": np.log, "Exp": np.exp,
+              "Tanh": np.tanh}
+
+
+def test_math_functions_resolve_inside_the_module(tmp_path: Path) -> None:
+    """Ops whose math LLVM leaves as calls (pow, sin, atanh, fmod...) in f32 and f64,
+    against numpy (ONNX Runtime lacks several in f64): rtol 1e-5, atol 1e-6."""
+    from onnx import TensorProto, helper
+
+    nodes, outputs, expected = [], [], {}
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.1, 0.9, (5, 6))
+    y = rng.uniform(0.5, 2.0, (5, 6))
+    feeds = {"xf": x.astype(np.float32), "yf": y.astype(np.float32), "xd": x, "yd": y}
+    for dtype, suffix in ((TensorProto.FLOAT, "f"), (TensorProto.DOUBLE, "d")):
+        a, b = feeds[f"x{suffix}"], feeds[f"y{suffix}"]
+        for op, fn in NUMPY_MATH.items():
+            nodes.append(helper.make_node(op, [f"x{suffix}"], [f"{op}_{suffix}"]))
+            expected[f"{op}_{suffix}"] = fn(a)
+        nodes.append(helper.make_node("Pow", [f"x{suffix}", f"y{suffix}"], [f"pow_{suffix}"]))
+        nodes.append(helper.make_node("Mod", [f"y{suffix}", f"x{suffix}"], [f"mod_{suffix}"],
+                                      fmod=1))
+        expected[f"pow_{suffix}"] = np.power(a, b)
+        expected[f"mod_{suffix}"] = np.fmod(b, a)
+        outputs += [helper.make_tensor_value_info(name, dtype, ["N", 6])
+                    for name in expected if name.endswith(f"_{suffix}")]
+    graph = helper.make_graph(
+        nodes, "math", [helper.make_tensor_value_info(name, TensorProto.FLOAT if name[-1] == "f"
+                                                      else TensorProto.DOUBLE, ["N", 6])
+                        for name in feeds], outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    artifact = irkit.compile(irkit.load_model(model), target="wasm").save(tmp_path / "m")
+    for host in (None, SCALAR_ENGINE):
+        got = irkit.runtime.load(artifact, **({"host": host} if host else {})).run(feeds)
+        for name, want in expected.items():
+            assert got[name].dtype == want.dtype, name
+            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert len(expected) == 30
+
+
+def test_ort_fallback_runs_in_python_and_the_js_loader_says_why(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]),
+         helper.make_node("Det", ["r"], ["d"]),
+         helper.make_node("Neg", ["d"], ["y"])], "mixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    graph = irkit.load_model(model)
+    art = irkit.compile(graph, target="wasm", fallback="ort")
+    assert art.backend == "wasm", art.report
+    kinds = [s["kind"] for s in art.entry["variants"][0]["segments"]]
+    assert "ort" in kinds and "kernels" in kinds
+    path = art.save(tmp_path / "a")
+    check(graph, path, (1, 4))
+    assert b"fallback = \\\"ort\\\"" in (path / "model.mjs").read_bytes()
