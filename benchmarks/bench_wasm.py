@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--seconds", type=float, default=1.0, help="warm-up per model")
     parser.add_argument("--arch", default="wasm32-simd,wasm32")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=INT",
+                        help="a wasm backend option, e.g. mr=4 (repeatable)")
     args = parser.parse_args(argv)
     node = shutil.which("node")
     if node is None:
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         cases: list[dict[str, Any]] = []
         for name in args.models.split(","):
             graph = builtin_model(name)
-            irkit.compile(graph, target="wasm", arch=args.arch).save(root / name)
+            options = {k: int(v) for k, v in (o.split("=", 1) for o in args.option)}
+            irkit.compile(graph, target="wasm", arch=args.arch, **options).save(root / name)
             onnx_path = root / f"{name}.onnx"
             onnx_path.write_bytes(ort_web_model(irkit.compile(graph, target="ort")
                                                 .files["model.onnx"]))

@@ -69,7 +69,6 @@ def describe_artifact(path: Path) -> str:
     compiled variant (target, CPU, vector width, int8 kernel, required features) with
     whether this machine can run it and which one it would load."""
     import irkit.runtime
-    from irkit.runtime.hostcpu import host
     from irkit.runtime.program import ProgramEntry, variants_summary
 
     manifest = irkit.runtime.verify(path)
@@ -83,9 +82,10 @@ def describe_artifact(path: Path) -> str:
     lines.append(f"  files: {len(manifest.files)}, {size / 1024:.0f} KiB")
     if "variants" in manifest.entry:
         entry = ProgramEntry.from_json(manifest.entry, f"{path}/manifest.json: entry")
-        machine = host()
+        machine = machine_for("wasm" if manifest.backend == "wasm" else "cpu")
         chosen = next((v.name for v in entry.variants if not machine.missing(v.requires)), None)
-        lines.append(f"  arches ({len(entry.variants)}), most capable first; this machine "
+        what = "this engine" if machine.arch == "wasm32" else "this machine"
+        lines.append(f"  arches ({len(entry.variants)}), most capable first; {what} "
                      f"({machine.cpu}) runs: {chosen or 'none of them'}")
         for row in variants_summary(entry):
             variant = next(v for v in entry.variants if v.name == row["arch"])
@@ -102,15 +102,30 @@ def describe_artifact(path: Path) -> str:
     return "\n".join(lines)
 
 
+def machine_for(family: str) -> Any:
+    """What runs a target family's code here: the CPU, or for wasm the wasmtime engine
+    (a Host with arch wasm32 and the features it validates)."""
+    from irkit.runtime.hostcpu import Host, host
+
+    if family != "wasm":
+        return host()
+    try:
+        from irkit.runtime.backends.wasm import engine_host
+
+        return engine_host()
+    except (ImportError, IrkitError):
+        return Host("wasm32", frozenset(), "no engine: pip install 'irkit[wasm]'")
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
-    from irkit.runtime.hostcpu import host
     from irkit.target import PRESET_NAMES, get_target
 
-    machine = host()
-    print(f"this machine: {machine.arch}, cpu {machine.cpu}")
+    machine = machine_for("cpu")
+    engine = machine_for("wasm")
+    print(f"this machine: {machine.arch}, cpu {machine.cpu}; wasm engine: {engine.cpu}")
     for name in PRESET_NAMES:
         target = get_target(name)
-        missing = machine.missing(target.requirements())
+        missing = (engine if target.family == "wasm" else machine).missing(target.requirements())
         runs = "runs here" if not missing else f"not here ({len(missing)} missing)"
         vector = f"{target.vector_bits}-bit SIMD" if target.vector_bits else "no SIMD"
         print(f"  {name:<16} {target.family:<5} {target.triple:<26} cpu {target.cpu:<11} "

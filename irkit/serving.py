@@ -15,6 +15,10 @@ Options of the ``serve http`` / ``serve grpc`` blocks fall in three groups:
   ``allow_model_control``) and per server (``host``, ``port``, ...): one value for the whole
   process; two blocks that give different values are an error naming both.
 
+An HTTP server also serves ``/demo/``, a page that runs the model in the browser, for
+each pipeline with a ``backend = "wasm"`` target (built when missing), falling back to
+the server's own infer route where WebAssembly is unavailable.
+
 Command-line flags (``--host``, ``--port``, ``--grpc-port``, ``--poll-s``,
 ``--version-policy``, ``--allow-model-control``) override the specs; with only
 directories given they are the whole configuration (HTTP on 8080 and gRPC on 8001 by
@@ -157,6 +161,26 @@ def build_frontends(plan: ServePlan, artifact_dirs: list[Path]) -> list[Any]:
         raise IrkitError(str(exc)) from None
 
 
+def web_targets(pipeline: Any) -> list[Any]:
+    """The pipeline's targets compiled by the wasm backend (the browser demo's model)."""
+    return [t for t in pipeline.targets if t.backend == "wasm"]
+
+
+def add_demos(frontends: list[Any], models: list[tuple[Any, Path]]) -> None:
+    """Show each (pipeline, wasm artifact) at the HTTP adapters' ``/demo/``."""
+    from irkit.runtime.artifact import ArtifactError
+
+    for frontend in frontends:
+        if not hasattr(frontend, "add_demo"):
+            continue
+        for pipeline, directory in models:
+            try:
+                frontend.add_demo(pipeline.name, directory)
+            except ArtifactError as exc:
+                raise IrkitError(f"{pipeline.file}: pipeline {pipeline.name!r}: the /demo/ "
+                                 f"page: {exc}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import irkit.runtime
     from irkit.builder import build_pipeline
@@ -180,13 +204,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise IrkitError(f"no pipeline {', '.join(map(repr, missing))} in the spec files given")
     adapters = _choose_adapters(split_names(args.adapter), pipelines, bool(directories))
 
-    def artifact_of(pipeline: Any) -> Path:
-        target = pipeline.target(args.target) if (args.target or len(pipeline.targets) == 1) \
-            else pipeline.targets[0]
+    def built(pipeline: Any, target: Any) -> Path:
         directory = Path(pipeline.output) / target.name
         if args.rebuild or not (directory / "manifest.json").exists():
             build_pipeline(pipeline, target=target.name)
         return directory
+
+    def artifact_of(pipeline: Any) -> Path:
+        target = pipeline.target(args.target) if (args.target or len(pipeline.targets) == 1) \
+            else pipeline.targets[0]
+        return built(pipeline, target)
 
     if not set(adapters) <= set(NETWORK_ADAPTERS):
         if len(adapters) != 1 or directories:
@@ -214,6 +241,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "allow_model_control": True if args.allow_model_control else None}
     plan = plan_network(pipelines, adapters, directories, overrides, explicit=bool(wanted))
     frontends = build_frontends(plan, [artifact_of(p) for p, _ in plan.models])
+    add_demos(frontends, [(p, built(p, t)) for p, _ in plan.models for t in web_targets(p)[:1]])
     try:
         serve_frontends(frontends)
     except OSError as exc:  # e.g. a port in use

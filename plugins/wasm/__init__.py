@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from irkit.backend import KERNEL_OPTIONS, BackendError, EmittedProgram, KernelBackend, program_entry
 from irkit.ir import Graph
-from irkit.lower import LoweredModel
+from irkit.lower import LoweredModel, LoweringError, Tiles
 from irkit.runtime.artifact import Artifact
 from irkit.runtime.options import Option
 from irkit.target import Target
@@ -35,6 +35,11 @@ from irkit.target import Target
 CODE_FILE = "model.wasm"
 WEIGHTS_FILE = "weights.bin"
 DEFAULT_ARCH = "wasm32-simd,wasm32"
+# Register tiles (rows x columns of f32) of the heavy-op templates. Engines give wasm code
+# the 16 xmm registers of x86-64 (V8 keeps one or two as scratch): a tile's accumulators,
+# the B row and the A broadcast must fit, or every k step spills.
+GEMM_TILE = (6, 8)
+CONV_TILE = (3, 16)
 
 
 class WasmBackend(KernelBackend):
@@ -51,8 +56,23 @@ class WasmBackend(KernelBackend):
         "threads": Option(int, 0, "ignored: a WebAssembly module runs on one thread"),
         "fast_math": Option(bool, True, "reassociation/contraction flags (vectorized "
                             "reductions); NaN/Inf semantics are kept"),
+        "mr": Option(int, 0, f"GEMM microkernel rows; 0 = {GEMM_TILE[0]}"),
+        "nr": Option(int, 0, f"GEMM microkernel columns (multiple of 4); 0 = {GEMM_TILE[1]}"),
+        "conv_mr": Option(int, 0, f"convolution microkernel rows (output channels); 0 = "
+                          f"{CONV_TILE[0]}"),
+        "conv_nr": Option(int, 0, f"convolution microkernel columns (pixels); 0 = "
+                          f"{CONV_TILE[1]}"),
         "loader": Option(bool, True, "write the JavaScript loader model.mjs and model.d.ts"),
     }
+
+    def tiles(self, target: Target, options: Mapping[str, Any]) -> Tiles:
+        try:
+            return Tiles.for_target(target, mr=options["mr"] or GEMM_TILE[0],
+                                    nr=options["nr"] or GEMM_TILE[1], vec=4,
+                                    conv_mr=options["conv_mr"] or CONV_TILE[0],
+                                    conv_nr=options["conv_nr"] or CONV_TILE[1])
+        except LoweringError as exc:
+            raise BackendError(f"wasm options: {exc}") from exc
 
     def emit(self, lowered: LoweredModel, target: Target, options: Mapping[str, Any],
              prefix: str) -> EmittedProgram:
@@ -62,7 +82,8 @@ class WasmBackend(KernelBackend):
 
         start = time.perf_counter()
         program = lowered.program
-        module = translate_program(program, target, fast_math=options["fast_math"])
+        module = translate_program(program, target, fast_math=options["fast_math"],
+                                   lanes=self.tiles(target, options).vec)
         obj = emit_object(module, target)
         run = entry_symbol(program)
         kernels = [k.name for k in program.kernels]
@@ -94,6 +115,9 @@ class WasmBackend(KernelBackend):
 
     def check_options(self, options: dict[str, Any]) -> None:
         super().check_options(options)
+        if not (0 <= options["mr"] <= 16 and 0 <= options["conv_mr"] <= 16) or \
+                options["nr"] < 0 or options["nr"] % 4 or options["conv_nr"] % 4:
+            raise BackendError("wasm tile sizes: 0 <= mr <= 16, nr a multiple of 4")
         if options["threads"] > 1:
             raise BackendError("wasm option threads: a WebAssembly module runs on one "
                                "thread (0 or 1)")

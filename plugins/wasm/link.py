@@ -30,10 +30,18 @@ RELEASE_SYMBOL = "irkit_release"
 STACK_BYTES = 1 << 20
 
 
+@functools.cache
 def _zig() -> list[str]:
-    if importlib.util.find_spec("ziglang") is None:
+    """The zig driver of the ziglang wheel: its binary when the package holds one (no
+    Python start per link), else ``python -m ziglang``."""
+    spec = importlib.util.find_spec("ziglang")
+    if spec is None:
         raise BackendError("the wasm backend links with wasm-ld from the ziglang package, "
                            "which is not installed: pip install 'irkit[wasm]'")
+    for folder in spec.submodule_search_locations or []:
+        binary = Path(folder) / ("zig.exe" if os.name == "nt" else "zig")
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return [str(binary)]
     return [sys.executable, "-m", "ziglang"]
 
 

@@ -15,6 +15,8 @@ Endpoints (``/v2/models/{m}/versions/{v}/...`` forms are accepted wherever ``{m}
     POST /v2/repository/models/{m}/load        load / reload a model (needs
     POST /v2/repository/models/{m}/unload      ``allow_model_control``, else 403)
     GET  /metrics                              Prometheus text (this server's own registry)
+    GET  /demo/                                the browser demo of models with a wasm build
+                                               (``add_demo``; see ``demo``)
 
 Infer requests are v2 JSON (``inputs``: name, shape, datatype, data flat or nested;
 optional ``id``, ``outputs`` to select outputs) or Triton's binary tensor extension: the
@@ -79,6 +81,7 @@ from .common import (
     stop_on_signals,
     tensor_json,
 )
+from .demo import DemoSite
 from .frontend import SHARED_OPTIONS, Frontend, LoopBridge, check_control_parameters
 from .repository import ModelRepository
 
@@ -322,7 +325,13 @@ class HttpAdapter(Frontend):
         self._server: _Server | None = None
         self._bridge: LoopBridge | None = None
         self._stop_requested = False
+        self.demo = DemoSite()
         self._starlette = self._build_app()
+
+    def add_demo(self, model: str, artifact_dir: Any) -> None:
+        """Show ``model`` at ``/demo/``, running the wasm artifact in ``artifact_dir`` in
+        the browser (and ``/v2/models/{model}/infer`` where it cannot)."""
+        self.demo.add(model, artifact_dir)
 
     # -------------------------------------------------------------------- lifecycle
 
@@ -422,6 +431,7 @@ class HttpAdapter(Frontend):
                 Route(base, self.model_metadata_endpoint),
                 Route(base + "/ready", self.ready_endpoint),
             ]
+        routes += self.demo.routes()
         return Starlette(
             routes=routes,
             lifespan=self._lifespan,

@@ -18,6 +18,7 @@ SIMD off and runs the scalar build.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 from collections.abc import Sequence
@@ -57,7 +58,11 @@ def _engine(simd: bool) -> Any:
         config.wasm_relaxed_simd = False  # relaxed SIMD needs SIMD: off first
         config.wasm_simd = False
     config.cranelift_opt_level = "speed"
-    return wasmtime.Engine(config)
+    engine = wasmtime.Engine(config)
+    # Released before interpreter shutdown unloads wasmtime's C functions (else its
+    # finalizer prints an ignored TypeError at exit).
+    atexit.register(engine.close)
+    return engine
 
 
 def engine_features(engine: Any) -> frozenset[str]:
