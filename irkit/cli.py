@@ -263,8 +263,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_conformance(args: argparse.Namespace) -> int:
     from irkit.conformance import run_conformance
 
+    options = {"arch": args.arch} if args.arch else None
     report = run_conformance(args.backend, pattern=args.filter, jobs=args.jobs,
-                             timeout=args.timeout, limit=args.limit)
+                             timeout=args.timeout, limit=args.limit, options=options)
     print(report.format(show_ops=not args.no_ops, show_failures=not args.no_failures))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
@@ -391,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="roundtrip",
                    help="'roundtrip' (import/print/parse/export/evaluate) or a backend name")
     p.add_argument("--filter", help="regular expression on case names")
+    p.add_argument("--arch", help="target(s) a kernel backend compiles for (default: the "
+                   "backend's; e.g. wasm32-simd to build only the SIMD wasm module)")
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: cores)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per case")

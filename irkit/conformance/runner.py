@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,14 +112,15 @@ def _roundtrip(model: onnx.ModelProto, workdir: Path) -> Runner:
     return run
 
 
-def _backend(name: str) -> Callable[[onnx.ModelProto, Path], Runner]:
+def _backend(name: str, options: Mapping[str, Any] | None = None
+             ) -> Callable[[onnx.ModelProto, Path], Runner]:
     def prepare(model: onnx.ModelProto, workdir: Path) -> Runner:
         import irkit.runtime
         from irkit.api import compile as compile_graph
         from irkit.interop.onnx_import import load_onnx
 
         graph = load_onnx(model)
-        artifact = compile_graph(graph, target=name)
+        artifact = compile_graph(graph, target=name, **dict(options or {}))
         path = artifact.save(workdir / "artifact")
         compiled = irkit.runtime.load(path)
         names = [spec.name for spec in compiled.inputs]
@@ -134,8 +135,10 @@ def _backend(name: str) -> Callable[[onnx.ModelProto, Path], Runner]:
     return prepare
 
 
-def driver_for(backend: str) -> Callable[[onnx.ModelProto, Path], Runner]:
-    return _roundtrip if backend == "roundtrip" else _backend(backend)
+def driver_for(backend: str, options: Mapping[str, Any] | None = None
+               ) -> Callable[[onnx.ModelProto, Path], Runner]:
+    """How cases run: the IR round trip, or ``irkit.compile(target=backend, **options)``."""
+    return _roundtrip if backend == "roundtrip" else _backend(backend, options)
 
 
 def compare(expected: Any, got: Any, rtol: float, atol: float, where: str = "output") -> None:
@@ -207,7 +210,8 @@ def _alarm(signum: int, frame: Any) -> None:
     raise CaseTimeout()
 
 
-def run_case(case: Case, backend: str, timeout: float = 60.0) -> CaseResult:
+def run_case(case: Case, backend: str, timeout: float = 60.0,
+             options: Mapping[str, Any] | None = None) -> CaseResult:
     start = time.perf_counter()
     model = case.load_model()
     ops = _ops_of(model)
@@ -220,7 +224,7 @@ def run_case(case: Case, backend: str, timeout: float = 60.0) -> CaseResult:
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         with tempfile.TemporaryDirectory(prefix="irkit-conf-") as tmp:
-            runner = driver_for(backend)(model, Path(tmp))
+            runner = driver_for(backend, options)(model, Path(tmp))
             for k, (inputs, expected) in enumerate(case.data_sets(model)):
                 got = runner(inputs)
                 if RANDOM_OPS & set(ops):
@@ -249,12 +253,12 @@ def run_case(case: Case, backend: str, timeout: float = 60.0) -> CaseResult:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _worker(args: tuple[Case, str, float]) -> CaseResult:
+def _worker(args: tuple[Case, str, float, Mapping[str, Any] | None]) -> CaseResult:
     import warnings
 
     warnings.simplefilter("ignore")
-    case, backend, timeout = args
-    return run_case(case, backend, timeout)
+    case, backend, timeout, options = args
+    return run_case(case, backend, timeout, options)
 
 
 @dataclass
@@ -317,14 +321,19 @@ def run_conformance(
     timeout: float = 60.0,
     progress: bool = True,
     limit: int | None = None,
+    every: int = 1,
+    options: Mapping[str, Any] | None = None,
 ) -> ConformanceReport:
-    """Run every (matching) node case through ``backend``; returns the full report."""
-    cases = load_cases(cache_dir, pattern)
+    """Run every (matching) node case through ``backend``; returns the full report.
+
+    ``every`` > 1 runs every n-th case only (a deterministic sample); ``options`` go to
+    ``irkit.compile`` (``{"arch": "wasm32-simd"}``)."""
+    cases = load_cases(cache_dir, pattern)[::max(1, every)]
     if limit is not None:
         cases = cases[:limit]
     report = ConformanceReport(backend)
     jobs = jobs or (multiprocessing.cpu_count() or 1)
-    work = [(case, backend, timeout) for case in cases]
+    work = [(case, backend, timeout, options) for case in cases]
     results: Iterable[CaseResult]
     if jobs == 1:
         results = (_worker(w) for w in work)
