@@ -352,6 +352,8 @@ class _KernelCompiler:
                 return self._select(pick, when_true, when_false, e)
             case Broadcast(x=x, vlanes=lanes):
                 (arg,) = parts
+                if lanes == 1:
+                    return arg  # one lane is the scalar itself
                 np_type = REGISTER_NP[x.dtype]
 
                 def broadcast(f: Frame) -> np.ndarray:

@@ -219,6 +219,28 @@ def test_llvm_matches_the_interpreter(name: str, lanes: int) -> None:
         assert theirs.view(bits).tolist() == mine.view(bits).tolist(), name
 
 
+@pytest.mark.parametrize("lanes", [1, 8, 16])
+def test_portable_dot4_matches_the_interpreter(lanes: int, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    """Without VNNI (an AVX2 host: x86-64-v3) dot4_u8s8 is the widening expansion;
+    ``lanes`` 1 runs every element through the scalar remainder loop."""
+    from irkit.plugins.llvm import intrinsics
+
+    monkeypatch.setattr(intrinsics, "_host_features", lambda: frozenset())
+    rule = RULES["dot4_u8s8"]
+    program = rule.program()
+    results = []
+    for run in ("interpreter", "llvm"):
+        arrays = {f"in{k}": a.copy() for k, a in enumerate(rule.inputs)}
+        arrays["out"] = np.zeros(rule.inputs[0].size, np.int32)
+        if run == "llvm":
+            run_on_llvm(program, arrays, lanes)
+        else:
+            run_program(program, arrays, {"N": 1}, lanes=lanes)
+        results.append(arrays["out"].tolist())
+    assert results[0] == results[1]
+
+
 def test_parallel_loop_runs_from_its_start() -> None:
     """A top-level parallel loop with a start: the llvm kernel took [0, extent) before."""
     out = Buffer("out", "i64", Const(8))
