@@ -582,3 +582,30 @@ def test_prepared_kernels_fold_f32_constants_as_f32() -> None:
     assert _both_forms(huge, np.float32) == [[2.0**60 + 2**37]] * 2
     remainder = Binary("mod", Const(-(2**62) - 7), Const(1000))  # folded via f64: -904
     assert _both_forms(Cast("f64", remainder), np.float64) == [[-911.0]] * 2
+
+
+def test_interpret_lowered_binds_dims_and_reports_bad_inputs() -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from irkit.lower.interpret import interpret_lowered
+    from irkit.testing.interpreted import lower_model
+
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["a", "b"], ["y"], axis=1)], "cat",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", "S"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S + 3"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    lowered = lower_model(onnx.shape_inference.infer_shapes(model))
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = -np.arange(8, dtype=np.float32).reshape(2, 4)
+    got = interpret_lowered(lowered, {"a": a, "b": b})["y"]
+    assert got.tolist() == np.concatenate([a, b], axis=1).tolist()
+    with pytest.raises(ValueError, match="missing input 'b'"):
+        interpret_lowered(lowered, {"a": a})
+    with pytest.raises(ValueError, match="input 'a' is float64, the model takes float32"):
+        interpret_lowered(lowered, {"a": a.astype(np.float64), "b": b})
+    with pytest.raises(ValueError, match=r"input 'b' has shape \(2, 4\); the model takes "
+                                         r"\(3, 4\)"):  # N = 3 from a
+        interpret_lowered(lowered, {"a": np.zeros((3, 3), np.float32), "b": b})
