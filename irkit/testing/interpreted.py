@@ -29,17 +29,16 @@ def lower_model(model: Any, tiles: Tiles = INTERPRETER_TILES) -> LoweredModel:
     the llvm backend does before code generation."""
     from irkit import api
     from irkit.ir import Graph
-    from irkit.lower import lower_graph
-    from irkit.lower.driver import lowers
-    from irkit.lower.expand import expand_functions
-    from irkit.lower.fused import decompose_fused_ops
-    from irkit.lower.unroll import unroll_control_flow
+    from irkit.lower import Capabilities, lower_graph
+    from irkit.lower.legalize import legalize
+    from irkit.target import get_target
 
     graph = model if isinstance(model, Graph) else api.load_model(model)
-    graph = decompose_fused_ops(graph)
-    graph = expand_functions(graph, lowers)
-    graph = unroll_control_flow(graph, lowers)
-    return lower_graph(graph, tiles)
+    capabilities = Capabilities("llvm")
+    graph = legalize(graph, capabilities)
+    # The tiles are fixed; the target only names what the int8 kernels may assume.
+    return lower_graph(graph, get_target("x86-64-v3"), tiles=tiles,
+                       capabilities=capabilities)
 
 
 class InterpretedModel:

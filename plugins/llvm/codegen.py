@@ -424,9 +424,10 @@ class KernelTranslator:
         if fn in LIBM_CALLS:
             return self._libm(fn, args[0])
         name = INTRINSIC_CALLS[fn]
-        if fn == "fma" and not self.target.has_fma:
-            # Without the instruction llvm.fma is a software call per lane; fmuladd lets
-            # LLVM emit a multiply and an add (the heavy-op templates only accumulate).
+        if fn == "fma" and not self.target.has_fma and self.flags:
+            # Without the instruction llvm.fma is a software call per lane. Under the
+            # fast-math licence (results differ by rounding only) fmuladd lets LLVM emit
+            # a multiply and an add; without fast-math fma stays exact (one rounding).
             name = "llvm.fmuladd"
         return self.math.intrinsic(name, *args)
 
