@@ -119,6 +119,10 @@ class KernelTranslator:
         self.program = program
         self.flags = FAST_FLAGS if fast_math else ()
         self.scope: dict[str, ir.Value] = {}
+        # LLVM's WebAssembly backend cannot legalize half-precision vectors (it aborts or
+        # loops once InstCombine narrows a compare or select to half): convert in integer
+        # arithmetic there.
+        self.soft_half = target.family == "wasm"
 
     def translate(self, kernel: Kernel, body: ir.Function | None = None
                   ) -> tuple[ir.Function, ir.Function]:
@@ -436,6 +440,8 @@ class KernelTranslator:
         """An f32 value rounded to the nearest even ``dtype`` value (still an f32)."""
         b = self.b
         if dtype == "f16":
+            if self.soft_half:
+                return self._f16_bits_to_f32(self._f32_to_f16_bits(v))
             return b.fpext(b.fptrunc(v, _like(v.type, F16)), v.type)
         if dtype != "bf16":
             return v
@@ -453,6 +459,8 @@ class KernelTranslator:
         if dtype == "bool":
             return b.icmp_unsigned("!=", v, ir.Constant(v.type, None))
         if dtype == "f16":
+            if self.soft_half:
+                return self._f16_bits_to_f32(v)
             return b.fpext(b.bitcast(v, _like(v.type, F16)), _like(v.type, F32))
         if dtype == "bf16":
             wide = b.shl(b.zext(v, _like(v.type, I32)), _const(_like(v.type, I32), 16))
@@ -464,11 +472,52 @@ class KernelTranslator:
         if dtype == "bool":
             return b.zext(v, _like(v.type, I8))
         if dtype == "f16":  # exact: the value is an f16 value
+            if self.soft_half:
+                return self._f32_to_f16_bits(v)
             return b.bitcast(b.fptrunc(v, _like(v.type, F16)), _like(v.type, I16))
         if dtype == "bf16":
             bits = b.lshr(b.bitcast(v, _like(v.type, I32)), _const(_like(v.type, I32), 16))
             return b.trunc(bits, _like(v.type, I16))
         return v
+
+    def _f16_bits_to_f32(self, h: ir.Value) -> ir.Value:
+        """The f32 value of f16 bits (i16), exactly, with integer and f32 operations only
+        (targets where LLVM's ``half`` is not a legal type: ``soft_half``)."""
+        b = self.b
+        ity, fty = _like(h.type, I32), _like(h.type, F32)
+        bits = b.zext(h, ity)
+        sign = b.shl(b.and_(bits, _const(ity, 0x8000)), _const(ity, 16))
+        em = b.and_(bits, _const(ity, 0x7FFF))
+        shifted = b.shl(em, _const(ity, 13))
+        # Normal and subnormal: the shifted bits as an f32 times 2**112, exact.
+        finite = b.fmul(b.bitcast(shifted, fty), _const(fty, 2.0 ** 112))
+        special = b.bitcast(b.or_(shifted, _const(ity, 0x7F800000)), fty)  # inf, NaN
+        value = b.select(b.icmp_unsigned(">=", em, _const(ity, 0x7C00)), special, finite)
+        return b.bitcast(b.or_(b.bitcast(value, ity), sign), fty)
+
+    def _f32_to_f16_bits(self, v: ir.Value) -> ir.Value:
+        """f32 to f16 bits (i16), rounded to nearest even; NaN stays NaN (quieted, its top
+        payload bits kept), overflow is infinity. Integer and f32 operations only."""
+        b = self.b
+        ity, fty = _like(v.type, I32), _like(v.type, F32)
+        bits = b.bitcast(v, ity)
+        sign = b.and_(bits, _const(ity, -0x80000000))
+        a = b.xor(bits, sign)
+        nan = b.or_(_const(ity, 0x7E00), b.and_(b.lshr(a, _const(ity, 13)), _const(ity, 0x3FF)))
+        big = b.select(b.icmp_unsigned(">", a, _const(ity, 0x7F800000)), nan,
+                       _const(ity, 0x7C00))
+        # Below 2**-14: adding 0.5 rounds the value to a multiple of 2**-24 (the f16
+        # subnormal step) in the f32 adder; the low bits are then the f16 bits.
+        magic = 0x3F000000
+        tiny = b.sub(b.bitcast(b.fadd(b.bitcast(a, fty), _const(fty, 0.5)), ity),
+                     _const(ity, magic))
+        odd = b.and_(b.lshr(a, _const(ity, 13)), _const(ity, 1))
+        rebias = b.add(a, _const(ity, ((15 - 127) << 23) + 0xFFF))
+        normal = b.lshr(b.add(rebias, odd), _const(ity, 13))
+        out = b.select(b.icmp_unsigned(">=", a, _const(ity, 0x47800000)), big,
+                       b.select(b.icmp_unsigned("<", a, _const(ity, 0x38800000)), tiny, normal))
+        out = b.or_(out, b.lshr(sign, _const(ity, 16)))
+        return b.trunc(out, _like(v.type, I16))
 
     def _to_f32_odd(self, v: ir.Value) -> ir.Value:
         """f64 → f32 rounding to odd, so that rounding the result again to f16 or bf16

@@ -21,9 +21,9 @@ pytest.importorskip("llvmlite")
 wasmtime = pytest.importorskip("wasmtime")
 pytest.importorskip("ziglang")
 
-from test_interpret_vs_llvm import RULES  # noqa: E402  (tests/kir)
+from test_interpret_vs_llvm import IDX, RULES, elementwise  # noqa: E402  (tests/kir)
 
-from irkit.kir import Program  # noqa: E402
+from irkit.kir import Cast, Load, Program  # noqa: E402
 from irkit.kir.interpret import run_program  # noqa: E402
 
 
@@ -84,3 +84,37 @@ def test_wasm_matches_the_interpreter(name: str, arch: str) -> None:
     else:
         bits = np.dtype(f"u{mine.dtype.itemsize}")
         assert theirs.view(bits).tolist() == mine.view(bits).tolist(), name
+
+
+@pytest.mark.parametrize("arch", ["wasm32-simd", "wasm32"])
+def test_half_conversions_without_half_instructions(arch: str) -> None:
+    """WebAssembly code converts f16 in integer arithmetic (codegen's ``soft_half``): every
+    f16 bit pattern to f32 exactly, and f32 values (ties, subnormals, overflow, NaN, both
+    signs) to f16 rounded to nearest even, against numpy; NaN only as NaN."""
+    every = np.arange(65536, dtype=np.uint16).view(np.float16)
+    wide = np.zeros(every.size, np.float32)
+    io = {"in0": every.copy(), "out": wide}
+    run_on_wasm(elementwise(lambda x: Cast("f32", Load(x, IDX)), np.float32, every), io, arch)
+    want = every.astype(np.float32)
+    finite = ~np.isnan(want)
+    assert wide[finite].view(np.uint32).tolist() == want[finite].view(np.uint32).tolist()
+    assert np.isnan(wide[~finite]).all()
+
+    rng = np.random.default_rng(3)
+    steps = np.float32(2.0) ** np.arange(-30, 17, dtype=np.float32)
+    values = np.concatenate([
+        rng.standard_normal(4000).astype(np.float32) * 1000,
+        rng.standard_normal(4000).astype(np.float32) * 1e-5,
+        every[finite].astype(np.float32) + np.float32(2.0 ** -25),  # near ties
+        (every[finite].astype(np.float64) * (1 + 2.0 ** -11)).astype(np.float32),
+        steps, -steps, [65504, 65519.99, 65520, 65536, 1e9, np.inf, -np.inf, np.nan, -0.0],
+    ]).astype(np.float32)
+    narrow = np.zeros(values.size, np.float16)
+    io = {"in0": values.copy(), "out": narrow}
+    run_on_wasm(elementwise(lambda x: Cast("f16", Load(x, IDX)), np.float16, values), io, arch)
+    with np.errstate(over="ignore"):
+        want16 = values.astype(np.float16)
+    finite = ~np.isnan(want16)
+    assert narrow[finite].view(np.uint16).tolist() == want16[finite].view(np.uint16).tolist()
+    assert np.isnan(narrow[~finite]).all()
+
