@@ -25,10 +25,16 @@ function randomData(count, seed) {
   return data;
 }
 
+// Wall-clock and CPU milliseconds per call. On a machine shared with other work the CPU
+// time (user + system of this process: after the warm-up V8's compiler threads are idle)
+// is the steadier of the two.
 async function timeCalls(fn, inner) {
+  const cpu = process.cpuUsage();
   const start = process.hrtime.bigint();
   for (let i = 0; i < inner; i++) await fn();
-  return Number(process.hrtime.bigint() - start) / 1e6 / inner;
+  const wall = Number(process.hrtime.bigint() - start) / 1e6 / inner;
+  const used = process.cpuUsage(cpu);
+  return [wall, (used.user + used.system) / 1e3 / inner];
 }
 
 function median(values) {
@@ -75,11 +81,14 @@ for (const c of config.cases) {
     timesOurs.push(await timeCalls(ours, inner));
     timesTheirs.push(await timeCalls(theirs, inner));
   }
-  const irkitMs = median(timesOurs);
-  const ortMs = median(timesTheirs);
+  const irkitMs = median(timesOurs.map((t) => t[0]));
+  const ortMs = median(timesTheirs.map((t) => t[0]));
+  const irkitCpu = median(timesOurs.map((t) => t[1]));
+  const ortCpu = median(timesTheirs.map((t) => t[1]));
   console.log(JSON.stringify({
     model: c.model, batch: c.batch, variant: model.variant, irkit_ms: irkitMs, ort_web_ms: ortMs,
-    ratio: irkitMs / ortMs, max_abs_diff: diff, inner,
+    ratio: irkitMs / ortMs, irkit_cpu_ms: irkitCpu, ort_web_cpu_ms: ortCpu,
+    cpu_ratio: irkitCpu / ortCpu, max_abs_diff: diff, inner,
   }));
   await session.release();
 }

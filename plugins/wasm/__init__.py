@@ -38,8 +38,8 @@ DEFAULT_ARCH = "wasm32-simd,wasm32"
 # Register tiles (rows x columns of f32) of the heavy-op templates. Engines give wasm code
 # the 16 xmm registers of x86-64 (V8 keeps one or two as scratch): a tile's accumulators,
 # the B row and the A broadcast must fit, or every k step spills.
-GEMM_TILE = (6, 8)
-CONV_TILE = (3, 16)
+GEMM_TILE = (4, 8)
+CONV_TILE = (2, 16)
 
 
 class WasmBackend(KernelBackend):
