@@ -36,9 +36,13 @@ CODE_FILE = "model.wasm"
 WEIGHTS_FILE = "weights.bin"
 DEFAULT_ARCH = "wasm32-simd,wasm32"
 # Register tiles (rows x columns of f32) of the heavy-op templates. Engines give wasm code
-# the 16 xmm registers of x86-64 (V8 keeps one or two as scratch): a tile's accumulators,
-# the B row and the A broadcast must fit, or every k step spills.
-GEMM_TILE = (4, 8)
+# the 16 xmm registers of x86-64 (V8 keeps one or two as scratch), and LLVM, which sees
+# unlimited wasm locals, hoists every row's broadcast ahead of the multiplies: with the
+# CPU default (6 x 8 GEMM, 3 x 16 conv) accumulators spilled on every k step. 2 x 16 keeps
+# 8 accumulators, 4 B vectors and 2 broadcasts (14 registers), and a one-row GEMM (batch
+# 1) still has 4 independent accumulator chains. Measured against 6x8, 4x8, 5x8 and 3x16
+# in node (benchmarks/bench_wasm.py --option mr=... --option nr=...).
+GEMM_TILE = (2, 16)
 CONV_TILE = (2, 16)
 
 
