@@ -131,7 +131,7 @@ def types_text(description: dict[str, Any]) -> str:
         "}",
         "export type Bytes = ArrayBuffer | ArrayBufferView;",
         "/** The artifact directory's URL (default: this module's), or the files' bytes. */",
-        "export function load(source?: string | URL | { wasm: Bytes; weights?: Bytes },",
+        "export function load(source?: string | URL | Bytes | { wasm: Bytes; weights?: Bytes },",
         "                     options?: LoadOptions): Promise<Model>;",
         "/** [\"simd128\"] where the engine has WebAssembly SIMD, else []. */",
         "export function engineFeatures(): string[];",

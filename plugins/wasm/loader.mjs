@@ -7,7 +7,9 @@
 //   out.y.data, out.y.shape
 //
 // load(source?, options?): source is the artifact directory's URL (string or URL; default:
-// this module's directory), or the bytes: { wasm, weights } (ArrayBuffer / typed arrays).
+// this module's directory), or bytes: { wasm, weights } (ArrayBuffers or typed arrays; the
+// .wasm of the chosen variant and weights.bin), or the .wasm alone for a model without
+// weights.
 // options.variant forces "wasm32-simd" or "wasm32"; options.verify = false skips the
 // sha256 checks of fetched files. Inputs are checked as strictly as irkit's Python
 // runtime: an unknown or missing name, a wrong typed-array type (dtype), rank or dim
@@ -117,16 +119,20 @@ export async function load(source, options = {}) {
         }
       }
     }
-  } else if (source && typeof source === "object" && "wasm" in source) {
-    wasmBytes = toBytes(source.wasm, "wasm");
-    weightBytes = source.weights === undefined ? new Uint8Array(0)
+  } else if (source instanceof ArrayBuffer || ArrayBuffer.isView(source) ||
+             (source && typeof source === "object" && "wasm" in source)) {
+    // The module's bytes, alone (a model without weights) or with its weights.
+    const bare = source instanceof ArrayBuffer || ArrayBuffer.isView(source);
+    wasmBytes = toBytes(bare ? source : source.wasm, "wasm");
+    weightBytes = bare || source.weights === undefined ? new Uint8Array(0)
       : toBytes(source.weights, "weights");
     if (weightBytes.length !== variant.weights_bytes) {
       throw new Error(`irkit: weights hold ${weightBytes.length} bytes, the model needs ` +
-        `${variant.weights_bytes}`);
+        `${variant.weights_bytes} (pass { wasm, weights: <${variant.weights}> })`);
     }
   } else {
-    throw new Error("irkit: load() takes the artifact's URL or { wasm, weights } bytes");
+    throw new Error("irkit: load() takes the artifact's URL, or the module's bytes ({ wasm, " +
+      "weights } for a model with weights)");
   }
   const { instance } = await WebAssembly.instantiate(wasmBytes, {});
   return new Model(instance.exports, variant, weightBytes);

@@ -86,6 +86,23 @@ def test_node_default_variant_and_bytes(tmp_path: Path) -> None:
     assert [a.get("variant") for a in answers] == ["wasm32-simd"] * 3 + ["wasm32"]
     for answer in answers:
         np.testing.assert_allclose(answer["outputs"]["y"], want, rtol=RTOL, atol=ATOL)
+    # The module alone, for a model whose weights it needs: the error says what to pass.
+    missing, = run_in_node([{"artifact": str(artifact), "source": "bytes", "weights": None,
+                             "options": {}, "inputs": {"x": tensor(x)}}])
+    assert "pass { wasm, weights: <wasm32-simd/weights.bin> }" in missing["error"]
+    # A model without weights loads from the module's bytes alone.
+    from onnx import TensorProto, helper
+
+    relu = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    plain = compile_wasm(relu, tmp_path / "relu")
+    z = np.linspace(-1, 1, 10, dtype=np.float32).reshape(2, 5)
+    answer, = run_in_node([{"artifact": str(plain), "source": "bytes", "weights": None,
+                            "options": {}, "inputs": {"x": tensor(z)}}])
+    np.testing.assert_array_equal(answer["outputs"]["y"], np.maximum(z, 0))
 
 
 def test_node_input_errors_name_the_input(tmp_path: Path) -> None:

@@ -29,10 +29,9 @@ for (const request of requests) {
     let source = dir.href;
     if (request.source === "bytes") {
       const variant = request.options.variant || "wasm32-simd";
-      source = {
-        wasm: readFileSync(new URL(`${variant}/model.wasm`, dir)),
-        weights: readFileSync(new URL(request.weights, dir)),
-      };
+      const wasm = readFileSync(new URL(`${variant}/model.wasm`, dir));
+      source = request.weights === null ? wasm
+        : { wasm, weights: readFileSync(new URL(request.weights, dir)) };
     }
     const model = await load(source, request.options || {});
     const inputs = {};
