@@ -166,3 +166,35 @@ def test_ort_fallback_runs_in_python_and_the_js_loader_says_why(tmp_path: Path) 
     path = art.save(tmp_path / "a")
     check(graph, path, (1, 4))
     assert b"fallback = \\\"ort\\\"" in (path / "model.mjs").read_bytes()
+
+
+@pytest.mark.service
+def test_http_adapter_serves_a_wasm_artifact(digits_models: Path, tmp_path: Path) -> None:
+    """A wasm artifact is a CompiledModel like any other: the HTTP adapter batches requests
+    into it (wasmtime) and answers what ONNX Runtime answers."""
+    import json
+    import urllib.request
+
+    pytest.importorskip("starlette")
+    from irkit.runtime.adapters.repository import ModelRepository
+    from irkit.testing.serving import Served
+
+    graph = irkit.load_model(digits_models / "digits_cnn.onnx")
+    artifact = irkit.compile(graph, target="wasm").save(tmp_path / "cnn")
+    repository = ModelRepository(label="wasm")
+    repository.add_artifact("cnn", artifact)
+    served = Served(repository).start()
+    try:
+        x = np.random.default_rng(0).uniform(0, 1, (3, 1, 8, 8)).astype(np.float32)
+        body = json.dumps({"inputs": [{"name": "x", "shape": list(x.shape),
+                                       "datatype": "FP32", "data": x.ravel().tolist()}]})
+        request = urllib.request.Request(f"{served.http.url}/v2/models/cnn/infer",
+                                         body.encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    finally:
+        served.stop()
+    logits = np.asarray(answer["outputs"][0]["data"], np.float32).reshape(3, 10)
+    session = ort.InferenceSession(to_onnx(graph).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(logits, session.run(None, {"x": x})[0], rtol=RTOL, atol=ATOL)
