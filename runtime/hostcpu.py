@@ -101,8 +101,11 @@ def host_with(features: Iterable[str], arch: str | None = None) -> Host:
 
 
 def host_level(machine: Host) -> str | None:
-    """The highest x86-64 level ``machine`` meets (``aarch64`` there; None elsewhere): what
-    to rebuild for when an artifact's code needs more than the machine has."""
+    """The highest x86-64 level ``machine`` meets (``aarch64`` there, the wasm target a
+    WebAssembly engine runs; None elsewhere): what to rebuild for when an artifact's code
+    needs more than the machine has."""
+    if machine.arch == "wasm32":  # a WebAssembly engine (irkit.runtime.backends.wasm)
+        return "wasm32-simd" if "simd128" in machine.features else "wasm32"
     if machine.arch != "x86_64":
         return "aarch64" if machine.arch == "aarch64" else None
     reached = None
