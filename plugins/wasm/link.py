@@ -76,7 +76,13 @@ def support_library() -> Path:
     path = cache_dir() / f"libirkit_support-{key}.a"
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # an unwritable home: build under the temporary directory instead
+        path = Path(tempfile.gettempdir()) / "irkit-wasm" / path.name
+        if path.exists():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         (Path(tmp) / SUPPORT_SOURCE).write_bytes(text)
         built = Path(tmp) / "libsupport.a"
