@@ -70,6 +70,29 @@ def test_node_matches_onnxruntime(digits_models: Path, tmp_path: Path) -> None:
     assert len(answers) == 16
 
 
+@pytest.mark.slow
+def test_node_runs_the_builtin_models(tmp_path: Path) -> None:
+    """The benchmark's models (mlp, gemm512, ResNet-style CNN, transformer) in node."""
+    from irkit.bench import builtin_model
+    from irkit.interop.onnx_export import to_onnx
+
+    requests, expected = [], []
+    for name in ("mlp", "gemm512", "resnet", "transformer"):
+        graph = builtin_model(name)
+        artifact = irkit.compile(graph, target="wasm").save(tmp_path / name)
+        spec = graph.inputs[0]
+        for batch in (1, 3):
+            shape = [batch if isinstance(d, str) else int(d) for d in spec.type.shape]
+            x = np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
+            requests.append({"artifact": str(artifact), "inputs": {spec.name: tensor(x)}})
+            expected.append((name, batch, ort_outputs(to_onnx(graph), {spec.name: x})))
+    for answer, (name, batch, want) in zip(run_in_node(requests), expected):
+        assert answer.get("variant") == "wasm32-simd", (name, answer)
+        for out, value in want.items():
+            np.testing.assert_allclose(answer["outputs"][out], value, rtol=RTOL, atol=ATOL,
+                                       err_msg=f"{name} {out} batch {batch}")
+
+
 def test_node_default_variant_and_bytes(tmp_path: Path) -> None:
     artifact = compile_wasm(mlp_onnx(), tmp_path / "mlp")
     x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
