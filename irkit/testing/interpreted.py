@@ -50,10 +50,9 @@ class InterpretedModel:
         self.lowered = lowered
         self.lanes = lanes
         self.calls = 0
-        # What op-case tests read from a loaded llvm model's manifest: the kernel names.
-        self.manifest = SimpleNamespace(entry={
-            "kernels": [k.name for k in lowered.program.kernels],
-            "io": list(lowered.program.io_order), "symbols": list(lowered.program.symbols)})
+        # What op-case tests read from a loaded kernel model's manifest: its entry (kernel
+        # names, io order, symbols), in the form irkit.runtime.program reads.
+        self.manifest = SimpleNamespace(entry=_entry(lowered))
 
     def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:
         from irkit.lower.interpret import interpret_lowered
@@ -67,6 +66,20 @@ class InterpretedModel:
 
     def close(self) -> None:
         """Nothing to release (the call convention of a loaded model)."""
+
+
+def _entry(lowered: LoweredModel) -> dict[str, Any]:
+    from irkit.backend import program_entry
+    from irkit.runtime.program import ProgramEntry, Segment, Variant
+    from irkit.target import get_target
+
+    kernels = lowered.program
+    program = program_entry(lowered, code="(interpreted)", weights="(interpreted)",
+                            run=f"{kernels.name}_run", kernels=[k.name for k in kernels.kernels])
+    segment = Segment("kernels", tuple(program.input_shapes), tuple(program.output_shapes),
+                      program=program)
+    target = get_target("x86-64-v3")
+    return ProgramEntry((Variant(target.to_json(), target.requirements(), (segment,)),)).to_json()
 
 
 def interpret_and_load(model: Any, tmp_path: Path | None = None, threads: int = 1, *,
