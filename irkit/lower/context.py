@@ -94,6 +94,8 @@ class LoweringContext:
     # (irkit.runtime.guards); ``inputs`` names the graph's input buffers.
     guards: list[dict[str, Any]] = field(default_factory=list)
     inputs: set[str] = field(default_factory=set)
+    # Node name -> the kernel a template chose for it and why (reported in the manifest).
+    kernel_notes: dict[str, str] = field(default_factory=dict)
     _const_buffers: dict[int, Buffer] = field(default_factory=dict)
     _counter: int = 0
     _keep_alive: list[np.ndarray] = field(default_factory=list)

@@ -23,7 +23,6 @@ from irkit.kir import (
     Binary,
     Broadcast,
     Buffer,
-    Call,
     Cast,
     Const,
     Expr,
@@ -47,8 +46,11 @@ from irkit.lower.quantized import (
     _optional,
     _requant,
     apply_activation,
+    choose_int8_dot,
+    dot_steps,
     int8_tiles,
     static_quant,
+    weight_halves,
     word_view,
 )
 from irkit.lower.tensor import Index, LoweringError, TensorRef, static
@@ -78,8 +80,13 @@ def plan_int8_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     words = kh * kw_ * cw4
     requant = _requant(ctx, node, w, _const(ins[4], "w_scale"), _const(ins[5], "w_zp"),
                        _optional(ins, 6), _optional(ins, 7), quant)
-    w_rows = np.ascontiguousarray(w.T).view(np.int32).reshape(cout, words)
+    mr, nr, lanes = int8_tiles(ctx)
+    dot = choose_int8_dot(ctx, w, lanes, node)
+    halves = weight_halves(w) if dot.split else (w, None)
+    w_rows = np.ascontiguousarray(halves[0].T).view(np.int32).reshape(cout, words)
     a_buf = ctx.weight_buffer(w_rows, "i32", "c8rows")
+    a_hi = None if halves[1] is None else ctx.weight_buffer(
+        np.ascontiguousarray(halves[1].T).view(np.int32).reshape(cout, words), "i32", "c8hi")
     oh, ow = g["out"]
     ih, iw = g["in"]
     pt, pl, pb, pr = g["p"]
@@ -96,7 +103,6 @@ def plan_int8_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     x_mat = ctx.materialize(x, "qconv_in")
     xbuf = x_mat.buffer
     assert xbuf is not None
-    mr, nr, lanes = int8_tiles(ctx)
 
     def quantize_kernel() -> None:
         n, e, c, yy, xx = (ctx.var(h) for h in ("n", "e", "c", "y", "x"))
@@ -155,10 +161,12 @@ def plan_int8_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                                 for v in range(vecs)]
             for r in range(rows):
                 wb = Broadcast(Load(a_buf, Const((co0 + r) * words) + k), lanes)
+                wh = None if a_hi is None else Broadcast(
+                    Load(a_hi, Const((co0 + r) * words) + k), lanes)
                 for v in range(vecs):
                     slot = Const(r * nr + v * lanes)
-                    body.append(Store(acc, slot, Call("dot4_u8s8", (
-                        Load(acc, slot, lanes), xs[v], wb))))
+                    body.append(Store(acc, slot, dot_steps(dot, Load(acc, slot, lanes), xs[v],
+                                                           wb, wh)))
             stmts.append(For(k, Const(words), block(*body)))
             stmts += [Store(tile, Const(r * nr + v * lanes),
                             Load(acc, Const(r * nr + v * lanes), lanes))

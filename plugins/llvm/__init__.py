@@ -108,6 +108,7 @@ class LlvmBackend(KernelBackend):
             "fused": lowered.fused,
             "compile_seconds": {"llvm": round(obj.seconds, 4)},
             "int8_dot": target.int8_dot(lanes) if _uses_int8_dot(program) else None,
+            "kernels_chosen": lowered.kernel_notes or None,
         }
         entry = program_entry(
             lowered, code=object_file, weights=weights_file, run=run,
@@ -121,7 +122,7 @@ class LlvmBackend(KernelBackend):
 def _uses_int8_dot(program: Any) -> bool:
     from irkit.kir.visit import calls_in
 
-    return any("dot4_u8s8" in calls_in(kernel.body) for kernel in program.kernels)
+    return any({"dot4_u8s8", "dot4_u8s7"} & calls_in(kernel.body) for kernel in program.kernels)
 
 
 def _link_shared(object_code: bytes, program: Any) -> dict[str, bytes]:
