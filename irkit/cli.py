@@ -272,7 +272,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         key = args.eval_input or (names[0] if names[0] in arrays else next(iter(arrays)))
         eval_data = {names[0]: arrays[key]}
         labels = arrays.get(args.labels) if args.labels else None
-    optimized = optimize(graph, args.passes, eval_data=eval_data, labels=labels)
+    arch = _arch_list(args.arch) or ["native"]
+    optimized = optimize(graph, args.passes, eval_data=eval_data, labels=labels, target=arch,
+                         measure=args.measure)
     print(format_report_table(optimized.history))
     if args.output:
         import onnx
@@ -393,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-input", help="array in DATA.npz that feeds the model input")
     p.add_argument("--labels", help="array in DATA.npz holding class labels")
     p.add_argument("-o", "--output", metavar="OUT.onnx", help="write the optimized model")
+    p.add_argument("--arch", help="target(s) the model will be compiled for (default "
+                   "native); quantize picks weight ranges for their int8 instructions")
+    p.add_argument("--measure", action="store_true",
+                   help="time both forms of each node a pass may change on the targets and "
+                   "keep the faster one (what spec builds do)")
     p.set_defaults(func=cmd_optimize)
 
     from irkit.serving import add_serve_parser

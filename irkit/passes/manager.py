@@ -141,13 +141,16 @@ def run_pipeline(
     labels: Any = None,
     verify: bool = True,
     table: PassTable | None = None,
+    targets: Sequence[Any] = (),
+    cost: Any = None,
 ) -> Graph:
     """Run ``passes`` over ``graph`` (which is left untouched); the result carries one
     :class:`PassReport` per pass appended to ``graph.history``. Pipeline text is resolved
     through ``table`` (pass name -> class or registry entry)."""
     evaluate = evaluate_graph
     pipeline = resolve_passes(passes, table)
-    context = PassContext(calibration=list(calibration) if calibration is not None else None)
+    context = PassContext(calibration=list(calibration) if calibration is not None else None,
+                          targets=tuple(targets), cost=cost)
     reference = evaluate(graph, eval_data) if eval_data is not None else None
     baseline_acc = None
     if reference is not None and labels is not None:
