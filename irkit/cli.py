@@ -234,6 +234,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:  # option errors found by the adapter itself
         raise IrkitError(f"{pipeline.file}:{serve.line}:{serve.column}: serve "
                          f"{serve.adapter}: {exc}") from None
+    if args.init_db:
+        init_db = getattr(adapter, "init_db", None)
+        if init_db is None:
+            raise IrkitError(f"--init-db: adapter {serve.adapter!r} keeps no database "
+                             "(it is for the postgres adapter)")
+        init_db()
+        print(f"serve {serve.adapter}: schema ready", file=sys.stderr)
+        return 0
     adapter.serve()
     return 0
 
@@ -328,15 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.onnx", help="write the optimized model")
     p.set_defaults(func=cmd_optimize)
 
-    p = sub.add_parser("serve", help="serve a spec's artifact (batch, http or kafka)",
+    p = sub.add_parser("serve", help="serve a spec's artifact (batch, http, kafka, postgres)",
                        description="Build the artifact if needed, then serve it with the "
                        "adapter of one of the spec's serve blocks. SIGINT/SIGTERM finish the "
                        "in-flight batch and exit 0.")
     p.add_argument("spec")
     p.add_argument("--pipeline")
-    p.add_argument("--adapter", help="batch, http or kafka (default: the only serve block)")
+    p.add_argument("--adapter", help="batch, http, kafka or postgres (default: the only "
+                   "serve block)")
     p.add_argument("--target", help="which target's artifact to serve (default: the first)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if an artifact exists")
+    p.add_argument("--init-db", action="store_true",
+                   help="postgres: create the queue's tables, view, trigger and functions "
+                   "(idempotent) and exit without serving")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmark irkit against ONNX Runtime and torch",

@@ -33,3 +33,4 @@ def register_adapters(register: Register) -> None:
     register("batch", "irkit.runtime.adapters.batch:BatchAdapter")
     register("http", "irkit.runtime.adapters.http:HttpAdapter")
     register("kafka", "irkit.runtime.adapters.kafka:KafkaAdapter")
+    register("postgres", "irkit.runtime.adapters.postgres:PostgresAdapter")

@@ -1,5 +1,5 @@
 """Serving adapters: run a ``CompiledModel`` over files (batch), HTTP (Open Inference
-Protocol v2) or Kafka.
+Protocol v2), Kafka or a PostgreSQL request queue.
 
 Every adapter follows one plugin contract: a class with ``options`` (option name ->
 ``irkit.runtime.options.Option``), built as ``Adapter(model, **options)``; ``serve()``
@@ -18,11 +18,12 @@ from typing import Any
 
 __all__ = ["ADAPTERS", "get_adapter"]
 
-# name -> "module:Class"; the kafka adapter registers here too.
+# name -> "module:Class"; the queue adapters (kafka, postgres) register here too.
 ADAPTERS: dict[str, str] = {
     "batch": "irkit.runtime.adapters.batch:BatchAdapter",
     "http": "irkit.runtime.adapters.http:HttpAdapter",
     "kafka": "irkit.runtime.adapters.kafka:KafkaAdapter",
+    "postgres": "irkit.runtime.adapters.postgres:PostgresAdapter",
 }
 
 
