@@ -116,6 +116,12 @@ class Worker:
             time.sleep(0.02)
         raise AssertionError(f"{pattern!r} not logged {count}x:\n{self.log()[-3000:]}")
 
+    def freeze(self) -> None:
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
         assert self.process.wait(10) == -signal.SIGKILL
