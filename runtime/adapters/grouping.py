@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from irkit.runtime.adapters.common import (
 
 __all__ = ["Outcome", "SignatureCheck", "batch_key", "run_grouped"]
 
-Outcome = dict[str, np.ndarray] | AdapterError
+Outcome: TypeAlias = dict[str, np.ndarray] | AdapterError
 _SIGNATURE_CACHE_SIZE = 1024
 
 

@@ -140,6 +140,8 @@ def _copy_for(bin_dir: Path, uid: int, gid: int) -> Path:
 
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As PostgreSQL binds: a port in TIME_WAIT (the last run's) is free for it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -186,7 +188,7 @@ class EmbeddedPostgres:
         except BaseException:
             self.stop()
             raise
-        log.info("embedded PostgreSQL (pid %d) on %s:%d, data in %s", self._process.pid,
+        log.info("embedded PostgreSQL (pid %s) on %s:%d, data in %s", self.pid,
                  self.host, self.port, self.root)
         return self
 
