@@ -10,7 +10,10 @@ Delivery guarantee — exactly once. A worker claims rows with ``SELECT ... FOR 
 LOCKED`` and, in the same transaction, inserts their results and marks them done (or
 dead, or pending again after a backoff). The transaction commits or not as a whole: a
 worker that dies at any moment leaves its rows pending for another worker, and no request
-gets two results (``request_id`` is the results table's primary key). Several workers,
+gets two results (``request_id`` is the results table's primary key). With
+``synchronous_commit = "off"`` a database crash may undo the workers' last committed
+batches (results and acknowledgements together): those requests are pending again and get
+their one result later, but a reader may have seen the undone result. Several workers,
 processes or hosts on one queue never work on the same row: a claimed row is locked and
 the others skip it.
 
@@ -86,6 +89,12 @@ class PostgresAdapter:
         "init_db": Option(bool, True, "create missing tables, view, trigger and functions "
                           "at start"),
         "version": Option(str, "1", "model version written with each result"),
+        "synchronous_commit": Option(str, "on", "the workers' synchronous_commit: 'off' "
+                                     "skips waiting for the WAL flush of each batch (a "
+                                     "database crash may then undo the last batches, which "
+                                     "are claimed and computed again)",
+                                     choices=("on", "off", "local", "remote_write",
+                                              "remote_apply")),
         "data_dir": Option(str, "", "embedded server: keep its data in this directory "
                            "(empty: a temporary one, removed on exit)"),
         "embedded_port": Option(int, 0, "embedded server: its port on 127.0.0.1 (0: free)"),
@@ -112,6 +121,7 @@ class PostgresAdapter:
             max_delay_ms=resolved["max_delay_ms"], max_attempts=resolved["max_attempts"],
             retry_backoff_ms=resolved["retry_backoff_ms"],
             poll_interval_ms=resolved["poll_interval_ms"], model_version=resolved["version"],
+            synchronous_commit=resolved["synchronous_commit"],
         )
         self.metrics = AdapterMetrics("postgres", model.name)
         self._stop = threading.Event()

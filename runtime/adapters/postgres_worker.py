@@ -85,6 +85,7 @@ class WorkerConfig:
     retry_backoff_ms: float = 500.0
     poll_interval_ms: float = 1000.0
     model_version: str = "1"
+    synchronous_commit: str = "on"
 
 
 class QueueMetrics:
@@ -183,6 +184,9 @@ class PostgresWorker:
         try:
             self._conn = psycopg.connect(self.config.dsn, autocommit=True,
                                          application_name="irkit-worker")
+            if self.config.synchronous_commit != "on":  # this session's commits only
+                self._conn.execute(psycopg.sql.SQL("SET synchronous_commit = {}").format(
+                    psycopg.sql.Literal(self.config.synchronous_commit)))
             self._listener = psycopg.connect(self.config.dsn, autocommit=True,
                                              application_name="irkit-listener")
             self._listener.execute(psycopg.sql.SQL("LISTEN {}").format(
