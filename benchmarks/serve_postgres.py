@@ -1,6 +1,6 @@
 """End-to-end throughput of the postgres adapter, next to the Kafka adapter's, same model.
 
-    python benchmarks/serve_postgres.py                   # 20,000 requests per row, 3 repeats
+    python benchmarks/serve_postgres.py                   # 5,000 requests per row, 3 repeats
     python benchmarks/serve_postgres.py --requests 5000 --repeats 1 --batches 1,64
 
 One embedded PostgreSQL server (the adapter's own) and one embedded Tansu broker. For each
@@ -139,7 +139,7 @@ def median_row(label: str, runs: list[dict[str, Any]], key: str) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--batches", default="1,64", help="max_batch values to measure")
     parser.add_argument("--workers", type=int, default=2,
                         help="also measure the largest batch with this many worker "

@@ -44,7 +44,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg
+try:
+    import psycopg
+except ImportError as exc:  # the adapter's own dependency: say how to get it
+    raise ImportError(f"the postgres adapter needs psycopg 3 ({exc}): "
+                      "pip install 'irkit[postgres]'") from exc
 
 from irkit.runtime.adapters.common import (
     AdapterMetrics,
@@ -126,7 +130,8 @@ class PostgresAdapter:
         self.metrics = AdapterMetrics("postgres", model.name)
         self._stop = threading.Event()
         self.dsn: str | None = None  # known once the database is reachable
-        self.ready = threading.Event()  # set once the schema exists and workers start
+        # Set once the schema exists and the worker listens (workers = N: once they fork).
+        self.ready = threading.Event()
 
     def stop(self) -> None:
         """Ask ``serve()`` to finish the in-flight batch and return (any thread)."""
@@ -142,12 +147,12 @@ class PostgresAdapter:
         with stop_on_signals(lambda signum: self._stop.set()), self._database() as dsn:
             self._prepare(dsn, create=self.settings["init_db"])
             config = WorkerConfig(**{**self.config.__dict__, "dsn": dsn})
-            self.ready.set()
             try:
                 if self.settings["workers"] == 1:
                     self._work(self.model, config, self._stop, self.metrics,
-                               self.settings["metrics_port"])
+                               self.settings["metrics_port"], self.ready)
                 else:
+                    self.ready.set()
                     self._supervise(config, self.settings["workers"])
             finally:
                 self.ready.clear()
@@ -155,11 +160,12 @@ class PostgresAdapter:
 
     @staticmethod
     def _work(model: ServableModel, config: WorkerConfig, stop: threading.Event,
-              metrics: AdapterMetrics, port: int) -> None:
+              metrics: AdapterMetrics, port: int, ready: threading.Event | None = None
+              ) -> None:
         queue_metrics = QueueMetrics(metrics, config)
         try:
             with metrics_server(metrics, port):
-                PostgresWorker(model, config, stop, metrics, queue_metrics).run()
+                PostgresWorker(model, config, stop, metrics, queue_metrics, ready).run()
         finally:
             queue_metrics.close()
 

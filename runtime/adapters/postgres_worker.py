@@ -146,7 +146,8 @@ class PostgresWorker:
 
     def __init__(self, model: ServableModel, config: WorkerConfig, stop: threading.Event,
                  metrics: AdapterMetrics | None = None,
-                 queue_metrics: QueueMetrics | None = None) -> None:
+                 queue_metrics: QueueMetrics | None = None,
+                 ready: threading.Event | None = None) -> None:
         self.model = model
         self.config = config
         self.stop = stop
@@ -157,6 +158,7 @@ class PostgresWorker:
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.counts = {"claimed": 0, "results": 0, "dead": 0, "retries": 0, "batches": 0}
         self._check = SignatureCheck(model)
+        self._ready = ready  # set once connected and listening
         self._conn: psycopg.Connection[Any] | None = None
         self._listener: psycopg.Connection[Any] | None = None
 
@@ -165,17 +167,17 @@ class PostgresWorker:
     def run(self) -> None:
         self._connect(first=True)
         log.info("worker %s on %s started", self.identity, self.config.tables.requests)
+        if self._ready is not None:
+            self._ready.set()
         try:
             while not self.stop.is_set():
                 try:
-                    claimed = self._batch()
+                    if self._batch() == 0:
+                        self._idle_wait()
                 except psycopg.OperationalError as exc:
                     log.warning("worker %s lost the database (%s); reconnecting",
-                                self.identity, str(exc).strip())
+                                self.identity, " ".join(str(exc).split()))
                     self._reconnect()
-                    continue
-                if claimed == 0:
-                    self._idle_wait()
         finally:
             self._close()
             log.info("worker %s stopped: %s", self.identity, self.counts)

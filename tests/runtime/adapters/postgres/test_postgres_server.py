@@ -7,8 +7,10 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -90,3 +92,32 @@ def test_as_root_an_unreachable_data_dir_is_a_clear_error(tmp_path: Path) -> Non
     tmp_path.chmod(0o700)
     with pytest.raises(PostgresServerError, match="cannot reach the data directory"):
         EmbeddedPostgres(private / "pg").start()
+
+
+def test_a_worker_reconnects_after_the_server_restarts(
+    data_dir: Path, digits_model: Any
+) -> None:
+    import numpy as np
+    from pg_testing import Queue, serving
+
+    from irkit.runtime.adapters.postgres_schema import Tables, fetch_result, submit_binary
+
+    server = EmbeddedPostgres(data_dir).start()
+    try:
+        queue = Queue(server.dsn, Tables())
+        x = np.random.default_rng(9).standard_normal((2, 64)).astype(np.float32)
+        with serving(digits_model, queue, poll_interval_ms=100) as adapter:
+            server.stop()  # fast shutdown: the worker's connections are cut
+            time.sleep(0.5)
+            server.start()  # same directory, same DSN
+            with psycopg.connect(server.dsn, autocommit=True) as conn:
+                request_id = submit_binary(conn, [{"x": x[:1]}])[0]
+                deadline = time.monotonic() + 30
+                while (got := fetch_result(conn, request_id)) is None:
+                    assert time.monotonic() < deadline, "the worker did not come back"
+                    time.sleep(0.05)
+            assert adapter.ready.is_set()
+        np.testing.assert_allclose(got["logits"], digits_model.run({"x": x[:1]})["logits"],
+                                   atol=1e-5)
+    finally:
+        server.stop()
