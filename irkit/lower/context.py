@@ -58,18 +58,20 @@ class Tiles:
         """The CPU register-tile sizes for ``target``; a 0 picks the default.
 
         ``vec`` is the target's f32 lanes (16 with AVX-512, 8 with AVX2, 4 with 128-bit
-        SIMD). The accumulators must leave registers for the B row and the A broadcast:
-        with 32 vector registers (AVX-512, NEON) an 8 x 2-vector GEMM tile and a 4 x
-        4-vector conv tile; with 16 (AVX2) 6 x 2 and 3 x 4.
+        SIMD). An ``mr`` x ``v``-vector tile holds ``mr * v`` accumulators, ``v`` B-row
+        vectors and one A broadcast in registers: with 32 vector registers (AVX-512, NEON)
+        an 8 x 2-vector GEMM tile and a 4 x 4-vector conv tile; with 16 (AVX2) 6 x 2 and
+        4 x 3 (16 registers: 3 x 4 needed 17, and LLVM kept an accumulator on the stack,
+        which made a 36-channel 6x6 conv 3.5x slower than with 4 x 3).
         """
         from irkit.lower.tensor import LoweringError
 
         vec = vec or target.f32_lanes
         many = target.vector_registers >= 32
         mr = mr or (8 if many else 6)
-        conv_mr = conv_mr or (4 if many else 3)
+        conv_mr = conv_mr or 4
         nr = nr or 2 * vec
-        conv_nr = conv_nr or 4 * vec
+        conv_nr = conv_nr or (4 if many else 3) * vec
         for name, width in (("nr", nr), ("conv_nr", conv_nr)):
             if width % vec:
                 raise LoweringError(f"{name}={width} must be a multiple of vec={vec}")

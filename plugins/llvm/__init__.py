@@ -57,9 +57,9 @@ class LlvmBackend(KernelBackend):
         "mr": Option(int, 0, "GEMM microkernel rows; 0 = 8 with 32 vector registers "
                      "(AVX-512), else 6"),
         "nr": Option(int, 0, "GEMM microkernel columns (multiple of vec); 0 = 2 * vec"),
-        "conv_mr": Option(int, 0, "convolution microkernel rows (output channels); 0 = 4 "
-                          "with 32 vector registers, else 3"),
-        "conv_nr": Option(int, 0, "convolution microkernel columns (pixels); 0 = 4 * vec"),
+        "conv_mr": Option(int, 0, "convolution microkernel rows (output channels); 0 = 4"),
+        "conv_nr": Option(int, 0, "convolution microkernel columns (pixels); 0 = 4 * vec "
+                          "with 32 vector registers, else 3 * vec"),
         "vec": Option(int, 0, "vector lanes (f32) of the heavy-op templates; 0 = the "
                       "target's (16 with AVX-512, 8 with AVX2)"),
         "emit": Option(str, "object", "'object', or 'shared' to also link model.so + model.h",
