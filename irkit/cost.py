@@ -13,6 +13,7 @@ so they never import a backend themselves.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -91,13 +92,28 @@ class MeasuredCost:
         return timing
 
 
+_DIM = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?([A-Za-z_]\w*)\s*(?:\*\s*(\d+))?\s*$")
+
+
 def _feeds(graph: Graph, batch: int) -> dict[str, np.ndarray]:
+    """Seeded inputs for ``graph``: the first symbolic dim is ``batch``, the others
+    ``SEQUENCE``; ``48*N`` style dims scale them."""
     rng = np.random.default_rng(0)
+    values: dict[str, int] = {}
     feeds = {}
     for value in graph.inputs:
         dims = []
-        for position, dim in enumerate(value.type.shape or ()):  # type: ignore[union-attr]
-            dims.append(dim if isinstance(dim, int) else batch if position == 0 else SEQUENCE)
+        for dim in value.type.shape or ():  # type: ignore[union-attr]
+            if isinstance(dim, int):
+                dims.append(dim)
+                continue
+            match = _DIM.match(str(dim))
+            if match is None:
+                raise IrkitError(f"cannot time a graph whose input {value.name!r} has dim "
+                                 f"{dim!r}")
+            symbol = match.group(2)
+            size = values.setdefault(symbol, batch if not values else SEQUENCE)
+            dims.append(size * int(match.group(1) or 1) * int(match.group(3) or 1))
         dtype = np.dtype(value.type.dtype.numpy)  # type: ignore[union-attr]
         if dtype.kind == "f":
             feeds[value.name] = rng.standard_normal(dims).astype(dtype)
