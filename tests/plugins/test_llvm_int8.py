@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 STATIC = "fuse,quantize{mode=static,per_channel=true}"
 
 
-def compile_load(graph: Any, tmp_path: Path) -> Any:
-    art = irkit.compile(graph, target="llvm", threads=1)
+def compile_load(graph: Any, tmp_path: Path, arch: str = "native") -> Any:
+    art = irkit.compile(graph, target="llvm", threads=1, arch=arch)
     return irkit.runtime.load(art.save(tmp_path / "m"), threads=1)
 
 
@@ -35,24 +35,28 @@ def digits() -> dict[str, Any]:
     return {"models": models, "eval": ev, "calib": cal}
 
 
+@pytest.mark.parametrize("arch", ["native", "x86-64-v3"])
 @pytest.mark.parametrize(("kind", "key"), [("mlp", "x"), ("cnn", "x_img")])
 def test_digits_fused_and_static_int8(digits: dict[str, Any], tmp_path: Path, kind: str,
-                                      key: str) -> None:
+                                      key: str, arch: str) -> None:
+    """fp32, fused and static int8 artifacts of the trained digits models, compiled for
+    this CPU and for x86-64-v3 (7-bit weights multiplied with vpmaddubsw): int8 keeps
+    task accuracy within 1 point of fp32 on the 360 eval images."""
     graph = irkit.load_model(str(digits["models"] / f"digits_{kind}.onnx"))
     name = graph.inputs[0].name
     x_eval = digits["eval"][key].astype(np.float32)
     labels = digits["eval"]["y"]
-    fp32 = compile_load(graph, tmp_path / "fp32")
+    fp32 = compile_load(graph, tmp_path / "fp32", arch)
     acc_fp32 = np.mean(next(iter(fp32(**{name: x_eval}).values())).argmax(-1) == labels)
 
     fused = irkit.optimize(graph, "fuse")
     assert any(n.domain == "irkit" for n in fused.nodes)
-    fused_c = compile_load(fused, tmp_path / "fused")
+    fused_c = compile_load(fused, tmp_path / "fused", arch)
     calib = [{name: digits["calib"][key].astype(np.float32)}]
-    q = irkit.optimize(graph, STATIC, calibration=calib)
+    q = irkit.optimize(graph, STATIC, calibration=calib, target=arch)
     assert {n.op for n in q.nodes if n.domain == "irkit"} <= {"QLinearMatMulInt8",
                                                               "QLinearConvInt8"}
-    q_c = compile_load(q, tmp_path / "int8")
+    q_c = compile_load(q, tmp_path / "int8", arch)
     for batch in (1, 7, 64):
         x = np.resize(x_eval, (batch, *x_eval.shape[1:]))
         want = next(iter(irkit.evaluate(graph, {name: x}).values()))
