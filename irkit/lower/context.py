@@ -48,9 +48,28 @@ class Tiles:
     vec: int = 8
     conv_mr: int = 4  # convolutions: few rows (output channels), many columns (pixels)
     conv_nr: int = 32
+    # Other (conv_mr, conv_nr) shapes as good for the registers; a convolution takes the
+    # one whose panel of pixels lines up with its output rows (see ``for_conv``).
+    conv_alternatives: tuple[tuple[int, int], ...] = ()
 
-    def for_conv(self) -> Tiles:
-        return Tiles(self.conv_mr, self.conv_nr, self.vec, self.conv_mr, self.conv_nr)
+    def for_conv(self, out_width: int | None = None) -> Tiles:
+        """The conv tile: of ``(conv_mr, conv_nr)`` and the alternatives, the one whose
+        ``nr`` pixels touch the fewest output rows per pixel — a panel packs one copy
+        segment per (channel, tap, output row), so on a 32-wide map 16 pixels (half a row)
+        pack in half the segments per pixel of 24 pixels (which straddle rows)."""
+        mr, nr = self.conv_mr, self.conv_nr
+        if out_width and self.conv_alternatives:
+            def segments_per_pixel(shape: tuple[int, int]) -> float:
+                width = shape[1]
+                if out_width % width == 0:
+                    return 1 / width
+                if width % out_width == 0:
+                    return 1 / out_width
+                return 1 / out_width + 1 / width
+
+            options = [(mr, nr), *self.conv_alternatives]
+            mr, nr = min(options, key=segments_per_pixel)  # ties keep the default
+        return Tiles(mr, nr, self.vec, mr, nr)
 
     @classmethod
     def for_target(cls, target: Target, mr: int = 0, nr: int = 0, vec: int = 0,
@@ -69,13 +88,15 @@ class Tiles:
         vec = vec or target.f32_lanes
         many = target.vector_registers >= 32
         mr = mr or (8 if many else 6)
+        alternatives = () if conv_mr or conv_nr else ((8 if many else 6, 2 * vec),)
         conv_mr = conv_mr or 4
         nr = nr or 2 * vec
         conv_nr = conv_nr or (4 if many else 3) * vec
         for name, width in (("nr", nr), ("conv_nr", conv_nr)):
             if width % vec:
                 raise LoweringError(f"{name}={width} must be a multiple of vec={vec}")
-        return cls(mr=mr, nr=nr, vec=vec, conv_mr=conv_mr, conv_nr=conv_nr)
+        return cls(mr=mr, nr=nr, vec=vec, conv_mr=conv_mr, conv_nr=conv_nr,
+                   conv_alternatives=alternatives)
 
 
 @dataclass
