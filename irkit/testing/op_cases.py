@@ -66,9 +66,11 @@ class KernelTarget:
 
 LLVM_NATIVE = KernelTarget("llvm", "native")
 LLVM_V3 = KernelTarget("llvm", "x86-64-v3")
+KIR = KernelTarget("kir", "x86-64-v3")
 KERNEL_TARGETS: tuple[KernelTarget, ...] = (LLVM_NATIVE, LLVM_V3)
 """Every op case runs on each: the build host's own code, and AVX2 code (x86-64-v3,
-what most deployment CPUs run) even on a host with AVX-512."""
+what most deployment CPUs run) even on a host with AVX-512. ``KIR`` (the kernel IR
+interpreter, the oracle) runs them in ``tests/kir/test_interpret_op_cases.py``."""
 WASM_SIMD = KernelTarget("wasm", "wasm32-simd")
 WASM_SCALAR = KernelTarget("wasm", "wasm32")
 WASM_TARGETS: tuple[KernelTarget, ...] = (WASM_SIMD, WASM_SCALAR)
@@ -178,6 +180,11 @@ def compile_and_load(
     import irkit.runtime
     from irkit import api
 
+    if target.backend == "kir":
+        from irkit.testing.interpreted import interpret_and_load
+
+        return interpret_and_load(model, tmp_path, threads, arch=target.arch,
+                                  **options)  # type: ignore[return-value]
     artifact = api.compile(api.load_model(model), target=target.backend, arch=target.arch,
                            **options)
     return irkit.runtime.load(artifact.save(tmp_path / "artifact"), threads=threads)
