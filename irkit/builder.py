@@ -145,7 +145,8 @@ def pipeline_arches(pipeline: Any) -> list[Any]:
             continue
         if "arch" in options:
             arch = dict(spec.options).get("arch", options["arch"].default)
-            arches += [arch] if isinstance(arch, str) else list(arch)
+            # a string may name several (the wasm backend's default "wasm32-simd,wasm32")
+            arches += arch.split(",") if isinstance(arch, str) else list(arch)
     return arches
 
 

@@ -106,6 +106,28 @@ def test_options_and_targets_are_checked() -> None:
         irkit.compile(graph, target="wasm", arch="wasm64")
 
 
+def test_a_spec_with_a_wasm_target_optimizes_for_both_builds(tmp_path: Path) -> None:
+    """A spec build times its passes on the pipeline's targets: the wasm backend's default
+    arch names two (``"wasm32-simd,wasm32"``), which once reached the target table as one
+    unknown name and failed ``irkit serve specs/digits_web.irk``."""
+    from irkit.builder import optimize_pipeline, pipeline_arches
+    from irkit.spec import parse_spec
+
+    spec = tmp_path / "web.irk"
+    spec.write_text(f"""pipeline web {{
+  model = onnx("{tmp_path / 'm.onnx'}")
+  passes {{ fuse }}
+  target cpu {{ backend = "llvm", arch = "x86-64-v3" }}
+  target web {{ backend = "wasm" }}
+}}
+""")
+    onnx.save(matmul_onnx(8, 4), tmp_path / "m.onnx")
+    pipeline = parse_spec(spec).pipeline("web")
+    assert pipeline_arches(pipeline) == ["x86-64-v3", "wasm32-simd", "wasm32"]
+    optimized = optimize_pipeline(pipeline, irkit.load_model(tmp_path / "m.onnx"))
+    assert [report.name for report in optimized.history] == ["fuse"]
+
+
 NUMPY_MATH = {"Sin": np.sin, "Cos": np.cos, "Tan": np.tan, "Asin": np.arcsin,
               "Acos": np.arccos, "Atan": np.arctan, "Sinh": np.sinh, "Cosh": np.cosh,
               "Asinh": np.arcsinh, "Atanh": np.arctanh, "Log": np.log, "Exp": np.exp,
