@@ -58,6 +58,11 @@ def _engine(simd: bool) -> Any:
         config.wasm_relaxed_simd = False  # relaxed SIMD needs SIMD: off first
         config.wasm_simd = False
     config.cranelift_opt_level = "speed"
+    # Compile on the calling thread: wasmtime's parallel compilation uses a thread pool
+    # that fork does not copy, and a forked child (the kafka and postgres workers, the
+    # conformance pool) compiling after its parent did waits for it forever. irkit's
+    # modules are small; their compile time barely changes.
+    config.parallel_compilation = False
     engine = wasmtime.Engine(config)
     # Released before interpreter shutdown unloads wasmtime's C functions (else its
     # finalizer prints an ignored TypeError at exit).

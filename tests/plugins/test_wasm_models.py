@@ -86,6 +86,33 @@ def test_module_imports_nothing_and_exports_its_entry(tmp_path: Path) -> None:
     assert sizes["wasm32-simd"] < 64 * 1024, sizes
 
 
+def _run_in_child(artifact: Path, x: np.ndarray, want: np.ndarray) -> None:
+    got = irkit.runtime.load(artifact).run({"x": x})["y"]
+    raise SystemExit(0 if np.allclose(got, want, rtol=RTOL, atol=ATOL) else 3)
+
+
+def test_a_forked_process_loads_wasm_artifacts(tmp_path: Path) -> None:
+    """Kafka/postgres workers and the conformance pool fork: a child compiling a module
+    after its parent did once waited forever for wasmtime's parallel-compilation threads
+    (which fork does not copy); engines compile on the calling thread."""
+    import multiprocessing
+
+    graph = irkit.load_model(matmul_onnx(16, 8))
+    artifact = irkit.compile(graph, target="wasm").save(tmp_path / "a")
+    x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    want = irkit.runtime.load(artifact).run({"x": x})["y"]  # the parent compiles first
+    wasmtime.Module(wasmtime.Engine(), b"\0asm\1\0\0\0")  # and a default engine too
+    child = multiprocessing.get_context("fork").Process(
+        target=_run_in_child, args=(artifact, x, want))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("a forked process hung compiling a wasm module")
+    assert child.exitcode == 0
+
+
 def test_simd_only_artifact_on_an_engine_without_simd(tmp_path: Path) -> None:
     graph = irkit.load_model(matmul_onnx(8, 4))
     artifact = irkit.compile(graph, target="wasm", arch="wasm32-simd").save(tmp_path / "a")
