@@ -1,13 +1,15 @@
 """ONNX backend node cases through the wasm backend (wasmtime, the SIMD build).
 
 The issue's target is ``irkit conformance --backend wasm`` within 5 points of llvm. The
-full run takes as long as llvm's (README has the measured counts); CI runs a deterministic
-third of the cases (every 3rd, 628) and holds them to llvm's floor minus 5 points, with
-no wrong answer beyond the known ones."""
+full run takes as long as llvm's (README has the measured counts: the same 1,520 of 1,884
+pass); CI's time is scarce, so it runs a deterministic sample (every ``EVERY``-th case)
+and holds it to llvm's floor minus 5 points, with no wrong answer beyond the known ones.
+``IRKIT_WASM_CONFORMANCE_EVERY=1`` runs every case."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from test_llvm_conformance import KNOWN_WRONG, MIN_PASSING
 
 from irkit.conformance import Outcome, run_conformance
 
-EVERY = 3
+EVERY = max(1, int(os.environ.get("IRKIT_WASM_CONFORMANCE_EVERY", "24")))
 TOTAL = 1884
 
 
