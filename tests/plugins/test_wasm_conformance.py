@@ -23,7 +23,7 @@ from test_llvm_conformance import KNOWN_WRONG, MIN_PASSING
 
 from irkit.conformance import Outcome, run_conformance
 
-EVERY = max(1, int(os.environ.get("IRKIT_WASM_CONFORMANCE_EVERY", "24")))
+EVERY = max(1, int(os.environ.get("IRKIT_WASM_CONFORMANCE_EVERY", "16")))
 TOTAL = 1884
 
 

@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("wasmtime")
 pytest.importorskip("ziglang")
 
-from wasm_helpers import matmul_onnx, node, run_in_node, tensor  # noqa: E402
+from wasm_helpers import builtin_artifact, matmul_onnx, node, run_in_node, tensor  # noqa: E402
 
 import irkit  # noqa: E402
 import irkit.runtime  # noqa: E402
@@ -71,15 +71,13 @@ def test_node_matches_onnxruntime(digits_models: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_node_runs_the_builtin_models(tmp_path: Path) -> None:
+def test_node_runs_the_builtin_models() -> None:
     """The benchmark's models (mlp, gemm512, ResNet-style CNN, transformer) in node."""
-    from irkit.bench import builtin_model
     from irkit.interop.onnx_export import to_onnx
 
     requests, expected = [], []
     for name in ("mlp", "gemm512", "resnet", "transformer"):
-        graph = builtin_model(name)
-        artifact = irkit.compile(graph, target="wasm").save(tmp_path / name)
+        graph, artifact = builtin_artifact(name)
         spec = graph.inputs[0]
         for batch in (1, 3):
             shape = [batch if isinstance(d, str) else int(d) for d in spec.type.shape]

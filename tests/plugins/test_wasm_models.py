@@ -16,12 +16,12 @@ ort = pytest.importorskip("onnxruntime")
 wasmtime = pytest.importorskip("wasmtime")
 pytest.importorskip("ziglang")
 
-from wasm_helpers import matmul_onnx  # noqa: E402
+from wasm_helpers import builtin_artifact, matmul_onnx  # noqa: E402
 
 import irkit  # noqa: E402
 import irkit.runtime  # noqa: E402
 from irkit.backend import BackendError  # noqa: E402
-from irkit.bench import builtin_model, mlp_onnx  # noqa: E402
+from irkit.bench import mlp_onnx  # noqa: E402
 from irkit.interop.onnx_export import to_onnx  # noqa: E402
 from irkit.runtime.artifact import ArtifactError  # noqa: E402
 from irkit.runtime.hostcpu import host_with  # noqa: E402
@@ -58,10 +58,9 @@ def test_digits_models(name: str, digits_models: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "gemm512", "resnet", "transformer"])
-def test_builtin_models(name: str, tmp_path: Path) -> None:
-    graph = builtin_model(name)
-    artifact = irkit.compile(graph, target="wasm").save(tmp_path / name)
-    assert check(graph, artifact, (1, 16)) == "wasm32-simd"
+def test_builtin_models(name: str) -> None:
+    graph, artifact = builtin_artifact(name)
+    assert check(graph, artifact, (1, 5)) == "wasm32-simd"
     assert check(graph, artifact, (3,), host=SCALAR_ENGINE) == "wasm32"
 
 

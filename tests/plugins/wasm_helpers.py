@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
+import functools
 import json
 import shutil
 import subprocess
@@ -60,3 +62,16 @@ def matmul_onnx(k: int, n: int, seed: int = 0) -> Any:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])],
         [numpy_helper.from_array(w, "w")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@functools.cache
+def builtin_artifact(name: str) -> tuple[Any, Path]:
+    """A built-in benchmark model's graph and its wasm artifact, compiled once per test
+    session for the wasmtime and the node tests (compiling dominates their cost)."""
+    import irkit
+    from irkit.bench import builtin_model
+
+    graph = builtin_model(name)
+    root = Path(tempfile.mkdtemp(prefix="irkit-wasm-builtin-"))
+    atexit.register(shutil.rmtree, root, True)
+    return graph, irkit.compile(graph, target="wasm").save(root / name)
