@@ -366,6 +366,9 @@ class HttpAdapter(Frontend):
             raise OSError(f"http: cannot listen on {self.host}:{self.port}: {exc.strerror}") \
                 from None
         self.port = sock.getsockname()[1]
+        # Listen now: the lifespan (and ``started``) runs before uvicorn's own listen, and a
+        # client that connected in between was refused (seen on a loaded machine).
+        sock.listen(2048)
         return sock
 
     def serve(self, sock: socket.socket | None = None) -> None:
