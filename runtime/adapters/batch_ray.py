@@ -143,10 +143,19 @@ class _RayRun:
         self.ray = _import_ray()
         self.started = False
         options = adapter.ray
+        self.ship = options["ship_artifact"]
+        if self.ship is None:
+            self.ship = options["address"] != "local" and not self.ray.is_initialized()
         if self.ray.is_initialized():
+            if self.ship:
+                raise ValueError("ship_artifact: Ray is already initialized in this process, "
+                                 "so the artifact cannot join its runtime environment; give "
+                                 "the workers a shared path instead (ship_artifact = false)")
             return
-        quiet = {"logging_level": logging.WARNING, "log_to_driver": False,
-                 "include_dashboard": False}  # fmt: skip
+        quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False,
+                                 "include_dashboard": False}  # fmt: skip
+        if self.ship:  # a job-level working_dir: every worker starts inside the artifact
+            quiet["runtime_env"] = {"working_dir": str(Path(adapter.model.path).resolve())}
         try:
             if options["address"] == "local":
                 self.ray.init(num_cpus=options["ray_cpus"], **quiet)
@@ -184,7 +193,7 @@ def run_on_ray(
     rows_done = 0
     seen: dict[int, float] = {}  # worker pid -> last answer
     try:
-        results = _results(adapter, session.ray, items)
+        results = _results(adapter, session.ray, items, session.ship)
         builder: ShardBuilder | None = None
         for item in items:
             if adapter._stopping:
@@ -222,7 +231,9 @@ def run_on_ray(
     return not stopped
 
 
-def _results(adapter: BatchAdapter, ray: Any, items: list[dict[str, int]]) -> Generator[Any, None, None]:
+def _results(
+    adapter: BatchAdapter, ray: Any, items: list[dict[str, int]], ship: bool
+) -> Generator[Any, None, None]:
     """Each chunk's result, in the order of ``items``."""
     options = adapter.ray
     model: Any = adapter.model
@@ -231,9 +242,6 @@ def _results(adapter: BatchAdapter, ray: Any, items: list[dict[str, int]]) -> Ge
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ship = options["ship_artifact"]
-    if ship is None:
-        ship = options["address"] != "local"
     num_gpus = options["num_gpus"]
     if num_gpus is None:
         num_gpus = 1 if getattr(model.manifest, "backend", "") == "cuda" else 0
@@ -254,7 +262,6 @@ def _results(adapter: BatchAdapter, ray: Any, items: list[dict[str, int]]) -> Ge
             "reject": adapter.reject_nonfinite,
             "outputs": [spec.name for spec in adapter.output_specs],
         },
-        **({"runtime_env": {"working_dir": str(Path(model.path).resolve())}} if ship else {}),
     )
     for row in dataset.iter_rows():
         yield pickle.loads(row["payload"])
