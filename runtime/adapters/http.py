@@ -301,6 +301,8 @@ class HttpAdapter(Frontend):
                        choices=("auto", "httptools", "h11")),
         "loop": Option(str, "auto", "event loop (auto: uvloop if installed)",
                        choices=("auto", "uvloop", "asyncio")),
+        "processes": Option(int, 1, "server processes on the port (SO_REUSEPORT), each with "
+                            "its own models and batchers; one that dies is restarted"),
     }  # fmt: skip
     options: dict[str, Option] = {**network_options, **SHARED_OPTIONS}
 
@@ -319,6 +321,12 @@ class HttpAdapter(Frontend):
         self.log_level: str = config["log_level"]
         self.http: str = config["http"]
         self.loop: str = config["loop"]
+        self.processes: int = config["processes"]
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
+        self.reuse_port = False  # set in the children of serve_http_processes
+        self.shared_metrics: Any = None  # ditto: /metrics answers for every process
+        self._given = (model, options)
         self._server: _Server | None = None
         self._bridge: LoopBridge | None = None
         self._stop_requested = False
@@ -350,6 +358,8 @@ class HttpAdapter(Frontend):
         # and without it a response's two writes wait ~40 ms for a delayed ACK.
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((self.host, self.port))
         except OSError as exc:
@@ -363,7 +373,12 @@ class HttpAdapter(Frontend):
         """Run the server until SIGINT/SIGTERM or ``stop()``; returns after a clean drain.
 
         ``sock``: an already bound listening socket to serve on (default: ``bind()``).
+        With ``processes`` > 1 this process supervises that many servers on the port
+        (``http_processes``), each loading the model from its artifact again.
         """
+        if self.processes > 1:
+            self._serve_processes()
+            return
         sock = sock if sock is not None else self.bind()
         config = uvicorn.Config(
             self.app,
@@ -384,6 +399,26 @@ class HttpAdapter(Frontend):
             self._server.run(sockets=[sock])
         finally:
             sock.close()
+
+    def _serve_processes(self) -> None:
+        from .http_processes import serve_http_processes
+        from .processes import child_model
+
+        model, options = self._given
+        if not self.owns_repository or getattr(model, "path", None) is None:
+            raise ValueError("processes > 1 serves a model loaded from an artifact directory "
+                             "(each process loads it again); for a model repository or "
+                             "several models use `irkit serve`")  # fmt: skip
+        assert model is not None
+
+        def build() -> list[HttpAdapter]:
+            return [HttpAdapter(child_model(model), **{**options, "processes": 1})]
+
+        def announce(port: int) -> None:
+            self.port = port
+            self.started.set()
+
+        serve_http_processes(build, self.processes, self.host, self.port, on_port=announce)
 
     def stop(self) -> None:
         """Ask a running ``serve()`` to shut down gracefully (thread-safe)."""
@@ -475,6 +510,8 @@ class HttpAdapter(Frontend):
         return self._json(doc)
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        if self.shared_metrics is not None:  # one of several processes: answer for all
+            return Response(self.shared_metrics.render(), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(self.repository.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
