@@ -245,7 +245,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             init_db()
             print(f"serve {serve.adapter}: schema ready", file=sys.stderr)
             return 0
-        adapter.serve()
+        try:
+            adapter.serve()
+        except (ValueError, RuntimeError) as exc:  # e.g. no Ray to join, a model failing
+            raise IrkitError(f"serve {serve.adapter}: {exc}") from None
         return 0
 
     overrides = {"host": args.host, "port": args.port, "grpc_port": args.grpc_port,

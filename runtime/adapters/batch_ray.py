@@ -156,6 +156,7 @@ class _RayRun:
                                  "include_dashboard": False}  # fmt: skip
         if self.ship:  # a job-level working_dir: every worker starts inside the artifact
             quiet["runtime_env"] = {"working_dir": str(Path(adapter.model.path).resolve())}
+        _check_reachable(options["address"])
         try:
             if options["address"] == "local":
                 self.ray.init(num_cpus=options["ray_cpus"], **quiet)
@@ -169,6 +170,22 @@ class _RayRun:
     def close(self) -> None:
         if self.started:
             self.ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """A clear error at once for a ``host:port`` nobody listens on (Ray would retry long)."""
+    import socket
+
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address {address!r}: expected 'local', 'auto', 'host:port' or "
+                         "'ray://host:10001'")  # fmt: skip
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ValueError(f"cannot reach Ray at {address!r}: {exc}") from None
 
 
 def run_on_ray(

@@ -222,6 +222,9 @@ def test_ray_engine_refuses_what_it_cannot_run(
     (tmp_path / "mixed" / "b.npy").write_bytes(b"")
     with pytest.raises(ValueError, match="mixes formats"):
         BatchAdapter(model, input=str(tmp_path / "mixed"), output=out)
+    with pytest.raises(ValueError, match="cannot reach Ray"):  # at once, not Ray's retries
+        BatchAdapter(model, input=str(source), output=out, engine="ray",
+                     address=f"127.0.0.1:{free_port()}", progress=False).serve()  # fmt: skip
     with pytest.raises(ValueError, match="ray_cpus"):
         BatchAdapter(model, input=str(source), output=out, engine="ray", address="auto",
                      ray_cpus=2)  # fmt: skip
