@@ -20,7 +20,8 @@ and model load).
 ``--ray`` adds the Ray column: ``clean`` (the local engine, one process) against
 ``ray``, the same run with ``engine = "ray"`` on a local Ray started by the run
 (``ray_cpus=2``, ``concurrency=2`` actors of ``num_cpus=0.5``, ``threads=1`` each), its
-output checked byte-identical to ``clean``. Both report rows/s and the peak of the summed
+output checked byte-identical to ``clean``, and ``ray-warm``, the same on a Ray already
+running (started before the clock; the actors still start inside the run). Both report rows/s and the peak of the summed
 RSS of the whole process tree (the driver, and for Ray its raylet, GCS and workers),
 sampled every 0.1 s; ``--repeats`` runs each that many times, alternating, and reports
 the median.
@@ -88,6 +89,9 @@ RUNNER = textwrap.dedent(
         with open("/proc/self/status") as handle:
             return next(int(l.split()[1]) for l in handle if l.startswith(key)) / 1024
 
+    if mode == "ray-warm":  # a running cluster: Ray starts before the clock does
+        import ray
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # VmHWM := VmRSS
     before = status_mb("VmRSS")
@@ -102,7 +106,7 @@ RUNNER = textwrap.dedent(
         rows = len(np.concatenate(outputs))
     else:
         engine = {"engine": "ray", "ray_cpus": 2, "concurrency": 2, "num_cpus": 0.5,
-                  "threads": 1} if mode == "ray" else {}
+                  "threads": 1} if mode.startswith("ray") else {}
         summary = BatchAdapter(model, input=source, output=output, chunk_rows=int(chunk),
                                shard_rows=int(shard), progress=False, **engine).serve()
         rows, skipped = summary.rows, summary.skipped_shards
@@ -147,16 +151,18 @@ def compare_ray(args: argparse.Namespace, tmp: Path, artifact: str, began: float
     source = tmp / "digits.parquet"
     make_input(source, args.rows)
     sizes = [str(args.chunk_rows), str(args.shard_rows)]
-    runs: dict[str, list[dict[str, float]]] = {"clean": [], "ray": []}
+    modes = ("clean", "ray", "ray-warm")
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     identical = True
     for repeat in range(args.repeats):
-        for mode in ("clean", "ray"):
+        for mode in modes:
             out = tmp / f"{mode}-{repeat}.parquet"
-            runs[mode].append(finish(run([mode if mode == "ray" else "batch", artifact,
+            runs[mode].append(finish(run([mode if mode != "clean" else "batch", artifact,
                                           str(source), str(out), *sizes])))  # fmt: skip
-        a, b = tmp / f"clean-{repeat}.parquet", tmp / f"ray-{repeat}.parquet"
-        identical &= all((a / n.name).read_bytes() == (b / n.name).read_bytes()
-                         for n in a.iterdir())  # fmt: skip
+        a = tmp / f"clean-{repeat}.parquet"
+        for b in (tmp / f"ray-{repeat}.parquet", tmp / f"ray-warm-{repeat}.parquet"):
+            identical &= all((a / n.name).read_bytes() == (b / n.name).read_bytes()
+                             for n in a.iterdir())  # fmt: skip
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown")  # fmt: skip
@@ -166,7 +172,8 @@ def compare_ray(args: argparse.Namespace, tmp: Path, artifact: str, began: float
     print(f"{'engine':24} {'seconds':>8} {'rows/s':>10} {'peak RSS MB (tree)':>18} "
           f"{'vs local':>8}")
     base = statistics.median(r["seconds"] for r in runs["clean"])
-    for mode, label in (("clean", "local (1 process)"), ("ray", "ray (2 workers)")):
+    for mode, label in (("clean", "local (1 process)"), ("ray", "ray (2 workers)"),
+                        ("ray-warm", "ray, running (2 workers)")):
         seconds = statistics.median(r["seconds"] for r in runs[mode])
         peak = statistics.median(r["tree_peak_mb"] for r in runs[mode])
         print(f"{label:24} {seconds:8.2f} {args.rows / seconds:10,.0f} {peak:18.0f} "

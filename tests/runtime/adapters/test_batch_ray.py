@@ -74,7 +74,7 @@ def cluster() -> Iterator[str]:
     finally:
         process.terminate()  # ray start --block stops its node processes on SIGTERM
         with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(15)
+            process.wait(5)
         with contextlib.suppress(ProcessLookupError):  # stragglers of its own session
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
@@ -123,7 +123,7 @@ DRIVER = textwrap.dedent(
     artifact, source, output, address, ship = sys.argv[1:6]
     model = irkit.runtime.load(artifact, threads=1)
     summary = BatchAdapter(model, input=source, output=output, engine="ray", address=address,
-                           concurrency=2, ship_artifact=ship == "ship", chunk_rows=25,
+                           concurrency=2, ship_artifact=ship == "ship", chunk_rows=50,
                            shard_rows=500, progress=False).serve()
     print(json.dumps({"complete": summary.complete, "skipped": summary.skipped_shards}))
     """
@@ -140,7 +140,7 @@ def test_ray_equals_local_and_resumes_after_sigkill(
     engine's byte for byte, every good row once, the bad ones in errors.jsonl."""
     model = irkit.runtime.load(digits_dir, threads=1)
     reference = tmp_path / "local.parquet"
-    summary = BatchAdapter(model, input=str(source), output=str(reference), chunk_rows=25,
+    summary = BatchAdapter(model, input=str(source), output=str(reference), chunk_rows=50,
                            shard_rows=500, progress=False).serve()  # fmt: skip
     assert summary.complete and summary.errors == 3
 
