@@ -155,7 +155,8 @@ class _RayRun:
         quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False,
                                  "include_dashboard": False}  # fmt: skip
         if self.ship:  # a job-level working_dir: every worker starts inside the artifact
-            quiet["runtime_env"] = {"working_dir": str(Path(adapter.model.path).resolve())}
+            artifact = Path(getattr(adapter.model, "path", "."))  # checked in check_ray_options
+            quiet["runtime_env"] = {"working_dir": str(artifact.resolve())}
         _check_reachable(options["address"])
         try:
             if options["address"] == "local":
