@@ -295,13 +295,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from irkit.passes.manager import format_report_table
 
     graph = _load_any(args.model)
-    eval_data = labels = calibration = None
+    eval_data: dict[str, Any] | None = None
+    labels = calibration = None
     if args.eval:
         eval_data, labels = _eval_arrays(args.eval, graph, args.eval_input, args.labels)
-    if args.calibration:
+    calib: dict[str, Any] | None = eval_data
+    if args.calibration:  # static quantization calibrates on the eval inputs if nothing else
         calib, _ = _eval_arrays(args.calibration, graph, args.eval_input, None)
-    else:
-        calib = eval_data  # static quantization calibrates on the eval inputs if nothing else
     if calib is not None:
         count = len(next(iter(calib.values())))
         calibration = [{k: v[i:i + 32] for k, v in calib.items()}

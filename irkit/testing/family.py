@@ -112,6 +112,7 @@ def build_module(spec: ModelSpec) -> Any:
         if isinstance(module, nn.BatchNorm2d):  # statistics as after training
             with torch.no_grad():
                 size = module.num_features
+                assert module.running_mean is not None and module.running_var is not None
                 module.running_mean.copy_(torch.randn(size, generator=generator) * 0.2)
                 module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
                 module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
