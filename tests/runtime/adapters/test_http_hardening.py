@@ -125,7 +125,8 @@ def test_a_request_larger_than_max_batch_runs_as_max_batch_pieces(
 
 def _rss_mib(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of ``pid`` in MiB: now and the peak since it started."""
-    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    text = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in text.splitlines())
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
