@@ -573,7 +573,7 @@ def decode_tensor(obj: Mapping[str, Any], raw: bytes | memoryview | None = None)
         return array.reshape(shape)
     if "data" not in obj:
         raise BadInput(f"input {name!r}: no 'data' and no binary_data_size")
-    flat = _json_data(obj["data"], dtype, name, datatype)
+    flat = _json_data(obj["data"], dtype, name, str(datatype))
     if flat.size != count:
         raise BadInput(
             f"input {name!r}: shape {list(shape)} needs {count} elements, data has {flat.size}"

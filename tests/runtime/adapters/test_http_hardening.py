@@ -136,12 +136,10 @@ def test_rss_returns_after_a_250k_row_request_and_peaks_under_the_documented_bou
     binary request (250,000 rows, under the 64 MiB default ``max_payload_bytes``) leaves
     RSS within 50 MiB of its level before it, and the peak stays under the README's
     bound for binary bodies: RSS before + 3 x max_payload_bytes."""
-    import onnx
-    from conftest import mlp_onnx_bytes
-
     import irkit
+    from irkit.testing.onnx_models import mlp_model
 
-    artifact = irkit.compile(irkit.load_model(onnx.load_from_string(mlp_onnx_bytes())), "llvm")
+    artifact = irkit.compile(irkit.load_model(mlp_model()), "llvm")
     artifact.save(tmp_path / "repo" / "mlp" / "1")
     (tmp_path / "repo" / "mlp" / "config.json").write_text(json.dumps({"max_batch": 64}))
     with socket.socket() as probe:
