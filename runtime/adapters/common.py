@@ -474,15 +474,23 @@ def _shape_of(obj: Mapping[str, Any], name: str) -> tuple[int, ...]:
             if type(d) is not int or d < 0:
                 break
         else:
-            if len(shape) > MAX_DIMS:
-                raise BadInput(f"input {name!r}: shape has {len(shape)} dimensions, at most "
-                               f"{MAX_DIMS} are allowed")
-            if math.prod(d or 1 for d in shape) > MAX_ELEMENTS:
-                raise BadInput(f"input {name!r}: shape {_clip(shape)} is too large (more than "
-                               f"{MAX_ELEMENTS} elements)")
+            problem = shape_problem(shape)
+            if problem is not None:
+                raise BadInput(f"input {name!r}: {problem}")
             return tuple(shape)
     raise BadInput(f"input {name!r}: shape must be a list of non-negative ints, got "
                    f"{_clip(shape)}")
+
+
+def shape_problem(shape: Sequence[int]) -> str | None:
+    """Why numpy could not hold a tensor of ``shape`` (non-negative ints), or None: more
+    than ``MAX_DIMS`` dims, or more than ``MAX_ELEMENTS`` elements counting 0-dims as 1.
+    Every adapter's decoder asks before it reshapes."""
+    if len(shape) > MAX_DIMS:
+        return f"shape has {len(shape)} dimensions, at most {MAX_DIMS} are allowed"
+    if math.prod(d or 1 for d in shape) > MAX_ELEMENTS:
+        return f"shape {_clip(list(shape))} is too large (more than {MAX_ELEMENTS} elements)"
+    return None
 
 
 def _clip(value: Any, limit: int = 80) -> str:
