@@ -188,3 +188,28 @@ def test_rss_returns_after_a_250k_row_request_and_peaks_under_the_documented_bou
     payload_mib = big.nbytes / 2**20
     assert after - before < 50, (before, after, peak)
     assert peak < before + 3 * 64, (before, after, peak, payload_mib)
+
+
+RAW_BAD = {
+    "bad-request-line": b"GARBAGE\r\n\r\n",
+    "content-length-abc": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n"
+                          b"Content-Length: abc\r\n\r\n{}",
+    "bad-chunk-size": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+}
+
+
+def test_protocol_errors_are_400_and_the_server_keeps_serving(client: httpx.Client) -> None:
+    """uvicorn answers these itself (text/plain, as the README says) before irkit sees
+    the request; what matters is a 400 and a server that still answers."""
+    host, port = client.base_url.host, client.base_url.port
+    for name, raw in RAW_BAD.items():
+        with socket.create_connection((host, port), timeout=10) as conn:
+            conn.sendall(raw)
+            reply = b""
+            while chunk := conn.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 400"), (name, reply[:200])
+        ok = client.post("/v2/models/digits/infer", content=tensor(
+            shape=[1, 64], datatype="FP32", data=[0.5] * 64))
+        assert ok.status_code == 200, name
