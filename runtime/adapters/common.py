@@ -501,6 +501,7 @@ def _clip(value: Any, limit: int = 80) -> str:
 # numpy kinds a JSON ``data`` list may hold for each datatype kind: no null (NaN in a
 # float array), no strings ("0.5" would be parsed), no objects (ints past 64 bits)
 _JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_FLOAT_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
 
 
 def _big_ints(data: Any, dtype: np.dtype, name: str, datatype: str) -> np.ndarray:
@@ -533,16 +534,14 @@ def _json_data(data: Any, dtype: np.dtype, name: str, datatype: str) -> np.ndarr
         raise BadInput(f"input {name!r}: data of a {datatype} tensor holds {what}")
     flat = probe.ravel()
     if dtype.kind == "f":
-        with np.errstate(over="ignore", invalid="ignore"):
-            cast = flat.astype(dtype)
-        if dtype.itemsize < 8:  # 1e39 would silently become inf in an FP32 tensor
-            infinite = np.isinf(cast)
-            if infinite.any():
-                overflow = infinite & ~np.isinf(flat)
+        if flat.size and dtype.itemsize < 8:  # 1e39 would silently become inf in FP32
+            limit = _FLOAT_MAX[dtype]
+            if not np.abs(flat).max() <= limit:  # NaN, Infinity or too large: look closer
+                overflow = (np.abs(flat) > limit) & np.isfinite(flat)
                 if overflow.any():
                     value = float(flat[int(np.argmax(overflow))])
                     raise BadInput(f"input {name!r}: {value!r} is out of range for {datatype}")
-        return cast
+        return flat.astype(dtype)
     if flat.size and flat.dtype != dtype:
         info = np.iinfo(dtype) if dtype.kind in "iu" else None
         if info is not None and (int(flat.min()) < info.min or int(flat.max()) > info.max):
