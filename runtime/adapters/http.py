@@ -67,6 +67,7 @@ from starlette.types import Receive, Scope, Send
 from irkit.runtime.options import Option
 
 from .common import (
+    TRIM_AFTER_BYTES,
     AdapterError,
     BadInput,
     NotReady,
@@ -76,6 +77,7 @@ from .common import (
     decode_tensor,
     dumps,
     error_body,
+    release_memory,
     stop_on_signals,
     tensor_json,
 )
@@ -125,8 +127,33 @@ def _binary_flag(params: Any, key: str, where: str) -> bool:
     return flag
 
 
+MAX_JSON_DEPTH = 512
+"""Most levels of arrays and objects a request body may nest (a valid request needs 4 plus
+the rank of nested ``data``). orjson 3.8 overflows its stack (SIGSEGV) somewhere past
+50,000 levels, and ``json.loads`` raises RecursionError, so depth is checked first."""
+
+_BRACKETS = np.zeros(256, np.int8)
+_BRACKETS[[ord("["), ord("{")]] = 1
+_BRACKETS[[ord("]"), ord("}")]] = -1
+
+
+def json_depth_exceeds(text: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether brackets in ``text`` nest past ``limit`` (brackets inside strings count
+    too, which can only overstate the depth of a request's few short strings).
+
+    Free for bodies with at most ``limit`` opening brackets; otherwise one vectorised pass.
+    """
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return False
+    steps = _BRACKETS[np.frombuffer(text, np.uint8)]
+    steps = steps[steps != 0]
+    return bool(np.cumsum(steps, dtype=np.int64).max() > limit)
+
+
 def _loads(text: bytes) -> Any:
     """JSON as ``json.loads`` reads it, through orjson (5x faster) when that can."""
+    if json_depth_exceeds(text):
+        raise BadInput(f"malformed JSON: nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -135,6 +162,8 @@ def _loads(text: bytes) -> Any:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"malformed JSON: {exc}") from None
+    except RecursionError:  # orjson stops at 1,024 levels; json.loads recurses
+        raise BadInput("malformed JSON: nested too deeply") from None
 
 
 def parse_infer_request(
@@ -558,8 +587,9 @@ class HttpAdapter(Frontend):
         """ASGI handler of ``POST /v2/models/{model}[/versions/{version}]/infer``."""
         started = time.perf_counter()
         outcome = "error"
+        size = [0]  # the request body's length, set once it is read
         try:
-            body, content_type, headers = await self._infer(scope, receive, model, version)
+            body, content_type, headers = await self._infer(scope, receive, model, version, size)
             status = 200
             outcome = "ok"
         except AdapterError as exc:
@@ -576,14 +606,18 @@ class HttpAdapter(Frontend):
         finally:
             self.request_metrics(model).observe_request(outcome, time.perf_counter() - started)
         await send_response(send, status, body, content_type, headers)
+        if max(size[0], len(body)) >= TRIM_AFTER_BYTES:
+            del body
+            await asyncio.to_thread(release_memory)  # RSS back to what it was before
 
     async def _infer(
-        self, scope: Scope, receive: Receive, model: str, version: str | None
+        self, scope: Scope, receive: Receive, model: str, version: str | None, size: list[int]
     ) -> tuple[bytes, bytes, Headers]:
         served = self.repository.route(model, version)  # 404 / 503 before reading the body
         self._arriving += 1  # tells the batchers a request is on its way
         try:
             body, header_length = await self.read_body(scope, receive)
+            size[0] = len(body)
             try:
                 split = int(header_length) if header_length is not None else None
             except ValueError:
