@@ -93,8 +93,10 @@ class BatchAdapter:
     """Run a model over a file into sharded output with a manifest (see module docstring)."""
 
     options: dict[str, Option] = {
-        "input": Option(str, None, "input file", required=True),
-        "output": Option(str, None, "output directory; its extension names the format",
+        "input": Option(Path, None, "input file (in a spec: relative to the spec file)",
+                        required=True),
+        "output": Option(Path, None, "output directory; its extension names the format "
+                         "(in a spec: relative to the spec file)",
                          required=True),
         "input_format": Option(str, None, "input format (default: from the extension)",
                                choices=(*FORMATS, None)),
@@ -114,6 +116,8 @@ class BatchAdapter:
         config = resolve_options(self.options, options)
         self.model = model
         self.input = Path(config["input"])
+        if not self.input.exists():
+            raise ValueError(f"input file not found: {self.input}")
         self.output = Path(config["output"])
         self.input_format = infer_format(self.input, config["input_format"])
         # An output directory without an extension writes shards in the input's format.
