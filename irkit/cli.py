@@ -624,6 +624,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"irkit: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `irkit ... | head`: the reader left; nothing went wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # the machine said no: a file, a directory, a port
         if args.debug:
             raise
