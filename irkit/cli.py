@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -615,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    if os.getcwd() not in sys.path:  # torch factories "pkg.module:fn" import from here too,
+        sys.path.append(os.getcwd())  # as with `python -m` (after installed packages)
     configure_logging("debug" if args.debug and args.log_level == "info" else args.log_level,
                       args.log_format)
     try:
@@ -625,8 +628,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"irkit: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # `irkit ... | head`: the reader left; nothing went wrong
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:  # the machine said no: a file, a directory, a port
