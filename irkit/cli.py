@@ -233,9 +233,18 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise IrkitError(f"{args.spec}: declares no pipeline")
     for pipeline in pipelines:
         for target, path in build_pipeline(pipeline).items():
-            print(f"{pipeline.name}/{target}: {path}" if len(pipelines) > 1
-                  else f"{target}: {path}")
+            shown = _relative(path)
+            print(f"{pipeline.name}/{target}: {shown}" if len(pipelines) > 1
+                  else f"{target}: {shown}")
     return 0
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path(path)
 
 
 def _read_input(spec: str) -> tuple[str, Any]:

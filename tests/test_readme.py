@@ -5,8 +5,10 @@ Every fenced block of README.md is checked:
 - a block after ``<!-- doc-test: run -->`` runs as written (``bash -euo pipefail`` for
   bash, ``python`` for python) in a fresh copy of the repository (its git-tracked files),
   with this environment's ``irkit`` and ``python`` first on PATH. The only change made to
-  a block is the HTTP port: ``8080`` becomes a free port, so that parallel runs and a
-  busy machine do not collide. The models ``scripts/make_models.py`` writes are copied in
+  block is its ports: ``8080`` (HTTP) and ``9092`` (the embedded Kafka broker, also in
+  the copy's ``specs/digits.irk``) become free ports, so that parallel runs and a busy
+  machine do not collide. Servers a block leaves in the background are stopped
+  (SIGTERM to the block's process group) at the end. The models ``scripts/make_models.py`` writes are copied in
   from the session fixture first (the script is still run, and skips models that exist).
 - a ``text`` block after ``<!-- doc-test: output -->`` is what the run block before it
   prints (stdout and stderr together): each line appears, in order, inside a line of the
@@ -20,15 +22,18 @@ Every fenced block of README.md is checked:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -177,30 +182,52 @@ def expect_lines(expected: str, output: str, where: str) -> None:
 @pytest.mark.slow
 def test_readme_quick_start_runs_as_written(digits_models: Path, tmp_path: Path) -> None:
     repo = _fresh_copy(tmp_path / "irkit", digits_models)
-    port = str(_free_port())
+    ports = {"8080": str(_free_port()), "9092": str(_free_port())}
+
+    def localize(text: str) -> str:
+        for fixed, free in ports.items():
+            text = text.replace(fixed, free)
+        return text
+
+    spec = repo / "specs" / "digits.irk"
+    spec.write_text(localize(spec.read_text()))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
            f"{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1"}
     env.pop("IRKIT_KAFKA_BROKERS", None)
+    groups: list[int] = []
+    try:
+        _run_blocks(repo, env, localize, groups)
+    finally:
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGTERM)
+    assert (repo / "specs" / "out" / "digits_preds.npz" / "manifest.json").is_file()
+
+
+def _run_blocks(repo: Path, env: dict[str, str], localize: Any, groups: list[int]) -> None:
     ran = 0
     output = ""
     for block in BLOCKS:
         where = f"README.md:{block.line}"
         if block.directive == "output":
-            expect_lines(block.text.replace("8080", port), output, where)
+            expect_lines(localize(block.text), output, where)
             continue
         if block.directive != "run":
             continue
-        text = block.text.replace("8080", port)
+        text = localize(block.text)
         argv = ["bash", "-euo", "pipefail", "-c", text] if block.lang == "bash" \
             else [sys.executable, "-c", text]
+        proc = subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        groups.append(proc.pid)
         try:
-            res = subprocess.run(argv, cwd=repo, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, timeout=240)
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"{where}: still running after {exc.timeout} s:\n{exc.output}")
-        output = res.stdout
+            output, _ = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            pytest.fail(f"{where}: still running after 240 s:\n{output}")
+        res = proc
         assert res.returncode == 0, f"{where} exited {res.returncode}:\n{output}"
         assert "Traceback" not in output, f"{where}:\n{output}"
         ran += 1
-    assert ran >= 5
-    assert (repo / "specs" / "out" / "digits_preds.npz" / "manifest.json").is_file()
+    assert ran >= 7
