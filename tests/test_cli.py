@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -149,3 +150,20 @@ def test_compile_reports_time_and_size(digits_models: Path, tmp_path: Path,
     summary = captured.err
     assert summary.startswith("compiled digits_cnn with llvm for native in ")
     assert "code generation" in summary and "kernels" in summary and "workspace" in summary
+
+
+def test_a_torch_factory_in_the_working_directory_needs_no_pythonpath(tmp_path: Path) -> None:
+    """The README's PyTorch route: ``examples.torch_models:resconv`` from the repository
+    root through the ``irkit`` script (whose sys.path, unlike ``python -m``'s, does not
+    hold the working directory), without PYTHONPATH."""
+    pytest.importorskip("torch")
+    root = Path(__file__).resolve().parents[1]
+    script = Path(sys.executable).parent / "irkit"
+    if not script.is_file():
+        pytest.skip("no irkit script next to this python")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([str(script), "inspect", "examples.torch_models:resconv",
+                          "--summary-only"], capture_output=True, text=True, cwd=root,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "input  x: f32[N,3,16,16]" in res.stdout and "output" in res.stdout
