@@ -382,6 +382,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                          measure=args.measure, calibration=calibration)
     print(format_report_table(optimized.history))
     for report in optimized.history:
+        if not report.modified and "skipped" in report.details:
+            print(f"{report.pipeline}: changed nothing: {report.details['skipped']}")
         for key in ("nodes", "timed", "weight_range"):
             if key in report.details:
                 print(f"{report.pipeline}: {key}: {report.details[key]}")

@@ -7,6 +7,7 @@ row costs milliseconds.
 
 from __future__ import annotations
 
+import re
 import socket
 import textwrap
 from collections.abc import Iterator
@@ -124,3 +125,21 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
             main(argv)
         out = capsys.readouterr().out
         assert "exit codes:" in out and "2    user or input error" in out, argv
+
+
+def test_reports_say_what_passes_did(digits_models: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Unstructured pruning shows the non-zero count; a lowrank that changes nothing says
+    why; the conformance table shows whole column names."""
+    from irkit.conformance.runner import ConformanceReport
+
+    model = str(digits_models / "digits_mlp.onnx")
+    assert main(["optimize", model, "--passes", "prune{sparsity=0.5},lowrank{energy=1.0}"]) == 0
+    out = capsys.readouterr().out
+    prune_row = next(line for line in out.splitlines() if line.startswith("prune"))
+    nonzero = int(re.search(r"\((\d+) nonzero\)", prune_row).group(1))  # type: ignore[union-attr]
+    assert 9610 * 0.45 <= nonzero <= 9610 * 0.55, prune_row  # half of the 9,610, +-5%
+    assert "changed nothing" in out and "would not save" in out
+    table = ConformanceReport("roundtrip").format().splitlines()
+    header = next(line for line in table if line.startswith("op "))
+    assert "evaluator-error" in header and "nondeterministic" in header
