@@ -457,7 +457,7 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
 def configure_logging(level: str, fmt: str) -> None:
     """stderr logging for irkit (and the servers it runs): ``text`` lines with a time,
     or ``json`` objects with ts, level, logger and msg."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
@@ -469,6 +469,22 @@ def configure_logging(level: str, fmt: str) -> None:
     handler._irkit = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (main() may run in a
+    process that swaps it, as pytest does)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 class _JsonFormatter(logging.Formatter):
@@ -499,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         return add_parser(*args, **kwargs)
 
-    sub.add_parser = add_with_common  # type: ignore[method-assign]
+    sub.add_parser = add_with_common  # type: ignore[method-assign,assignment]
 
     p = sub.add_parser("inspect", help="print a model's IR and a summary, or what an "
                        "artifact holds",

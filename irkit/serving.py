@@ -268,8 +268,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.access_log and "http" in plan.adapters:
         plan.server["http"]["access_log"] = _Setting(True, "the command line")
     frontends = build_frontends(plan, [artifact_of(p) for p, _ in plan.models])
-    names = [p.name for p, _ in plan.models] + [str(d) for d in plan.directories]
-    log.info("serve %s: models %s", ",".join(plan.adapters), ", ".join(names))
+    served = [p.name for p, _ in plan.models] + [str(d) for d in plan.directories]
+    log.info("serve %s: models %s", ",".join(plan.adapters), ", ".join(served))
     started = time.monotonic()
     try:
         serve_frontends(frontends)

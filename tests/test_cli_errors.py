@@ -143,3 +143,20 @@ def test_reports_say_what_passes_did(digits_models: Path,
     table = ConformanceReport("roundtrip").format().splitlines()
     header = next(line for line in table if line.startswith("op "))
     assert "evaluator-error" in header and "nondeterministic" in header
+
+
+def test_serve_logs_start_and_stop_as_json(case_dir: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """One structured line when the adapter starts (what, where) and one when it stops
+    (what was served); batch paths resolve against the spec file, not the cwd."""
+    import json
+
+    assert main(["serve", str(case_dir / "serves.irk"), "--adapter", "batch",
+                 "--log-format", "json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+             if line.startswith("{")]
+    served = [entry["msg"] for entry in lines if entry["logger"] == "irkit.serve"]
+    assert len(served) == 2, lines
+    assert served[0].startswith("serve batch: model 'a'") and str(case_dir / "x.npy") in served[0]
+    assert "1 rows read, 1 written, 0 in errors.jsonl" in served[1]
+    assert (case_dir / "out" / "manifest.json").is_file()
