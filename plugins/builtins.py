@@ -16,10 +16,11 @@ def register_frontends(register: Register) -> None:
 
 @hookimpl
 def register_passes(register: Register) -> None:
+    from irkit.compress import COMPRESS_PASSES
     from irkit.lower.legalize import LEGALIZE_PASSES
     from irkit.passes import BUILTIN_PASSES
 
-    for name, target in {**BUILTIN_PASSES, **LEGALIZE_PASSES}.items():
+    for name, target in {**BUILTIN_PASSES, **COMPRESS_PASSES, **LEGALIZE_PASSES}.items():
         register(name, target)
 
 
