@@ -2,7 +2,7 @@
 
 The student is the same graph with every hidden layer narrowed to ``width`` of its
 channels/neurons (structured pruning keeps the teacher's strongest ones as the starting
-point), or a torch module from ``student = "pkg.mod:factory"``. It trains in torch on the
+point; ``init = "random"`` starts from fresh seeded weights instead), or a torch module from ``student = "pkg.mod:factory"``. It trains in torch on the
 CPU (seeded, one thread, so a rebuild gives the same weights) on the training data the
 spec's ``train = npz(...)`` or ``irkit.optimize(train_data=...)`` gives, against the
 teacher's outputs softened at ``temperature`` and, when labels exist, the labels
@@ -99,6 +99,7 @@ class Distill(Pass):
     name = "distill"
     width: float = 0.5
     student: str = ""
+    init: Literal["teacher", "random"] = "teacher"
     temperature: float = 4.0
     alpha: float = 0.7
     loss: Literal["auto", "kl", "mse"] = "auto"
@@ -162,6 +163,8 @@ class Distill(Pass):
 
                 narrow, layers = self._width_student(teacher)
                 module = graph_module(narrow)
+                if self.init == "random":
+                    module.reinitialize(self.seed)
             started = time.perf_counter()
             history = self._train(module, data)
             seconds = time.perf_counter() - started

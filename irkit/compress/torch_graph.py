@@ -211,6 +211,17 @@ def _module_class() -> Any:
                     values[value.name] = out
             return tuple(values[v.name] for v in self.graph.outputs)
 
+        def reinitialize(self, seed: int) -> None:
+            """Fresh random weight matrices/kernels (He-uniform by fan-in), seeded; 1-D
+            parameters (biases, BatchNorm scales) keep their values."""
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for param in self.params:
+                    if param.dim() >= 2:
+                        bound = float(np.sqrt(6.0 / max(param.numel() // param.shape[0], 1)))
+                        param.copy_((torch.rand(param.shape, generator=generator) * 2 - 1)
+                                    * bound)
+
         def trained_constants(self) -> dict[str, np.ndarray]:
             return {name: self.params[int(index)].detach().numpy().copy()
                     for name, index in self.names.items()}

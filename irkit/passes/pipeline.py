@@ -88,7 +88,10 @@ def parse_pipeline(text: str, table: PassTable) -> list[Pass]:
             )
         cls = _pass_class(entries[name])
         options = _parse_options(name, cls, rest[:-1] if brace else "")
-        passes.append(cls(**options))
+        try:
+            passes.append(cls(**options))
+        except (ValueError, TypeError) as exc:  # a pass's own check of its options
+            raise PipelineError(f"pass {name!r}: {exc}") from None
     return passes
 
 
