@@ -161,7 +161,7 @@ def optimize_pipeline(pipeline: Any, graph: Graph) -> Graph:
     if getattr(pipeline, "train", None) is not None:
         train_data = model_feeds(pipeline.train, graph)
         train_labels = labels_of(pipeline.train)
-    calibration = None
+    calibration: list[Any] | None = None
     for spec in pipeline.passes:
         calibration = calibration or _calibration(spec, graph)
     if calibration is None and (train_data or eval_data) is not None:

@@ -9,7 +9,8 @@ teacher's outputs softened at ``temperature`` and, when labels exist, the labels
 (``alpha`` weighs the two; ``alpha = 0`` trains on labels alone). Without training data
 the calibration inputs serve as unlabeled data. A ``val_fraction`` of the training data is
 held out to stop early (``patience`` epochs without improvement) and keep the best epoch.
-A factory student comes back into the IR through the torch frontend; a width student's
+A factory student comes back into the IR through the torch frontend (``capture`` chooses
+torch.export or the ONNX exporter, as ``irkit.load_model`` does); a width student's
 trained weights are written into the narrowed graph.
 """
 
@@ -68,7 +69,7 @@ def _training_data(graph: Graph, context: PassContext, fraction: float, seed: in
     teacher = evaluate_graph(graph, dict(zip(names, arrays)))
     targets = [np.asarray(teacher[v.name], np.float32) for v in graph.outputs]
     order = np.random.default_rng(seed).permutation(count)
-    n_val = max(1, int(round(count * fraction))) if fraction > 0 else 0
+    n_val = max(1, round(count * fraction)) if fraction > 0 else 0
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     y = None if labels is None else np.asarray(labels).reshape(-1).astype(np.int64)
     if y is not None and len(y) != count:
@@ -99,6 +100,7 @@ class Distill(Pass):
     name = "distill"
     width: float = 0.5
     student: str = ""
+    capture: Literal["export", "onnx"] = "export"
     init: Literal["teacher", "random"] = "teacher"
     temperature: float = 4.0
     alpha: float = 0.7
@@ -205,7 +207,7 @@ class Distill(Pass):
         example = tuple(torch.from_numpy(a[:2]) for a in data.train)
         names = [v.name for v in teacher.outputs]
         student = load_model(module.eval(), frontend="torch", example_inputs=example,
-                             output_names=names)
+                             output_names=names, capture=self.capture)
         return _rename_like(student, teacher)
 
     # -- training ---------------------------------------------------------------------------

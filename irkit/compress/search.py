@@ -55,7 +55,7 @@ class SearchError(IrkitError):
     """The search cannot run (no eval data, no timable target, a bad candidate list)."""
 
 
-def default_calibration(feeds: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
+def default_calibration(feeds: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """Calibration batches cut from ``feeds``: the first 256 examples in batches of 32
     (what a spec build uses when no pass names its calibration data)."""
     count = min(len(next(iter(feeds.values()))), CALIBRATION_COUNT)
@@ -159,7 +159,7 @@ class Search(Pass):
                               f"({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
         return runnable[0]
 
-    def _calibration(self, context: PassContext) -> list[dict[str, np.ndarray]] | None:
+    def _calibration(self, context: PassContext) -> list[Mapping[str, Any]] | None:
         if context.calibration is not None:
             return list(context.calibration)
         for feeds in (context.train_data, context.eval_data):

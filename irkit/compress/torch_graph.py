@@ -97,7 +97,7 @@ def _reshape(torch: Any, args: list[Any]) -> Any:
 
 def _run_node(torch: Any, F: Any, node: Node, args: list[Any]) -> list[Any]:
     op = node.op
-    x = args[0] if args else None
+    x: Any = args[0] if args else None
     simple = {
         "Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf,
         "Sqrt": torch.sqrt, "Exp": torch.exp, "Neg": torch.neg, "Abs": torch.abs,
@@ -239,6 +239,7 @@ def write_back(graph: Graph, module: Any) -> Graph:
     out = graph.clone()
     for name, array in module.trained_constants().items():
         old = out.constants[name]
+        assert old.const is not None
         new = out.add_constant(name + "_distilled", array.astype(old.const.dtype))
         old.replace_all_uses_with(new)
         out.remove_constant(old)
