@@ -90,6 +90,14 @@ def _rename_like(student: Graph, teacher: Graph) -> Graph:
         for old, new in zip(old_inputs, fresh):
             old.replace_all_uses_with(new)
             student.remove_input(old)
+    outputs = list(student.outputs)
+    if [v.name for v in outputs] != [v.name for v in teacher.outputs]:
+        renamed = [student.add_node("Identity", [s], outputs=[t.name], types=[s.type]).output
+                   for s, t in zip(outputs, teacher.outputs)]
+        student.set_outputs(renamed)
+        if [v.name for v in renamed] != [v.name for v in teacher.outputs]:
+            raise DistillError(f"distill: the student cannot take the teacher's output names "
+                               f"{[v.name for v in teacher.outputs]}")
     return student
 
 

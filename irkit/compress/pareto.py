@@ -28,6 +28,7 @@ def plot_pareto(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write the search ``report``'s trials as an SVG/PNG (by the file's suffix)."""
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -60,8 +61,10 @@ def plot_pareto(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
                        label=f"chosen: {t['pipeline']}")
     ax.set_xlabel(f"speedup over the original model on {report['target']} (llvm, batch 64)")
     ax.set_title("search: every trial")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
