@@ -16,11 +16,13 @@ def register_frontends(register: Register) -> None:
 
 @hookimpl
 def register_passes(register: Register) -> None:
-    from irkit.compress import COMPRESS_PASSES
     from irkit.lower.legalize import LEGALIZE_PASSES
     from irkit.passes import BUILTIN_PASSES
 
-    for name, target in {**BUILTIN_PASSES, **COMPRESS_PASSES, **LEGALIZE_PASSES}.items():
+    # Passes that train (torch) or time candidates (llvm) sit above irkit.passes.
+    compress = {"distill": "irkit.compress.distill:Distill",
+                "search": "irkit.compress.search:Search"}
+    for name, target in {**BUILTIN_PASSES, **compress, **LEGALIZE_PASSES}.items():
         register(name, target)
 
 
