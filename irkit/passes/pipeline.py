@@ -25,6 +25,10 @@ class PipelineError(IrkitError):
     """Pipeline text names an unknown pass or option, or gives an option a bad value."""
 
 
+class PassOptionError(PipelineError, ValueError):
+    """A pass rejected its options in its own check (still a ValueError, as before)."""
+
+
 def _did_you_mean(name: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -91,7 +95,7 @@ def parse_pipeline(text: str, table: PassTable) -> list[Pass]:
         try:
             passes.append(cls(**options))
         except (ValueError, TypeError) as exc:  # a pass's own check of its options
-            raise PipelineError(f"pass {name!r}: {exc}") from None
+            raise PassOptionError(f"pass {name!r}: {exc}") from None
     return passes
 
 
