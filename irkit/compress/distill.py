@@ -9,7 +9,8 @@ teacher's outputs softened at ``temperature`` and, when labels exist, the labels
 (``alpha`` weighs the two; ``alpha = 0`` trains on labels alone). Without training data
 the calibration inputs serve as unlabeled data. A ``val_fraction`` of the training data is
 held out to stop early (``patience`` epochs without improvement) and keep the best epoch.
-A factory student comes back into the IR through the torch frontend (``capture`` chooses
+With a cost model (spec builds, ``--measure``) the report also times teacher and student
+on the targets. A factory student comes back into the IR through the torch frontend (``capture`` chooses
 torch.export or the ONNX exporter, as ``irkit.load_model`` does); a width student's
 trained weights are written into the narrowed graph.
 """
@@ -201,6 +202,13 @@ class Distill(Pass):
             "student_bytes": weight_bytes(student),
             "epochs": history,
         }
+        if context.cost is not None:  # a spec build or --measure: time both on the targets
+            timing = context.cost.compare({"teacher": teacher, "student": student})
+            report["latency_ms"] = {
+                target: {k: round(v * 1e3, 4) for k, v in times.items()}
+                for target, times in timing.seconds.items()}
+            report["speedup"] = {t: round(v, 2)
+                                 for t, v in timing.speedup("teacher", "student").items()}
         if data.val_labels is not None:
             teacher_acc = float(np.mean(np.argmax(data.val_targets[0], -1) == data.val_labels))
             report["teacher_val_accuracy"] = round(teacher_acc, 4)

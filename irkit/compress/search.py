@@ -7,7 +7,7 @@ started from; with ``max_error`` instead, the relative output error for models w
 labels) and the latency of the llvm build on the first compile target this machine runs,
 interleaved with the unoptimized graph's (the ``irkit.cost`` timing harness), then keeps
 the fastest candidate within budget. Effort is bounded by ``max_trials`` and
-``max_minutes``; each trial's result is cached under ``cache`` (keyed by the model, the
+``max_minutes`` (no trial starts after it; the one running finishes); each trial's result is cached under ``cache`` (keyed by the model, the
 data, the target and the pipeline), so an interrupted or repeated search resumes without
 redoing finished trials. A table row is printed as each trial ends, and the report holds
 every trial, the chosen pipeline and the same choice as a spec ``passes`` block, which
@@ -204,6 +204,7 @@ class Search(Pass):
                 break
             if time.perf_counter() - started > 60.0 * self.max_minutes:
                 trials.append({"pipeline": text, "status": "skipped: max_minutes reached"})
+                self._print_row(trials[-1])
                 continue
             trial = self._cached(cache_dir, key, text)
             if trial is None:

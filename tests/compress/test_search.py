@@ -93,3 +93,21 @@ def test_search_without_labels_asks_for_max_error(digits_models: Path,
                  "search", "--eval", str(digits_models.parent / "data" / "digits_calib.npz")])
     err = capsys.readouterr().err
     assert code == 2 and "give max_error" in err and "Traceback" not in err
+
+
+def test_budget_front_and_passes_block_rules() -> None:
+    from irkit.compress.pareto import pareto_front
+    from irkit.compress.search import Search, spec_passes_block
+    from irkit.plugins import get_registry
+
+    by_points, by_error = Search(budget=1.0), Search(max_error=1e-3)
+    assert by_points._within({"status": "ok", "loss": 1.0, "rel_error": 0.5})
+    assert not by_points._within({"status": "ok", "loss": 1.01, "rel_error": 0.0})
+    assert by_error._within({"status": "ok", "loss": 50.0, "rel_error": 1e-3})
+    assert not by_error._within({"status": "failed: x", "loss": 0.0, "rel_error": 0.0})
+    # (speedup, accuracy): (2, 90) is beaten by (3, 95); the others trade one for the other.
+    assert pareto_front([(1.0, 99.0), (2.0, 90.0), (3.0, 95.0), (9.0, 80.0)]) == [0, 2, 3]
+    block = spec_passes_block("distill{width=0.25},fuse,quantize{mode=static,per_channel=true}",
+                              get_registry().passes)
+    assert block == ('passes {\n  distill { width = 0.25 }\n  fuse\n'
+                     '  quantize { mode = "static", per_channel = true }\n}')
