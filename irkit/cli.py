@@ -367,6 +367,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         target=args.target,
         arches=tuple(_arch_list(args.arch) or ["native"]),
+        clock=args.clock,
     )
     return 0
 
@@ -516,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default llvm)")
     p.add_argument("--arch", default="native", help="comma-separated CPU targets, one row "
                    "each (e.g. native,x86-64-v3; default native)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time; cpu: the process's CPU time (all threads), "
+                   "steadier on a shared machine (default wall)")
     p.set_defaults(func=cmd_bench)
     return parser
 
