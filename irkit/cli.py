@@ -453,14 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("optimize", help="run passes on a model and print the report table",
                        description="Run a pass pipeline and report ops, parameters, bytes "
-                       "and (with --eval) the output error and accuracy per pass. "
-                       "'distill{width=0.5}' trains a narrower student on --train data "
-                       "(soft teacher outputs mixed with its labels); "
+                       "and (with --eval) the output error and\naccuracy per pass.\n\n"
+                       "'distill{width=0.5}' trains a narrower student on --train data (soft "
+                       "teacher outputs\nmixed with its labels).\n"
                        "'search{budget=1.0}' tries candidate pipelines (quantize, prune, "
-                       "lowrank, distill, fuse), measures each one's accuracy on --eval and "
-                       "its speed on --arch, and keeps the fastest that loses at most "
+                       "lowrank, distill, fuse),\nmeasures each one's accuracy on --eval and "
+                       "its speed on --arch, and keeps the fastest that\nloses at most "
                        "budget accuracy points (max_error=... for models without labels); "
-                       "it prints a table as it goes and the choice as a spec passes block.",
+                       "it prints\na table as it goes and the choice as a spec passes block.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="example:\n  irkit optimize specs/models/digits_cnn.onnx "
                        "--passes 'search{budget=1.0}' \\\n    --eval "
@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "labels when present)")
     p.add_argument("--calibration", metavar="DATA.npz",
                    help="calibration inputs for static quantization (default: the first "
-                   "256 eval inputs)")
+                   "256 --train inputs, else eval inputs)")
     p.add_argument("-o", "--output", metavar="OUT.onnx", help="write the optimized model")
     p.add_argument("--arch", help="target(s) the model will be compiled for (default "
                    "native); quantize picks weight ranges for their int8 instructions")
