@@ -5,8 +5,9 @@
    on the 360 held-out digits; then the original and the chosen model beside ONNX
    Runtime (median of alternating rounds), so the speedups have an outside anchor.
 2. ``distill`` on the ``transformer`` built-in (2 layers, d=128, seq 64, seeded, not
-   trained): a one-layer half-FFN torch student trained on the teacher's outputs over
-   unlabeled random inputs; its relative output error and its speed on llvm.
+   trained): ``depth = 1`` (one layer, cut from the IR) and a one-layer half-FFN torch
+   student, each trained on the teacher's outputs over unlabeled random inputs; their
+   relative output error and their speed on llvm.
 
     python benchmarks/bench_distill_search.py [--plot pareto.svg] [--skip-transformer]
 
@@ -109,22 +110,32 @@ def distill_transformer() -> None:
     name = teacher.inputs[0].name
     train = {name: rng.standard_normal((384, 64, 128)).astype(np.float32)}
     held = {name: rng.standard_normal((64, 64, 128)).astype(np.float32)}
-    started = time.perf_counter()
-    student = irkit.optimize(teacher, "distill{student=\"irkit.testing.models:"
-                             "make_transformer_student\",capture=onnx,epochs=15,lr=1e-3,"
-                             "verbose=false}",
-                             train_data=train)
-    details = student.history[-1].details
-    err = compare_outputs(evaluate_graph(student, held), evaluate_graph(teacher, held))
-    print(f"\ntransformer distill (1 layer, FFN 256, trained {details['epochs_run']} epochs on "
-          f"384 unlabeled random inputs in {time.perf_counter() - started:.0f} s): params "
-          f"{details['teacher_params']} -> {details['student_params']}, relative output "
-          f"error {err.rel:.3f} (max abs {err.max_abs:.3f}) on 64 held-out inputs")
+    reference = evaluate_graph(teacher, held)
+    students = {
+        "depth=1 (one of the two layers, from the IR)":
+            "distill{depth=1,epochs=15,lr=1e-3,verbose=false}",
+        "torch student: 1 layer, FFN 256":
+            "distill{student=\"irkit.testing.models:make_transformer_student\","
+            "capture=onnx,epochs=15,lr=1e-3,verbose=false}",
+    }
+    print("\ntransformer built-in (2 layers, d 128, seq 64; seeded, untrained), students "
+          "trained on its outputs over 384 unlabeled random inputs, error on 64 others; "
+          "llvm batch 8, one thread:")
+    t_llvm = _llvm(teacher)
     feeds = {name: held[name][:8]}
-    a, b = _llvm(teacher), _llvm(student)
-    t_teacher, t_student = alternate(partial(a.run, feeds), partial(b.run, feeds), 9)  # type: ignore[attr-defined]
-    print(f"  llvm batch 8: teacher {t_teacher * 1e3:.3f} ms, student {t_student * 1e3:.3f} "
-          f"ms, {t_teacher / t_student:.2f}x")
+    for label, passes in students.items():
+        started = time.perf_counter()
+        student = irkit.optimize(teacher, passes, train_data=train)
+        details = student.history[-1].details
+        err = compare_outputs(evaluate_graph(student, held), reference)
+        s_llvm = _llvm(student)
+        t_teacher, t_student = alternate(partial(t_llvm.run, feeds),  # type: ignore[attr-defined]
+                                         partial(s_llvm.run, feeds), 9)  # type: ignore[attr-defined]
+        print(f"  {label}: params {details['teacher_params']} -> {details['student_params']}, "
+              f"{details['epochs_run']} epochs in {time.perf_counter() - started:.0f} s, "
+              f"relative output error {err.rel:.3f} (max abs {err.max_abs:.3f}); teacher "
+              f"{t_teacher * 1e3:.3f} ms, student {t_student * 1e3:.3f} ms, "
+              f"{t_teacher / t_student:.2f}x", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """``distill``: train a smaller student to mimic the graph (the teacher).
 
-The student is the same graph with every hidden layer narrowed to ``width`` of its
-channels/neurons (structured pruning keeps the teacher's strongest ones as the starting
+The student is the same graph with every hidden layer narrowed to ``width`` (0.5 unless
+given) of its channels/neurons and/or, with ``depth = N``, only the last N copies of its
+repeated block of layers (``irkit.compress.depth``: transformer encoder layers) (structured pruning keeps the teacher's strongest ones as the starting
 point; ``init = "random"`` starts from fresh seeded weights instead), or a torch module from ``student = "pkg.mod:factory"``. It trains in torch on the
 CPU (seeded, one thread, so a rebuild gives the same weights) on the training data the
 spec's ``train = npz(...)`` or ``irkit.optimize(train_data=...)`` gives, against the
@@ -107,7 +108,8 @@ class Distill(Pass):
     """Knowledge distillation into a narrower graph or a user's torch module."""
 
     name = "distill"
-    width: float = 0.5
+    width: float | None = None
+    depth: int = 0
     student: str = ""
     capture: Literal["export", "onnx"] = "export"
     init: Literal["teacher", "random"] = "teacher"
@@ -123,8 +125,10 @@ class Distill(Pass):
     verbose: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.width <= 1.0:
+        if self.width is not None and not 0.0 < self.width <= 1.0:
             raise ValueError(f"distill: width must be in (0, 1], got {self.width}")
+        if self.depth < 0:
+            raise ValueError(f"distill: depth must be >= 0 (0: all layers), got {self.depth}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"distill: alpha must be in [0, 1], got {self.alpha}")
         if self.epochs < 1 or self.batch < 1:
@@ -141,19 +145,37 @@ class Distill(Pass):
     def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
         raise NotImplementedError("distill replaces the graph; call run()")
 
+    @property
+    def effective_width(self) -> float:
+        """``width`` as given; unset, 0.5 unless ``depth`` alone makes the student."""
+        if self.width is not None:
+            return self.width
+        return 1.0 if self.depth else 0.5
+
     # -- the student ------------------------------------------------------------------------
+    def _narrow_student(self, graph: Graph) -> tuple[Graph, dict[str, Any]]:
+        from irkit.compress.depth import drop_blocks
+
+        layers: dict[str, Any] = {}
+        if self.depth:
+            graph, layers["depth"] = drop_blocks(graph, self.depth)
+        narrowed, channels = self._width_student(graph)
+        layers.update(channels)
+        return narrowed, layers
+
     def _width_student(self, graph: Graph) -> tuple[Graph, dict[str, Any]]:
         from irkit.passes.prune import Prune
 
-        if self.width == 1.0:
+        width = self.effective_width
+        if width == 1.0:
             return graph.clone(), {}
-        pruned = Prune(sparsity=1.0 - self.width, mode="structured", compensate=False
+        pruned = Prune(sparsity=1.0 - width, mode="structured", compensate=False
                        ).run(graph)
         if not pruned.modified:
             raise DistillError(
                 "distill: no layer of this graph could be narrowed to width "
-                f"{self.width} (structured pruning found no prunable channel chain); give a "
-                "student = \"pkg.mod:factory\" torch module instead")
+                f"{width} (structured pruning found no prunable channel chain); try depth = "
+                "N (fewer repeated layers) or a student = \"pkg.mod:factory\" torch module")
         return pruned.graph, dict(pruned.report.get("channels", {}))
 
     def _distill(self, teacher: Graph, context: PassContext) -> tuple[bool, dict[str, Any], Graph]:
@@ -172,7 +194,7 @@ class Distill(Pass):
             else:
                 from irkit.compress.torch_graph import graph_module
 
-                narrow, layers = self._width_student(teacher)
+                narrow, layers = self._narrow_student(teacher)
                 module = graph_module(narrow)
                 if self.init == "random":
                     module.reinitialize(self.seed)
@@ -188,7 +210,8 @@ class Distill(Pass):
         finally:
             torch.set_num_threads(threads)
         report: dict[str, Any] = {
-            "student": self.student or f"width {self.width}",
+            "student": self.student or f"width {self.effective_width}"
+                       + (f", depth {self.depth}" if self.depth else ""),
             "narrowed": layers,
             "data": f"{len(data.train[0])} train / {len(data.val[0])} held out, "
                     f"{data.labeled_by}" + (", labels" if data.train_labels is not None

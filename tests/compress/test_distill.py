@@ -75,3 +75,33 @@ def test_distill_without_training_data_is_a_clear_error(digits_models: Path,
                  "distill{width=1.5}"])
     err = capsys.readouterr().err
     assert code == 2 and "width must be in (0, 1]" in err and "Traceback" not in err
+
+
+def test_depth_student_of_the_transformer(transformer_onnx: Path) -> None:
+    """depth = 1 keeps one of the encoder's two layers (found as a repeated block of 51
+    nodes); a few epochs on the teacher's outputs over random inputs bring the output error
+    below the untrained one-layer graph's."""
+    from irkit.compress.depth import drop_blocks, find_blocks
+
+    teacher = irkit.load_model(transformer_onnx)
+    blocks = find_blocks(teacher)
+    assert blocks is not None and blocks.count == 2
+    rng = np.random.default_rng(0)
+    name = teacher.inputs[0].name
+    train = {name: rng.standard_normal((96, 64, 128)).astype(np.float32)}
+    held = {name: rng.standard_normal((16, 64, 128)).astype(np.float32)}
+    want = evaluate_graph(teacher, held)["y"]
+
+    def rel_error(graph: irkit.ir.Graph) -> float:
+        got = evaluate_graph(graph, held)["y"]
+        return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+    untrained, _ = drop_blocks(teacher, 1)
+    student = irkit.optimize(teacher, "distill{depth=1,epochs=3,lr=1e-3,verbose=false}",
+                             train_data=train)
+    details = student.history[-1].details
+    assert details["narrowed"]["depth"] == {"blocks": 2, "kept": 1, "nodes_per_block": 51}
+    assert details["student_params"] < 0.55 * details["teacher_params"]
+    assert [v.name for v in student.outputs] == ["y"]
+    assert rel_error(student) < 0.8 * rel_error(untrained), (rel_error(student),
+                                                             rel_error(untrained))
