@@ -82,8 +82,12 @@ def is_low_bit(dtype: DType | None) -> bool:
 
 
 def touches(node: Node) -> bool:
-    """Whether ``node`` reads or writes a low-bit value."""
-    return any(v is not None and is_low_bit(v.dtype) for v in (*node.inputs, *node.outputs))
+    """Whether ``node`` reads or writes a low-bit value, or is a MatMul by packed int4
+    weights (:mod:`irkit.lower.int4_matmul`)."""
+    from irkit.lower import int4_matmul
+
+    return any(v is not None and is_low_bit(v.dtype) for v in (*node.inputs, *node.outputs)
+               ) or int4_matmul.matches(node)
 
 
 def codes(array: Any) -> np.ndarray:
@@ -321,7 +325,13 @@ def lower_node(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
         raise LoweringError(f"{node.op} on low-bit types is not supported")
     if node.op in ("Cast", "CastLike"):
         return [lower_cast(ctx, node, ins)]
+    from irkit.lower import int4_matmul
+
+    if node.op == "MatMul" and int4_matmul.matches(node):
+        return int4_matmul.lower(ctx, node, ins)
     if node.op == "DequantizeLinear":
+        if int4_matmul.only_for_packed(node):
+            return [int4_matmul.unused(node)]
         return [lower_dequantize(ctx, node, ins)]
     if node.op == "QuantizeLinear":
         return [lower_quantize(ctx, node, ins)]

@@ -127,6 +127,42 @@ def test_int4_block_dequantized_matmul_matches_onnx_reference(target: KernelTarg
     np.testing.assert_array_equal(got["q"].astype(np.int8), want_q.astype(np.int8))
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("wtype", [TensorProto.INT4, TensorProto.UINT4], ids=["int4", "uint4"])
+def test_packed_int4_matmul_matches_onnx_reference(target: KernelTarget, wtype: int,
+                                                   tmp_path: Path) -> None:
+    """MatMul by DequantizeLinear(const 4-bit W, block scales, zero points) takes the
+    packed kernel (irkit.lower.int4_matmul); rows 1 and 5 through a symbolic batch dim."""
+    from onnx.reference import ReferenceEvaluator
+
+    from irkit.lower.int4_matmul import matches
+
+    rng = np.random.default_rng(1)
+    k, n, block = 64, 48, 32
+    dtype = INTS[wtype]
+    lo, hi = (-8, 8) if wtype == TensorProto.INT4 else (0, 16)
+    w = rng.integers(lo, hi, (k, n)).astype(dtype)
+    zero = rng.integers(lo, hi, (k // block, n)).astype(dtype)
+    scale = rng.uniform(0.01, 0.1, (k // block, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"], axis=0,
+                          block_size=block),
+         helper.make_node("MatMul", ["x", "wf"], ["y"])], "int4_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, n])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "s"),
+         numpy_helper.from_array(zero, "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    from irkit import api
+
+    assert matches(api.load_model(model).nodes[1])
+    compiled = compile_and_load(model, tmp_path, target=target)
+    for rows in (1, 5):
+        x = rng.normal(size=(rows, 2, k)).astype(np.float32)
+        (want,) = ReferenceEvaluator(model).run(None, {"x": x})
+        np.testing.assert_allclose(compiled(x=x)["y"], want, rtol=1e-5, atol=1e-5)
+
+
 def test_arithmetic_on_low_bit_values_is_refused(tmp_path: Path) -> None:
     from irkit import api
     from irkit.errors import IrkitError
