@@ -70,8 +70,9 @@ def matches(node: Node) -> bool:
 def only_for_packed(node: Node) -> bool:
     """Whether every reader of DequantizeLinear ``node``'s output is a packed MatMul."""
     uses = node.outputs[0].uses
-    return bool(uses) and all(u.node.op == "MatMul" and u.index == 1 and matches(u.node)
-                              for u in uses)
+    if not uses or node.outputs[0].is_graph_output:
+        return False
+    return all(u.node.op == "MatMul" and u.index == 1 and matches(u.node) for u in uses)
 
 
 def pack(codes: np.ndarray, chunk: int, tile: int) -> np.ndarray:
