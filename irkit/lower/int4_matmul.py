@@ -148,14 +148,20 @@ def lower(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> list
     # nibbles' loads of one byte are one load after LLVM's CSE.
     run = ((b * (bs // chunk) + c) * tiles + t) * chunk
     bytes_ = [Cast("u32", Load(packed, (run + u) * tile + jj)) for u in range(chunk)]
+    # Both sums are bound before either store: a store to ``out`` may alias the weights
+    # as far as LLVM knows, and would make it load the 16 bytes again for the high half.
+    sums = [Var(ctx.fresh("lo"), "f32"), Var(ctx.fresh("hi"), "f32")]
     body: list = []
-    for high in (False, True):
+    stores: list = []
+    for high, total in zip((False, True), sums):
         col = j + half if high else j
         acc = _tree_sum([xs[u] * _nibble(bytes_[u], high) for u in range(chunk)])
         if zeros is not None:
             acc = acc - Load(zeros, b * n_dim + col) * xsum
+        body.append(Let(total, acc))
         at = m * n_dim + col
-        body.append(Store(out, at, Load(out, at) + Load(scales, b * n_dim + col) * acc))
+        stores.append(Store(out, at, Load(out, at) + Load(scales, b * n_dim + col) * total))
+    body.extend(stores)
     inner = For(t, Const(tiles), For(jj, Const(tile), block(*body), "vector"))
     chunks = For(c, Const(bs // chunk), block(*lets, inner))
     init = For(jj, Const(n_dim), Store(out, m * n_dim + jj, Const(0.0, "f32")), "vector")
