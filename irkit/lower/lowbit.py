@@ -19,8 +19,9 @@ need nothing new.
   the right code. float4e2m1 always saturates (no infinities or NaN; NaN gives -0, as
   ml_dtypes does). Integer targets of Cast truncate toward zero and keep the low bits
   (numpy's ``astype``); QuantizeLinear saturates them to the type's range instead.
-- float8e8m0 is read (widened) but not written: its Cast takes a ``round_mode`` this
-  lowering does not implement, and the node is refused with that reason.
+- float8e8m0 (a power of two) is written by Cast with ONNX's ``round_mode`` (up, down,
+  nearest) and ``saturate``, as ``onnx.numpy_helper.to_float8e8m0`` defines them;
+  QuantizeLinear to it is refused.
 
 Ops that only move elements (Reshape, Transpose, Slice, Concat…) work on the codes as
 they are; any other op on a low-bit value is refused (never computed on codes as if they
@@ -179,7 +180,45 @@ def narrow(x: Expr, from_kir: str, to: DType, saturate: bool, node: Node) -> Exp
             return Cast(STORAGE, x)
         integer = _truncate(x) if from_kir in ("f32", "f64", "f16", "bf16") else x
         return int_code(integer, to)
-    raise LoweringError(f"{node.op} to {to.name} is not supported (its round_mode)")
+    raise LoweringError(f"{node.op} to {to.name} needs its powers-of-two table")
+
+
+def narrow_e8m0(x: Expr, pow2: TensorRef, round_mode: str, saturate: bool) -> Expr:
+    """The float8e8m0 code of ``x`` (its f32 exponent field, as ONNX's ``to_float8e8m0``
+    computes it): ``floor(log2 |x|)`` from ``log`` corrected by one either way against an
+    exact table of powers of two, then rounded ``up`` (any fraction), ``down`` or to
+    ``nearest``; ``saturate`` keeps 254 from rounding up to 255 (NaN); NaN and infinities
+    give 255; the sign is ignored (the exponent bits of a negative number)."""
+    x = x if x.dtype == "f32" else Cast("f32", x)
+    a = Call("abs", (x,))
+
+    def f(v: float) -> Const:
+        return Const(float(v), "f32")
+
+    def power(e: Expr) -> Expr:  # 2**e for an integral f32 e in [-149, 128]
+        clamped = Binary("min", Binary("max", e, f(-149.0)), f(128.0))
+        return pow2.read((Cast("i64", clamped) + 149,))
+
+    e0 = Call("floor", (Call("log", (a,)) * f(1.0 / np.log(2.0)),))
+    e0 = Select(Binary("ne", e0, e0), f(0.0), Binary("min", Binary("max", e0, f(-149.0)),
+                                                       f(128.0)))
+    p0 = power(e0)
+    e = Select(Binary("gt", p0, a), e0 - f(1.0),
+               Select(Binary("le", p0 * f(2.0), a), e0 + f(1.0), e0))
+    p = power(e)
+    normal = Binary("ge", a, f(2.0 ** -126))
+    exponent = Select(normal, e + f(127.0), f(0.0))
+    if round_mode == "up":
+        up = Select(normal, Binary("ne", a, p), Binary("ne", a, f(0.0)))
+    elif round_mode == "nearest":
+        up = Select(normal, Binary("ge", a, p * f(1.5)), Binary("gt", a, f(2.0 ** -127)))
+    else:
+        up = Const(False, "bool")
+    if saturate:
+        up = Binary("and", up, Binary("ne", exponent, f(254.0)))
+    code = Select(up, exponent + f(1.0), exponent)
+    special = Binary("or", Binary("ne", x, x), Binary("gt", a, f(float(np.finfo(np.float32).max))))
+    return Cast(STORAGE, Cast("i32", Select(special, f(255.0), code)))
 
 
 # -- ops ------------------------------------------------------------------------------
@@ -212,6 +251,15 @@ def _cast_to(ctx: LoweringContext, node: Node, x: TensorRef, src: DType, to: DTy
         x = widen(ctx, x, src)
         src = DType.FLOAT32
     src_kir = x.dtype
+    if to is DType.FLOAT8E8M0:
+        mode = node.attr("round_mode", "up")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        if mode not in ("up", "down", "nearest"):
+            raise LoweringError(f"{node.op} round_mode {mode!r} is not up, down or nearest")
+        pow2 = ctx.const_ref(np.ldexp(np.float32(1.0), np.arange(-149, 129)).astype(np.float32),
+                             "f32")
+        return _inline(x.shape, STORAGE, lambda idx: narrow_e8m0(x.read(idx), pow2, mode,
+                                                                 saturate), [x])
     if is_low_bit(to):
         return _inline(x.shape, STORAGE, lambda idx: narrow(x.read(idx), src_kir, to,
                                                             saturate, node), [x])

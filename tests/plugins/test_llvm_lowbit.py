@@ -1,6 +1,7 @@
 """Low-bit types (irkit.lower.lowbit) through the llvm backend and the kernel IR
 interpreter: every code widened, floats narrowed with ONNX's rounding and saturation
-(``ml_dtypes`` and ``onnx.numpy_helper.saturate_cast`` are the references), int4
+(``ml_dtypes``, ``onnx.numpy_helper.saturate_cast`` and ``to_float8e8m0`` are the
+references), int4
 block-quantized weights dequantized into a MatMul (``onnx.reference``: ORT cannot return
 int4 arrays to numpy)."""
 
@@ -78,6 +79,34 @@ def test_float_narrowing_rounds_and_saturates_like_ml_dtypes(target: KernelTarge
     for out, want in wants.items():
         assert got[out].dtype == want.dtype, out
         same_codes(got[out], want, out)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_e8m0_narrowing_matches_onnx_in_every_round_mode(target: KernelTarget,
+                                                         tmp_path: Path) -> None:
+    """Every power of two f32 has, random magnitudes over its whole range, subnormals,
+    ties of the nearest mode and specials; codes equal ``onnx.numpy_helper.to_float8e8m0``."""
+    rng = np.random.default_rng(2)
+    x = np.concatenate([
+        np.ldexp(np.float32(1), np.arange(-149, 128)).astype(np.float32),
+        (rng.normal(size=600) * 2.0 ** rng.integers(-140, 120, 600)).astype(np.float32),
+        np.array([0, -0.0, np.inf, -np.inf, np.nan, 3.4e38, 1.5, 3.0, 1.4999, 2**-127,
+                  1.5 * 2**-127, 1e-45], np.float32)]).astype(np.float32)
+    nodes, outputs, wants = [], [], {}
+    for mode in ("up", "down", "nearest"):
+        for saturate in (1, 0):
+            out = f"{mode}_{saturate}"
+            nodes.append(helper.make_node("Cast", ["x"], [out], to=TensorProto.FLOAT8E8M0,
+                                          saturate=saturate, round_mode=mode))
+            outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT8E8M0, [x.size]))
+            wants[out] = numpy_helper.to_float8e8m0(x, saturate=bool(saturate), round_mode=mode)
+    graph = helper.make_graph(nodes, "e8m0",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [x.size])],
+                              outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 24)])
+    got = compile_and_load(model, tmp_path, target=target)(x=x)
+    for out, want in wants.items():
+        np.testing.assert_array_equal(got[out].view(np.uint8), want.view(np.uint8), err_msg=out)
 
 
 @pytest.mark.parametrize("target", TARGETS)
