@@ -256,8 +256,9 @@ def _cast_to(ctx: LoweringContext, node: Node, x: TensorRef, src: DType, to: DTy
         mode = mode.decode() if isinstance(mode, bytes) else str(mode)
         if mode not in ("up", "down", "nearest"):
             raise LoweringError(f"{node.op} round_mode {mode!r} is not up, down or nearest")
-        pow2 = ctx.const_ref(np.ldexp(np.float32(1.0), np.arange(-149, 129)).astype(np.float32),
-                             "f32")
+        with np.errstate(over="ignore"):  # 2**128 is inf, on purpose
+            table = np.ldexp(np.float32(1.0), np.arange(-149, 129)).astype(np.float32)
+        pow2 = ctx.const_ref(table, "f32")
         return _inline(x.shape, STORAGE, lambda idx: narrow_e8m0(x.read(idx), pow2, mode,
                                                                  saturate), [x])
     if is_low_bit(to):
