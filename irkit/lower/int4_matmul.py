@@ -39,7 +39,7 @@ def matches(node: Node) -> bool:
     if node.op != "MatMul" or len(node.inputs) != 2 or node.inputs[1] is None:
         return False
     a, b = node.inputs
-    deq = b.producer
+    deq = b.producer if b is not None else None
     if a is None or deq is None or deq.op != "DequantizeLinear" or a.dtype != DType.FLOAT32:
         return False
     w = deq.inputs[0]
@@ -106,16 +106,19 @@ def _tree_sum(terms: list[Expr]) -> Expr:
 def lower(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> list[TensorRef]:
     a = ins[0]
     assert a is not None
-    deq = node.inputs[1].producer
+    b_value = node.inputs[1]
+    assert b_value is not None
+    deq = b_value.producer
     assert deq is not None
-    w_value = deq.inputs[0]
+    w_value, s_value = deq.inputs[0], deq.inputs[1]
+    assert w_value is not None and s_value is not None
     signed = w_value.dtype == DType.INT4
     codes = np.ascontiguousarray(w_value.const).astype(np.int8 if signed else np.uint8)
-    scale = np.asarray(deq.inputs[1].const, np.float32)
+    scale = np.asarray(s_value.const, np.float32)
     zero_value = deq.inputs[2] if len(deq.inputs) > 2 else None
     k_blocks = codes.shape[0] // int(deq.attr("block_size"))
     zero = np.zeros((k_blocks, codes.shape[1]), np.float32)
-    if zero_value is not None:
+    if zero_value is not None and zero_value.const is not None:
         zero = np.asarray(zero_value.const).astype(np.float32)
     if signed:  # stored as code + 8 in [0, 16): (v - z) = (u - (z + 8))
         codes = ((codes.astype(np.int16) + 8) & 15).astype(np.uint8)
@@ -174,7 +177,9 @@ def lower(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> list
 def unused(deq: Node) -> TensorRef:
     """The ref of a DequantizeLinear whose readers all take the packed weights: never read,
     so it costs no kernel."""
-    shape = tuple(Const(int(d)) for d in np.asarray(deq.inputs[0].const).shape)
+    w_value = deq.inputs[0]
+    assert w_value is not None
+    shape = tuple(Const(int(d)) for d in np.asarray(w_value.const).shape)
 
     def read(idx: tuple[Expr, ...]) -> Expr:
         raise LoweringError("the dequantized int4 weights are only read packed")

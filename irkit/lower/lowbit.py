@@ -124,8 +124,8 @@ def narrow_float(x: Expr, fmt: FloatFormat, saturate: bool) -> Expr:
     if x.dtype != calc:
         x = Cast(calc, x)
     a = Call("abs", (x,))
-    step = _float(2.0 ** (fmt.emin - fmt.mantissa), calc)
-    offset = _float(0.0, calc)
+    step: Expr = _float(2.0 ** (fmt.emin - fmt.mantissa), calc)
+    offset: Expr = _float(0.0, calc)
     for e in range(fmt.emin + 1, fmt.emax + 1):
         above = Binary("ge", a, _float(2.0 ** e, calc))
         step = Select(above, _float(2.0 ** (e - fmt.mantissa), calc), step)
@@ -135,7 +135,7 @@ def narrow_float(x: Expr, fmt: FloatFormat, saturate: bool) -> Expr:
     top = _float(fmt.max_code if saturate else fmt.overflow_code, calc)
     signed_top = saturate or fmt.signed_overflow
     mag = Select(over, top, mag)
-    negative = Select(Binary("eq", x, _float(0.0, calc)),
+    negative: Expr = Select(Binary("eq", x, _float(0.0, calc)),
                       Binary("lt", Call("fdiv", (_float(1.0, calc), x)), _float(0.0, calc)),
                       Binary("lt", x, _float(0.0, calc)))
     if not fmt.negative_zero:
@@ -199,15 +199,16 @@ def narrow_e8m0(x: Expr, pow2: TensorRef, round_mode: str, saturate: bool) -> Ex
         clamped = Binary("min", Binary("max", e, f(-149.0)), f(128.0))
         return pow2.read((Cast("i64", clamped) + 149,))
 
-    e0 = Call("floor", (Call("log", (a,)) * f(1.0 / np.log(2.0)),))
-    e0 = Select(Binary("ne", e0, e0), f(0.0), Binary("min", Binary("max", e0, f(-149.0)),
-                                                       f(128.0)))
+    raw: Expr = Call("floor", (Call("log", (a,)) * f(1.0 / np.log(2.0)),))
+    e0 = Select(Binary("ne", raw, raw), f(0.0), Binary("min", Binary("max", raw, f(-149.0)),
+                                                         f(128.0)))
     p0 = power(e0)
     e = Select(Binary("gt", p0, a), e0 - f(1.0),
                Select(Binary("le", p0 * f(2.0), a), e0 + f(1.0), e0))
     p = power(e)
     normal = Binary("ge", a, f(2.0 ** -126))
     exponent = Select(normal, e + f(127.0), f(0.0))
+    up: Expr
     if round_mode == "up":
         up = Select(normal, Binary("ne", a, p), Binary("ne", a, f(0.0)))
     elif round_mode == "nearest":
@@ -389,7 +390,7 @@ def lower_node(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     if node.op in MOVES and node.op in lowerings:
         return lowerings[node.op](ctx, node, ins)
     kinds = sorted({v.dtype.name for v in (*node.inputs, *node.outputs)
-                    if v is not None and is_low_bit(v.dtype)})
+                    if v is not None and v.dtype is not None and is_low_bit(v.dtype)})
     raise LoweringError(f"{node.op} on {', '.join(kinds)} is not supported (low-bit types "
                         "are cast, quantized, dequantized or moved)")
 
