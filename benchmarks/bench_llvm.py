@@ -32,6 +32,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--arch", default="native,x86-64-v3",
                         help="comma-separated targets, one row each (default native,x86-64-v3)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time; cpu: the process's CPU time, steadier on a "
+                             "shared machine (default wall)")
     args = parser.parse_args()
     result = run_bench(
         args.models.split(","),
@@ -39,6 +42,7 @@ def main() -> int:
         threads=tuple(int(t) for t in args.threads.split(",")),
         repeats=args.repeats,
         arches=tuple(a for a in args.arch.split(",") if a),
+        clock=args.clock,
     )
     print("\ntargets (1 thread):")
     for row in result.rows:

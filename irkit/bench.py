@@ -213,7 +213,12 @@ def _resolve_model(model: Any) -> tuple[str, Any, Any]:
         source = pipeline.model.factory if pipeline.model.kind == "torch" else None
         return pipeline.name, load_pipeline_model(pipeline), source
     graph = model if hasattr(model, "nodes") else irkit.load_model(model)
-    return getattr(graph, "name", "model") or "model", graph, None
+    from irkit.frontends.torch import FACTORY_RE
+
+    # a torch factory ("pkg.module:fn") is its own torch source
+    source = model if isinstance(model, str) and FACTORY_RE.match(model) and \
+        not Path(model).exists() else None
+    return getattr(graph, "name", "model") or "model", graph, source
 
 
 def _inputs(graph: Any, batch: int, seed: int = 0, sequence: int = SEQUENCE
@@ -238,16 +243,24 @@ def _inputs(graph: Any, batch: int, seed: int = 0, sequence: int = SEQUENCE
     return out
 
 
-def _time_calls(fn: Callable[[], Any], inner: int) -> float:
-    start = time.perf_counter()
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter,
+                                          "cpu": time.process_time}
+"""``wall``: elapsed time; ``cpu``: CPU time of the whole process (every thread of both
+sides counted), steadier on a shared machine where other work only delays a call."""
+
+
+def _time_calls(fn: Callable[[], Any], inner: int, clock: str = "wall") -> float:
+    now = CLOCKS[clock]
+    start = now()
     for _ in range(inner):
         fn()
-    return (time.perf_counter() - start) / inner
+    return (now() - start) / inner
 
 
 def alternate(fa: Callable[[], Any], fb: Callable[[], Any], repeats: int,
-              budget_s: float = 2.0) -> tuple[float, float]:
-    """Median seconds per call of ``fa`` and ``fb`` over alternating rounds."""
+              budget_s: float = 2.0, clock: str = "wall") -> tuple[float, float]:
+    """Median seconds per call of ``fa`` and ``fb`` over alternating rounds, by ``clock``
+    (see :data:`CLOCKS`)."""
     for _ in range(3):
         fa(), fb()
     one = max(_time_calls(fa, 1), _time_calls(fb, 1), 1e-6)
@@ -255,7 +268,7 @@ def alternate(fa: Callable[[], Any], fb: Callable[[], Any], repeats: int,
     ta, tb = [], []
     for r in range(repeats):
         first, second = (fa, fb) if r % 2 == 0 else (fb, fa)
-        t1, t2 = _time_calls(first, inner), _time_calls(second, inner)
+        t1, t2 = _time_calls(first, inner, clock), _time_calls(second, inner, clock)
         ta.append(t1 if first is fa else t2)
         tb.append(t2 if first is fa else t1)
     return float(np.median(ta)), float(np.median(tb))
@@ -297,12 +310,13 @@ def run_bench(
     matmul: bool = True,
     verbose: bool = True,
     arches: Sequence[str] = ("native",),
+    clock: str = "wall",
 ) -> BenchResult:
     """Benchmark ``model_or_spec`` compiled for ``target`` (for each of ``arches`` when
     it is a kernel backend: ``native``, ``x86-64-v3``…) against each anchor in
     ``against`` (``onnxruntime``: ORT's own ``InferenceSession.run``; ``torch``: eager
     PyTorch, see :mod:`irkit.bench_torch`); prints and returns the table (plus the 1024^3
-    matmul line when ``matmul``)."""
+    matmul line when ``matmul``). ``clock``: ``wall`` or ``cpu`` (:data:`CLOCKS`)."""
     import irkit
     import irkit.runtime
 
@@ -314,8 +328,10 @@ def run_bench(
     names = model_or_spec if isinstance(model_or_spec, list | tuple) else [model_or_spec]
     result = BenchResult()
     takes_arch = "arch" in _backend_options(target)
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
     if verbose:
-        print(cpu_description(), flush=True)
+        print(cpu_description() + ("" if clock == "wall" else f"; {clock} time"), flush=True)
     for item in names:
         name, graph, source = _resolve_model(item)
         module = _torch_module(name, graph, source, verbose) if "torch" in anchors else None
@@ -341,7 +357,8 @@ def run_bench(
                         print(f"  {name} batch {batch}: torch and irkit outputs differ by at "
                               f"most {diff:.2g}", flush=True)
                 for anchor, call in calls.items():
-                    t_ours, t_anchor = alternate(partial(ours.run, feeds), call, repeats)
+                    t_ours, t_anchor = alternate(partial(ours.run, feeds), call, repeats,
+                                                  clock=clock)
                     row = BenchRow(name, batch, thr, t_ours * 1e3, t_anchor * 1e3, anchor,
                                    arch)
                     result.rows.append(row)

@@ -170,16 +170,19 @@ def optimize_pipeline(pipeline: Any, graph: Graph) -> Graph:
 
 
 def build_pipeline(pipeline: Any, *, target: str | None = None, arch: Any = None,
-                   log: Any = sys.stderr) -> dict[str, Path]:
+                   log: Any = None) -> dict[str, Path]:
     """Build ``pipeline``'s targets (only ``target`` when given); ``arch`` overrides the
-    targets' ``arch`` option."""
+    targets' ``arch`` option. Progress goes to ``log`` (``sys.stderr`` as it is at call
+    time by default)."""
     from irkit.api import compile as compile_graph
 
+    log = sys.stderr if log is None else log
     start = time.perf_counter()
     targets = [pipeline.target(target)] if target else list(pipeline.targets)
     if not targets:
         raise IrkitError(f"{pipeline.file}: pipeline {pipeline.name!r} declares no target")
     graph = load_pipeline_model(pipeline)
+    source = graph
     graph = optimize_pipeline(pipeline, graph)
     if graph.history:
         from irkit.passes.manager import format_report_table
@@ -197,13 +200,70 @@ def build_pipeline(pipeline: Any, *, target: str | None = None, arch: Any = None
         built[spec.name] = out
         print(f"irkit: built {pipeline.name}/{spec.name} ({spec.backend}) -> {out} "
               f"in {time.perf_counter() - t0:.2f} s", file=log)
+        if pipeline.eval is not None:
+            check_artifact(pipeline, spec.name, out, source, graph, log)
     print(f"irkit: pipeline {pipeline.name!r} done in {time.perf_counter() - start:.2f} s",
           file=log)
     return built
 
 
+# The compiled artifact must compute what the report measured on the optimized graph:
+# relative error (L2, over all outputs) between the two at most this, and accuracy at
+# most this much lower. Beyond it the build fails.
+ARTIFACT_REL_TOL = 0.02
+ARTIFACT_ACC_DROP = 0.01
+
+
+def check_artifact(pipeline: Any, name: str, path: Path, source: Graph, graph: Graph,
+                   log: Any = sys.stderr) -> None:
+    """Run the eval data through the saved artifact (what every adapter serves) and print
+    its error against the source model and its accuracy beside the report's; raise
+    IrkitError when the artifact disagrees with the optimized graph beyond the
+    tolerances above. An artifact this machine cannot run is reported, not checked."""
+    import irkit.runtime
+    from irkit.api import evaluate
+    from irkit.passes.manager import accuracy, compare_outputs
+
+    where = f"{pipeline.name}/{name}"
+    try:
+        model = irkit.runtime.load(path)
+    except (IrkitError, ImportError, OSError) as exc:
+        print(f"irkit: {where}: not checked on the eval data: {exc}", file=log)
+        return
+    feeds = model_feeds(pipeline.eval, source)
+    labels = labels_of(pipeline.eval)
+    got = model.run(feeds)
+    expected = evaluate(graph, feeds)
+    want_source = expected if graph is source else evaluate(source, feeds)
+    vs_source = compare_outputs(got, want_source)
+    vs_graph = compare_outputs(got, expected)
+    line = (f"irkit: {where} (the artifact) on the eval data: max|err| {vs_source.max_abs:.3g} "
+            f"vs the source model, {vs_graph.max_abs:.3g} vs the optimized graph")
+    acc_got = acc_want = None
+    if labels is not None:
+        acc_got = accuracy(got, graph, labels)
+        acc_want = accuracy(expected, graph, labels)
+        line += f"; accuracy {acc_got:.4f} (report {acc_want:.4f})"
+    print(line, file=log)
+    nonfinite = [k for k, v in got.items() if not np.all(np.isfinite(v))]
+    problems = []
+    if vs_graph.rel > ARTIFACT_REL_TOL:
+        problems.append(f"relative error {vs_graph.rel:.3g} against the optimized graph "
+                        f"(tolerance {ARTIFACT_REL_TOL})")
+    if acc_got is not None and acc_want is not None and acc_got < acc_want - ARTIFACT_ACC_DROP:
+        problems.append(f"accuracy {acc_got:.4f}, the report says {acc_want:.4f}")
+    if nonfinite and all(np.all(np.isfinite(v)) for v in expected.values()):
+        problems.append(f"non-finite values in {', '.join(nonfinite)}")
+    if problems:
+        hint = (" (ONNX Runtime's graph optimizations rewrite quantized math on some CPUs: "
+                "try optimization_level = \"basic\" in the target)"
+                if model.backend == "ort" else "")
+        raise IrkitError(f"{where}: the compiled artifact does not compute what the report "
+                         f"measured: {'; '.join(problems)}{hint}")
+
+
 def build_spec(path: Path, pipeline: str | None = None, *, target: str | None = None,
-               arch: Any = None, log: Any = sys.stderr) -> dict[str, Path]:
+               arch: Any = None, log: Any = None) -> dict[str, Path]:
     """Build one pipeline of a spec file (the only one when ``pipeline`` is None)."""
     from irkit.spec import parse_spec
 

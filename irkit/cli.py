@@ -1,9 +1,17 @@
-"""The ``irkit`` command. User errors print one line and exit 2; ``--debug`` shows tracebacks."""
+"""The ``irkit`` command. User errors print one line and exit 2; ``--debug`` shows tracebacks.
+
+Exit codes (also in ``irkit --help`` and the README): 0 done; 1 an unexpected failure (a
+bug: the traceback is printed); 2 a user or input error (bad arguments, a missing or
+unreadable file, an invalid spec or input array, a port in use), one line on stderr;
+130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -13,6 +21,23 @@ from typing import Any
 from irkit.errors import IrkitError
 
 EXIT_USER_ERROR = 2
+EXIT_CODES = """exit codes:
+  0    done
+  1    unexpected failure (a bug: the traceback is printed; please report it)
+  2    user or input error: bad arguments, a missing or unreadable file, an invalid
+       spec, model or input array, a port in use (one line on stderr; --debug shows
+       the traceback)
+  130  interrupted (Ctrl-C) outside a server; servers finish in-flight work and exit 0"""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``irkit run: error: ... (see irkit run --help)``)
+    and exit status 2, like every other user error."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} "
+                                   f"(see {self.prog} --help)\n")
 
 
 def _load_any(source: str, example: str | None = None) -> Any:
@@ -54,12 +79,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if Path(args.model).is_dir():
         print(describe_artifact(Path(args.model)))
         return 0
+    if args.dot and not Path(args.dot).resolve().parent.is_dir():
+        raise IrkitError(f"--dot {args.dot}: no such directory "
+                         f"{Path(args.dot).resolve().parent}")
     graph = _load_any(args.model, args.example)
     if not args.summary_only:
         print(graph.to_text())
     print(summarize(graph))
     if args.dot:
-        Path(args.dot).write_text(graph.to_dot())
+        try:
+            Path(args.dot).write_text(graph.to_dot())
+        except OSError as exc:
+            raise IrkitError(f"--dot {args.dot}: cannot write: {exc.strerror}") from None
         print(f"wrote {args.dot}", file=sys.stderr)
     return 0
 
@@ -191,11 +222,29 @@ def _arch_list(text: str | None) -> list[str] | None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from irkit.builder import build_spec
+    from irkit.builder import build_pipeline
+    from irkit.serving import split_names
+    from irkit.spec import parse_spec
 
-    for target, path in build_spec(Path(args.spec), args.pipeline).items():
-        print(f"{target}: {path}")
+    spec = parse_spec(Path(args.spec))
+    wanted = split_names(args.pipeline)
+    pipelines = [spec.pipeline(name) for name in wanted] if wanted else list(spec.pipelines)
+    if not pipelines:
+        raise IrkitError(f"{args.spec}: declares no pipeline")
+    for pipeline in pipelines:
+        for target, path in build_pipeline(pipeline).items():
+            shown = _relative(path)
+            print(f"{pipeline.name}/{target}: {shown}" if len(pipelines) > 1
+                  else f"{target}: {shown}")
     return 0
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path(path)
 
 
 def _read_input(spec: str) -> tuple[str, Any]:
@@ -211,6 +260,12 @@ def _read_input(spec: str) -> tuple[str, Any]:
     path = Path(file)
     if not path.is_file():
         raise IrkitError(f"--input {name}: no such file {file}")
+    with path.open("rb") as handle:
+        magic = handle.read(6)
+    if magic[:6] != b"\x93NUMPY" and magic[:2] != b"PK":
+        what = "an empty file" if not magic else "not a NumPy .npy or .npz file"
+        raise IrkitError(f"--input {name}: {file} is {what} (save arrays with numpy.save "
+                         "or numpy.savez)")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
@@ -220,8 +275,12 @@ def _read_input(spec: str) -> tuple[str, Any]:
                                      f"(has: {', '.join(data.files)})")
                 return name, data[key]
         return name, np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise IrkitError(f"--input {name}: cannot read {file}: {exc}") from None
+    except (ValueError, EOFError, OSError) as exc:
+        reason = str(exc)
+        if "allow_pickle" in reason:
+            reason = "it holds Python objects (pickled), not a numeric array"
+        raise IrkitError(f"--input {name}: cannot read {file}: {reason or 'truncated'}") \
+            from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -229,8 +288,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import irkit.runtime
 
-    model = irkit.runtime.load(args.artifact)
+    names = [spec.partition("=")[0] for spec in args.input]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise IrkitError(f"--input {', '.join(twice)} given more than once")
     feeds = dict(_read_input(s) for s in args.input)
+    model = irkit.runtime.load(args.artifact, trusted_keys=args.trusted_key or None)
     try:
         outputs = model.run(feeds)
     except (ValueError, TypeError) as exc:
@@ -247,7 +310,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_conformance(args: argparse.Namespace) -> int:
     from irkit.conformance import run_conformance
+    from irkit.plugins import get_registry
 
+    backends = ["roundtrip", *sorted(get_registry().of("backends"))]
+    if args.backend not in backends:
+        raise IrkitError(f"--backend {args.backend!r}: no such backend (choose from: "
+                         f"{', '.join(backends)})")
+    for flag in ("jobs", "limit"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise IrkitError(f"--{flag} must be >= 0")
     report = run_conformance(args.backend, pattern=args.filter, jobs=args.jobs,
                              timeout=args.timeout, limit=args.limit)
     print(report.format(show_ops=not args.no_ops, show_failures=not args.no_failures))
@@ -311,6 +382,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                          measure=args.measure, calibration=calibration)
     print(format_report_table(optimized.history))
     for report in optimized.history:
+        if not report.modified and "skipped" in report.details:
+            print(f"{report.pipeline}: changed nothing: {report.details['skipped']}")
         for key in ("nodes", "timed", "weight_range"):
             if key in report.details:
                 print(f"{report.pipeline}: {key}: {report.details[key]}")
@@ -332,26 +405,118 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from irkit.bench import run_bench
+    from irkit.plugins import get_registry
 
+    against = tuple(a.strip() for a in args.against.split(",") if a.strip())
+    unknown = [a for a in against if a not in ("onnxruntime", "ort", "torch")]
+    if unknown or not against:
+        raise IrkitError(f"--against {args.against!r}: choose from onnxruntime, torch")
+    if args.target not in get_registry().of("backends"):
+        raise IrkitError(f"--target {args.target!r}: no such backend (choose from: "
+                         f"{', '.join(sorted(get_registry().of('backends')))})")
+    if args.repeats < 1:
+        raise IrkitError("--repeats must be >= 1")
     run_bench(
         args.model,
-        against=tuple(a for a in args.against.split(",") if a),
-        batches=tuple(int(b) for b in args.batch.split(",")),
-        threads=tuple(int(t) for t in args.threads.split(",")),
+        against=against,
+        batches=_positive_ints(args.batch, "--batch"),
+        threads=_positive_ints(args.threads, "--threads"),
         repeats=args.repeats,
         target=args.target,
         arches=tuple(_arch_list(args.arch) or ["native"]),
+        clock=args.clock,
     )
     return 0
 
 
+def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise IrkitError(f"{flag} {text!r}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise IrkitError(f"{flag} {text!r}: expected integers >= 1")
+    return values
+
+
+def _common_options(suppress: bool) -> argparse.ArgumentParser:
+    """``--debug`` and the logging options, taken before or after the subcommand (after
+    it they must not reset what was given before it: hence SUPPRESS there)."""
+    common = argparse.ArgumentParser(add_help=False)
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors",
+                        **default)
+    common.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower,
+                        help="what servers and builds log on stderr (default info)",
+                        **default)
+    common.add_argument("--log-format", choices=("text", "json"),
+                        help="log lines as text or one JSON object per line (default text)",
+                        **default)
+    return common
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """stderr logging for irkit (and the servers it runs): ``text`` lines with a time,
+    or ``json`` objects with ts, level, logger and msg."""
+    handler = _StderrHandler()
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                               "%(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_irkit", False)]:
+        root.removeHandler(old)
+    handler._irkit = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (main() may run in a
+    process that swaps it, as pytest does)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                 "logger": record.name, "msg": record.getMessage()}
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="irkit",
         description="Take a trained model (ONNX or PyTorch) to a fast, served artifact.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common_options(suppress=False)],
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.set_defaults(log_level="info", log_format="text")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = _common_options(suppress=True)
+    add_parser = sub.add_parser
+
+    def add_with_common(*args: Any, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("parents", [common])
+        kwargs.setdefault("epilog", EXIT_CODES)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        return add_parser(*args, **kwargs)
+
+    sub.add_parser = add_with_common  # type: ignore[method-assign,assignment]
 
     p = sub.add_parser("inspect", help="print a model's IR and a summary, or what an "
                        "artifact holds",
@@ -385,10 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("build", help="build everything a spec declares",
-                       description="Load, optimize and compile every target of a spec "
-                       "pipeline; artifacts go to the pipeline's output directory.")
+                       description="Load, optimize and compile every target of every "
+                       "pipeline of a spec (or of those named by --pipeline); artifacts go "
+                       "to each pipeline's output directory.")
     p.add_argument("spec")
-    p.add_argument("--pipeline", help="pipeline name when the spec has several")
+    p.add_argument("--pipeline", action="append",
+                   help="build only these pipelines (repeat or comma-separate; default all)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("run", help="run an artifact on .npy/.npz inputs",
@@ -398,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE",
                    help="an input array (repeat per input)")
     p.add_argument("--output", "-o", metavar="OUT.npz", help="write outputs to an .npz file")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PUBLIC",
+                   help="run only if the artifact is signed by this Ed25519 public key "
+                   "(PEM file or hex; repeat for several; see irkit sign)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("targets", help="list the targets code can be compiled for",
@@ -467,7 +637,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default llvm)")
     p.add_argument("--arch", default="native", help="comma-separated CPU targets, one row "
                    "each (e.g. native,x86-64-v3; default native)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time; cpu: the process's CPU time (all threads), "
+                   "steadier on a shared machine (default wall)")
     p.set_defaults(func=cmd_bench)
+    from irkit.cli_sign import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -477,12 +653,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    if os.getcwd() not in sys.path:  # torch factories "pkg.module:fn" import from here too,
+        sys.path.append(os.getcwd())  # as with `python -m` (after installed packages)
+    configure_logging("debug" if args.debug and args.log_level == "info" else args.log_level,
+                      args.log_format)
     try:
         return int(args.func(args) or 0)
     except IrkitError as exc:
         if args.debug:
             raise
         print(f"irkit: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:  # `irkit ... | head`: the reader left; nothing went wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # the machine said no: a file, a directory, a port
+        if args.debug:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"irkit: error:{where} {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130

@@ -157,3 +157,8 @@ def weight_bytes(graph: Graph) -> int:
 
 def parameter_count(graph: Graph) -> int:
     return int(sum(a.size for a in graph.weights().values()))
+
+
+def nonzero_count(graph: Graph) -> int:
+    """Parameters that are not zero (what unstructured pruning lowers)."""
+    return int(sum(np.count_nonzero(a) for a in graph.weights().values()))

@@ -17,7 +17,14 @@ import numpy as np
 
 from irkit.errors import IrkitError
 from irkit.ir import Graph
-from irkit.passes.base import Pass, PassContext, PassResult, parameter_count, weight_bytes
+from irkit.passes.base import (
+    Pass,
+    PassContext,
+    PassResult,
+    nonzero_count,
+    parameter_count,
+    weight_bytes,
+)
 from irkit.passes.pipeline import PassTable, resolve_passes
 
 
@@ -45,6 +52,7 @@ class PassReport:
     accuracy: float | None = None
     baseline_accuracy: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    nonzero_after: int | None = None  # parameters that are not zero after the pass
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -190,6 +198,7 @@ def run_pipeline(
             params_after=parameter_count(result.graph),
             bytes_before=weight_bytes(current),
             bytes_after=weight_bytes(result.graph),
+            nonzero_after=nonzero_count(result.graph),
             baseline_accuracy=baseline_acc,
             details=dict(result.report),
         )
@@ -236,7 +245,10 @@ def format_report_table(history: Sequence[Any]) -> str:
         table.append([
             str(r.get("pipeline") or r.get("name")),
             f"{r['ops_before']}->{r['ops_after']}",
-            f"{r['params_before']}->{r['params_after']}",
+            f"{r['params_before']}->{r['params_after']}" + (
+                f" ({r['nonzero_after']} nonzero)"
+                if r.get("nonzero_after") is not None and r["nonzero_after"] < r["params_after"]
+                else ""),
             f"{_fmt_bytes(r['bytes_before'])}->{_fmt_bytes(r['bytes_after'])}",
             _fmt_num(r.get("max_abs_error"), ".3g"),
             _fmt_num(r.get("mean_abs_error"), ".3g"),

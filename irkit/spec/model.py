@@ -225,6 +225,10 @@ class SpecFile:
         return spec_error(message, self.display_name, self.text, line, column)
 
 
+# The irkit command-line option that picks one of several declared items.
+_CHOOSE_WITH = {"pipeline": "--pipeline", "target": "--target", "serve block": "--adapter"}
+
+
 def _pick(
     items: tuple[Any, ...],
     name: str | None,
@@ -241,8 +245,10 @@ def _pick(
         if not items:
             raise SpecError(f"{owner} declares no {what}", file, line, column)
         listed = ", ".join(repr(n) for n in names)
+        flag = _CHOOSE_WITH.get(what, "")
         raise SpecError(
-            f"{owner} declares {len(items)} {what}s ({listed}); choose one by name",
+            f"{owner} declares {len(items)} {what}s ({listed}); choose one by name"
+            + (f" (on the command line: {flag} NAME)" if flag else ""),
             file,
             line,
             column,

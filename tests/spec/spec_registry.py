@@ -109,6 +109,7 @@ def make_registry() -> Registry:
             input_topic=Option(str, required=True),
             output_topic=Option(str, required=True),
             group=Option(str, "irkit"),
+            embedded_port=Option(int, 0),
         ),
     )
     add(
