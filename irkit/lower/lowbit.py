@@ -180,7 +180,7 @@ def narrow(x: Expr, from_kir: str, to: DType, saturate: bool, node: Node) -> Exp
             return Cast(STORAGE, x)
         integer = _truncate(x) if from_kir in ("f32", "f64", "f16", "bf16") else x
         return int_code(integer, to)
-    raise LoweringError(f"{node.op} to {to.name} needs its powers-of-two table")
+    raise LoweringError(f"{node.op} to {to.name} is not supported (Cast to it is)")
 
 
 def narrow_e8m0(x: Expr, pow2: TensorRef, round_mode: str, saturate: bool) -> Expr:
