@@ -154,19 +154,28 @@ def optimize_pipeline(pipeline: Any, graph: Graph) -> Graph:
 
     if not pipeline.passes:
         return graph
-    eval_data = labels = None
+    eval_data = labels = train_data = train_labels = None
     if pipeline.eval is not None:
         eval_data = model_feeds(pipeline.eval, graph)
         labels = labels_of(pipeline.eval)
-    calibration = None
+    if getattr(pipeline, "train", None) is not None:
+        train_data = model_feeds(pipeline.train, graph)
+        train_labels = labels_of(pipeline.train)
+    calibration: list[Any] | None = None
     for spec in pipeline.passes:
         calibration = calibration or _calibration(spec, graph)
+    if calibration is None and (train_data or eval_data) is not None:
+        # No pass names its calibration data: static quantization (and search's
+        # candidates) calibrate on the first training inputs, else the first eval inputs.
+        from irkit.compress.search import default_calibration
+
+        calibration = default_calibration(train_data or eval_data or {})
     arches = pipeline_arches(pipeline)
     # A build times the forms a pass may choose between on the pipeline's targets, so
     # an optimization that is slower there steps aside (and the report says so).
     return optimize(graph, pipeline.pass_pipeline_text(), calibration=calibration,
                     eval_data=eval_data, labels=labels, target=arches or None,
-                    measure=bool(arches))
+                    measure=bool(arches), train_data=train_data, train_labels=train_labels)
 
 
 def build_pipeline(pipeline: Any, *, target: str | None = None, arch: Any = None,

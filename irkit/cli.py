@@ -370,8 +370,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     labels = calibration = None
     if args.eval:
         eval_data, labels = _eval_arrays(args.eval, graph, args.eval_input, args.labels)
-    calib: dict[str, Any] | None = eval_data
-    if args.calibration:  # static quantization calibrates on the eval inputs if nothing else
+    train_data: dict[str, Any] | None = None
+    train_labels = None
+    if args.train:
+        train_data, train_labels = _eval_arrays(args.train, graph, args.eval_input, args.labels)
+    # Static quantization calibrates on --calibration, else the first training inputs,
+    # else the first eval inputs (what a spec build does).
+    calib: dict[str, Any] | None = train_data if train_data is not None else eval_data
+    if args.calibration:
         calib, _ = _eval_arrays(args.calibration, graph, args.eval_input, None)
     if calib is not None:
         count = len(next(iter(calib.values())))
@@ -379,8 +385,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                        for i in range(0, min(count, 256), 32)]
     arch = _arch_list(args.arch) or ["native"]
     optimized = optimize(graph, args.passes, eval_data=eval_data, labels=labels, target=arch,
-                         measure=args.measure, calibration=calibration)
+                         measure=args.measure, calibration=calibration,
+                         train_data=train_data, train_labels=train_labels)
     print(format_report_table(optimized.history))
+    _write_search_outputs(optimized.history, args.plot, args.trials_json)
     for report in optimized.history:
         if not report.modified and "skipped" in report.details:
             print(f"{report.pipeline}: changed nothing: {report.details['skipped']}")
@@ -395,6 +403,24 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         onnx.save(to_onnx(optimized), args.output)
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _write_search_outputs(history: list[Any], plot: str | None, trials: str | None) -> None:
+    """--plot / --trials-json: the trials of the pipeline's search pass."""
+    if not plot and not trials:
+        return
+    reports = [r.details for r in history if "trials" in r.details and "chosen" in r.details]
+    if not reports:
+        raise IrkitError("--plot and --trials-json draw a search's trials; add a search pass, "
+                         "e.g. --passes 'search{budget=1.0}'")
+    from irkit.compress.search import write_trials_json
+
+    if trials:
+        print(f"wrote {write_trials_json(reports[-1], trials)}", file=sys.stderr)
+    if plot:
+        from irkit.compress.pareto import plot_pareto
+
+        print(f"wrote {plot_pareto(reports[-1], plot)}", file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -596,9 +622,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("optimize", help="run passes on a model and print the report table",
                        description="Run a pass pipeline and report ops, parameters, bytes "
-                       "and (with --eval) the output error and accuracy per pass.")
+                       "and (with --eval) the output error and\naccuracy per pass.\n\n"
+                       "'distill{width=0.5}' trains a narrower student on --train data (soft "
+                       "teacher outputs\nmixed with its labels).\n"
+                       "'search{budget=1.0}' tries candidate pipelines (quantize, prune, "
+                       "lowrank, distill, fuse),\nmeasures each one's accuracy on --eval and "
+                       "its speed on --arch, and keeps the fastest that\nloses at most "
+                       "budget accuracy points (max_error=... for models without labels); "
+                       "it prints\na table as it goes and the choice as a spec passes block.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  irkit optimize specs/models/digits_cnn.onnx "
+                       "--passes 'search{budget=1.0}' \\\n    --eval "
+                       "specs/data/digits_eval.npz --train specs/data/digits_train.npz "
+                       "--plot pareto.svg\n\nsearch options: budget (points), max_error, "
+                       "max_trials (12), max_minutes (5), space (pipelines), cache (dir), "
+                       "batch (64).\ndistill options: width (0.5), student "
+                       "(\"pkg.mod:factory\"), temperature (4), alpha (0.7; 0 = labels "
+                       "alone), epochs (40), lr, patience, val_fraction, seed.")
     p.add_argument("model")
-    p.add_argument("--passes", required=True, help="e.g. 'fuse,prune{sparsity=0.5}'")
+    p.add_argument("--passes", required=True, help="e.g. 'fuse,prune{sparsity=0.5}', "
+                   "'distill{width=0.5},fuse' or 'search{budget=1.0}'")
+    p.add_argument("--train", metavar="DATA.npz", help="training inputs (and labels y) for "
+                   "distill; without labels the teacher labels them")
+    p.add_argument("--plot", metavar="PARETO.svg", help="draw the search's trials: accuracy "
+                   "vs speedup, the Pareto front, the budget and the choice (matplotlib)")
+    p.add_argument("--trials-json", metavar="TRIALS.json", help="write every search trial "
+                   "as JSON")
     p.add_argument("--eval", metavar="DATA.npz", help="evaluation inputs (and labels)")
     p.add_argument("--eval-input", help="array in DATA.npz that feeds the model input "
                    "(default: arrays named like the inputs, else the one whose rank fits)")
@@ -606,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "labels when present)")
     p.add_argument("--calibration", metavar="DATA.npz",
                    help="calibration inputs for static quantization (default: the first "
-                   "256 eval inputs)")
+                   "256 --train inputs, else eval inputs)")
     p.add_argument("-o", "--output", metavar="OUT.onnx", help="write the optimized model")
     p.add_argument("--arch", help="target(s) the model will be compiled for (default "
                    "native); quantize picks weight ranges for their int8 instructions")

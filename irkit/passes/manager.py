@@ -151,14 +151,18 @@ def run_pipeline(
     table: PassTable | None = None,
     targets: Sequence[Any] = (),
     cost: Any = None,
+    train_data: Mapping[str, Any] | None = None,
+    train_labels: Any = None,
 ) -> Graph:
     """Run ``passes`` over ``graph`` (which is left untouched); the result carries one
     :class:`PassReport` per pass appended to ``graph.history``. Pipeline text is resolved
-    through ``table`` (pass name -> class or registry entry)."""
+    through ``table`` (pass name -> class or registry entry). ``train_data`` /
+    ``train_labels`` are what training passes (``distill``) learn from."""
     evaluate = evaluate_graph
     pipeline = resolve_passes(passes, table)
     context = PassContext(calibration=list(calibration) if calibration is not None else None,
-                          targets=tuple(targets), cost=cost)
+                          targets=tuple(targets), cost=cost, train_data=train_data,
+                          train_labels=train_labels, eval_data=eval_data, eval_labels=labels)
     reference = evaluate(graph, eval_data) if eval_data is not None else None
     baseline_acc = None
     if reference is not None and labels is not None:

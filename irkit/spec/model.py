@@ -183,6 +183,8 @@ class Pipeline:
     inputs: tuple[InputDecl, ...] = ()
     eval: DataRef | None = None
     passes: tuple[PassSpec, ...] = ()
+    # ``train = npz(path, input =, labels =)``: what training passes (distill) learn from.
+    train: DataRef | None = field(default=None, metadata={"omit_if_none": True})
     targets: tuple[TargetSpec, ...] = ()
     serves: tuple[ServeSpec, ...] = ()
     output: Path = Path("build")
@@ -298,6 +300,7 @@ def to_data(obj: Any, base: Path | None = None) -> Any:
             f.name: to_data(getattr(obj, f.name), base)
             for f in dataclasses.fields(obj)
             if f.compare and f.name not in _POSITION_FIELDS
+            and not (f.metadata.get("omit_if_none") and getattr(obj, f.name) is None)
         }
     if isinstance(obj, Path):
         if base is not None and obj.is_relative_to(base):

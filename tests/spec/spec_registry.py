@@ -62,6 +62,8 @@ def make_registry() -> Registry:
     add("passes", "prune", FakePrune)
     add("passes", "quantize", FakeQuantize)
     add("passes", "lowrank", FakeLowrank)
+    add("passes", "distill", "irkit.compress.distill:Distill")
+    add("passes", "search", "irkit.compress.search:Search")
     add(
         "passes",
         "tag",
