@@ -393,11 +393,13 @@ def open_program(artifact_dir: Path, manifest: Manifest, make_library: LibraryFa
     return runner
 
 
-def _signature_poly(dim: Any) -> Poly | None:
-    """A signature dim as a size polynomial (64, "N"); None for forms not compared."""
+def _signature_poly(dim: Any, symbols: Sequence[str]) -> Poly | None:
+    """A signature dim as a size polynomial (64, "N"); None for forms not compared: a
+    name the program does not bind (an output size the model computes from input values,
+    e.g. ONNX's ``unk__0``) is whatever the program's own size expression gives."""
     if type(dim) is int:
         return {(): dim} if dim else {}
-    if isinstance(dim, str) and dim.isidentifier():
+    if isinstance(dim, str) and dim in symbols:
         return {(dim,): 1}
     return None
 
@@ -416,7 +418,7 @@ def check_program(artifact_dir: Path, manifest: Manifest, program: KernelProgram
             spec = specs.get(name)
             if spec is None:
                 continue  # a tensor between segments
-            wanted = [_signature_poly(d) for d in spec.shape]
+            wanted = [_signature_poly(d, program.symbols) for d in spec.shape]
             clean = [{m: c for m, c in d.items() if c} for d in dims]
             if len(wanted) != len(clean) or any(
                     w is not None and w != d for w, d in zip(wanted, clean)):
