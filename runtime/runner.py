@@ -393,14 +393,13 @@ def open_program(artifact_dir: Path, manifest: Manifest, make_library: LibraryFa
     return runner
 
 
-def _signature_poly(dim: Any, symbols: Any = None) -> Poly | None:
-    """A signature dim as a size polynomial (64, "N"); None for forms not compared, and,
-    given ``symbols``, for names that are not among them (an output's ``unk__0``: ONNX
-    shape inference's name for a size it could not infer, which the program computes,
-    e.g. as ``N``; the runner sizes outputs from the program)."""
+def _signature_poly(dim: Any, symbols: Sequence[str]) -> Poly | None:
+    """A signature dim as a size polynomial (64, "N"); None for forms not compared: a
+    name the program does not bind (an output size the model computes from input values,
+    e.g. ONNX's ``unk__0``) is whatever the program's own size expression gives."""
     if type(dim) is int:
         return {(): dim} if dim else {}
-    if isinstance(dim, str) and dim.isidentifier() and (symbols is None or dim in symbols):
+    if isinstance(dim, str) and dim in symbols:
         return {(dim,): 1}
     return None
 
@@ -419,8 +418,7 @@ def check_program(artifact_dir: Path, manifest: Manifest, program: KernelProgram
             spec = specs.get(name)
             if spec is None:
                 continue  # a tensor between segments
-            known = program.symbols if side == "output_shapes" else None
-            wanted = [_signature_poly(d, known) for d in spec.shape]
+            wanted = [_signature_poly(d, program.symbols) for d in spec.shape]
             clean = [{m: c for m, c in d.items() if c} for d in dims]
             if len(wanted) != len(clean) or any(
                     w is not None and w != d for w, d in zip(wanted, clean)):
