@@ -27,6 +27,8 @@ def register_passes(register: Register) -> None:
 def register_backends(register: Register) -> None:
     register("ort", "irkit.plugins.ort:OrtBackend")
     register("llvm", "irkit.plugins.llvm:LlvmBackend")
+    register("numba", "irkit.plugins.numba:NumbaBackend")
+    register("cuda", "irkit.plugins.cuda:CudaBackend")
 
 
 @hookimpl

@@ -1,0 +1,1 @@
+"""GPU templates (the ``gpu`` target family), registered with :mod:`irkit.lower.templates`."""
