@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from irkit import __version__
-from irkit.kir import Block, Buffer, For, Kernel, Program, Stmt, Var
+from irkit.kir import Block, Buffer, Expr, For, Kernel, Program, Stmt, Var
 from irkit.kir.nodes import ITEMSIZE
 from irkit.kir.visit import walk_exprs
 from irkit.plugins.numba.codegen import prepare
@@ -50,11 +50,36 @@ class CudaSource(KernelSource):
     def barrier(self) -> str:
         return "cuda.syncthreads()"
 
-    def call(self, fn: str, args: Sequence, dtype: str, lane: str | None) -> str:  # type: ignore[override]
+    def call(self, fn: str, args: Sequence[Expr], dtype: str, lane: str | None) -> str:
         if fn == "shfl_xor":
             value, mask = (self.expr(a, lane) for a in args)
-            return f"cuda.shfl_xor_sync(0xFFFFFFFF, {value}, {mask})"
+            self.shuffles = True
+            return f"_shfl_xor({value}, {mask})"
         return super().call(fn, args, dtype, lane)
+
+    shuffles = False
+
+
+SHFL_XOR = '''
+if IRKIT_PURE_PYTHON:
+    @_device
+    def _shfl_xor(value, mask):
+        """The value thread ``lane ^ mask`` holds. numba-cuda's simulator has no warp
+        shuffles: every thread of the block exchanges through shared memory."""
+        exchange = cuda.shared.array(1024, np.float64)
+        lane = cuda.threadIdx.x
+        cuda.syncthreads()
+        exchange[lane] = value
+        cuda.syncthreads()
+        other = exchange[lane ^ mask]
+        cuda.syncthreads()
+        return type(value)(other)
+else:
+    @_device
+    def _shfl_xor(value, mask):
+        """The value thread ``lane ^ mask`` of the warp holds (all 32 lanes take part)."""
+        return cuda.shfl_xor_sync(0xFFFFFFFF, value, mask)
+'''
 
 
 def _cuda_call(fn: str, dtype: str) -> str | None:
@@ -139,7 +164,7 @@ def render_kernel(kernel: Kernel, symbols: Sequence[str]) -> tuple[CudaKernel, s
             offset = "" if first == "0" else f"{first} + "
             lines.append(f"{src.bind(loop.var, nonneg=src.is_nonneg(loop.start))} = "
                          f"{offset}np.int64({index})")
-        lines += src.stmt(thread.body, 1)
+        lines += src.stmt(thread.body, 0)
         lines = [*src.local_declarations(_array), *lines]
         grid = [host.expr(loop.extent) for loop in reversed(blocks)]
         grid += ["1"] * (3 - len(grid))
@@ -174,7 +199,8 @@ def render_kernel(kernel: Kernel, symbols: Sequence[str]) -> tuple[CudaKernel, s
         shape = "single"
     header = f"def {name}({', '.join([*params, *extras])}):"
     source = "\n".join(["@_kernel", header, *("    " + line for line in lines)])
-    return CudaKernel(name, shape, kernel.buffers, extras, source, launch), src.helpers
+    helpers = set(src.helpers) | ({"_shfl_xor"} if src.shuffles else set())
+    return CudaKernel(name, shape, kernel.buffers, extras, source, launch), helpers
 
 
 def _buffer_table(program: Program, buffers: Sequence[Buffer]) -> list[str]:
@@ -245,7 +271,8 @@ def render_module(program: Program, target: str = "sm_90") -> CudaModule:
         *(f"    ({k.name!r}, {k.shape!r}, {tuple(order.index(b.name) for b in k.buffers)!r},"
           f" {len(k.extras)})," for k in kernels),
         ")",
-        helper_source(helpers),
+        helper_source(helpers - {"_shfl_xor"}),
+        SHFL_XOR if "_shfl_xor" in helpers else "",
     ]
     for k in kernels:
         out += ["", "", k.source]
