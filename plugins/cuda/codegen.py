@@ -44,6 +44,8 @@ MAX_THREAD_BLOCK = 1024
 class CudaSource(KernelSource):
     """The shared renderer with CUDA's math calls, barrier and warp shuffle."""
 
+    fmod = "_fmod_math"
+
     def __init__(self, kernel: Kernel, symbols: Sequence[str]) -> None:
         super().__init__(kernel, symbols, calls=_cuda_call)
 

@@ -71,6 +71,12 @@ def _fmin(a, b):
 @_device
 def _fmod(a, b):
     """C fmod: the remainder with the sign of a (exact in f64)."""
+    return np.fmod(np.float64(a), np.float64(b))
+''', ()),
+    "_fmod_math": ('''
+@_device
+def _fmod_math(a, b):
+    """C fmod (numba-cuda has math.fmod, not np.fmod)."""
     return math.fmod(np.float64(a), np.float64(b))
 ''', ()),
     "_f16_to_f32": ('''

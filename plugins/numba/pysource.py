@@ -147,6 +147,8 @@ class KernelSource:
     ``helpers`` collects the helper functions the source uses.
     """
 
+    fmod = "_fmod"  # the helper computing C's fmod
+
     def __init__(self, kernel: Kernel, symbols: Sequence[str],
                  calls: Callable[[str, str], str | None] | None = None) -> None:
         self.kernel = kernel
@@ -373,7 +375,7 @@ class KernelSource:
             if op in ARITH or op == "div":
                 text = f"({x} {ARITH.get(op, '/')} {y})"
             elif op == "mod":
-                text = self.helper("_fmod", x, y)
+                text = self.helper(self.fmod, x, y)
                 if dtype != "f64":
                     text = f"np.float32({text})"
             else:
