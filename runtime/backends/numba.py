@@ -54,7 +54,8 @@ class NumbaLibrary:
         self.kernel_count = len(module.KERNELS)
         self._io_dtypes = list(module.IO_DTYPES)
         self._run = module.run_parallel if threads > 1 else module.run
-        self._run.compile(module.RUN_SIGNATURE)
+        if hasattr(self._run, "compile"):  # not with NUMBA_DISABLE_JIT: plain Python
+            self._run.compile(module.RUN_SIGNATURE)
         self._weights = _aligned_empty(max(len(weights), 1))
         self._weights[: len(weights)] = np.frombuffer(weights, dtype=np.uint8)
         self._workspace = _aligned_empty(0)
