@@ -37,6 +37,10 @@ class NumbaBackend(KernelBackend):
     families = ("cpu",)
     options: ClassVar[dict[str, Option]] = {
         **KERNEL_OPTIONS,
+        # Numba compiles the prange variants several times slower than the serial ones,
+        # so they are opt-in.
+        "threads": Option(int, 1, "threads at run time: 1 runs the serial kernels; more "
+                          "runs the prange variants on Numba's threads (0 = all cores)"),
         "fast_math": Option(bool, True, "Numba fastmath flags contract, nsz and reassoc "
                             "(vectorized reductions); NaN/Inf semantics and exact "
                             "division are kept"),

@@ -180,7 +180,7 @@ class GpuLibrary(_Library):
         return current
 
     def run(self) -> None:
-        cuda, module, dims, stream = self._cuda, self.module, self._dims, self._stream
+        cuda, stream = self._cuda, self._stream
         if self._workspace.nbytes < self._workspace_bytes:
             self._workspace = cuda.device_array(self._workspace_bytes, np.uint8)
         host = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in self._arrays]
@@ -189,6 +189,21 @@ class GpuLibrary(_Library):
             target = self._device_io(slot, data.nbytes)
             if slot not in outputs and data.nbytes:
                 target[: data.nbytes].copy_to_device(data, stream=stream)
+        self.launch()
+        for slot in self._outputs:
+            data = host[slot]
+            if data.nbytes:
+                self._io[slot][: data.nbytes].copy_to_host(data, stream=stream)
+        stream.synchronize()
+        for slot in self._outputs:  # host[slot] is a view of the output unless copied
+            out = self._arrays[slot]
+            if out.size and not np.shares_memory(out, host[slot]):
+                out.reshape(-1).view(np.uint8)[:] = host[slot]
+
+    def launch(self) -> None:
+        """Every kernel, in order, on the device buffers as the last ``run`` left them
+        (no copies, not waited for): the GPU's own time, for benchmarks."""
+        module, dims, stream = self.module, self._dims, self._stream
         pointers = []
         for _, place, where, _, _ in module.buffers(dims):
             if place == "io":
@@ -205,20 +220,29 @@ class GpuLibrary(_Library):
                                                                  for e in extras]
             self._launch(stream, self._config(grid=grid, block=(block, 1, 1)), kernel,
                          *args)
-        for slot in self._outputs:
-            data = host[slot]
-            if data.nbytes:
-                self._io[slot][: data.nbytes].copy_to_host(data, stream=stream)
-        stream.synchronize()
-        for slot in self._outputs:  # host[slot] is a view of the output unless copied
-            out = self._arrays[slot]
-            if out.size and not np.shares_memory(out, host[slot]):
-                out.reshape(-1).view(np.uint8)[:] = host[slot]
+
+    def synchronize(self) -> None:
+        self._stream.synchronize()
 
     def close(self) -> None:
         super().close()
         self._kernels = []
         self._io = []
+
+
+def device_launcher(model: Any) -> Any:
+    """For a CompiledModel of a cuda artifact loaded on a GPU and called once: a function
+    that launches its kernels on the device-resident buffers of that call and waits for
+    them (no host copies), to time the GPU's work alone. Single-program artifacts only."""
+    library = getattr(getattr(model, "_runner", None), "library", None)
+    if not isinstance(library, GpuLibrary):
+        raise TypeError("not a cuda artifact loaded on a GPU (one kernel program)")
+
+    def launch() -> None:
+        library.launch()
+        library.synchronize()
+
+    return launch
 
 
 def _address(device_array: Any) -> int:

