@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from irkit.kir.nodes import (
     FLOATS,
     HALF_FLOATS,
@@ -45,10 +47,20 @@ def _wrap_int(value: int, dtype: str) -> int:
     return value - (1 << bits) if dtype not in UNSIGNED and value >> (bits - 1) else value
 
 
+def _as_f32(value: float) -> float:
+    """``value`` rounded to f32 (nearest even), as an f32 ``Const`` means it."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
 def _fold(op: str, x: float, y: float, dtype: str) -> float | bool | None:
+    if dtype == "f32":  # fold what the kernel computes: f32 operands, an f32 result
+        x, y = _as_f32(x), _as_f32(y)
     value = _fold_exact(op, x, y, dtype)
     if isinstance(value, int) and not isinstance(value, bool) and dtype not in FLOATS:
         return _wrap_int(value, dtype)
+    if dtype == "f32" and isinstance(value, float):
+        return _as_f32(value)
     return value
 
 
@@ -62,6 +74,9 @@ def _fold_exact(op: str, x: float, y: float, dtype: str) -> float | bool | None:
         "lt": lambda: x < y, "le": lambda: x <= y, "gt": lambda: x > y,
         "ge": lambda: x >= y, "eq": lambda: x == y, "ne": lambda: x != y,
     }  # fmt: skip
+    if not integer:  # NaN in x propagates, NaN in y gives x (irkit.kir.interpret)
+        table["max"] = lambda: x if not x <= y else y
+        table["min"] = lambda: x if not x >= y else y
     if dtype == "bool":
         table["and"] = lambda: bool(x) and bool(y)
         table["or"] = lambda: bool(x) or bool(y)
@@ -70,15 +85,14 @@ def _fold_exact(op: str, x: float, y: float, dtype: str) -> float | bool | None:
         table["or"] = lambda: int(x) | int(y)
     if op in table:
         return table[op]()
-    if op == "div":
-        if y == 0:
+    if op in ("div", "mod"):
+        if y == 0 or (op == "mod" and not integer):
             return None
         if not integer:
             return x / y
         q = abs(int(x)) // abs(int(y))  # C semantics: truncate toward zero, exactly
-        return q if (x < 0) == (y < 0) else -q
-    if op == "mod" and integer and y != 0:
-        return int(math.fmod(x, y))
+        q = q if (x < 0) == (y < 0) else -q
+        return q if op == "div" else int(x) - q * int(y)  # the dividend's sign
     return None
 
 
@@ -191,7 +205,11 @@ def fold_cast(expr: Expr) -> Expr | None:
     rounds = expr.type in HALF_FLOATS or expr.x.dtype in HALF_FLOATS  # in the backend
     if isinstance(expr.x, Const) and not rounds:
         value = expr.x.value
+        if expr.x.type == "f32":
+            value = _as_f32(float(value))
         if expr.type in FLOATS:
+            if expr.type == "f32" and not isinstance(value, float) and abs(value) > 1 << 53:
+                return None  # int -> f64 -> f32 would round twice
             return Const(float(value), expr.type)
         if expr.type == "bool":
             return Const(bool(value), "bool")

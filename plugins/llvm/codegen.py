@@ -174,7 +174,9 @@ class KernelTranslator:
             self.ptrs[buf.name] = slot
         parallel = _parallel_loop(kernel.body)
         if parallel is not None:
-            self._loop(parallel, lo=start, hi=end)
+            # [start, end) counts iterations; the loop's own start offsets both.
+            first = self.expr(parallel.start)
+            self._loop(parallel, lo=self.b.add(start, first), hi=self.b.add(end, first))
         else:
             self.stmt(kernel.body)
         self.b.ret_void()

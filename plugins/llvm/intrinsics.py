@@ -56,5 +56,7 @@ def _dot4_u8s8(b: ir.IRBuilder, module: ir.Module, target: Target, acc: ir.Value
     for t in range(4):
         mask = ir.Constant(ir.VectorType(I32, lanes), [4 * lane + t for lane in range(lanes)])
         part = b.shuffle_vector(prod, ir.Constant(wide, ir.Undefined), mask)
+        if lanes == 1:  # a scalar call: the one lane of the <1 x i32> shuffle
+            part = b.extract_element(part, ir.Constant(I32, 0))
         total = b.add(total, part)
     return total
