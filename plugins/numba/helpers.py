@@ -10,6 +10,22 @@ simulator, ``NUMBA_DISABLE_JIT``) they go through a numpy view instead.
 
 from __future__ import annotations
 
+MATH = '''
+if IRKIT_PURE_PYTHON:
+    # As plain Python, math.exp(1e3) raises OverflowError and math.log(-1.0) ValueError,
+    # where compiled code gives inf and nan: numpy's functions do the same as compiled.
+    import types as _types
+
+    _math = _types.SimpleNamespace(
+        exp=np.exp, log=np.log, tanh=np.tanh, erf=math.erf, sqrt=np.sqrt, sin=np.sin,
+        cos=np.cos, tan=np.tan, asin=np.arcsin, acos=np.arccos, atan=np.arctan,
+        sinh=np.sinh, cosh=np.cosh, asinh=np.arcsinh, acosh=np.arccosh, atanh=np.arctanh,
+        pow=np.power)
+else:
+    _math = math
+'''
+"""The math module the kernels call (``_math.exp``), safe to run uncompiled."""
+
 BITCASTS = '''
 if IRKIT_PURE_PYTHON:
     def _f32_bits(x):
@@ -33,6 +49,51 @@ else:
         def codegen(context, builder, signature, args):
             return builder.bitcast(args[0], _llvm_ir.FloatType())
         return _nb_types.float32(_nb_types.uint32), codegen
+'''
+
+FMA = '''
+if IRKIT_PURE_PYTHON:
+    from fractions import Fraction as _Fraction
+
+    def _fma(a, b, c):
+        """a * b + c rounded once. f32: the product is exact in f64, the sum rounded to
+        odd in f64 (two-sum error term), then to nearest f32; f64: exact arithmetic."""
+        if isinstance(a, np.float32):
+            p = float(a) * float(b)
+            s = p + float(c)
+            if not math.isfinite(s):
+                return np.float32(s)
+            t = s - p
+            err = (p - (s - t)) + (float(c) - t)
+            bits = int(np.array([s]).view(np.int64)[0])
+            if err != 0 and bits % 2 == 0:
+                bits += 1 if (err > 0) == (s > 0) else -1
+                s = float(np.array([bits], np.int64).view(np.float64)[0])
+            return np.float32(s)
+        x, y, z = float(a), float(b), float(c)
+        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(z)):
+            return np.float64(x * y + z)
+        exact = _Fraction(x) * _Fraction(y) + _Fraction(z)
+        if exact == 0:
+            return np.float64(x * y + z)
+        try:
+            return np.float64(float(exact))
+        except OverflowError:
+            return np.float64(math.copysign(math.inf, exact))
+else:
+    from numba.extending import intrinsic as _fma_intrinsic
+
+    @_fma_intrinsic
+    def _fma(typingctx, a, b, c):
+        """llvm.fma: a * b + c rounded once (an FMA instruction on CPUs and GPUs)."""
+        sig = a(a, a, a)
+
+        def codegen(context, builder, signature, args):
+            values = [context.cast(builder, v, t, a)
+                      for v, t in zip(args, signature.args)]
+            fn = builder.module.declare_intrinsic("llvm.fma", [values[0].type] * 3)
+            return builder.call(fn, values)
+        return sig, codegen
 '''
 
 # name -> (source, helpers it calls)
@@ -227,10 +288,14 @@ def helper_source(names: set[str]) -> str:
             visit(dep)
         ordered.append(name)
 
-    for name in sorted(names):
+    for name in sorted(names - {"_fma"}):
         visit(name)
     needs_bits = any(dep in NEEDS_BITCASTS for name in ordered for dep in HELPERS[name][1])
-    parts = [BITCASTS] if needs_bits else []
+    parts = [MATH]
+    if needs_bits:
+        parts.append(BITCASTS)
+    if "_fma" in names:
+        parts.append(FMA)
     parts += [HELPERS[name][0] for name in ordered]
     return "".join(parts)
 

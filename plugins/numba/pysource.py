@@ -431,9 +431,8 @@ class KernelSource:
         if fn in ("shl", "shr"):
             return self.wrap_int(f"({texts[0]} {'<<' if fn == 'shl' else '>>'} {texts[1]})",
                                  dtype)
-        if fn == "fma":
-            text = f"({texts[0]} * {texts[1]} + {texts[2]})"
-            return self.round_half(text, dtype)
+        if fn == "fma":  # rounded once, like llvm.fma (an LLVM intrinsic when compiled)
+            return self.round_half(self.helper("_fma", *texts), dtype)
         if fn == "fdiv":
             return self.round_half(f"({texts[0]} / {texts[1]})", dtype)
         template = self.calls(fn, dtype)
@@ -452,7 +451,7 @@ class KernelSource:
             name = {"floor": "np.floor", "ceil": "np.ceil", "round": "np.rint"}[fn]
             return f"{name}({{0}})"
         if fn in MATH_CALLS:
-            text = f"math.{fn}({args})"
+            text = f"_math.{fn}({args})"
             return text if dtype == "f64" else f"np.float32({text})"
         raise SourceError(f"kernel {self.kernel.name}: no Python form for call {fn}")
 
@@ -475,9 +474,10 @@ class KernelSource:
 
 
 def _helper_names(template: str) -> list[str]:
+    """The helper functions a call template uses (``_floor(…)``; not ``_math.exp``)."""
     names = []
     for part in template.replace("(", " ").split():
-        if part.startswith("_") and part[1:2].isalpha():
+        if part.startswith("_") and part[1:2].isalpha() and "." not in part:
             names.append(part)
     return names
 
