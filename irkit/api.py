@@ -50,14 +50,32 @@ def optimize(
     calibration: Sequence[Mapping[str, Any]] | None = None,
     eval_data: Mapping[str, Any] | None = None,
     labels: Any = None,
+    target: Any = "native",
+    measure: bool = False,
 ) -> Graph:
     """Run a pass pipeline (text like ``"fuse,quantize{mode=static}"`` or pass objects);
-    the returned graph carries one report per pass in ``graph.history``."""
+    the returned graph carries one report per pass in ``graph.history``.
+
+    ``target`` names what the graph will be compiled for (a preset such as
+    ``"x86-64-v3"``, several, or ``Target`` objects; the build host by default): passes
+    that depend on the CPU read it (quantize picks its weight range for the target's int8
+    instruction). With ``measure=True``, passes that can keep the faster form of a node
+    time both forms on those targets (``irkit.cost``) and step aside where theirs is
+    slower, saying so in the report."""
     from irkit.passes.manager import run_pipeline
     from irkit.plugins import get_registry
+    from irkit.target import resolve_targets
 
+    families = ("cpu", "wasm", "gpu")
+    targets = resolve_targets(target, families=families) if target is not None else []
+    cost = None
+    if measure:
+        from irkit.cost import MeasuredCost
+
+        cost = MeasuredCost(targets)
     return run_pipeline(graph, passes, calibration=calibration, eval_data=eval_data,
-                        labels=labels, table=get_registry().passes)
+                        labels=labels, table=get_registry().passes, targets=targets,
+                        cost=cost)
 
 
 def compile(graph: Graph, target: str = "ort", **options: Any) -> Artifact:

@@ -132,6 +132,23 @@ def load_pipeline_model(pipeline: Any) -> Graph:
     return graph
 
 
+def pipeline_arches(pipeline: Any) -> list[Any]:
+    """The CPU/GPU/wasm targets a pipeline compiles for (each kernel backend target's
+    ``arch``, ``native`` when unset); passes such as quantize choose for them."""
+    from irkit.plugins import get_registry
+
+    arches: list[Any] = []
+    for spec in pipeline.targets:
+        try:
+            options = get_registry().get("backends", spec.backend).options
+        except IrkitError:
+            continue
+        if "arch" in options:
+            arch = dict(spec.options).get("arch", options["arch"].default)
+            arches += [arch] if isinstance(arch, str) else list(arch)
+    return arches
+
+
 def optimize_pipeline(pipeline: Any, graph: Graph) -> Graph:
     from irkit.api import optimize
 
@@ -144,8 +161,12 @@ def optimize_pipeline(pipeline: Any, graph: Graph) -> Graph:
     calibration = None
     for spec in pipeline.passes:
         calibration = calibration or _calibration(spec, graph)
+    arches = pipeline_arches(pipeline)
+    # A build times the forms a pass may choose between on the pipeline's targets, so
+    # an optimization that is slower there steps aside (and the report says so).
     return optimize(graph, pipeline.pass_pipeline_text(), calibration=calibration,
-                    eval_data=eval_data, labels=labels)
+                    eval_data=eval_data, labels=labels, target=arches or None,
+                    measure=bool(arches))
 
 
 def build_pipeline(pipeline: Any, *, target: str | None = None, arch: Any = None,

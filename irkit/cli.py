@@ -278,23 +278,63 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_arrays(path: str, graph: Any, key: str | None, labels_key: str | None
+                 ) -> tuple[dict[str, Any], Any]:
+    """Inputs and labels from an .npz: ``key`` names the array for a one-input model;
+    otherwise arrays named like the inputs, or the one whose rank fits. Labels: the
+    array ``labels_key``, else one called ``y`` or ``labels``."""
+    import numpy as np
+
+    from irkit.passes.manager import load_eval_npz
+
+    if not Path(path).is_file():
+        raise IrkitError(f"--eval {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise IrkitError(f"--eval {path}: not a readable .npz file ({exc})") from None
+    if key is not None:
+        if key not in arrays:
+            raise IrkitError(f"--eval-input {key!r}: {path} has no such array (has: "
+                             f"{', '.join(arrays)})")
+        if len(graph.inputs) != 1:
+            raise IrkitError("--eval-input names one array; the model has several inputs")
+        feeds = {graph.inputs[0].name: arrays[key]}
+        labels = arrays.get(labels_key or "y", arrays.get("labels"))
+    else:
+        feeds, labels = load_eval_npz(path, graph)
+    if labels_key is not None:
+        if labels_key not in arrays:
+            raise IrkitError(f"--labels {labels_key!r}: {path} has no such array")
+        labels = arrays[labels_key]
+    return feeds, labels
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
     from irkit.api import optimize
     from irkit.passes.manager import format_report_table
 
     graph = _load_any(args.model)
-    eval_data = labels = None
+    eval_data: dict[str, Any] | None = None
+    labels = calibration = None
     if args.eval:
-        import numpy as np
-
-        with np.load(args.eval, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        names = [v.name for v in graph.inputs]
-        key = args.eval_input or (names[0] if names[0] in arrays else next(iter(arrays)))
-        eval_data = {names[0]: arrays[key]}
-        labels = arrays.get(args.labels) if args.labels else None
-    optimized = optimize(graph, args.passes, eval_data=eval_data, labels=labels)
+        eval_data, labels = _eval_arrays(args.eval, graph, args.eval_input, args.labels)
+    calib: dict[str, Any] | None = eval_data
+    if args.calibration:  # static quantization calibrates on the eval inputs if nothing else
+        calib, _ = _eval_arrays(args.calibration, graph, args.eval_input, None)
+    if calib is not None:
+        count = len(next(iter(calib.values())))
+        calibration = [{k: v[i:i + 32] for k, v in calib.items()}
+                       for i in range(0, min(count, 256), 32)]
+    arch = _arch_list(args.arch) or ["native"]
+    optimized = optimize(graph, args.passes, eval_data=eval_data, labels=labels, target=arch,
+                         measure=args.measure, calibration=calibration)
     print(format_report_table(optimized.history))
+    for report in optimized.history:
+        for key in ("nodes", "timed", "weight_range"):
+            if key in report.details:
+                print(f"{report.pipeline}: {key}: {report.details[key]}")
     if args.output:
         import onnx
 
@@ -414,9 +454,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--passes", required=True, help="e.g. 'fuse,prune{sparsity=0.5}'")
     p.add_argument("--eval", metavar="DATA.npz", help="evaluation inputs (and labels)")
-    p.add_argument("--eval-input", help="array in DATA.npz that feeds the model input")
-    p.add_argument("--labels", help="array in DATA.npz holding class labels")
+    p.add_argument("--eval-input", help="array in DATA.npz that feeds the model input "
+                   "(default: arrays named like the inputs, else the one whose rank fits)")
+    p.add_argument("--labels", help="array in DATA.npz holding class labels (default: y or "
+                   "labels when present)")
+    p.add_argument("--calibration", metavar="DATA.npz",
+                   help="calibration inputs for static quantization (default: the first "
+                   "256 eval inputs)")
     p.add_argument("-o", "--output", metavar="OUT.onnx", help="write the optimized model")
+    p.add_argument("--arch", help="target(s) the model will be compiled for (default "
+                   "native); quantize picks weight ranges for their int8 instructions")
+    p.add_argument("--measure", action="store_true",
+                   help="time both forms of each node a pass may change on the targets and "
+                   "keep the faster one (what spec builds do)")
     p.set_defaults(func=cmd_optimize)
 
     from irkit.serving import add_serve_parser

@@ -24,6 +24,7 @@ default).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,9 +189,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             build_pipeline(pipeline, target=target.name)
         return directory
 
+    if args.init_db and set(adapters) <= set(NETWORK_ADAPTERS):
+        raise IrkitError(f"--init-db: adapter {', '.join(map(repr, adapters))} keeps no "
+                         "database (it is for the postgres adapter)")
     if not set(adapters) <= set(NETWORK_ADAPTERS):
         if len(adapters) != 1 or directories:
-            raise IrkitError(f"serve {', '.join(adapters)}: batch and kafka serve one pipeline "
+            raise IrkitError(f"serve {', '.join(adapters)}: batch, kafka and postgres serve "
+                             "one pipeline "
                              "of one spec file on their own; only http and grpc serve several "
                              "models (and model repository directories) together")
         if len(pipelines) != 1:
@@ -206,6 +211,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except (ValueError, TypeError) as exc:  # option errors found by the adapter itself
             raise IrkitError(f"{pipeline.file}:{serve.line}:{serve.column}: serve "
                              f"{serve.adapter}: {exc}") from None
+        if args.init_db:
+            init_db = getattr(adapter, "init_db", None)
+            if init_db is None:
+                raise IrkitError(f"--init-db: adapter {serve.adapter!r} keeps no database "
+                                 "(it is for the postgres adapter)")
+            init_db()
+            print(f"serve {serve.adapter}: schema ready", file=sys.stderr)
+            return 0
         adapter.serve()
         return 0
 
@@ -224,9 +237,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_serve_parser(sub: Any) -> None:
     """The ``serve`` subcommand's arguments."""
     p = sub.add_parser(
-        "serve", help="serve specs' artifacts (batch, http, grpc or kafka) or a model repository",
-        description="Build the artifacts if needed, then serve them. batch and kafka serve "
-        "one pipeline; http and grpc serve every pipeline of the spec files and every model "
+        "serve", help="serve specs' artifacts (batch, http, grpc, kafka or postgres) or a model "
+        "repository",
+        description="Build the artifacts if needed, then serve them. batch, kafka and postgres "
+        "serve one pipeline; http and grpc serve every pipeline of the spec files and every model "
         "repository directory (<model>/<version>/ artifacts) from one process, HTTP and gRPC "
         "on two ports sharing one batcher per model. SIGINT/SIGTERM finish the in-flight "
         "requests, drain every batcher and exit 0.")
@@ -235,7 +249,8 @@ def add_serve_parser(sub: Any) -> None:
     p.add_argument("--pipeline", action="append",
                    help="serve only these pipelines (repeat or comma-separate)")
     p.add_argument("--adapter", action="append",
-                   help="batch, http, grpc or kafka; http,grpc runs both (default: the serve "
+                   help="batch, http, grpc, kafka or postgres; http,grpc runs both (default: the "
+                   "serve "
                    "blocks declared, or http,grpc for directories)")
     p.add_argument("--target", help="which target's artifact to serve (default: the first)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if an artifact exists")
@@ -249,4 +264,7 @@ def add_serve_parser(sub: Any) -> None:
                    "specific:1,3 (default latest)")
     p.add_argument("--allow-model-control", action="store_true",
                    help="allow repository load/unload requests (HTTP and gRPC)")
+    p.add_argument("--init-db", action="store_true",
+                   help="postgres: create the queue's tables, view, trigger and functions "
+                   "(idempotent) and exit without serving")
     p.set_defaults(func=cmd_serve)

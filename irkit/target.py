@@ -83,18 +83,24 @@ class Target:
     def int8_dot(self, lanes: int | None = None) -> str:
         """The instruction behind an int8 dot product of ``lanes`` i32 accumulators
         (default: :attr:`f32_lanes`): ``vpdpbusd`` where the target has VNNI at that
-        width, else ``widen`` (bytes widened to i32, multiplied and added)."""
+        width; ``vpmaddubsw`` (u8 x s8 pairs into int16, then ``vpmaddwd`` into int32:
+        exact for weights within [-64, 64]) on other x86 targets with SSSE3, AVX2 or
+        AVX-512BW at that width; else ``widen`` (bytes widened to i32 and multiplied)."""
         lanes = lanes or self.f32_lanes
         has = self.features.__contains__
         if lanes == 16 and has("avx512vnni"):
             return "vpdpbusd"
         if lanes == 8 and (has("avxvnni") or (has("avx512vnni") and has("avx512vl"))):
             return "vpdpbusd"
+        madd = {4: "ssse3", 8: "avx2", 16: "avx512bw"}.get(lanes)
+        if self.machine == "x86_64" and madd is not None and has(madd):
+            return "vpmaddubsw"
         return "widen"
 
     @property
     def has_int8_dot(self) -> bool:
-        return self.int8_dot() != "widen"
+        """Whether the target has an int8 dot-product instruction (VNNI) at its width."""
+        return self.int8_dot() == "vpdpbusd"
 
     # -- what the artifact records --------------------------------------------------
     def requirements(self) -> dict[str, Any]:

@@ -37,3 +37,4 @@ def register_adapters(register: Register) -> None:
     register("http", "irkit.runtime.adapters.http:HttpAdapter")
     register("grpc", "irkit.runtime.adapters.grpc:GrpcAdapter")
     register("kafka", "irkit.runtime.adapters.kafka:KafkaAdapter")
+    register("postgres", "irkit.runtime.adapters.postgres:PostgresAdapter")

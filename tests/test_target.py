@@ -203,3 +203,37 @@ def test_manifest_entry_round_trips(mlp: tuple) -> None:
     again = entry.to_json()
     assert ProgramEntry.from_json(again) == entry
     assert [v.name for v in entry.variants] == ["x86-64-v4", "x86-64-v3"]
+
+
+@pytest.mark.skipif(not X86 or not __import__("shutil").which("qemu-x86_64"),
+                    reason="needs qemu-user to emulate an AVX2-only CPU (apt-get install "
+                    "qemu-user); the host_with() tests above cover the same check")
+def test_on_an_emulated_avx2_cpu_v4_code_is_refused_and_v3_runs(mlp: tuple,
+                                                                 tmp_path: Path) -> None:
+    """Under ``scripts/on_avx2.sh`` (QEMU presenting an AMD Zen 3: AVX2, no AVX-512) the
+    real CPU check refuses x86-64-v4 code with an error instead of SIGILL, and a two-arch
+    artifact runs its x86-64-v3 half."""
+    import subprocess
+    import sys
+
+    graph, x, want = mlp
+    v4 = irkit.compile(graph, target="llvm", arch="x86-64-v4").save(tmp_path / "v4")
+    fat = irkit.compile(graph, target="llvm", arch="x86-64-v3,x86-64-v4").save(tmp_path / "fat")
+    np.save(tmp_path / "x.npy", x)
+    script = f"""
+import numpy as np, irkit.runtime
+try:
+    irkit.runtime.load({str(v4)!r})
+except irkit.runtime.ArtifactError as exc:
+    print("refused:", exc)
+model = irkit.runtime.load({str(fat)!r}, threads=1)
+np.save({str(tmp_path / "y.npy")!r}, model(x=np.load({str(tmp_path / "x.npy")!r}))["y"])
+print("variant:", model.variant)
+"""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([str(root / "scripts" / "on_avx2.sh"), sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused:" in done.stdout and "x86-64-v4 needs avx512" in done.stdout
+    assert "variant: x86-64-v3" in done.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, rtol=1e-5, atol=1e-5)

@@ -46,3 +46,36 @@ def clone_graph(graph: Graph, outer: Graph | None = None, mapping: dict | None =
 
 def remap(value: Value, mapping: dict) -> Value:
     return mapping.get(value, value)
+
+
+def extract_subgraph(graph: Graph, nodes: list[Node], name: str, later: set[Value] | None = None
+                     ) -> Graph:
+    """``nodes`` (in order) of ``graph`` as a standalone graph: the values they read from
+    elsewhere become its inputs (constants are copied), and the values they produce that
+    ``later`` holds (default: all of them) its outputs."""
+    sub = Graph(name, opset_imports=graph.opset_imports)
+    produced = {v: None for n in nodes for v in n.outputs}  # ordered: outputs keep it
+    mapping: dict[Value, Value] = {}
+    for node in nodes:
+        for value in node.inputs:
+            if value is None or value in produced or value in mapping:
+                continue
+            if value.const is not None:
+                mapping[value] = sub.add_constant(value.name, value.const, exact_name=True)
+            else:
+                mapping[value] = sub.add_input(value.name, value.type)
+    for node in nodes:
+        new = sub.add_node(
+            node.op,
+            [None if v is None else mapping[v] for v in node.inputs],
+            dict(node.attrs),
+            domain=node.domain,
+            outputs=[None if o.absent else o.name for o in node.outputs],
+            types=[o.type for o in node.outputs],
+            name=node.name,
+        )
+        for old, value in zip(node.outputs, new.outputs):
+            mapping[old] = value
+    sub.set_outputs([mapping[v] for v in produced
+                     if (later is None or v in later) and not v.absent])
+    return sub

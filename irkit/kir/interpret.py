@@ -33,7 +33,9 @@ undefined (raise). Compares and ``max``/``min`` read unsigned types as unsigned.
 arithmetic for signed and logical for unsigned types; ``n`` outside ``[0, bits)`` is
 undefined (raise). ``dot4_u8s8(acc, a, b)`` on ``i32``:
 ``acc + sum_t u8(byte t of a) * s8(byte t of b)`` over the four little-endian bytes,
-wrapping; the products are exact (no 16-bit saturation).
+wrapping; the products are exact (no 16-bit saturation). ``dot4_u8s7`` is the same sum
+when every byte of ``b`` lies in [-64, 64], and undefined (raise) otherwise: the lowering
+emits it only with such weights, where x86's ``vpmaddubsw`` pair sums cannot saturate.
 
 **Floats.** ``f32``/``f64`` arithmetic is IEEE 754, round to nearest even, one rounding
 per operation; ``div`` is the IEEE quotient and ``mod`` is C ``fmod``. Compares are

@@ -40,6 +40,9 @@ CALLS = {
     "fdiv": 2,  # a / b rounded exactly (never a reciprocal multiply; quantization)
     "shl": 2, "shr": 2,  # integers: shift by b < bits (shr is arithmetic when signed)
     "dot4_u8s8": 3,  # i32 lanes: acc + sum of 4 u8(a byte) * s8(b byte) (int8 GEMM)
+    # dot4_u8s8 whose b bytes all lie in [-64, 64] (the lowering guarantees it): two
+    # u8*s8 products then sum within int16, which x86's vpmaddubsw needs to be exact.
+    "dot4_u8s7": 3,
     # GPU templates only, inside a ``thread`` loop: ``x`` as thread ``t ^ mask`` of the
     # same warp (32 consecutive threads) holds it; every thread of the warp computes it.
     "shfl_xor": 2,

@@ -398,12 +398,22 @@ def _dot4_u8s8(acc: Any, a: Any, b: Any) -> Any:
     return wrap_int(total, "i32")
 
 
+def _dot4_u8s7(acc: Any, a: Any, b: Any) -> Any:
+    """``dot4_u8s8`` whose ``b`` bytes must all lie in [-64, 64] (two u8 x s8 products
+    then sum within int16, which ``vpmaddubsw`` needs to be exact); outside it the call
+    is undefined, and the interpreter says so."""
+    lanes = max(np.size(acc), np.size(a), np.size(b))
+    if np.abs(_lane_bytes(b, lanes, True).astype(np.int16)).max() > 64:
+        raise KirExecutionError("dot4_u8s7 with a weight byte outside [-64, 64]")
+    return _dot4_u8s8(acc, a, b)
+
+
 def call_fn(name: str, dtype: str, vector: bool) -> Fn:
     """``f(*args)`` for ``Call(name)`` whose first argument has ``dtype``."""
-    if name == "dot4_u8s8":
+    if name in ("dot4_u8s8", "dot4_u8s7"):
         if dtype != "i32":
-            raise KirError(f"dot4_u8s8 takes i32 lanes, not {dtype}")
-        return _dot4_u8s8
+            raise KirError(f"{name} takes i32 lanes, not {dtype}")
+        return _dot4_u8s8 if name == "dot4_u8s8" else _dot4_u8s7
     if name in ("shl", "shr"):
         if dtype not in INTEGERS:
             raise KirError(f"{name} takes integers, not {dtype}")

@@ -53,9 +53,28 @@ class Tiles:
     # the code's size (numba: the panel-packing code of a strided conv takes minutes).
     conv: str = "gemm"
 
-    def for_conv(self) -> Tiles:
-        return Tiles(self.conv_mr, self.conv_nr, self.vec, self.conv_mr, self.conv_nr,
-                     self.conv)
+    # Other (conv_mr, conv_nr) shapes as good for the registers; a convolution takes the
+    # one whose panel of pixels lines up with its output rows (see ``for_conv``).
+    conv_alternatives: tuple[tuple[int, int], ...] = ()
+
+    def for_conv(self, out_width: int | None = None) -> Tiles:
+        """The conv tile: of ``(conv_mr, conv_nr)`` and the alternatives, the one whose
+        ``nr`` pixels touch the fewest output rows per pixel — a panel packs one copy
+        segment per (channel, tap, output row), so on a 32-wide map 16 pixels (half a row)
+        pack in half the segments per pixel of 24 pixels (which straddle rows)."""
+        mr, nr = self.conv_mr, self.conv_nr
+        if out_width and self.conv_alternatives:
+            def segments_per_pixel(shape: tuple[int, int]) -> float:
+                width = shape[1]
+                if out_width % width == 0:
+                    return 1 / width
+                if width % out_width == 0:
+                    return 1 / out_width
+                return 1 / out_width + 1 / width
+
+            options = [(mr, nr), *self.conv_alternatives]
+            mr, nr = min(options, key=segments_per_pixel)  # ties keep the default
+        return Tiles(mr, nr, self.vec, mr, nr, self.conv)
 
     @classmethod
     def for_target(cls, target: Target, mr: int = 0, nr: int = 0, vec: int = 0,
@@ -63,22 +82,26 @@ class Tiles:
         """The CPU register-tile sizes for ``target``; a 0 picks the default.
 
         ``vec`` is the target's f32 lanes (16 with AVX-512, 8 with AVX2, 4 with 128-bit
-        SIMD). The accumulators must leave registers for the B row and the A broadcast:
-        with 32 vector registers (AVX-512, NEON) an 8 x 2-vector GEMM tile and a 4 x
-        4-vector conv tile; with 16 (AVX2) 6 x 2 and 3 x 4.
+        SIMD). An ``mr`` x ``v``-vector tile holds ``mr * v`` accumulators, ``v`` B-row
+        vectors and one A broadcast in registers: with 32 vector registers (AVX-512, NEON)
+        an 8 x 2-vector GEMM tile and a 4 x 4-vector conv tile; with 16 (AVX2) 6 x 2 and
+        4 x 3 (16 registers: 3 x 4 needed 17, and LLVM kept an accumulator on the stack,
+        which made a 36-channel 6x6 conv 3.5x slower than with 4 x 3).
         """
         from irkit.lower.tensor import LoweringError
 
         vec = vec or target.f32_lanes
         many = target.vector_registers >= 32
         mr = mr or (8 if many else 6)
-        conv_mr = conv_mr or (4 if many else 3)
+        alternatives = () if conv_mr or conv_nr else ((8 if many else 6, 2 * vec),)
+        conv_mr = conv_mr or 4
         nr = nr or 2 * vec
-        conv_nr = conv_nr or 4 * vec
+        conv_nr = conv_nr or (4 if many else 3) * vec
         for name, width in (("nr", nr), ("conv_nr", conv_nr)):
             if width % vec:
                 raise LoweringError(f"{name}={width} must be a multiple of vec={vec}")
-        return cls(mr=mr, nr=nr, vec=vec, conv_mr=conv_mr, conv_nr=conv_nr)
+        return cls(mr=mr, nr=nr, vec=vec, conv_mr=conv_mr, conv_nr=conv_nr,
+                   conv_alternatives=alternatives)
 
 
 @dataclass
@@ -99,6 +122,8 @@ class LoweringContext:
     # (irkit.runtime.guards); ``inputs`` names the graph's input buffers.
     guards: list[dict[str, Any]] = field(default_factory=list)
     inputs: set[str] = field(default_factory=set)
+    # Node name -> the kernel a template chose for it and why (reported in the manifest).
+    kernel_notes: dict[str, str] = field(default_factory=dict)
     _const_buffers: dict[int, Buffer] = field(default_factory=dict)
     _counter: int = 0
     _keep_alive: list[np.ndarray] = field(default_factory=list)

@@ -86,7 +86,7 @@ def plan_conv_bias_act_pool(ctx: LoweringContext, node: Node, ins: list[TensorRe
     act = _activation(act_name)
     pool = str(node.attr("pool", "max"))
     count = kh * kw
-    nr = ctx.tiles.for_conv().nr
+    nr = ctx.tiles.for_conv(ow).nr  # the tile plan_conv picks for this output width
     rows_per_panel = nr // ow if nr % ow == 0 else 0
     aligned = rows_per_panel > 0 and rows_per_panel % sh == 0 and kh <= sh
     max_first = pool == "max" and act_name in MONOTONE

@@ -85,6 +85,7 @@ class LoweredModel:
     # ``{"size": polynomial, "why": text}``: must be >= 0 for the bound symbols.
     constraints: list[dict[str, object]] = field(default_factory=list)
     guards: list[dict[str, object]] = field(default_factory=list)  # irkit.runtime.guards
+    kernel_notes: dict[str, str] = field(default_factory=dict)  # node -> kernel chosen
 
 
 def lowers(op: str, domain: str) -> bool:
@@ -362,7 +363,8 @@ class GraphLowering:
         constraints: list[dict[str, object]] = [
             {"size": to_json(to_poly(size)), "why": why} for size, why in ctx.constraints]
         return LoweredModel(program, plan, list(self.graph.inputs), list(self.graph.outputs),
-                            self.fused, shapes, in_shapes, constraints, ctx.guards)
+                            self.fused, shapes, in_shapes, constraints, ctx.guards,
+                            dict(ctx.kernel_notes))
 
 
 def _rounded(ref: TensorRef, dtype: str) -> TensorRef:

@@ -262,7 +262,7 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     batch = simplify_expr(x.shape[0] * groups)
 
     pads = g["p"]
-    tiles = ctx.tiles.for_conv()
+    tiles = ctx.tiles.for_conv(ow)
     nr = tiles.nr
     # Panels are packed straight from the unpadded input, a segment per output row they
     # touch, with the padding's zeros written by the copy loops themselves; a 1x1 stride-1

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from irkit.ir import Graph, Node, Value
+from irkit.ir.clone import extract_subgraph
 
 
 @dataclass
@@ -21,34 +22,6 @@ class Segment:
     graph: Graph
     inputs: list[str]
     outputs: list[str]
-
-
-def _subgraph(graph: Graph, nodes: list[Node], name: str, later: set[Value]) -> Graph:
-    sub = Graph(name, opset_imports=graph.opset_imports)
-    produced = {v for n in nodes for v in n.outputs}
-    mapping: dict[Value, Value] = {}
-    for node in nodes:
-        for value in node.inputs:
-            if value is None or value in produced or value in mapping:
-                continue
-            if value.const is not None:
-                mapping[value] = sub.add_constant(value.name, value.const, exact_name=True)
-            else:
-                mapping[value] = sub.add_input(value.name, value.type)
-    for node in nodes:
-        new = sub.add_node(
-            node.op,
-            [None if v is None else mapping[v] for v in node.inputs],
-            dict(node.attrs),
-            domain=node.domain,
-            outputs=[None if o.absent else o.name for o in node.outputs],
-            types=[o.type for o in node.outputs],
-            name=node.name,
-        )
-        for old, value in zip(node.outputs, new.outputs):
-            mapping[old] = value
-    sub.set_outputs([mapping[v] for v in produced if v in later and not v.absent])
-    return sub
 
 
 def split_graph(graph: Graph, unsupported: set[Node]) -> list[Segment]:
@@ -65,7 +38,7 @@ def split_graph(graph: Graph, unsupported: set[Node]) -> list[Segment]:
         later: set[Value] = set(graph.outputs)
         for _, rest in runs[index + 1 :]:
             later.update(v for n in rest for v in n.inputs if v is not None)
-        sub = _subgraph(graph, nodes, f"{graph.name or 'model'}_seg{index}", later)
+        sub = extract_subgraph(graph, nodes, f"{graph.name or 'model'}_seg{index}", later)
         segments.append(Segment(kind, sub, [v.name for v in sub.inputs],
                                 [v.name for v in sub.outputs]))
     return segments

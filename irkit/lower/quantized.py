@@ -92,6 +92,46 @@ def static_quant(scale: np.ndarray, zp: np.ndarray) -> ActQuant:
                     -128 if signed else 0, 127 if signed else 255, 128 if signed else 0)
 
 
+@dataclass(frozen=True)
+class Int8Dot:
+    """How the int8 microkernels multiply on the target; the kernel name is reported.
+
+    ``dot4_u8s8`` where the target has VNNI (``vpdpbusd``) or nothing better (``widen``);
+    ``dot4_u8s7`` where it has ``vpmaddubsw``, whose int16 pair sums are exact only for
+    weights within [-64, 64]: 7-bit weights go in as they are, full-range ones as two
+    halves ``floor(w / 2)`` and ``w - floor(w / 2)`` with two calls per word."""
+
+    call: str
+    split: bool
+    kernel: str
+
+
+def choose_int8_dot(ctx: LoweringContext, weights: np.ndarray, lanes: int, node: Node
+                    ) -> Int8Dot:
+    kind = ctx.target.int8_dot(lanes)
+    if kind != "vpmaddubsw":
+        dot = Int8Dot("dot4_u8s8", False, kind)
+    elif int(np.abs(np.asarray(weights, np.int16)).max(initial=0)) <= 64:
+        dot = Int8Dot("dot4_u8s7", False, "vpmaddubsw (7-bit weights)")
+    else:
+        dot = Int8Dot("dot4_u8s7", True, "vpmaddubsw x2 (8-bit weights in two halves)")
+    ctx.kernel_notes[node.name or node.outputs[0].name] = f"int8 {dot.kernel} on {ctx.target}"
+    return dot
+
+
+def weight_halves(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``w = lo + hi`` with both within [-64, 64] (int8 weights in [-128, 127])."""
+    wide = np.asarray(w, np.int16)
+    lo = np.floor_divide(wide, 2)
+    return lo.astype(np.int8), (wide - lo).astype(np.int8)
+
+
+def dot_steps(dot: Int8Dot, acc: Expr, a: Expr, b: Expr, b_hi: Expr | None) -> Expr:
+    """``acc`` plus the dot products of ``a`` with ``b`` (and its high half)."""
+    value = Call(dot.call, (acc, a, b))
+    return Call(dot.call, (value, a, b_hi)) if b_hi is not None else value
+
+
 def word_view(buf: Buffer) -> Buffer:
     """The same memory as u8 ``buf`` read as little-endian i32 words (four bytes each):
     buffers are placed by name, so the view shares the u8 buffer's placement."""
@@ -123,6 +163,8 @@ class Int8Gemm:
     a_index: Callable[[Expr, Expr], Expr]
     b_packed: Buffer
     store: Int8Store
+    dot: Int8Dot
+    b_packed_hi: Buffer | None = None  # the high halves when ``dot.split``
     # Epilogue loop order: rows innermost when consecutive rows are contiguous in the
     # output (a convolution's pixels in NCHW), else columns innermost.
     rows_inner: bool = False
@@ -146,12 +188,17 @@ def emit_int8_gemm(ctx: LoweringContext, spec: Int8Gemm, hint: str, mr: int, nr:
         bvars = [Var(ctx.fresh(f"wb{v}"), "i32") for v in range(vecs)]
         body: list[Stmt] = [Let(bvars[v], Load(spec.b_packed, panel_base + kq * nr + v * lanes,
                                                lanes)) for v in range(vecs)]
+        hvars: list[Var | None] = [None] * vecs
+        if spec.b_packed_hi is not None:
+            hvars = [Var(ctx.fresh(f"wh{v}"), "i32") for v in range(vecs)]
+            body += [Let(h, Load(spec.b_packed_hi, panel_base + kq * nr + v * lanes, lanes))
+                     for v, h in enumerate(hvars) if h is not None]
         for r in range(rows):
             a = Broadcast(Load(spec.a_words, spec.a_index(i0 + r, kq)), lanes)
             for v in range(vecs):
                 slot = Const(r * nr + v * lanes)
-                body.append(Store(acc, slot, Call("dot4_u8s8", (
-                    Load(acc, slot, lanes), a, bvars[v]))))
+                body.append(Store(acc, slot, dot_steps(spec.dot, Load(acc, slot, lanes), a,
+                                                       bvars[v], hvars[v])))
         stmts.append(For(kq, Const(spec.words), block(*body)))
         stmts += [Store(tile_buf, Const(r * nr + v * lanes), Load(acc, Const(r * nr + v * lanes),
                                                                   lanes))
@@ -182,7 +229,7 @@ def emit_int8_gemm(ctx: LoweringContext, spec: Int8Gemm, hint: str, mr: int, nr:
 def int8_tiles(ctx: LoweringContext, cols: int = 0) -> tuple[int, int, int]:
     """(mr, nr, lanes): i32 lanes follow the f32 vector width the backend chose; one
     vector of columns when there are no more (a classifier head)."""
-    lanes = ctx.tiles.vec if ctx.tiles.vec in (8, 16) else 8
+    lanes = ctx.tiles.vec if ctx.tiles.vec in (4, 8, 16) else 8
     return (8 if lanes == 16 else 4), (lanes if 0 < cols <= lanes else 2 * lanes), lanes
 
 
@@ -289,8 +336,12 @@ def _plan_int8_matmul(ctx: LoweringContext, node: Node, x: TensorRef, w: np.ndar
     rows = simplify_expr(product(lead))
     out_shape = (*lead, Const(cols))
     mr, nr, lanes = int8_tiles(ctx, cols)
-    packed, words = pack_int8_weights(w.astype(np.int8), nr)
+    dot = choose_int8_dot(ctx, w, lanes, node)
+    halves = weight_halves(w) if dot.split else (w.astype(np.int8), None)
+    packed, words = pack_int8_weights(halves[0], nr)
     b_buf = ctx.weight_buffer(packed, "i32", "w8pack")
+    b_hi = None if halves[1] is None else ctx.weight_buffer(
+        pack_int8_weights(halves[1], nr)[0], "i32", "w8packhi")
     quant = requant.quant
     pre = _prequantized(ctx).pop(node, None)
     a_bytes = pre or ctx.new_buffer("xq", "u8", rows * (4 * words))
@@ -323,7 +374,7 @@ def _plan_int8_matmul(ctx: LoweringContext, node: Node, x: TensorRef, w: np.ndar
             return Store(next_bytes, row * next_stride + col, Cast("u8", consumer[1].byte(value)))
 
         spec = Int8Gemm(rows, words, cols, word_view(a_bytes),
-                        lambda row, word: row * words + word, b_buf, store)
+                        lambda row, word: row * words + word, b_buf, store, dot, b_hi)
         emit_int8_gemm(ctx, spec, "qgemm", mr, nr, lanes)
 
     return HeavyPlan(out_shape, emit)

@@ -8,13 +8,19 @@ of consecutive words. The GEMM has output channels as rows and output pixels as 
 ``w = (ky, kx, c/4)`` — so the epilogue writes NCHW rows contiguously: each panel of
 ``nr`` pixels is copied, output row by output row, into a ``[words][nr]`` stack panel
 (an im2col of words, in L1), and the microkernel broadcasts one weight word against it
-with ``dot4_u8s8``.
+with the target's int8 dot product (``quantized.choose_int8_dot``).
 
-Layers with one to three input channels run the reference decomposition in fp32 on the
-fp32 conv template instead (four-channel words would be mostly padding).
+Layers with one to three input channels (RGB or grey first layers) use another word
+layout: the input is a zero-point padded ``[n][c][y][x]`` byte image, and a word is four
+consecutive kernel columns of one (channel, kernel row), read four bytes at a time at any
+stride (``_tap_layout``); kernel columns past the kernel's width have zero weights. With
+dilation the reference decomposition runs in fp32 instead.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,13 +53,16 @@ from irkit.lower.quantized import (
     _optional,
     _requant,
     apply_activation,
+    choose_int8_dot,
+    dot_steps,
     int8_tiles,
     static_quant,
+    weight_halves,
     word_view,
 )
 from irkit.lower.tensor import Index, LoweringError, TensorRef, static
 
-MIN_INT8_CHANNELS = 4  # fewer input channels: the decomposition in fp32
+MIN_INT8_CHANNELS = 4  # fewer input channels: four kernel columns per word (_tap_layout)
 
 
 def plan_int8_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -> HeavyPlan:
@@ -64,39 +73,50 @@ def plan_int8_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     if int(node.attr("group", 1)) != 1:
         raise LoweringError("int8 Conv supports group=1 only")
     cin = static(x.shape[1], "Conv channels")
-    if cin < MIN_INT8_CHANNELS:
-        return _fake_quant_conv(ctx, node, x, quant, w4, ins)
     g = conv_geometry(node, x, w4.astype(np.float32))
+    if cin < MIN_INT8_CHANNELS and g["d"][1] != 1:
+        return _fake_quant_conv(ctx, node, x, quant, w4, ins)
+    x_mat = ctx.materialize(x, "qconv_in")
+    xbuf = x_mat.buffer
+    assert xbuf is not None
+    layout = (_tap_layout if cin < MIN_INT8_CHANNELS else _channel_layout)(
+        ctx, x, xbuf, cin, g, np.asarray(w4, np.int8), quant)
+    return _int8_conv_plan(ctx, node, ins, x, g, layout, quant)
+
+
+@dataclass
+class _Layout:
+    """How the quantized input is laid out and read as reduction words: ``w`` is the
+    ``[words * 4, cout]`` int8 weight matrix in word order, ``quantize`` emits the kernel
+    writing the bytes, ``source(n, word, oy, ox)`` reads one i32 word of output pixel
+    (oy, ox) for reduction word ``word`` (a loop var)."""
+
+    w: np.ndarray
+    words: int
+    quantize: Callable[[], None]
+    source: Callable[[Expr, Expr, Expr, Expr], Expr]
+
+
+def _channel_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer, cin: int,
+                    g: dict[str, list[int]], w4: np.ndarray, quant: ActQuant) -> _Layout:
+    """Four channels of one pixel per word: ``[n][c/4][y][x]`` words."""
     cout = int(w4.shape[0])
     kh, kw_ = g["k"]
     cw4 = -(-cin // 4)
     cp = 4 * cw4
     # Reduction ordered (ky, kx, c) with c padded: matches the NHWC words.
     taps_w = np.zeros((kh, kw_, cp, cout), np.int8)
-    taps_w[:, :, :cin, :] = np.asarray(w4, np.int8).transpose(2, 3, 1, 0)
-    w = taps_w.reshape(kh * kw_ * cp, cout)
-    words = kh * kw_ * cw4
-    requant = _requant(ctx, node, w, _const(ins[4], "w_scale"), _const(ins[5], "w_zp"),
-                       _optional(ins, 6), _optional(ins, 7), quant)
-    w_rows = np.ascontiguousarray(w.T).view(np.int32).reshape(cout, words)
-    a_buf = ctx.weight_buffer(w_rows, "i32", "c8rows")
-    oh, ow = g["out"]
+    taps_w[:, :, :cin, :] = w4.transpose(2, 3, 1, 0)
     ih, iw = g["in"]
     pt, pl, pb, pr = g["p"]
     hp, wp = ih + pt + pb, iw + pl + pr
     sy, sx = g["s"]
     dy, dx = g["d"]
-    spatial = oh * ow
-    out_shape = (x.shape[0], Const(cout), Const(oh), Const(ow))
     taps = np.array([(c * hp + ky * dy) * wp + kx * dx
                      for ky in range(kh) for kx in range(kw_) for c in range(cw4)], np.int64)
     tap_buf = ctx.weight_buffer(taps, "i64", "taps")
     image = hp * wp * cp
     xq = ctx.new_buffer("xq_nhwc", "u8", x.shape[0] * image)
-    x_mat = ctx.materialize(x, "qconv_in")
-    xbuf = x_mat.buffer
-    assert xbuf is not None
-    mr, nr, lanes = int8_tiles(ctx)
 
     def quantize_kernel() -> None:
         n, e, c, yy, xx = (ctx.var(h) for h in ("n", "e", "c", "y", "x"))
@@ -117,18 +137,93 @@ def plan_int8_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
             word_view(xq), dst, word), "vector")))
         ctx.add_kernel("quant_nhwc", For(n, x.shape[0], block(fill, quantize), "parallel"))
 
+    words_view = word_view(xq)
+
+    def source(n: Expr, kq: Expr, oy: Expr, ox: Expr) -> Expr:
+        return Load(words_view, (n * (cw4 * hp) + oy * sy) * wp + ox * sx + Load(tap_buf, kq))
+
+    return _Layout(taps_w.reshape(kh * kw_ * cp, cout), kh * kw_ * cw4, quantize_kernel,
+                   source)
+
+
+def _tap_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer, cin: int,
+                g: dict[str, list[int]], w4: np.ndarray, quant: ActQuant) -> _Layout:
+    """Few input channels (an RGB or grey first layer): four consecutive kernel columns of
+    one (channel, kernel row) per word, read from a zero-point padded ``[n][c][y][x]``
+    byte image four bytes at a time (any stride; dilation 1). Kernel columns past the
+    kernel's width have zero weights, so a 3x3 conv uses 3 of every 4 bytes — where four
+    channels per word would use 1 or 3 of 4 and leave the layer in fp32."""
+    cout = int(w4.shape[0])
+    kh, kw_ = g["k"]
+    groups = -(-kw_ // 4)
+    taps_w = np.zeros((cin, kh, groups * 4, cout), np.int8)
+    taps_w[:, :, :kw_, :] = w4.transpose(1, 2, 3, 0)
+    ih, iw = g["in"]
+    pt, pl, pb, pr = g["p"]
+    hp = ih + pt + pb
+    # Rows carry 3 spare bytes: a word starting at the last kernel column reads past it.
+    wp = iw + pl + pr + 3
+    sy, sx = g["s"]
+    dy = g["d"][0]
+    image = cin * hp * wp
+    xq = ctx.new_buffer("xq_taps", "u8", x.shape[0] * image)
+    taps = np.array([(c * hp + ky * dy) * wp + 4 * gx
+                     for c in range(cin) for ky in range(kh) for gx in range(groups)], np.int64)
+    tap_buf = ctx.weight_buffer(taps, "i64", "taps")
+
+    def quantize_kernel() -> None:
+        n, e, c, yy, xx = (ctx.var(h) for h in ("n", "e", "c", "y", "x"))
+        pad_byte = Cast("u8", quant.zp + _f(quant.shift))
+        fill = For(e, Const(image), Store(xq, n * image + e, pad_byte), "vector")
+        src = ((n * cin + c) * ih + yy) * iw + xx
+        dst = n * image + (c * hp + yy + pt) * wp + xx + pl
+        quantize = For(c, Const(cin), For(yy, Const(ih), For(xx, Const(iw), Store(
+            xq, dst, Cast("u8", quant.byte(Load(xbuf, src)))), "vector")))
+        ctx.add_kernel("quant_taps", For(n, x.shape[0], block(fill, quantize), "parallel"))
+
+    def source(n: Expr, kq: Expr, oy: Expr, ox: Expr) -> Expr:
+        at = n * image + oy * (sy * wp) + ox * sx + Load(tap_buf, kq)
+        word: Expr = Cast("i32", Load(xq, at))
+        for t in range(1, 4):  # little-endian: LLVM combines the four loads into one
+            word = Binary("or", word, Call("shl", (Cast("i32", Load(xq, at + t)),
+                                                   Const(8 * t, "i32"))))
+        return word
+
+    return _Layout(taps_w.reshape(cin * kh * groups * 4, cout), cin * kh * groups,
+                   quantize_kernel, source)
+
+
+def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
+                    x: TensorRef, g: dict[str, list[int]], layout: _Layout,
+                    quant: ActQuant) -> HeavyPlan:
+    """The int8 GEMM over ``layout``'s words: output channels as rows, output pixels as
+    columns, a ``[words][nr]`` stack panel of words per ``nr`` pixels."""
+    w, words = layout.w, layout.words
+    cout = int(w.shape[1])
+    requant = _requant(ctx, node, w, _const(ins[4], "w_scale"), _const(ins[5], "w_zp"),
+                       _optional(ins, 6), _optional(ins, 7), quant)
+    mr, nr, lanes = int8_tiles(ctx)
+    dot = choose_int8_dot(ctx, w, lanes, node)
+    halves = weight_halves(w) if dot.split else (w, None)
+    w_rows = np.ascontiguousarray(halves[0].T).view(np.int32).reshape(cout, words)
+    a_buf = ctx.weight_buffer(w_rows, "i32", "c8rows")
+    a_hi = None if halves[1] is None else ctx.weight_buffer(
+        np.ascontiguousarray(halves[1].T).view(np.int32).reshape(cout, words), "i32", "c8hi")
+    oh, ow = g["out"]
+    spatial = oh * ow
+    out_shape = (x.shape[0], Const(cout), Const(oh), Const(ow))
+
     def emit(epilogue: Epilogue) -> None:
-        quantize_kernel()
+        layout.quantize()
         vecs = nr // lanes
         n, p = ctx.var("n"), ctx.var("p")
         panel = Buffer(ctx.fresh("cpanel"), "i32", Const(words * nr), "local")
         acc = Buffer(ctx.fresh("cacc"), "i32", Const(mr * nr), "local")
         tile = Buffer(ctx.fresh("ctile"), "i32", Const(mr * nr), "local")
         kq, col, seg = ctx.var("kw"), ctx.var("c"), ctx.var("s")
-        words_view = word_view(xq)
 
         def source(oy: Expr, ox: Expr) -> Expr:
-            return Load(words_view, (n * (cw4 * hp) + oy * sy) * wp + ox * sx + Load(tap_buf, kq))
+            return layout.source(n, kq, oy, ox)
 
         if nr % ow == 0:  # whole output rows per panel; rows past the end repeat the last
             per = nr // ow
@@ -155,10 +250,12 @@ def plan_int8_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                                 for v in range(vecs)]
             for r in range(rows):
                 wb = Broadcast(Load(a_buf, Const((co0 + r) * words) + k), lanes)
+                wh = None if a_hi is None else Broadcast(
+                    Load(a_hi, Const((co0 + r) * words) + k), lanes)
                 for v in range(vecs):
                     slot = Const(r * nr + v * lanes)
-                    body.append(Store(acc, slot, Call("dot4_u8s8", (
-                        Load(acc, slot, lanes), xs[v], wb))))
+                    body.append(Store(acc, slot, dot_steps(dot, Load(acc, slot, lanes), xs[v],
+                                                           wb, wh)))
             stmts.append(For(k, Const(words), block(*body)))
             stmts += [Store(tile, Const(r * nr + v * lanes),
                             Load(acc, Const(r * nr + v * lanes), lanes))

@@ -30,9 +30,15 @@ class PassResult:
 
 @dataclass(frozen=True)
 class PassContext:
-    """Data some passes need besides the graph (calibration batches for static quantize)."""
+    """Data some passes need besides the graph: calibration batches (static quantize),
+    the targets the graph will be compiled for (``irkit.target.Target`` objects; the
+    quantize pass picks weight ranges for their int8 instructions), and a cost model
+    (``cost.compare(candidates, feeds)``: seconds of each candidate graph on those
+    targets) that lets a pass keep the faster form of a node."""
 
     calibration: Sequence[Mapping[str, Any]] | None = None
+    targets: tuple[Any, ...] = ()
+    cost: Any = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 from irkit.ir import Graph, Node, Value
+from irkit.ir.clone import extract_subgraph
 from irkit.passes.base import (
     IRKIT_DOMAIN,
     Pass,
@@ -92,9 +93,62 @@ def _bias_vector(value: Value | None, channels: int, trailing: int) -> np.ndarra
     return value.const.reshape(channels)
 
 
+# Fusions that change which kernels run (the others only fold constants or rename what
+# the lowering fuses anyway): with a cost model in the context, each is timed against the
+# nodes it replaces on the targets and skipped where it is slower.
+TIMED_FUSIONS = {"attention": ("Softmax",), "conv_pool": ("MaxPool", "AveragePool"),
+                 "matmul_epilogue": ("MatMul", "Gemm")}  # kind -> ops its rewrite starts at
+# A fusion steps aside when the fused nodes take longer than this many times the
+# unfused ones (below it the difference is within timing noise).
+SLOWER = 1.03
+
+
+def time_rewrite(graph: Graph, anchor: Node, rewrite: Any, cost: Any
+                 ) -> tuple[bool, str] | None:
+    """Whether rewriting at ``anchor`` pays on the cost model's targets, with a note;
+    None when the rewrite does not apply there, changes no kernel (an epilogue without
+    GELU: the lowering fuses it anyway), or could not be timed."""
+    index = graph.nodes.index(anchor)
+    trial = graph.clone()
+    originals, clones = list(graph.nodes), list(trial.nodes)
+    if not rewrite(trial, clones[index]):
+        return None
+    kept, cloned = set(trial.nodes), set(clones)
+    removed = [o for o, c in zip(originals, clones) if c not in kept]
+    added = [n for n in trial.nodes if n not in cloned]
+    if not removed or not added:
+        return None
+    if all(n.op == "MatMulBiasAct" and not str(n.attr("act", "")).startswith("gelu")
+           for n in added):
+        return None
+
+    def escaping(region: list[Node], whole: Graph) -> set[Value]:
+        inside = set(region)
+        read = {v for n in whole.nodes if n not in inside for v in n.inputs if v is not None}
+        return {v for n in region for v in n.outputs if v in read or v.is_graph_output}
+
+    unfused = extract_subgraph(graph, removed, "unfused", escaping(removed, graph))
+    fused = extract_subgraph(trial, added, "fused", escaping(added, trial))
+    if [v.name for v in unfused.inputs] != [v.name for v in fused.inputs]:
+        return None  # the candidates must read the same tensors to be timed on them
+    timing = cost.compare({"unfused": unfused, "fused": fused})
+    speed = timing.speedup("unfused", "fused")
+    if not speed:
+        return None
+    target, worst = min(speed.items(), key=lambda item: item[1])
+    if worst * SLOWER < 1.0:
+        return False, f"kept unfused: fused {worst:.2f}x on {target}"
+    return True, f"fused {worst:.2f}x on {target}"
+
+
 @dataclass(frozen=True)
 class Fuse(Pass):
     """Fusions that keep results within float rounding of the original.
+
+    With a cost model in the context (``irkit.optimize(..., measure=True)``, every spec
+    build), the fusions that change kernels (attention, conv + pool, a GEMM with a GELU
+    epilogue) are timed against the nodes they replace on the targets and skipped where
+    slower; the report's ``timed`` says what was measured.
 
     ``gelu``: which single op replaces an erf-GELU chain: ONNX ``Gelu`` (needs opset 20),
     ``irkit.Gelu``, or ``auto`` (ONNX when the graph's opset allows it).
@@ -111,10 +165,20 @@ class Fuse(Pass):
 
     def apply(self, graph: Graph, context: PassContext) -> tuple[bool, dict[str, Any]]:
         counts: dict[str, int] = {}
+        timed: dict[str, str] = {}
 
         def sweep(kind: str, rewrite: Any) -> None:
             for node in graph.nodes:
-                if node.graph is graph and rewrite(graph, node):
+                if node.graph is not graph:
+                    continue
+                if context.cost is not None and node.op in TIMED_FUSIONS.get(kind, ()):
+                    verdict = time_rewrite(graph, node, rewrite, context.cost)
+                    if verdict is not None:
+                        pays, note = verdict
+                        timed[f"{kind} {node.name or node.outputs[0].name}"] = note
+                        if not pays:
+                            continue
+                if rewrite(graph, node):
                     counts[kind] = counts.get(kind, 0) + 1
 
         onnx_gelu = self.gelu == "onnx" or (
@@ -134,7 +198,10 @@ class Fuse(Pass):
         if self.conv_pool:
             sweep("conv_pool", fuse_conv_pool)
         drop_unused_constants(graph)
-        return bool(counts), {"fused": counts}
+        report: dict[str, Any] = {"fused": counts}
+        if timed:
+            report["timed"] = timed
+        return bool(counts), report
 
     # -- epilogues ---------------------------------------------------------------------
     def _epilogue(self, y: Value, chain: list[Node], bias_ok: bool) -> tuple[

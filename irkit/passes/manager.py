@@ -141,13 +141,16 @@ def run_pipeline(
     labels: Any = None,
     verify: bool = True,
     table: PassTable | None = None,
+    targets: Sequence[Any] = (),
+    cost: Any = None,
 ) -> Graph:
     """Run ``passes`` over ``graph`` (which is left untouched); the result carries one
     :class:`PassReport` per pass appended to ``graph.history``. Pipeline text is resolved
     through ``table`` (pass name -> class or registry entry)."""
     evaluate = evaluate_graph
     pipeline = resolve_passes(passes, table)
-    context = PassContext(calibration=list(calibration) if calibration is not None else None)
+    context = PassContext(calibration=list(calibration) if calibration is not None else None,
+                          targets=tuple(targets), cost=cost)
     reference = evaluate(graph, eval_data) if eval_data is not None else None
     baseline_acc = None
     if reference is not None and labels is not None:
@@ -251,17 +254,20 @@ def load_eval_npz(path: str | Path, graph: Graph) -> tuple[dict[str, np.ndarray]
     """Read ``--eval data.npz``: arrays named like graph inputs feed them; ``y`` or
     ``labels`` are labels. With one graph input and no name match, the first array whose
     rank matches the input is used (digits_eval.npz has both ``x`` and ``x_img``)."""
-    data = dict(np.load(path))
+    data = dict(np.load(path, allow_pickle=False))
     labels = data.pop("y", data.pop("labels", None))
     feeds: dict[str, np.ndarray] = {}
+
+    def fits(value: Any, array: np.ndarray) -> bool:
+        return value.shape is None or array.ndim == len(value.shape)
+
     for value in graph.inputs:
-        if value.name in data:
+        if value.name in data and fits(value, data[value.name]):
             feeds[value.name] = data[value.name]
     missing = [v for v in graph.inputs if v.name not in feeds]
     if len(missing) == 1 and len(graph.inputs) == 1:
-        rank = len(missing[0].shape or ())
         for array in data.values():
-            if array.ndim == rank:
+            if fits(missing[0], array):
                 feeds[missing[0].name] = array
                 break
     still = [v.name for v in graph.inputs if v.name not in feeds]

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from irkit.ir import Graph, Node, Value
+from irkit.ir.clone import extract_subgraph
 from irkit.ir.dtypes import DType
 from irkit.ir.types import TensorType
 from irkit.passes.base import (
@@ -126,6 +127,12 @@ class Quantize(Pass):
     ``symmetric`` applies to activations (int8, zero point 0); otherwise activations are
     uint8 with a zero point. Weights are always symmetric int8. ``exclude`` names nodes,
     output values or op types to leave in float.
+
+    With a cost model in the context (``irkit.optimize(..., measure=True)``, and every
+    spec build), each candidate node is timed alone in fp32 and int8 on the targets, and
+    one whose int8 form is slower anywhere stays fp32; the report says per node what it
+    measured (``kept fp32: int8 0.62x on x86-64-v3``). ``force=true`` quantizes every
+    candidate without timing.
     """
 
     name = "quantize"
@@ -137,6 +144,7 @@ class Quantize(Pass):
     format: Literal["irkit", "qdq"] = "irkit"
     weight_range: Literal["auto", "full", "reduced"] = "auto"
     exclude: tuple[str, ...] = ()
+    force: bool = False
     calibrate: Any = field(default=None, compare=False, metadata={"doc": CALIBRATE_DOC})
 
     @property
@@ -160,6 +168,12 @@ class Quantize(Pass):
         ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if self.mode == "static":
             ranges = self._calibrate(graph, views, context)
+        qmax, qmax_note = self.weight_qmax(context)
+        timed: dict[str, str] = {}
+        if context.cost is not None and self.format == "irkit" and not self.force:
+            views, timed = self._keep_faster(graph, views, ranges, context, qmax)
+            if not views:
+                return False, {"quantized": 0, "nodes": timed}
         qdq_cache: dict[str, Value] = {}
         ops: dict[str, int] = {}
         for target in [v.node for v in views]:
@@ -167,26 +181,64 @@ class Quantize(Pass):
             view = linear_view(target)  # again: earlier rewrites replaced its input values
             assert view is not None
             if self.format == "qdq":
-                self._emit_qdq(graph, view, ranges, qdq_cache)
+                self._emit_qdq(graph, view, ranges, qdq_cache, qmax)
             else:
-                self._emit_irkit(graph, view, ranges)
+                self._emit_irkit(graph, view, ranges, qmax)
         drop_unused_constants(graph)
-        return True, {"quantized": len(views), "by_op": ops, "calibrated_tensors": len(ranges),
-                      "weight_range": self._weight_range_note()}
+        report: dict[str, Any] = {"quantized": len(views), "by_op": ops,
+                                  "calibrated_tensors": len(ranges), "weight_range": qmax_note}
+        if timed:
+            report["nodes"] = timed
+        return True, report
 
-    @property
-    def weight_qmax(self) -> int:
-        reduced = self.weight_range == "reduced" or (
-            self.weight_range == "auto" and self.format == "qdq")
-        return 63 if reduced else 127
+    def _keep_faster(self, graph: Graph, views: list[LinearView],
+                     ranges: dict[str, tuple[np.ndarray, np.ndarray]], context: PassContext,
+                     qmax: int) -> tuple[list[LinearView], dict[str, str]]:
+        """The views whose int8 form is not slower than fp32 on any measured target
+        (each node timed alone, both forms compiled for the targets), and a note per node:
+        ``int8 2.31x on x86-64-v3`` or ``kept fp32: int8 0.62x on x86-64-v3``."""
+        kept: list[LinearView] = []
+        notes: dict[str, str] = {}
+        for view in views:
+            name = view.node.name or view.node.outputs[0].name
+            fp32 = extract_subgraph(graph, [view.node], f"{name}_fp32")
+            int8 = fp32.clone()
+            single = linear_view(int8.nodes[0])
+            assert single is not None
+            self._emit_irkit(int8, single, ranges, qmax)
+            timing = context.cost.compare({"fp32": fp32, "int8": int8})
+            speed = timing.speedup("fp32", "int8")
+            if not speed:
+                why = "; ".join(f"{t}: {w}" for t, w in timing.unmeasured.items())
+                notes[name] = f"int8 (not timed: {why or 'no target'})"
+                kept.append(view)
+                continue
+            target, worst = min(speed.items(), key=lambda item: item[1])
+            if worst < 1.0:
+                notes[name] = f"kept fp32: int8 {worst:.2f}x on {target}"
+            else:
+                notes[name] = f"int8 {worst:.2f}x on {target}"
+                kept.append(view)
+        return kept, notes
 
-    def _weight_range_note(self) -> str:
-        if self.weight_qmax == 127:
-            return "8-bit [-127, 127]"
-        why = "asked" if self.weight_range == "reduced" else (
-            "auto for format=qdq: ONNX Runtime's u8*s8 kernels saturate int16 pairs on x86 "
-            "CPUs without VNNI")
-        return f"7-bit [-63, 63] ({why})"
+    def weight_qmax(self, context: PassContext) -> tuple[int, str]:
+        """The weight range for the targets in ``context``, and why (for the report)."""
+        if self.weight_range != "auto":
+            bits = "7-bit [-63, 63]" if self.weight_range == "reduced" else "8-bit [-127, 127]"
+            return (63 if self.weight_range == "reduced" else 127), f"{bits} (asked)"
+        if self.format == "qdq":
+            return 63, ("7-bit [-63, 63] (auto for format=qdq: ONNX Runtime's u8*s8 kernels "
+                        "saturate int16 pair sums on x86 CPUs without VNNI)")
+        names = [str(getattr(t, "name", t)) for t in context.targets]
+        madd = [name for t, name in zip(context.targets, names)
+                if callable(getattr(t, "int8_dot", None)) and t.int8_dot() == "vpmaddubsw"]
+        if madd:
+            return 63, (f"7-bit [-63, 63] (auto: {', '.join(madd)} multiply int8 with "
+                        "vpmaddubsw, whose int16 pair sums are exact for weights within "
+                        "[-64, 64]; 8-bit weights would take two passes)")
+        why = (f"{', '.join(names)} multiply int8 exactly at full range" if names
+               else "no target given")
+        return 127, f"8-bit [-127, 127] (auto: {why})"
 
     # -- calibration ----------------------------------------------------------------------
     def _calibrate(self, graph: Graph, views: list[LinearView],
@@ -206,9 +258,10 @@ class Quantize(Pass):
             out[name] = activation_qparams(lo, hi, self.symmetric)
         return out
 
-    def _weight_params(self, graph: Graph, view: LinearView) -> tuple[Value, Value, Value]:
+    def _weight_params(self, graph: Graph, view: LinearView, qmax: int
+                       ) -> tuple[Value, Value, Value]:
         axis = view.weight_axis if self.per_channel else None
-        q, scale, zero = quantize_weight(view.weight, axis, self.weight_qmax)
+        q, scale, zero = quantize_weight(view.weight, axis, qmax)
         base = view.node.name or view.node.outputs[0].name
         return (graph.add_constant(f"{base}_w_q", q),
                 graph.add_constant(f"{base}_w_scale", scale),
@@ -216,10 +269,10 @@ class Quantize(Pass):
 
     # -- irkit ops ------------------------------------------------------------------------
     def _emit_irkit(self, graph: Graph, view: LinearView,
-                    ranges: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+                    ranges: dict[str, tuple[np.ndarray, np.ndarray]], qmax: int) -> None:
         node = view.node
         use_irkit_domain(graph)
-        w_q, w_scale, w_zp = self._weight_params(graph, view)
+        w_q, w_scale, w_zp = self._weight_params(graph, view, qmax)
         bias = None if view.bias is None else graph.add_constant(
             f"{w_q.name}_bias", view.bias.astype(np.float32))
         attrs: dict[str, Any] = {"act": view.act, "w_axis": view.weight_axis}
@@ -246,9 +299,9 @@ class Quantize(Pass):
     # -- standard ONNX ------------------------------------------------------------------------
     def _emit_qdq(self, graph: Graph, view: LinearView,
                   ranges: dict[str, tuple[np.ndarray, np.ndarray]],
-                  cache: dict[str, Value]) -> None:
+                  cache: dict[str, Value], qmax: int) -> None:
         if self.mode == "dynamic":
-            self._emit_integer_matmul(graph, view)
+            self._emit_integer_matmul(graph, view, qmax)
             return
         node = view.node
         if any(view.x is v for v in cache.values()):
@@ -259,7 +312,7 @@ class Quantize(Pass):
         assert x_dq.producer is not None and x_dq.producer.inputs[1] is not None
         x_scale_const = x_dq.producer.inputs[1].const
         assert x_scale_const is not None
-        w_q, w_scale, w_zp = self._weight_params(graph, view)
+        w_q, w_scale, w_zp = self._weight_params(graph, view, qmax)
         axis_attr = {"axis": view.weight_axis} if self.per_channel else None
         if node.op == "Gemm":  # weights were normalized to [K, N]: drop transB
             node.set_attr("transB", 0)
@@ -291,9 +344,9 @@ class Quantize(Pass):
             for use in consumers:
                 use.node.set_input(use.index, dq)
 
-    def _emit_integer_matmul(self, graph: Graph, view: LinearView) -> None:
+    def _emit_integer_matmul(self, graph: Graph, view: LinearView, qmax: int) -> None:
         node = view.node
-        w_q, w_scale, w_zp = self._weight_params(graph, view)
+        w_q, w_scale, w_zp = self._weight_params(graph, view, qmax)
         x = view.x
         u8 = TensorType(DType.UINT8, x.shape)
         scalar_f = TensorType(DType.FLOAT32, ())

@@ -3,9 +3,9 @@
 ``interpret_and_load`` takes the arguments of :func:`irkit.testing.op_cases.compile_and_load`
 and returns a callable model with the same call convention (``model(**inputs)`` -> dict of
 outputs), so an op-case test runs unchanged on the interpreter, the oracle that every KIR
-backend is compared with. The graph goes through the llvm backend's legalizing rewrites
-(fused-op decomposition, ONNX function expansion, control-flow unrolling) and
-``lower_graph`` with fixed tiles, so the kernels do not depend on the host CPU.
+backend is compared with. The graph goes through the legalize pipeline every kernel
+backend runs and ``lower_graph`` for a fixed target (x86-64-v3: 8 f32 lanes), so the
+kernels do not depend on the host CPU.
 """
 
 from __future__ import annotations
@@ -20,26 +20,37 @@ import numpy as np
 from irkit.lower import Tiles
 from irkit.lower.driver import LoweredModel
 
-# The llvm backend's defaults on an AVX2 (x86-64-v3) host: 8 f32 lanes.
-INTERPRETER_TILES = Tiles(mr=6, nr=16, vec=8, conv_mr=3, conv_nr=32)
+INTERPRETER_ARCH = "x86-64-v3"
 
 
-def lower_model(model: Any, tiles: Tiles = INTERPRETER_TILES) -> LoweredModel:
-    """``model`` (an ONNX ModelProto, a path or an irkit Graph) legalized and lowered as
-    the llvm backend does before code generation."""
+def lower_model(model: Any, tiles: Tiles | None = None, arch: str = INTERPRETER_ARCH
+                ) -> LoweredModel:
+    """``model`` (an ONNX ModelProto, a path or an irkit Graph) legalized and lowered for
+    ``arch`` as a kernel backend does before code generation."""
     from irkit import api
     from irkit.ir import Graph
     from irkit.lower import lower_graph
-    from irkit.lower.driver import lowers
-    from irkit.lower.expand import expand_functions
-    from irkit.lower.fused import decompose_fused_ops
-    from irkit.lower.unroll import unroll_control_flow
+    from irkit.lower.legalize import legalize
+    from irkit.target import get_target
 
     graph = model if isinstance(model, Graph) else api.load_model(model)
-    graph = decompose_fused_ops(graph)
-    graph = expand_functions(graph, lowers)
-    graph = unroll_control_flow(graph, lowers)
-    return lower_graph(graph, tiles)
+    return lower_graph(legalize(graph), get_target(arch), tiles=tiles)
+
+
+def _entry(lowered: LoweredModel) -> dict[str, Any]:
+    """The manifest entry a kernel backend would write for ``lowered`` (no code files)."""
+    from irkit.backend import program_entry
+    from irkit.runtime.program import ProgramEntry, Segment, Variant
+    from irkit.target import get_target
+
+    program = lowered.program
+    entry = program_entry(lowered, code="(interpreted)", weights="(interpreted)",
+                          run=f"{program.name}_run", kernels=[k.name for k in program.kernels])
+    target = get_target(INTERPRETER_ARCH)
+    segment = Segment("kernels", tuple(v.name for v in lowered.inputs),
+                      tuple(v.name for v in lowered.outputs), program=entry)
+    return ProgramEntry((Variant(target.to_json(), target.requirements(), (segment,)),)
+                        ).to_json()
 
 
 class InterpretedModel:
@@ -51,10 +62,8 @@ class InterpretedModel:
         self.lowered = lowered
         self.lanes = lanes
         self.calls = 0
-        # What op-case tests read from a loaded llvm model's manifest: the kernel names.
-        self.manifest = SimpleNamespace(entry={
-            "kernels": [k.name for k in lowered.program.kernels],
-            "io": list(lowered.program.io_order), "symbols": list(lowered.program.symbols)})
+        # What op-case tests read from a loaded model's manifest: a kernel-program entry.
+        self.manifest = SimpleNamespace(entry=_entry(lowered))
 
     def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:
         from irkit.lower.interpret import interpret_lowered
@@ -71,7 +80,8 @@ class InterpretedModel:
 
 
 def interpret_and_load(model: Any, tmp_path: Path | None = None, threads: int = 1, *,
-                       lanes: int | None = None, **options: Any) -> InterpretedModel:
+                       lanes: int | None = None, arch: str = INTERPRETER_ARCH,
+                       **options: Any) -> InterpretedModel:
     """The interpreter's counterpart of ``compile_and_load``: ``tmp_path``, ``threads``
     and backend ``options`` are accepted and ignored (nothing is written, one thread)."""
-    return InterpretedModel(lower_model(model), lanes=lanes)
+    return InterpretedModel(lower_model(model, arch=arch), lanes=lanes)

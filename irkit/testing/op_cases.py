@@ -72,10 +72,12 @@ NUMBA_NATIVE = KernelTarget("numba", "native")
 CUDA_SIMULATOR = KernelTarget("cuda", "sm_90", (("device", "simulator"),))
 """The cuda backend's kernels run by numba-cuda's simulator (every thread in Python:
 small shapes only)."""
+KIR = KernelTarget("kir", "x86-64-v3")
 KERNEL_TARGETS: tuple[KernelTarget, ...] = (LLVM_NATIVE, LLVM_V3, NUMBA_NATIVE)
 """Every op case runs on each: the build host's own code, AVX2 code (x86-64-v3, what
 most deployment CPUs run) even on a host with AVX-512, and the numba backend's
-generated Python (compiled by Numba)."""
+generated Python (compiled by Numba). ``KIR`` (the kernel IR interpreter, the oracle)
+runs them in ``tests/kir/test_interpret_op_cases.py``."""
 
 
 @dataclass
@@ -181,6 +183,11 @@ def compile_and_load(
     import irkit.runtime
     from irkit import api
 
+    if target.backend == "kir":
+        from irkit.testing.interpreted import interpret_and_load
+
+        return interpret_and_load(model, tmp_path, threads, arch=target.arch,
+                                  **options)  # type: ignore[return-value]
     artifact = api.compile(api.load_model(model), target=target.backend, arch=target.arch,
                            **options)
     return irkit.runtime.load(artifact.save(tmp_path / "artifact"), threads=threads,

@@ -57,9 +57,9 @@ class LlvmBackend(KernelBackend):
         "mr": Option(int, 0, "GEMM microkernel rows; 0 = 8 with 32 vector registers "
                      "(AVX-512), else 6"),
         "nr": Option(int, 0, "GEMM microkernel columns (multiple of vec); 0 = 2 * vec"),
-        "conv_mr": Option(int, 0, "convolution microkernel rows (output channels); 0 = 4 "
-                          "with 32 vector registers, else 3"),
-        "conv_nr": Option(int, 0, "convolution microkernel columns (pixels); 0 = 4 * vec"),
+        "conv_mr": Option(int, 0, "convolution microkernel rows (output channels); 0 = 4"),
+        "conv_nr": Option(int, 0, "convolution microkernel columns (pixels); 0 = 4 * vec "
+                          "with 32 vector registers, else 3 * vec"),
         "vec": Option(int, 0, "vector lanes (f32) of the heavy-op templates; 0 = the "
                       "target's (16 with AVX-512, 8 with AVX2)"),
         "emit": Option(str, "object", "'object', or 'shared' to also link model.so + model.h",
@@ -108,6 +108,7 @@ class LlvmBackend(KernelBackend):
             "fused": lowered.fused,
             "compile_seconds": {"llvm": round(obj.seconds, 4)},
             "int8_dot": target.int8_dot(lanes) if _uses_int8_dot(program) else None,
+            "kernels_chosen": lowered.kernel_notes or None,
         }
         entry = program_entry(
             lowered, code=object_file, weights=weights_file, run=run,
@@ -121,7 +122,7 @@ class LlvmBackend(KernelBackend):
 def _uses_int8_dot(program: Any) -> bool:
     from irkit.kir.visit import calls_in
 
-    return any("dot4_u8s8" in calls_in(kernel.body) for kernel in program.kernels)
+    return any({"dot4_u8s8", "dot4_u8s7"} & calls_in(kernel.body) for kernel in program.kernels)
 
 
 def _link_shared(object_code: bytes, program: Any) -> dict[str, bytes]:

@@ -7,6 +7,14 @@ zero/sign extends to i32, a multiply and an add of the four byte groups (exact, 
 saturation), and LLVM picks the widening instructions the target has. The choice reads
 the :class:`~irkit.target.Target`, never the build host
 (:meth:`~irkit.target.Target.int8_dot`).
+
+``dot4_u8s7(acc, a, b)`` is the same sum where every byte of ``b`` lies in [-64, 64], as
+the lowering guarantees (7-bit weights, or full-range weights split in two halves). Two
+u8 * s8 products then add up within int16 (255 * 64 * 2 = 32640), so on x86 targets
+without VNNI it is ``vpmaddubsw`` (u8 x s8 byte pairs into saturating int16, exact here)
+then ``vpmaddwd`` by ones (int16 pairs into int32) and an add: 32 multiply-adds in three
+instructions, where the widening expansion of ``dot4_u8s8`` needs a 32-bit multiply per
+four. With VNNI it is ``vpdpbusd`` like ``dot4_u8s8``.
 """
 
 from __future__ import annotations
@@ -20,13 +28,25 @@ from irkit.target import Target
 I8 = ir.IntType(8)
 I32 = ir.IntType(32)
 
-EXTENSION_CALLS = ("dot4_u8s8",)
+EXTENSION_CALLS = ("dot4_u8s8", "dot4_u8s7")
+I16 = ir.IntType(16)
+# lanes -> (vpmaddubsw, vpmaddwd) intrinsics of that register width.
+_MADD = {
+    4: ("llvm.x86.ssse3.pmadd.ub.sw.128", "llvm.x86.sse2.pmadd.wd"),
+    8: ("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"),
+    16: ("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512"),
+}
 
 
 def emit_extension_call(b: ir.IRBuilder, module: ir.Module, target: Target, fn: str,
                         args: Sequence[ir.Value]) -> ir.Value:
     """The LLVM value of extension call ``fn`` on ``args`` (already splatted to lanes)."""
     if fn == "dot4_u8s8":
+        return _dot4_u8s8(b, module, target, args[0], args[1], args[2])
+    if fn == "dot4_u8s7":
+        lanes = _lanes(args[0])
+        if target.int8_dot(lanes) == "vpmaddubsw":
+            return _dot4_madd(b, module, lanes, args[0], args[1], args[2])
         return _dot4_u8s8(b, module, target, args[0], args[1], args[2])
     raise TypeError(f"unknown extension call {fn}")
 
@@ -60,3 +80,24 @@ def _dot4_u8s8(b: ir.IRBuilder, module: ir.Module, target: Target, acc: ir.Value
             part = b.extract_element(part, ir.Constant(I32, 0))
         total = b.add(total, part)
     return total
+
+
+def _intrinsic(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
+    try:
+        return module.get_global(name)  # type: ignore[no-any-return]
+    except KeyError:
+        return ir.Function(module, fnty, name=name)
+
+
+def _dot4_madd(b: ir.IRBuilder, module: ir.Module, lanes: int, acc: ir.Value, a: ir.Value,
+               w: ir.Value) -> ir.Value:
+    """``acc + pmaddwd(pmaddubsw(a, w), 1)``: exact when |w bytes| <= 64."""
+    maddubs, maddwd = _MADD[lanes]
+    bytes_ty = ir.VectorType(I8, 4 * lanes)
+    words_ty = ir.VectorType(I16, 2 * lanes)
+    pairs = b.call(_intrinsic(module, maddubs, ir.FunctionType(words_ty, [bytes_ty, bytes_ty])),
+                   [b.bitcast(a, bytes_ty), b.bitcast(w, bytes_ty)])
+    ones = ir.Constant(words_ty, [1] * (2 * lanes))
+    sums = b.call(_intrinsic(module, maddwd, ir.FunctionType(acc.type, [words_ty, words_ty])),
+                  [pairs, ones])
+    return b.add(acc, sums)

@@ -426,7 +426,7 @@ class KernelSource:
 
     def call(self, fn: str, args: Sequence[Expr], dtype: str, lane: str | None) -> str:
         texts = [self.expr(a, lane) for a in args]
-        if fn == "dot4_u8s8":
+        if fn in ("dot4_u8s8", "dot4_u8s7"):  # u8s7: the same exact sum ([-64, 64] bytes)
             return self.helper("_dot4_u8s8", *texts)
         if fn in ("shl", "shr"):
             return self.wrap_int(f"({texts[0]} {'<<' if fn == 'shl' else '>>'} {texts[1]})",

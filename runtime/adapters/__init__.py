@@ -1,5 +1,6 @@
 """Serving adapters: run a ``CompiledModel`` over files (batch), HTTP and gRPC (Open
-Inference Protocol v2; one model repository behind both, see ``frontend``) or Kafka.
+Inference Protocol v2; one model repository behind both, see ``frontend``), Kafka or a
+PostgreSQL request queue.
 
 Every adapter follows one plugin contract: a class with ``options`` (option name ->
 ``irkit.runtime.options.Option``), built as ``Adapter(model, **options)``; ``serve()``
@@ -18,12 +19,13 @@ from typing import Any
 
 __all__ = ["ADAPTERS", "get_adapter"]
 
-# name -> "module:Class"; the kafka adapter registers here too.
+# name -> "module:Class"; the queue adapters (kafka, postgres) register here too.
 ADAPTERS: dict[str, str] = {
     "batch": "irkit.runtime.adapters.batch:BatchAdapter",
     "http": "irkit.runtime.adapters.http:HttpAdapter",
     "grpc": "irkit.runtime.adapters.grpc:GrpcAdapter",
     "kafka": "irkit.runtime.adapters.kafka:KafkaAdapter",
+    "postgres": "irkit.runtime.adapters.postgres:PostgresAdapter",
 }
 
 

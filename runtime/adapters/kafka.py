@@ -49,12 +49,7 @@ for the duration of ``serve()`` (see :mod:`irkit.runtime.adapters.kafka_broker`)
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import multiprocessing.connection
-import os
-import signal
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -67,16 +62,12 @@ from irkit.runtime.adapters.common import (
 )
 from irkit.runtime.adapters.kafka_broker import EmbeddedBroker, ensure_topics
 from irkit.runtime.adapters.kafka_worker import DeliveryError, KafkaWorker, WorkerConfig
+from irkit.runtime.adapters.processes import child_model, metrics_server, supervise
 from irkit.runtime.options import Option
 
 __all__ = ["DeliveryError", "KafkaAdapter"]
 
 log = logging.getLogger(__name__)
-
-# Restart a crashed consumer process at most this often, so a process that always crashes
-# (a broken model) does not spin: after this many restarts in a minute, serve() fails.
-_MAX_RESTARTS_PER_MINUTE = 5
-
 
 class KafkaAdapter:
     """Serve a model over Kafka topics; see the module docstring for the guarantees."""
@@ -165,102 +156,12 @@ class KafkaAdapter:
     # -- several consumer processes ---------------------------------------------------
 
     def _supervise(self, config: WorkerConfig, count: int) -> None:
-        """Fork ``count`` workers, restart crashed ones, forward the stop to all of them."""
-        context = multiprocessing.get_context("fork")
-        children: dict[int, multiprocessing.process.BaseProcess] = {}
-        restarts: list[float] = []
+        """Fork ``count`` consumers, restart crashed ones, forward the stop to all of them."""
+        model, first_port = self.model, self.settings["metrics_port"]
 
-        def start(slot: int) -> None:
-            port = self.settings["metrics_port"] and self.settings["metrics_port"] + slot
-            child = context.Process(target=_child_main,
-                                    args=(self.model, config, slot, port),
-                                    name=f"irkit-kafka-{slot}", daemon=False)
-            child.start()
-            children[slot] = child
-            log.info("consumer process %d started (pid %s)", slot, child.pid)
+        def work(slot: int, stop: threading.Event) -> None:
+            metrics = AdapterMetrics("kafka", model.name)
+            with metrics_server(metrics, first_port and first_port + slot):
+                KafkaWorker(child_model(model), config, stop, metrics).run()
 
-        for slot in range(count):
-            start(slot)
-        stopping = False
-        try:
-            while children:
-                if self._stop.is_set() and not stopping:
-                    stopping = True
-                    for child in children.values():
-                        if child.pid is not None and child.exitcode is None:
-                            os.kill(child.pid, signal.SIGTERM)
-                sentinels = [child.sentinel for child in children.values()]
-                multiprocessing.connection.wait(sentinels, timeout=0.2)
-                for slot, child in list(children.items()):
-                    if child.exitcode is None:
-                        continue
-                    del children[slot]
-                    child.join()
-                    if stopping or child.exitcode == 0:
-                        continue
-                    now = time.monotonic()
-                    restarts[:] = [t for t in restarts if now - t < 60.0] + [now]
-                    if len(restarts) > _MAX_RESTARTS_PER_MINUTE:
-                        raise RuntimeError(
-                            f"consumer process {slot} exited with status {child.exitcode}; "
-                            f"more than {_MAX_RESTARTS_PER_MINUTE} restarts within a minute"
-                        )
-                    log.warning("consumer process %d exited with status %s; restarting",
-                                slot, child.exitcode)
-                    start(slot)
-        finally:
-            for child in children.values():  # only reached early on an error
-                if child.exitcode is None and child.pid is not None:
-                    os.kill(child.pid, signal.SIGTERM)
-                child.join()
-
-
-def _child_model(model: ServableModel) -> ServableModel:
-    """The model a forked worker uses: reloaded from its artifact when there is one.
-
-    A native runtime's thread pool does not survive ``fork``; loading the artifact again
-    in the child gives it its own session. Duck-typed models are used as they are.
-    """
-    path = getattr(model, "path", None)
-    if path is None or not hasattr(model, "manifest"):
-        return model
-    from irkit.runtime.model import load
-
-    return load(path)
-
-
-@contextmanager
-def metrics_server(metrics: AdapterMetrics, port: int) -> Iterator[None]:
-    """Serve ``metrics`` in Prometheus text form on ``port`` (nothing when it is 0)."""
-    if not port:
-        yield
-        return
-    from prometheus_client import start_http_server
-
-    server, thread = start_http_server(port, registry=metrics.registry)
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-def _child_main(model: ServableModel, config: WorkerConfig, slot: int,
-                metrics_port: int) -> None:
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda _signum, _frame: stop.set())
-    status = 0
-    try:
-        worker_model = _child_model(model)
-        metrics = AdapterMetrics("kafka", model.name)
-        with metrics_server(metrics, metrics_port):
-            KafkaWorker(worker_model, config, stop, metrics).run()
-    except BaseException:
-        log.exception("consumer process %d failed", slot)
-        status = 1
-    finally:
-        logging.shutdown()
-        # Skip the parent's atexit handlers and buffered state that fork copied.
-        os._exit(status)
+        supervise(work, count, self._stop, "consumer")

@@ -6,9 +6,9 @@ The loop, per micro-batch:
    nothing, wait for the first message, then up to ``max_delay_ms`` for more;
 2. decode every message (:mod:`kafka_codec`) and check it against the model signature
    (cached per distinct set of input names, dtypes and shapes); bad ones are dead-lettered;
-3. group the good ones by their non-batch shapes, concatenate each group along axis 0 in
-   chunks of at most ``max_batch`` rows, run the model once per chunk and split the
-   outputs back per request (a failing chunk is retried request by request);
+3. run the good ones (:func:`grouping.run_grouped`): grouped by their non-batch shapes,
+   concatenated in chunks of at most ``max_batch`` rows, one model call per chunk, outputs
+   split back per request (a failing chunk is retried request by request);
 4. produce the results and dead letters, each with a delivery callback of its batch;
 5. commit, in batch order, the offsets of every batch whose messages are all acknowledged.
 
@@ -24,21 +24,15 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from irkit.runtime.adapters.common import (
-    AdapterError,
-    AdapterMetrics,
-    BadInput,
-    ServableModel,
-    concat_requests,
-    split_outputs,
-)
+from irkit.runtime.adapters.common import AdapterError, AdapterMetrics, ServableModel
+from irkit.runtime.adapters.grouping import SignatureCheck, run_grouped
 from irkit.runtime.adapters.kafka_codec import (
     Headers,
     Request,
@@ -56,7 +50,6 @@ ORIGINAL_PARTITION_HEADER = "original-partition"
 ORIGINAL_OFFSET_HEADER = "original-offset"
 _MAX_ERROR_CHARS = 2000
 _IDLE_WAIT_S = 0.1  # how long an idle consumer waits per poll (and how fast it sees stop)
-_SIGNATURE_CACHE_SIZE = 1024
 
 
 class DeliveryError(RuntimeError):
@@ -125,21 +118,6 @@ class _Batch:
         return self.sealed and self.pending == 0
 
 
-@dataclass
-class _Item:
-    message: Message
-    request: Request
-    rows: int
-
-
-def _batch_key(request: Request) -> tuple[object, ...] | None:
-    """Requests can share a model call only when all but the batch dim agree (None: never)."""
-    arrays = request.inputs.values()
-    if any(a.ndim == 0 for a in arrays) or len({a.shape[0] for a in arrays}) != 1:
-        return None
-    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(request.inputs.items()))
-
-
 class KafkaWorker:
     """Consume ``config.input_topic`` until ``stop`` is set; see the module docstring."""
 
@@ -155,7 +133,7 @@ class KafkaWorker:
         self.stop = stop
         self.metrics = metrics if metrics is not None else AdapterMetrics("kafka", model.name)
         self._inflight: deque[_Batch] = deque()
-        self._checked: dict[tuple[object, ...], BadInput | None] = {}
+        self._check = SignatureCheck(model)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self.counts = {"messages": 0, "results": 0, "dead_letters": 0, "commits": 0}
@@ -220,7 +198,7 @@ class KafkaWorker:
     def _handle(self, messages: list[Message]) -> None:
         batch = _Batch()
         self._inflight.append(batch)
-        groups: dict[object, list[_Item]] = {}
+        decoded: list[tuple[Message, Request]] = []
         for message in messages:
             error = message.error()
             if error is not None:
@@ -235,7 +213,7 @@ class KafkaWorker:
             try:
                 request = decode_request(message.value(), message.key(), message.headers(),
                                          f"{topic}/{partition}/{offset}")
-                self._check(request)
+                self._check(request.inputs)
             except AdapterError as exc:
                 self._dead_letter(batch, message, exc)
                 continue
@@ -243,95 +221,37 @@ class KafkaWorker:
                 log.exception("unexpected error decoding %s/%s/%s", topic, partition, offset)
                 self._dead_letter(batch, message, AdapterError(f"{type(exc).__name__}: {exc}"))
                 continue
-            key = _batch_key(request)
-            rows = next(iter(request.inputs.values())).shape[0] if key is not None else 1
-            groups.setdefault(key if key is not None else object(), []).append(
-                _Item(message, request, rows)
-            )
-        for items in groups.values():
-            for chunk in self._chunks(items):
-                self._run(batch, chunk)
-        batch.sealed = True
-
-    def _chunks(self, items: list[_Item]) -> Iterable[list[_Item]]:
-        chunk: list[_Item] = []
-        rows = 0
-        for item in items:
-            if chunk and rows + item.rows > self.config.max_batch:
-                yield chunk
-                chunk, rows = [], 0
-            chunk.append(item)
-            rows += item.rows
-        if chunk:
-            yield chunk
-
-    # -- the model ----------------------------------------------------------------------
-
-    def _check(self, request: Request) -> None:
-        """Raise BadInput if the request does not fit the model (cached per signature)."""
-        key = tuple((n, a.dtype.str, a.shape) for n, a in request.inputs.items())
-        if key in self._checked:
-            error = self._checked[key]
-        else:
-            try:
-                self.model.validate(request.inputs)
-                error = None
-            except (ValueError, TypeError) as exc:
-                error = BadInput(str(exc))
-            if len(self._checked) >= _SIGNATURE_CACHE_SIZE:
-                self._checked.clear()
-            self._checked[key] = error
-        if error is not None:
-            raise error
-
-    def _run(self, batch: _Batch, chunk: list[_Item]) -> None:
-        started = time.perf_counter()
-        try:
-            if len(chunk) == 1:
-                total = chunk[0].rows
-                parts = [self.model.run(chunk[0].request.inputs)]
-            else:
-                inputs, sizes = concat_requests([item.request.inputs for item in chunk])
-                outputs = self.model.run(inputs)
-                total = sum(sizes)
-                if any(a.ndim == 0 or a.shape[0] != total for a in outputs.values()):
-                    raise AdapterError("outputs do not follow the batch dimension of the inputs")
-                parts = split_outputs(outputs, sizes)
-        except Exception as exc:
-            if len(chunk) > 1:  # find the guilty request(s): run them one by one
-                for item in chunk:
-                    self._run(batch, [item])
-                return
-            if not isinstance(exc, AdapterError):
-                exc = (BadInput if isinstance(exc, ValueError | TypeError) else AdapterError)(
-                    f"{type(exc).__name__}: {exc}"
-                )
-            self._dead_letter(batch, chunk[0].message, exc)
-            return
-        self.metrics.observe_batch(total, time.perf_counter() - started)
+            decoded.append((message, request))
+        outcomes = run_grouped(self.model, [request.inputs for _, request in decoded],
+                               self.config.max_batch, self.metrics)
         now_ms = time.time() * 1000.0
         produced = self.counts["results"]
-        for item, outputs_of_item in zip(chunk, parts):
-            self._produce_result(batch, item, outputs_of_item, now_ms)
+        for (message, request), outcome in zip(decoded, outcomes):
+            if isinstance(outcome, AdapterError):
+                self._dead_letter(batch, message, outcome)
+            else:
+                self._produce_result(batch, message, request, outcome, now_ms)
         self.metrics.count("ok", self.counts["results"] - produced)
+        batch.sealed = True
 
     # -- producing ------------------------------------------------------------------------
 
     def _produce_result(
-        self, batch: _Batch, item: _Item, outputs: Mapping[str, np.ndarray], now_ms: float
+        self, batch: _Batch, message: Message, request: Request,
+        outputs: Mapping[str, np.ndarray], now_ms: float,
     ) -> None:
         try:
-            value, headers = encode_result(item.request, outputs, self.model.name)
+            value, headers = encode_result(request, outputs, self.model.name)
             self._produce(batch, self.config.output_topic, value,
-                          encode_key(item.request.request_id), headers)
+                          encode_key(request.request_id), headers)
         except AdapterError as exc:  # e.g. an unknown output asked for
-            self._dead_letter(batch, item.message, exc)
+            self._dead_letter(batch, message, exc)
             return
         except KafkaException as exc:  # refused before sending, e.g. a result too large
-            self._dead_letter(batch, item.message, AdapterError(f"result not produced: {exc}"))
+            self._dead_letter(batch, message, AdapterError(f"result not produced: {exc}"))
             return
         self.counts["results"] += 1
-        kind, timestamp_ms = item.message.timestamp()
+        kind, timestamp_ms = message.timestamp()
         if kind != 0 and timestamp_ms > 0:  # 0: TIMESTAMP_NOT_AVAILABLE
             self.metrics.latency.observe(max(0.0, now_ms - timestamp_ms) / 1000.0)
 

@@ -80,6 +80,11 @@ def _id(value: Any) -> str:
     return str(getattr(value, "name", value))
 
 
+# Parameters that choose where the llvm tests compile (a KernelTarget, an arch): the
+# interpreter is the same for all of them, so each case runs once, for x86-64-v3.
+BACKEND_PARAMETERS = {"target": "x86-64-v3", "arch": "x86-64-v3"}
+
+
 def expand(fn: Callable[..., Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(id, arguments) for every combination of ``fn``'s ``parametrize`` marks."""
     combos: list[tuple[str, dict[str, Any]]] = [("", {})]
@@ -88,6 +93,11 @@ def expand(fn: Callable[..., Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             continue
         names, values = mark.args[0], mark.args[1]
         names = [n.strip() for n in names.split(",")] if isinstance(names, str) else names
+        if len(names) == 1 and names[0] in BACKEND_PARAMETERS:
+            wanted = BACKEND_PARAMETERS[names[0]]
+            value = next(v for v in values if getattr(v, "arch", v) == wanted)
+            combos = [(prev, {**prev_args, names[0]: value}) for prev, prev_args in combos]
+            continue
         ids = mark.kwargs.get("ids")
         grown = []
         for i, value in enumerate(values):
@@ -106,7 +116,7 @@ HEAVY = {
     "test_conv_kernels::test_panels_spanning_output_rows[ow48_stride2]":
         "3x96x96 -> 16x48x48 conv at batches 1, 3, 8: 12M multiply-adds",
     "test_quantized::test_sparse_gemm_deep_k": "dense K = 8192 GEMM: 11M multiply-adds",
-    "test_quantized::test_static_conv[4-1-1-32]":
+    "test_quantized::test_static_conv[4-1-1-32-3]":
         "int8 conv 4x32x32 -> 12x32x32 at batches 1, 7, 64: 32M multiply-adds",
 }
 
@@ -272,7 +282,7 @@ def test_case_counts() -> None:
         per_source[key] = per_source.get(key, 0) + 1
     skipped = [item.id for item in GENERIC_ITEMS if item.marks]
     assert len(skipped) == len(HEAVY) == 3
-    assert len(GENERIC_ITEMS) + len(FORMS) * len(REPLAYED_ITEMS) == 2 * 556
+    assert len(GENERIC_ITEMS) + len(FORMS) * len(REPLAYED_ITEMS) == 2 * 560
     assert per_source == {
         'test_llvm_ops::test_op_matches_onnxruntime': 70,
         'test_llvm_elementwise_extra::test_op_matches_reference': 52,
@@ -296,7 +306,7 @@ def test_case_counts() -> None:
         'test_quantized::test_static_matmul': 2,
         'test_quantized::test_static_matmul_per_tensor_with_residual': 1,
         'test_quantized::test_dynamic_matmul': 1,
-        'test_quantized::test_static_conv': 6,
+        'test_quantized::test_static_conv': 10,
         'test_quantized::test_sparse_gemm_chosen_by_sparsity': 3,
         'test_quantized::test_sparse_gemm_deep_k': 1,
         'test_quantized::test_pruned_matmul_uses_sparse_kernel': 1,
@@ -305,4 +315,4 @@ def test_case_counts() -> None:
         'empty_inputs': 3,
         'math': 4,
     }
-    assert sum(per_source.values()) == 556
+    assert sum(per_source.values()) == 560

@@ -46,14 +46,16 @@ IDX = Var("i")
 NAN = float("nan")
 
 
-def run_on_llvm(program: Program, io: dict[str, np.ndarray], lanes: int) -> None:
-    """``program`` translated, JIT-compiled (MCJIT) and run once with N = 1."""
+def run_on_llvm(program: Program, io: dict[str, np.ndarray], lanes: int,
+                arch: str = "native") -> None:
+    """``program`` translated for ``arch``, JIT-compiled (MCJIT) and run once with N = 1."""
     from irkit.plugins.llvm.codegen import entry_symbol, translate_program
-    from irkit.plugins.llvm.emit import host_target, target_machine
+    from irkit.plugins.llvm.emit import target_machine
+    from irkit.target import get_target
 
-    target = host_target()
+    target = get_target(arch)
     machine = target_machine(target)  # the engine takes ownership of it
-    module = translate_program(program, fast_math=False, lanes=lanes)
+    module = translate_program(program, target, fast_math=False, lanes=lanes)
     module.triple = target.triple
     module.data_layout = str(machine.target_data)
     parsed = llvm.parse_assembly(str(module))
@@ -220,21 +222,29 @@ def test_llvm_matches_the_interpreter(name: str, lanes: int) -> None:
 
 
 @pytest.mark.parametrize("lanes", [1, 8, 16])
-def test_portable_dot4_matches_the_interpreter(lanes: int, monkeypatch: pytest.MonkeyPatch
-                                               ) -> None:
-    """Without VNNI (an AVX2 host: x86-64-v3) dot4_u8s8 is the widening expansion;
-    ``lanes`` 1 runs every element through the scalar remainder loop."""
-    from irkit.plugins.llvm import intrinsics
+@pytest.mark.parametrize("arch,call", [("x86-64", "dot4_u8s8"), ("x86-64-v3", "dot4_u8s8"),
+                                       ("x86-64-v3", "dot4_u8s7"), ("x86-64-v4", "dot4_u8s7")])
+def test_int8_dot_without_vnni_matches_the_interpreter(lanes: int, arch: str, call: str
+                                                       ) -> None:
+    """Targets without VNNI: dot4_u8s8 is the widening expansion, dot4_u8s7 is vpmaddubsw
+    + vpmaddwd where the target has it (weights within [-64, 64]); ``lanes`` 1 runs every
+    element through the scalar remainder loop."""
+    from irkit.runtime.hostcpu import host
+    from irkit.target import get_target
 
-    monkeypatch.setattr(intrinsics, "_host_features", lambda: frozenset())
-    rule = RULES["dot4_u8s8"]
-    program = rule.program()
+    if host().missing(get_target(arch).requirements()):
+        pytest.skip(f"this CPU cannot run {arch} code")
+    acc, a, b = RULES["dot4_u8s8"].inputs
+    if call == "dot4_u8s7":  # weight bytes within [-64, 64]
+        b = (b.view(np.int8).astype(np.int16) // 2).astype(np.int8).view(b.dtype)
+    program = elementwise(lambda c, x, y: Call(call, (Load(c, IDX), Load(x, IDX),
+                                                      Load(y, IDX))), np.int32, acc, a, b)
     results = []
     for run in ("interpreter", "llvm"):
-        arrays = {f"in{k}": a.copy() for k, a in enumerate(rule.inputs)}
-        arrays["out"] = np.zeros(rule.inputs[0].size, np.int32)
+        arrays = {"in0": acc.copy(), "in1": a.copy(), "in2": b.copy(),
+                  "out": np.zeros(acc.size, np.int32)}
         if run == "llvm":
-            run_on_llvm(program, arrays, lanes)
+            run_on_llvm(program, arrays, lanes, arch)
         else:
             run_program(program, arrays, {"N": 1}, lanes=lanes)
         results.append(arrays["out"].tolist())

@@ -58,18 +58,19 @@ def mlp_model(k: int = 70, hidden: int = 45, out: int = 19, residual: bool = Fal
     return _model(nodes, inits, ["N", k], ["N", out])
 
 
-def conv_model(cin: int, stride: int = 1, pad: int = 1, size: int = 9) -> Any:
+def conv_model(cin: int, stride: int = 1, pad: int = 1, size: int = 9, kernel: int = 3) -> Any:
     rng = np.random.default_rng(1)
-    inits = {"w": rng.standard_normal((12, cin, 3, 3)) * 0.3, "b": rng.standard_normal(12)}
+    inits = {"w": rng.standard_normal((12, cin, kernel, kernel)) * 0.3,
+             "b": rng.standard_normal(12)}
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4,
                               strides=[stride] * 2),
              helper.make_node("Relu", ["c"], ["y"])]
-    out = (size + 2 * pad - 3) // stride + 1
+    out = (size + 2 * pad - kernel) // stride + 1
     return _model(nodes, inits, ["N", cin, size, size], ["N", 12, out, out])
 
 
-def compile_llvm(graph: Any, tmp_path: Path) -> Any:
-    art = irkit.compile(graph, target="llvm", threads=1)
+def compile_llvm(graph: Any, tmp_path: Path, arch: str = "native") -> Any:
+    art = irkit.compile(graph, target="llvm", threads=1, arch=arch)
     return irkit.runtime.load(art.save(tmp_path / "m"), threads=1)
 
 
@@ -94,8 +95,8 @@ def flip_tolerance(graph: Any) -> float:
 
 
 def check(graph: Any, tmp_path: Path, shape: tuple[int, ...], flips: float = 1.0,
-          exact: float = 0.99) -> int:
-    compiled = compile_llvm(graph, tmp_path)
+          exact: float = 0.99, arch: str = "native") -> int:
+    compiled = compile_llvm(graph, tmp_path, arch)
     tol = flip_tolerance(graph) * flips
     checked = 0
     for batch in BATCHES:
@@ -140,19 +141,26 @@ def test_dynamic_matmul(tmp_path: Path) -> None:
     assert check(q, tmp_path, (70,), exact=0.9) == 3
 
 
-@pytest.mark.parametrize(("cin", "stride", "pad", "size"), [
-    (8, 1, 1, 9), (6, 2, 1, 9), (5, 1, 0, 9), (1, 1, 1, 9),  # panels of any pixels
-    (16, 1, 1, 8),  # panels of whole output rows (digits CNN)
-    (4, 1, 1, 32),  # panels inside one output row
+@pytest.mark.parametrize("arch", ["native", "x86-64-v3"])
+@pytest.mark.parametrize(("cin", "stride", "pad", "size", "kernel"), [
+    (8, 1, 1, 9, 3), (6, 2, 1, 9, 3), (5, 1, 0, 9, 3),  # panels of any pixels
+    (16, 1, 1, 8, 3),  # panels of whole output rows (digits CNN)
+    (4, 1, 1, 32, 3),  # panels inside one output row
+    # Few input channels: kernel columns as words (tap layout), any stride, 3 or 5 wide.
+    (1, 1, 1, 9, 3), (3, 2, 1, 16, 3), (1, 2, 2, 13, 5), (2, 1, 0, 9, 5), (3, 1, 2, 7, 5),
 ])
-def test_static_conv(tmp_path: Path, cin: int, stride: int, pad: int, size: int) -> None:
-    """cin >= 4: the int8 implicit-GEMM kernel; cin = 1: the fp32 decomposition."""
-    graph = irkit.load_model(conv_model(cin, stride, pad, size))
+def test_static_conv(tmp_path: Path, cin: int, stride: int, pad: int, size: int, kernel: int,
+                     arch: str) -> None:
+    """cin >= 4: four channels per int8 word; cin < 4: four kernel columns per word.
+    Compiled for this CPU and for x86-64-v3 (vpmaddubsw): the int32 accumulation is
+    exact on both, so the tolerance is one quantization step of the output."""
+    graph = irkit.load_model(conv_model(cin, stride, pad, size, kernel))
     calib = [{"x": np.random.default_rng(3).standard_normal((16, cin, size, size))
               .astype(np.float32) * 1.5}]
-    q = irkit.optimize(graph, "fuse,quantize{mode=static,per_channel=true}", calibration=calib)
+    q = irkit.optimize(graph, "fuse,quantize{mode=static,per_channel=true}", calibration=calib,
+                       target=arch)
     assert [n.op for n in quantized_ops(q)] == ["QLinearConvInt8"]
-    assert check(q, tmp_path, (cin, size, size)) == 3
+    assert check(q, tmp_path, (cin, size, size), arch=arch) == 3
 
 
 def _gemm(k: int, n: int, sparsity: float, trans_b: bool) -> Any:

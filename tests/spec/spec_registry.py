@@ -111,4 +111,16 @@ def make_registry() -> Registry:
             group=Option(str, "irkit"),
         ),
     )
+    add(
+        "adapters",
+        "postgres",
+        _part(
+            dsn=Option(str, ""),
+            table=Option(str, "irkit_requests"),
+            result_table=Option(str, "irkit_results"),
+            max_batch=Option(int, 64),
+            max_delay_ms=Option(float, 2.0),
+            workers=Option(int, 1),
+        ),
+    )
     return reg

@@ -32,8 +32,9 @@ def test_digits_example_declares_every_serving_mode() -> None:
     pipeline = parse_spec(
         SPECS / "digits.irk", registry=make_registry(), check_files=False, env=ENV
     ).pipeline()
-    assert [s.adapter for s in pipeline.serves] == ["batch", "http", "kafka"]
+    assert [s.adapter for s in pipeline.serves] == ["batch", "http", "kafka", "postgres"]
     assert pipeline.serve("kafka").options["brokers"] == "embedded"
+    assert pipeline.serve("postgres").options["dsn"] == ""  # the embedded server
     assert pipeline.target().backend == "ort"
     assert pipeline.pass_pipeline_text() == "fuse,quantize{mode=static,per_channel=true}"
 

@@ -1,0 +1,129 @@
+"""Passes that pay or step aside: quantize and fuse consult a cost model for the targets.
+
+The decision rules are checked with a cost model whose timings the test sets (so the
+outcome does not depend on how busy the machine is); the real ``irkit.cost.MeasuredCost``
+is checked end to end: it times both forms on this machine's targets and every timed node
+gets a note, whatever the verdict, while the outputs stay within the pass's tolerance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import irkit
+from irkit.cost import MeasuredCost, Timing
+from irkit.ir import Graph
+from irkit.target import get_target
+
+pytest.importorskip("llvmlite")
+
+DATA = Path(__file__).resolve().parents[2] / "specs" / "data"
+
+
+class SetTimings:
+    """A cost model answering with given speedups of the second candidate over the first
+    (``by_op`` maps the op a candidate graph holds to the speedup of its rewritten form)."""
+
+    def __init__(self, by_op: Mapping[str, float], target: str = "x86-64-v3") -> None:
+        self.by_op = by_op
+        self.target = target
+        self.asked: list[list[str]] = []
+
+    def compare(self, candidates: Mapping[str, Graph]) -> Timing:
+        graphs = list(candidates.values())
+        ops = [n.op for g in graphs for n in g.nodes]
+        self.asked.append(ops)
+        speed = next((s for op, s in self.by_op.items() if op in ops), 1.0)
+        names = list(candidates)
+        return Timing({self.target: {names[0]: 1.0, names[1]: 1.0 / speed}})
+
+
+@pytest.fixture(scope="module")
+def digits(digits_models: Path) -> dict[str, Any]:
+    eval_set = np.load(DATA / "digits_eval.npz")
+    calib = np.load(DATA / "digits_calib.npz")
+    graph = irkit.load_model(str(digits_models / "digits_cnn.onnx"))
+    name = graph.inputs[0].name
+    return {"graph": graph, "x": eval_set["x_img"], "y": eval_set["y"],
+            "calibration": [{name: calib["x_img"][i:i + 32]} for i in range(0, 64, 32)]}
+
+
+def _quantize(digits: dict[str, Any], cost: Any, extra: str = "") -> Graph:
+    from irkit.passes.manager import run_pipeline
+    from irkit.plugins import get_registry
+
+    return run_pipeline(digits["graph"], f"fuse,quantize{{mode=static,per_channel=true{extra}}}",
+                        calibration=digits["calibration"], table=get_registry().passes,
+                        targets=[get_target("x86-64-v3")], cost=cost)
+
+
+def test_quantize_keeps_fp32_where_int8_is_slower(digits: dict[str, Any]) -> None:
+    cost = SetTimings({"QLinearConvInt8": 0.6, "QLinearMatMulInt8": 2.0})
+    out = _quantize(digits, cost)
+    report = out.history[-1].details
+    ops = [n.qualified_op for n in out.nodes]
+    assert "irkit.QLinearConvInt8" not in ops and "irkit.QLinearMatMulInt8" in ops
+    notes = report["nodes"]
+    convs = sum(v == "kept fp32: int8 0.60x on x86-64-v3" for v in notes.values())
+    assert convs >= 2 and len(notes) == convs + 1
+    assert sum(v == "int8 2.00x on x86-64-v3" for v in notes.values()) == 1
+    assert report["quantized"] == 1
+
+
+def test_quantize_force_skips_the_timing(digits: dict[str, Any]) -> None:
+    cost = SetTimings({"QLinearConvInt8": 0.6})
+    out = _quantize(digits, cost, ",force=true")
+    assert not [ops for ops in cost.asked if any(op.startswith("QLinear") for op in ops)]
+    assert "nodes" not in out.history[-1].details
+    assert out.history[-1].details["quantized"] >= 3
+
+
+def test_fuse_steps_aside_where_the_fused_kernel_is_slower(digits: dict[str, Any]) -> None:
+    from irkit.passes.manager import run_pipeline
+    from irkit.plugins import get_registry
+
+    table = get_registry().passes
+    slow = run_pipeline(digits["graph"], "fuse", table=table, cost=SetTimings(
+        {"ConvBiasActPool": 0.5}))
+    fast = run_pipeline(digits["graph"], "fuse", table=table, cost=SetTimings(
+        {"ConvBiasActPool": 1.5}))
+    assert "irkit.ConvBiasActPool" not in [n.qualified_op for n in slow.nodes]
+    assert "irkit.ConvBiasActPool" in [n.qualified_op for n in fast.nodes]
+    (note,) = slow.history[-1].details["timed"].values()
+    assert note == "kept unfused: fused 0.50x on x86-64-v3"
+    x = digits["x"][:16]
+    name = digits["graph"].inputs[0].name
+    want = irkit.evaluate(digits["graph"], {name: x})
+    for graph in (slow, fast):
+        got = irkit.evaluate(graph, {name: x})
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_measured_cost_times_each_candidate_on_this_machine(digits: dict[str, Any]) -> None:
+    """Real timings: every quantizable node gets a verdict with a speedup, and the model
+    keeps its accuracy whatever the verdicts are."""
+    out = irkit.optimize(digits["graph"], "fuse,quantize{mode=static,per_channel=true}",
+                         calibration=digits["calibration"], target="x86-64-v3", measure=True,
+                         eval_data={digits["graph"].inputs[0].name: digits["x"]},
+                         labels=digits["y"])
+    report = out.history[-1]
+    notes = report.details["nodes"]
+    assert len(notes) >= 3
+    assert all(" on x86-64-v3" in v and "x on" in v for v in notes.values()), notes
+    assert report.accuracy >= report.baseline_accuracy - 0.01
+
+
+def test_unrunnable_targets_are_named_not_timed(digits: dict[str, Any]) -> None:
+    cost = MeasuredCost([get_target("aarch64"), get_target("sm_90")])
+    runnable, skipped = cost.runnable()
+    assert runnable == []
+    assert set(skipped) == {"aarch64", "sm_90"}
+    timing = cost.compare({"a": digits["graph"], "b": digits["graph"]})
+    assert timing.seconds == {} and set(timing.unmeasured) == {"aarch64", "sm_90"}
