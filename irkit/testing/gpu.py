@@ -61,6 +61,23 @@ def assemble(ptx: bytes | str, arch: str = "sm_90", workdir: Path | None = None
                               capture_output=True, text=True, check=False, timeout=300)
 
 
+def ptxas_refusals(files: dict[str, bytes], arch: str = "sm_90",
+                   workdir: Path | None = None) -> list[str]:
+    """``ptxas -arch=<arch>`` on every ``.ptx`` file of an artifact's ``files``: one line
+    per file it refuses (empty when it accepts them all); raises when there are none."""
+    ptx = sorted(name for name in files if name.endswith(".ptx"))
+    if not ptx:
+        raise ValueError("the artifact holds no .ptx files")
+    refused = []
+    for name in ptx:
+        result = assemble(files[name], arch, workdir)
+        if result.returncode != 0:
+            refused.append(f"{name}: {result.stderr.strip()[-1000:]}")
+        elif f".target {arch}".encode() not in files[name]:
+            refused.append(f"{name}: not PTX for {arch}")
+    return refused
+
+
 @functools.cache
 def gpu_missing() -> str | None:
     """Why no CUDA GPU can run kernels here, or None when one can."""
@@ -79,4 +96,4 @@ def gpu_missing() -> str | None:
     return None
 
 
-__all__ = ["assemble", "gpu_missing", "ptx_toolchain_missing", "ptxas"]
+__all__ = ["assemble", "gpu_missing", "ptx_toolchain_missing", "ptxas", "ptxas_refusals"]

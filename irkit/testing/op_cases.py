@@ -73,11 +73,13 @@ CUDA_SIMULATOR = KernelTarget("cuda", "sm_90", (("device", "simulator"),))
 """The cuda backend's kernels run by numba-cuda's simulator (every thread in Python:
 small shapes only)."""
 KIR = KernelTarget("kir", "x86-64-v3")
-KERNEL_TARGETS: tuple[KernelTarget, ...] = (LLVM_NATIVE, LLVM_V3, NUMBA_NATIVE)
-"""Every op case runs on each: the build host's own code, AVX2 code (x86-64-v3, what
-most deployment CPUs run) even on a host with AVX-512, and the numba backend's
-generated Python (compiled by Numba). ``KIR`` (the kernel IR interpreter, the oracle)
-runs them in ``tests/kir/test_interpret_op_cases.py``."""
+KERNEL_TARGETS: tuple[KernelTarget, ...] = (LLVM_NATIVE, LLVM_V3)
+"""Every op case runs on each: the build host's own code, and AVX2 code (x86-64-v3,
+what most deployment CPUs run) even on a host with AVX-512. ``KIR`` (the kernel IR
+interpreter, the oracle) runs them in ``tests/kir/test_interpret_op_cases.py``;
+``NUMBA_NATIVE`` and ``CUDA_SIMULATOR`` run a sample (every case with
+``IRKIT_FULL_SWEEPS=1``) in ``tests/plugins/test_numba_ops.py`` and
+``test_cuda_simulator.py``."""
 
 
 @dataclass

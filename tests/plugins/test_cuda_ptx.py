@@ -1,9 +1,14 @@
 """Every kernel of the built-in models, compiled by the cuda backend to PTX for sm_90 and
 assembled by ``ptxas -arch=sm_90`` (the CUDA 13.0 assembler the GPU machines' drivers
-match). No GPU needed."""
+match). No GPU needed. numba-cuda compiles about a kernel a second, so CI assembles the
+transformer here (attention, layernorm, softmax, GELU, GEMMs) and the digits models and
+ResNet in ``test_cuda_backend.py``, which runs them in the simulator;
+``IRKIT_FULL_SWEEPS=1`` assembles every built-in model here (about 25 minutes on 2
+cores; all accepted when last run)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +16,17 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from irkit.testing.gpu import assemble, ptx_toolchain_missing, ptxas
+from irkit.testing.gpu import ptx_toolchain_missing, ptxas, ptxas_refusals
 
 if ptx_toolchain_missing() or ptxas() is None:
     pytest.skip(str(ptx_toolchain_missing() or "ptxas not found"), allow_module_level=True)
 
 import irkit
 
-MODELS = ("mlp", "gemm512", "mobilenet", "resnet", "transformer", "digits_mlp", "digits_cnn")
+ALL_MODELS = ("mlp", "gemm512", "mobilenet", "resnet", "transformer", "digits_mlp",
+              "digits_cnn", "minilm")
+FULL = os.environ.get("IRKIT_FULL_SWEEPS", "") not in ("", "0")
+MODELS = ALL_MODELS if FULL else ("transformer",)
 HEAVY = ("Conv", "MatMul", "Gemm")  # each must be a GPU template kernel, not CPU tiles
 
 
@@ -33,7 +41,7 @@ def _graph(name: str, digits_models: Path) -> Any:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [*MODELS, "minilm"])
+@pytest.mark.parametrize("name", MODELS)
 def test_ptxas_accepts_every_kernel(name: str, request: pytest.FixtureRequest,
                                     tmp_path: Path) -> None:
     if name == "minilm":
@@ -45,10 +53,7 @@ def test_ptxas_accepts_every_kernel(name: str, request: pytest.FixtureRequest,
     kernels = segment["kernels"]
     ptx = [f for f in artifact.files if f.endswith(".ptx")]
     assert len(ptx) == len(kernels) > 0
-    for relpath in ptx:
-        result = assemble(artifact.files[relpath], "sm_90", tmp_path)
-        assert result.returncode == 0, f"{name} {relpath}: {result.stderr[-2000:]}"
-        assert b".target sm_90" in artifact.files[relpath]
+    assert ptxas_refusals(artifact.files, "sm_90", tmp_path) == [], name
     templates = segment["info"]["kernel_shapes"].get("template", 0)
     heavy = sum(node.op in HEAVY for node in graph.nodes)
     assert templates >= heavy > 0, (segment["info"]["kernel_shapes"], heavy)
