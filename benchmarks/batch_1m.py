@@ -1,6 +1,7 @@
 """Batch adapter benchmark: 1,000,000 digits rows from parquet, killed halfway and resumed.
 
     python benchmarks/batch_1m.py [--rows 1000000] [--chunk-rows 8192] [--shard-rows 100000]
+                                  [--model mlp|cnn] [--backend ort|llvm] [--ray] [--repeats 1]
 
 Generates a parquet file of ``--rows`` rows x 64 float32 columns (row groups of 65,536
 rows, as a Spark or pandas export would have), then, each in its own subprocess:
@@ -15,12 +16,22 @@ Every shard, errors file and manifest of ``resumed`` must be byte-identical to `
 Peak RSS is the process's high-water mark during the run (``/proc/self/status`` VmHWM,
 reset just before the run), and growth is that minus RSS before the run (after imports
 and model load).
+
+``--ray`` adds the Ray column: ``clean`` (the local engine, one process) against
+``ray``, the same run with ``engine = "ray"`` on a local Ray started by the run
+(``ray_cpus=2``, ``concurrency=2`` actors of ``num_cpus=0.5``, ``threads=1`` each), its
+output checked byte-identical to ``clean``, and ``ray-warm``, the same on a Ray already
+running (started before the clock; the actors still start inside the run). Both report rows/s and the peak of the summed
+RSS of the whole process tree (the driver, and for Ray its raylet, GCS and workers),
+sampled every 0.1 s; ``--repeats`` runs each that many times, alternating, and reports
+the median.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -45,11 +56,42 @@ RUNNER = textwrap.dedent(
 
     mode, artifact, source, output, chunk, shard = sys.argv[1:7]
     model = irkit.runtime.load(artifact, threads=1)
+    import os, threading
+
+    def tree_rss_mb():
+        parents, rss = {}, {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as handle:
+                        fields = handle.read().rsplit(")", 1)[1].split()
+                    parents[int(entry)] = int(fields[1])
+                    rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+                except (OSError, IndexError, ValueError):
+                    pass
+        tree, grew = {os.getpid()}, True
+        while grew:
+            grew = False
+            for pid, parent in parents.items():
+                if parent in tree and pid not in tree:
+                    tree.add(pid)
+                    grew = True
+        return sum(rss.get(pid, 0.0) for pid in tree)
+
+    tree_peak = [0.0]
+    def sample():
+        while True:
+            tree_peak[0] = max(tree_peak[0], tree_rss_mb())
+            time.sleep(0.1)
+    threading.Thread(target=sample, daemon=True).start()
 
     def status_mb(key):
         with open("/proc/self/status") as handle:
             return next(int(l.split()[1]) for l in handle if l.startswith(key)) / 1024
 
+    if mode == "ray-warm":  # a running cluster: Ray starts before the clock does
+        import ray
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # VmHWM := VmRSS
     before = status_mb("VmRSS")
@@ -63,12 +105,14 @@ RUNNER = textwrap.dedent(
                    for i in range(0, len(x), int(chunk))]
         rows = len(np.concatenate(outputs))
     else:
+        engine = {"engine": "ray", "ray_cpus": 2, "concurrency": 2, "num_cpus": 0.5,
+                  "threads": 1} if mode.startswith("ray") else {}
         summary = BatchAdapter(model, input=source, output=output, chunk_rows=int(chunk),
-                               shard_rows=int(shard), progress=False).serve()
+                               shard_rows=int(shard), progress=False, **engine).serve()
         rows, skipped = summary.rows, summary.skipped_shards
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "rows": rows, "peak_mb": status_mb("VmHWM"),
-                      "before_mb": before, "skipped": skipped}))
+                      "before_mb": before, "skipped": skipped, "tree_peak_mb": tree_peak[0]}))
     """
 )
 
@@ -84,6 +128,61 @@ def make_input(path: Path, rows: int) -> None:
             n = min(65_536, rows - start)
             block = rng.integers(0, 17, size=(n, 64)).astype(np.float32)
             out.write_table(pa.table({f"c{i}": block[:, i] for i in range(64)}))
+
+
+def build_artifact(tmp: Path, model: str, backend: str) -> str:
+    """The digits MLP or CNN compiled for ``backend`` (llvm: for this machine)."""
+    if model == "mlp" and backend == "ort":
+        return str(build_models(tmp)["digits"])
+    import irkit
+
+    onnx_path = Path(__file__).resolve().parents[1] / "specs" / "models" / f"digits_{model}.onnx"
+    if not onnx_path.is_file():
+        raise SystemExit(f"{onnx_path} is missing: run scripts/make_models.py first")
+    options = {"arch": "native"} if backend == "llvm" else {}
+    graph = irkit.load_model(str(onnx_path))
+    return str(irkit.compile(graph, target=backend, **options).save(tmp / f"{model}-{backend}"))
+
+
+def compare_ray(args: argparse.Namespace, tmp: Path, artifact: str, began: float) -> int:
+    """clean (local engine) vs ray, alternating ``--repeats`` times; medians."""
+    import statistics
+
+    source = tmp / "digits.parquet"
+    make_input(source, args.rows)
+    sizes = [str(args.chunk_rows), str(args.shard_rows)]
+    modes = ("clean", "ray", "ray-warm")
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    identical = True
+    for repeat in range(args.repeats):
+        for mode in modes:
+            out = tmp / f"{mode}-{repeat}.parquet"
+            runs[mode].append(finish(run([mode if mode != "clean" else "batch", artifact,
+                                          str(source), str(out), *sizes])))  # fmt: skip
+        a = tmp / f"clean-{repeat}.parquet"
+        for b in (tmp / f"ray-{repeat}.parquet", tmp / f"ray-warm-{repeat}.parquet"):
+            identical &= all((a / n.name).read_bytes() == (b / n.name).read_bytes()
+                             for n in a.iterdir())  # fmt: skip
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown")  # fmt: skip
+    print(f"\n{args.rows:,} rows, digits {args.model} ({args.backend}, 1 thread per "
+          f"process), chunk_rows={args.chunk_rows}, shard_rows={args.shard_rows}; "
+          f"CPU {cpu}, {os.cpu_count()} cores; median of {args.repeats}\n")  # fmt: skip
+    print(f"{'engine':24} {'seconds':>8} {'rows/s':>10} {'peak RSS MB (tree)':>18} "
+          f"{'vs local':>8}")
+    base = statistics.median(r["seconds"] for r in runs["clean"])
+    for mode, label in (("clean", "local (1 process)"), ("ray", "ray (2 workers)"),
+                        ("ray-warm", "ray, running (2 workers)")):
+        seconds = statistics.median(r["seconds"] for r in runs[mode])
+        peak = statistics.median(r["tree_peak_mb"] for r in runs[mode])
+        print(f"{label:24} {seconds:8.2f} {args.rows / seconds:10,.0f} {peak:18.0f} "
+              f"{base / seconds:7.2f}x")  # fmt: skip
+    print("per run (s): " + "; ".join(
+        f"{m} " + ", ".join(f"{r['seconds']:.2f}" for r in rs) for m, rs in runs.items()))
+    print(f"ray shards and errors byte-identical to the local engine's: {identical}")
+    print(f"total {time.perf_counter() - began:.0f} s")
+    return 0 if identical else 1
 
 
 def run(args: list[str]) -> subprocess.Popen[str]:
@@ -103,11 +202,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-rows", type=int, default=8192)
     parser.add_argument("--shard-rows", type=int, default=100_000)
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    parser.add_argument("--backend", choices=("ort", "llvm"), default="ort")
+    parser.add_argument("--ray", action="store_true", help="add the Ray engine column")
+    parser.add_argument("--ray-only", action="store_true",
+                        help="only clean vs ray (skip in-memory and kill/resume)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of clean and ray")
     args = parser.parse_args(argv)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="irkit-batch-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        artifact = str(build_models(tmp)["digits"])
+        artifact = build_artifact(tmp, args.model, args.backend)
+        if args.ray or args.ray_only:
+            return compare_ray(args, tmp, artifact, began)
         source = tmp / "digits_1m.parquet"
         make_input(source, args.rows)
         size_mb = source.stat().st_size / 2**20

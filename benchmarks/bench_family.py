@@ -35,7 +35,7 @@ import numpy as np
 
 import irkit
 import irkit.runtime
-from irkit.bench import cpu_description
+from irkit.bench import CLOCKS, cpu_description
 from irkit.testing.family import ModelSpec, export, family, inputs
 
 CACHE = Path(tempfile.gettempdir()) / "irkit_family_models"
@@ -89,7 +89,8 @@ def _irkit_model(graph: Any, arch: str) -> Any:
 
 
 def _medians(calls: dict[str, Callable[[], Any]], rounds: int, budget_s: float,
-             stat: str = "median") -> dict[str, float]:
+             stat: str = "median", clock: str = "wall") -> dict[str, float]:
+    now = CLOCKS[clock]
     for call in calls.values():
         call()
         call()
@@ -97,9 +98,9 @@ def _medians(calls: dict[str, Callable[[], Any]], rounds: int, budget_s: float,
     deadline = time.perf_counter() + budget_s
     for done in range(rounds):
         for name, call in calls.items():
-            start = time.perf_counter()
+            start = now()
             call()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(now() - start)
         if done >= 4 and time.perf_counter() > deadline:
             break
     reduce = np.median if stat == "median" else np.min
@@ -107,7 +108,7 @@ def _medians(calls: dict[str, Callable[[], Any]], rounds: int, budget_s: float,
 
 
 def measure(spec: ModelSpec, arches: list[str], batch: int, rounds: int, force: bool,
-            stat: str = "median") -> dict[str, dict[str, Any]]:
+            stat: str = "median", clock: str = "wall") -> dict[str, dict[str, Any]]:
     path = export(spec, CACHE / f"{spec.name}.onnx") if not (
         CACHE / f"{spec.name}.onnx").exists() else CACHE / f"{spec.name}.onnx"
     graph = irkit.load_model(str(path))
@@ -136,7 +137,7 @@ def measure(spec: ModelSpec, arches: list[str], batch: int, rounds: int, force: 
                     notes[arch] = f"{details.get('quantized', 0)} int8, {len(kept)} kept fp32"
             model = _irkit_model(graph_v, arch)
             calls[f"{arch}:{variant}"] = (lambda m=model: m.run({"x": x}))
-    times = _medians(calls, rounds, budget_s=2.0, stat=stat)
+    times = _medians(calls, rounds, budget_s=2.0, stat=stat, clock=clock)
     rows = {}
     for arch in arches:
         t = {v: times[f"{arch}:{v}"] for v in VARIANTS}
@@ -166,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stat", choices=("median", "min"), default="median",
                         help="per-variant statistic over the rounds (min: steadier on a "
                         "shared machine, where other work only adds time)")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall: elapsed time; cpu: the process's CPU time, steadier on "
+                        "a shared machine (default wall)")
     args = parser.parse_args(argv)
     arches = [a for a in args.arch.split(",") if a]
     specs = [s for s in family(args.seed) if not args.only or s.kind == args.only]
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[tuple[ModelSpec, str, dict[str, Any]]] = []
     for spec in specs:
         started = time.perf_counter()
-        rows = measure(spec, arches, args.batch, args.rounds, args.force, args.stat)
+        rows = measure(spec, arches, args.batch, args.rounds, args.force, args.stat, args.clock)
         for arch, row in rows.items():
             results.append((spec, arch, row))
             print(f"  {spec.name} [{arch}]: " + ", ".join(
@@ -182,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     head = (f"{'model':<26} {'arch':<10} {'fp32 ms':>8} {'ORT ms':>8} {'ORT8 ms':>8} "
             + " ".join(f"{c:>9}" for c in COLUMNS))
-    print(f"\nbatch {args.batch}, 1 thread, {args.stat} of {args.rounds} alternating rounds; "
+    print(f"\nbatch {args.batch}, 1 thread, {args.stat} {args.clock} time of {args.rounds} "
+          "alternating rounds; "
           f"ratios in the docstring's sense\n{head}\n"
           + "-" * len(head))
     for spec, arch, row in results:

@@ -39,6 +39,9 @@ def main() -> int:
                         help="comma-separated targets, one row each (default native,x86-64-v3)")
     parser.add_argument("--also", default="numba",
                         help="other backends timed in the same rounds (default numba)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time; cpu: the process's CPU time, steadier on a "
+                             "shared machine (default wall)")
     args = parser.parse_args()
     result = run_bench(
         args.models.split(","),
@@ -47,6 +50,7 @@ def main() -> int:
         repeats=args.repeats,
         arches=tuple(a for a in args.arch.split(",") if a),
         also=tuple(a for a in args.also.split(",") if a),
+        clock=args.clock,
     )
     print("\ntargets (1 thread):")
     for row in result.rows:

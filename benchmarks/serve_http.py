@@ -2,6 +2,7 @@
 
     python benchmarks/serve_http.py [--seconds 0.5] [--rounds 5] [--clients 1,16,64]
                                     [--http auto|httptools|h11] [--loop auto|uvloop|asyncio]
+                                    [--processes 1,2] [--servers LABEL,...]
 
 Each server runs in its own subprocess (HttpAdapter on uvicorn, one event loop, one
 inference thread); this process is the load generator: keep-alive connections on one
@@ -13,7 +14,10 @@ Servers measured in the same run, all with the same uvicorn settings:
   precomputed response (same server, same dispatch to the infer route, same body
   reading): the ceiling of the stack;
 - ``irkit b=32``: HttpAdapter with dynamic batching (max_batch=32, max_delay_ms=2);
-- ``irkit b=1``: HttpAdapter with max_batch=1 (no batching).
+- ``irkit b=1``: HttpAdapter with max_batch=1 (no batching);
+- ``irkit b=32 p=2`` (with ``--processes 1,2``): ``irkit b=32`` with ``processes=2``, two
+  server processes on one port (SO_REUSEPORT), each with its own model and batcher; its
+  CPU time counts both children, its rows per call comes from the merged /metrics.
 
 Models: the digits MLP (x f32[1,64] as JSON, floats with 9 significant digits;
 ``specs/models/digits_mlp.onnx`` if present, else a seeded MLP of the same shape) and a
@@ -151,13 +155,36 @@ def _serve_announcing(adapter: Any, port_file: str) -> None:
     adapter.serve()
 
 
-def serve_irkit(artifact: str, max_batch: int, port_file: str, stack: dict[str, str]) -> None:
+def serve_irkit(
+    artifact: str, max_batch: int, port_file: str, stack: dict[str, str], processes: int = 1
+) -> None:
+    import threading
+    import urllib.request
+
     import irkit.runtime
     from irkit.runtime.adapters.http import HttpAdapter
 
     adapter = HttpAdapter(irkit.runtime.load(artifact), port=0, max_batch=max_batch,
-                          max_delay_ms=2.0, max_queue=4096, **stack)  # fmt: skip
-    _serve_announcing(adapter, port_file)
+                          max_delay_ms=2.0, max_queue=4096, processes=processes,
+                          **stack)  # fmt: skip
+    if processes == 1:
+        _serve_announcing(adapter, port_file)
+        return
+
+    def announce() -> None:  # every child ready: many ready answers in a row, new connections
+        adapter.started.wait(60)
+        url = f"http://127.0.0.1:{adapter.port}/v2/health/ready"
+        streak = 0
+        while streak < 20:
+            try:
+                streak = streak + 1 if urllib.request.urlopen(url).status == 200 else 0
+            except OSError:
+                streak = 0
+                time.sleep(0.05)
+        Path(port_file).write_text(str(adapter.port))
+
+    threading.Thread(target=announce, daemon=True).start()
+    adapter.serve()
 
 
 def serve_constant(artifact: str, port_file: str, stack: dict[str, str]) -> None:
@@ -194,13 +221,13 @@ class Server:
     """A server subprocess; ``port`` once it is ready."""
 
     def __init__(
-        self, kind: str, artifact: Path, max_batch: int, http: str, loop: str
+        self, kind: str, artifact: Path, max_batch: int, http: str, loop: str, processes: int = 1
     ) -> None:
         self.port_file = Path(tempfile.mkstemp(prefix="irkit-bench-port-")[1])
         self.port_file.write_text("")
         command = [sys.executable, __file__, "--serve", kind, "--artifact", str(artifact),
                    "--max-batch", str(max_batch), "--port-file", str(self.port_file),
-                   "--http", http, "--loop", loop]  # fmt: skip
+                   "--http", http, "--loop", loop, "--processes", str(processes)]  # fmt: skip
         self.process = subprocess.Popen(command)
         deadline = time.monotonic() + 60
         while not self.port_file.read_text():
@@ -217,16 +244,26 @@ class Server:
             text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics").read().decode()
         except OSError:
             return 0.0, 0.0
-        values = {}
-        for line in text.splitlines():
+        values: dict[str, float] = {}
+        for line in text.splitlines():  # several processes: one line each
             if line.startswith(("irkit_batch_size_sum", "irkit_batch_size_count")):
-                values[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+                key = line.split("{")[0]
+                values[key] = values.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
         return values.get("irkit_batch_size_sum", 0.0), values.get("irkit_batch_size_count", 0.0)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time the server process and its children have used so far."""
+        total, pids = 0.0, [self.process.pid]
+        while pids:
+            pid = pids.pop()
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                pids += [int(c) for c in
+                         Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def close(self) -> None:
         self.process.terminate()
@@ -339,7 +376,8 @@ def measure(point: Point, server: Server, seconds: float) -> None:
     point.calls += after[1] - before[1]
 
 
-SERVERS = [("constant", "constant", 1), ("irkit b=32", "irkit", 32), ("irkit b=1", "irkit", 1)]
+SERVERS = [("constant", "constant", 1, 1), ("irkit b=32", "irkit", 32, 1),
+           ("irkit b=1", "irkit", 1, 1)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,10 +394,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifact", help=argparse.SUPPRESS)
     parser.add_argument("--max-batch", type=int, default=32, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
+    parser.add_argument("--processes", default="1",
+                        help="server processes to compare for irkit b=32 (e.g. 1,2)")
+    parser.add_argument("--servers", default=None,
+                        help="only these servers (labels, comma-separated)")
     args = parser.parse_args(argv)
     stack = {"http": args.http, "loop": args.loop}
     if args.serve == "irkit":
-        serve_irkit(args.artifact, args.max_batch, args.port_file, stack)
+        serve_irkit(args.artifact, args.max_batch, args.port_file, stack, int(args.processes))
         return 0
     if args.serve == "constant":
         serve_constant(args.artifact, args.port_file, stack)
@@ -367,23 +409,29 @@ def main(argv: list[str] | None = None) -> int:
 
     clients = [int(c) for c in args.clients.split(",")]
     models = args.models.split(",")
+    servers_run = SERVERS + [(f"irkit b=32 p={n}", "irkit", 32, n)
+                             for n in map(int, args.processes.split(",")) if n > 1]
+    if args.servers:
+        wanted = args.servers.split(",")
+        servers_run = [s for s in servers_run if s[0] in wanted]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="irkit-bench-") as tmp:
         artifacts = build_models(Path(tmp))
         servers: dict[tuple[str, str], Server] = {}
         try:
             for model in models:
-                for label, kind, max_batch in SERVERS:
-                    servers[model, label] = Server(kind, artifacts[model], max_batch, **stack)
+                for label, kind, max_batch, processes in servers_run:
+                    servers[model, label] = Server(kind, artifacts[model], max_batch,
+                                                   processes=processes, **stack)
             points = {
                 (model, label, count): Point(model, label, count)
-                for model in models for label, _, _ in SERVERS for count in clients
+                for model in models for label, *_ in servers_run for count in clients
             }  # fmt: skip
             # Round-robin windows: background load on a shared machine hits every
             # configuration alike instead of whichever happened to run at that moment.
             # The servers compared at one (model, clients) run back to back, in an order
             # reversed every other round; ratios are medians of these paired windows.
-            labels = [label for label, _, _ in SERVERS]
+            labels = [label for label, *_ in servers_run]
             for round_ in range(args.rounds):
                 for model in models:
                     for count in clients:
@@ -433,6 +481,13 @@ def print_table(points: list[Point], stack: dict[str, str]) -> None:
             print(f"  {model}: batching {ratio:.2f}x max_batch=1 "
                   f"[{paired_ratio(b32, b1, per_cpu=True):.2f}x] "
                   f"(target >= 1.5x) {'PASS' if ratio >= 1.5 else 'MISS'}")  # fmt: skip
+        for p in (q for q in points if q.model == model and q.clients == top
+                  and q.server.startswith("irkit b=32 p=")):
+            if b32:
+                ratio = paired_ratio(p, b32)
+                print(f"  {model}: {p.server.split()[-1]} {ratio:.2f}x one process "
+                      f"[{paired_ratio(p, b32, per_cpu=True):.2f}x] (target >= 1.6x) "
+                      f"{'PASS' if ratio >= 1.6 else 'MISS'}")  # fmt: skip
         if b32 and const:
             ratio = paired_ratio(b32, const)
             print(f"  {model}: irkit {ratio:.2f}x the constant handler "

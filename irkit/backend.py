@@ -302,4 +302,5 @@ def program_entry(lowered: LoweredModel, *, code: str, weights: str, run: str,
         constraints=tuple((poly_from_json(c["size"], "constraint"), str(c["why"]))
                           for c in lowered.constraints),
         guards=tuple(lowered.guards), native=dict(native or {}), info=dict(info or {}),
+        weights_bytes=len(program.weights),
     )

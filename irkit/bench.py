@@ -248,24 +248,32 @@ def _inputs(graph: Any, batch: int, seed: int = 0, sequence: int = SEQUENCE
     return out
 
 
-def _time_calls(fn: Callable[[], Any], inner: int) -> float:
-    start = time.perf_counter()
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter,
+                                          "cpu": time.process_time}
+"""``wall``: elapsed time; ``cpu``: CPU time of the whole process (every thread of both
+sides counted), steadier on a shared machine where other work only delays a call."""
+
+
+def _time_calls(fn: Callable[[], Any], inner: int, clock: str = "wall") -> float:
+    now = CLOCKS[clock]
+    start = now()
     for _ in range(inner):
         fn()
-    return (time.perf_counter() - start) / inner
+    return (now() - start) / inner
 
 
 def alternate(fa: Callable[[], Any], fb: Callable[[], Any], repeats: int,
-              budget_s: float = 2.0) -> tuple[float, float]:
-    """Median seconds per call of ``fa`` and ``fb`` over alternating rounds."""
-    ta, tb = interleave([fa, fb], repeats, budget_s)
+              budget_s: float = 2.0, clock: str = "wall") -> tuple[float, float]:
+    """Median seconds per call of ``fa`` and ``fb`` over alternating rounds, by ``clock``
+    (see :data:`CLOCKS`)."""
+    ta, tb = interleave([fa, fb], repeats, budget_s, clock)
     return ta, tb
 
 
-def interleave(fns: Sequence[Callable[[], Any]], repeats: int, budget_s: float = 2.0
-               ) -> list[float]:
+def interleave(fns: Sequence[Callable[[], Any]], repeats: int, budget_s: float = 2.0,
+               clock: str = "wall") -> list[float]:
     """Median seconds per call of each of ``fns`` over rounds that run all of them, the
-    order rotating from round to round (two: alternating)."""
+    order rotating from round to round (two: alternating), by ``clock``."""
     for _ in range(3):
         for fn in fns:
             fn()
@@ -275,7 +283,7 @@ def interleave(fns: Sequence[Callable[[], Any]], repeats: int, budget_s: float =
     for r in range(repeats):
         shift = r % len(fns)
         for k in [*range(shift, len(fns)), *range(shift)]:
-            times[k].append(_time_calls(fns[k], inner))
+            times[k].append(_time_calls(fns[k], inner, clock))
     return [float(np.median(t)) for t in times]
 
 
@@ -316,13 +324,15 @@ def run_bench(
     verbose: bool = True,
     arches: Sequence[str] = ("native",),
     also: Sequence[str] = (),
+    clock: str = "wall",
 ) -> BenchResult:
     """Benchmark ``model_or_spec`` compiled for ``target`` (for each of ``arches`` when
     it is a kernel backend: ``native``, ``x86-64-v3``…) against each anchor in
     ``against`` (``onnxruntime``: ORT's own ``InferenceSession.run``; ``torch``: eager
     PyTorch, see :mod:`irkit.bench_torch`); prints and returns the table (plus the 1024^3
     matmul line when ``matmul``). Backends in ``also`` (``numba``) are compiled too and
-    timed in the same rounds, a column each with its ratio to irkit and to the anchor."""
+    timed in the same rounds, a column each with its ratio to irkit and to the anchor.
+    ``clock``: ``wall`` or ``cpu`` (:data:`CLOCKS`)."""
     import irkit
     import irkit.runtime
 
@@ -334,8 +344,10 @@ def run_bench(
     names = model_or_spec if isinstance(model_or_spec, list | tuple) else [model_or_spec]
     result = BenchResult()
     takes_arch = "arch" in _backend_options(target)
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
     if verbose:
-        print(cpu_description(), flush=True)
+        print(cpu_description() + ("" if clock == "wall" else f"; {clock} time"), flush=True)
     for item in names:
         name, graph, source = _resolve_model(item)
         module = _torch_module(name, graph, source, verbose) if "torch" in anchors else None
@@ -364,7 +376,7 @@ def run_bench(
                 for anchor, call in calls.items():
                     extra = [partial(m.run, feeds) for m in others.values()]
                     t_ours, t_anchor, *t_extra = interleave(
-                        [partial(ours.run, feeds), call, *extra], repeats)
+                        [partial(ours.run, feeds), call, *extra], repeats, clock=clock)
                     row = BenchRow(name, batch, thr, t_ours * 1e3, t_anchor * 1e3, anchor,
                                    arch, {n: t * 1e3 for n, t in zip(others, t_extra)})
                     result.rows.append(row)

@@ -170,11 +170,13 @@ def optimize_pipeline(pipeline: Any, graph: Graph) -> Graph:
 
 
 def build_pipeline(pipeline: Any, *, target: str | None = None, arch: Any = None,
-                   log: Any = sys.stderr) -> dict[str, Path]:
+                   log: Any = None) -> dict[str, Path]:
     """Build ``pipeline``'s targets (only ``target`` when given); ``arch`` overrides the
-    targets' ``arch`` option."""
+    targets' ``arch`` option. Progress goes to ``log`` (``sys.stderr`` as it is at call
+    time by default)."""
     from irkit.api import compile as compile_graph
 
+    log = sys.stderr if log is None else log
     start = time.perf_counter()
     targets = [pipeline.target(target)] if target else list(pipeline.targets)
     if not targets:
@@ -203,7 +205,7 @@ def build_pipeline(pipeline: Any, *, target: str | None = None, arch: Any = None
 
 
 def build_spec(path: Path, pipeline: str | None = None, *, target: str | None = None,
-               arch: Any = None, log: Any = sys.stderr) -> dict[str, Path]:
+               arch: Any = None, log: Any = None) -> dict[str, Path]:
     """Build one pipeline of a spec file (the only one when ``pipeline`` is None)."""
     from irkit.spec import parse_spec
 

@@ -250,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import irkit.runtime
 
-    model = irkit.runtime.load(args.artifact)
+    model = irkit.runtime.load(args.artifact, trusted_keys=args.trusted_key or None)
     feeds = dict(_read_input(s) for s in args.input)
     try:
         outputs = model.run(feeds)
@@ -362,6 +362,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         target=args.target,
         arches=tuple(_arch_list(args.arch) or ["native"]),
+        clock=args.clock,
     )
     return 0
 
@@ -422,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE",
                    help="an input array (repeat per input)")
     p.add_argument("--output", "-o", metavar="OUT.npz", help="write outputs to an .npz file")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PUBLIC",
+                   help="run only if the artifact is signed by this Ed25519 public key "
+                   "(PEM file or hex; repeat for several; see irkit sign)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("targets", help="list the targets code can be compiled for",
@@ -491,7 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default llvm)")
     p.add_argument("--arch", default="native", help="comma-separated CPU targets, one row "
                    "each (e.g. native,x86-64-v3; default native)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time; cpu: the process's CPU time (all threads), "
+                   "steadier on a shared machine (default wall)")
     p.set_defaults(func=cmd_bench)
+    from irkit.cli_sign import add_parsers
+
+    add_parsers(sub)
     return parser
 
 

@@ -158,6 +158,32 @@ def build_frontends(plan: ServePlan, artifact_dirs: list[Path]) -> list[Any]:
         raise IrkitError(str(exc)) from None
 
 
+def _serve_processes(plan: ServePlan, artifacts: list[Path], processes: Any) -> int:
+    """``serve http { processes = N }``: N forked servers on one port, each its own models."""
+    from irkit.runtime.adapters.http_processes import serve_http_processes
+
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise IrkitError(f"serve http: processes must be an integer >= 1, got {processes!r}")
+    if plan.adapters != ["http"]:
+        raise IrkitError("serve http: processes > 1 runs http on its own (not with grpc); "
+                         "run grpc as a separate `irkit serve --adapter grpc`")  # fmt: skip
+    from irkit.runtime.adapters.common import resolve_options
+    from irkit.runtime.adapters.http import HttpAdapter
+
+    http = plan.server["http"]
+    try:  # checked here, before any process starts
+        resolve_options(HttpAdapter.network_options, {k: s.value for k, s in http.items()})
+    except (ValueError, TypeError) as exc:
+        raise IrkitError(f"serve http: {exc}") from None
+    host = http["host"].value if "host" in http else "127.0.0.1"
+    port = http["port"].value if "port" in http else 8080
+    try:
+        serve_http_processes(lambda: build_frontends(plan, artifacts), processes, host, port)
+    except OSError as exc:
+        raise IrkitError(str(exc)) from None
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import irkit.runtime
     from irkit.builder import build_pipeline
@@ -219,14 +245,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             init_db()
             print(f"serve {serve.adapter}: schema ready", file=sys.stderr)
             return 0
-        adapter.serve()
+        try:
+            adapter.serve()
+        except (ValueError, RuntimeError) as exc:  # e.g. no Ray to join, a model failing
+            raise IrkitError(f"serve {serve.adapter}: {exc}") from None
         return 0
 
     overrides = {"host": args.host, "port": args.port, "grpc_port": args.grpc_port,
                  "poll_s": args.poll_s, "version_policy": args.version_policy,
                  "allow_model_control": True if args.allow_model_control else None}
     plan = plan_network(pipelines, adapters, directories, overrides, explicit=bool(wanted))
-    frontends = build_frontends(plan, [artifact_of(p) for p, _ in plan.models])
+    artifacts = [artifact_of(p) for p, _ in plan.models]
+    processes = plan.server.get("http", {}).get("processes")
+    if processes is not None and processes.value != 1:
+        return _serve_processes(plan, artifacts, processes.value)
+    frontends = build_frontends(plan, artifacts)
     try:
         serve_frontends(frontends)
     except OSError as exc:  # e.g. a port in use

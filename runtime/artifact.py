@@ -32,6 +32,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ from irkit.runtime.signature import TensorSpec
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"  # irkit.runtime.signing; the one file the manifest omits
 _HASH_CHUNK = 1 << 20
 
 
@@ -65,9 +67,35 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def open_regular(path: Path) -> io.FileIO:
+    """``path`` opened for reading if it is a regular file; ArtifactError otherwise.
+
+    Opened with O_NONBLOCK and checked with fstat, so a FIFO in a file's place is refused
+    without waiting for a writer, and a socket or device is named as what it is.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path}: {exc.strerror or exc}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ArtifactError(f"{path} is {_file_kind(mode)}; artifacts hold regular files only")
+    return io.FileIO(fd, "rb")
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -94,8 +122,8 @@ def check_relative_path(relpath: str, where: str = "artifact") -> str:
             f"{where}: file path {relpath!r} is not a plain relative path inside the "
             "artifact (absolute paths, '..', '.', backslashes and drive letters are refused)"
         )
-    if relpath == MANIFEST_NAME:
-        raise ArtifactError(f"{where}: {MANIFEST_NAME} cannot be listed as an artifact file")
+    if relpath in (MANIFEST_NAME, SIGNATURE_NAME):
+        raise ArtifactError(f"{where}: {relpath} cannot be listed as an artifact file")
     if "__pycache__" in relpath.split("/"):
         raise ArtifactError(f"{where}: {relpath!r} is in __pycache__, a load-time cache "
                             "directory, never artifact content")
@@ -233,6 +261,8 @@ def read_manifest(artifact_dir: str | os.PathLike[str]) -> Manifest:
         raise ArtifactError(
             f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
         ) from exc
+    except RecursionError:
+        raise ArtifactError(f"{path} nests arrays or objects too deeply") from None
     return Manifest.from_dict(data, where=str(path))
 
 
@@ -252,7 +282,11 @@ def _present_files(directory: Path) -> set[str]:
                 raise ArtifactError(
                     f"{rel} in {directory} is a symbolic link; artifacts hold plain files only"
                 )
-            if name in names and rel != MANIFEST_NAME:
+            if name in names and rel not in (MANIFEST_NAME, SIGNATURE_NAME):
+                mode = full.lstat().st_mode  # never opened: a FIFO would block
+                if not stat.S_ISREG(mode):
+                    raise ArtifactError(f"{rel} in {directory} is {_file_kind(mode)}; "
+                                        "artifacts hold regular files only")
                 found.add(rel)
     return found
 
@@ -297,7 +331,8 @@ def read_verified(artifact_dir: str | os.PathLike[str], manifest: Manifest, relp
     directory = Path(artifact_dir)
     if relpath not in manifest.files:
         raise ArtifactError(f"{relpath!r} is not a file of the artifact in {directory}")
-    data = (directory / check_relative_path(relpath)).read_bytes()
+    with open_regular(directory / check_relative_path(relpath)) as handle:
+        data = handle.readall()
     if sha256_bytes(data) != manifest.files[relpath]:
         raise checksum_error(relpath, directory)
     return data

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -260,15 +260,24 @@ def _matches(spec: TensorSpec, shape: tuple[int, ...], bindings: dict[str, int])
     return True
 
 
-def load(path: str | os.PathLike[str], **options: Any) -> CompiledModel:
+def load(path: str | os.PathLike[str], *, trusted_keys: Iterable[Any] | None = None,
+         **options: Any) -> CompiledModel:
     """Load the artifact directory at ``path``: verify it, then open its backend's runner.
 
-    Checks, in order: ``manifest.json`` exists and parses, its format version is supported,
-    every listed file is present with its sha256, no unlisted files exist, no path escapes
-    the directory. ``options`` override the backend's runtime options (e.g. ``threads``).
-    Raises :class:`ArtifactError` naming the file at fault.
+    Checks, in order: with ``trusted_keys`` (Ed25519 public keys: PEM files or bytes, or
+    hex), ``manifest.sig`` is a signature of ``manifest.json`` by one of them (see
+    :mod:`irkit.runtime.signing`: unsigned and foreign artifacts are refused);
+    ``manifest.json`` exists and parses, its format version is supported, every listed
+    file is a regular file present with its sha256, no unlisted files exist, no path
+    escapes the directory, the backend entry agrees with the signature. ``options``
+    override the backend's runtime options (e.g. ``threads``). Raises
+    :class:`ArtifactError` naming the file or field at fault.
     """
     directory = Path(path)
+    if trusted_keys is not None:
+        from irkit.runtime.signing import check_signature
+
+        check_signature(directory, trusted_keys)
     manifest = verify(directory)
     runner = open_runner(directory, manifest, **options)
     return CompiledModel(manifest, runner, directory)

@@ -46,6 +46,8 @@ Poly = dict[tuple[str, ...], int]
 """A polynomial in the symbolic dims: monomial (sorted symbol names) -> coefficient."""
 
 _MAX_SYMBOLS = 16
+_MAX_WORKSPACE_TERM = 1 << 40
+"""Largest coefficient of a workspace size term, in bytes (per unit of its symbols)."""
 
 
 def poly_from_json(obj: Any, where: str) -> Poly:
@@ -131,9 +133,11 @@ class KernelProgram:
     guards: tuple[dict[str, Any], ...] = ()
     native: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    weights_bytes: int | None = None  # the weights file's size; None in older artifacts
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        sized = {} if self.weights_bytes is None else {"weights_bytes": self.weights_bytes}
+        return {**sized,
             "code": self.code, "weights": self.weights, "run": self.run,
             "kernels": list(self.kernels), "io": list(self.io), "symbols": list(self.symbols),
             "workspace": poly_to_json(self.workspace),
@@ -180,6 +184,18 @@ class KernelProgram:
             item = _object(item, f"{where}.constraints[{i}]")
             constraints.append((poly_from_json(item.get("size"), f"{where}.constraints[{i}]"),
                                 str(item.get("why", ""))))
+        for size, _ in constraints:
+            if set(size) <= {()} and size.get((), 0) < 0:
+                raise ArtifactError(f"{where}.constraints: a constant negative size "
+                                    f"{poly_to_json(size)} admits no input at all")
+        workspace = poly_from_json(data["workspace"], f"{where}.workspace")
+        if not all(0 <= c <= _MAX_WORKSPACE_TERM for c in workspace.values()):
+            raise ArtifactError(f"{where}.workspace: {poly_to_json(workspace)} needs terms "
+                                f"between 0 and {_MAX_WORKSPACE_TERM} bytes")
+        weights_bytes = data.get("weights_bytes")
+        if weights_bytes is not None and (type(weights_bytes) is not int or weights_bytes < 0):
+            raise ArtifactError(f"{where}.weights_bytes: {_short(weights_bytes)} is not a "
+                                "byte count")
         guards = tuple(_object(g, f"{where}.guards[{i}]")
                        for i, g in enumerate(_list(data.get("guards", []), f"{where}.guards")))
         native = _object(data.get("native", {}), f"{where}.native")
@@ -191,7 +207,7 @@ class KernelProgram:
             run=_text(data["run"], f"{where}.run"),
             kernels=_names(data["kernels"], f"{where}.kernels"),
             io=io, symbols=symbols,
-            workspace=poly_from_json(data["workspace"], f"{where}.workspace"),
+            workspace=workspace, weights_bytes=weights_bytes,
             input_shapes=inputs, output_shapes=outputs, output_dtypes=dict(dtypes),
             constraints=tuple(constraints), guards=guards, native=dict(native),
             info=_object(data.get("info", {}), f"{where}.info"),

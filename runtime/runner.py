@@ -393,6 +393,51 @@ def open_program(artifact_dir: Path, manifest: Manifest, make_library: LibraryFa
     return runner
 
 
+def _signature_poly(dim: Any) -> Poly | None:
+    """A signature dim as a size polynomial (64, "N"); None for forms not compared."""
+    if type(dim) is int:
+        return {(): dim} if dim else {}
+    if isinstance(dim, str) and dim.isidentifier():
+        return {(dim,): 1}
+    return None
+
+
+def check_program(artifact_dir: Path, manifest: Manifest, program: KernelProgram,
+                  where: str) -> None:
+    """ArtifactError unless the program agrees with the manifest's signature (the shapes
+    of the model inputs it reads and outputs it writes: the code writes exactly that many
+    elements) and its weights file has the size the compiler wrote, its guards are
+    well-formed. Checked before any code is linked: a manifest re-hashed after an edit
+    must not make compiled code read or write past a buffer."""
+    specs = {spec.name: spec for spec in (*manifest.inputs, *manifest.outputs)}
+    for side, shapes in (("input_shapes", program.input_shapes),
+                         ("output_shapes", program.output_shapes)):
+        for name, dims in shapes.items():
+            spec = specs.get(name)
+            if spec is None:
+                continue  # a tensor between segments
+            wanted = [_signature_poly(d) for d in spec.shape]
+            clean = [{m: c for m, c in d.items() if c} for d in dims]
+            if len(wanted) != len(clean) or any(
+                    w is not None and w != d for w, d in zip(wanted, clean)):
+                raise ArtifactError(f"{where}: manifest.json entry {side}.{name} does not match "
+                                    f"the signature's shape {list(spec.shape)}")
+    try:
+        validate_guards(list(program.guards))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"{where}: manifest.json entry guards: {exc}") from None
+    if program.weights_bytes is not None:
+        path = artifact_dir / program.weights
+        try:
+            size = path.lstat().st_size
+        except OSError as exc:
+            raise ArtifactError(f"{where}: cannot read {program.weights}: {exc.strerror}"
+                                ) from None
+        if size != program.weights_bytes:
+            raise ArtifactError(f"{where}: {program.weights} holds {size} bytes, manifest.json "
+                                f"entry weights_bytes says {program.weights_bytes}")
+
+
 def _segment_runner(artifact_dir: Path, manifest: Manifest, segment: Segment,
                     make_library: LibraryFactory, make_runner: RunnerFactory,
                     threads: int, dtypes: Mapping[str, np.dtype]) -> Any:
@@ -410,9 +455,15 @@ def _segment_runner(artifact_dir: Path, manifest: Manifest, segment: Segment,
     output_dtypes = {}
     for name, text in program.output_dtypes.items():
         try:
-            output_dtypes[name] = dtypes.get(name) or parse_dtype(text)
+            written = canonical_dtype(parse_dtype(text))
         except (TypeError, ValueError) as exc:
             raise ArtifactError(f"{where}: output {name!r} has dtype {text!r}: {exc}") from exc
+        declared = dtypes.get(name)
+        if declared is not None and canonical_dtype(np.dtype(declared)) != written:
+            raise ArtifactError(f"{where}: manifest.json signature gives output {name!r} dtype "
+                                f"{np.dtype(declared).name}, its code writes {written.name}")
+        output_dtypes[name] = declared or written
+    check_program(artifact_dir, manifest, program, where)
     library = make_library(artifact_dir, manifest, program)
     try:
         return make_runner(program, library, threads, output_dtypes)

@@ -11,7 +11,9 @@ Input rules (:func:`validate_inputs`), applied by every ``CompiledModel`` call:
   The one value-preserving exception is byte order: a big-endian ``>f4`` array for a
   ``float32`` input is converted to native order;
 - anything else (lists, Python scalars, nested sequences) is converted with
-  ``np.asarray`` and then checked; because Python numbers carry no precision, Python floats
+  ``np.asarray`` and then checked (a list of numpy arrays or scalars follows the numpy
+  rule: ``[float64 array, ...]`` for a float32 input is refused like a float64 array is);
+  because Python numbers carry no precision, Python floats
   are accepted for any floating input, Python ints for any integer or floating input (when
   every value survives the conversion unchanged) and Python bools for bool inputs;
 - rank and every fixed dim must match; a symbol must have one value across all inputs;
@@ -179,6 +181,12 @@ def _python_sequence_to_array(name: str, value: Any, spec: TensorSpec) -> np.nda
     want = spec.dtype
     if got == want:
         return array
+    typed = _numpy_item(value)
+    if typed is not None:  # a list of float64 arrays is float64 data, as one array is
+        raise InputTypeError(
+            f"input {name!r}: expected dtype {dtype_name(want)}, got a "
+            f"{type(value).__name__} of {_describe_dtype(typed)} numpy values; irkit does "
+            f"not cast arrays silently (use .astype(np.{dtype_name(want)}) on each)")
     ok = False
     if got.kind == "f" and want.kind == "f" and array.dtype == np.float64:
         # Python floats have no precision of their own, but must fit the model's type.
@@ -203,6 +211,19 @@ def _python_sequence_to_array(name: str, value: Any, spec: TensorSpec) -> np.nda
         f"input {name!r}: expected dtype {dtype_name(want)}, got {_describe_dtype(got)} "
         f"(from a {type(value).__name__}); convert it explicitly"
     )
+
+
+def _numpy_item(value: Any) -> np.dtype[Any] | None:
+    """The dtype of the first numpy array or scalar found in nested lists/tuples ``value``
+    (Python numbers carry no precision; numpy values do, and are not cast silently)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, np.ndarray | np.generic):
+            return item.dtype
+        if isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
 
 
 def _describe_dtype(dtype: np.dtype[Any]) -> str:

@@ -81,6 +81,25 @@ def test_unknown_anchors_are_refused() -> None:
         run_bench("mlp", against=("tvm",), **QUICK)  # type: ignore[arg-type]
 
 
+def test_cpu_clock_counts_the_work_of_every_thread() -> None:
+    """``clock="cpu"``: process CPU time, so a call that sleeps costs (nearly) nothing and
+    one that computes costs what it computes, however busy the machine is."""
+    import time
+
+    from irkit.bench import alternate
+
+    def spin() -> None:
+        end = time.process_time() + 0.002
+        while time.process_time() < end:
+            pass
+
+    t_sleep, t_spin = alternate(lambda: time.sleep(0.002), spin, 3, budget_s=0.1, clock="cpu")
+    assert t_sleep < 0.0005 and 0.0019 < t_spin < 0.004
+    assert run_bench("mlp", clock="cpu", **QUICK).rows[0].irkit_ms > 0  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown clock 'tsc'"):
+        run_bench("mlp", clock="tsc", **QUICK)  # type: ignore[arg-type]
+
+
 def test_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "gemm512", "--batch", "1", "--repeats", "3",
                  "--against", "onnxruntime,torch"]) == 0

@@ -11,10 +11,10 @@ of consecutive words. The GEMM has output channels as rows and output pixels as 
 with the target's int8 dot product (``quantized.choose_int8_dot``).
 
 Layers with one to three input channels (RGB or grey first layers) use another word
-layout: the input is a zero-point padded ``[n][c][y][x]`` byte image, and a word is four
-consecutive kernel columns of one (channel, kernel row), read four bytes at a time at any
-stride (``_tap_layout``); kernel columns past the kernel's width have zero weights. With
-dilation the reference decomposition runs in fp32 instead.
+layout: a word is four consecutive bytes of one kernel row in a zero-point padded byte
+image, planar or with the channels interleaved, whichever takes fewer words
+(``_tap_layout``); bytes past the kernel row have zero weights. With dilation the
+reference decomposition runs in fp32 instead.
 """
 
 from __future__ import annotations
@@ -148,27 +148,42 @@ def _channel_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer, cin: int,
 
 def _tap_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer, cin: int,
                 g: dict[str, list[int]], w4: np.ndarray, quant: ActQuant) -> _Layout:
-    """Few input channels (an RGB or grey first layer): four consecutive kernel columns of
-    one (channel, kernel row) per word, read from a zero-point padded ``[n][c][y][x]``
-    byte image four bytes at a time (any stride; dilation 1). Kernel columns past the
-    kernel's width have zero weights, so a 3x3 conv uses 3 of every 4 bytes — where four
-    channels per word would use 1 or 3 of 4 and leave the layer in fp32."""
+    """Few input channels (an RGB or grey first layer): a word is four consecutive bytes of
+    one kernel row, read from a zero-point padded byte image four bytes at a time (any
+    stride; dilation 1). Two byte images, whichever needs fewer words (each word is one
+    int8 dot per output, so fewer words is less work):
+
+    - planar ``[n][c][y][x]``: a kernel row of one channel is ``kw`` bytes, in
+      ``ceil(kw/4)`` words — a 3x3 conv uses 3 of every 4 bytes;
+    - interleaved ``[n][y][x][c]``: a kernel row of all channels is ``kw * cin``
+      consecutive bytes, in ``ceil(kw*cin/4)`` words — an RGB 5x5 stem takes 20 words per
+      output instead of 30.
+
+    Bytes of a word past the kernel row have zero weights (they read the next pixels or
+    the row's 3 spare bytes)."""
     cout = int(w4.shape[0])
     kh, kw_ = g["k"]
-    groups = -(-kw_ // 4)
-    taps_w = np.zeros((cin, kh, groups * 4, cout), np.int8)
-    taps_w[:, :, :kw_, :] = w4.transpose(1, 2, 3, 0)
     ih, iw = g["in"]
     pt, pl, pb, pr = g["p"]
     hp = ih + pt + pb
-    # Rows carry 3 spare bytes: a word starting at the last kernel column reads past it.
-    wp = iw + pl + pr + 3
     sy, sx = g["s"]
     dy = g["d"][0]
-    image = cin * hp * wp
+    planes, span = (cin, kw_) if cin * -(-kw_ // 4) <= -(-kw_ * cin // 4) else (1, kw_ * cin)
+    pixel = cin // planes  # bytes per pixel in a row: 1 planar, cin interleaved
+    groups = -(-span // 4)
+    # Per (plane, kernel row): byte b of the row's words is kernel column b // pixel of
+    # channel b % pixel (planar: the plane's channel).
+    taps_w = np.zeros((planes, kh, groups * 4, cout), np.int8)
+    for b in range(span):
+        kx, lane = divmod(b, pixel)
+        for plane in range(planes):
+            taps_w[plane, :, b, :] = w4[:, plane + lane, :, kx].T
+    row = (iw + pl + pr) * pixel + 3  # 3 spare bytes: the last word may read past the row
+    image = planes * hp * row
     xq = ctx.new_buffer("xq_taps", "u8", x.shape[0] * image)
-    taps = np.array([(c * hp + ky * dy) * wp + 4 * gx
-                     for c in range(cin) for ky in range(kh) for gx in range(groups)], np.int64)
+    taps = np.array([(c * hp + ky * dy) * row + 4 * gx
+                     for c in range(planes) for ky in range(kh) for gx in range(groups)],
+                    np.int64)
     tap_buf = ctx.weight_buffer(taps, "i64", "taps")
 
     def quantize_kernel() -> None:
@@ -176,20 +191,23 @@ def _tap_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer, cin: int,
         pad_byte = Cast("u8", quant.zp + _f(quant.shift))
         fill = For(e, Const(image), Store(xq, n * image + e, pad_byte), "vector")
         src = ((n * cin + c) * ih + yy) * iw + xx
-        dst = n * image + (c * hp + yy + pt) * wp + xx + pl
+        if planes == cin:
+            dst = n * image + (c * hp + yy + pt) * row + xx + pl
+        else:
+            dst = n * image + (yy + pt) * row + (xx + pl) * pixel + c
         quantize = For(c, Const(cin), For(yy, Const(ih), For(xx, Const(iw), Store(
             xq, dst, Cast("u8", quant.byte(Load(xbuf, src)))), "vector")))
         ctx.add_kernel("quant_taps", For(n, x.shape[0], block(fill, quantize), "parallel"))
 
     def source(n: Expr, kq: Expr, oy: Expr, ox: Expr) -> Expr:
-        at = n * image + oy * (sy * wp) + ox * sx + Load(tap_buf, kq)
+        at = n * image + oy * (sy * row) + ox * (sx * pixel) + Load(tap_buf, kq)
         word: Expr = Cast("i32", Load(xq, at))
         for t in range(1, 4):  # little-endian: LLVM combines the four loads into one
             word = Binary("or", word, Call("shl", (Cast("i32", Load(xq, at + t)),
                                                    Const(8 * t, "i32"))))
         return word
 
-    return _Layout(taps_w.reshape(cin * kh * groups * 4, cout), cin * kh * groups,
+    return _Layout(taps_w.reshape(planes * kh * groups * 4, cout), planes * kh * groups,
                    quantize_kernel, source)
 
 

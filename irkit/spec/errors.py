@@ -47,16 +47,31 @@ def format_error(message: str, file: str, line: int, column: int, source_line: s
     return f"{head}\n  {shown}\n  {caret}"
 
 
+def source_lines(text: str) -> list[str]:
+    """``text`` split into lines as the spec lexer counts them: at ``\n`` only.
+
+    ``str.splitlines`` also breaks at ``\v \f \x1c-\x1e \x85 \u2028 \u2029`` (and a lone
+    ``\r``), which the lexer does not count, so a line number from an error would show the
+    wrong source line.
+    """
+    return text.split("\n")
+
+
 def source_line_at(text: str | None, line: int) -> str | None:
     """The 1-based ``line`` of ``text``, or None when it is out of range or unknown."""
     if text is None or line < 1:
         return None
-    lines = text.splitlines()
+    lines = source_lines(text)
     if line > len(lines):
-        return "" if line == len(lines) + 1 else None
+        return None
     return lines[line - 1]
 
 
 def spec_error(message: str, file: str, text: str | None, line: int, column: int) -> SpecError:
     """Build a SpecError whose formatted message shows the source line from ``text``."""
     return SpecError(message, file, line, column, source_line_at(text, line))
+
+
+def clip_text(raw: str, limit: int = 40) -> str:
+    """``raw`` shortened for a message (a 5,000-digit number is not worth printing)."""
+    return raw if len(raw) <= limit else f"{raw[:limit]}... ({len(raw)} characters)"

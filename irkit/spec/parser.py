@@ -7,18 +7,20 @@ checks are :func:`irkit.spec.validation.validate`'s job.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lark import Token, Transformer, v_args
+from lark import Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedInput, VisitError
 
 from irkit.plugins import Registry, unknown_name_message
-from irkit.spec.errors import SpecError, spec_error
+from irkit.spec.errors import SpecError, clip_text, spec_error
 from irkit.spec.model import (
     DataRef,
     InputDecl,
@@ -105,7 +107,10 @@ def parse_spec(
     ``check_files``. Every problem raises :class:`SpecError`.
     """
     display = str(source)
-    path = Path(os.path.abspath(Path(source).expanduser()))
+    try:
+        path = resolve_path(Path.cwd(), str(source))
+    except ValueError as exc:
+        raise SpecError(f"cannot read spec file: {exc}", display, 1, 1) from None
     if text is None:
         try:
             text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM
@@ -125,14 +130,42 @@ def parse_text(text: str, *, display: str, path: Path, env: Mapping[str, str]) -
         tree = grammar().parse(text)
     except UnexpectedInput as exc:
         raise syntax_error(exc, display, text) from None
+    _check_depth(tree, display, text)
     builder = _SpecBuilder(display, text, path.parent, env)
     try:
         pipelines: tuple[Pipeline, ...] = builder.transform(tree)
     except VisitError as exc:
+        if isinstance(exc.orig_exc, RecursionError):  # _check_depth should make this moot
+            raise spec_error("values are nested too deeply", display, text, 1, 1) from None
         raise exc.orig_exc from None
-    except RecursionError:  # the transformer recurses; only absurd list nesting gets here
+    except RecursionError:
         raise spec_error("values are nested too deeply", display, text, 1, 1) from None
     return SpecFile(path=path, pipelines=pipelines, display_name=display, text=text)
+
+
+MAX_NESTING = 32
+"""Most lists and calls a value may nest (``[[1]]`` is 2). The transformer and every later
+stage walk values recursively; a limit far below Python's recursion limit keeps a
+hostile spec from reaching it."""
+
+_NESTING_RULES = frozenset({"list_value", "call"})
+
+
+def _check_depth(tree: Tree[Token], display: str, text: str) -> None:
+    """SpecError at the first value nested more than ``MAX_NESTING`` deep (iteratively:
+    the parse tree of a hostile spec may be deeper than Python's recursion limit)."""
+    stack: list[tuple[Tree[Token], int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if node.data in _NESTING_RULES:
+            depth += 1
+            if depth > MAX_NESTING:
+                meta = node.meta
+                line = getattr(meta, "line", None) or 1
+                column = getattr(meta, "column", None) or 1
+                raise spec_error(f"values are nested too deeply (more than {MAX_NESTING} "
+                                 "levels of lists and calls)", display, text, line, column)
+        stack.extend((child, depth) for child in node.children if isinstance(child, Tree))
 
 
 # ---------------------------------------------------------------- tree -> dataclasses
@@ -152,8 +185,12 @@ class _SpecBuilder(Transformer[Token, Any]):
     def error(self, message: str, line: int, column: int) -> SpecError:
         return spec_error(message, self.file, self.text, line, column)
 
-    def resolve(self, raw: str) -> Path:
-        return Path(os.path.normpath(self.base / Path(raw).expanduser()))
+    def resolve(self, raw: str, line: int, column: int) -> Path:
+        """``raw`` as an absolute path (``~`` expanded) relative to the spec's directory."""
+        try:
+            return resolve_path(self.base, raw)
+        except ValueError as exc:
+            raise self.error(str(exc), line, column) from None
 
     # -- values -----------------------------------------------------------------
 
@@ -164,8 +201,24 @@ class _SpecBuilder(Transformer[Token, Any]):
     def number(self, meta: Any, children: list[Token]) -> _Located:
         token = children[0]
         raw = token.value
-        value: int | float = float(raw) if any(c in raw for c in ".eE") else int(raw)
+        value: int | float
+        if any(c in raw for c in ".eE"):
+            value = float(raw)
+            if not math.isfinite(value):
+                raise self.error(f"number {clip_text(raw)} is out of range (a float beyond "
+                                 f"{sys.float_info.max:.4g})", meta.line, meta.column)
+        else:
+            value = self.integer(raw, meta.line, meta.column)
         return _Located(value, meta.line, meta.column)
+
+    def integer(self, raw: str, line: int, column: int) -> int:
+        """``int(raw)`` for integers that fit in 64 bits; larger ones are refused before
+        ``int`` sees them (Python refuses to convert more than 4,300 digits)."""
+        digits = raw.lstrip("+-").lstrip("0")
+        if len(digits) > 19 or abs(int(raw)) > _INT_MAX:
+            raise self.error(f"integer {clip_text(raw)} is out of range (at most {_INT_MAX}, "
+                             "a signed 64-bit integer)", line, column)
+        return int(raw)
 
     def true(self, meta: Any, children: list[Any]) -> _Located:
         return _Located(True, meta.line, meta.column)
@@ -281,6 +334,7 @@ class _SpecBuilder(Transformer[Token, Any]):
             raise self.error(message, located.line, located.column)
         allowed = DATA_FORMATS[call.name]
         path = self.single_string(call, located, "a file path")
+        path_at = call.positional[0]
         values: dict[str, Any] = {}
         positions: dict[str, Position] = {}
         for key, arg in call.keywords:
@@ -304,7 +358,7 @@ class _SpecBuilder(Transformer[Token, Any]):
             positions[key.value] = (key.line or 1, key.column or 1)
         return DataRef(
             call.name,
-            self.resolve(path),
+            self.resolve(path, path_at.line, path_at.column),
             Options.located(values, positions),
             located.line,
             located.column,
@@ -347,8 +401,10 @@ class _SpecBuilder(Transformer[Token, Any]):
                 )
             return ModelSource("torch", None, factory, options, located.line, located.column)
         path = self.single_string(call, located, "the model file path")
+        path_at = call.positional[0]
         return ModelSource(
-            call.name, self.resolve(path), None, options, located.line, located.column
+            call.name, self.resolve(path, path_at.line, path_at.column), None, options,
+            located.line, located.column
         )
 
     def options(self, pairs: _OptionList, where: str) -> Options:
@@ -367,13 +423,13 @@ class _SpecBuilder(Transformer[Token, Any]):
 
     def dim_number(self, meta: Any, children: list[Token]) -> _Located:
         token = children[0]
-        if not re.fullmatch(r"\+?\d+", token.value) or int(token.value) <= 0:
+        if not re.fullmatch(r"\+?\d+", token.value) or not token.value.strip("+0"):
             raise self.error(
-                f"dimension must be a positive integer or a symbol name, got {token.value}",
+                f"dimension must be a positive integer or a symbol name, got {clip_text(token.value)}",
                 meta.line,
                 meta.column,
             )
-        return _Located(int(token.value), meta.line, meta.column)
+        return _Located(self.integer(token.value, meta.line, meta.column), meta.line, meta.column)
 
     def dim_symbol(self, meta: Any, children: list[Token]) -> _Located:
         return _Located(str(children[0].value), meta.line, meta.column)
@@ -411,7 +467,8 @@ class _SpecBuilder(Transformer[Token, Any]):
                 located.line,
                 located.column,
             )
-        return _Item("output", self.resolve(located.value), meta.line, meta.column)
+        output = self.resolve(located.value, located.line, located.column)
+        return _Item("output", output, meta.line, meta.column)
 
     def inputs_item(self, meta: Any, children: list[Any]) -> _Item:
         decls = tuple(child for child in children if child is not None)
@@ -534,6 +591,26 @@ def _add_unique(
             item.column,
         )
     table[name] = item
+
+
+_INT_MAX = 2**63 - 1
+
+
+def resolve_path(base: Path, raw: str) -> Path:
+    """``raw`` (``~`` and ``~user`` expanded) made absolute against ``base``, normalised.
+
+    ValueError, with a message fit for a SpecError, when ``~user`` names no user or the
+    path holds a NUL character (no file system takes one).
+    """
+    if "\x00" in raw:
+        raise ValueError(f"path {clip_text(raw)!r} contains a NUL character")
+    try:
+        expanded = Path(raw).expanduser()
+    except RuntimeError:  # ~user of a user that does not exist, or no home directory
+        head = raw.split("/", 1)[0]
+        raise ValueError(f"cannot expand {head!r} in path {clip_text(raw)!r}: no such user "
+                         "or home directory") from None
+    return Path(os.path.normpath(base / expanded))
 
 
 _TYPE_WORDS: dict[type, str] = {

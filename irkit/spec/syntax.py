@@ -9,7 +9,7 @@ from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
-from irkit.spec.errors import SpecError, spec_error
+from irkit.spec.errors import SpecError, source_lines, spec_error
 
 GRAMMAR = Path(__file__).with_name("spec.lark")
 
@@ -94,7 +94,12 @@ def _describe_expected(names: set[str] | frozenset[str] | list[str]) -> str:
     return "one of " + ", ".join(described)
 
 
+# What the grammar ignores between tokens (its WHITESPACE terminal); str.rstrip() would
+# also strip characters such as \x1c or \u2028 that the lexer treats as text.
+_IGNORED_WHITESPACE = " \t\f\r\n"
+
+
 def _end_position(text: str) -> tuple[int, int]:
-    stripped = text.rstrip()
-    lines = stripped.splitlines() or [""]
+    """Line and column just after the last token-bearing character of ``text``."""
+    lines = source_lines(text.rstrip(_IGNORED_WHITESPACE))
     return len(lines), len(lines[-1]) + 1

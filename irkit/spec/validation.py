@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 from pathlib import Path, PurePath
 from typing import Any
 
 from irkit.plugins import Entry, PluginError, Registry, get_registry, unknown_name_message
 from irkit.runtime.options import Option
-from irkit.spec.errors import SpecError
+from irkit.spec.errors import SpecError, clip_text
 from irkit.spec.model import (
     DataRef,
     ModelSource,
@@ -29,6 +28,7 @@ from irkit.spec.model import (
     SpecFile,
     TargetSpec,
 )
+from irkit.spec.parser import resolve_path
 
 
 def validate(
@@ -68,8 +68,8 @@ class _Checker:
 
     def model(self, model: ModelSource) -> None:
         self.entry("frontends", "model frontend", model.kind, model.line, model.column)
-        if model.path is not None and self.check_files and not model.path.exists():
-            raise self.error(f"model file not found: {model.path}", model.line, model.column)
+        if model.path is not None and self.check_files:
+            self.require_file(model.path, "model file", model.line, model.column)
         for value in model.options.values():
             self.data_files_in(value, f"{model.kind}() data")
 
@@ -134,7 +134,10 @@ class _Checker:
 
     def coerce(self, option: Option, value: Any, where: str, line: int, column: int) -> Any:
         types = option.type if isinstance(option.type, tuple) else (option.type,)
-        accepted = _accept(types, value, self.base)
+        try:
+            accepted = _accept(types, value, self.base)
+        except ValueError as exc:  # a path that cannot be resolved (~nosuchuser/...)
+            raise self.error(f"{where}: {exc}", line, column) from None
         if accepted is _REJECTED:
             raise self.error(
                 f"{where} expects {_type_words(types)}, got {_describe(value)}", line, column
@@ -158,8 +161,19 @@ class _Checker:
                 self.data_files_in(item, what)
 
     def data_file(self, ref: DataRef, what: str) -> None:
-        if self.check_files and not ref.path.exists():
-            raise self.error(f"{what} file not found: {ref.path}", ref.line, ref.column)
+        if self.check_files:
+            self.require_file(ref.path, f"{what} file", ref.line, ref.column)
+
+    def require_file(self, path: Path, what: str, line: int, column: int) -> None:
+        """SpecError unless ``path`` exists; a path the OS cannot even look up (a name
+        too long for the file system, a loop of links) says why."""
+        try:
+            found = path.exists()
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise self.error(f"{what} {clip_text(str(path))}: {reason}", line, column) from None
+        if not found:
+            raise self.error(f"{what} not found: {path}", line, column)
 
 
 _REJECTED = object()
@@ -176,7 +190,7 @@ def _accept(types: tuple[Any, ...], value: Any, base: Path) -> Any:
         return float(value)
     if isinstance(value, str) and not any(issubclass(str, t) for t in classes):
         if any(issubclass(t, PurePath) for t in classes):
-            return Path(os.path.normpath(base / Path(value).expanduser()))
+            return resolve_path(base, value)
         return _REJECTED
     if isinstance(value, tuple) and (list in classes or tuple in classes):
         return value

@@ -52,3 +52,21 @@ def pair_model(seed: int, name: str = "mlp") -> onnx.ModelProto:
         [numpy_helper.from_array(weight, "W")],
     )
     return _model(graph)
+
+
+def mlp_model(seed: int = 0) -> onnx.ModelProto:
+    """A seeded 64-32-10 ReLU MLP with the digits model's signature: x f32[N,64] ->
+    logits f32[N,10]."""
+    rng = np.random.default_rng(seed)
+    weights = [(rng.standard_normal(shape) * scale).astype(np.float32)
+               for shape, scale in (((64, 32), 0.2), ((32,), 0.1), ((32, 10), 0.2), ((10,), 0.1))]
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w0", "b0"], ["h"]),
+         helper.make_node("Relu", ["h"], ["hr"]),
+         helper.make_node("Gemm", ["hr", "w1", "b1"], ["logits"])],
+        "digits_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(a, n) for a, n in zip(weights, ("w0", "b0", "w1", "b1"))],
+    )
+    return _model(graph)

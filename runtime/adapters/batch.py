@@ -32,10 +32,17 @@ the model and are never dropped silently: each is in the errors files with its r
 number and reason, and counted in the manifest. SIGINT/SIGTERM finish the current chunk,
 discard the unfinished shard and return; run again to resume. A progress bar with rows/s
 goes to stderr (``progress=False`` turns it off).
+
+Input may also be a directory or a glob of parquet/npy/npz files, read as one input in
+name order (``batch_files``). ``engine = "ray"`` runs the chunks on a Ray cluster
+(``batch_ray``: one model per actor) while this process writes the same shards, errors
+files and manifest: the output is byte-identical to ``engine = "local"``, and either
+engine resumes the other's output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -49,8 +56,9 @@ from typing import Any
 
 from irkit.runtime.options import Option
 
-from .batch_readers import FORMATS, Reader, infer_format, open_reader
-from .batch_writers import WRITERS
+from .batch_files import input_files, open_input
+from .batch_readers import FORMATS, Chunk, Reader, infer_format
+from .batch_writers import WRITERS, ShardWriter
 from .common import AdapterMetrics, ServableModel, resolve_options, stop_on_signals
 
 __all__ = ["BatchAdapter", "BatchSummary"]
@@ -93,7 +101,8 @@ class BatchAdapter:
     """Run a model over a file into sharded output with a manifest (see module docstring)."""
 
     options: dict[str, Option] = {
-        "input": Option(str, None, "input file", required=True),
+        "input": Option(str, None, "input file, or a directory or glob of parquet/npy/npz "
+                        "files", required=True),
         "output": Option(str, None, "output directory; its extension names the format",
                          required=True),
         "input_format": Option(str, None, "input format (default: from the extension)",
@@ -108,6 +117,20 @@ class BatchAdapter:
         "reject_nonfinite": Option(bool, True, "send rows with NaN/inf to the errors file"),
         "progress": Option(bool, True, "progress bar with rows/s on stderr"),
         "overwrite": Option(bool, False, "discard existing output instead of resuming"),
+        "engine": Option(str, "local", "where the model runs: this process, or Ray actors",
+                         choices=("local", "ray")),
+        "address": Option(str, "local", "ray: 'local' starts Ray in this process; 'auto', "
+                          "'host:port' or 'ray://host:10001' joins a cluster"),
+        "concurrency": Option(int, 2, "ray: actors, each with its own loaded model"),
+        "num_cpus": Option(float, 0.5, "ray: CPUs each actor asks for"),
+        "num_gpus": Option(float, None, "ray: GPUs each actor asks for (default: 1 for a "
+                           "cuda artifact, else 0)"),
+        "threads": Option(int, 1, "ray: model threads per actor"),
+        "ray_cpus": Option(int, None, "ray, address 'local': CPUs of the local Ray "
+                           "(default: all)"),
+        "ship_artifact": Option(bool, None, "ray: send the artifact through Ray's runtime "
+                                "environment instead of a shared path (default: when "
+                                "joining a cluster)"),
     }  # fmt: skip
 
     def __init__(self, model: ServableModel, **options: Any) -> None:
@@ -115,7 +138,8 @@ class BatchAdapter:
         self.model = model
         self.input = Path(config["input"])
         self.output = Path(config["output"])
-        self.input_format = infer_format(self.input, config["input_format"])
+        self.input_files, self.input_format = input_files(config["input"],
+                                                          config["input_format"])
         # An output directory without an extension writes shards in the input's format.
         output_format = config["output_format"]
         if output_format is None and not self.output.suffix:
@@ -136,6 +160,13 @@ class BatchAdapter:
         self.output_specs = [known[n] for n in wanted] if wanted else list(model.outputs)
         self.metrics = AdapterMetrics("batch", model.name)
         self._stopping = False
+        self.engine: str = config["engine"]
+        self.ray = {k: config[k] for k in ("address", "concurrency", "num_cpus", "num_gpus",
+                                           "threads", "ray_cpus", "ship_artifact")}
+        if self.engine == "ray":
+            from .batch_ray import check_ray_options
+
+            check_ray_options(self)
 
     def stop(self) -> None:
         """Finish the current chunk, discard the unfinished shard and return from serve()."""
@@ -144,12 +175,14 @@ class BatchAdapter:
     # ---------------------------------------------------------------------- manifest
 
     def _identity(self) -> dict[str, Any]:
-        stat = self.input.stat()
+        stats = [path.stat() for path in self.input_files]
+        several = {"input_files": [p.name for p in self.input_files]} if len(stats) > 1 else {}
         return {
             "model": self.model.name,
-            "input": str(self.input.resolve()),
-            "input_bytes": stat.st_size,
-            "input_mtime_ns": stat.st_mtime_ns,
+            "input": str(self.input.resolve()) if not several else str(self.input.absolute()),
+            **several,
+            "input_bytes": sum(st.st_size for st in stats),
+            "input_mtime_ns": max(st.st_mtime_ns for st in stats),
             "input_format": self.input_format,
             "output_format": self.output_format,
             "input_name": self.input_name,
@@ -235,15 +268,20 @@ class BatchAdapter:
         if not shards:  # a fresh run: no stale files of an old one may survive
             for old in [*self.output.glob("part-*"), self.output / ERRORS]:
                 old.unlink(missing_ok=True)
-        reader = open_reader(
-            self.input, self.input_format, self.model.inputs, self.input_name,
+        reader = open_input(
+            self.input_files, self.input_format, self.model.inputs, self.input_name,
             self.reject_nonfinite,
         )  # fmt: skip
         progress = self._progress_bar(reader, shards)
         complete = False
         try:
             with stop_on_signals(lambda signum: self.stop()):
-                complete = self._run_shards(reader, identity, shards, progress)
+                if self.engine == "ray":
+                    from .batch_ray import run_on_ray
+
+                    complete = run_on_ray(self, reader, identity, shards, progress)
+                else:
+                    complete = self._run_shards(reader, identity, shards, progress)
         finally:
             progress.close()
             reader.close()
@@ -300,54 +338,27 @@ class BatchAdapter:
     def _run_shard(
         self, reader: Reader, index: int, start: int, progress: Any
     ) -> dict[str, Any] | None:
-        name = f"part-{index:05d}.{self.output_format}"
-        tmp = self.output / f".{name}.tmp"
-        writer = WRITERS[self.output_format](tmp, self.output_specs)
-        errors: list[tuple[int, str]] = []
-        written = 0
-        position, end = start, start + self.shard_rows
+        shard = ShardBuilder(self, index, start)
+        end = start + self.shard_rows
         try:
-            while position < end and not self._stopping:
+            while shard.position < end and not self._stopping:
+                position = shard.position
                 chunk = reader.read(position, min(position + self.chunk_rows, end))
                 if chunk is None:
                     break
-                if len(chunk.rows):
-                    writer.write(chunk.rows, self._infer(chunk.inputs, chunk.start, chunk.stop))
-                    written += len(chunk.rows)
-                errors.extend(chunk.errors)
+                outputs = self._infer(chunk.inputs, chunk.start, chunk.stop) \
+                    if len(chunk.rows) else None
+                shard.add(chunk, outputs)
                 progress.update(chunk.stop - chunk.start)
-                short = chunk.stop - chunk.start < min(self.chunk_rows, end - position)
-                position = chunk.stop
-                if short:
+                if chunk.stop - chunk.start < min(self.chunk_rows, end - position):
                     break
-            writer.close()
+            if self._stopping or shard.position == start:
+                shard.discard()
+                return None
+            return shard.finish()
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            shard.discard()
             raise
-        if self._stopping or position == start:
-            tmp.unlink(missing_ok=True)
-            return None
-        os.replace(tmp, self.output / name)
-        shard: dict[str, Any] = {
-            "index": index,
-            "file": name,
-            "rows": [start, position],
-            "written": written,
-            "errors": len(errors),
-            "sha256": _sha256(self.output / name),
-            "errors_file": None,
-        }
-        if errors:
-            errors_name = f"part-{index:05d}.errors.jsonl"
-            lines = "".join(
-                json.dumps({"row": row, "reason": reason}) + "\n" for row, reason in errors
-            )
-            _write_atomic(self.output / errors_name, lines)
-            shard["errors_file"] = errors_name
-            shard["errors_sha256"] = _sha256(self.output / errors_name)
-        self.metrics.count("ok", written)
-        self.metrics.count("bad_input", len(errors))
-        return shard
 
     def _infer(self, inputs: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
         began = time.perf_counter()
@@ -359,6 +370,63 @@ class BatchAdapter:
             ) from exc
         self.metrics.observe_batch(len(next(iter(inputs.values()))), time.perf_counter() - began)
         return {spec.name: outputs[spec.name] for spec in self.output_specs}
+
+
+class ShardBuilder:
+    """One output shard being written: chunks in row order, then ``finish`` or ``discard``.
+
+    Written to a temporary name; ``finish`` renames it and returns its manifest record
+    (file, row range, counts, sha256 of the shard and of its errors file).
+    """
+
+    def __init__(self, adapter: BatchAdapter, index: int, start: int) -> None:
+        self.adapter = adapter
+        self.index = index
+        self.start = self.position = start
+        self.name = f"part-{index:05d}.{adapter.output_format}"
+        self.tmp = adapter.output / f".{self.name}.tmp"
+        self.writer: ShardWriter = WRITERS[adapter.output_format](self.tmp, adapter.output_specs)
+        self.errors: list[tuple[int, str]] = []
+        self.written = 0
+
+    def add(self, chunk: Chunk, outputs: Mapping[str, Any] | None) -> None:
+        """The chunk's good rows with their ``outputs`` (None: no good rows), its bad rows."""
+        if len(chunk.rows):
+            assert outputs is not None
+            self.writer.write(chunk.rows, outputs)
+            self.written += len(chunk.rows)
+        self.errors.extend(chunk.errors)
+        self.position = chunk.stop
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def finish(self) -> dict[str, Any]:
+        output = self.adapter.output
+        self.writer.close()
+        os.replace(self.tmp, output / self.name)
+        shard: dict[str, Any] = {
+            "index": self.index,
+            "file": self.name,
+            "rows": [self.start, self.position],
+            "written": self.written,
+            "errors": len(self.errors),
+            "sha256": _sha256(output / self.name),
+            "errors_file": None,
+        }
+        if self.errors:
+            errors_name = f"part-{self.index:05d}.errors.jsonl"
+            lines = "".join(
+                json.dumps({"row": row, "reason": reason}) + "\n" for row, reason in self.errors
+            )
+            _write_atomic(output / errors_name, lines)
+            shard["errors_file"] = errors_name
+            shard["errors_sha256"] = _sha256(output / errors_name)
+        self.adapter.metrics.count("ok", self.written)
+        self.adapter.metrics.count("bad_input", len(self.errors))
+        return shard
 
 
 def summary_dict(summary: BatchSummary) -> dict[str, Any]:

@@ -367,6 +367,8 @@ class JsonlReader(_LineReader):
             doc = json.loads(line)
         except ValueError as exc:
             raise ValueError(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError("not JSON: nested too deeply") from None
         if isinstance(doc, list):
             if len(self.specs) != 1:
                 raise ValueError("an array line needs a single-input model")

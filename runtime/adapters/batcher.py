@@ -19,7 +19,8 @@ Semantics
   non-batch shapes/dtypes while the batch has at most ``max_batch`` rows, waiting until
   ``max_delay_ms`` after the *oldest* request was enqueued (a request that already waited
   in the queue is not delayed further). A single request larger than ``max_batch`` runs
-  alone. Only one worker collects at a time, so with ``workers=1`` requests pile up while
+  alone, as model calls of ``max_batch`` rows each (so the model's working memory is that
+  of a full batch, whatever the request's size). Only one worker collects at a time, so with ``workers=1`` requests pile up while
   the model runs and the next batch is as full as the load allows.
 - ``arrivals`` (optional) is a callable giving how many requests the caller is still
   receiving (body being read, not yet submitted). When the queue is empty and it returns
@@ -263,6 +264,7 @@ class DynamicBatcher:
             if batch is None:
                 return
             self._run(batch)
+            del batch  # not held while idle: a large request's arrays are freed now
 
     def _wake_needed(self) -> bool:
         """Whether a submitter should wake a worker (read without a lock, see ``_collect``).
@@ -360,7 +362,11 @@ class DynamicBatcher:
                     for name in live[0].inputs
                 }
             t0 = time.perf_counter()
-            outputs = self.model.run(inputs)
+            rows = sum(job.rows for job in live)
+            if rows > self.max_batch:
+                outputs = self._run_in_pieces(inputs, rows)
+            else:
+                outputs = self.model.run(inputs)
             elapsed = time.perf_counter() - t0
             if len(live) == 1:
                 live[0].outputs = dict(outputs)
@@ -377,6 +383,27 @@ class DynamicBatcher:
             return
         if self.metrics is not None:
             self.metrics.observe_batch(sum(job.rows for job in live), elapsed)
+
+    def _run_in_pieces(self, inputs: Mapping[str, np.ndarray], rows: int) -> Outputs:
+        """``model.run(inputs)`` as calls of at most ``max_batch`` rows, written into one
+        output array each: a request larger than ``max_batch`` costs the model (its
+        workspace) no more memory than a full batch. Outputs without a leading batch
+        dimension (the first piece tells) make it one call, as before."""
+        step = self.max_batch
+        first = self.model.run({name: array[:step] for name, array in inputs.items()})
+        if any(array.ndim == 0 or array.shape[0] != step for array in first.values()):
+            return dict(self.model.run(inputs))
+        outputs = {name: np.empty((rows, *array.shape[1:]), array.dtype)
+                   for name, array in first.items()}  # fmt: skip
+        for name, array in first.items():
+            outputs[name][:step] = array
+        del first
+        for start in range(step, rows, step):
+            stop = min(start + step, rows)
+            piece = self.model.run({name: array[start:stop] for name, array in inputs.items()})
+            for name, array in piece.items():
+                outputs[name][start:stop] = array
+        return outputs
 
     @staticmethod
     def _deliver(finished: list[Job]) -> None:

@@ -71,6 +71,8 @@ Tensors (Open Inference Protocol v2 datatypes; the kafka adapter uses the same J
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import math
 import signal
@@ -401,6 +403,35 @@ class AdapterMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+# --------------------------------------------------------------------------- memory
+
+TRIM_AFTER_BYTES = 8 << 20
+"""Requests with bodies at least this large hand freed memory back to the OS when done."""
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim  # type: ignore[no-any-return]
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``; elsewhere nothing).
+
+    A large request's body and arrays are freed when it is answered, but glibc keeps the
+    pages of its arenas, so without this a server's RSS stays at its largest request.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 # --------------------------------------------------------------------------- tensors
 
 DATATYPES: dict[str, np.dtype] = {
@@ -428,6 +459,14 @@ def datatype_of(dtype: Any) -> str:
         raise BadInput(f"unsupported dtype {dtype}") from None
 
 
+MAX_DIMS = 32
+"""Most dimensions a request tensor may have (numpy's own limit is 64)."""
+
+MAX_ELEMENTS = 1 << 48
+"""Most elements a request tensor's shape may declare, counting zero-sized dims as 1 (a
+``[0, 2**62, 2**62]`` shape holds nothing, but numpy cannot even describe it)."""
+
+
 def _shape_of(obj: Mapping[str, Any], name: str) -> tuple[int, ...]:
     shape = obj.get("shape")
     if type(shape) is list:
@@ -435,8 +474,80 @@ def _shape_of(obj: Mapping[str, Any], name: str) -> tuple[int, ...]:
             if type(d) is not int or d < 0:
                 break
         else:
+            problem = shape_problem(shape)
+            if problem is not None:
+                raise BadInput(f"input {name!r}: {problem}")
             return tuple(shape)
-    raise BadInput(f"input {name!r}: shape must be a list of non-negative ints, got {shape!r}")
+    raise BadInput(f"input {name!r}: shape must be a list of non-negative ints, got "
+                   f"{_clip(shape)}")
+
+
+def shape_problem(shape: Sequence[int]) -> str | None:
+    """Why numpy could not hold a tensor of ``shape`` (non-negative ints), or None: more
+    than ``MAX_DIMS`` dims, or more than ``MAX_ELEMENTS`` elements counting 0-dims as 1.
+    Every adapter's decoder asks before it reshapes."""
+    if len(shape) > MAX_DIMS:
+        return f"shape has {len(shape)} dimensions, at most {MAX_DIMS} are allowed"
+    if math.prod(d or 1 for d in shape) > MAX_ELEMENTS:
+        return f"shape {_clip(list(shape))} is too large (more than {MAX_ELEMENTS} elements)"
+    return None
+
+
+def _clip(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# numpy kinds a JSON ``data`` list may hold for each datatype kind: no null (NaN in a
+# float array), no strings ("0.5" would be parsed), no objects (ints past 64 bits)
+_JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_FLOAT_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
+
+
+def _big_ints(data: Any, dtype: np.dtype, name: str, datatype: str) -> np.ndarray:
+    """``data`` as ``dtype`` when every item is a Python int (numpy reads ints past
+    ``2**63`` as float64 or object); otherwise ``data`` as numpy reads it, for the caller
+    to refuse."""
+    items = np.asarray(data, dtype=object).ravel()
+    if not all(type(v) is int for v in items):
+        return np.asarray(data)
+    try:
+        return np.asarray(items.tolist(), dtype=dtype)
+    except OverflowError:
+        info = np.iinfo(dtype)
+        bad = next(v for v in items if not info.min <= v <= info.max)
+        raise BadInput(f"input {name!r}: {_clip(bad)} is out of range for {datatype}") from None
+
+
+def _json_data(data: Any, dtype: np.dtype, name: str, datatype: str) -> np.ndarray:
+    """``data`` (a JSON list, possibly nested) as a flat array of ``dtype``; BadInput for
+    nulls, strings, booleans where numbers belong, and values out of the type's range."""
+    try:
+        probe = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise BadInput(f"input {name!r}: data is not {datatype}: {_clip(str(exc))}") from None
+    if dtype.kind in "iu" and probe.dtype.kind in "fO" and probe.size:
+        probe = _big_ints(data, dtype, name, datatype)  # uint64 past 2**63 reads as float
+    if probe.dtype.kind not in _JSON_KINDS[dtype.kind] and probe.size:
+        what = {"O": "null, mixed or out-of-range values", "U": "strings", "S": "strings",
+                "b": "booleans", "f": "non-integer numbers"}.get(probe.dtype.kind, probe.dtype)
+        raise BadInput(f"input {name!r}: data of a {datatype} tensor holds {what}")
+    flat = probe.ravel()
+    if dtype.kind == "f":
+        if flat.size and dtype.itemsize < 8:  # 1e39 would silently become inf in FP32
+            limit = _FLOAT_MAX[dtype]
+            if not np.abs(flat).max() <= limit:  # NaN, Infinity or too large: look closer
+                overflow = (np.abs(flat) > limit) & np.isfinite(flat)
+                if overflow.any():
+                    value = float(flat[int(np.argmax(overflow))])
+                    raise BadInput(f"input {name!r}: {value!r} is out of range for {datatype}")
+        return flat.astype(dtype)
+    if flat.size and flat.dtype != dtype:
+        info = np.iinfo(dtype) if dtype.kind in "iu" else None
+        if info is not None and (int(flat.min()) < info.min or int(flat.max()) > info.max):
+            bad = flat[(flat < info.min) | (flat > info.max)][0]
+            raise BadInput(f"input {name!r}: {int(bad)} is out of range for {datatype}")
+    return flat.astype(dtype)
 
 
 def decode_tensor(obj: Mapping[str, Any], raw: bytes | memoryview | None = None) -> np.ndarray:
@@ -469,10 +580,7 @@ def decode_tensor(obj: Mapping[str, Any], raw: bytes | memoryview | None = None)
         return array.reshape(shape)
     if "data" not in obj:
         raise BadInput(f"input {name!r}: no 'data' and no binary_data_size")
-    try:
-        flat = np.asarray(obj["data"], dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise BadInput(f"input {name!r}: data is not {datatype}: {exc}") from None
+    flat = _json_data(obj["data"], dtype, name, str(datatype))
     if flat.size != count:
         raise BadInput(
             f"input {name!r}: shape {list(shape)} needs {count} elements, data has {flat.size}"

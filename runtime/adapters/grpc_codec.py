@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import DATATYPES, BadInput, datatype_of, decode_tensor
+from .common import DATATYPES, BadInput, datatype_of, decode_tensor, shape_problem
 from .oip import inference_pb2 as pb
 
 __all__ = ["TYPED_FIELDS", "GrpcInferRequest", "decode_infer_request", "encode_infer_response"]
@@ -64,6 +64,9 @@ def _typed_array(tensor: Any) -> np.ndarray:
     shape = [int(d) for d in tensor.shape]
     if any(d < 0 for d in shape):
         raise BadInput(f"input {name!r}: shape must be non-negative ints, got {shape}")
+    problem = shape_problem(shape)
+    if problem is not None:
+        raise BadInput(f"input {name!r}: {problem}")
     values = getattr(tensor.contents, field)
     count = math.prod(shape)
     if len(values) != count:
@@ -84,7 +87,7 @@ def _raw_array(tensor: Any, blob: bytes) -> np.ndarray:
     """``common.decode_tensor`` for a raw blob, without building its JSON form first."""
     wire = _WIRE_DTYPES.get(tensor.datatype)
     shape = tuple(tensor.shape)
-    if wire is None or any(d < 0 for d in shape):
+    if wire is None or any(d < 0 for d in shape) or shape_problem(shape) is not None:
         header = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(shape)}
         return decode_tensor(header, blob)  # raises BadInput naming what is wrong
     if len(blob) != math.prod(shape) * wire.itemsize:

@@ -67,6 +67,7 @@ from starlette.types import Receive, Scope, Send
 from irkit.runtime.options import Option
 
 from .common import (
+    TRIM_AFTER_BYTES,
     AdapterError,
     BadInput,
     NotReady,
@@ -76,6 +77,7 @@ from .common import (
     decode_tensor,
     dumps,
     error_body,
+    release_memory,
     stop_on_signals,
     tensor_json,
 )
@@ -125,8 +127,33 @@ def _binary_flag(params: Any, key: str, where: str) -> bool:
     return flag
 
 
+MAX_JSON_DEPTH = 512
+"""Most levels of arrays and objects a request body may nest (a valid request needs 4 plus
+the rank of nested ``data``). orjson 3.8 overflows its stack (SIGSEGV) somewhere past
+50,000 levels, and ``json.loads`` raises RecursionError, so depth is checked first."""
+
+_BRACKETS = np.zeros(256, np.int8)
+_BRACKETS[[ord("["), ord("{")]] = 1
+_BRACKETS[[ord("]"), ord("}")]] = -1
+
+
+def json_depth_exceeds(text: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether brackets in ``text`` nest past ``limit`` (brackets inside strings count
+    too, which can only overstate the depth of a request's few short strings).
+
+    Free for bodies with at most ``limit`` opening brackets; otherwise one vectorised pass.
+    """
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return False
+    steps = _BRACKETS[np.frombuffer(text, np.uint8)]
+    steps = steps[steps != 0]
+    return bool(np.cumsum(steps, dtype=np.int64).max() > limit)
+
+
 def _loads(text: bytes) -> Any:
     """JSON as ``json.loads`` reads it, through orjson (5x faster) when that can."""
+    if json_depth_exceeds(text):
+        raise BadInput(f"malformed JSON: nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -135,6 +162,8 @@ def _loads(text: bytes) -> Any:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"malformed JSON: {exc}") from None
+    except RecursionError:  # orjson stops at 1,024 levels; json.loads recurses
+        raise BadInput("malformed JSON: nested too deeply") from None
 
 
 def parse_infer_request(
@@ -301,6 +330,8 @@ class HttpAdapter(Frontend):
                        choices=("auto", "httptools", "h11")),
         "loop": Option(str, "auto", "event loop (auto: uvloop if installed)",
                        choices=("auto", "uvloop", "asyncio")),
+        "processes": Option(int, 1, "server processes on the port (SO_REUSEPORT), each with "
+                            "its own models and batchers; one that dies is restarted"),
     }  # fmt: skip
     options: dict[str, Option] = {**network_options, **SHARED_OPTIONS}
 
@@ -319,6 +350,12 @@ class HttpAdapter(Frontend):
         self.log_level: str = config["log_level"]
         self.http: str = config["http"]
         self.loop: str = config["loop"]
+        self.processes: int = config["processes"]
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
+        self.reuse_port = False  # set in the children of serve_http_processes
+        self.shared_metrics: Any = None  # ditto: /metrics answers for every process
+        self._given = (model, options)
         self._server: _Server | None = None
         self._bridge: LoopBridge | None = None
         self._stop_requested = False
@@ -350,6 +387,8 @@ class HttpAdapter(Frontend):
         # and without it a response's two writes wait ~40 ms for a delayed ACK.
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((self.host, self.port))
         except OSError as exc:
@@ -363,7 +402,12 @@ class HttpAdapter(Frontend):
         """Run the server until SIGINT/SIGTERM or ``stop()``; returns after a clean drain.
 
         ``sock``: an already bound listening socket to serve on (default: ``bind()``).
+        With ``processes`` > 1 this process supervises that many servers on the port
+        (``http_processes``), each loading the model from its artifact again.
         """
+        if self.processes > 1:
+            self._serve_processes()
+            return
         sock = sock if sock is not None else self.bind()
         config = uvicorn.Config(
             self.app,
@@ -384,6 +428,26 @@ class HttpAdapter(Frontend):
             self._server.run(sockets=[sock])
         finally:
             sock.close()
+
+    def _serve_processes(self) -> None:
+        from .http_processes import serve_http_processes
+        from .processes import child_model
+
+        model, options = self._given
+        if not self.owns_repository or getattr(model, "path", None) is None:
+            raise ValueError("processes > 1 serves a model loaded from an artifact directory "
+                             "(each process loads it again); for a model repository or "
+                             "several models use `irkit serve`")  # fmt: skip
+        assert model is not None
+
+        def build() -> list[HttpAdapter]:
+            return [HttpAdapter(child_model(model), **{**options, "processes": 1})]
+
+        def announce(port: int) -> None:
+            self.port = port
+            self.started.set()
+
+        serve_http_processes(build, self.processes, self.host, self.port, on_port=announce)
 
     def stop(self) -> None:
         """Ask a running ``serve()`` to shut down gracefully (thread-safe)."""
@@ -475,6 +539,8 @@ class HttpAdapter(Frontend):
         return self._json(doc)
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        if self.shared_metrics is not None:  # one of several processes: answer for all
+            return Response(self.shared_metrics.render(), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(self.repository.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
@@ -521,8 +587,9 @@ class HttpAdapter(Frontend):
         """ASGI handler of ``POST /v2/models/{model}[/versions/{version}]/infer``."""
         started = time.perf_counter()
         outcome = "error"
+        size = [0]  # the request body's length, set once it is read
         try:
-            body, content_type, headers = await self._infer(scope, receive, model, version)
+            body, content_type, headers = await self._infer(scope, receive, model, version, size)
             status = 200
             outcome = "ok"
         except AdapterError as exc:
@@ -539,14 +606,18 @@ class HttpAdapter(Frontend):
         finally:
             self.request_metrics(model).observe_request(outcome, time.perf_counter() - started)
         await send_response(send, status, body, content_type, headers)
+        if max(size[0], len(body)) >= TRIM_AFTER_BYTES:
+            del body
+            await asyncio.to_thread(release_memory)  # RSS back to what it was before
 
     async def _infer(
-        self, scope: Scope, receive: Receive, model: str, version: str | None
+        self, scope: Scope, receive: Receive, model: str, version: str | None, size: list[int]
     ) -> tuple[bytes, bytes, Headers]:
         served = self.repository.route(model, version)  # 404 / 503 before reading the body
         self._arriving += 1  # tells the batchers a request is on its way
         try:
             body, header_length = await self.read_body(scope, receive)
+            size[0] = len(body)
             try:
                 split = int(header_length) if header_length is not None else None
             except ValueError:

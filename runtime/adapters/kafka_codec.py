@@ -47,6 +47,7 @@ from irkit.runtime.adapters.common import (
     datatype_of,
     decode_tensor,
     encode_tensor,
+    shape_problem,
 )
 
 CONTENT_TYPE_HEADER = "content-type"
@@ -139,6 +140,8 @@ def _load_json(value: bytes | None) -> dict[str, Any]:
         body = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("malformed JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise PayloadError(f"expected a JSON object, got {type(body).__name__}")
     return body
@@ -198,6 +201,9 @@ def _parse_layout(description: bytes) -> tuple[_Layout, ...]:
             raise PayloadError(f"tensor {name!r}: dims {dims!r} are not integers") from None
         if any(d < 0 for d in shape):
             raise PayloadError(f"tensor {name!r}: negative dim in {dims!r}")
+        problem = shape_problem(shape)
+        if problem is not None:
+            raise PayloadError(f"tensor {name!r}: {problem}")
         dtype = dtype_of(datatype).newbyteorder("<")
         count = math.prod(shape)
         end = offset + count * dtype.itemsize

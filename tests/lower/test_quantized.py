@@ -146,12 +146,14 @@ def test_dynamic_matmul(tmp_path: Path) -> None:
     (8, 1, 1, 9, 3), (6, 2, 1, 9, 3), (5, 1, 0, 9, 3),  # panels of any pixels
     (16, 1, 1, 8, 3),  # panels of whole output rows (digits CNN)
     (4, 1, 1, 32, 3),  # panels inside one output row
-    # Few input channels: kernel columns as words (tap layout), any stride, 3 or 5 wide.
+    # Few input channels: kernel rows as words (tap layout), any stride, 3 or 5 wide;
+    # planar bytes for 1 channel or 3x3, channels interleaved for 2-3 channels at 5x5.
     (1, 1, 1, 9, 3), (3, 2, 1, 16, 3), (1, 2, 2, 13, 5), (2, 1, 0, 9, 5), (3, 1, 2, 7, 5),
+    (3, 2, 2, 16, 5),
 ])
 def test_static_conv(tmp_path: Path, cin: int, stride: int, pad: int, size: int, kernel: int,
                      arch: str) -> None:
-    """cin >= 4: four channels per int8 word; cin < 4: four kernel columns per word.
+    """cin >= 4: four channels per int8 word; cin < 4: four bytes of a kernel row per word.
     Compiled for this CPU and for x86-64-v3 (vpmaddubsw): the int32 accumulation is
     exact on both, so the tolerance is one quantization step of the output."""
     graph = irkit.load_model(conv_model(cin, stride, pad, size, kernel))

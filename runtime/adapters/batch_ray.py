@@ -1,0 +1,285 @@
+"""Ray engine of the batch adapter: ``serve batch { engine = "ray" }``.
+
+The shards, chunks and bytes are the local engine's; only the model calls move. This
+process plans the chunks of every unfinished shard (``chunk_rows`` rows, starting at
+``shard_start + k*chunk_rows`` as the local engine does), and a Ray Data pipeline,
+``from_items(chunks).map_batches(ChunkRunner, concurrency=..., num_cpus=..., num_gpus=...)``,
+runs them: each actor loads the artifact once (``irkit.runtime.load``, which verifies every
+file's sha256 on that worker), opens the input itself and returns each chunk's row numbers,
+outputs and bad rows. This process writes them, in row order, through the local engine's
+``ShardBuilder`` — the same shard files, errors files and manifest, so the output is
+byte-identical to ``engine = "local"`` and resuming (after a kill, on either engine) works
+the same way.
+
+Where things must be: the input path must be readable by the workers (a shared path:
+always so for ``address = "local"``). The artifact is read from its path too, unless
+``ship_artifact`` (the default when joining a cluster) sends it through the actors' Ray
+runtime environment (``working_dir``); each worker checks that the manifest it loaded is
+the driver's. ``address``: ``"local"`` starts Ray in this process (``ray_cpus`` CPUs) and
+stops it afterwards; ``"auto"``, ``"host:port"`` or ``"ray://host:10001"`` join a running
+cluster. A model error on a worker fails the run with the same message as the local engine
+(the rows named); finished shards stay and a rerun resumes. Progress on stderr: rows, rows/s
+and the workers that answered in the last 10 s; a summary line at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .batch_files import open_input
+from .batch_readers import Chunk, Reader
+
+if TYPE_CHECKING:
+    from .batch import BatchAdapter
+
+__all__ = ["ChunkRunner", "check_ray_options", "plan_chunks", "run_on_ray"]
+
+log = logging.getLogger(__name__)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise ValueError("engine 'ray' needs Ray Data: pip install 'irkit[ray]'") from None
+    return ray
+
+
+def check_ray_options(adapter: BatchAdapter) -> None:
+    """Refuse what the Ray engine cannot do, before anything runs."""
+    options = adapter.ray
+    if getattr(adapter.model, "path", None) is None or not hasattr(adapter.model, "manifest"):
+        raise ValueError("engine 'ray' runs an artifact on the workers: give a model loaded "
+                         "with irkit.runtime.load (it has no artifact directory)")  # fmt: skip
+    if options["concurrency"] < 1:
+        raise ValueError("concurrency must be >= 1")
+    if options["num_cpus"] < 0 or (options["num_gpus"] or 0) < 0:
+        raise ValueError("num_cpus and num_gpus must be >= 0")
+    if options["threads"] < 0:
+        raise ValueError("threads must be >= 0")
+    if options["ray_cpus"] is not None and options["address"] != "local":
+        raise ValueError("ray_cpus sizes a local Ray (address 'local'); a cluster has its own")
+    _import_ray()
+
+
+def plan_chunks(
+    total_rows: int, shard_rows: int, chunk_rows: int, done: set[int]
+) -> list[dict[str, int]]:
+    """(shard, start, stop) of every chunk of the shards not in ``done``, in row order."""
+    items = []
+    for shard in range(-(-total_rows // shard_rows)):
+        if shard in done:
+            continue
+        end = min((shard + 1) * shard_rows, total_rows)
+        for start in range(shard * shard_rows, end, chunk_rows):
+            items.append({"shard": shard, "start": start, "stop": min(start + chunk_rows, end)})
+    return items
+
+
+class ChunkRunner:
+    """The Ray Data callable class: one per actor, the artifact loaded once."""
+
+    def __init__(
+        self, artifact: str | None, manifest_sha256: str, threads: int, files: list[str],
+        fmt: str, input_name: Any, reject: bool, outputs: list[str],
+    ) -> None:  # fmt: skip
+        from irkit.runtime.model import load
+
+        options = {"threads": threads} if threads else {}
+        self.model = load(artifact or os.getcwd(), **options)  # verifies every sha256
+        if _digest(self.model) != manifest_sha256:
+            raise RuntimeError(f"worker {os.getpid()} loaded another artifact than the driver")
+        self.reader: Reader = open_input([Path(f) for f in files], fmt, self.model.inputs,
+                                         input_name, reject)  # fmt: skip
+        self.outputs = outputs
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        payloads = [
+            pickle.dumps(self._run(int(start), int(stop)), protocol=5)
+            for start, stop in zip(batch["start"], batch["stop"])
+        ]
+        return {"start": batch["start"], "payload": np.array(payloads, dtype=object)}
+
+    def _run(self, start: int, stop: int) -> dict[str, Any]:
+        result: dict[str, Any] = {"start": start, "pid": os.getpid()}
+        chunk = self.reader.read(start, stop)
+        if chunk is None:
+            result["failed"] = f"rows [{start}, {stop}) are past the end of the input"
+            return result
+        outputs = None
+        if len(chunk.rows):
+            try:
+                produced = self.model.run(chunk.inputs)
+                outputs = {name: produced[name] for name in self.outputs}
+            except Exception as exc:
+                result["failed"] = f"model {self.model.name!r} failed on rows " \
+                    f"[{chunk.start}, {chunk.stop}): {exc}"
+                return result
+        result["chunk"] = Chunk(chunk.start, chunk.stop, chunk.rows, {}, chunk.errors)
+        result["outputs"] = outputs
+        return result
+
+
+def _digest(model: Any) -> str:
+    from irkit.runtime.artifact import manifest_digest
+
+    return manifest_digest(model.manifest.to_dict())
+
+
+class _RayRun:
+    """Ray started (address 'local') or joined for one run; shut down if we started it."""
+
+    def __init__(self, adapter: BatchAdapter) -> None:
+        self.ray = _import_ray()
+        self.started = False
+        options = adapter.ray
+        self.ship = options["ship_artifact"]
+        if self.ship is None:
+            self.ship = options["address"] != "local" and not self.ray.is_initialized()
+        if self.ray.is_initialized():
+            if self.ship:
+                raise ValueError("ship_artifact: Ray is already initialized in this process, "
+                                 "so the artifact cannot join its runtime environment; give "
+                                 "the workers a shared path instead (ship_artifact = false)")
+            return
+        quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False,
+                                 "include_dashboard": False}  # fmt: skip
+        if self.ship:  # a job-level working_dir: every worker starts inside the artifact
+            artifact = Path(getattr(adapter.model, "path", "."))  # checked in check_ray_options
+            quiet["runtime_env"] = {"working_dir": str(artifact.resolve())}
+        _check_reachable(options["address"])
+        try:
+            if options["address"] == "local":
+                self.ray.init(num_cpus=options["ray_cpus"], **quiet)
+            else:
+                self.ray.init(address=options["address"], **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"cannot start or join Ray at {options['address']!r}: {exc}") \
+                from None
+        self.started = True
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """A clear error at once for a ``host:port`` nobody listens on (Ray would retry long)."""
+    import socket
+
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address {address!r}: expected 'local', 'auto', 'host:port' or "
+                         "'ray://host:10001'")  # fmt: skip
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ValueError(f"cannot reach Ray at {address!r}: {exc}") from None
+
+
+def run_on_ray(
+    adapter: BatchAdapter,
+    reader: Reader,
+    identity: dict[str, Any],
+    shards: dict[int, dict[str, Any]],
+    progress: Any,
+) -> bool:
+    """Run every unfinished shard's chunks on Ray; True when complete, False when stopped."""
+    from .batch import ShardBuilder
+
+    total = reader.total_rows
+    if total is None:
+        raise ValueError(f"engine 'ray' needs an input whose row count is known up front "
+                         f"(parquet, npy, npz), not {adapter.input_format}")  # fmt: skip
+    items = plan_chunks(total, adapter.shard_rows, adapter.chunk_rows, set(shards))
+    if not items:
+        return True
+    session = _RayRun(adapter)
+    started = time.perf_counter()
+    rows_done = 0
+    seen: dict[int, float] = {}  # worker pid -> last answer
+    try:
+        results = _results(adapter, session.ray, items, session.ship)
+        builder: ShardBuilder | None = None
+        for item in items:
+            if adapter._stopping:
+                break
+            result = next(results)
+            if result["start"] != item["start"]:
+                raise RuntimeError(f"Ray returned rows {result['start']} for {item['start']}")
+            if "failed" in result:
+                raise RuntimeError(result["failed"])
+            if builder is None:
+                builder = ShardBuilder(adapter, item["shard"], item["start"])
+            chunk: Chunk = result["chunk"]
+            builder.add(chunk, result["outputs"])
+            rows_done += chunk.stop - chunk.start
+            now = time.monotonic()
+            seen[result["pid"]] = now
+            alive = sum(1 for t in seen.values() if now - t < 10)
+            progress.set_postfix_str(f"workers={alive}", refresh=False)
+            progress.update(chunk.stop - chunk.start)
+            if chunk.stop == min((item["shard"] + 1) * adapter.shard_rows, total):
+                shards[item["shard"]] = builder.finish()
+                builder = None
+                adapter._write_manifest(identity, shards, complete=False)
+        if builder is not None:
+            builder.discard()
+        stopped = adapter._stopping
+        results.close()
+    finally:
+        session.close()
+    seconds = time.perf_counter() - started
+    if adapter.progress:
+        print(f"ray: {rows_done} rows in {seconds:.1f} s ({rows_done / max(seconds, 1e-9):,.0f} "
+              f"rows/s) on {len(seen)} worker(s){', stopped' if stopped else ''}",
+              file=sys.stderr)  # fmt: skip
+    return not stopped
+
+
+def _results(
+    adapter: BatchAdapter, ray: Any, items: list[dict[str, int]], ship: bool
+) -> Generator[Any, None, None]:
+    """Each chunk's result, in the order of ``items``."""
+    options = adapter.ray
+    model: Any = adapter.model
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    num_gpus = options["num_gpus"]
+    if num_gpus is None:
+        num_gpus = 1 if getattr(model.manifest, "backend", "") == "cuda" else 0
+    manifest_sha = _digest(model)
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        ChunkRunner,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=options["concurrency"]),
+        num_cpus=options["num_cpus"],
+        num_gpus=num_gpus,
+        fn_constructor_kwargs={
+            "artifact": None if ship else str(Path(model.path).resolve()),
+            "manifest_sha256": manifest_sha,
+            "threads": options["threads"],
+            "files": [str(p.resolve()) for p in adapter.input_files],
+            "fmt": adapter.input_format,
+            "input_name": adapter.input_name,
+            "reject": adapter.reject_nonfinite,
+            "outputs": [spec.name for spec in adapter.output_specs],
+        },
+    )
+    for row in dataset.iter_rows():
+        yield pickle.loads(row["payload"])
