@@ -20,7 +20,7 @@ def ptx_toolchain_missing() -> str | None:
         return f"numba-cuda is not installed ({exc}); pip install 'irkit[cuda]'"
 
     def probe(out: object, n: object) -> None:  # a one-line kernel
-        i = cuda.grid(1)
+        i: int = cuda.grid(1)  # type: ignore[call-arg]
         if i < n:  # type: ignore[operator]
             out[i] = 1.0  # type: ignore[index]
 

@@ -65,7 +65,8 @@ class NumbaLibrary:
         if threads > 1:
             import numba
 
-            self._numba_threads = min(threads, int(numba.config.NUMBA_NUM_THREADS))
+            limit = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+            self._numba_threads = min(threads, limit)
             self._set_threads = numba.set_num_threads
 
     def bind(self, arrays: Sequence[np.ndarray], dims: Sequence[int],
@@ -107,7 +108,7 @@ def numba_module(artifact_dir: Path, manifest: Manifest, relpath: str, cache: bo
                             f"package (pip install 'irkit[numba]'): {exc}") from exc
     from irkit.runtime.backends.pysource import load_generated_module
 
-    pure = bool(numba.config.DISABLE_JIT)
+    pure = bool(numba.config.DISABLE_JIT)  # type: ignore[attr-defined]
     return load_generated_module(artifact_dir, manifest, relpath, "numba",
                                  {"IRKIT_PURE_PYTHON": pure}, cache)
 

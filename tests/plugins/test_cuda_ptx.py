@@ -1,10 +1,9 @@
 """Every kernel of the built-in models, compiled by the cuda backend to PTX for sm_90 and
 assembled by ``ptxas -arch=sm_90`` (the CUDA 13.0 assembler the GPU machines' drivers
-match). No GPU needed. numba-cuda compiles about a kernel a second, so CI assembles the
-transformer here (attention, layernorm, softmax, GELU, GEMMs) and the digits models and
-ResNet in ``test_cuda_backend.py``, which runs them in the simulator;
-``IRKIT_FULL_SWEEPS=1`` assembles every built-in model here (about 25 minutes on 2
-cores; all accepted when last run)."""
+match). No GPU needed. numba-cuda takes seconds per kernel (the transformer alone takes
+longer than CI's budget for these tests), so CI assembles gemm512 here (the tiled GEMM at
+a large shape) and the digits models and ResNet in ``test_cuda_backend.py``, which runs
+them in the simulator; ``IRKIT_FULL_SWEEPS=1`` assembles every built-in model here."""
 
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ import irkit
 ALL_MODELS = ("mlp", "gemm512", "mobilenet", "resnet", "transformer", "digits_mlp",
               "digits_cnn", "minilm")
 FULL = os.environ.get("IRKIT_FULL_SWEEPS", "") not in ("", "0")
-MODELS = ALL_MODELS if FULL else ("transformer",)
+MODELS = ALL_MODELS if FULL else ("gemm512",)
 HEAVY = ("Conv", "MatMul", "Gemm")  # each must be a GPU template kernel, not CPU tiles
 
 
@@ -54,6 +53,8 @@ def test_ptxas_accepts_every_kernel(name: str, request: pytest.FixtureRequest,
     ptx = [f for f in artifact.files if f.endswith(".ptx")]
     assert len(ptx) == len(kernels) > 0
     assert ptxas_refusals(artifact.files, "sm_90", tmp_path) == [], name
-    templates = segment["info"]["kernel_shapes"].get("template", 0)
+    # Depthwise convolutions are a GPU template too, one thread per output on the grid.
+    depthwise = sum("_conv_dw_" in kernel for kernel in kernels)
+    templates = segment["info"]["kernel_shapes"].get("template", 0) + depthwise
     heavy = sum(node.op in HEAVY for node in graph.nodes)
     assert templates >= heavy > 0, (segment["info"]["kernel_shapes"], heavy)

@@ -35,7 +35,7 @@ SAMPLE = (
     "ops-reduce_sum_nokeep",          # warp-shuffle reduction
     "extra-qlinear_matmul_u8",        # int8 GEMM (the exact int8 dot)
     "indexing-cumsum_excl1_rev1",     # a serial scan inside a grid loop
-    "image-resize_linear_half_pixel",  # image ops: gathers with computed indices
+    "image-gridsample_linear_zeros_align0",  # image ops: gathers at computed positions
 )
 BATCHES = (1, 2)
 

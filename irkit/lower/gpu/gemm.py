@@ -171,7 +171,7 @@ def emit_gemm_gpu(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm",
         def b(bb: Expr, k: Expr, j: Expr) -> Expr:
             return Load(direct, simplify_expr(offset(bb) + k * cols + j))
     elif spec.b_source is not None:
-        b = spec.b_source
+        b = spec.b_source  # type: ignore[assignment]
     else:
         raise LoweringError(f"{hint}: a GEMM without a B operand")
     emit_gpu_gemm(ctx, GpuGemm(spec.batch, spec.rows, Const(0) + spec.depth,
