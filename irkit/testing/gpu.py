@@ -10,6 +10,17 @@ import subprocess
 import sysconfig
 from pathlib import Path
 
+SWEEP_VARIABLE = "IRKIT_FULL_SWEEPS"
+
+
+def full_sweeps() -> bool:
+    """Whether ``IRKIT_FULL_SWEEPS=1`` asks for the long GPU and numba sweeps (every op
+    case on numba and in the CUDA simulator, ptxas on every built-in model, the ResNet
+    CNN in the simulator), which CI leaves out for time."""
+    import os
+
+    return os.environ.get(SWEEP_VARIABLE, "") not in ("", "0")
+
 
 @functools.cache
 def ptx_toolchain_missing() -> str | None:
@@ -96,4 +107,5 @@ def gpu_missing() -> str | None:
     return None
 
 
-__all__ = ["assemble", "gpu_missing", "ptx_toolchain_missing", "ptxas", "ptxas_refusals"]
+__all__ = ["SWEEP_VARIABLE", "assemble", "full_sweeps", "gpu_missing", "ptx_toolchain_missing",
+           "ptxas", "ptxas_refusals"]

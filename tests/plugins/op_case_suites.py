@@ -8,7 +8,6 @@ every GPU thread in Python, so CI runs one or two cases per kernel family on the
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import test_llvm_image as image
 import test_llvm_indexing as indexing
 import test_llvm_ops as ops
 
+from irkit.testing.gpu import full_sweeps
 from irkit.testing.op_cases import (
     KernelTarget,
     OpCase,
@@ -29,7 +29,7 @@ from irkit.testing.op_cases import (
     reference_for,
 )
 
-ALL = os.environ.get("IRKIT_FULL_SWEEPS", "") not in ("", "0")
+ALL = full_sweeps()
 # (name, case list, strict shape inference, reference, draw, integers exact)
 Suite = tuple[str, list[OpCase], bool, Any, Any, bool]
 SUITES: list[Suite] = [

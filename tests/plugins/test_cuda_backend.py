@@ -1,8 +1,8 @@
 """The cuda backend end to end without a GPU: a spec with ``target gpu { backend = "cuda" }``
-builds; loading it where there is no GPU is a clear ArtifactError; the digits models
-and the ResNet CNN run in numba-cuda's simulator against ONNX Runtime, and ``ptxas
--arch=sm_90`` accepts every kernel they compiled to (``test_cuda_ptx.py`` does the other
-built-in models); the artifact holds source and PTX, its loader refuses source it cannot
+builds; loading it where there is no GPU is a clear ArtifactError; the digits CNN (and,
+with ``IRKIT_FULL_SWEEPS=1``, the digits MLP and the ResNet CNN) runs in numba-cuda's
+simulator against ONNX Runtime, and ``ptxas -arch=sm_90`` accepts every kernel it
+compiled to; the artifact holds source and PTX, its loader refuses source it cannot
 recognize. The last test needs a GPU and says why it is skipped when there is none."""
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from irkit.testing.gpu import gpu_missing, ptx_toolchain_missing, ptxas, ptxas_refusals
+from irkit.testing.gpu import (
+    SWEEP_VARIABLE,
+    full_sweeps,
+    gpu_missing,
+    ptx_toolchain_missing,
+    ptxas,
+    ptxas_refusals,
+)
 
 if ptx_toolchain_missing():
     pytest.skip(str(ptx_toolchain_missing()), allow_module_level=True)
@@ -73,6 +80,9 @@ def test_spec_with_a_gpu_target_builds_here_and_refuses_to_load_without_a_gpu(
     assert (got.argmax(1) == want.argmax(1)).all()
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not full_sweeps(),
+                    reason=f"{SWEEP_VARIABLE}=1 runs it (20 s; the CNN's GEMM runs in CI)")
 def test_digits_mlp_on_the_simulator(digits_models: Path, tmp_path: Path) -> None:
     """(The CNN runs in the spec test above.)"""
     model = "digits_mlp"
@@ -92,6 +102,8 @@ def test_digits_mlp_on_the_simulator(digits_models: Path, tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_resnet_on_the_simulator(tmp_path: Path) -> None:
+    if not full_sweeps():
+        pytest.skip(f"{SWEEP_VARIABLE}=1 runs it (2.5 minutes of CPU: more than CI's budget)")
     pytest.importorskip("torch")
     from irkit.bench import builtin_model
 
