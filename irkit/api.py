@@ -52,6 +52,8 @@ def optimize(
     labels: Any = None,
     target: Any = "native",
     measure: bool = False,
+    train_data: Mapping[str, Any] | None = None,
+    train_labels: Any = None,
 ) -> Graph:
     """Run a pass pipeline (text like ``"fuse,quantize{mode=static}"`` or pass objects);
     the returned graph carries one report per pass in ``graph.history``.
@@ -61,7 +63,11 @@ def optimize(
     that depend on the CPU read it (quantize picks its weight range for the target's int8
     instruction). With ``measure=True``, passes that can keep the faster form of a node
     time both forms on those targets (``irkit.cost``) and step aside where theirs is
-    slower, saying so in the report."""
+    slower, saying so in the report.
+
+    ``train_data`` (input name -> array) and ``train_labels`` are the data ``distill``
+    trains its student on; ``search{budget=...}`` measures each candidate pipeline's
+    accuracy on ``eval_data``/``labels`` and its latency on ``target``."""
     from irkit.passes.manager import run_pipeline
     from irkit.plugins import get_registry
     from irkit.target import resolve_targets
@@ -75,7 +81,7 @@ def optimize(
         cost = MeasuredCost(targets)
     return run_pipeline(graph, passes, calibration=calibration, eval_data=eval_data,
                         labels=labels, table=get_registry().passes, targets=targets,
-                        cost=cost)
+                        cost=cost, train_data=train_data, train_labels=train_labels)
 
 
 def compile(graph: Graph, target: str = "ort", **options: Any) -> Artifact:

@@ -223,7 +223,12 @@ def _resolve_model(model: Any) -> tuple[str, Any, Any]:
         source = pipeline.model.factory if pipeline.model.kind == "torch" else None
         return pipeline.name, load_pipeline_model(pipeline), source
     graph = model if hasattr(model, "nodes") else irkit.load_model(model)
-    return getattr(graph, "name", "model") or "model", graph, None
+    from irkit.frontends.torch import FACTORY_RE
+
+    # a torch factory ("pkg.module:fn") is its own torch source
+    source = model if isinstance(model, str) and FACTORY_RE.match(model) and \
+        not Path(model).exists() else None
+    return getattr(graph, "name", "model") or "model", graph, source
 
 
 def _inputs(graph: Any, batch: int, seed: int = 0, sequence: int = SEQUENCE

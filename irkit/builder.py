@@ -154,19 +154,28 @@ def optimize_pipeline(pipeline: Any, graph: Graph) -> Graph:
 
     if not pipeline.passes:
         return graph
-    eval_data = labels = None
+    eval_data = labels = train_data = train_labels = None
     if pipeline.eval is not None:
         eval_data = model_feeds(pipeline.eval, graph)
         labels = labels_of(pipeline.eval)
-    calibration = None
+    if getattr(pipeline, "train", None) is not None:
+        train_data = model_feeds(pipeline.train, graph)
+        train_labels = labels_of(pipeline.train)
+    calibration: list[Any] | None = None
     for spec in pipeline.passes:
         calibration = calibration or _calibration(spec, graph)
+    if calibration is None and (train_data or eval_data) is not None:
+        # No pass names its calibration data: static quantization (and search's
+        # candidates) calibrate on the first training inputs, else the first eval inputs.
+        from irkit.compress.search import default_calibration
+
+        calibration = default_calibration(train_data or eval_data or {})
     arches = pipeline_arches(pipeline)
     # A build times the forms a pass may choose between on the pipeline's targets, so
     # an optimization that is slower there steps aside (and the report says so).
     return optimize(graph, pipeline.pass_pipeline_text(), calibration=calibration,
                     eval_data=eval_data, labels=labels, target=arches or None,
-                    measure=bool(arches))
+                    measure=bool(arches), train_data=train_data, train_labels=train_labels)
 
 
 def build_pipeline(pipeline: Any, *, target: str | None = None, arch: Any = None,
@@ -182,6 +191,7 @@ def build_pipeline(pipeline: Any, *, target: str | None = None, arch: Any = None
     if not targets:
         raise IrkitError(f"{pipeline.file}: pipeline {pipeline.name!r} declares no target")
     graph = load_pipeline_model(pipeline)
+    source = graph
     graph = optimize_pipeline(pipeline, graph)
     if graph.history:
         from irkit.passes.manager import format_report_table
@@ -199,9 +209,66 @@ def build_pipeline(pipeline: Any, *, target: str | None = None, arch: Any = None
         built[spec.name] = out
         print(f"irkit: built {pipeline.name}/{spec.name} ({spec.backend}) -> {out} "
               f"in {time.perf_counter() - t0:.2f} s", file=log)
+        if pipeline.eval is not None:
+            check_artifact(pipeline, spec.name, out, source, graph, log)
     print(f"irkit: pipeline {pipeline.name!r} done in {time.perf_counter() - start:.2f} s",
           file=log)
     return built
+
+
+# The compiled artifact must compute what the report measured on the optimized graph:
+# relative error (L2, over all outputs) between the two at most this, and accuracy at
+# most this much lower. Beyond it the build fails.
+ARTIFACT_REL_TOL = 0.02
+ARTIFACT_ACC_DROP = 0.01
+
+
+def check_artifact(pipeline: Any, name: str, path: Path, source: Graph, graph: Graph,
+                   log: Any = sys.stderr) -> None:
+    """Run the eval data through the saved artifact (what every adapter serves) and print
+    its error against the source model and its accuracy beside the report's; raise
+    IrkitError when the artifact disagrees with the optimized graph beyond the
+    tolerances above. An artifact this machine cannot run is reported, not checked."""
+    import irkit.runtime
+    from irkit.api import evaluate
+    from irkit.passes.manager import accuracy, compare_outputs
+
+    where = f"{pipeline.name}/{name}"
+    try:
+        model = irkit.runtime.load(path)
+    except (IrkitError, ImportError, OSError) as exc:
+        print(f"irkit: {where}: not checked on the eval data: {exc}", file=log)
+        return
+    feeds = model_feeds(pipeline.eval, source)
+    labels = labels_of(pipeline.eval)
+    got = model.run(feeds)
+    expected = evaluate(graph, feeds)
+    want_source = expected if graph is source else evaluate(source, feeds)
+    vs_source = compare_outputs(got, want_source)
+    vs_graph = compare_outputs(got, expected)
+    line = (f"irkit: {where} (the artifact) on the eval data: max|err| {vs_source.max_abs:.3g} "
+            f"vs the source model, {vs_graph.max_abs:.3g} vs the optimized graph")
+    acc_got = acc_want = None
+    if labels is not None:
+        acc_got = accuracy(got, graph, labels)
+        acc_want = accuracy(expected, graph, labels)
+        line += f"; accuracy {acc_got:.4f} (report {acc_want:.4f})"
+    print(line, file=log)
+    nonfinite = [k for k, v in got.items() if not np.all(np.isfinite(v))]
+    problems = []
+    if vs_graph.rel > ARTIFACT_REL_TOL:
+        problems.append(f"relative error {vs_graph.rel:.3g} against the optimized graph "
+                        f"(tolerance {ARTIFACT_REL_TOL})")
+    if acc_got is not None and acc_want is not None and acc_got < acc_want - ARTIFACT_ACC_DROP:
+        problems.append(f"accuracy {acc_got:.4f}, the report says {acc_want:.4f}")
+    if nonfinite and all(np.all(np.isfinite(v)) for v in expected.values()):
+        problems.append(f"non-finite values in {', '.join(nonfinite)}")
+    if problems:
+        hint = (" (ONNX Runtime's graph optimizations rewrite quantized math on some CPUs: "
+                "try optimization_level = \"basic\" in the target)"
+                if model.backend == "ort" else "")
+        raise IrkitError(f"{where}: the compiled artifact does not compute what the report "
+                         f"measured: {'; '.join(problems)}{hint}")
 
 
 def build_spec(path: Path, pipeline: str | None = None, *, target: str | None = None,

@@ -1,9 +1,17 @@
-"""The ``irkit`` command. User errors print one line and exit 2; ``--debug`` shows tracebacks."""
+"""The ``irkit`` command. User errors print one line and exit 2; ``--debug`` shows tracebacks.
+
+Exit codes (also in ``irkit --help`` and the README): 0 done; 1 an unexpected failure (a
+bug: the traceback is printed); 2 a user or input error (bad arguments, a missing or
+unreadable file, an invalid spec or input array, a port in use), one line on stderr;
+130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -13,6 +21,23 @@ from typing import Any
 from irkit.errors import IrkitError
 
 EXIT_USER_ERROR = 2
+EXIT_CODES = """exit codes:
+  0    done
+  1    unexpected failure (a bug: the traceback is printed; please report it)
+  2    user or input error: bad arguments, a missing or unreadable file, an invalid
+       spec, model or input array, a port in use (one line on stderr; --debug shows
+       the traceback)
+  130  interrupted (Ctrl-C) outside a server; servers finish in-flight work and exit 0"""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``irkit run: error: ... (see irkit run --help)``)
+    and exit status 2, like every other user error."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} "
+                                   f"(see {self.prog} --help)\n")
 
 
 def _load_any(source: str, example: str | None = None) -> Any:
@@ -58,12 +83,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 print(f"\n# ---- {name} ----")
                 print(text, end="" if text.endswith("\n") else "\n")
         return 0
+    if args.dot and not Path(args.dot).resolve().parent.is_dir():
+        raise IrkitError(f"--dot {args.dot}: no such directory "
+                         f"{Path(args.dot).resolve().parent}")
     graph = _load_any(args.model, args.example)
     if not args.summary_only:
         print(graph.to_text())
     print(summarize(graph))
     if args.dot:
-        Path(args.dot).write_text(graph.to_dot())
+        try:
+            Path(args.dot).write_text(graph.to_dot())
+        except OSError as exc:
+            raise IrkitError(f"--dot {args.dot}: cannot write: {exc.strerror}") from None
         print(f"wrote {args.dot}", file=sys.stderr)
     return 0
 
@@ -212,11 +243,29 @@ def _arch_list(text: str | None) -> list[str] | None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from irkit.builder import build_spec
+    from irkit.builder import build_pipeline
+    from irkit.serving import split_names
+    from irkit.spec import parse_spec
 
-    for target, path in build_spec(Path(args.spec), args.pipeline).items():
-        print(f"{target}: {path}")
+    spec = parse_spec(Path(args.spec))
+    wanted = split_names(args.pipeline)
+    pipelines = [spec.pipeline(name) for name in wanted] if wanted else list(spec.pipelines)
+    if not pipelines:
+        raise IrkitError(f"{args.spec}: declares no pipeline")
+    for pipeline in pipelines:
+        for target, path in build_pipeline(pipeline).items():
+            shown = _relative(path)
+            print(f"{pipeline.name}/{target}: {shown}" if len(pipelines) > 1
+                  else f"{target}: {shown}")
     return 0
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path(path)
 
 
 def _read_input(spec: str) -> tuple[str, Any]:
@@ -232,6 +281,12 @@ def _read_input(spec: str) -> tuple[str, Any]:
     path = Path(file)
     if not path.is_file():
         raise IrkitError(f"--input {name}: no such file {file}")
+    with path.open("rb") as handle:
+        magic = handle.read(6)
+    if magic[:6] != b"\x93NUMPY" and magic[:2] != b"PK":
+        what = "an empty file" if not magic else "not a NumPy .npy or .npz file"
+        raise IrkitError(f"--input {name}: {file} is {what} (save arrays with numpy.save "
+                         "or numpy.savez)")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
@@ -241,8 +296,12 @@ def _read_input(spec: str) -> tuple[str, Any]:
                                      f"(has: {', '.join(data.files)})")
                 return name, data[key]
         return name, np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise IrkitError(f"--input {name}: cannot read {file}: {exc}") from None
+    except (ValueError, EOFError, OSError) as exc:
+        reason = str(exc)
+        if "allow_pickle" in reason:
+            reason = "it holds Python objects (pickled), not a numeric array"
+        raise IrkitError(f"--input {name}: cannot read {file}: {reason or 'truncated'}") \
+            from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -250,8 +309,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import irkit.runtime
 
-    model = irkit.runtime.load(args.artifact, trusted_keys=args.trusted_key or None)
+    names = [spec.partition("=")[0] for spec in args.input]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise IrkitError(f"--input {', '.join(twice)} given more than once")
     feeds = dict(_read_input(s) for s in args.input)
+    model = irkit.runtime.load(args.artifact, trusted_keys=args.trusted_key or None)
     try:
         outputs = model.run(feeds)
     except (ValueError, TypeError) as exc:
@@ -268,7 +331,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_conformance(args: argparse.Namespace) -> int:
     from irkit.conformance import run_conformance
+    from irkit.plugins import get_registry
 
+    backends = ["roundtrip", *sorted(get_registry().of("backends"))]
+    if args.backend not in backends:
+        raise IrkitError(f"--backend {args.backend!r}: no such backend (choose from: "
+                         f"{', '.join(backends)})")
+    for flag in ("jobs", "limit"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise IrkitError(f"--{flag} must be >= 0")
     report = run_conformance(args.backend, pattern=args.filter, jobs=args.jobs,
                              timeout=args.timeout, limit=args.limit)
     print(report.format(show_ops=not args.no_ops, show_failures=not args.no_failures))
@@ -320,8 +391,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     labels = calibration = None
     if args.eval:
         eval_data, labels = _eval_arrays(args.eval, graph, args.eval_input, args.labels)
-    calib: dict[str, Any] | None = eval_data
-    if args.calibration:  # static quantization calibrates on the eval inputs if nothing else
+    train_data: dict[str, Any] | None = None
+    train_labels = None
+    if args.train:
+        train_data, train_labels = _eval_arrays(args.train, graph, args.eval_input, args.labels)
+    # Static quantization calibrates on --calibration, else the first training inputs,
+    # else the first eval inputs (what a spec build does).
+    calib: dict[str, Any] | None = train_data if train_data is not None else eval_data
+    if args.calibration:
         calib, _ = _eval_arrays(args.calibration, graph, args.eval_input, None)
     if calib is not None:
         count = len(next(iter(calib.values())))
@@ -329,9 +406,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                        for i in range(0, min(count, 256), 32)]
     arch = _arch_list(args.arch) or ["native"]
     optimized = optimize(graph, args.passes, eval_data=eval_data, labels=labels, target=arch,
-                         measure=args.measure, calibration=calibration)
+                         measure=args.measure, calibration=calibration,
+                         train_data=train_data, train_labels=train_labels)
     print(format_report_table(optimized.history))
+    _write_search_outputs(optimized.history, args.plot, args.trials_json)
     for report in optimized.history:
+        if not report.modified and "skipped" in report.details:
+            print(f"{report.pipeline}: changed nothing: {report.details['skipped']}")
         for key in ("nodes", "timed", "weight_range"):
             if key in report.details:
                 print(f"{report.pipeline}: {key}: {report.details[key]}")
@@ -345,6 +426,24 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_search_outputs(history: list[Any], plot: str | None, trials: str | None) -> None:
+    """--plot / --trials-json: the trials of the pipeline's search pass."""
+    if not plot and not trials:
+        return
+    reports = [r.details for r in history if "trials" in r.details and "chosen" in r.details]
+    if not reports:
+        raise IrkitError("--plot and --trials-json draw a search's trials; add a search pass, "
+                         "e.g. --passes 'search{budget=1.0}'")
+    from irkit.compress.search import write_trials_json
+
+    if trials:
+        print(f"wrote {write_trials_json(reports[-1], trials)}", file=sys.stderr)
+    if plot:
+        from irkit.compress.pareto import plot_pareto
+
+        print(f"wrote {plot_pareto(reports[-1], plot)}", file=sys.stderr)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from irkit.serving import cmd_serve as serve
 
@@ -353,12 +452,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from irkit.bench import run_bench
+    from irkit.plugins import get_registry
 
+    against = tuple(a.strip() for a in args.against.split(",") if a.strip())
+    unknown = [a for a in against if a not in ("onnxruntime", "ort", "torch")]
+    if unknown or not against:
+        raise IrkitError(f"--against {args.against!r}: choose from onnxruntime, torch")
+    if args.target not in get_registry().of("backends"):
+        raise IrkitError(f"--target {args.target!r}: no such backend (choose from: "
+                         f"{', '.join(sorted(get_registry().of('backends')))})")
+    if args.repeats < 1:
+        raise IrkitError("--repeats must be >= 1")
     run_bench(
         args.model,
-        against=tuple(a for a in args.against.split(",") if a),
-        batches=tuple(int(b) for b in args.batch.split(",")),
-        threads=tuple(int(t) for t in args.threads.split(",")),
+        against=against,
+        batches=_positive_ints(args.batch, "--batch"),
+        threads=_positive_ints(args.threads, "--threads"),
         repeats=args.repeats,
         target=args.target,
         arches=tuple(_arch_list(args.arch) or ["native"]),
@@ -367,13 +476,94 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise IrkitError(f"{flag} {text!r}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise IrkitError(f"{flag} {text!r}: expected integers >= 1")
+    return values
+
+
+def _common_options(suppress: bool) -> argparse.ArgumentParser:
+    """``--debug`` and the logging options, taken before or after the subcommand (after
+    it they must not reset what was given before it: hence SUPPRESS there)."""
+    common = argparse.ArgumentParser(add_help=False)
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors",
+                        **default)
+    common.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower,
+                        help="what servers and builds log on stderr (default info)",
+                        **default)
+    common.add_argument("--log-format", choices=("text", "json"),
+                        help="log lines as text or one JSON object per line (default text)",
+                        **default)
+    return common
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """stderr logging for irkit (and the servers it runs): ``text`` lines with a time,
+    or ``json`` objects with ts, level, logger and msg."""
+    handler = _StderrHandler()
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                               "%(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_irkit", False)]:
+        root.removeHandler(old)
+    handler._irkit = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (main() may run in a
+    process that swaps it, as pytest does)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                 "logger": record.name, "msg": record.getMessage()}
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="irkit",
         description="Take a trained model (ONNX or PyTorch) to a fast, served artifact.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common_options(suppress=False)],
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.set_defaults(log_level="info", log_format="text")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = _common_options(suppress=True)
+    add_parser = sub.add_parser
+
+    def add_with_common(*args: Any, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("parents", [common])
+        kwargs.setdefault("epilog", EXIT_CODES)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        return add_parser(*args, **kwargs)
+
+    sub.add_parser = add_with_common  # type: ignore[method-assign,assignment]
 
     p = sub.add_parser("inspect", help="print a model's IR and a summary, or what an "
                        "artifact holds",
@@ -410,10 +600,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("build", help="build everything a spec declares",
-                       description="Load, optimize and compile every target of a spec "
-                       "pipeline; artifacts go to the pipeline's output directory.")
+                       description="Load, optimize and compile every target of every "
+                       "pipeline of a spec (or of those named by --pipeline); artifacts go "
+                       "to each pipeline's output directory.")
     p.add_argument("spec")
-    p.add_argument("--pipeline", help="pipeline name when the spec has several")
+    p.add_argument("--pipeline", action="append",
+                   help="build only these pipelines (repeat or comma-separate; default all)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("run", help="run an artifact on .npy/.npz inputs",
@@ -454,9 +646,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("optimize", help="run passes on a model and print the report table",
                        description="Run a pass pipeline and report ops, parameters, bytes "
-                       "and (with --eval) the output error and accuracy per pass.")
+                       "and (with --eval) the output error and\naccuracy per pass.\n\n"
+                       "'distill{width=0.5}' trains a narrower student on --train data (soft "
+                       "teacher outputs\nmixed with its labels).\n"
+                       "'search{budget=1.0}' tries candidate pipelines (quantize, prune, "
+                       "lowrank, distill, fuse),\nmeasures each one's accuracy on --eval and "
+                       "its speed on --arch, and keeps the fastest that\nloses at most "
+                       "budget accuracy points (max_error=... for models without labels); "
+                       "it prints\na table as it goes and the choice as a spec passes block.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  irkit optimize specs/models/digits_cnn.onnx "
+                       "--passes 'search{budget=1.0}' \\\n    --eval "
+                       "specs/data/digits_eval.npz --train specs/data/digits_train.npz "
+                       "--plot pareto.svg\n\nsearch options: budget (points), max_error, "
+                       "max_trials (12), max_minutes (5), space (pipelines), cache (dir), "
+                       "batch (64).\ndistill options: width (0.5), student "
+                       "(\"pkg.mod:factory\"), temperature (4), alpha (0.7; 0 = labels "
+                       "alone), epochs (40), lr, patience, val_fraction, seed.")
     p.add_argument("model")
-    p.add_argument("--passes", required=True, help="e.g. 'fuse,prune{sparsity=0.5}'")
+    p.add_argument("--passes", required=True, help="e.g. 'fuse,prune{sparsity=0.5}', "
+                   "'distill{width=0.5},fuse' or 'search{budget=1.0}'")
+    p.add_argument("--train", metavar="DATA.npz", help="training inputs (and labels y) for "
+                   "distill; without labels the teacher labels them")
+    p.add_argument("--plot", metavar="PARETO.svg", help="draw the search's trials: accuracy "
+                   "vs speedup, the Pareto front, the budget and the choice (matplotlib)")
+    p.add_argument("--trials-json", metavar="TRIALS.json", help="write every search trial "
+                   "as JSON")
     p.add_argument("--eval", metavar="DATA.npz", help="evaluation inputs (and labels)")
     p.add_argument("--eval-input", help="array in DATA.npz that feeds the model input "
                    "(default: arrays named like the inputs, else the one whose rank fits)")
@@ -464,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "labels when present)")
     p.add_argument("--calibration", metavar="DATA.npz",
                    help="calibration inputs for static quantization (default: the first "
-                   "256 eval inputs)")
+                   "256 --train inputs, else eval inputs)")
     p.add_argument("-o", "--output", metavar="OUT.onnx", help="write the optimized model")
     p.add_argument("--arch", help="target(s) the model will be compiled for (default "
                    "native); quantize picks weight ranges for their int8 instructions")
@@ -511,12 +726,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    if os.getcwd() not in sys.path:  # torch factories "pkg.module:fn" import from here too,
+        sys.path.append(os.getcwd())  # as with `python -m` (after installed packages)
+    configure_logging("debug" if args.debug and args.log_level == "info" else args.log_level,
+                      args.log_format)
     try:
         return int(args.func(args) or 0)
     except IrkitError as exc:
         if args.debug:
             raise
         print(f"irkit: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:  # `irkit ... | head`: the reader left; nothing went wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # the machine said no: a file, a directory, a port
+        if args.debug:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"irkit: error:{where} {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130

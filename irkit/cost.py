@@ -122,6 +122,23 @@ def _feeds(graph: Graph, batch: int) -> dict[str, np.ndarray]:
     return feeds
 
 
+def compiled(graph: Graph, target: Target) -> Any:
+    """``graph`` compiled with the llvm backend for ``target`` and loaded (one thread)."""
+    return _compiled(graph, target)
+
+
+def feeds_for(graph: Graph, batch: int) -> dict[str, np.ndarray]:
+    """The seeded inputs candidates are timed on (see :func:`_feeds`)."""
+    return _feeds(graph, batch)
+
+
+def interleaved(calls: Mapping[str, Any], feeds: Mapping[str, np.ndarray], rounds: int = 9,
+                budget_s: float = 0.4) -> dict[str, float]:
+    """Seconds per call of each loaded model in ``calls`` (the fastest of alternating
+    rounds); the models stay open."""
+    return _interleaved(calls, feeds, rounds, budget_s, close=False)
+
+
 def _compiled(graph: Graph, target: Target) -> Any:
     import irkit.runtime
     from irkit.api import compile as compile_graph
@@ -132,7 +149,7 @@ def _compiled(graph: Graph, target: Target) -> Any:
 
 
 def _interleaved(calls: Mapping[str, Any], feeds: Mapping[str, np.ndarray], rounds: int,
-                 budget_s: float) -> dict[str, float]:
+                 budget_s: float, close: bool = True) -> dict[str, float]:
     """Seconds per call of each candidate (the fastest of its runs), candidates
     alternating every round."""
     for call in calls.values():
@@ -146,7 +163,7 @@ def _interleaved(calls: Mapping[str, Any], feeds: Mapping[str, np.ndarray], roun
             samples[name].append(time.perf_counter() - start)
         if time.perf_counter() > deadline and all(len(s) >= 3 for s in samples.values()):
             break
-    for call in calls.values():
+    for call in calls.values() if close else ():
         call.close()
     # The fastest run: other work on the machine only ever adds time, so the minimum is
     # the steadiest estimate of what each candidate costs.

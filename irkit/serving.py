@@ -24,7 +24,9 @@ default).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,21 @@ from typing import Any
 from irkit.errors import IrkitError
 
 NETWORK_ADAPTERS = ("http", "grpc")
+log = logging.getLogger("irkit.serve")
+
+
+def served_counts(registry: Any) -> str:
+    """``12 requests (11 ok, 1 bad_input)`` from the ``irkit_requests_total`` samples of a
+    Prometheus registry (empty when there are none)."""
+    outcomes: dict[str, float] = {}
+    for family in registry.collect() if registry is not None else ():
+        for sample in family.samples:
+            if sample.name == "irkit_requests_total":
+                outcome = sample.labels.get("outcome", "?")
+                outcomes[outcome] = outcomes.get(outcome, 0) + sample.value
+    total = int(sum(outcomes.values()))
+    parts = ", ".join(f"{int(n)} {k}" for k, n in sorted(outcomes.items()) if n)
+    return f"{total} requests" + (f" ({parts})" if parts else "")
 
 
 @dataclass
@@ -85,6 +102,16 @@ def _choose_adapters(requested: list[str], pipelines: list[Any], has_dirs: bool)
     listed = ", ".join(sorted(declared)) or "none"
     raise IrkitError(f"the pipelines declare serve blocks {listed}; choose with --adapter "
                      "(http and grpc can run together: --adapter http,grpc)")  # fmt: skip
+
+
+def _describe_summary(summary: Any) -> str:
+    """A batch run's summary in words (other adapters' summaries as they print)."""
+    if not hasattr(summary, "rows"):
+        return str(summary)
+    state = "complete" if summary.complete else "stopped early (run again to resume)"
+    return (f"{summary.rows} rows read, {summary.written} written, {summary.errors} in "
+            f"errors.jsonl, {summary.shards} shards ({summary.skipped_shards} already done) "
+            f"in {summary.seconds:.2f} s -> {summary.output}: {state}")
 
 
 def plan_network(pipelines: list[Any], adapters: list[str], directories: list[Path],
@@ -245,25 +272,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
             init_db()
             print(f"serve {serve.adapter}: schema ready", file=sys.stderr)
             return 0
+        where = {k: str(v) for k, v in dict(serve.options).items()
+                 if k in ("input", "output", "brokers", "input_topic", "output_topic", "dsn",
+                          "table") and v}
+        log.info("serve %s: model %r (%s artifact for %s, %s) %s", serve.adapter,
+                 pipeline.name, model.backend, model.target, model.path,
+                 " ".join(f"{k}={v}" for k, v in where.items()))
+        started = time.monotonic()
         try:
-            adapter.serve()
+            summary = adapter.serve()
         except (ValueError, RuntimeError) as exc:  # e.g. no Ray to join, a model failing
             raise IrkitError(f"serve {serve.adapter}: {exc}") from None
+        metrics = getattr(adapter, "metrics", None)
+        log.info("serve %s: stopped after %.1f s; %s", serve.adapter,
+                 time.monotonic() - started,
+                 _describe_summary(summary) if summary is not None
+                 else served_counts(getattr(metrics, "registry", None)))
         return 0
 
     overrides = {"host": args.host, "port": args.port, "grpc_port": args.grpc_port,
                  "poll_s": args.poll_s, "version_policy": args.version_policy,
                  "allow_model_control": True if args.allow_model_control else None}
     plan = plan_network(pipelines, adapters, directories, overrides, explicit=bool(wanted))
+    if args.access_log and "http" in plan.adapters:
+        plan.server["http"]["access_log"] = _Setting(True, "the command line")
     artifacts = [artifact_of(p) for p, _ in plan.models]
     processes = plan.server.get("http", {}).get("processes")
     if processes is not None and processes.value != 1:
         return _serve_processes(plan, artifacts, processes.value)
     frontends = build_frontends(plan, artifacts)
+    served = [p.name for p, _ in plan.models] + [str(d) for d in plan.directories]
+    log.info("serve %s: models %s", ",".join(plan.adapters), ", ".join(served))
+    started = time.monotonic()
     try:
         serve_frontends(frontends)
     except OSError as exc:  # e.g. a port in use
         raise IrkitError(str(exc)) from None
+    log.info("serve %s: stopped after %.1f s; %s", ",".join(plan.adapters),
+             time.monotonic() - started, served_counts(frontends[0].repository.registry))
     return 0
 
 
@@ -297,6 +343,8 @@ def add_serve_parser(sub: Any) -> None:
                    "specific:1,3 (default latest)")
     p.add_argument("--allow-model-control", action="store_true",
                    help="allow repository load/unload requests (HTTP and gRPC)")
+    p.add_argument("--access-log", action="store_true",
+                   help="http: log one line per request")
     p.add_argument("--init-db", action="store_true",
                    help="postgres: create the queue's tables, view, trigger and functions "
                    "(idempotent) and exit without serving")

@@ -19,7 +19,10 @@ def register_passes(register: Register) -> None:
     from irkit.lower.legalize import LEGALIZE_PASSES
     from irkit.passes import BUILTIN_PASSES
 
-    for name, target in {**BUILTIN_PASSES, **LEGALIZE_PASSES}.items():
+    # Passes that train (torch) or time candidates (llvm) sit above irkit.passes.
+    compress = {"distill": "irkit.compress.distill:Distill",
+                "search": "irkit.compress.search:Search"}
+    for name, target in {**BUILTIN_PASSES, **compress, **LEGALIZE_PASSES}.items():
         register(name, target)
 
 

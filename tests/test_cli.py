@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -76,7 +77,10 @@ def test_inspect_prints_ir_summary_and_dot(digits_models: Path, tmp_path: Path) 
     assert res.returncode == 0, res.stderr
     assert "graph " in res.stdout and "= Conv(" in res.stdout
     assert "parameters" in res.stdout and "input  x: f32[N,1,8,8]" in res.stdout
-    assert dot.read_text().startswith("digraph")
+    text = dot.read_text()
+    assert text.startswith("digraph")
+    # a line break Graphviz draws (the \n escape), not a literal backslash-n
+    assert '[label="x\\nf32[N,1,8,8]"' in text and "\\\\n" not in text
 
 
 @pytest.mark.parametrize(
@@ -149,3 +153,20 @@ def test_compile_reports_time_and_size(digits_models: Path, tmp_path: Path,
     summary = captured.err
     assert summary.startswith("compiled digits_cnn with llvm for native in ")
     assert "code generation" in summary and "kernels" in summary and "workspace" in summary
+
+
+def test_a_torch_factory_in_the_working_directory_needs_no_pythonpath(tmp_path: Path) -> None:
+    """``irkit compile mymodels:fn`` imports ``mymodels.py`` from the working directory
+    through the ``irkit`` script (whose sys.path, unlike ``python -m``'s, does not hold
+    it), without PYTHONPATH. The factory returns no module, so the answer is that error
+    (exit 2), not "cannot import 'mymodels'" — and no model is exported."""
+    pytest.importorskip("torch")
+    script = Path(sys.executable).parent / "irkit"
+    if not script.is_file():
+        pytest.skip("no irkit script next to this python")
+    (tmp_path / "mymodels.py").write_text("def notamodule():\n    return 42\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([str(script), "compile", "mymodels:notamodule"], capture_output=True,
+                         text=True, cwd=tmp_path, env=env, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert "is not a torch.nn.Module (got int)" in res.stderr, res.stderr

@@ -34,6 +34,11 @@ RULES = {
                 "irkit.kir", "irkit.passes", "irkit.interop", "irkit.ir", "irkit.ops",
                 "irkit.target", "irkit.runtime", "irkit.errors", "irkit.__version__"),
     "irkit/spec": ("irkit.spec", "irkit.plugins", "irkit.runtime.options", "irkit.errors"),
+    # Training and search passes: above the passes, beside the api (they compile and time
+    # candidates and bring torch students back through the frontends); never the backends.
+    "irkit/compress": ("irkit.compress", "irkit.passes", "irkit.frontends", "irkit.interop",
+                       "irkit.ir", "irkit.ops", "irkit.errors", "irkit.api", "irkit.cost",
+                       "irkit.target", "irkit.plugins"),
 }
 
 

@@ -294,9 +294,10 @@ class ConformanceReport:
             lines.append(f"  {col:<16}{counts[col]:>6}  ({pct:5.1f}%)")
         if show_ops:
             lines.append("")
-            lines.append(f"{'op':<36}" + "".join(f"{c[:11]:>12}" for c in cols))
+            width = max(12, *(len(c) + 2 for c in cols))  # whole column names, never cut
+            lines.append(f"{'op':<36}" + "".join(f"{c:>{width}}" for c in cols))
             for op, c in self.per_op().items():
-                lines.append(f"{op:<36}" + "".join(f"{c[col]:>12}" for col in cols))
+                lines.append(f"{op:<36}" + "".join(f"{c[col]:>{width}}" for col in cols))
         if show_failures:
             bad = [r for r in self.results if r.outcome is not Outcome.PASSED]
             if bad:

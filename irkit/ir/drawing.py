@@ -50,9 +50,11 @@ def to_dot(graph: Graph) -> str:
     lines = [f"digraph {json.dumps(graph.name)} {{", "  rankdir=TB;", "  node [fontsize=10];"]
     ids = {key: f"n{i}" for i, key in enumerate(nxg.nodes)}
     for key, data in nxg.nodes(data=True):
-        label = data["label"] if data["kind"] == "op" else f"{data['label']}\\n{data['type']}"
+        # a real newline: json.dumps writes it as the \n escape Graphviz breaks lines at
+        label = data["label"] if data["kind"] == "op" else f"{data['label']}\n{data['type']}"
         lines.append(
-            f"  {ids[key]} [label={json.dumps(label)}, shape={_SHAPES[data['kind']]}];"
+            f"  {ids[key]} [label={json.dumps(label, ensure_ascii=False)}, "
+            f"shape={_SHAPES[data['kind']]}];"
         )
     for a, b, data in nxg.edges(data=True):
         lines.append(f"  {ids[a]} -> {ids[b]} [label={json.dumps(data['type'])}];")

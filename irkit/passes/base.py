@@ -34,11 +34,17 @@ class PassContext:
     the targets the graph will be compiled for (``irkit.target.Target`` objects; the
     quantize pass picks weight ranges for their int8 instructions), and a cost model
     (``cost.compare(candidates, feeds)``: seconds of each candidate graph on those
-    targets) that lets a pass keep the faster form of a node."""
+    targets) that lets a pass keep the faster form of a node. Passes that train or search
+    (``distill``, ``search``) also read the training inputs and labels and the evaluation
+    inputs and labels (input name -> array; labels an integer array)."""
 
     calibration: Sequence[Mapping[str, Any]] | None = None
     targets: tuple[Any, ...] = ()
     cost: Any = None
+    train_data: Mapping[str, Any] | None = None
+    train_labels: Any = None
+    eval_data: Mapping[str, Any] | None = None
+    eval_labels: Any = None
 
 
 @dataclass(frozen=True)
@@ -157,3 +163,8 @@ def weight_bytes(graph: Graph) -> int:
 
 def parameter_count(graph: Graph) -> int:
     return int(sum(a.size for a in graph.weights().values()))
+
+
+def nonzero_count(graph: Graph) -> int:
+    """Parameters that are not zero (what unstructured pruning lowers)."""
+    return int(sum(np.count_nonzero(a) for a in graph.weights().values()))

@@ -17,7 +17,14 @@ import numpy as np
 
 from irkit.errors import IrkitError
 from irkit.ir import Graph
-from irkit.passes.base import Pass, PassContext, PassResult, parameter_count, weight_bytes
+from irkit.passes.base import (
+    Pass,
+    PassContext,
+    PassResult,
+    nonzero_count,
+    parameter_count,
+    weight_bytes,
+)
 from irkit.passes.pipeline import PassTable, resolve_passes
 
 
@@ -45,6 +52,7 @@ class PassReport:
     accuracy: float | None = None
     baseline_accuracy: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    nonzero_after: int | None = None  # parameters that are not zero after the pass
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -143,14 +151,18 @@ def run_pipeline(
     table: PassTable | None = None,
     targets: Sequence[Any] = (),
     cost: Any = None,
+    train_data: Mapping[str, Any] | None = None,
+    train_labels: Any = None,
 ) -> Graph:
     """Run ``passes`` over ``graph`` (which is left untouched); the result carries one
     :class:`PassReport` per pass appended to ``graph.history``. Pipeline text is resolved
-    through ``table`` (pass name -> class or registry entry)."""
+    through ``table`` (pass name -> class or registry entry). ``train_data`` /
+    ``train_labels`` are what training passes (``distill``) learn from."""
     evaluate = evaluate_graph
     pipeline = resolve_passes(passes, table)
     context = PassContext(calibration=list(calibration) if calibration is not None else None,
-                          targets=tuple(targets), cost=cost)
+                          targets=tuple(targets), cost=cost, train_data=train_data,
+                          train_labels=train_labels, eval_data=eval_data, eval_labels=labels)
     reference = evaluate(graph, eval_data) if eval_data is not None else None
     baseline_acc = None
     if reference is not None and labels is not None:
@@ -190,6 +202,7 @@ def run_pipeline(
             params_after=parameter_count(result.graph),
             bytes_before=weight_bytes(current),
             bytes_after=weight_bytes(result.graph),
+            nonzero_after=nonzero_count(result.graph),
             baseline_accuracy=baseline_acc,
             details=dict(result.report),
         )
@@ -236,7 +249,10 @@ def format_report_table(history: Sequence[Any]) -> str:
         table.append([
             str(r.get("pipeline") or r.get("name")),
             f"{r['ops_before']}->{r['ops_after']}",
-            f"{r['params_before']}->{r['params_after']}",
+            f"{r['params_before']}->{r['params_after']}" + (
+                f" ({r['nonzero_after']} nonzero)"
+                if r.get("nonzero_after") is not None and r["nonzero_after"] < r["params_after"]
+                else ""),
             f"{_fmt_bytes(r['bytes_before'])}->{_fmt_bytes(r['bytes_after'])}",
             _fmt_num(r.get("max_abs_error"), ".3g"),
             _fmt_num(r.get("mean_abs_error"), ".3g"),

@@ -25,6 +25,10 @@ class PipelineError(IrkitError):
     """Pipeline text names an unknown pass or option, or gives an option a bad value."""
 
 
+class PassOptionError(PipelineError, ValueError):
+    """A pass rejected its options in its own check (still a ValueError, as before)."""
+
+
 def _did_you_mean(name: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -88,7 +92,10 @@ def parse_pipeline(text: str, table: PassTable) -> list[Pass]:
             )
         cls = _pass_class(entries[name])
         options = _parse_options(name, cls, rest[:-1] if brace else "")
-        passes.append(cls(**options))
+        try:
+            passes.append(cls(**options))
+        except (ValueError, TypeError) as exc:  # a pass's own check of its options
+            raise PassOptionError(f"pass {name!r}: {exc}") from None
     return passes
 
 

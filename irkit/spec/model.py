@@ -183,6 +183,8 @@ class Pipeline:
     inputs: tuple[InputDecl, ...] = ()
     eval: DataRef | None = None
     passes: tuple[PassSpec, ...] = ()
+    # ``train = npz(path, input =, labels =)``: what training passes (distill) learn from.
+    train: DataRef | None = field(default=None, metadata={"omit_if_none": True})
     targets: tuple[TargetSpec, ...] = ()
     serves: tuple[ServeSpec, ...] = ()
     output: Path = Path("build")
@@ -225,6 +227,10 @@ class SpecFile:
         return spec_error(message, self.display_name, self.text, line, column)
 
 
+# The irkit command-line option that picks one of several declared items.
+_CHOOSE_WITH = {"pipeline": "--pipeline", "target": "--target", "serve block": "--adapter"}
+
+
 def _pick(
     items: tuple[Any, ...],
     name: str | None,
@@ -241,8 +247,10 @@ def _pick(
         if not items:
             raise SpecError(f"{owner} declares no {what}", file, line, column)
         listed = ", ".join(repr(n) for n in names)
+        flag = _CHOOSE_WITH.get(what, "")
         raise SpecError(
-            f"{owner} declares {len(items)} {what}s ({listed}); choose one by name",
+            f"{owner} declares {len(items)} {what}s ({listed}); choose one by name"
+            + (f" (on the command line: {flag} NAME)" if flag else ""),
             file,
             line,
             column,
@@ -292,6 +300,7 @@ def to_data(obj: Any, base: Path | None = None) -> Any:
             f.name: to_data(getattr(obj, f.name), base)
             for f in dataclasses.fields(obj)
             if f.compare and f.name not in _POSITION_FIELDS
+            and not (f.metadata.get("omit_if_none") and getattr(obj, f.name) is None)
         }
     if isinstance(obj, Path):
         if base is not None and obj.is_relative_to(base):

@@ -459,6 +459,9 @@ class _SpecBuilder(Transformer[Token, Any]):
     def eval_item(self, meta: Any, children: list[_Located]) -> _Item:
         return _Item("eval", self.data_ref(children[0], "eval"), meta.line, meta.column)
 
+    def train_item(self, meta: Any, children: list[_Located]) -> _Item:
+        return _Item("train", self.data_ref(children[0], "train"), meta.line, meta.column)
+
     def output_item(self, meta: Any, children: list[_Located]) -> _Item:
         located = children[0]
         if not isinstance(located.value, str):
@@ -558,6 +561,7 @@ class _SpecBuilder(Transformer[Token, Any]):
             model=single["model"].value,
             inputs=get("inputs", ()),
             eval=get("eval", None),
+            train=get("train", None),
             passes=get("passes", ()),
             targets=tuple(targets.values()),
             serves=tuple(serves.values()),

@@ -59,6 +59,8 @@ class _Checker:
         self.model(pipeline.model)
         if pipeline.eval is not None:
             self.data_file(pipeline.eval, "eval data")
+        if pipeline.train is not None:
+            self.data_file(pipeline.train, "train data")
         passes = tuple(self.pass_spec(p) for p in pipeline.passes)
         targets = tuple(self.target(t) for t in pipeline.targets)
         serves = tuple(self.serve(s) for s in pipeline.serves)

@@ -26,6 +26,7 @@ MLP_FILE = "digits_mlp.onnx"
 CNN_FILE = "digits_cnn.onnx"
 EVAL_FILE = "digits_eval.npz"
 CALIB_FILE = "digits_calib.npz"
+TRAIN_FILE = "digits_train.npz"
 CALIB_SIZE = 128
 REPO_SPECS = Path(__file__).resolve().parents[2] / "specs"
 
@@ -175,7 +176,7 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
 
 def assets_present(models_dir: Path, data_dir: Path) -> bool:
     files = [models_dir / MLP_FILE, models_dir / CNN_FILE]
-    files += [data_dir / EVAL_FILE, data_dir / CALIB_FILE]
+    files += [data_dir / EVAL_FILE, data_dir / CALIB_FILE, data_dir / TRAIN_FILE]
     return all(f.is_file() for f in files)
 
 
@@ -187,8 +188,9 @@ def make_digits_assets(
 ) -> DigitsReport:
     """Train, export and write the digits models and data under ``specs_dir``.
 
-    Writes ``models/digits_{mlp,cnn}.onnx`` and ``data/digits_{eval,calib}.npz``; skips the
-    work when all four exist unless ``force``.
+    Writes ``models/digits_{mlp,cnn}.onnx`` and ``data/digits_{eval,calib,train}.npz``
+    (the training split, for ``distill``); skips the work when all five exist unless
+    ``force``.
     """
     import torch
 
@@ -219,4 +221,7 @@ def make_digits_assets(
     calib = split.x_train[:CALIB_SIZE]
     calib_npz = _npz_bytes(x=calib, x_img=calib.reshape(-1, 1, 8, 8))
     _write_atomically(data_dir / CALIB_FILE, calib_npz)
+    train_npz = _npz_bytes(x=split.x_train, x_img=split.x_train.reshape(-1, 1, 8, 8),
+                           y=split.y_train)
+    _write_atomically(data_dir / TRAIN_FILE, train_npz)
     return DigitsReport(models_dir, data_dir, True, mlp_acc, cnn_acc)

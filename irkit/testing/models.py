@@ -51,6 +51,19 @@ def make_transformer_encoder(
     return encoder.eval()
 
 
+def make_transformer_student() -> torch.nn.Module:
+    """A student for the ``transformer`` built-in: one encoder layer (of two) with half
+    the feed-forward width, d=128, 4 heads (``distill { student = "irkit.testing.models:
+    make_transformer_student" }``)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(1)
+    layer = nn.TransformerEncoderLayer(128, 4, dim_feedforward=256, dropout=0.0,
+                                       activation="gelu", batch_first=True)
+    return nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+
+
 def make_resnet_cnn(num_classes: int = 10, width: int = 16, seed: int = 0) -> torch.nn.Module:
     """A small ResNet-style CNN for f32[N, 3, 32, 32]: stem, three residual stages, head."""
     import torch

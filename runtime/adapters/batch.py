@@ -101,9 +101,10 @@ class BatchAdapter:
     """Run a model over a file into sharded output with a manifest (see module docstring)."""
 
     options: dict[str, Option] = {
-        "input": Option(str, None, "input file, or a directory or glob of parquet/npy/npz "
-                        "files", required=True),
-        "output": Option(str, None, "output directory; its extension names the format",
+        "input": Option(Path, None, "input file, or a directory or glob of parquet/npy/npz "
+                        "files (in a spec: relative to the spec file)", required=True),
+        "output": Option(Path, None, "output directory; its extension names the format "
+                         "(in a spec: relative to the spec file)",
                          required=True),
         "input_format": Option(str, None, "input format (default: from the extension)",
                                choices=(*FORMATS, None)),
@@ -140,6 +141,9 @@ class BatchAdapter:
         self.output = Path(config["output"])
         self.input_files, self.input_format = input_files(config["input"],
                                                           config["input_format"])
+        missing = [f for f in self.input_files if not f.exists()]
+        if missing:
+            raise ValueError(f"input file not found: {missing[0]}")
         # An output directory without an extension writes shards in the input's format.
         output_format = config["output_format"]
         if output_format is None and not self.output.suffix:

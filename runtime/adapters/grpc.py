@@ -156,6 +156,7 @@ class GrpcAdapter(Frontend):
         if port == 0:
             raise OSError(f"grpc: cannot listen on {host}:{self.port}")
         self.port = port
+        log.info("grpc: listening on %s (inference.GRPCInferenceService)", self.address)
         return server
 
     def stop(self) -> None:

@@ -326,6 +326,7 @@ class HttpAdapter(Frontend):
         "max_payload_bytes": Option(int, 64 << 20, "larger request bodies get 413"),
         "log_level": Option(str, "warning", "uvicorn log level",
                             choices=("critical", "error", "warning", "info", "debug")),
+        "access_log": Option(bool, False, "one line per request (uvicorn's access log)"),
         "http": Option(str, "auto", "uvicorn HTTP parser (auto: httptools if installed)",
                        choices=("auto", "httptools", "h11")),
         "loop": Option(str, "auto", "event loop (auto: uvloop if installed)",
@@ -348,6 +349,7 @@ class HttpAdapter(Frontend):
         self.port: int = config["port"]
         self.max_payload_bytes: int = config["max_payload_bytes"]
         self.log_level: str = config["log_level"]
+        self.access_log: bool = config["access_log"]
         self.http: str = config["http"]
         self.loop: str = config["loop"]
         self.processes: int = config["processes"]
@@ -415,13 +417,16 @@ class HttpAdapter(Frontend):
             http=self.http,
             loop=self.loop,
             log_level=self.log_level,
-            access_log=False,
+            access_log=self.access_log,
             lifespan="on",
             timeout_graceful_shutdown=30,
             # nothing here reads the client address: skip X-Forwarded-* handling per request
             proxy_headers=False,
         )
         self._server = _Server(config)
+        log.info("http: listening on %s (Open Inference Protocol v2: POST "
+                 "%s/v2/models/<model>/infer; health %s/v2/health/ready)", self.url, self.url,
+                 self.url)
         if self._stop_requested:
             self._server.should_exit = True
         try:

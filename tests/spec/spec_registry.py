@@ -62,6 +62,8 @@ def make_registry() -> Registry:
     add("passes", "prune", FakePrune)
     add("passes", "quantize", FakeQuantize)
     add("passes", "lowrank", FakeLowrank)
+    add("passes", "distill", "irkit.compress.distill:Distill")
+    add("passes", "search", "irkit.compress.search:Search")
     add(
         "passes",
         "tag",
@@ -109,6 +111,7 @@ def make_registry() -> Registry:
             input_topic=Option(str, required=True),
             output_topic=Option(str, required=True),
             group=Option(str, "irkit"),
+            embedded_port=Option(int, 0),
         ),
     )
     add(

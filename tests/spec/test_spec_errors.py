@@ -18,7 +18,7 @@ BROKEN: list[tuple[str, str, str, str]] = [
         f"pipeline a {{\n  {M}\n",
         "bad.irk:2:25",
         "unexpected end of file; expected one of 'eval', 'inputs', 'model', 'output', 'passes', "
-        "'serve', 'target', '}'",
+        "'serve', 'target', 'train', '}'",
     ),
     (
         "missing-equals",

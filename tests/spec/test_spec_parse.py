@@ -184,7 +184,7 @@ def test_did_you_mean_lists_known_names() -> None:
         parse('pipeline a { model = onnx("m")\n  passes { prunne }\n}')
     assert info.value.message == unknown_name_message("pass", "prunne", make_registry().passes)
     assert "did you mean 'prune'?" in info.value.message
-    assert "(known: cse, fold, fuse, lowrank, prune, quantize, tag)" in info.value.message
+    assert "(known: cse, distill, fold, fuse, lowrank, prune, quantize, search, tag)" in info.value.message
     # A name with nothing close still lists what exists.
     with pytest.raises(SpecError) as info:
         parse('pipeline a { model = onnx("m")\n  target tpu\n}')

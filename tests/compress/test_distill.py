@@ -1,0 +1,107 @@
+"""distill: the torch replay computes the graph, a distilled student beats one trained on
+labels alone, and bad input gets a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import irkit
+from irkit.cli import main
+from irkit.errors import IrkitError
+from irkit.passes.manager import evaluate_graph
+
+torch = pytest.importorskip("torch")
+
+
+def _digits(models: Path) -> tuple[irkit.ir.Graph, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    data = models.parent / "data"
+    graph = irkit.load_model(models / "digits_cnn.onnx")
+    return graph, dict(np.load(data / "digits_train.npz")), dict(np.load(data / "digits_eval.npz"))
+
+
+def test_replay_computes_the_graph(digits_models: Path) -> None:
+    from irkit.compress.torch_graph import graph_module
+
+    graph, _, ev = _digits(digits_models)
+    x = ev["x_img"][:64]
+    want = evaluate_graph(graph, {"x": x})["logits"]
+    with torch.no_grad():
+        got = graph_module(graph)(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_distilled_student_beats_labels_alone(digits_models: Path) -> None:
+    """Same quarter-width student, same fresh init, 400 labeled examples, 20 epochs: soft
+    teacher targets (alpha 0.9) vs cross-entropy on the labels alone (alpha 0). Measured
+    here: 95.3% vs 89.4% on the 360 held-out digits (the teacher: 99.4%)."""
+    graph, tr, ev = _digits(digits_models)
+    accuracies = {}
+    for alpha in (0.0, 0.9):
+        student = irkit.optimize(
+            graph, f"distill{{width=0.25,init=random,alpha={alpha},epochs=20,patience=20,"
+            "verbose=false}", eval_data={"x": ev["x_img"]}, labels=ev["y"],
+            train_data={"x": tr["x_img"][:400]}, train_labels=tr["y"][:400])
+        report = student.history[-1]
+        assert report.params_after < 0.2 * report.params_before  # 1,674 of 10,122
+        assert [v.name for v in student.outputs] == ["logits"]
+        accuracies[alpha] = report.accuracy
+    assert accuracies[0.9] >= accuracies[0.0] + 0.03, accuracies
+    assert accuracies[0.9] >= 0.9, accuracies
+
+
+def test_distill_is_reproducible_and_says_what_it_did(digits_models: Path) -> None:
+    graph, tr, ev = _digits(digits_models)
+    runs = [irkit.optimize(graph, "distill{width=0.5,epochs=3,verbose=false}",
+                           train_data={"x": tr["x_img"][:300]}, train_labels=tr["y"][:300])
+            for _ in range(2)]
+    outs = [evaluate_graph(g, {"x": ev["x_img"][:32]})["logits"] for g in runs]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    details = runs[0].history[-1].details
+    assert details["narrowed"] == {"/0/Conv": [16, 8], "/3/Conv": [32, 16]}
+    assert details["student_params"] == 3914 and details["teacher_params"] == 10122
+    assert details["epochs_run"] == 3 and "255 train / 45 held out" in details["data"]
+
+
+def test_distill_without_training_data_is_a_clear_error(digits_models: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    graph, _, _ = _digits(digits_models)
+    with pytest.raises(IrkitError, match="distill needs training inputs"):
+        irkit.optimize(graph, "distill")
+    code = main(["optimize", str(digits_models / "digits_cnn.onnx"), "--passes",
+                 "distill{width=1.5}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "width must be in (0, 1]" in err and "Traceback" not in err
+
+
+def test_depth_student_of_the_transformer(transformer_onnx: Path) -> None:
+    """depth = 1 keeps one of the encoder's two layers (found as a repeated block of 51
+    nodes); a few epochs on the teacher's outputs over random inputs bring the output error
+    below the untrained one-layer graph's."""
+    from irkit.compress.depth import drop_blocks, find_blocks
+
+    teacher = irkit.load_model(transformer_onnx)
+    blocks = find_blocks(teacher)
+    assert blocks is not None and blocks.count == 2
+    rng = np.random.default_rng(0)
+    name = teacher.inputs[0].name
+    train = {name: rng.standard_normal((96, 64, 128)).astype(np.float32)}
+    held = {name: rng.standard_normal((16, 64, 128)).astype(np.float32)}
+    want = evaluate_graph(teacher, held)["y"]
+
+    def rel_error(graph: irkit.ir.Graph) -> float:
+        got = evaluate_graph(graph, held)["y"]
+        return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+    untrained, _ = drop_blocks(teacher, 1)
+    student = irkit.optimize(teacher, "distill{depth=1,epochs=3,lr=1e-3,verbose=false}",
+                             train_data=train)
+    details = student.history[-1].details
+    assert details["narrowed"]["depth"] == {"blocks": 2, "kept": 1, "nodes_per_block": 51}
+    assert details["student_params"] < 0.55 * details["teacher_params"]
+    assert [v.name for v in student.outputs] == ["y"]
+    assert rel_error(student) < 0.8 * rel_error(untrained), (rel_error(student),
+                                                             rel_error(untrained))
