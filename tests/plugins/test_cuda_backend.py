@@ -157,3 +157,28 @@ def test_on_a_gpu_against_onnxruntime(tmp_path: Path) -> None:
         x = np.random.default_rng(batch).standard_normal((batch, 64)).astype(np.float32)
         np.testing.assert_allclose(compiled(x=x)["y"], reference(x=x)["y"], rtol=1e-4,
                                    atol=1e-4)
+
+
+def test_attention_on_the_simulator(tmp_path: Path) -> None:
+    """The streaming-attention template (running-max softmax) in the simulator against
+    ONNX Runtime on the unfused graph; ptxas accepts its kernels."""
+    from irkit.ir import parse_graph
+
+    graph = parse_graph("""graph g(%q: f32[N,2,4,3], %kt: f32[N,2,3,5], %v: f32[N,2,5,3])
+        -> (%o: f32[N,2,4,3]) {
+  %s = MatMul(%q, %kt) : f32[N,2,4,5]
+  %p = Softmax(%s) {axis=-1} : f32[N,2,4,5]
+  %o = MatMul(%p, %v) : f32[N,2,4,3]
+}""")
+    fused = irkit.optimize(graph, "fuse")
+    assert "ScaledDotProductAttention" in [node.op for node in fused.nodes]
+    artifact = irkit.compile(fused, target="cuda")
+    assert any("attention" in name for name in artifact.files if name.endswith(".ptx"))
+    _assert_ptxas_accepts(artifact.files, tmp_path)
+    compiled = irkit.runtime.load(artifact.save(tmp_path / "a"), device="simulator")
+    reference = _ort(graph, tmp_path)
+    rng = np.random.default_rng(5)
+    feeds = {v.name: rng.standard_normal([2 if isinstance(d, str) else d for d in v.shape])
+             .astype(np.float32) for v in graph.inputs}
+    np.testing.assert_allclose(compiled.run(feeds)["o"], reference.run(feeds)["o"],
+                               rtol=RTOL, atol=ATOL)
