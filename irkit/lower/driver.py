@@ -11,7 +11,7 @@ from irkit.ir import Graph, Node, TensorType, Value
 from irkit.kir import Cast, Const, Expr, Placement, Program, Stmt, Store, Var
 from irkit.kir.visit import substitute
 from irkit.lower import elementwise as ew
-from irkit.lower import image, indexing, linalg, nn, quant_ops, resize, shape_ops
+from irkit.lower import image, indexing, linalg, lowbit, nn, quant_ops, resize, shape_ops
 from irkit.lower.attention import LOWERINGS as ATTENTION_LOWERINGS
 from irkit.lower.context import MAX_INLINE_COST, LoweringContext, Tiles
 from irkit.lower.fused import FUSED_HEAVY
@@ -162,6 +162,8 @@ class GraphLowering:
 
     def dtype(self, value: Value) -> str:
         dt = KIR_DTYPES.get(value.dtype) if value.dtype is not None else None
+        if lowbit.is_low_bit(value.dtype):
+            dt = lowbit.STORAGE  # one code per byte (irkit.lower.lowbit)
         if dt is None:
             raise LoweringError(f"value %{value.name} has unsupported dtype {value.dtype}")
         return dt
@@ -174,7 +176,8 @@ class GraphLowering:
             buf = ctx.io_buffer(value.name, self.dtype(value), product(shape))
             self.refs[value] = buffer_ref(buf, shape)
         for value in self.graph.constants.values():
-            self.refs[value] = ctx.const_ref(value.const, self.dtype(value))
+            const = lowbit.codes(value.const) if lowbit.is_low_bit(value.dtype) else value.const
+            self.refs[value] = ctx.const_ref(const, self.dtype(value))
         for node in self.graph.nodes:
             if node in self.done:
                 continue
@@ -202,13 +205,16 @@ class GraphLowering:
     def lower_node(self, node: Node) -> None:
         ins = self._input_refs(node)
         try:
-            generic = linalg.needs_generic(node, ins)  # f64/integer MatMul, Gemm
-            if node.op in HEAVY and not generic and not any(
+            low_bit = lowbit.touches(node)  # int4, float8…: irkit.lower.lowbit
+            generic = not low_bit and linalg.needs_generic(node, ins)  # f64/integer MatMul
+            if node.op in HEAVY and not low_bit and not generic and not any(
                     r is not None and r.dtype in ("f16", "bf16") for r in ins):
                 self.lower_heavy(node, self.heavy(node.op)(self.ctx, node, ins))
                 return
-            folded = ew.fold_constant(node, ins)
-            if generic:
+            folded = None if low_bit else ew.fold_constant(node, ins)
+            if low_bit:
+                outs = lowbit.lower_node(self.ctx, node, ins, LOWERINGS)
+            elif generic:
                 outs = linalg.lower_matmul_generic(self.ctx, node, ins)
             elif node.op in HEAVY:
                 outs = [self.lower_half_heavy(node, ins)]

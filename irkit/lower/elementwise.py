@@ -77,6 +77,13 @@ def _gelu(x: Expr, node: Node) -> Expr:
     return half * x * (_c(1.0, x) + Call("erf", (x * _c(1.0 / math.sqrt(2.0), x),)))
 
 
+def _shrink(x: Expr, node: Node) -> Expr:
+    """``x + bias`` below ``-lambd``, ``x - bias`` above ``lambd``, else 0."""
+    lambd, bias = node.attr("lambd", 0.5), node.attr("bias", 0.0)
+    above = Select(Binary("gt", x, _c(lambd, x)), x - _c(bias, x), _c(0, x))
+    return Select(Binary("lt", x, _c(-lambd, x)), x + _c(bias, x), above)
+
+
 UNARY: dict[str, UnaryFn] = {
     "Relu": lambda x, n: Binary("max", x, _c(0, x)),
     "Sigmoid": lambda x, n: _sigmoid(x),
@@ -114,6 +121,7 @@ UNARY: dict[str, UnaryFn] = {
         "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh")},
     "Sign": lambda x, n: _sign(x),
     "BitwiseNot": lambda x, n: Unary("not", x),
+    "Shrink": lambda x, n: _shrink(x, n),
 }
 BOOL_RESULT = frozenset(["IsNaN", "IsInf"])
 

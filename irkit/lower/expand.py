@@ -74,6 +74,7 @@ def _expand(graph: Graph, lowers: Callable[[str, str], bool], opset: int) -> Gra
             if lowers(node.op_type, node.domain) or not expandable(node.op_type, node.domain,
                                                                      opset):
                 continue
+            _fill_defaults(node, opset)
             body = _function_body(node, opset, types)
             if body is None:
                 continue
@@ -95,6 +96,23 @@ def _expand(graph: Graph, lowers: Callable[[str, str], bool], opset: int) -> Gra
     expanded = load_onnx(model)
     expanded.name = graph.name
     return expanded
+
+
+def _fill_defaults(node: onnx.NodeProto, opset: int) -> None:
+    """Give ``node`` its schema's default for each attribute it omits: ONNX's inliner
+    leaves a body's reference to an absent attribute empty (Selu's ``alpha`` becomes a
+    Constant with no value) instead of using the default."""
+    import onnx.defs
+
+    schema: Any = onnx.defs.get_schema(node.op_type, opset, "")
+    present = {a.name for a in node.attribute}
+    for name, attr in schema.attributes.items():
+        default = attr.default_value
+        if name in present or not default.type:
+            continue
+        filled = node.attribute.add()
+        filled.CopyFrom(default)
+        filled.name = name
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, bytes]:

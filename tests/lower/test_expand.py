@@ -40,6 +40,10 @@ CASES = {
     # moved to 22 through ONNX's version converter, keeping its attribute references.
     "selu_22": _model(helper.make_node("Selu", ["x"], ["y"], alpha=1.5, gamma=1.2),
                       {"x": ["N", 6]}, ["N", 6], 22),
+    # No attributes: the body's references to alpha and gamma take the schema defaults
+    # (ONNX's inliner alone would leave their Constants empty).
+    "selu_defaults": _model(helper.make_node("Selu", ["x"], ["y"]), {"x": ["N", 6]},
+                            ["N", 6], 22),
     "mvn": _model(helper.make_node("MeanVarianceNormalization", ["x"], ["y"], axes=[0, 2]),
                   {"x": ["N", 3, 5]}, ["N", 3, 5], 18),
     "reduce_logsumexp": _model(

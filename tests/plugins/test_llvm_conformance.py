@@ -22,7 +22,11 @@ KNOWN_WRONG = {
     "test_dft_inverse",
     "test_dft_inverse_opset19",
 }
-MIN_PASSING = 1510  # measured: 1,520 of 1,884 (80.7%) on 2026-11-30
+# measured: 1,520 of 1,884 (80.7%) on 2026-11-30; 1,666 (88.4%) on 2026-12-07 with the
+# low-bit types (issue #22). The 24 Casts from float to int4/int2 whose stored expected
+# values give 0 for out-of-range inputs (undefined in ONNX; onnx.reference and irkit wrap)
+# are evaluator-error, not failures.
+MIN_PASSING = 1656
 
 
 @pytest.mark.slow
