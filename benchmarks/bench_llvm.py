@@ -8,7 +8,12 @@ Each model is compiled for every ``--arch`` (``native``: this CPU; ``x86-64-v3``
 FMA, the code that runs on most servers users deploy to) and timed beside ONNX Runtime,
 which picks its kernels from the CPU it runs on.
 
-Prints per-row latencies (medians over alternating rounds), irkit/ORT ratios and a
+The numba backend's artifact of the same graph is timed in the same rounds (``--also
+numba``, the default; ``--also ""`` leaves it out): its column gives its latency and its
+ratios to llvm (``/irkit``) and to ONNX Runtime (``/anchor``); its first load, which
+compiles the generated source with Numba, is reported once per model.
+
+Prints per-row latencies (medians over rotating rounds), irkit/ORT ratios and a
 1024^3 matmul GFLOP/s line beside numpy's (OpenBLAS limited to one thread). Targets
 (1 thread): ratio <= 0.8 at batch 1 for mlp and gemm512, <= 1.1 at batch 64 for resnet
 and transformer, matmul >= 70% of numpy. ``minilm`` (all-MiniLM-L6-v2, sequence 32)
@@ -32,6 +37,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--arch", default="native,x86-64-v3",
                         help="comma-separated targets, one row each (default native,x86-64-v3)")
+    parser.add_argument("--also", default="numba",
+                        help="other backends timed in the same rounds (default numba)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall: elapsed time; cpu: the process's CPU time, steadier on a "
                              "shared machine (default wall)")
@@ -42,6 +49,7 @@ def main() -> int:
         threads=tuple(int(t) for t in args.threads.split(",")),
         repeats=args.repeats,
         arches=tuple(a for a in args.arch.split(",") if a),
+        also=tuple(a for a in args.also.split(",") if a),
         clock=args.clock,
     )
     print("\ntargets (1 thread):")

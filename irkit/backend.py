@@ -135,6 +135,11 @@ class KernelBackend:
         """Heavy-op template parameters for ``target`` (default: its register tiles)."""
         return Tiles.for_target(target)
 
+    def requirements(self, target: Target) -> dict[str, Any]:
+        """What a machine must have to run this backend's code for ``target`` (recorded
+        per variant, checked at load): by default the target's ISA features."""
+        return target.requirements()
+
     def check_options(self, options: dict[str, Any]) -> None:
         """Raise BackendError for option values the types alone do not rule out."""
         if options["threads"] < 0:
@@ -178,7 +183,7 @@ class KernelBackend:
                 if opts["fallback"] == "ort":
                     return self._ort_fallback(legal, opts, str(exc), caps)
                 raise BackendUnsupportedError(str(exc)) from exc
-            compiled.variants.append(Variant(target.to_json(), target.requirements(),
+            compiled.variants.append(Variant(target.to_json(), self.requirements(target),
                                              tuple(segments)))
             fallback_ops = sorted({n.qualified_op for n in caps.unsupported(legal)})
             if fallback_ops and not any("fallback_ops" in n for n in notes):

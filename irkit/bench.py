@@ -42,6 +42,8 @@ class BenchRow:
     other_ms: float
     against: str = "onnxruntime"
     arch: str = "native"
+    # Other kernel backends timed in the same rounds (``also``): backend -> ms.
+    extra_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -54,13 +56,21 @@ class BenchResult:
     matmul: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> str:
+        extras = sorted({name for r in self.rows for name in r.extra_ms})
         head = (f"{'model':<12} {'arch':<10} {'batch':>5} {'thr':>3} {'irkit ms':>10} "
                 f"{'anchor':>11} {'anchor ms':>10} {'ratio':>6}")
+        for name in extras:  # e.g. numba ms, numba/irkit, numba/anchor
+            head += f" {name + ' ms':>10} {'/irkit':>6} {'/anchor':>7}"
         lines = [cpu_description(), head, "-" * len(head)]
         for r in self.rows:
-            lines.append(f"{r.model:<12} {r.arch:<10} {r.batch:>5} {r.threads:>3} "
-                         f"{r.irkit_ms:>10.4f} {r.against:>11} {r.other_ms:>10.4f} "
-                         f"{r.ratio:>6.2f}")
+            line = (f"{r.model:<12} {r.arch:<10} {r.batch:>5} {r.threads:>3} "
+                    f"{r.irkit_ms:>10.4f} {r.against:>11} {r.other_ms:>10.4f} "
+                    f"{r.ratio:>6.2f}")
+            for name in extras:
+                ms = r.extra_ms.get(name)
+                line += (f" {ms:>10.4f} {ms / r.irkit_ms:>6.2f} {ms / r.other_ms:>7.2f}"
+                         if ms else f" {'-':>10} {'-':>6} {'-':>7}")
+            lines.append(line)
         if self.matmul:
             m = self.matmul
             lines.append(
@@ -261,17 +271,25 @@ def alternate(fa: Callable[[], Any], fb: Callable[[], Any], repeats: int,
               budget_s: float = 2.0, clock: str = "wall") -> tuple[float, float]:
     """Median seconds per call of ``fa`` and ``fb`` over alternating rounds, by ``clock``
     (see :data:`CLOCKS`)."""
+    ta, tb = interleave([fa, fb], repeats, budget_s, clock)
+    return ta, tb
+
+
+def interleave(fns: Sequence[Callable[[], Any]], repeats: int, budget_s: float = 2.0,
+               clock: str = "wall") -> list[float]:
+    """Median seconds per call of each of ``fns`` over rounds that run all of them, the
+    order rotating from round to round (two: alternating), by ``clock``."""
     for _ in range(3):
-        fa(), fb()
-    one = max(_time_calls(fa, 1), _time_calls(fb, 1), 1e-6)
-    inner = max(1, min(200, int(budget_s / max(repeats, 1) / 2 / one)))
-    ta, tb = [], []
+        for fn in fns:
+            fn()
+    one = max(*(_time_calls(fn, 1) for fn in fns), 1e-6)
+    inner = max(1, min(200, int(budget_s / max(repeats, 1) / len(fns) / one)))
+    times: list[list[float]] = [[] for _ in fns]
     for r in range(repeats):
-        first, second = (fa, fb) if r % 2 == 0 else (fb, fa)
-        t1, t2 = _time_calls(first, inner, clock), _time_calls(second, inner, clock)
-        ta.append(t1 if first is fa else t2)
-        tb.append(t2 if first is fa else t1)
-    return float(np.median(ta)), float(np.median(tb))
+        shift = r % len(fns)
+        for k in [*range(shift, len(fns)), *range(shift)]:
+            times[k].append(_time_calls(fns[k], inner, clock))
+    return [float(np.median(t)) for t in times]
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 5) -> dict[str, float]:
@@ -310,13 +328,16 @@ def run_bench(
     matmul: bool = True,
     verbose: bool = True,
     arches: Sequence[str] = ("native",),
+    also: Sequence[str] = (),
     clock: str = "wall",
 ) -> BenchResult:
     """Benchmark ``model_or_spec`` compiled for ``target`` (for each of ``arches`` when
     it is a kernel backend: ``native``, ``x86-64-v3``…) against each anchor in
     ``against`` (``onnxruntime``: ORT's own ``InferenceSession.run``; ``torch``: eager
     PyTorch, see :mod:`irkit.bench_torch`); prints and returns the table (plus the 1024^3
-    matmul line when ``matmul``). ``clock``: ``wall`` or ``cpu`` (:data:`CLOCKS`)."""
+    matmul line when ``matmul``). Backends in ``also`` (``numba``) are compiled too and
+    timed in the same rounds, a column each with its ratio to irkit and to the anchor.
+    ``clock``: ``wall`` or ``cpu`` (:data:`CLOCKS`)."""
     import irkit
     import irkit.runtime
 
@@ -340,6 +361,7 @@ def run_bench(
             with tempfile.TemporaryDirectory() as tmp:
                 irkit.compile(graph, target=target, **options).save(Path(tmp) / "a")
                 ours = irkit.runtime.load(Path(tmp) / "a", threads=thr)
+            others = {name: _extra_backend(graph, name, thr, verbose) for name in also}
             # The anchor is ONNX Runtime's own call, without irkit's input checks around it.
             session = _ort_session(irkit.compile(graph, target="ort").files["model.onnx"], thr)
             ort_run = partial(session.run, [v.name for v in graph.outputs])
@@ -357,21 +379,42 @@ def run_bench(
                         print(f"  {name} batch {batch}: torch and irkit outputs differ by at "
                               f"most {diff:.2g}", flush=True)
                 for anchor, call in calls.items():
-                    t_ours, t_anchor = alternate(partial(ours.run, feeds), call, repeats,
-                                                  clock=clock)
+                    extra = [partial(m.run, feeds) for m in others.values()]
+                    t_ours, t_anchor, *t_extra = interleave(
+                        [partial(ours.run, feeds), call, *extra], repeats, clock=clock)
                     row = BenchRow(name, batch, thr, t_ours * 1e3, t_anchor * 1e3, anchor,
-                                   arch)
+                                   arch, {n: t * 1e3 for n, t in zip(others, t_extra)})
                     result.rows.append(row)
                     if verbose:
+                        more = "".join(f", {n} {ms:.4f} ms ({ms / row.irkit_ms:.2f}x irkit)"
+                                       for n, ms in row.extra_ms.items())
                         print(f"  {name} [{arch}] batch {batch} threads {thr}: irkit "
                               f"{row.irkit_ms:.4f} ms, {anchor} {row.other_ms:.4f} ms, "
-                              f"ratio {row.ratio:.2f}", flush=True)
+                              f"ratio {row.ratio:.2f}{more}", flush=True)
             ours.close()
+            for other in others.values():
+                other.close()
     if matmul:
         result.matmul = matmul_gflops()
     if verbose:
         print(result.table())
     return result
+
+
+def _extra_backend(graph: Any, backend: str, threads: int, verbose: bool) -> Any:
+    """``graph`` compiled by ``backend`` and loaded with ``threads`` (its own default
+    arch); a numba artifact's first load compiles it, which is timed and reported."""
+    import irkit
+    import irkit.runtime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        irkit.compile(graph, target=backend, threads=threads).save(Path(tmp) / "x")
+        model = irkit.runtime.load(Path(tmp) / "x", threads=threads)
+    if verbose:
+        print(f"  {backend}: compiled and loaded in {time.perf_counter() - start:.1f} s",
+              flush=True)
+    return model
 
 
 def _backend_options(backend: str) -> dict[str, Any]:

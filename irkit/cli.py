@@ -78,6 +78,10 @@ def summarize(graph: Any) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     if Path(args.model).is_dir():
         print(describe_artifact(Path(args.model)))
+        if not args.summary_only:
+            for name, text in generated_sources(Path(args.model)):
+                print(f"\n# ---- {name} ----")
+                print(text, end="" if text.endswith("\n") else "\n")
         return 0
     if args.dot and not Path(args.dot).resolve().parent.is_dir():
         raise IrkitError(f"--dot {args.dot}: no such directory "
@@ -146,6 +150,23 @@ def machine_for(family: str) -> Any:
         return engine_host()
     except (ImportError, IrkitError):
         return Host("wasm32", frozenset(), "no engine: pip install 'irkit[wasm]'")
+
+
+def generated_sources(path: Path) -> list[tuple[str, str]]:
+    """The generated Python source files of a numba or cuda artifact (checked against
+    the manifest), first variant first."""
+    import irkit.runtime
+    from irkit.runtime.artifact import read_verified
+    from irkit.runtime.program import ProgramEntry
+
+    manifest = irkit.runtime.verify(path)
+    if manifest.backend not in ("numba", "cuda") or "variants" not in manifest.entry:
+        return []
+    entry = ProgramEntry.from_json(manifest.entry, f"{path}/manifest.json: entry")
+    names = [s.program.code for v in entry.variants for s in v.segments
+             if s.program is not None]
+    return [(name, read_verified(path, manifest, name).decode("utf-8"))
+            for name in dict.fromkeys(names)]
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
@@ -566,10 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "'pkg.module:factory') with an op histogram, parameter count and the "
                        "signature. Given an artifact directory, print its signature and, "
                        "for kernel backends, every compiled arch with the CPU features it "
-                       "needs and whether this machine can run it.")
+                       "needs and whether this machine can run it; for numba and cuda "
+                       "artifacts also the generated Python source (--summary-only: "
+                       "not).")
     p.add_argument("model", help="model file, torch factory, or artifact directory")
     p.add_argument("--dot", metavar="FILE", help="also write a Graphviz drawing to FILE")
-    p.add_argument("--summary-only", action="store_true", help="skip the IR text")
+    p.add_argument("--summary-only", action="store_true",
+                   help="skip the IR text (or an artifact's generated source)")
     p.add_argument("--example", metavar="DATA.npz",
                    help="example inputs for a torch factory (arrays in forward's order)")
     p.set_defaults(func=cmd_inspect)

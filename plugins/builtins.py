@@ -31,6 +31,8 @@ def register_backends(register: Register) -> None:
     register("ort", "irkit.plugins.ort:OrtBackend")
     register("llvm", "irkit.plugins.llvm:LlvmBackend")
     register("wasm", "irkit.plugins.wasm:WasmBackend")
+    register("numba", "irkit.plugins.numba:NumbaBackend")
+    register("cuda", "irkit.plugins.cuda:CudaBackend")
 
 
 @hookimpl

@@ -124,6 +124,9 @@ def check_relative_path(relpath: str, where: str = "artifact") -> str:
         )
     if relpath in (MANIFEST_NAME, SIGNATURE_NAME):
         raise ArtifactError(f"{where}: {relpath} cannot be listed as an artifact file")
+    if "__pycache__" in relpath.split("/"):
+        raise ArtifactError(f"{where}: {relpath!r} is in __pycache__, a load-time cache "
+                            "directory, never artifact content")
     return relpath
 
 
@@ -263,9 +266,15 @@ def read_manifest(artifact_dir: str | os.PathLike[str]) -> Manifest:
     return Manifest.from_dict(data, where=str(path))
 
 
+LOAD_CACHE_DIR = "__pycache__"
+"""Not artifact content: where a loader that compiles generated Python source at load
+(numba, cuda) lets Numba keep its compiled code (irkit.runtime.backends.pysource)."""
+
+
 def _present_files(directory: Path) -> set[str]:
     found: set[str] = set()
     for root, dirs, names in os.walk(directory, followlinks=False):
+        dirs[:] = [d for d in dirs if d != LOAD_CACHE_DIR]
         for name in dirs + names:
             full = Path(root) / name
             rel = full.relative_to(directory).as_posix()

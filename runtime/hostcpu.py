@@ -51,7 +51,7 @@ class Host:
         the architecture first when it differs, then each absent feature, sorted."""
         arch = str(requires.get("arch", ""))
         if arch and arch != self.arch:
-            return [f"an {arch} CPU"]
+            return ["an NVIDIA GPU" if arch == "nvptx64" else f"an {arch} CPU"]
         wanted = requires.get("features", ())
         names = wanted if isinstance(wanted, list | tuple) else ()
         return sorted(str(f) for f in names if str(f) not in self.features)

@@ -69,10 +69,17 @@ class _LoaderEntry:
                 try:
                     obj = getattr(importlib.import_module(module_name), attr)
                 except ImportError as exc:
+                    missing = getattr(exc, "name", None) or ""
+                    if missing and (module_name == missing
+                                    or module_name.startswith(missing + ".")):
+                        why = (f"{module_name} does not exist in this installation; is the "
+                               "plugin that provides the backend installed?")
+                    else:
+                        why = (f"{module_name} needs a library that is not installed "
+                               f"({missing or 'see above'})")
                     raise ArtifactError(
                         f"runtime loader for backend {self.name!r} ({self.target}, from "
-                        f"{self.source}) could not be imported: {exc}; is the backend's "
-                        "library installed?"
+                        f"{self.source}) could not be imported: {exc}; {why}"
                     ) from exc
                 except AttributeError as exc:
                     raise ArtifactError(

@@ -13,11 +13,32 @@ import pytest
 SLOW_FIXTURES = {"minilm_onnx"}
 
 
+# Libraries a kernel backend's runtime needs, for op cases parametrized over targets.
+BACKEND_LIBRARIES = {"llvm": "llvmlite", "numba": "numba", "cuda": "numba.cuda"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use a slow-to-build fixture are slow themselves."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Op cases on a kernel target whose runtime library is not installed are skipped,
+    saying which library is missing."""
+    import importlib.util
+
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    target = params.get("target")
+    library = BACKEND_LIBRARIES.get(getattr(target, "backend", ""), "")
+    if library:
+        try:
+            found = importlib.util.find_spec(library) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            pytest.skip(f"{target}: {library} is not installed")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Kernel IR: loop nests over flat typed buffers (see :mod:`irkit.kir.nodes`)."""
 
 from irkit.kir.nodes import (
+    Barrier,
     Binary,
     Block,
     Broadcast,
@@ -31,6 +32,7 @@ from irkit.kir.transforms import KirError, prepare_kernel, unroll_loops
 from irkit.kir.verifier import verify_kernel
 
 __all__ = [
+    "Barrier",
     "Binary",
     "Block",
     "Broadcast",

@@ -43,9 +43,17 @@ CALLS = {
     # dot4_u8s8 whose b bytes all lie in [-64, 64] (the lowering guarantees it): two
     # u8*s8 products then sum within int16, which x86's vpmaddubsw needs to be exact.
     "dot4_u8s7": 3,
+    # GPU templates only, inside a ``thread`` loop: ``x`` as thread ``t ^ mask`` of the
+    # same warp (32 consecutive threads) holds it; every thread of the warp computes it.
+    "shfl_xor": 2,
 }  # fmt: skip
-ForKind = Literal["serial", "parallel", "vector", "unroll"]
-FOR_KINDS = ("serial", "parallel", "vector", "unroll")
+ForKind = Literal["serial", "parallel", "vector", "unroll", "block", "thread"]
+FOR_KINDS = ("serial", "parallel", "vector", "unroll", "block", "thread")
+GPU_KINDS = ("block", "thread")
+"""Loop kinds of GPU templates (registered for the ``gpu`` target family only): a
+``block`` loop's iterations are thread blocks, a ``thread`` loop's the threads of one
+block, which run at once, meet at :class:`Barrier` statements and share ``shared``
+buffers. CPU backends never see them."""
 
 
 class Expr:
@@ -236,7 +244,9 @@ class Broadcast(Expr):
 @dataclass(frozen=True, eq=True)
 class Buffer:
     """A flat typed buffer. ``scope="local"``: a per-kernel scratch array of ``size``
-    (a constant) elements; ``"global"``: memory the program's plan places."""
+    (a constant) elements, private to each iteration of an independent loop around its
+    uses; ``"shared"``: scratch one thread block of a GPU template shares (see
+    ``GPU_KINDS``); ``"global"``: memory the program's plan places."""
 
     name: str
     dtype: str
@@ -265,15 +275,29 @@ class Let(Stmt):
 
 @dataclass(frozen=True, eq=True)
 class For(Stmt):
-    """``for var in range(start, start + extent)``; ``kind`` is a scheduling hint
-    (``unroll`` loops are expanded by :func:`irkit.kir.transforms.unroll_loops`;
-    a top-level ``parallel`` loop is split across threads by the runtime)."""
+    """``for var in range(start, start + extent)``.
+
+    Meaning and schedule are separate. ``independent`` is meaning: no iteration reads
+    memory another iteration writes, and local buffers carry nothing from one iteration
+    to the next, so the iterations may run in any order or all at once (a GPU maps them
+    to threads; numba to ``prange``). ``kind`` is how a CPU schedules the loop, a hint
+    (``unroll`` loops are expanded by :func:`irkit.kir.transforms.unroll_loops`; a
+    ``vector`` loop is vectorized where that is safe; a top-level ``parallel`` loop is
+    split across threads by the runtime, so ``parallel`` implies ``independent``).
+    ``block`` and ``thread`` are the GPU templates' kinds (``GPU_KINDS``).
+    """
 
     var: Var
     extent: Expr
     body: Stmt
     kind: str = "serial"
     start: Expr = field(default_factory=lambda: Const(0))
+    independent: bool = False
+
+    @property
+    def is_independent(self) -> bool:
+        """Whether the iterations are independent (declared, or implied by the kind)."""
+        return self.independent or self.kind in ("parallel", "block")
 
 
 @dataclass(frozen=True, eq=True)
@@ -281,6 +305,12 @@ class If(Stmt):
     cond: Expr
     then: Stmt
     orelse: Stmt | None = None
+
+
+@dataclass(frozen=True, eq=True)
+class Barrier(Stmt):
+    """GPU templates only: every iteration of the enclosing ``thread`` loop reaches this
+    point before any goes on; ``shared`` buffer stores before it are seen after it."""
 
 
 @dataclass(frozen=True, eq=True)

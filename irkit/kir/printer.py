@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from irkit.kir.nodes import (
+    Barrier,
     Binary,
     Block,
     Broadcast,
@@ -83,7 +84,11 @@ def format_stmt(stmt: Stmt, indent: int = 0) -> list[str]:
                 head += f"range({format_expr(start)}, +{format_expr(extent)})"
             if kind != "serial":
                 head += f" {kind}"
+            if stmt.independent and kind not in ("parallel", "block"):
+                head += " independent"
             return [head + ":", *format_stmt(body, indent + 1)]
+        case Barrier():
+            return [f"{pad}barrier"]
         case If(cond=cond, then=then, orelse=orelse):
             lines = [f"{pad}if {format_expr(cond)}:", *format_stmt(then, indent + 1)]
             if orelse is not None:
@@ -103,7 +108,8 @@ def _format_buffer(buf: Buffer) -> str:
 def print_kernel(kernel: Kernel) -> str:
     lines = [f"kernel {kernel.name}({', '.join(_format_buffer(b) for b in kernel.buffers)}) {{"]
     for buf in kernel.locals:
-        lines.append(f"  local {_format_buffer(buf)}")
+        scope = "shared" if buf.scope == "shared" else "local"
+        lines.append(f"  {scope} {_format_buffer(buf)}")
     lines += format_stmt(kernel.body, 1)
     lines.append("}")
     return "\n".join(lines)

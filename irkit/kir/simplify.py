@@ -277,7 +277,7 @@ def drop_empty_loop(stmt: Stmt) -> Stmt | None:
 
 def inline_single_iteration(stmt: Stmt) -> Stmt | None:
     assert isinstance(stmt, For)
-    if _is_const(stmt.extent, 1) and stmt.kind != "parallel":
+    if _is_const(stmt.extent, 1) and stmt.kind not in ("parallel", "block", "thread"):
         return substitute_stmt(stmt.body, {stmt.var: stmt.start})
     return None
 
@@ -308,7 +308,7 @@ STMT_RULES: Sequence[StmtRule] = (
 def _rewrite_children(stmt: Stmt, rules: Sequence[StmtRule]) -> Stmt:
     match stmt:
         case For(var=var, extent=extent, body=body, kind=kind, start=start):
-            return For(var, extent, rewrite_stmt(body, rules), kind, start)
+            return For(var, extent, rewrite_stmt(body, rules), kind, start, stmt.independent)
         case If(cond=cond, then=then, orelse=orelse):
             return If(
                 cond,

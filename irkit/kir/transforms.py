@@ -17,7 +17,7 @@ def unroll_loops(stmt: Stmt) -> Stmt:
         case For(var=var, extent=extent, body=body, kind=kind, start=start):
             body = unroll_loops(body)
             if kind != "unroll":
-                return For(var, extent, body, kind, start)
+                return For(var, extent, body, kind, start, stmt.independent)
             if not isinstance(extent, Const):
                 raise KirError(f"unroll loop over {var.name} needs a constant extent")
             return block(

@@ -118,18 +118,19 @@ def vectorize_loops(stmt: Stmt, lanes: int) -> Stmt:
         case For(var=var, extent=extent, body=body, kind=kind, start=start):
             body = vectorize_loops(body, lanes)
             if kind != "vector":
-                return For(var, extent, body, kind, start)
+                return For(var, extent, body, kind, start, stmt.independent)
             chunk = Var(f"{var.name}_v")
             base = simplify_expr(start + chunk * lanes)
             try:
                 wide = _vector_body(body, var, base, lanes)
             except _NotVectorizable:
-                return For(var, extent, body, "serial", start)
+                return For(var, extent, body, "serial", start, stmt.independent)
             full = simplify_expr(extent // lanes)
             rest_start = simplify_expr(start + full * lanes)
             return block(
-                For(chunk, full, wide),
-                For(var, simplify_expr(extent - full * lanes), body, "serial", rest_start),
+                For(chunk, full, wide, independent=stmt.independent),
+                For(var, simplify_expr(extent - full * lanes), body, "serial", rest_start,
+                    stmt.independent),
             )
         case If(cond=cond, then=then, orelse=orelse):
             return If(cond, vectorize_loops(then, lanes),

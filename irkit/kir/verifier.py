@@ -7,6 +7,7 @@ from irkit.kir.nodes import (
     DTYPES,
     FOR_KINDS,
     SYMBOL_NAME,
+    Barrier,
     Binary,
     Block,
     Broadcast,
@@ -89,6 +90,8 @@ def _check_stmt(stmt: Stmt, scope: dict[str, str], buffers: set[str], where: str
         case Block(stmts=stmts):
             for s in stmts:
                 _check_stmt(s, scope, buffers, where)
+        case Barrier():
+            pass
         case _:
             raise KirError(f"{where}: not a statement: {stmt!r}")
 

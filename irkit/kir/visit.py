@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from irkit.kir.nodes import (
+    Barrier,
     Binary,
     Block,
     Broadcast,
@@ -74,7 +75,10 @@ def map_stmt_exprs(stmt: Stmt, fn: ExprFn) -> Stmt:
         case Let(var=var, value=value):
             return Let(var, fn(value))
         case For(var=var, extent=extent, body=body, kind=kind, start=start):
-            return For(var, fn(extent), map_stmt_exprs(body, fn), kind, fn(start))
+            return For(var, fn(extent), map_stmt_exprs(body, fn), kind, fn(start),
+                       stmt.independent)
+        case Barrier():
+            return stmt
         case If(cond=cond, then=then, orelse=orelse):
             return If(
                 fn(cond),

@@ -48,6 +48,11 @@ class Tiles:
     vec: int = 8
     conv_mr: int = 4  # convolutions: few rows (output channels), many columns (pixels)
     conv_nr: int = 32
+    # "gemm": convolutions through the GEMM template (im2col panels); "direct": as a plain
+    # loop nest (irkit.lower.windows), for backends whose compile time grows quickly with
+    # the code's size (numba: the panel-packing code of a strided conv takes minutes).
+    conv: str = "gemm"
+
     # Other (conv_mr, conv_nr) shapes as good for the registers; a convolution takes the
     # one whose panel of pixels lines up with its output rows (see ``for_conv``).
     conv_alternatives: tuple[tuple[int, int], ...] = ()
@@ -69,7 +74,7 @@ class Tiles:
 
             options = [(mr, nr), *self.conv_alternatives]
             mr, nr = min(options, key=segments_per_pixel)  # ties keep the default
-        return Tiles(mr, nr, self.vec, mr, nr)
+        return Tiles(mr, nr, self.vec, mr, nr, self.conv)
 
     @classmethod
     def for_target(cls, target: Target, mr: int = 0, nr: int = 0, vec: int = 0,
@@ -249,14 +254,18 @@ class LoweringContext:
 
     def loop_nest(self, shape: Sequence[Expr], body_fn: Any, hint: str = "i",
                   parallel: bool = True) -> Stmt:
-        """Nested loops over ``shape`` (outermost parallel) around ``body_fn(index)``."""
+        """Nested loops over ``shape`` (outermost parallel) around ``body_fn(index)``.
+
+        With ``parallel`` every loop of the nest is marked independent (``body_fn``
+        writes a distinct place per index; a GPU runs the whole nest as threads); without
+        it (scatters with repeated indices) none is."""
         vars_ = [self.var(f"{hint}{k}") for k in range(len(shape))]
         stmt: Stmt = body_fn(tuple(vars_))
         for k in reversed(range(len(shape))):
             kind = "parallel" if (k == 0 and parallel) else "serial"
             if k == len(shape) - 1 and k > 0:
                 kind = "vector"  # contiguous innermost dim (left serial if it is not)
-            stmt = For(vars_[k], shape[k], stmt, kind)
+            stmt = For(vars_[k], shape[k], stmt, kind, independent=parallel)
         return stmt
 
     def materialize(self, ref: TensorRef, hint: str = "t", target: Buffer | None = None

@@ -19,6 +19,7 @@ from irkit.lower.heavy import HEAVY, HeavyPlan
 from irkit.lower.planner import MemoryPlan, plan_workspace
 from irkit.lower.quantized import INT8_HEAVY
 from irkit.lower.sparse import SPARSE_AWARE
+from irkit.lower.templates import family_template
 from irkit.lower.tensor import (
     KIR_DTYPES,
     Index,
@@ -194,6 +195,13 @@ class GraphLowering:
                 refs.append(self.refs[v])
         return refs
 
+    def heavy(self, op: str) -> Callable[..., HeavyPlan]:
+        """The heavy-op plan of ``op`` for the target's family (irkit.lower.templates)."""
+        return family_template(self.ctx.target.family, "heavy", op) or HEAVY[op]
+
+    def lowering(self, op: str) -> LowerFn:
+        return family_template(self.ctx.target.family, "lowering", op) or LOWERINGS[op]
+
     def lower_node(self, node: Node) -> None:
         ins = self._input_refs(node)
         try:
@@ -201,7 +209,7 @@ class GraphLowering:
             generic = not low_bit and linalg.needs_generic(node, ins)  # f64/integer MatMul
             if node.op in HEAVY and not low_bit and not generic and not any(
                     r is not None and r.dtype in ("f16", "bf16") for r in ins):
-                self.lower_heavy(node, HEAVY[node.op](self.ctx, node, ins))
+                self.lower_heavy(node, self.heavy(node.op)(self.ctx, node, ins))
                 return
             folded = None if low_bit else ew.fold_constant(node, ins)
             if low_bit:
@@ -215,7 +223,7 @@ class GraphLowering:
             elif folded is not None:
                 outs = [self.ctx.const_ref(a, self.dtype(o)) for a, o in zip(folded, node.outputs)]
             else:
-                outs = LOWERINGS[node.op](self.ctx, node, ins)
+                outs = self.lowering(node.op)(self.ctx, node, ins)
         except LoweringError as exc:
             raise LoweringError(f"{node.describe()}: {exc}") from exc
         unbound = [v for v in node.outputs[len(outs):] if v.is_used]
@@ -308,7 +316,7 @@ class GraphLowering:
     def lower_half_heavy(self, node: Node, ins: list[TensorRef | None]) -> TensorRef:
         """A heavy op on f16/bf16 inputs: the f32 kernel on the inputs widened to f32 (so
         it accumulates in f32, like numpy), its result rounded back when read."""
-        plan = HEAVY[node.op](self.ctx, node, [self.widen(r) for r in ins])
+        plan = self.heavy(node.op)(self.ctx, node, [self.widen(r) for r in ins])
         wide = self.ctx.new_buffer(node.op.lower(), "f32", product(plan.shape))
         plan.emit(lambda idx, acc: Store(wide, flat_index(idx, plan.shape), acc))
         dtype = self.dtype(node.outputs[0])
@@ -318,7 +326,7 @@ class GraphLowering:
     def lower_widened(self, node: Node, ins: list[TensorRef | None]) -> list[TensorRef]:
         """A ``WIDEN_HALF`` op on f16/bf16 inputs: its f32 kernel, each f32 result rounded
         to the output's declared 16-bit type when read (MaxPool's indices stay i64)."""
-        outs = LOWERINGS[node.op](self.ctx, node, [self.widen(r) for r in ins])
+        outs = self.lowering(node.op)(self.ctx, node, [self.widen(r) for r in ins])
         return [_rounded(ref, self.dtype(value)) if ref.dtype == "f32" else ref
                 for value, ref in zip(node.outputs, outs)]
 

@@ -19,6 +19,7 @@ Quantized irkit ops are left alone: they have int8 kernels.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -96,15 +97,20 @@ FUSED_HEAVY = {"MatMulBiasAct": plan_matmul_bias_act,
                "ConvBiasActPool": plan_conv_bias_act_pool}  # irkit/lower/conv_pool.py
 
 
-def decompose_fused_ops(graph: Graph) -> Graph:
+def decompose_fused_ops(graph: Graph, lowers: Callable[[str, str], bool] | None = None
+                        ) -> Graph:
     """``graph`` itself when it has no fused irkit op to decompose, else a copy with them
-    decomposed (those :func:`lowered_directly` stay)."""
-    if not any(n.domain == IRKIT_DOMAIN and n.op in FUSED_OPS and not lowered_directly(n)
+    decomposed (those :func:`lowered_directly` stay, unless ``lowers(op, domain)`` — the
+    backend's capabilities for its target — says the backend does not take them)."""
+    def keep(node: Node) -> bool:
+        return lowered_directly(node) and (lowers is None or lowers(node.op, node.domain))
+
+    if not any(n.domain == IRKIT_DOMAIN and n.op in FUSED_OPS and not keep(n)
                for n in graph.nodes):
         return graph
     graph = graph.clone()
     for node in list(graph.nodes):
-        if node.domain != IRKIT_DOMAIN or node.op not in FUSED_OPS or lowered_directly(node):
+        if node.domain != IRKIT_DOMAIN or node.op not in FUSED_OPS or keep(node):
             continue
         names = [v.name for v in node.outputs]
         new_outputs = get_irkit_op(node).decompose(graph, node)

@@ -159,7 +159,14 @@ def _let_vec(var: Var, value: Expr) -> Let:
 
 def emit_gemm(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm",
               tiles: Tiles | None = None) -> None:
-    """Emit the kernel(s) computing ``spec``: an optional prologue kernel and the GEMM."""
+    """Emit the kernel(s) computing ``spec``: an optional prologue kernel and the GEMM.
+    A target family with its own GEMM template (irkit.lower.templates) gets that."""
+    from irkit.lower.templates import family_template
+
+    own = family_template(ctx.target.family, "gemm", "*")
+    if own is not None:
+        own(ctx, spec, hint, tiles)
+        return
     t = tiles or ctx.tiles
     panels: Expr = (Const(-(-spec.cols // t.nr)) if isinstance(spec.cols, int) else
                     simplify_expr((spec.cols + (t.nr - 1)) // t.nr))
@@ -200,7 +207,7 @@ def emit_gemm(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm",
         loops: Stmt = For(p, panels, panel_body, "parallel")
         ctx.add_kernel(hint, _bind_zero(b_var, loops), locals_)
     else:
-        body = block(prologue, For(p, panels, panel_body))
+        body = block(prologue, For(p, panels, panel_body, independent=True))
         ctx.add_kernel(hint, For(b_var, spec.batch, body, "parallel"), locals_)
 
 

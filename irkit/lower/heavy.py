@@ -232,7 +232,7 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     x, w_ref = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
     assert x is not None and w_ref is not None
-    if w_ref.const is None or x.rank != 4:
+    if w_ref.const is None or x.rank != 4 or (ctx.tiles.conv == "direct" and tile_store is None):
         from irkit.lower.windows import plan_direct_conv
 
         return HeavyPlan(*plan_direct_conv(ctx, node, ins))  # weights known at run time, 1-D, 3-D

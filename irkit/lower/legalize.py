@@ -55,7 +55,7 @@ class LegalizeFused(_LegalizePass):
     def rewrite(self, graph: Graph) -> Graph:
         from irkit.lower.fused import decompose_fused_ops
 
-        return decompose_fused_ops(graph)
+        return decompose_fused_ops(graph, self.capabilities.lowers)
 
 
 @dataclass(frozen=True)

@@ -103,11 +103,12 @@ class _Reducer:
         return stmt
 
     def nest(self, body: Stmt) -> Stmt:
-        """``body`` inside the loops over the kept dims (the outermost parallel)."""
+        """``body`` inside the loops over the kept dims (the outermost parallel; all of
+        them independent: each kept index reduces on its own)."""
         stmt = body
         for k in reversed(range(len(self.kept))):
             stmt = For(self.outer[k], self.shape[self.kept[k]], stmt,
-                       "parallel" if k == 0 else "serial")
+                       "parallel" if k == 0 else "serial", independent=True)
         return stmt
 
     def emit(self, hint: str, body: Stmt) -> None:

@@ -55,22 +55,32 @@ ONNX_ELEMENT_TYPES: dict[np.dtype, str] = {
 
 @dataclass(frozen=True)
 class KernelTarget:
-    """Where op cases run: a kernel backend and the arch it compiles for."""
+    """Where op cases run: a kernel backend, the arch it compiles for and the options
+    ``irkit.runtime.load`` gets (``(("device", "simulator"),)`` for the CUDA simulator)."""
 
     backend: str = "llvm"
     arch: str = "native"
+    load: tuple[tuple[str, Any], ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.backend}-{self.arch}"
+        extra = "".join(f"-{value}" for _, value in self.load)
+        return f"{self.backend}-{self.arch}{extra}"
 
 
 LLVM_NATIVE = KernelTarget("llvm", "native")
 LLVM_V3 = KernelTarget("llvm", "x86-64-v3")
+NUMBA_NATIVE = KernelTarget("numba", "native")
+CUDA_SIMULATOR = KernelTarget("cuda", "sm_90", (("device", "simulator"),))
+"""The cuda backend's kernels run by numba-cuda's simulator (every thread in Python:
+small shapes only)."""
 KIR = KernelTarget("kir", "x86-64-v3")
 KERNEL_TARGETS: tuple[KernelTarget, ...] = (LLVM_NATIVE, LLVM_V3)
 """Every op case runs on each: the build host's own code, and AVX2 code (x86-64-v3,
 what most deployment CPUs run) even on a host with AVX-512. ``KIR`` (the kernel IR
-interpreter, the oracle) runs them in ``tests/kir/test_interpret_op_cases.py``."""
+interpreter, the oracle) runs them in ``tests/kir/test_interpret_op_cases.py``;
+``NUMBA_NATIVE`` and ``CUDA_SIMULATOR`` run a sample (every case with
+``IRKIT_FULL_SWEEPS=1``) in ``tests/plugins/test_numba_ops.py`` and
+``test_cuda_simulator.py``."""
 WASM_SIMD = KernelTarget("wasm", "wasm32-simd")
 WASM_SCALAR = KernelTarget("wasm", "wasm32")
 WASM_TARGETS: tuple[KernelTarget, ...] = (WASM_SIMD, WASM_SCALAR)
@@ -187,7 +197,8 @@ def compile_and_load(
                                   **options)  # type: ignore[return-value]
     artifact = api.compile(api.load_model(model), target=target.backend, arch=target.arch,
                            **options)
-    return irkit.runtime.load(artifact.save(tmp_path / "artifact"), threads=threads)
+    return irkit.runtime.load(artifact.save(tmp_path / "artifact"), threads=threads,
+                              **dict(target.load))
 
 
 def onnxruntime_reference(model: onnx.ModelProto, outputs: Sequence[str]) -> Reference:

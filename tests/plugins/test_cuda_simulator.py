@@ -1,0 +1,46 @@
+"""Op cases through the cuda backend: compiled to PTX by numba-cuda for sm_90 and run by
+numba-cuda's CUDA simulator (every thread in Python, so batches 1 and 2), against the
+same references and tolerances as on the CPU backends. CI runs one or two cases per GPU
+kernel family (below); ``IRKIT_FULL_SWEEPS=1`` runs every case of the four lists (about
+14 minutes on 2 cores; all passed when last run). Needs numba-cuda and the CUDA 13.0
+NVVM (the ``cuda`` extra), no GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from irkit.testing.gpu import ptx_toolchain_missing
+
+if ptx_toolchain_missing():
+    pytest.skip(str(ptx_toolchain_missing()), allow_module_level=True)
+
+from op_case_suites import params, run_case
+
+from irkit.testing.op_cases import CUDA_SIMULATOR, OpCase
+
+# One or two cases per GPU kernel family. The digits models and the ResNet CNN
+# (test_cuda_backend.py) add the implicit-GEMM convolution, pooling and a GEMM epilogue.
+SAMPLE = (
+    "ops-gelu",                       # elementwise on the grid, erf
+    "ops-where_greater",              # broadcasting, compare, bool
+    "ops-matmul_batched_runtime",     # shared-memory tiled GEMM, batched, runtime B
+    "ops-conv_depthwise_1x1",         # depthwise convolution
+    "ops-softmax_last",               # one block per row, warp-shuffle max and sum
+    "ops-reduce_sum_nokeep",          # warp-shuffle reduction
+    "extra-qlinear_matmul_u8",        # int8 GEMM (the exact int8 dot)
+    "indexing-cumsum_excl1_rev1",     # a serial scan inside a grid loop
+    "image-gridsample_linear_zeros_align0",  # image ops: gathers at computed positions
+)
+BATCHES = (1, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("suite", "case"), params(SAMPLE))
+def test_op_on_cuda_simulator(suite: Any, case: OpCase, tmp_path: Path) -> None:
+    run_case(suite, case, CUDA_SIMULATOR, tmp_path, BATCHES)
