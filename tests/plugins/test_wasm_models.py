@@ -250,3 +250,24 @@ def test_http_adapter_serves_a_wasm_artifact(digits_models: Path, tmp_path: Path
     session = ort.InferenceSession(to_onnx(graph).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(logits, session.run(None, {"x": x})[0], rtol=RTOL, atol=ATOL)
+
+
+def test_batch_adapter_runs_a_wasm_artifact(digits_models: Path, tmp_path: Path) -> None:
+    """The batch adapter over a wasm artifact (wasmtime): every row's result is what ONNX
+    Runtime computes, sharded and manifested as for any other artifact."""
+    pytest.importorskip("pyarrow")
+    from irkit.runtime.adapters.batch import BatchAdapter
+
+    graph = irkit.load_model(digits_models / "digits_cnn.onnx")
+    model = irkit.runtime.load(irkit.compile(graph, target="wasm").save(tmp_path / "cnn"))
+    x = np.random.default_rng(1).uniform(0, 1, (300, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "in.npy", x)
+    summary = BatchAdapter(model, input=str(tmp_path / "in.npy"), output=str(tmp_path / "out.npz"),
+                           chunk_rows=64, shard_rows=128, progress=False).serve()
+    assert summary.complete and summary.shards == 3
+    parts = [np.load(tmp_path / "out.npz" / f"part-{i:05d}.npz") for i in range(3)]
+    np.testing.assert_array_equal(np.concatenate([p["row"] for p in parts]), np.arange(300))
+    session = ort.InferenceSession(to_onnx(graph).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(np.concatenate([p["logits"] for p in parts]),
+                               session.run(None, {"x": x})[0], rtol=RTOL, atol=ATOL)
