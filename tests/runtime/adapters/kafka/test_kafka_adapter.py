@@ -6,12 +6,13 @@ import json
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from kafka_testing import Collector, Topics, produce, serving
+from kafka_testing import Collector, Topics, mlp_onnx_bytes, produce, serving
 
 from irkit.runtime import CompiledModel, TensorSpec
 from irkit.runtime.adapters import kafka_worker
@@ -134,6 +135,38 @@ def _bad_messages() -> dict[str, tuple[bytes, list[tuple[str, bytes]], str]]:
         "unknown-output": (json_request({"x": good}, outputs=["probabilities"]), [],
                            "'probabilities'"),
     }
+
+
+def test_a_wasm_artifact_serves_from_kafka(
+    mlp: CompiledModel, make_topics: Callable[..., Topics],
+    collector_for: Callable[[Topics], Collector], tmp_path: Path,
+) -> None:
+    """The same MLP compiled to WebAssembly (run by wasmtime) answers over Kafka what the
+    ONNX Runtime artifact answers."""
+    pytest.importorskip("wasmtime")
+    pytest.importorskip("ziglang")
+    import onnx
+
+    import irkit
+    from irkit.runtime import load
+
+    graph = irkit.load_model(onnx.load_from_string(mlp_onnx_bytes()))
+    model = load(irkit.compile(graph, target="wasm").save(tmp_path / "mlp-wasm"))
+    topics = make_topics()
+    x = _rows(3, 40)
+    produce(topics.servers, topics.input,
+            [(f"w-{i}".encode(), *binary_request({"x": x[2 * i : 2 * i + 2]})) for i in range(20)])
+    ids = {f"w-{i}" for i in range(20)}
+    with serving(model, topics, max_batch=16):
+        collector = collector_for(topics)
+        collector.wait_for(ids)
+    results = collector.by_key(topics.output)
+    assert set(results) == ids
+    expected = mlp(x=x)["logits"]
+    for i in range(20):
+        record = results[f"w-{i}"]
+        got = decode_result(record.value, record.header_list)["logits"]
+        np.testing.assert_allclose(got, expected[2 * i : 2 * i + 2], rtol=1e-4, atol=1e-5)
 
 
 def test_bad_messages_go_to_the_dead_letter_topic_and_consumption_goes_on(
