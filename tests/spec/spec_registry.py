@@ -83,6 +83,7 @@ def make_registry() -> Registry:
     )
     add("backends", "wasm", _part(simd=Option(bool, True)))
     add("backends", "numba", _part(parallel=Option(bool, True)))
+    add("backends", "cuda", _part(arch=Option(str, "sm_90")))
     add(
         "adapters",
         "batch",
