@@ -189,7 +189,7 @@ def test_did_you_mean_lists_known_names() -> None:
     with pytest.raises(SpecError) as info:
         parse('pipeline a { model = onnx("m")\n  target tpu\n}')
     assert "did you mean" not in info.value.message
-    assert "(known: llvm, numba, ort, wasm)" in info.value.message
+    assert "(known: cuda, llvm, numba, ort, wasm)" in info.value.message
 
 
 def test_parts_that_cannot_be_imported_are_checked_by_name_only() -> None:
