@@ -6,9 +6,19 @@ on an install without the ``torch``/``models`` extras.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+try:  # property tests draw the same examples on every run unless asked to explore
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True)
+    _hypothesis_settings.register_profile("explore", derandomize=False)
+    _hypothesis_settings.load_profile(os.environ.get("IRKIT_HYPOTHESIS", "ci"))
+except ImportError:  # hypothesis comes with the dev extra
+    pass
 
 SLOW_FIXTURES = {"minilm_onnx"}
 

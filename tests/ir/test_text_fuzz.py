@@ -49,7 +49,8 @@ attr_values = st.one_of(
 
 @st.composite
 def graphs(draw: st.DrawFn) -> Graph:
-    value_names = iter(draw(st.lists(names, min_size=12, max_size=12, unique=True)))
+    # enough for the most a graph below draws: 3 inputs, 2 + 1 constants, 4 nodes x 2 outputs
+    value_names = iter(draw(st.lists(names, min_size=14, max_size=14, unique=True)))
     g = Graph(draw(names), opset_imports={"": draw(st.integers(13, 21)), "irkit": 1})
     values = [g.add_input(next(value_names), draw(value_types))
               for _ in range(draw(st.integers(1, 3)))]
