@@ -297,6 +297,20 @@ class GraphLowering:
             plan.emit_words(sink, lambda idx, acc: substitute(final.read(idx), {ACC: acc}))
             self.fused.append(f"{node.op}+quantize")
             return
+        pool_node = None if plan.emit_pooled is None else self.global_pool_of(final_value)
+        if pool_node is not None:  # the epilogue sums the output per channel
+            assert plan.emit_pooled is not None
+            pooled = pool_node.outputs[0]
+            shape = (plan.shape[0], plan.shape[1], *[Const(1)] * (len(self.type_shape(
+                pooled)) - 2))
+            pool = self.output_buffer(pooled, TensorRef(shape, "f32", lambda idx: ACC)) \
+                if pooled in self.outputs else self.ctx.new_buffer("pool", "f32",
+                                                                    product(shape))
+            plan.emit_pooled(pool, lambda idx, acc: substitute(final.read(idx), {ACC: acc}))
+            self.done.add(pool_node)
+            self.fused.append(f"{node.op}+{pool_node.op}")
+            self.refs[pooled] = buffer_ref(pool, shape)
+            return
         if final_value in self.outputs:
             target = self.output_buffer(final_value, final)
         else:
@@ -334,6 +348,23 @@ class GraphLowering:
         if sink is None:
             del self.refs[value]
         return sink
+
+    def global_pool_of(self, value: Value) -> Node | None:
+        """The GlobalAveragePool (or ReduceMean over the spatial axes, keeping them)
+        that alone reads 4-D ``value``, or None."""
+        if value in self.outputs or len(value.uses) != 1 or value.shape is None or len(
+                value.shape) != 4:
+            return None
+        user = value.uses[0].node
+        if user.domain not in ("", "ai.onnx") or user.outputs[0].dtype is None:
+            return None
+        if user.op == "GlobalAveragePool":
+            return user
+        if user.op != "ReduceMean" or int(user.attr("keepdims", 1)) != 1 or len(
+                user.inputs) > 1:
+            return None
+        axes = sorted(int(a) % 4 for a in user.attr("axes", []))
+        return user if axes == [2, 3] else None
 
     def widen(self, ref: TensorRef | None) -> TensorRef | None:
         """``ref`` read as f32 when it holds f16/bf16; other refs as they are."""

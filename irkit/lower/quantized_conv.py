@@ -291,13 +291,15 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
     out_shape = (x.shape[0], Const(cout), Const(oh), Const(ow))
 
     def emit(epilogue: Epilogue | None, word_sink: WordSink | None = None,
-             value_of: Callable[[Index, Expr], Expr] | None = None) -> None:
+             value_of: Callable[[Index, Expr], Expr] | None = None,
+             pool: Buffer | None = None) -> None:
         layout.quantize()
         vecs = nr // lanes
         n, p = ctx.var("n"), ctx.var("p")
         panel = Buffer(ctx.fresh("cpanel"), "i32", Const(words * nr), "local")
         acc = Buffer(ctx.fresh("cacc"), "i32", Const(mr * nr), "local")
         tile = Buffer(ctx.fresh("ctile"), "i32", Const(mr * nr), "local")
+        sums = Buffer(ctx.fresh("csums"), F32, Const(cout * nr), "local")  # pool: per column
         kq, col, seg = ctx.var("kw"), ctx.var("c"), ctx.var("s")
 
         def source(oy: Expr, ox: Expr) -> Expr:
@@ -340,6 +342,9 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
                       for r in range(rows) for v in range(vecs)]
             if word_sink is not None and value_of is not None:
                 stmts.append(word_stores(co0, rows, word_sink, value_of))
+                return block(*stmts)
+            if pool is not None and value_of is not None:
+                stmts.append(pooled(co0, rows, pool, value_of))
                 return block(*stmts)
             assert epilogue is not None
             r_var, c_var = ctx.var("r"), ctx.var("c")
@@ -397,12 +402,47 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
             part = For(c_var, Const(tail), words_at(c_var, pix // ow, pix % ow), "vector")
             return If(Binary("lt", p, Const(full_panels)), full, part) if full_panels else part
 
+        def pooled(co0: int, rows: int, pool: Buffer,
+                   value_of: Callable[[Index, Expr], Expr]) -> Stmt:
+            """The tile's values added to per-channel, per-column sums (the output of a
+            global average pool after the conv, which itself is never stored)."""
+            r_var, c_var = ctx.var("r"), ctx.var("c")
+            co = Const(co0) + r_var
+            px = p * nr + c_var
+            idx = (n, co, px // ow, px % ow)
+            value = value_of(idx, requant.value(Load(tile, r_var * nr + c_var), co, idx))
+
+            def rows_of(count: int) -> Stmt:
+                at = co * nr + c_var
+                return For(r_var, Const(rows), For(c_var, Const(count), Store(
+                    sums, at, Load(sums, at) + value), "vector"))
+
+            full_panels, tail = divmod(spatial, nr)
+            if tail == 0:
+                return rows_of(nr)
+            return If(Binary("lt", p, Const(full_panels)), rows_of(nr), rows_of(tail)) \
+                if full_panels else rows_of(tail)
+
         row_blocks = [micro(co0, min(mr, cout - co0)) for co0 in range(0, cout, mr)]
         panels = -(-spatial // nr)
-        body = For(p, Const(panels), block(pack, *row_blocks))
-        ctx.add_kernel("qconv", For(n, x.shape[0], body, "parallel"), [panel, acc, tile])
+        body: Stmt = For(p, Const(panels), block(pack, *row_blocks))
+        scratch = [panel, acc, tile]
+        if pool is not None:
+            co, c_var, e = ctx.var("co"), ctx.var("c"), ctx.var("e")
+            at = n * cout + co
+            body = block(
+                For(e, Const(cout * nr), Store(sums, e, _f(0.0)), "vector"), body,
+                For(co, Const(cout), block(
+                    Store(pool, at, _f(0.0)),
+                    For(c_var, Const(nr), Store(pool, at, Load(pool, at)
+                                                + Load(sums, co * nr + c_var))),
+                    Store(pool, at, Load(pool, at) * _f(1.0 / spatial)))))
+            scratch.append(sums)
+        ctx.add_kernel("qconv_pool" if pool is not None else "qconv",
+                       For(n, x.shape[0], body, "parallel"), scratch)
 
-    return HeavyPlan(out_shape, emit, lambda sink, value_of: emit(None, sink, value_of))
+    return HeavyPlan(out_shape, emit, lambda sink, value_of: emit(None, sink, value_of),
+                     lambda pool, value_of: emit(None, None, value_of, pool))
 
 
 def _fake_quant_conv(ctx: LoweringContext, node: Node, x: TensorRef, quant: ActQuant,
