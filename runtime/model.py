@@ -12,8 +12,9 @@ Non-finite inputs: by default a call whose floating-point input holds NaN or +/-
 refused with an ``InputError`` naming the input and the first such index, before any
 backend runs (see ``signature.FiniteCheck``), so every backend answers the same way.
 ``load(path, reject_nonfinite=False)`` (or setting ``model.reject_nonfinite``) passes
-them to the backend instead; what comes out is then the backend's arithmetic (IEEE
-propagation in float kernels; quantized kernels turn NaN into some finite int8 code).
+them to the backend instead; what comes out is then the backend's arithmetic: float
+kernels propagate NaN and inf (IEEE); quantized (int8) kernels quantize NaN to the zero
+point and saturate inf, so their outputs stay finite.
 
 Thread safety: ``run``/``__call__`` may be called from several threads at once. Runners
 that declare ``thread_safe = True`` (ONNX Runtime) run concurrently; any other runner is
@@ -310,6 +311,8 @@ def load(path: str | os.PathLike[str], *, trusted_keys: Iterable[Any] | None = N
     docstring; by default they are refused with an ``InputError``). Raises
     :class:`ArtifactError` naming the file or field at fault.
     """
+    if not isinstance(reject_nonfinite, bool):
+        raise TypeError(f"reject_nonfinite must be True or False, got {reject_nonfinite!r}")
     directory = Path(path)
     if trusted_keys is not None:
         from irkit.runtime.signing import check_signature
