@@ -329,7 +329,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if twice:
         raise IrkitError(f"--input {', '.join(twice)} given more than once")
     feeds = dict(_read_input(s) for s in args.input)
-    model = irkit.runtime.load(args.artifact, trusted_keys=args.trusted_key or None)
+    model = irkit.runtime.load(args.artifact, trusted_keys=args.trusted_key or None,
+                               reject_nonfinite=not args.allow_nonfinite)
     try:
         outputs = model.run(feeds)
     except (ValueError, TypeError) as exc:
@@ -634,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trusted-key", action="append", default=[], metavar="PUBLIC",
                    help="run only if the artifact is signed by this Ed25519 public key "
                    "(PEM file or hex; repeat for several; see irkit sign)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="pass NaN and inf inputs to the model (default: refuse them, "
+                   "naming the input and the first such index)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("targets", help="list the targets code can be compiled for",
