@@ -5,11 +5,13 @@
    on the 360 held-out digits; then the original and the chosen model beside ONNX
    Runtime (median of alternating rounds), so the speedups have an outside anchor.
 2. ``distill`` on the ``transformer`` built-in (2 layers, d=128, seq 64, seeded, not
-   trained): ``depth = 1`` (one layer, cut from the IR) and a one-layer half-FFN torch
-   student, each trained on the teacher's outputs over unlabeled random inputs; their
+   trained): ``width = 0.5`` (half the feed-forward width and half the attention heads,
+   narrowed in the IR), ``depth = 1`` (one layer, cut from the IR) and a one-layer
+   half-FFN torch student, each trained on the teacher's outputs over unlabeled random inputs; their
    relative output error and their speed on llvm.
 
     python benchmarks/bench_distill_search.py [--plot pareto.svg] [--skip-transformer]
+        [--skip-search]
 
 Models and data come from ``python scripts/make_models.py``.
 """
@@ -112,6 +114,10 @@ def distill_transformer() -> None:
     held = {name: rng.standard_normal((64, 64, 128)).astype(np.float32)}
     reference = evaluate_graph(teacher, held)
     students = {
+        "width=0.5 (FFN 512->256 and 2 of 4 heads per layer, from the IR)":
+            "distill{width=0.5,epochs=15,lr=1e-3,verbose=false}",
+        "width=0.5, default training (40 epochs, early stop)":
+            "distill{width=0.5,lr=1e-3,verbose=false}",
         "depth=1 (one of the two layers, from the IR)":
             "distill{depth=1,epochs=15,lr=1e-3,verbose=false}",
         "torch student: 1 layer, FFN 256":
@@ -123,6 +129,12 @@ def distill_transformer() -> None:
           "llvm batch 8, one thread:")
     t_llvm = _llvm(teacher)
     feeds = {name: held[name][:8]}
+    from irkit.compress.distill import Distill
+
+    narrow, layers = Distill(width=0.5)._width_student(teacher, {name: train[name][:4]})
+    err = compare_outputs(evaluate_graph(narrow, held), reference)
+    print(f"  width=0.5 before training (pruned only; {layers.get('heads')}): relative "
+          f"output error {err.rel:.3f} (max abs {err.max_abs:.3f})", flush=True)
     for label, passes in students.items():
         started = time.perf_counter()
         student = irkit.optimize(teacher, passes, train_data=train)
@@ -142,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plot", help="write the search's Pareto plot (svg/png)")
     parser.add_argument("--skip-transformer", action="store_true")
+    parser.add_argument("--skip-search", action="store_true")
     args = parser.parse_args(argv)
     print(cpu_description())
-    search_digits(args.plot)
+    if not args.skip_search:
+        search_digits(args.plot)
     if not args.skip_transformer:
         distill_transformer()
     return 0

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from irkit.ir import Graph, Node, Value
-from irkit.passes.prune import _layer, _Layer
+from irkit.passes.prune import _Layer, _layer
 
 _VIEW_OPS = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Gather", "Identity",
-                       "Softmax", "Dropout"})
+                       "Softmax", "Dropout", "IsNaN"})  # IsNaN: SDPA's guard on softmax
 _ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Where"})
 _SHAPE_OPS = frozenset({"Shape", "Slice", "Concat", "Gather", "Unsqueeze", "Squeeze", "Cast",
                         "Mul", "Div", "Add", "Sub", "Identity", "Size"})
@@ -302,7 +302,9 @@ def _retype(graph: Graph, changed: set[str]) -> Graph:
     kept = [vi for vi in model.graph.value_info if vi.name not in changed]
     del model.graph.value_info[:]
     model.graph.value_info.extend(kept)
-    return load_onnx(model)
+    out = load_onnx(model)
+    out.meta.update(graph.meta)
+    return out
 
 
 def prune_heads(graph: Graph, fraction: float, feeds: Mapping[str, np.ndarray]
@@ -350,7 +352,7 @@ def prune_heads(graph: Graph, fraction: float, feeds: Mapping[str, np.ndarray]
     try:
         pruned = _retype(work, changed)
         got = evaluate_graph(pruned, feeds)
-    except Exception as exc:  # noqa: BLE001 - any failure means the rewrite was wrong
+    except Exception as exc:  # any failure means the rewrite was wrong
         skipped["all"] = f"the head-pruned graph does not run ({exc}); heads kept"
         return graph, {}, skipped
     want = evaluate_graph(masked, feeds)
