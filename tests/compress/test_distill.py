@@ -163,3 +163,29 @@ def test_width_student_of_a_transformer(tmp_path: Path, capsys: pytest.CaptureFi
     irkit.compile(student, target="llvm", threads=1).save(tmp_path / "m")
     got = irkit.runtime.load(tmp_path / "m", threads=1).run(held)["y"]
     np.testing.assert_allclose(got, evaluate_graph(student, held)["y"], atol=1e-4)
+
+
+def test_width_student_of_minilm_replays_in_torch(minilm_onnx: Path) -> None:
+    """all-MiniLM-L6-v2's graph narrows too (each of its 6 layers: 12 -> 6 heads through
+    the exporter's computed reshape shapes and SDPA's NaN guard, FFN 1536 -> 768), and the
+    torch replay that trains the student (embedding gathers, the mask's Range / Expand /
+    GatherND / Where / IsNaN arithmetic) computes what the narrowed graph computes (1e-4),
+    with a padded row in the batch."""
+    from irkit.compress.distill import Distill
+    from irkit.compress.torch_graph import graph_module
+
+    teacher = irkit.load_model(minilm_onnx)
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(1000, 8000, (2, 12)).astype(np.int64),
+             "attention_mask": np.ones((2, 12), np.int64),
+             "token_type_ids": np.zeros((2, 12), np.int64)}
+    feeds["attention_mask"][1, 7:] = 0
+    narrow, layers = Distill(width=0.5)._width_student(teacher, feeds)
+    assert sorted(layers["heads"].values()) == [[12, 6]] * 6, layers
+    assert sorted(v for k, v in layers.items() if k not in ("heads", "heads_kept")) == \
+        [[1536, 768]] * 6, layers
+    want = evaluate_graph(narrow, feeds)["last_hidden_state"]
+    module = graph_module(narrow)
+    with torch.no_grad():
+        got = module(*[torch.from_numpy(feeds[v.name]) for v in narrow.inputs])[0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
