@@ -255,7 +255,8 @@ def _take(graph: Graph, node: Node, index: int, keep: np.ndarray, axis: int) -> 
                                              np.take(value.const, keep, axis=axis)))
 
 
-def _apply(graph: Graph, block: _Block, plan: _Plan) -> None:
+def _apply(graph: Graph, block: _Block, plan: _Plan, rewritten: set[tuple[int, int]]
+           ) -> None:
     kept = len(plan.keep)
     mapping = {plan.heads: kept, plan.width: kept * plan.head_dim}
     for layer, bias in block.projections.values():
@@ -278,6 +279,9 @@ def _apply(graph: Graph, block: _Block, plan: _Plan) -> None:
     assert block.out is not None
     _take(graph, block.out.node, 1, _features(plan, 1), block.out.in_axis)
     for node, index in block.shape_consts:
+        if (id(node), index) in rewritten:  # a shape computation two reshapes share
+            continue
+        rewritten.add((id(node), index))
         value = node.inputs[index]
         assert value is not None and value.const is not None
         array = value.const
@@ -323,6 +327,7 @@ def prune_heads(graph: Graph, fraction: float, feeds: Mapping[str, np.ndarray]
     done: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     changed: set[str] = set()
+    rewritten: set[tuple[int, int]] = set()
     for softmax in [n for n in work.nodes if n.op == "Softmax" and not n.domain]:
         label = softmax.name or softmax.outputs[0].name
         try:
@@ -331,7 +336,7 @@ def prune_heads(graph: Graph, fraction: float, feeds: Mapping[str, np.ndarray]
         except HeadPruneError as exc:
             skipped[label] = str(exc)
             continue
-        _apply(work, block, plan)
+        _apply(work, block, plan, rewritten)
         assert block.out is not None
         out_node = masked_nodes[block.out.node.outputs[0].name]
         dropped = np.setdiff1d(np.arange(plan.width), _features(plan, 1))
