@@ -6,7 +6,9 @@
   ops, in a ``sparsity`` attribute, for backends with sparse kernels.
 - ``mode=structured``: remove whole output neurons/channels with the smallest L1/L2 norm
   and shrink every consumer's input dimension (through activations, BatchNorm, pooling,
-  per-channel Add/Mul and Flatten), so the graph itself gets smaller for every backend.
+  per-channel Add/Mul, Flatten and elementwise ops whose operands both come down the
+  chain, such as the erf-form GELU ``x * 0.5 * (1 + erf(x / sqrt 2))`` of a transformer's
+  feed-forward), so the graph itself gets smaller for every backend.
 """
 
 from __future__ import annotations
