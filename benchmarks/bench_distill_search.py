@@ -7,11 +7,14 @@
 2. ``distill`` on the ``transformer`` built-in (2 layers, d=128, seq 64, seeded, not
    trained): ``width = 0.5`` (half the feed-forward width and half the attention heads,
    narrowed in the IR), ``depth = 1`` (one layer, cut from the IR) and a one-layer
-   half-FFN torch student, each trained on the teacher's outputs over unlabeled random inputs; their
-   relative output error and their speed on llvm.
+   half-FFN torch student, each trained on the teacher's outputs over unlabeled random
+   inputs; their relative output error and their speed on llvm.
+3. With ``--minilm EPOCHS``: ``distill { width = 0.5 }`` on all-MiniLM-L6-v2 (6 of 12
+   heads and half the FFN in each layer) over random token sequences: output error,
+   mean-pooled embedding cosine and llvm speed against the teacher.
 
     python benchmarks/bench_distill_search.py [--plot pareto.svg] [--skip-transformer]
-        [--skip-search] [--minilm EPOCHS]
+        [--skip-search] [--minilm EPOCHS] [--minilm-lr LR]
 
 Models and data come from ``python scripts/make_models.py``.
 """
@@ -150,7 +153,7 @@ def distill_transformer() -> None:
               f"{t_teacher / t_student:.2f}x", flush=True)
 
 
-def distill_minilm(epochs: int) -> None:
+def distill_minilm(epochs: int, lr: float) -> None:
     """distill{width=0.5} on all-MiniLM-L6-v2 over random token sequences (no corpus is
     bundled): output error and mean-pooled embedding cosine against the teacher."""
     teacher = builtin_model("minilm")
@@ -168,7 +171,7 @@ def distill_minilm(epochs: int) -> None:
     train, held = tokens(256), tokens(32)
     reference = evaluate_graph(teacher, held)
     started = time.perf_counter()
-    student = irkit.optimize(teacher, f"distill{{width=0.5,epochs={epochs},lr=1e-4,batch=16,"
+    student = irkit.optimize(teacher, f"distill{{width=0.5,epochs={epochs},lr={lr},batch=16,"
                              "verbose=false}", train_data=train)
     details = student.history[-1].details
     got = evaluate_graph(student, held)
@@ -196,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--minilm", type=int, metavar="EPOCHS", default=0,
                         help="also distill all-MiniLM-L6-v2 at width 0.5 for EPOCHS epochs")
+    parser.add_argument("--minilm-lr", type=float, default=1e-4)
     args = parser.parse_args(argv)
     print(cpu_description())
     if not args.skip_search:
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_transformer:
         distill_transformer()
     if args.minilm:
-        distill_minilm(args.minilm)
+        distill_minilm(args.minilm, args.minilm_lr)
     return 0
 
 
