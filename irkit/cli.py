@@ -430,7 +430,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     for report in optimized.history:
         if not report.modified and "skipped" in report.details:
             print(f"{report.pipeline}: changed nothing: {report.details['skipped']}")
-        for key in ("nodes", "timed", "weight_range"):
+        for key in ("nodes", "timed", "weight_range", "narrowed"):
             if key in report.details:
                 print(f"{report.pipeline}: {key}: {report.details[key]}")
     if args.output:
@@ -682,7 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "specs/data/digits_eval.npz --train specs/data/digits_train.npz "
                        "--plot pareto.svg\n\nsearch options: budget (points), max_error, "
                        "max_trials (12), max_minutes (5), space (pipelines), cache (dir), "
-                       "batch (64).\ndistill options: width (0.5), student "
+                       "batch (64).\ndistill options: width (0.5: MLP/CNN channels; a "
+                       "transformer's feed-forward width and attention heads), depth, "
+                       "student "
                        "(\"pkg.mod:factory\"), temperature (4), alpha (0.7; 0 = labels "
                        "alone), epochs (40), lr, patience, val_fraction, seed.")
     p.add_argument("model")
