@@ -329,6 +329,7 @@ class GraphLowering:
                     self.ctx.new_buffer("pool", "f32", product(shape)))
                 return made[0]
 
+            assert plan.emit_window is not None
             out = plan.emit_window(kind, kernel, strides, make_buffer, value_of)
             if out is not None:
                 assert all(dims_equal(Const(a), b) for a, b in zip(out, out_type[2:]))

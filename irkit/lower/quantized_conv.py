@@ -438,6 +438,7 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
             r_var, k = ctx.var("r"), ctx.var("k")
             co = Const(co0) + r_var
             seg = ctx.var("s")
+            px: Expr
             if nr % ow == 0:
                 per = nr // ow
                 oy, px, count = p * per + seg, k, pw
