@@ -226,16 +226,18 @@ class ProgramRunner:
             arrays[slot] = outputs[name] = np.empty(shape, dtype=dtype)
         library = self.library
         library.bind(arrays, key, workspace_bytes)
-        if self._workers is None or not library.concurrent_parts:
-            library.run()
-        else:
-            self._run_parallel(key)
+        try:
+            if self._workers is None or not library.concurrent_parts:
+                library.run()
+            else:
+                self._run_parallel(key)
+        finally:
+            if workspace_bytes > self.workspace_keep_bytes:
+                shrink = getattr(library, "shrink_workspace", None)
+                if shrink is not None:
+                    shrink(self._kept_workspace)
         if workspace_bytes > self.workspace_keep_bytes:
-            # never in `ready`: the exact path runs on the workspace kept, not this one
-            shrink = getattr(library, "shrink_workspace", None)
-            if shrink is not None:
-                shrink(self._kept_workspace)
-            return outputs
+            return outputs  # never in `ready`: the exact path runs on the workspace kept
         self._kept_workspace = max(self._kept_workspace, workspace_bytes)
         if len(self.ready) < _MAX_BINDINGS and not any(
                 self._split_plan.get(key, [self._workers is not None])):
