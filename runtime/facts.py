@@ -11,7 +11,8 @@ linking and compares with the manifest before the first call::
     {"facts": 1, "io": [...], "symbols": [...], "workspace": {...}, "kernels": [...],
      "run": "...", "native": {...}, "input_shapes": {...}, "output_shapes": {...},
      "output_dtypes": {...}, "constraints": [...], "guards": [...], "weights_bytes": n,
-     "input_dtypes": {"x": "float32"}, "weights_sha256": "..."}
+     "input_dtypes": {"x": "float32"}, "weights_sha256": "...",
+     "requires": {"arch": "x86_64", "features": [...]}}   # the variant's
 
 Each field the manifest states differently is an :class:`ArtifactError` naming it. Only a
 changed code file could drop or alter the facts, and whoever can change the code needs no
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from irkit.runtime.artifact import ArtifactError, Manifest, sha256_bytes
-from irkit.runtime.program import KernelProgram
+from irkit.runtime.program import KernelProgram, ProgramEntry
 from irkit.runtime.signature import canonical_dtype, parse_dtype
 
 FACTS_FORMAT = 1
@@ -44,12 +45,22 @@ def facts_symbol(run: str) -> str:
 
 
 def program_facts(program: KernelProgram, input_dtypes: Mapping[str, str],
-                  weights: bytes) -> bytes:
-    """The facts of ``program`` (its manifest entry as the compiler writes it) as JSON."""
+                  weights: bytes, requires: Mapping[str, Any]) -> bytes:
+    """The facts of ``program`` (its manifest entry as the compiler writes it, and the
+    ``requires`` of its variant: what a machine must have to run the code) as JSON."""
     entry = program.to_json()
     facts = {"facts": FACTS_FORMAT, **{k: entry[k] for k in FIELDS if k in entry},
-             "input_dtypes": dict(input_dtypes), "weights_sha256": sha256_bytes(weights)}
+             "input_dtypes": dict(input_dtypes), "weights_sha256": sha256_bytes(weights),
+             "requires": dict(requires)}
     return json.dumps(facts, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _requires_of(manifest: Manifest, code: str) -> tuple[str, Any]:
+    """(where, requires) of the variant whose segments run the code file ``code``."""
+    for i, variant in enumerate(ProgramEntry.from_json(dict(manifest.entry)).variants):
+        if any(s.program is not None and s.program.code == code for s in variant.segments):
+            return f"variants[{i}].requires", variant.requires
+    return "requires", None
 
 
 def has_facts(object_code: bytes, run: str) -> bool:
@@ -85,6 +96,12 @@ def check_facts(text: bytes, program: KernelProgram, manifest: Manifest, where: 
             raise ArtifactError(
                 f"{where}: manifest.json entry {key} is {_short(current.get(key))}, but "
                 f"{program.code} was compiled with {_short(recorded.get(key))}")
+    if "requires" in facts:  # a variant the host must not run claimed runnable: SIGILL
+        field, requires = _requires_of(manifest, program.code)
+        if _normal(requires) != _normal(facts["requires"]):
+            raise ArtifactError(
+                f"{where}: manifest.json entry {field} is {_short(requires)}, but "
+                f"{program.code} was compiled for {_short(facts['requires'])}")
     if facts.get("weights_sha256") != manifest.files.get(program.weights):
         raise ArtifactError(f"{where}: {program.weights} is not the weights file "
                             f"{program.code} was compiled with (sha256 differs)")

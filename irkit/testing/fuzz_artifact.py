@@ -120,8 +120,8 @@ def tamper_cases() -> dict[str, Tamper]:
 
     The last group edits what only the compiled code knows (the order of its ``io``
     pointers, its ``workspace``, kernels, entry symbols, the input dtypes it reads, its
-    weights): the loader catches them by the facts the compiler records in the code
-    (:mod:`irkit.runtime.facts`), without a signature."""
+    weights, the CPU features it needs): the loader catches them by the facts the
+    compiler records in the code (:mod:`irkit.runtime.facts`), without a signature."""
     cases: dict[str, Tamper] = {
         "weights-fifo": _replace_with_fifo("weights.bin"),
         "code-fifo": _replace_with_fifo("model.o"),
@@ -166,6 +166,8 @@ def tamper_cases() -> dict[str, Tamper]:
         "native-call-is-kernel": lambda d: _rewrite(d, lambda m: _segment(m)["native"].__setitem__(
             "call", _segment(m)["kernels"][0])),
         "weights-other": _other_weights("weights.bin"),
+        "requires-nothing": lambda d: _rewrite(
+            d, lambda m: m["entry"]["variants"][0]["requires"].__setitem__("features", [])),
         "signature-input-dtype": lambda d: _rewrite(
             d, lambda m: m["signature"]["inputs"][0].__setitem__("dtype", "float16")),
     }

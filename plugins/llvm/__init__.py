@@ -109,7 +109,8 @@ class LlvmBackend(KernelBackend):
         # What the code is, recorded in it: a re-hashed manifest cannot say otherwise.
         input_dtypes = {v.name: np.dtype(v.type.dtype.numpy).name  # type: ignore[union-attr]
                         for v in lowered.inputs}
-        add_facts(module, run, program_facts(entry, input_dtypes, program.weights))
+        add_facts(module, run, program_facts(entry, input_dtypes, program.weights,
+                                             self.requirements(target)))
         obj = emit_object(module, target)
         files = {object_file: obj.data, weights_file: program.weights}
         if options["emit"] == "shared":
