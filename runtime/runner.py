@@ -16,6 +16,12 @@ split only where it was 10% faster. Handing a part to a worker (:class:`Workers`
 to start it, one to wait for it) costs about 13 µs, where a ``ThreadPoolExecutor`` submit
 and result cost about 65 µs. Calls share one workspace, so a runner is not
 ``thread_safe``: CompiledModel serializes concurrent calls.
+
+Workspace: a library keeps its workspace between calls only up to ``workspace_keep_mb``
+(load option, default 16). After a call that needed more (a huge direct call), a library
+with ``shrink_workspace`` (llvm) frees it and keeps what the largest kept call needed, so
+memory between calls is bounded by the option, not by the largest call ever made; a call
+above the limit allocates its workspace afresh each time.
 """
 
 from __future__ import annotations
@@ -43,7 +49,9 @@ _MIN_SPLIT = 2
 _MIN_PARALLEL_SECONDS = 6e-5
 # Bindings of the symbolic dims remembered per runner (shapes, split plans).
 _MAX_BINDINGS = 64
-RUNTIME_OPTIONS = ("threads", "parallel_min_us", "host")
+# Workspace bytes a library keeps between calls (load option workspace_keep_mb).
+WORKSPACE_KEEP_BYTES = 16 << 20
+RUNTIME_OPTIONS = ("threads", "parallel_min_us", "host", "workspace_keep_mb")
 
 
 class KernelLibrary(Protocol):
@@ -169,6 +177,8 @@ class ProgramRunner:
         self._split_plan: dict[tuple[int, ...], list[bool]] = {}
         self._serial_seconds: dict[tuple[int, ...], list[float]] = {}
         self.parallel_min_seconds = _MIN_PARALLEL_SECONDS
+        self.workspace_keep_bytes = WORKSPACE_KEEP_BYTES
+        self._kept_workspace = 0  # the most a call under the keep limit needed
         # Bindings served once with no split planned: a backend's exact path may take them.
         self.ready: dict[Any, list[tuple[int, ...]]] = {}
 
@@ -216,10 +226,19 @@ class ProgramRunner:
             arrays[slot] = outputs[name] = np.empty(shape, dtype=dtype)
         library = self.library
         library.bind(arrays, key, workspace_bytes)
-        if self._workers is None or not library.concurrent_parts:
-            library.run()
-        else:
-            self._run_parallel(key)
+        try:
+            if self._workers is None or not library.concurrent_parts:
+                library.run()
+            else:
+                self._run_parallel(key)
+        finally:
+            if workspace_bytes > self.workspace_keep_bytes:
+                shrink = getattr(library, "shrink_workspace", None)
+                if shrink is not None:
+                    shrink(self._kept_workspace)
+        if workspace_bytes > self.workspace_keep_bytes:
+            return outputs  # never in `ready`: the exact path runs on the workspace kept
+        self._kept_workspace = max(self._kept_workspace, workspace_bytes)
         if len(self.ready) < _MAX_BINDINGS and not any(
                 self._split_plan.get(key, [self._workers is not None])):
             self.ready[key[0] if len(key) == 1 else key] = shapes
@@ -339,7 +358,8 @@ class SegmentedRunner:
 def runtime_options(artifact_dir: Path, manifest: Manifest, overrides: Mapping[str, Any]
                     ) -> tuple[int, float, Host]:
     """``threads`` (0: every core this process may use), ``parallel_min_us`` and ``host``
-    (the machine to check the code's requirements against; this one by default)."""
+    (the machine to check the code's requirements against; this one by default);
+    ``workspace_keep_mb`` is validated here and applied by :func:`open_program`."""
     where = f"artifact {artifact_dir}"
     unknown = sorted(set(overrides) - set(RUNTIME_OPTIONS))
     if unknown:
@@ -353,6 +373,11 @@ def runtime_options(artifact_dir: Path, manifest: Manifest, overrides: Mapping[s
     min_us = overrides.get("parallel_min_us", _MIN_PARALLEL_SECONDS * 1e6)
     if not isinstance(min_us, int | float) or isinstance(min_us, bool) or min_us < 0:
         raise ArtifactError(f"{where}: parallel_min_us={min_us!r} must be a number >= 0")
+    keep_mb = overrides.get("workspace_keep_mb", WORKSPACE_KEEP_BYTES / 2**20)
+    if not isinstance(keep_mb, int | float) or isinstance(keep_mb, bool) or not (
+            0 <= keep_mb <= 1 << 20):
+        raise ArtifactError(f"{where}: workspace_keep_mb={keep_mb!r} must be a number of "
+                            "MiB between 0 and 2**20")
     machine = overrides.get("host", None) or host()
     if not isinstance(machine, Host):
         raise ArtifactError(f"{where}: host= must be an irkit.runtime.hostcpu.Host")
@@ -382,9 +407,11 @@ def open_program(artifact_dir: Path, manifest: Manifest, make_library: LibraryFa
         for _, opened in runners:
             opened.close()
         raise
+    keep = int(overrides.get("workspace_keep_mb", WORKSPACE_KEEP_BYTES / 2**20) * 2**20)
     for _, part in runners:
         if isinstance(part, ProgramRunner):
             part.parallel_min_seconds = min_us / 1e6
+            part.workspace_keep_bytes = keep
     runner: ProgramRunner | SegmentedRunner = SegmentedRunner(runners, signature_outputs)
     if len(runners) == 1 and isinstance(runners[0][1], ProgramRunner) and set(
             runners[0][1].output_names) == set(signature_outputs):

@@ -87,6 +87,24 @@ def _resize(relpath: str, delta: int) -> Tamper:
     return tamper
 
 
+def _edit_field(key: str, edit: Callable[[Any], Any]) -> Tamper:
+    """The segment's ``key`` replaced by ``edit(its value)``, consistently re-hashed."""
+    def tamper(directory: Path) -> None:
+        def change(data: dict[str, Any]) -> None:
+            _segment(data)[key] = edit(copy.deepcopy(_segment(data)[key]))
+        _rewrite(directory, change)
+    return tamper
+
+
+def _other_weights(relpath: str) -> Tamper:
+    """``relpath`` replaced by other bytes of the same size, its hash updated."""
+    def tamper(directory: Path) -> None:
+        path = directory / relpath
+        path.write_bytes(bytes(b ^ 0x5A for b in path.read_bytes()))
+        _rewrite(directory, lambda _: None)
+    return tamper
+
+
 def _nested_manifest(depth: int) -> Tamper:
     def tamper(directory: Path) -> None:
         path = directory / MANIFEST_NAME
@@ -100,10 +118,10 @@ def tamper_cases() -> dict[str, Tamper]:
     """Every tamper class of issue #21, by name, for a one-segment kernel-program artifact
     with files ``model.o`` and ``weights.bin``.
 
-    Two edits are left out because no manifest check can catch them: ``io`` reordered and
-    ``workspace`` shrunk describe the compiled code itself, which only its compiler knows.
-    An artifact re-hashed after such an edit is caught only by a signature
-    (``irkit sign`` / ``load(..., trusted_keys=...)``)."""
+    The last group edits what only the compiled code knows (the order of its ``io``
+    pointers, its ``workspace``, kernels, entry symbols, the input dtypes it reads, its
+    weights, the CPU features it needs): the loader catches them by the facts the
+    compiler records in the code (:mod:`irkit.runtime.facts`), without a signature."""
     cases: dict[str, Tamper] = {
         "weights-fifo": _replace_with_fifo("weights.bin"),
         "code-fifo": _replace_with_fifo("model.o"),
@@ -141,6 +159,17 @@ def tamper_cases() -> dict[str, Tamper]:
             d, lambda m: m["signature"]["inputs"][0].__setitem__("shape", ["N", 4096])),
         "signature-dtype": lambda d: _rewrite(
             d, lambda m: m["signature"]["outputs"][0].__setitem__("dtype", "float64")),
+
+        "io-reordered": _edit_field("io", lambda io: io[::-1]),
+        "workspace-shrunk": _edit_field("workspace", lambda w: {k: v // 32 for k, v in w.items()}),
+        "kernels-reordered": _edit_field("kernels", lambda k: k[::-1]),
+        "native-call-is-kernel": lambda d: _rewrite(d, lambda m: _segment(m)["native"].__setitem__(
+            "call", _segment(m)["kernels"][0])),
+        "weights-other": _other_weights("weights.bin"),
+        "requires-nothing": lambda d: _rewrite(
+            d, lambda m: m["entry"]["variants"][0]["requires"].__setitem__("features", [])),
+        "signature-input-dtype": lambda d: _rewrite(
+            d, lambda m: m["signature"]["inputs"][0].__setitem__("dtype", "float16")),
     }
     return cases
 

@@ -25,8 +25,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
+
+import numpy as np
 
 from irkit.backend import (
     KERNEL_OPTIONS,
@@ -88,21 +91,32 @@ class LlvmBackend(KernelBackend):
              prefix: str) -> EmittedProgram:
         from irkit.plugins.llvm.codegen import entry_symbol, translate_program
         from irkit.plugins.llvm.emit import emit_object
-        from irkit.plugins.llvm.entry import call_symbol, table_symbol
+        from irkit.plugins.llvm.entry import add_facts, call_symbol, table_symbol
+        from irkit.runtime.facts import program_facts
 
         start = time.perf_counter()
         program = lowered.program
         lanes = self.tiles(target, options).vec
         module = translate_program(program, target, fast_math=options["fast_math"],
                                    lanes=lanes)
-        obj = emit_object(module, target)
         object_file, weights_file = f"{prefix}{OBJECT_FILE}", f"{prefix}{WEIGHTS_FILE}"
+        run = entry_symbol(program)
+        entry = program_entry(
+            lowered, code=object_file, weights=weights_file, run=run,
+            kernels=[k.name for k in program.kernels],
+            # The CPython fast entry and the global its table address goes in (entry.py).
+            native={"call": call_symbol(run), "call_table": table_symbol(run)})
+        # What the code is, recorded in it: a re-hashed manifest cannot say otherwise.
+        input_dtypes = {v.name: np.dtype(v.type.dtype.numpy).name  # type: ignore[union-attr]
+                        for v in lowered.inputs}
+        add_facts(module, run, program_facts(entry, input_dtypes, program.weights,
+                                             self.requirements(target)))
+        obj = emit_object(module, target)
         files = {object_file: obj.data, weights_file: program.weights}
         if options["emit"] == "shared":
             if prefix:
                 raise BackendError("emit='shared' links one model.so: name one arch")
             files.update(_link_shared(obj.data, program))
-        run = entry_symbol(program)
         info = {
             "memory_plan": lowered.plan.report(),
             "fused": lowered.fused,
@@ -110,12 +124,7 @@ class LlvmBackend(KernelBackend):
             "int8_dot": target.int8_dot(lanes) if _uses_int8_dot(program) else None,
             "kernels_chosen": lowered.kernel_notes or None,
         }
-        entry = program_entry(
-            lowered, code=object_file, weights=weights_file, run=run,
-            kernels=[k.name for k in program.kernels],
-            # The CPython fast entry and the global its table address goes in (entry.py).
-            native={"call": call_symbol(run), "call_table": table_symbol(run)},
-            info={k: v for k, v in info.items() if v is not None})
+        entry = replace(entry, info={k: v for k, v in info.items() if v is not None})
         return EmittedProgram(files, entry, time.perf_counter() - start)
 
 

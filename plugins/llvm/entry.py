@@ -77,6 +77,20 @@ def add_entries(module: ir.Module, name: str, kernels: Sequence[ir.Function],
     return run
 
 
+def add_facts(module: ir.Module, run_symbol: str, facts: bytes) -> None:
+    """The constant ``<run>_facts = {i64 length, [length x i8] JSON}`` the loader checks
+    the manifest against (:mod:`irkit.runtime.facts`)."""
+    from irkit.runtime.facts import facts_symbol
+
+    data = ir.ArrayType(ir.IntType(8), len(facts))
+    typ = ir.LiteralStructType([I64, data])
+    facts_global = ir.GlobalVariable(module, typ, facts_symbol(run_symbol))
+    facts_global.initializer = ir.Constant(typ, [ir.Constant(I64, len(facts)),
+                                                 ir.Constant(data, bytearray(facts))])
+    facts_global.global_constant = True
+    facts_global.align = 8
+
+
 def _load_word(b: ir.IRBuilder, base: ir.Value, index: int | ir.Value, typ: ir.Type = I64
                ) -> ir.Value:
     """``((typ*)base)[index]`` for 8-byte ``typ``."""

@@ -29,7 +29,9 @@ Errors are ``{"error": "..."}`` with the status of ``common.AdapterError``: 400 
 (decoding, then ``model.validate``, whose message names the input), 403 model control
 disabled, 404 unknown model or version, 405 infer with a method other than POST, 413 body
 over ``max_payload_bytes`` (checked on Content-Length before reading and again while
-streaming), 429 queue full (with ``Retry-After``), 503 not ready, 504 timeout.
+streaming), 429 queue full (with ``Retry-After``), 503 not ready, 504 timeout. Requests
+uvicorn's parser refuses (a bad request line, ``Content-Length: abc``, a bad chunk size)
+get a JSON 400 too, and their connection is closed (``http_protocol``).
 
 The models are those of a ``repository.ModelRepository`` (see ``frontend``): one model
 given as ``HttpAdapter(model, **options)``, a directory of versions
@@ -85,6 +87,7 @@ from .common import (
 )
 from .demo import DemoSite
 from .frontend import SHARED_OPTIONS, Frontend, LoopBridge, check_control_parameters
+from .http_protocol import protocol_class
 from .repository import ModelRepository
 
 __all__ = [
@@ -426,7 +429,7 @@ class HttpAdapter(Frontend):
         config = uvicorn.Config(
             self.app,
             interface="asgi3",  # a bound method: uvicorn's guess would say ASGI 2
-            http=self.http,
+            http=protocol_class(self.http),  # uvicorn's parsers, JSON 400s (http_protocol)
             loop=self.loop,
             log_level=self.log_level,
             access_log=self.access_log,

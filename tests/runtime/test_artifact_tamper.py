@@ -4,6 +4,7 @@ or still answers exactly; never a hang, a crash or NaN. Each case runs in a fork
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,11 @@ NAMES = {
     "output-shapes-big": "output_shapes.logits", "input-shapes-wide": "input_shapes.x",
     "workspace-huge": "workspace", "guards-junk": "guards",
     "constraints-never": "constraints", "signature-dtype": "dtype float64",
+    # caught by the facts the compiler records in model.o (irkit.runtime.facts)
+    "io-reordered": "entry io is", "workspace-shrunk": "entry workspace is",
+    "kernels-reordered": "entry kernels is", "native-call-is-kernel": "entry native is",
+    "weights-other": "not the weights file", "signature-input-dtype": "model.o reads float32",
+    "requires-nothing": "variants[0].requires is",
 }  # fmt: skip
 
 
@@ -46,7 +52,7 @@ def test_every_tamper_class_is_refused_or_harmless(llvm_artifact: Path, tmp_path
         if problem is not None:
             problems[name] = problem
     assert not problems, problems
-    assert len(tamper_cases()) >= 30
+    assert len(tamper_cases()) >= 39
 
 
 @pytest.mark.parametrize("case", sorted(NAMES))
@@ -55,3 +61,26 @@ def test_refusals_name_the_file_or_field(llvm_artifact: Path, tmp_path: Path, ca
     with pytest.raises(irkit.runtime.ArtifactError) as info:
         irkit.runtime.load(path)
     assert NAMES[case] in str(info.value)
+
+
+def test_code_without_facts_loads_as_before(llvm_artifact: Path, tmp_path: Path) -> None:
+    """An object compiled before the facts existed (here: the symbol's name changed in
+    its string table, re-hashed) links and runs as before: the calling convention is the
+    same, only the cross-check is missing."""
+    from irkit.runtime.facts import facts_symbol, has_facts
+    from irkit.testing.fuzz_artifact import _rewrite
+
+    copy = tmp_path / "old"
+    shutil.copytree(llvm_artifact, copy)
+    model = irkit.runtime.load(llvm_artifact)
+    run = model._runner.program.run  # type: ignore[union-attr]
+    code = (copy / "model.o").read_bytes()
+    assert has_facts(code, run)
+    old = facts_symbol(run).encode()
+    (copy / "model.o").write_bytes(code.replace(b"\0" + old + b"\0",
+                                                b"\0" + old[:-1] + b"X\0"))
+    _rewrite(copy, lambda _: None)
+    assert not has_facts((copy / "model.o").read_bytes(), run)
+    x = np.random.default_rng(1).standard_normal((5, 64)).astype(np.float32)
+    np.testing.assert_array_equal(irkit.runtime.load(copy).run({"x": x})["logits"],
+                                  model.run({"x": x})["logits"])
