@@ -83,8 +83,10 @@ def load_torch(
     spec = dynamic_shapes
     if spec is None and dynamic_batch:
         spec = _batch_dynamic_shapes(module, args, kwargs, arg_names)
+    from irkit.frontends.torch_rnn import lstm_as_one_op
+
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), lstm_as_one_op(module):
             # torch's own pytree deprecation notice, raised inside torch.export
             warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
             program = torch.export.export(

@@ -18,6 +18,7 @@ from irkit.lower.fused import FUSED_HEAVY
 from irkit.lower.heavy import HEAVY, HeavyPlan
 from irkit.lower.planner import MemoryPlan, plan_workspace
 from irkit.lower.quantized import INT8_HEAVY
+from irkit.lower.recurrent import LOWERINGS as RECURRENT_LOWERINGS
 from irkit.lower.sparse import SPARSE_AWARE
 from irkit.lower.templates import family_template
 from irkit.lower.tensor import (
@@ -59,6 +60,7 @@ LOWERINGS: dict[str, LowerFn] = {
     **indexing.LOWERINGS, **image.LOWERINGS, **resize.LOWERINGS,
     **ew.LOWERINGS, **nn.LOWERINGS, **quant_ops.LOWERINGS,
     **ATTENTION_LOWERINGS,  # irkit.ScaledDotProductAttention
+    **RECURRENT_LOWERINGS,  # LSTM with a run-time sequence length
 }  # fmt: skip
 HEAVY = {**HEAVY, **SPARSE_AWARE, **INT8_HEAVY}  # sparse-aware MatMul/Gemm, irkit int8 ops
 HEAVY.update(FUSED_HEAVY)  # irkit.MatMulBiasAct with a GELU epilogue
