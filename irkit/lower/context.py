@@ -124,6 +124,9 @@ class LoweringContext:
     inputs: set[str] = field(default_factory=set)
     # Node name -> the kernel a template chose for it and why (reported in the manifest).
     kernel_notes: dict[str, str] = field(default_factory=dict)
+    # id(int8 conv node) -> the input word layout its producer already writes
+    # (irkit.lower.quantized_conv.input_sink).
+    int8_inputs: dict[int, Any] = field(default_factory=dict)
     _const_buffers: dict[int, Buffer] = field(default_factory=dict)
     _counter: int = 0
     _keep_alive: list[np.ndarray] = field(default_factory=list)

@@ -18,6 +18,7 @@ from irkit.lower.fused import FUSED_HEAVY
 from irkit.lower.heavy import HEAVY, HeavyPlan
 from irkit.lower.planner import MemoryPlan, plan_workspace
 from irkit.lower.quantized import INT8_HEAVY
+from irkit.lower.quantized_conv import WordSink, input_sink
 from irkit.lower.recurrent import LOWERINGS as RECURRENT_LOWERINGS
 from irkit.lower.sparse import SPARSE_AWARE
 from irkit.lower.templates import family_template
@@ -296,6 +297,12 @@ class GraphLowering:
             self.fused.append(f"{node.op}+{user.op}")
         final_value = chain[-1].outputs[0] if chain else node.outputs[0]
         final = self.refs[final_value]
+        sink = None if plan.emit_words is None else self.int8_sink(final_value, plan.shape)
+        if sink is not None:  # the epilogue writes the words the next int8 conv reads
+            assert plan.emit_words is not None
+            plan.emit_words(sink, lambda idx, acc: substitute(final.read(idx), {ACC: acc}))
+            self.fused.append(f"{node.op}+quantize")
+            return
         if final_value in self.outputs:
             target = self.output_buffer(final_value, final)
         else:
@@ -309,6 +316,30 @@ class GraphLowering:
         result = buffer_ref(target, plan.shape)
         for value in [node.outputs[0], *(u.outputs[0] for u in chain)]:
             self.refs[value] = result
+
+    def int8_sink(self, value: Value, shape: tuple[Expr, ...]) -> WordSink | None:
+        """Where the int8 conv that alone reads ``value`` wants its four-channel words
+        (irkit.lower.quantized_conv.input_sink), or None. ``value`` then has no float
+        buffer; reading it is an error."""
+        if value in self.outputs or len(value.uses) != 1 or value.uses[0].index != 0:
+            return None
+        consumer = value.uses[0].node
+        if consumer.op != "QLinearConvInt8" or self.heavy(consumer.op) is not INT8_HEAVY[
+                consumer.op] or lowbit.touches(consumer):
+            return None
+        if any(v is not None and v.name and v is not value and v not in self.refs
+               for v in consumer.inputs):
+            return None
+
+        def unread(idx: Index) -> Expr:
+            raise LoweringError(f"%{value.name} is written as int8 words for "
+                                f"{consumer.describe()} only")
+
+        self.refs[value] = TensorRef(shape, "f32", unread)
+        sink = input_sink(self.ctx, consumer, self._input_refs(consumer))
+        if sink is None:
+            del self.refs[value]
+        return sink
 
     def widen(self, ref: TensorRef | None) -> TensorRef | None:
         """``ref`` read as f32 when it holds f16/bf16; other refs as they are."""

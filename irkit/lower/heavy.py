@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,10 @@ Epilogue = Callable[[Index, Expr], Stmt]
 class HeavyPlan:
     shape: tuple[Expr, ...]
     emit: Callable[[Epilogue], None]
+    # Plans that can write their output as an int8 conv's input words instead
+    # (irkit.lower.quantized_conv.input_sink): emit_words(sink, value_of), where
+    # value_of(idx, acc) is the fused epilogue's float value.
+    emit_words: Callable[[Any, Callable[[Index, Expr], Expr]], None] | None = None
 
 
 def _static_or_symbolic(dim: Expr) -> int | Expr:

@@ -76,12 +76,44 @@ def plan_int8_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     g = conv_geometry(node, x, w4.astype(np.float32))
     if cin < MIN_INT8_CHANNELS and g["d"][1] != 1:
         return _fake_quant_conv(ctx, node, x, quant, w4, ins)
-    x_mat = ctx.materialize(x, "qconv_in")
-    xbuf = x_mat.buffer
-    assert xbuf is not None
-    layout = (_tap_layout if cin < MIN_INT8_CHANNELS else _channel_layout)(
-        ctx, x, xbuf, cin, g, np.asarray(w4, np.int8), quant)
+    layout = ctx.int8_inputs.pop(id(node), None)  # words its producer writes
+    if layout is None:
+        x_mat = ctx.materialize(x, "qconv_in")
+        xbuf = x_mat.buffer
+        assert xbuf is not None
+        layout = (_tap_layout if cin < MIN_INT8_CHANNELS else _channel_layout)(
+            ctx, x, xbuf, cin, g, np.asarray(w4, np.int8), quant)
     return _int8_conv_plan(ctx, node, ins, x, g, layout, quant)
+
+
+def input_sink(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
+               ) -> WordSink | None:
+    """Let the producer of int8 conv ``node``'s input write the bytes the conv reads.
+
+    When ``node`` reads four channels per word (``_channel_layout``), the heavy op that
+    computes its input can store each activation's byte straight into that word image
+    from its epilogue: no float tensor between the two, and no quantize kernel reading it
+    back. This emits the zero-point fill of the image's padding (before the producer's
+    kernel), keeps the layout for ``plan_int8_conv`` and returns where the words go; None
+    where the conv reads its input another way."""
+    x = ins[0]
+    if x is None or len(x.shape) != 4 or int(node.attr("group", 1)) != 1:
+        return None
+    try:
+        quant = static_quant(_const(ins[1], "x_scale"), _const(ins[2], "x_zero_point"))
+        w4 = np.asarray(_const(ins[3], "weight"), np.int8)
+        cin = static(x.shape[1], "Conv channels")
+    except LoweringError:
+        return None
+    if cin < MIN_INT8_CHANNELS:
+        return None
+    g = conv_geometry(node, x, w4.astype(np.float32))
+    layout = _channel_layout(ctx, x, None, cin, g, w4, quant)
+    assert layout.sink is not None
+    layout.fill()
+    layout.quantize = lambda: None
+    ctx.int8_inputs[id(node)] = layout
+    return layout.sink
 
 
 @dataclass
@@ -95,11 +127,27 @@ class _Layout:
     words: int
     quantize: Callable[[], None]
     source: Callable[[Expr, Expr, Expr, Expr], Expr]
+    # For a producer writing the words itself (``input_sink``): the kernel filling the
+    # padding with the zero point, and where the words go.
+    fill: Callable[[], None] = lambda: None
+    sink: WordSink | None = None
 
 
-def _channel_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer, cin: int,
+@dataclass
+class WordSink:
+    """Where a producer writes an int8 conv's input words: ``word_at(n, c4, y, x)`` is the
+    index in ``buffer`` (an i32 view) of channels ``4*c4 .. 4*c4+3`` of pixel (y, x), and
+    ``byte`` the u8 value (as f32) of one float activation."""
+
+    buffer: Buffer
+    word_at: Callable[[Expr, Expr, Expr, Expr], Expr]
+    byte: Callable[[Expr], Expr]
+
+
+def _channel_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer | None, cin: int,
                     g: dict[str, list[int]], w4: np.ndarray, quant: ActQuant) -> _Layout:
-    """Four channels of one pixel per word: ``[n][c/4][y][x]`` words."""
+    """Four channels of one pixel per word: ``[n][c/4][y][x]`` words (``xbuf`` None: the
+    producer writes them through ``store``)."""
     cout = int(w4.shape[0])
     kh, kw_ = g["k"]
     cw4 = -(-cin // 4)
@@ -117,8 +165,20 @@ def _channel_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer, cin: int,
     tap_buf = ctx.weight_buffer(taps, "i64", "taps")
     image = hp * wp * cp
     xq = ctx.new_buffer("xq_nhwc", "u8", x.shape[0] * image)
+    pad_byte = Cast("u8", quant.zp + _f(quant.shift))
+    padded = bool(pt or pb or pl or pr)
+
+    def fill_kernel() -> None:
+        if padded:
+            n, e = ctx.var("n"), ctx.var("e")
+            ctx.add_kernel("quant_pad", For(n, x.shape[0], For(
+                e, Const(image), Store(xq, n * image + e, pad_byte), "vector"), "parallel"))
+
+    def word_at(n: Expr, c4: Expr, yy: Expr, xx: Expr) -> Expr:
+        return ((n * cw4 + c4) * hp + yy + pt) * wp + xx + pl
 
     def quantize_kernel() -> None:
+        assert xbuf is not None
         n, e, c, yy, xx = (ctx.var(h) for h in ("n", "e", "c", "y", "x"))
         # Four channels of one pixel -> one little-endian word; channels past cin are 0
         # (their weights are 0).
@@ -130,9 +190,8 @@ def _channel_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer, cin: int,
                 byte = Select(Binary("lt", c * 4 + t, Const(cin)), byte, Const(0, "i32"))
             word = byte if t == 0 else word + byte * Const(1 << (8 * t), "i32")
         dst = ((n * cw4 + c) * hp + yy + pt) * wp + xx + pl
-        pad_byte = Cast("u8", quant.zp + _f(quant.shift))
         fill = For(e, Const(image), Store(xq, n * image + e, pad_byte), "vector") \
-            if (pt or pb or pl or pr) else None
+            if padded else None
         quantize = For(c, Const(cw4), For(yy, Const(ih), For(xx, Const(iw), Store(
             word_view(xq), dst, word), "vector")))
         ctx.add_kernel("quant_nhwc", For(n, x.shape[0], block(fill, quantize), "parallel"))
@@ -143,7 +202,7 @@ def _channel_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer, cin: int,
         return Load(words_view, (n * (cw4 * hp) + oy * sy) * wp + ox * sx + Load(tap_buf, kq))
 
     return _Layout(taps_w.reshape(kh * kw_ * cp, cout), kh * kw_ * cw4, quantize_kernel,
-                   source)
+                   source, fill_kernel, WordSink(word_view(xq), word_at, quant.byte))
 
 
 def _tap_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer, cin: int,
@@ -231,7 +290,8 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
     spatial = oh * ow
     out_shape = (x.shape[0], Const(cout), Const(oh), Const(ow))
 
-    def emit(epilogue: Epilogue) -> None:
+    def emit(epilogue: Epilogue | None, word_sink: WordSink | None = None,
+             value_of: Callable[[Index, Expr], Expr] | None = None) -> None:
         layout.quantize()
         vecs = nr // lanes
         n, p = ctx.var("n"), ctx.var("p")
@@ -278,6 +338,10 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
             stmts += [Store(tile, Const(r * nr + v * lanes),
                             Load(acc, Const(r * nr + v * lanes), lanes))
                       for r in range(rows) for v in range(vecs)]
+            if word_sink is not None and value_of is not None:
+                stmts.append(word_stores(co0, rows, word_sink, value_of))
+                return block(*stmts)
+            assert epilogue is not None
             r_var, c_var = ctx.var("r"), ctx.var("c")
             co = Const(co0) + r_var
             px = p * nr + c_var
@@ -293,12 +357,52 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
                              if full_panels else part)
             return block(*stmts)
 
+        def word_stores(co0: int, rows: int, sink: WordSink,
+                        value_of: Callable[[Index, Expr], Expr]) -> Stmt:
+            """The tile's rows as the next conv's words: four output channels of a pixel
+            in one i32, stored along output rows (consecutive words)."""
+            c_var = ctx.var("c")
+
+            def words_at(col: Expr, oy: Expr, ox: Expr) -> Stmt:
+                stores = []
+                for r4 in range(0, rows, 4):
+                    word: Expr | None = None
+                    for r in range(r4, min(r4 + 4, rows)):
+                        idx = (n, Const(co0 + r), oy, ox)
+                        value = value_of(idx, requant.value(Load(tile, Const(r * nr) + col),
+                                                            Const(co0 + r), idx))
+                        byte: Expr = Cast("i32", sink.byte(value))
+                        if r > r4:
+                            byte = Call("shl", (byte, Const(8 * (r - r4), "i32")))
+                        word = byte if word is None else Binary("or", word, byte)
+                    assert word is not None
+                    stores.append(Store(sink.buffer, sink.word_at(
+                        n, Const((co0 + r4) // 4), oy, ox), word))
+                return block(*stores)
+
+            if nr % ow == 0:  # whole output rows; rows past the end are not stored
+                per, seg = nr // ow, ctx.var("s")
+                oy = p * per + seg
+                return For(seg, Const(per), If(Binary("lt", oy, Const(oh)), For(
+                    c_var, Const(ow), words_at(seg * ow + c_var, oy, c_var), "vector")))
+            if ow % nr == 0:
+                q = ow // nr
+                return For(c_var, Const(nr), words_at(c_var, p // q, (p % q) * nr + c_var),
+                           "vector")
+            pix = p * nr + c_var
+            full_panels, tail = divmod(spatial, nr)
+            full = For(c_var, Const(nr), words_at(c_var, pix // ow, pix % ow), "vector")
+            if tail == 0:
+                return full
+            part = For(c_var, Const(tail), words_at(c_var, pix // ow, pix % ow), "vector")
+            return If(Binary("lt", p, Const(full_panels)), full, part) if full_panels else part
+
         row_blocks = [micro(co0, min(mr, cout - co0)) for co0 in range(0, cout, mr)]
         panels = -(-spatial // nr)
         body = For(p, Const(panels), block(pack, *row_blocks))
         ctx.add_kernel("qconv", For(n, x.shape[0], body, "parallel"), [panel, acc, tile])
 
-    return HeavyPlan(out_shape, emit)
+    return HeavyPlan(out_shape, emit, lambda sink, value_of: emit(None, sink, value_of))
 
 
 def _fake_quant_conv(ctx: LoweringContext, node: Node, x: TensorRef, quant: ActQuant,
@@ -325,4 +429,4 @@ def _fake_quant_conv(ctx: LoweringContext, node: Node, x: TensorRef, quant: ActQ
     return HeavyPlan(inner.shape, emit)
 
 
-__all__ = ["MIN_INT8_CHANNELS", "plan_int8_conv"]
+__all__ = ["MIN_INT8_CHANNELS", "WordSink", "input_sink", "plan_int8_conv"]

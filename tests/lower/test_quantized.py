@@ -165,6 +165,45 @@ def test_static_conv(tmp_path: Path, cin: int, stride: int, pad: int, size: int,
     assert check(q, tmp_path, (cin, size, size), arch=arch) == 3
 
 
+def conv_chain_model(size: int, widths: tuple[int, ...], pads: tuple[int, ...],
+                     kernels: tuple[int, ...]) -> Any:
+    """Convs with ReLU, one after another, on 3 channels: ``widths`` output channels."""
+    rng = np.random.default_rng(2)
+    nodes, inits, cin, last, out_size = [], {}, 3, "x", size
+    for i, (cout, pad, k) in enumerate(zip(widths, pads, kernels)):
+        inits[f"w{i}"] = rng.standard_normal((cout, cin, k, k)) * (1.0 / np.sqrt(cin * k * k))
+        inits[f"b{i}"] = rng.standard_normal(cout) * 0.1
+        out = "y" if i == len(widths) - 1 else f"a{i}"
+        nodes += [helper.make_node("Conv", [last, f"w{i}", f"b{i}"], [f"c{i}"], pads=[pad] * 4),
+                  helper.make_node("Relu", [f"c{i}"], [out])]
+        cin, last, out_size = cout, out, out_size + 2 * pad - k + 1
+    return _model(nodes, inits, ["N", 3, size, size], ["N", widths[-1], out_size, out_size])
+
+
+@pytest.mark.parametrize("arch", ["native", "x86-64-v3"])
+@pytest.mark.parametrize(("size", "widths", "pads", "kernels"), [
+    (10, (10, 8, 6), (1, 1, 0), (3, 3, 1)),  # 10 and 8 wide: panels of whole rows
+    (34, (8, 12), (0, 1), (3, 3)),  # 32 wide: panels inside one row
+    (9, (7, 13, 5), (1, 0, 1), (3, 3, 3)),  # 9 and 7 wide: panels of any pixels, a tail
+])
+def test_int8_conv_writes_the_next_convs_words(tmp_path: Path, arch: str, size: int,
+                                               widths: tuple[int, ...], pads: tuple[int, ...],
+                                               kernels: tuple[int, ...]) -> None:
+    """An int8 conv feeding another stores its requantized output as the next conv's
+    four-channel words (no float tensor or quantize kernel between them; channel counts
+    not multiples of 4, padded and unpadded consumers) and computes what the reference
+    does within one quantization step per layer."""
+    graph = irkit.load_model(conv_chain_model(size, widths, pads, kernels))
+    calib = [{"x": np.random.default_rng(3).standard_normal((16, 3, size, size))
+              .astype(np.float32) * 1.5}]
+    q = irkit.optimize(graph, "fuse,quantize{mode=static,per_channel=true,force=true}",
+                       calibration=calib, target=arch)
+    assert [n.op for n in quantized_ops(q)] == ["QLinearConvInt8"] * len(widths)
+    assert check(q, tmp_path, (3, size, size), flips=len(widths), exact=0.9, arch=arch) == 3
+    kernels_ = programs(compile_llvm(q, tmp_path / "k", arch).manifest.entry)[0].kernels
+    assert not any(k.startswith("quant_nhwc") for k in kernels_), kernels_
+
+
 def _gemm(k: int, n: int, sparsity: float, trans_b: bool) -> Any:
     rng = np.random.default_rng(5)
     w = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
