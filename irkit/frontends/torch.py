@@ -87,10 +87,10 @@ def load_torch(
                                      dynamic_axes or {})
     if capture == "onnx":
         return _load_via_onnx(module, args, kwargs, spec, opset)
-    from irkit.frontends.torch_rnn import lstm_as_one_op
+    from irkit.frontends.torch_rnn import recurrences_as_one_op
 
     try:
-        with torch.no_grad(), warnings.catch_warnings(), lstm_as_one_op(module):
+        with torch.no_grad(), warnings.catch_warnings(), recurrences_as_one_op(module):
             # torch's own pytree deprecation notice, raised inside torch.export
             warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
             program = torch.export.export(

@@ -3,8 +3,9 @@ length: one artifact matches torch eager at two batch sizes x two lengths (abs 1
 
 Covers the ConstantOfShape/Expand of symbolic dims (attention masks), attention's
 probabilities x V with a head dim narrower than a GEMM panel, Conv over a symbolic
-length, ``nn.LSTM`` as one ONNX LSTM per layer with a run-time time loop, and the ways to
-declare the axes (``dynamic_axes``, a factory's third item, a spec's ``inputs`` block)."""
+length, ``nn.LSTM``/``GRU``/``RNN`` as one ONNX node per layer with a run-time time loop,
+and the ways to declare the axes (``dynamic_axes``, a factory's third item, a spec's
+``inputs`` block)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,11 @@ ATOL = 1e-4
 
 
 class SelfAttention(nn.Module):
+    """Sequence-first (torch's default layout): x is [S, N, 32]."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.attn = nn.MultiheadAttention(32, 4)
 
     def forward(self, x: Any) -> Any:
         return self.attn(x, x, x, need_weights=False)[0]
@@ -70,8 +73,20 @@ class BiLSTM(nn.Module):
         return self.head(out) + (hn.sum(0) + cn.mean(0)).mean(-1, keepdim=True)
 
 
-def _encoder(batch_first: bool) -> nn.Module:
-    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=batch_first)
+class Recurrent(nn.Module):
+    """``nn.GRU`` / ``nn.RNN``: the output sequence plus the final state."""
+
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: Any) -> Any:
+        out, hn = self.rnn(x)
+        return out + hn.mean(0).sum(-1, keepdim=True).unsqueeze(1)
+
+
+def _encoder() -> nn.Module:
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
     return nn.TransformerEncoder(layer, 2)
 
 
@@ -83,16 +98,20 @@ NS = {0: "N", 1: "S"}
 # name: (module factory, inputs for (batch, length), dynamic_axes)
 CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[int, int], tuple[Any, ...]],
                        dict[str, dict[int, str]]]] = {
-    "encoder_batch_first": (lambda: _encoder(True), lambda n, s: (_randn(n, s, 32),),
-                            {"src": NS}),
-    "encoder_seq_first": (lambda: _encoder(False), lambda n, s: (_randn(s, n, 32),),
-                          {"src": {0: "S", 1: "N"}}),
-    "multihead_attention": (SelfAttention, lambda n, s: (_randn(n, s, 32),), {"x": NS}),
+    "encoder": (_encoder, lambda n, s: (_randn(n, s, 32),), {"src": NS}),
+    # seq-first, checked on the (cheaper) attention alone: x is [S, N, 32]
+    "multihead_attention": (SelfAttention, lambda n, s: (_randn(s, n, 32),),
+                            {"x": {0: "S", 1: "N"}}),
     "conv_bn_residual": (ConvBlock, lambda n, s: (_randn(n, 8, s),), {"x": {0: "N", 2: "S"}}),
     "lstm_batch_first": (lambda: nn.LSTM(16, 24, batch_first=True),
                          lambda n, s: (_randn(n, s, 16),), {"input": NS}),
     "lstm_2layer_bidirectional": (BiLSTM, lambda n, s: (_randn(s, n, 16), _randn(4, n, 12)),
                                   {"x": {0: "S", 1: "N"}, "h0": {1: "N"}}),
+    "gru_2layer_bidirectional": (
+        lambda: Recurrent(nn.GRU(16, 12, 2, batch_first=True, bidirectional=True)),
+        lambda n, s: (_randn(n, s, 16),), {"x": NS}),
+    "rnn_relu": (lambda: Recurrent(nn.RNN(16, 12, nonlinearity="relu", batch_first=True)),
+                 lambda n, s: (_randn(n, s, 16),), {"x": NS}),
 }
 
 
@@ -119,30 +138,33 @@ def test_one_llvm_artifact_serves_any_batch_and_length(name: str) -> None:
             np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
 
 
-def test_lstm_lowering_layout_1_reverse_matches_onnx_reference() -> None:
-    """The llvm LSTM kernel on an ONNX LSTM with a batch-major layout (which ONNX
-    Runtime refuses) and the reverse direction, against onnx's reference evaluator."""
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_recurrent_lowering_layout_1_reverse_matches_onnx_reference(op: str) -> None:
+    """The llvm kernels on ONNX LSTM / GRU nodes with a batch-major layout (which ONNX
+    Runtime refuses), the reverse direction and (GRU) ``linear_before_reset=0`` (torch
+    exports 1), against onnx's reference evaluator."""
     from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
     from irkit.interop.onnx_import import load_onnx
 
     rng = np.random.default_rng(0)
-    hidden, width = 6, 5
+    hidden, width, gates = 6, 5, {"LSTM": 4, "GRU": 3}[op]
     weights = [numpy_helper.from_array(
         (0.4 * rng.standard_normal(shape)).astype(np.float32), name)
-        for name, shape in (("W", (1, 4 * hidden, width)), ("R", (1, 4 * hidden, hidden)),
-                            ("B", (1, 8 * hidden)))]
-    node = helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "h0"], ["y", "yh", "yc"],
-                            hidden_size=hidden, direction="reverse", layout=1)
+        for name, shape in (("W", (1, gates * hidden, width)),
+                            ("R", (1, gates * hidden, hidden)), ("B", (1, 2 * gates * hidden)))]
+    outputs = ["y", "yh", "yc"][:3 if op == "LSTM" else 2]
+    inputs = ["x", "W", "R", "B", "", "h0", "h0"][:7 if op == "LSTM" else 6]
+    node = helper.make_node(op, inputs, outputs, hidden_size=hidden, direction="reverse",
+                            layout=1)
     state = ["N", 1, hidden]
     graph = helper.make_graph(
-        [node], "lstm",
+        [node], "recurrent",
         [helper.make_tensor_value_info("x", 1, ["N", "S", width]),
          helper.make_tensor_value_info("h0", 1, state)],
         [helper.make_tensor_value_info("y", 1, ["N", "S", 1, hidden]),
-         helper.make_tensor_value_info("yh", 1, state),
-         helper.make_tensor_value_info("yc", 1, state)], weights)
+         *(helper.make_tensor_value_info(name, 1, state) for name in outputs[1:])], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     reference = ReferenceEvaluator(model)
@@ -154,7 +176,7 @@ def test_lstm_lowering_layout_1_reverse_matches_onnx_reference() -> None:
             h0 = rng.standard_normal((batch, 1, hidden)).astype(np.float32)
             want = reference.run(None, {"x": x, "h0": h0})
             got = compiled(x=x, h0=h0)
-            for key, value in zip(("y", "yh", "yc"), want):
+            for key, value in zip(outputs, want):
                 np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-5)
 
 
