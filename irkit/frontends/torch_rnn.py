@@ -119,7 +119,7 @@ def _param(ctx: LoweringContext, arg: Any) -> np.ndarray:
 @lowers("irkit.recurrent.default")
 def lower_recurrent(ctx: LoweringContext, x: Any, h0: Any, c0: Any, params: Any, mode: str,
                     has_biases: bool, num_layers: int, bidirectional: bool, batch_first: bool
-                    ) -> tuple[Value, Value, Value | None]:
+                    ) -> tuple[Value, Value | None, Value | None]:
     lstm = mode == "LSTM"
     onnx_op = "LSTM" if lstm else "GRU" if mode == "GRU" else "RNN"
     dirs = 2 if bidirectional else 1
