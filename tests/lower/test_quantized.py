@@ -95,8 +95,8 @@ def flip_tolerance(graph: Any) -> float:
 
 
 def check(graph: Any, tmp_path: Path, shape: tuple[int, ...], flips: float = 1.0,
-          exact: float = 0.99, arch: str = "native") -> int:
-    compiled = compile_llvm(graph, tmp_path, arch)
+          exact: float = 0.99, arch: str = "native", compiled: Any = None) -> int:
+    compiled = compiled or compile_llvm(graph, tmp_path, arch)
     tol = flip_tolerance(graph) * flips
     checked = 0
     for batch in BATCHES:
@@ -166,42 +166,108 @@ def test_static_conv(tmp_path: Path, cin: int, stride: int, pad: int, size: int,
 
 
 def conv_chain_model(size: int, widths: tuple[int, ...], pads: tuple[int, ...],
-                     kernels: tuple[int, ...]) -> Any:
-    """Convs with ReLU, one after another, on 3 channels: ``widths`` output channels."""
+                     kernels: tuple[int, ...], pool: bool = False,
+                     windows: tuple[str, ...] = ()) -> Any:
+    """Convs with ReLU, one after another, on 3 channels: ``widths`` output channels;
+    ``windows[i]``: "MaxPool" or "AveragePool" (2x2, stride 2) after conv i, or "";
+    ``pool``: then a global average pool, flattened."""
     rng = np.random.default_rng(2)
     nodes, inits, cin, last, out_size = [], {}, 3, "x", size
     for i, (cout, pad, k) in enumerate(zip(widths, pads, kernels)):
         inits[f"w{i}"] = rng.standard_normal((cout, cin, k, k)) * (1.0 / np.sqrt(cin * k * k))
         inits[f"b{i}"] = rng.standard_normal(cout) * 0.1
-        out = "y" if i == len(widths) - 1 else f"a{i}"
+        out = "y" if i == len(widths) - 1 and not pool else f"a{i}"
         nodes += [helper.make_node("Conv", [last, f"w{i}", f"b{i}"], [f"c{i}"], pads=[pad] * 4),
                   helper.make_node("Relu", [f"c{i}"], [out])]
         cin, last, out_size = cout, out, out_size + 2 * pad - k + 1
+        if i < len(windows) and windows[i]:
+            window_out = "y" if out == "y" else f"p{i}"
+            nodes[-1].output[0] = f"r{i}"
+            nodes.append(helper.make_node(windows[i], [f"r{i}"], [window_out],
+                                          kernel_shape=[2, 2], strides=[2, 2]))
+            last, out_size = window_out, out_size // 2
+    if pool:
+        nodes += [helper.make_node("GlobalAveragePool", [last], ["g"]),
+                  helper.make_node("Flatten", ["g"], ["y"])]
+        return _model(nodes, inits, ["N", 3, size, size], ["N", widths[-1]])
     return _model(nodes, inits, ["N", 3, size, size], ["N", widths[-1], out_size, out_size])
 
 
 @pytest.mark.parametrize("arch", ["native", "x86-64-v3"])
-@pytest.mark.parametrize(("size", "widths", "pads", "kernels"), [
-    (10, (10, 8, 6), (1, 1, 0), (3, 3, 1)),  # 10 and 8 wide: panels of whole rows
-    (34, (8, 12), (0, 1), (3, 3)),  # 32 wide: panels inside one row
-    (9, (7, 13, 5), (1, 0, 1), (3, 3, 3)),  # 9 and 7 wide: panels of any pixels, a tail
+@pytest.mark.parametrize(("size", "widths", "pads", "kernels", "pool"), [
+    (10, (10, 8, 6), (1, 1, 0), (3, 3, 1), False),  # 10 and 8 wide: panels of whole rows
+    (34, (8, 12), (0, 1), (3, 3), True),  # 32 wide: panels inside one row
+    (9, (7, 13, 5), (1, 0, 1), (3, 3, 3), True),  # 9 and 7 wide: any pixels, a tail
 ])
 def test_int8_conv_writes_the_next_convs_words(tmp_path: Path, arch: str, size: int,
                                                widths: tuple[int, ...], pads: tuple[int, ...],
-                                               kernels: tuple[int, ...]) -> None:
+                                               kernels: tuple[int, ...], pool: bool) -> None:
     """An int8 conv feeding another stores its requantized output as the next conv's
     four-channel words (no float tensor or quantize kernel between them; channel counts
     not multiples of 4, padded and unpadded consumers) and computes what the reference
-    does within one quantization step per layer."""
-    graph = irkit.load_model(conv_chain_model(size, widths, pads, kernels))
+    does within one quantization step per layer. Followed by a global average pool, the
+    last conv sums its output per channel instead of storing it: equal, to fp32
+    rounding, to the unpooled artifact's output averaged by numpy."""
+    calib = [{"x": np.random.default_rng(3).standard_normal((16, 3, size, size))
+              .astype(np.float32) * 1.5}]
+
+    def build(pooled: bool) -> tuple[Any, Any, list[str]]:
+        graph = irkit.load_model(conv_chain_model(size, widths, pads, kernels, pooled))
+        q = irkit.optimize(graph, "fuse,quantize{mode=static,per_channel=true,force=true}",
+                           calibration=calib, target=arch)
+        assert [n.op for n in quantized_ops(q)] == ["QLinearConvInt8"] * len(widths)
+        compiled = compile_llvm(q, tmp_path / f"pool{pooled}", arch)
+        kernels_ = programs(compiled.manifest.entry)[0].kernels
+        assert not any(k.startswith("quant_nhwc") for k in kernels_), kernels_
+        assert any(k.startswith("qconv_pool") for k in kernels_) == pooled, kernels_
+        return q, compiled, kernels_
+
+    q, plain, _ = build(False)
+    assert check(q, tmp_path, (3, size, size), flips=len(widths), exact=0.9, arch=arch,
+                 compiled=plain) == 3
+    if pool:
+        _, pooled, _ = build(True)
+        x = np.random.default_rng(5).standard_normal((9, 3, size, size)).astype(np.float32)
+        want = plain(x=x)["y"].mean(axis=(2, 3))
+        np.testing.assert_allclose(pooled(x=x)["y"], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["native", "x86-64-v3"])
+@pytest.mark.parametrize(("size", "windows", "fused"), [
+    (16, ("MaxPool", "AveragePool"), 2),  # 16 wide: a window's rows in two panels; then 8
+    (32, ("AveragePool", "MaxPool"), 2),  # 32 wide: panels inside one row; then 16
+    (14, ("MaxPool", "AveragePool"), 0),  # 14 and 7 wide: pooled by its own kernel
+])
+def test_int8_conv_pools_in_its_epilogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         arch: str, size: int, windows: tuple[str, ...],
+                                         fused: int) -> None:
+    """An int8 conv followed by a 2x2 max or average pool pools in its epilogue (the
+    full-resolution output is never written) where a panel is whole output rows or part
+    of one row; other widths keep the pool kernel. Within one quantization step per
+    layer of the reference (pools spread a byte rounded the other way upstream over
+    their window, so fewer outputs are bit-exact than for convs alone), and equal to fp32
+    rounding to the same program lowered with separate pool kernels. ``fused`` pools are
+    taken by the x86-64-v3 build (16-pixel panels)."""
+    from irkit.lower.driver import GraphLowering
+
+    graph = irkit.load_model(conv_chain_model(size, (8, 12, 6), (1, 1, 1), (3, 3, 3),
+                                              windows=windows))
     calib = [{"x": np.random.default_rng(3).standard_normal((16, 3, size, size))
               .astype(np.float32) * 1.5}]
     q = irkit.optimize(graph, "fuse,quantize{mode=static,per_channel=true,force=true}",
                        calibration=calib, target=arch)
-    assert [n.op for n in quantized_ops(q)] == ["QLinearConvInt8"] * len(widths)
-    assert check(q, tmp_path, (3, size, size), flips=len(widths), exact=0.9, arch=arch) == 3
-    kernels_ = programs(compile_llvm(q, tmp_path / "k", arch).manifest.entry)[0].kernels
-    assert not any(k.startswith("quant_nhwc") for k in kernels_), kernels_
+    assert [n.op for n in quantized_ops(q)] == ["QLinearConvInt8"] * 3
+    compiled = compile_llvm(q, tmp_path, arch)
+    assert check(q, tmp_path, (3, size, size), flips=3, exact=0.6, arch=arch,
+                 compiled=compiled) == 3
+    if arch == "x86-64-v3":
+        kernels_ = programs(compiled.manifest.entry)[0].kernels
+        pool_kernels = [k for k in kernels_ if k.startswith(("maxpool", "averagepool"))]
+        assert len(pool_kernels) == len(windows) - fused, kernels_
+    monkeypatch.setattr(GraphLowering, "window_pool_of", lambda self, value: None)
+    separate = compile_llvm(q, tmp_path / "separate", arch)
+    x = np.random.default_rng(6).standard_normal((5, 3, size, size)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x=x)["y"], separate(x=x)["y"], rtol=1e-5, atol=1e-6)
 
 
 def _gemm(k: int, n: int, sparsity: float, trans_b: bool) -> Any:
