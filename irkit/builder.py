@@ -122,6 +122,11 @@ def load_pipeline_model(pipeline: Any) -> Graph:
         graph = load_model(source.path, frontend="onnx")
     else:
         options = dict(source.options)
+        axes = {decl.name: {i: d for i, d in enumerate(decl.shape) if isinstance(d, str)}
+                for decl in pipeline.inputs}
+        if source.kind == "torch" and any(axes.values()) and "dynamic_shapes" not in options:
+            # the declared symbols (x: f32[N, S, 32]) are the dims export keeps dynamic
+            options.setdefault("dynamic_axes", {k: v for k, v in axes.items() if v})
         example = options.pop("example", None)
         example_inputs = None
         if example is not None:

@@ -55,6 +55,7 @@ def load_torch(
     example_inputs: Sequence[Any] | Mapping[str, Any] | None = None,
     *,
     dynamic_batch: bool = True,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     dynamic_shapes: Any = None,
     capture: str = "export",
     opset: int | None = None,
@@ -66,25 +67,30 @@ def load_torch(
     ``example_inputs``: a tuple of tensors (or a dict keyed by forward's argument names);
     a factory string may return ``(module, example_inputs)`` instead. With
     ``dynamic_batch`` dim 0 of every tensor input is the symbol ``"N"`` (give the example a
-    batch of 2 or more: torch specializes size-1 dims); ``dynamic_shapes`` overrides that
-    with torch.export's own spec. ``opset`` defaults to 17, or 20 when the model has a
+    batch of 2 or more: torch specializes size-1 dims). ``dynamic_axes`` names more
+    dynamic dims per input, ``{"x": {0: "N", 1: "S"}}`` (a batch and a sequence length;
+    one name is one size wherever it appears); inputs it does not name keep the batch
+    rule. ``dynamic_shapes`` overrides both with torch.export's own spec. ``opset`` defaults to 17, or 20 when the model has a
     GELU (so it stays one ``Gelu`` node); below 20 GELU is decomposed.
     """
     import torch
 
-    module, args, kwargs = _resolve_source(source, example_inputs)
+    module, args, kwargs, factory_axes = _resolve_source(source, example_inputs)
+    dynamic_axes = dynamic_axes if dynamic_axes is not None else factory_axes
     graph_name = name or _graph_name(module)
-    if capture == "onnx":
-        return _load_via_onnx(module, args, kwargs, dynamic_batch, dynamic_shapes, opset)
-    if capture != "export":
+    if capture not in ("export", "onnx"):
         raise IrkitError(f"capture must be 'export' or 'onnx', not {capture!r}")
-
     arg_names = forward_arg_names(module, len(args))
     spec = dynamic_shapes
-    if spec is None and dynamic_batch:
-        spec = _batch_dynamic_shapes(module, args, kwargs, arg_names)
+    if spec is None and (dynamic_batch or dynamic_axes):
+        spec = _batch_dynamic_shapes(module, args, kwargs, arg_names, dynamic_batch,
+                                     dynamic_axes or {})
+    if capture == "onnx":
+        return _load_via_onnx(module, args, kwargs, spec, opset)
+    from irkit.frontends.torch_rnn import recurrences_as_one_op
+
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), recurrences_as_one_op(module):
             # torch's own pytree deprecation notice, raised inside torch.export
             warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
             program = torch.export.export(
@@ -110,9 +116,16 @@ def load_torch(
 def resolve_module(source: Any) -> tuple[Any, Any]:
     """``(module, the factory's example inputs or None)`` for an ``nn.Module`` or a
     ``"pkg.module:factory"`` string; ModelLoadError when it names no module."""
+    module, factory_inputs, _ = resolve_factory(source)
+    return module, factory_inputs
+
+
+def resolve_factory(source: Any) -> tuple[Any, Any, Any]:
+    """``resolve_module`` plus the factory's dynamic axes: a factory returns a module,
+    ``(module, example_inputs)`` or ``(module, example_inputs, dynamic_axes)``."""
     import torch
 
-    module, factory_inputs = source, None
+    module, factory_inputs, factory_axes = source, None, None
     if isinstance(source, str):
         module_name, _, attr = source.partition(":")
         try:
@@ -128,27 +141,29 @@ def resolve_module(source: Any) -> tuple[Any, Any]:
         )
         if isinstance(module, tuple) and len(module) == 2:
             module, factory_inputs = module
+        elif isinstance(module, tuple) and len(module) == 3:
+            module, factory_inputs, factory_axes = module
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(f"{source!r} is not a torch.nn.Module (got {type(module).__name__})")
-    return module, factory_inputs
+    return module, factory_inputs, factory_axes
 
 
 def _resolve_source(
     source: Any, example_inputs: Any
-) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+) -> tuple[Any, tuple[Any, ...], dict[str, Any], Any]:
     import torch
 
-    module, factory_inputs = resolve_module(source)
+    module, factory_inputs, factory_axes = resolve_factory(source)
     example_inputs = example_inputs if example_inputs is not None else factory_inputs
     if example_inputs is None:
         raise ModelLoadError(
             f"loading {_graph_name(module)} from torch needs example_inputs=(tensor, …)"
         )
     if isinstance(example_inputs, Mapping):
-        return module, (), dict(example_inputs)
+        return module, (), dict(example_inputs), factory_axes
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    return module, tuple(example_inputs), {}
+    return module, tuple(example_inputs), {}, factory_axes
 
 
 def _graph_name(module: Any) -> str:
@@ -166,26 +181,51 @@ def forward_arg_names(module: Any, count: int) -> list[str]:
 
 
 def _batch_dynamic_shapes(
-    module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], arg_names: list[str]
+    module: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    arg_names: list[str],
+    dynamic_batch: bool = True,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> Any:
-    """dim 0 of every tensor input is ``Dim("N")`` (None for everything else)."""
+    """torch.export's dynamic_shapes: the axes ``dynamic_axes`` names for an input, else
+    (with ``dynamic_batch``) dim 0 of every tensor input as ``Dim("N")``."""
     import torch
 
-    batch = torch.export.Dim(BATCH_DIM)
+    axes = dict(dynamic_axes or {})
+    names = list(kwargs) if kwargs else arg_names
+    unknown = [name for name in axes if name not in names]
+    if unknown:
+        raise IrkitError(f"dynamic_axes names {', '.join(map(repr, unknown))}, not an input "
+                         f"of forward ({', '.join(names)})")
+    dims: dict[str, Any] = {}
 
-    def spec(value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return {0: batch}
-        return None
+    def dim(name: str) -> Any:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise IrkitError(f"dynamic_axes: a dim name must be an identifier, not {name!r}")
+        return dims.setdefault(name, torch.export.Dim(name))
+
+    def spec(value: Any, name: str | None = None) -> Any:
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            return None
+        if name in axes:
+            result = {}
+            for axis, dim_name in dict(axes[name]).items():
+                if not isinstance(axis, int) or not -value.dim() <= axis < value.dim():
+                    raise IrkitError(f"dynamic_axes[{name!r}]: axis {axis!r} is out of range "
+                                     f"for a rank-{value.dim()} input")
+                result[axis % value.dim()] = dim(dim_name)
+            return result or None
+        return {0: dim(BATCH_DIM)} if dynamic_batch else None
 
     if kwargs:
-        return {key: spec(value) for key, value in kwargs.items()}
+        return {key: spec(value, key) for key, value in kwargs.items()}
     params = list(inspect.signature(module.forward).parameters.values())
     for position, param in enumerate(params):
         if param.kind is param.VAR_POSITIONAL:  # forward(self, *args): one nested tuple
-            head = tuple(spec(value) for value in args[:position])
+            head = tuple(spec(value, name) for value, name in zip(args[:position], names))
             return (*head, tuple(spec(value) for value in args[position:]))
-    return tuple(spec(value) for value in args)
+    return tuple(spec(value, name) for value, name in zip(args, names))
 
 
 def _dim_names(
@@ -255,8 +295,7 @@ def _load_via_onnx(
     module: Any,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    dynamic_batch: bool,
-    dynamic_shapes: Any,
+    spec: Any,
     opset: int | None,
 ) -> Graph:
     import torch
@@ -264,9 +303,6 @@ def _load_via_onnx(
     from irkit.interop.onnx_import import load_onnx
 
     names = forward_arg_names(module, len(args))
-    spec = dynamic_shapes
-    if spec is None and dynamic_batch:
-        spec = _batch_dynamic_shapes(module, args, kwargs, names)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

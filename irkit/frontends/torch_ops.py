@@ -608,5 +608,6 @@ LOWERINGS["aten.prod.default"] = _reduce("ReduceProd", 18)
 # The shape, indexing and creation lowerings register themselves into LOWERINGS too.
 from irkit.frontends import torch_ops_norm as _torch_ops_norm  # noqa: E402
 from irkit.frontends import torch_ops_shape as _torch_ops_shape  # noqa: E402
+from irkit.frontends import torch_rnn as _torch_rnn  # noqa: E402
 
-LOWERED_MODULES = (_torch_ops_norm, _torch_ops_shape)
+LOWERED_MODULES = (_torch_ops_norm, _torch_ops_shape, _torch_rnn)

@@ -19,6 +19,7 @@ from irkit.lower.heavy import HEAVY, HeavyPlan
 from irkit.lower.planner import MemoryPlan, plan_workspace
 from irkit.lower.quantized import INT8_HEAVY
 from irkit.lower.quantized_conv import WordSink, input_sink
+from irkit.lower.recurrent import LOWERINGS as RECURRENT_LOWERINGS
 from irkit.lower.sparse import SPARSE_AWARE
 from irkit.lower.templates import family_template
 from irkit.lower.tensor import (
@@ -60,6 +61,7 @@ LOWERINGS: dict[str, LowerFn] = {
     **indexing.LOWERINGS, **image.LOWERINGS, **resize.LOWERINGS,
     **ew.LOWERINGS, **nn.LOWERINGS, **quant_ops.LOWERINGS,
     **ATTENTION_LOWERINGS,  # irkit.ScaledDotProductAttention
+    **RECURRENT_LOWERINGS,  # LSTM with a run-time sequence length
 }  # fmt: skip
 HEAVY = {**HEAVY, **SPARSE_AWARE, **INT8_HEAVY}  # sparse-aware MatMul/Gemm, irkit int8 ops
 HEAVY.update(FUSED_HEAVY)  # irkit.MatMulBiasAct with a GELU epilogue
@@ -122,19 +124,23 @@ def unsupported_nodes(graph: Graph, capabilities: Capabilities | None = None) ->
 def graph_symbols(graph: Graph) -> dict[str, str]:
     """The graph's symbolic input dims in order of first appearance, each mapped to its
     kernel-IR var: the first is ``N``, the others ``N1``, ``N2``… (``k*S`` style dims
-    name the symbol ``S``)."""
-    from irkit.lower.symbolic import symbol_var_name
+    name the symbol ``S``). A dim already named like a var (``N`` in ``[S, N, 32]``)
+    keeps that name, so the manifest's names and the program's agree."""
+    from irkit.lower.symbolic import is_symbol, symbol_var_name
     from irkit.lower.tensor import _DIM
 
-    names: dict[str, str] = {}
+    order: list[str] = []
     for v in graph.inputs:
         if not isinstance(v.type, TensorType) or not v.type.shape:
             continue
         for d in v.type.shape:
             match = _DIM.match(d) if isinstance(d, str) else None
-            if match and match.group(2) not in names:
-                names[match.group(2)] = symbol_var_name(len(names))
-    return names
+            if match and match.group(2) not in order:
+                order.append(match.group(2))
+    taken = {name for name in order if is_symbol(name)} if "N" in order else set()
+    free = (symbol_var_name(k) for k in range(2 * len(order) + 1)
+            if symbol_var_name(k) not in taken)
+    return {name: name if name in taken else next(free) for name in order}
 
 
 def batch_symbol(graph: Graph) -> str | None:

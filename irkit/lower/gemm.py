@@ -61,6 +61,7 @@ class GemmSpec:
     # symbolic (attention's probabilities x values, K = sequence length).
     b_direct: Buffer | None = None
     b_direct_offset: Callable[[Expr], Expr] | None = None  # batch -> element offset of B
+    b_direct_ld: int | None = None  # b_direct's row stride when not ``cols`` (padded rows)
     # Replaces the per-element ``store`` loop: (batch, first row, rows, panel, tile) -> Stmt
     # reading the finished ``rows x nr`` tile (irkit.ConvBiasActPool pools it in place).
     tile_store: Callable[[Expr, Expr, int, Expr, Buffer], Stmt] | None = None
@@ -87,7 +88,7 @@ def _microkernel(spec: GemmSpec, t: Tiles, acc: Buffer, tile: Buffer, bpanel: Bu
     split = max(1, min(4, -(-8 // (rows * vecs))))
     dynamic_depth = not isinstance(spec.depth, int)
     split = 1 if isinstance(spec.depth, Expr) else min(split, max(1, spec.depth))
-    ldb = spec.cols if spec.b_direct is not None else t.nr
+    ldb = (spec.b_direct_ld or spec.cols) if spec.b_direct is not None else t.nr
 
     def slot(s: int, r: int, v: int) -> Const:
         return Const((s * rows + r) * t.nr + v * t.vec)

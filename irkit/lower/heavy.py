@@ -14,7 +14,20 @@ from typing import Any
 import numpy as np
 
 from irkit.ir import Node
-from irkit.kir import Binary, Buffer, Const, Expr, For, If, Load, Stmt, Store, block, simplify_expr
+from irkit.kir import (
+    Binary,
+    Buffer,
+    Const,
+    Expr,
+    For,
+    If,
+    Load,
+    Select,
+    Stmt,
+    Store,
+    block,
+    simplify_expr,
+)
 from irkit.lower.context import LoweringContext
 from irkit.lower.depthwise import depthwise_emitter, is_depthwise
 from irkit.lower.gemm import GemmSpec, emit_gemm, pack_weights
@@ -86,9 +99,9 @@ def plan_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -
     k: int | Expr = _static_or_symbolic(a.shape[-1])
     cols: int | Expr = _static_or_symbolic(b.shape[-1])
     direct = not isinstance(k, int)
-    if direct and not (isinstance(cols, int) and cols % ctx.tiles.nr == 0):
-        raise LoweringError(f"{node.op} with a symbolic depth needs static columns that are "
-                            f"a multiple of {ctx.tiles.nr}, got {b.shape[-1]}")
+    if direct and not isinstance(cols, int):
+        raise LoweringError(f"{node.op} with a symbolic depth needs static columns, got "
+                            f"{b.shape[-1]}")
     rows = a.shape[-2]
     batch_shape = broadcast_shape([a.shape[:-2], b.shape[:-2]])
     out_shape = (*batch_shape, rows, Const(cols) if isinstance(cols, int) else cols)
@@ -124,12 +137,16 @@ def plan_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -
 
     spec_b: dict[str, object] = {}
     if direct:
-        b_mat = ctx.materialize(b, "mm_b")
+        assert isinstance(cols, int)  # checked above
+        # B's rows serve as panels in place: pad them to whole panels (a small head
+        # dimension: probabilities x V with 8 value columns).
+        ld = -(-cols // ctx.tiles.nr) * ctx.tiles.nr
+        b_mat = ctx.materialize(b if ld == cols else _pad_columns(b, ld), "mm_b")
         assert b_mat.buffer is not None
         spec_b["b_direct"] = b_mat.buffer
+        spec_b["b_direct_ld"] = ld
         b_batch = b.shape[:-2]
-        assert isinstance(cols, int)  # checked above
-        kc = simplify_expr(Const(cols) * k)
+        kc = simplify_expr(Const(ld) * k)
 
         def b_offset(bi: Expr) -> Expr:
             if fold_batch:
@@ -183,6 +200,18 @@ def plan_matmul(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]) -
         emit_gemm(ctx, spec, node.op.lower())
 
     return HeavyPlan(out_shape, emit)
+
+
+def _pad_columns(ref: TensorRef, width: int) -> TensorRef:
+    """``ref`` with its last dim zero-padded to ``width`` (static) columns."""
+    cols = static(ref.shape[-1], "padded columns")
+
+    def read(idx: Index) -> Expr:
+        j = idx[-1]
+        inside = ref.read((*idx[:-1], Binary("min", j, Const(cols - 1))))
+        return Select(Binary("lt", j, Const(cols)), inside, Const(0.0, ref.dtype))
+
+    return TensorRef((*ref.shape[:-1], Const(width)), ref.dtype, read, cost=ref.cost + 2)
 
 
 def _matmul_vector_operand(ctx: LoweringContext, node: Node, a: TensorRef, b: TensorRef
@@ -244,7 +273,11 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     x, w_ref = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
     assert x is not None and w_ref is not None
-    if w_ref.const is None or x.rank != 4 or (ctx.tiles.conv == "direct" and tile_store is None):
+    symbolic = not all(isinstance(simplify_expr(d), Const) for d in x.shape[2:])
+    if symbolic and tile_store is not None:
+        raise LoweringError("a fused Conv+pool needs static spatial dims")
+    if w_ref.const is None or x.rank != 4 or symbolic or (
+            ctx.tiles.conv == "direct" and tile_store is None):
         from irkit.lower.windows import plan_direct_conv
 
         return HeavyPlan(*plan_direct_conv(ctx, node, ins))  # weights known at run time, 1-D, 3-D

@@ -461,18 +461,25 @@ def lower_constant(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
 
 def lower_constant_of_shape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                             ) -> list[TensorRef]:
+    from irkit.ir import DType
+    from irkit.lower.tensor import KIR_DTYPES
+
+    value = node.attr("value", None)
+    arr = np.asarray(value if value is not None else np.zeros(1, np.float32)).reshape(-1)
+    dtype = KIR_DTYPES[DType.from_numpy(arr.dtype)]
     if ins[0] is not None and ins[0].const is None:
+        try:  # a shape made of the symbolic dims (Shape/Gather/Concat of an input)
+            symbolic = tuple(_shape_values(ins[0]))
+        except LoweringError:
+            symbolic = None
+        if symbolic is not None and not all(isinstance(d, Const) for d in symbolic):
+            fill = arr[0].item()
+            return [TensorRef(symbolic, dtype, lambda idx: Const(fill, dtype), cost=0)]
         (shape,) = guarded_shape(ctx, node, "constant_of_shape", ins[0], {"shape": ins[0]})
         dims = [static(d) for d in shape]
     else:
         dims = const_ints(ins[0], "ConstantOfShape shape") or []
-    value = node.attr("value", None)
-    arr = np.asarray(value if value is not None else np.zeros(1, np.float32)).reshape(-1)
-    from irkit.ir import DType
-    from irkit.lower.tensor import KIR_DTYPES
-
-    return [ctx.const_ref(np.full(dims, arr[0], dtype=arr.dtype),
-                          KIR_DTYPES[DType.from_numpy(arr.dtype)])]
+    return [ctx.const_ref(np.full(dims, arr[0], dtype=arr.dtype), dtype)]
 
 
 def lower_range(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]

@@ -69,8 +69,9 @@ class Refused(Exception):
 
 def unroll_control_flow(graph: Graph, lowers: Callable[[str, str], bool]) -> Graph:
     """``graph`` itself when nothing is rewritten, else a re-typed copy with the control
-    flow and recurrent nodes the lowering lacks (``not lowers(op, domain)``) rewritten."""
-    if not any(n.op in CONTROL_OPS and not n.domain and not lowers(n.op, n.domain)
+    flow nodes the lowering lacks (``not lowers(op, domain)``) and the recurrent nodes
+    (which the lowering runs as a time loop only when they cannot be unrolled) rewritten."""
+    if not any(n.op in CONTROL_OPS and not n.domain and _wanted(n, lowers)
                for n in graph.nodes):
         return graph
     opset = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", DEFAULT_OPSET))
@@ -90,6 +91,12 @@ def unroll_control_flow(graph: Graph, lowers: Callable[[str, str], bool]) -> Gra
         _log.debug("re-typing the unrolled %r failed: %s", graph.name, exc)
         return graph
     return expand_functions(typed, lowers)
+
+
+def _wanted(node: Node, lowers: Callable[[str, str], bool]) -> bool:
+    """Whether to rewrite ``node``: the lowering lacks it, or it is a recurrence (unrolled
+    steps beat the lowering's scalar time loop and cover every attribute)."""
+    return node.op in _GATES or not lowers(node.op, node.domain)
 
 
 def _retype(graph: Graph) -> Graph:
@@ -141,7 +148,7 @@ class _Unroller:
         for _ in range(MAX_ROUNDS):
             progress = False
             for node in self.graph.nodes:
-                if node.domain or node.op not in rewrites or self.lowers(node.op, node.domain):
+                if node.domain or node.op not in rewrites or not _wanted(node, self.lowers):
                     continue
                 self.anchor = node
                 try:

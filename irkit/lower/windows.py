@@ -10,6 +10,7 @@ the output positions, and the window taps, with the running value in a local sca
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from irkit.lower.tensor import (
     buffer_ref,
     fconst,
     flat_index,
+    is_static,
     product,
     static,
 )
@@ -229,14 +231,16 @@ def plan_direct_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | Non
     spatial = x.rank - 2
     w_shape = [static(d, "Conv weight dim") for d in w.shape]
     kernel = w_shape[2:]
-    g = window_geometry(node, x, kernel)
+    g: dict[str, list[Any]] = (window_geometry(node, x, kernel)
+                               if all(is_static(d) for d in x.shape[2:])
+                               else _symbolic_geometry(node, x, kernel))
     groups = int(node.attr("group", 1))
     cout, cin_g = w_shape[0], w_shape[1]
     cin = static(x.shape[1], "Conv channels")
     if cin != cin_g * groups or cout % groups:
         raise LoweringError(f"Conv channels {cin} -> {cout} do not split into {groups} groups")
     cout_g = cout // groups
-    out_shape = (x.shape[0], Const(cout), *(Const(o) for o in g["out"]))
+    out_shape = (x.shape[0], Const(cout), *(_dim(o) for o in g["out"]))
     x = ctx.materialize(x, "conv_x") if x.cost > 8 else x
     w = ctx.materialize(w, "conv_w") if w.cost > 8 else w
 
@@ -265,6 +269,31 @@ def plan_direct_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | Non
         ctx.add_kernel("conv_direct", _nc_loop(ctx, x.shape[0], cout, body), [acc])
 
     return out_shape, emit
+
+
+def _dim(size: int | Expr) -> Expr:
+    return Const(size) if isinstance(size, int) else size
+
+
+def _symbolic_geometry(node: Node, x: TensorRef, kernel: Sequence[int]) -> dict[str, list[Any]]:
+    """``window_geometry`` for spatial dims that are symbolic (a dynamic sequence length
+    or image size): explicit pads only; the output sizes are expressions in the dims."""
+    spatial = len(kernel)
+    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise LoweringError(f"{node.op} auto_pad {node.attr('auto_pad')} needs static "
+                            "spatial dims")
+    strides = list(node.attr("strides", None) or [1] * spatial)
+    dil = list(node.attr("dilations", None) or [1] * spatial)
+    pads = list(node.attr("pads", None) or [0] * (2 * spatial))
+    if node.attr("auto_pad", "NOTSET") == "VALID":
+        pads = [0] * (2 * spatial)
+    in_hw = [simplify_expr(d) for d in x.shape[2:]]
+    out_hw: list[Expr] = []
+    for d in range(spatial):
+        span = simplify_expr(in_hw[d] + (pads[d] + pads[d + spatial] - dil[d] * (kernel[d] - 1)
+                                         - 1))
+        out_hw.append(simplify_expr(span + 1 if strides[d] == 1 else span // strides[d] + 1))
+    return {"in": in_hw, "k": list(kernel), "s": strides, "d": dil, "p": pads, "out": out_hw}
 
 
 def lower_conv_transpose(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]

@@ -243,12 +243,17 @@ def test_if_runtime_takes_both_branches(tmp_path: Path) -> None:
 
 
 def test_refused_nodes_stay_unsupported() -> None:
-    """A run-time sequence_lens and a sequence longer than MAX_STEPS are not unrolled."""
+    """A run-time sequence_lens is neither unrolled nor lowered."""
     lens = recurrent("GRU", "forward", 0)
     lens.nodes[0].input[4] = "lens"
     lens.inputs["lens"] = ("N",)
     lens.types["lens"] = TensorProto.INT32
-    long = recurrent("RNN", "forward", 0, seq=MAX_STEPS + 1)
-    for case in (lens, long):
-        with pytest.raises(IrkitError, match=case.nodes[0].op_type):
-            irkit.compile(irkit.load_model(build_model(case)), target="llvm")
+    with pytest.raises(IrkitError, match="GRU sequence_lens"):
+        irkit.compile(irkit.load_model(build_model(lens)), target="llvm")
+
+
+def test_longer_than_max_steps_runs_the_time_loop_kernel(tmp_path: Path) -> None:
+    """A sequence longer than MAX_STEPS is not unrolled: the node runs as one kernel with
+    a time loop (irkit/lower/recurrent.py), as for a run-time sequence length."""
+    case = recurrent("RNN", "forward", 0, seq=MAX_STEPS + 1)
+    test_unrolled_matches_onnxruntime(case, tmp_path)
