@@ -34,7 +34,13 @@ from irkit.kir.nodes import ITEMSIZE
 from irkit.kir.visit import walk_exprs
 from irkit.plugins.numba.codegen import prepare
 from irkit.plugins.numba.helpers import helper_source
-from irkit.plugins.numba.pysource import MEMORY, KernelSource, SourceError, python_name
+from irkit.plugins.numba.pysource import (
+    MEMORY,
+    KernelSource,
+    SourceError,
+    global_buffers,
+    python_name,
+)
 from irkit.runtime.backends.pysource import source_header
 
 GRID_BLOCK = 256  # threads per block of grid-shaped kernels on a GPU
@@ -243,10 +249,13 @@ def render_module(program: Program, target: str = "sm_90") -> CudaModule:
         rendered, used = render_kernel(kernel, symbols)
         kernels.append(rendered)
         helpers |= used
+    # One table entry per (buffer, type): kernels may type the same bytes differently,
+    # and the simulator indexes a typed view.
+    slots = global_buffers(program)
     buffers: dict[str, Buffer] = {}
     for kernel in program.kernels:
         for buf in kernel.buffers:
-            buffers.setdefault(buf.name, buf)
+            buffers.setdefault(slots[buf.name, buf.dtype], buf)
     order = list(buffers)
     dims = [f"{s} = int(dims[{i}])" for i, s in enumerate(symbols)]
     out = [
@@ -270,7 +279,7 @@ def render_module(program: Program, target: str = "sm_90") -> CudaModule:
         '_device = globals().get("IRKIT_DEVICE") or cuda.jit(device=True, inline="always")',
         "",
         "KERNELS = (",
-        *(f"    ({k.name!r}, {k.shape!r}, {tuple(order.index(b.name) for b in k.buffers)!r},"
+        *(f"    ({k.name!r}, {k.shape!r}, {tuple(order.index(slots[b.name, b.dtype]) for b in k.buffers)!r},"
           f" {len(k.extras)})," for k in kernels),
         ")",
         helper_source(helpers - {"_shfl_xor"}),
