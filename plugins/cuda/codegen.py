@@ -18,9 +18,10 @@ shapes, chosen from the kernel IR alone:
 Pointers: kernels take every buffer as a typed pointer (``float32*``: the PTX parameter is
 one 64-bit address), so the runtime passes device addresses (io arrays, the weights
 blob and the workspace at the plan's byte offsets) without array descriptors; the CUDA
-simulator gets numpy views of the same layout. The host-side functions ``buffers(dims)``
-and ``launches(dims, block, max_blocks)`` give both loaders the buffer table and each
-kernel's grid, block and extra arguments.
+simulator gets numpy views of the same layout, one per type where kernels type one
+buffer differently (u8 bytes, the i32 words an int8 conv writes). The host-side
+functions ``buffers(dims)`` and ``launches(dims, block, max_blocks)`` give both loaders
+the buffer table and each kernel's grid, block and extra arguments.
 """
 
 from __future__ import annotations
@@ -288,8 +289,9 @@ def render_module(program: Program, target: str = "sm_90") -> CudaModule:
     for k in kernels:
         out += ["", "", k.source]
     out += ["", "", "def buffers(dims):",
-            '    """Every global buffer: (name, "io" | "weights" | "workspace", io index or',
-            '    byte offset, bytes, numpy type), in the order KERNELS refers to."""',
+            '    """Every global buffer, once per type the kernels give it: (name, "io" |',
+            '    "weights" | "workspace", io index or byte offset, bytes, numpy type), in',
+            '    the order KERNELS refers to."""',
             *("    " + line for line in dims), "    return [",
             *("        " + line for line in _buffer_table(program, list(buffers.values()))),
             "    ]", "", "",

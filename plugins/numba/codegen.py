@@ -7,7 +7,9 @@ The module (``kernels.py`` in the artifact) reads top to bottom:
 - per kernel ``k_<name>(buffers…, symbols…, start, end)``, and, when its body is an
   independent loop, ``k_<name>_parallel`` with that loop as ``prange`` (``parallel=True``);
 - ``views(io…, weights, workspace, dims)``: every global buffer as a typed array (io
-  arrays, or slices of the weights blob and of the workspace at the plan's offsets);
+  arrays, or slices of the weights blob and of the workspace at the plan's offsets),
+  one per type where kernels type the same buffer differently (``b_t`` as u8 bytes,
+  ``b_t__i32`` as the words an int8 conv writes into it);
 - ``run`` and ``run_parallel``: every kernel in order (serial, or the parallel variants),
   what the runtime calls once per inference;
 - ``RUN_SIGNATURE``, ``IO_DTYPES``, ``KERNELS`` (name, buffer positions in ``views``) and
