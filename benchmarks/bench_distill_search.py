@@ -5,11 +5,16 @@
    on the 360 held-out digits; then the original and the chosen model beside ONNX
    Runtime (median of alternating rounds), so the speedups have an outside anchor.
 2. ``distill`` on the ``transformer`` built-in (2 layers, d=128, seq 64, seeded, not
-   trained): ``depth = 1`` (one layer, cut from the IR) and a one-layer half-FFN torch
-   student, each trained on the teacher's outputs over unlabeled random inputs; their
-   relative output error and their speed on llvm.
+   trained): ``width = 0.5`` (half the feed-forward width and half the attention heads,
+   narrowed in the IR), ``depth = 1`` (one layer, cut from the IR) and a one-layer
+   half-FFN torch student, each trained on the teacher's outputs over unlabeled random
+   inputs; their relative output error and their speed on llvm.
+3. With ``--minilm EPOCHS``: ``distill { width = 0.5 }`` on all-MiniLM-L6-v2 (6 of 12
+   heads and half the FFN in each layer) over random token sequences: output error,
+   mean-pooled embedding cosine and llvm speed against the teacher.
 
     python benchmarks/bench_distill_search.py [--plot pareto.svg] [--skip-transformer]
+        [--skip-search] [--minilm EPOCHS] [--minilm-lr LR]
 
 Models and data come from ``python scripts/make_models.py``.
 """
@@ -112,6 +117,10 @@ def distill_transformer() -> None:
     held = {name: rng.standard_normal((64, 64, 128)).astype(np.float32)}
     reference = evaluate_graph(teacher, held)
     students = {
+        "width=0.5 (FFN 512->256 and 2 of 4 heads per layer, from the IR)":
+            "distill{width=0.5,epochs=15,lr=1e-3,verbose=false}",
+        "width=0.5, default training (40 epochs, early stop)":
+            "distill{width=0.5,lr=1e-3,verbose=false}",
         "depth=1 (one of the two layers, from the IR)":
             "distill{depth=1,epochs=15,lr=1e-3,verbose=false}",
         "torch student: 1 layer, FFN 256":
@@ -123,6 +132,12 @@ def distill_transformer() -> None:
           "llvm batch 8, one thread:")
     t_llvm = _llvm(teacher)
     feeds = {name: held[name][:8]}
+    from irkit.compress.distill import Distill
+
+    narrow, layers = Distill(width=0.5)._width_student(teacher, {name: train[name][:4]})
+    err = compare_outputs(evaluate_graph(narrow, held), reference)
+    print(f"  width=0.5 before training (pruned only; {layers.get('heads')}): relative "
+          f"output error {err.rel:.3f} (max abs {err.max_abs:.3f})", flush=True)
     for label, passes in students.items():
         started = time.perf_counter()
         student = irkit.optimize(teacher, passes, train_data=train)
@@ -138,15 +153,61 @@ def distill_transformer() -> None:
               f"{t_teacher / t_student:.2f}x", flush=True)
 
 
+def distill_minilm(epochs: int, lr: float) -> None:
+    """distill{width=0.5} on all-MiniLM-L6-v2 over random token sequences (no corpus is
+    bundled): output error and mean-pooled embedding cosine against the teacher."""
+    teacher = builtin_model("minilm")
+    rng = np.random.default_rng(0)
+
+    def tokens(count: int, length: int = 32) -> dict[str, np.ndarray]:
+        ids = rng.integers(1000, 20000, (count, length)).astype(np.int64)
+        mask = np.ones((count, length), np.int64)
+        for row, keep in enumerate(rng.integers(8, length + 1, count)):
+            ids[row, 0], ids[row, keep - 1] = 101, 102
+            ids[row, keep:], mask[row, keep:] = 0, 0
+        return {"input_ids": ids, "attention_mask": mask,
+                "token_type_ids": np.zeros((count, length), np.int64)}
+
+    train, held = tokens(256), tokens(32)
+    reference = evaluate_graph(teacher, held)
+    started = time.perf_counter()
+    student = irkit.optimize(teacher, f"distill{{width=0.5,epochs={epochs},lr={lr},batch=16,"
+                             "verbose=false}", train_data=train)
+    details = student.history[-1].details
+    got = evaluate_graph(student, held)
+    err = compare_outputs(got, reference)
+    mask = held["attention_mask"][..., None].astype(np.float32)
+    a, b = ((v["last_hidden_state"] * mask).sum(1) / mask.sum(1) for v in (reference, got))
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    feeds = {k: np.ascontiguousarray(v[:8]) for k, v in held.items()}
+    t_llvm, s_llvm = _llvm(teacher), _llvm(student)
+    t_teacher, t_student = alternate(partial(t_llvm.run, feeds),  # type: ignore[attr-defined]
+                                     partial(s_llvm.run, feeds), 9)  # type: ignore[attr-defined]
+    print(f"\nMiniLM width=0.5 ({details['narrowed'].get('heads')} heads): params "
+          f"{details['teacher_params']} -> {details['student_params']}, "
+          f"{details['epochs_run']} epochs in {time.perf_counter() - started:.0f} s on 256 "
+          f"random token sequences (S 32, padded); on 32 others: relative output error "
+          f"{err.rel:.3f}, mean-pooled embedding cosine mean {cos.mean():.4f} min "
+          f"{cos.min():.4f}; llvm batch 8, one thread: teacher {t_teacher * 1e3:.2f} ms, "
+          f"student {t_student * 1e3:.2f} ms, {t_teacher / t_student:.2f}x", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plot", help="write the search's Pareto plot (svg/png)")
     parser.add_argument("--skip-transformer", action="store_true")
+    parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument("--minilm", type=int, metavar="EPOCHS", default=0,
+                        help="also distill all-MiniLM-L6-v2 at width 0.5 for EPOCHS epochs")
+    parser.add_argument("--minilm-lr", type=float, default=1e-4)
     args = parser.parse_args(argv)
     print(cpu_description())
-    search_digits(args.plot)
+    if not args.skip_search:
+        search_digits(args.plot)
     if not args.skip_transformer:
         distill_transformer()
+    if args.minilm:
+        distill_minilm(args.minilm, args.minilm_lr)
     return 0
 
 

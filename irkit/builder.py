@@ -236,7 +236,7 @@ def check_artifact(pipeline: Any, name: str, path: Path, source: Graph, graph: G
 
     where = f"{pipeline.name}/{name}"
     try:
-        model = irkit.runtime.load(path)
+        model = irkit.runtime.load(path, reject_nonfinite=False)  # measure, as evaluate does
     except (IrkitError, ImportError, OSError) as exc:
         print(f"irkit: {where}: not checked on the eval data: {exc}", file=log)
         return

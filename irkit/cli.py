@@ -329,7 +329,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if twice:
         raise IrkitError(f"--input {', '.join(twice)} given more than once")
     feeds = dict(_read_input(s) for s in args.input)
-    model = irkit.runtime.load(args.artifact, trusted_keys=args.trusted_key or None)
+    model = irkit.runtime.load(args.artifact, trusted_keys=args.trusted_key or None,
+                               reject_nonfinite=not args.allow_nonfinite)
     try:
         outputs = model.run(feeds)
     except (ValueError, TypeError) as exc:
@@ -429,7 +430,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     for report in optimized.history:
         if not report.modified and "skipped" in report.details:
             print(f"{report.pipeline}: changed nothing: {report.details['skipped']}")
-        for key in ("nodes", "timed", "weight_range"):
+        for key in ("nodes", "timed", "weight_range", "narrowed"):
             if key in report.details:
                 print(f"{report.pipeline}: {key}: {report.details[key]}")
     if args.output:
@@ -634,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trusted-key", action="append", default=[], metavar="PUBLIC",
                    help="run only if the artifact is signed by this Ed25519 public key "
                    "(PEM file or hex; repeat for several; see irkit sign)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="pass NaN and inf inputs to the model (default: refuse them, "
+                   "naming the input and the first such index)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("targets", help="list the targets code can be compiled for",
@@ -678,7 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "specs/data/digits_eval.npz --train specs/data/digits_train.npz "
                        "--plot pareto.svg\n\nsearch options: budget (points), max_error, "
                        "max_trials (12), max_minutes (5), space (pipelines), cache (dir), "
-                       "batch (64).\ndistill options: width (0.5), student "
+                       "batch (64).\ndistill options: width (0.5: MLP/CNN channels; a "
+                       "transformer's feed-forward width and attention heads), depth, "
+                       "student "
                        "(\"pkg.mod:factory\"), temperature (4), alpha (0.7; 0 = labels "
                        "alone), epochs (40), lr, patience, val_fraction, seed.")
     p.add_argument("model")

@@ -8,6 +8,14 @@ batch, a CastLike whose ``like`` input is empty), the backend runs: kernels loop
 times over the empty input, and the llvm runner hands an empty input a zeroed guard
 buffer rather than numpy's zero-byte allocation.
 
+Non-finite inputs: by default a call whose floating-point input holds NaN or +/-inf is
+refused with an ``InputError`` naming the input and the first such index, before any
+backend runs (see ``signature.FiniteCheck``), so every backend answers the same way.
+``load(path, reject_nonfinite=False)`` (or setting ``model.reject_nonfinite``) passes
+them to the backend instead; what comes out is then the backend's arithmetic: float
+kernels propagate NaN and inf (IEEE); quantized (int8) kernels quantize NaN to the zero
+point and saturate inf, so their outputs stay finite.
+
 Thread safety: ``run``/``__call__`` may be called from several threads at once. Runners
 that declare ``thread_safe = True`` (ONNX Runtime) run concurrently; any other runner is
 serialized with a per-model lock.
@@ -27,6 +35,7 @@ import numpy as np
 from irkit.runtime.artifact import ArtifactError, Manifest, verify
 from irkit.runtime.loaders import Runner, open_runner
 from irkit.runtime.signature import (
+    FiniteCheck,
     InputPlan,
     TensorSpec,
     format_shape,
@@ -38,7 +47,8 @@ from irkit.runtime.signature import (
 class CompiledModel:
     """A model loaded from an artifact directory; call it with arrays by input name."""
 
-    def __init__(self, manifest: Manifest, runner: Runner, path: Path | None = None) -> None:
+    def __init__(self, manifest: Manifest, runner: Runner, path: Path | None = None, *,
+                 reject_nonfinite: bool = True) -> None:
         self.manifest = manifest
         self.path = path
         self._runner: Runner | None = runner
@@ -47,10 +57,32 @@ class CompiledModel:
         )
         self._input_plan = InputPlan(manifest.inputs)
         self._output_plan = InputPlan(manifest.outputs)  # the same exact-match test
+        self._finite = FiniteCheck(manifest.inputs)
+        self._finite_check: FiniteCheck | None = None
+        self.reject_nonfinite = reject_nonfinite
         # A runner's exact path (llvm: one checked native call), and the dims at which
         # its outputs were checked against the signature once.
         self._exact = runner.run_exact if getattr(runner, "exact", False) else None
         self._exact_keys: set[Any] = set()
+
+    @property
+    def reject_nonfinite(self) -> bool:
+        """Whether calls refuse floating inputs holding NaN or +/-inf (the default)."""
+        return self._reject
+
+    @reject_nonfinite.setter
+    def reject_nonfinite(self, reject: bool) -> None:
+        if not isinstance(reject, bool):
+            raise TypeError(f"reject_nonfinite must be True or False, got {reject!r}")
+        self._reject = reject
+        self._finite_check = self._finite if reject and self._finite else None
+
+    def check_finite(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Raise ``InputError`` when ``reject_nonfinite`` is on and a floating input of
+        the validated ``inputs`` holds NaN or +/-inf (adapters that cache shape verdicts
+        call it per request)."""
+        if self._finite_check is not None:
+            self._finite_check.check(inputs)
 
     @property
     def name(self) -> str:
@@ -98,9 +130,10 @@ class CompiledModel:
         """Checked, C-contiguous arrays for ``inputs``; raises ``InputError``/``InputTypeError``."""
         # the plan's fast path first, as in run(): servers validate every request
         checked = self._input_plan.check(inputs) if isinstance(inputs, Mapping) else None
-        if checked is not None:
-            return checked[0]
-        arrays, _ = validate_inputs(inputs, self.manifest.inputs)
+        arrays = checked[0] if checked is not None else \
+            validate_inputs(inputs, self.manifest.inputs)[0]
+        if self._finite_check is not None:
+            self._finite_check.check(arrays)
         return arrays
 
     def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:
@@ -108,8 +141,8 @@ class CompiledModel:
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Validate ``inputs`` and run the model; returns ``{output name: array}``."""
-        exact = self._exact
-        if exact is not None and type(inputs) is dict:
+        exact, finite = self._exact, self._finite_check
+        if exact is not None and type(inputs) is dict and (finite is None or finite.fast(inputs)):
             lock = self._lock
             if lock is None:
                 done = exact(inputs)
@@ -125,6 +158,9 @@ class CompiledModel:
             arrays, bindings = checked
         else:
             arrays, bindings = validate_inputs(inputs, self.manifest.inputs)
+        if finite is not None:
+            finite.check(arrays)
+        if checked is None:
             empty = self._empty_outputs(arrays, bindings)
             if empty is not None:
                 return empty
@@ -261,7 +297,7 @@ def _matches(spec: TensorSpec, shape: tuple[int, ...], bindings: dict[str, int])
 
 
 def load(path: str | os.PathLike[str], *, trusted_keys: Iterable[Any] | None = None,
-         **options: Any) -> CompiledModel:
+         reject_nonfinite: bool = True, **options: Any) -> CompiledModel:
     """Load the artifact directory at ``path``: verify it, then open its backend's runner.
 
     Checks, in order: with ``trusted_keys`` (Ed25519 public keys: PEM files or bytes, or
@@ -270,9 +306,13 @@ def load(path: str | os.PathLike[str], *, trusted_keys: Iterable[Any] | None = N
     ``manifest.json`` exists and parses, its format version is supported, every listed
     file is a regular file present with its sha256, no unlisted files exist, no path
     escapes the directory, the backend entry agrees with the signature. ``options``
-    override the backend's runtime options (e.g. ``threads``). Raises
+    override the backend's runtime options (e.g. ``threads``). ``reject_nonfinite=False``
+    lets floating inputs holding NaN or +/-inf reach the backend (see the module
+    docstring; by default they are refused with an ``InputError``). Raises
     :class:`ArtifactError` naming the file or field at fault.
     """
+    if not isinstance(reject_nonfinite, bool):
+        raise TypeError(f"reject_nonfinite must be True or False, got {reject_nonfinite!r}")
     directory = Path(path)
     if trusted_keys is not None:
         from irkit.runtime.signing import check_signature
@@ -280,4 +320,4 @@ def load(path: str | os.PathLike[str], *, trusted_keys: Iterable[Any] | None = N
         check_signature(directory, trusted_keys)
     manifest = verify(directory)
     runner = open_runner(directory, manifest, **options)
-    return CompiledModel(manifest, runner, directory)
+    return CompiledModel(manifest, runner, directory, reject_nonfinite=reject_nonfinite)

@@ -19,6 +19,12 @@ Input rules (:func:`validate_inputs`), applied by every ``CompiledModel`` call:
 - rank and every fixed dim must match; a symbol must have one value across all inputs;
 - arrays are made C-contiguous and aligned (copied only when they are not).
 
+Non-finite values (:class:`FiniteCheck`, applied by ``CompiledModel`` after these rules
+unless the model was loaded with ``reject_nonfinite=False``): a floating-point input
+holding NaN, +inf or -inf is refused with an :class:`InputError` naming the input, the
+index of the first such value and the option that lets them through. The check runs
+before any backend, so every backend and adapter refuses the same inputs.
+
 Wrong names, shapes and dims raise :class:`InputError` (a ``ValueError``); wrong dtypes
 raise :class:`InputTypeError` (a ``TypeError``). Both are ``IrkitError``s and name the input,
 what was expected and what was given.
@@ -26,6 +32,8 @@ what was expected and what was given.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -359,6 +367,100 @@ class InputPlan:
                     return None
             arrays[name] = array
         return arrays, bindings
+
+
+def _describe_value(value: Any) -> str:
+    value = float(value) if not isinstance(value, complex | np.complexfloating) else value
+    if isinstance(value, float):
+        return "NaN" if value != value else ("+inf" if value > 0 else "-inf")
+    return f"the non-finite value {value}"
+
+
+def _is_floating(dtype: np.dtype[Any]) -> bool:
+    """Floating or complex, numpy's own or an ml_dtypes type (bfloat16, float8...)."""
+    if dtype.kind in "fc":
+        return True
+    if dtype.kind != "V" or dtype.type.__module__ != "ml_dtypes" or "float" not in dtype.name:
+        return False
+    try:
+        np.isfinite(np.zeros(1, dtype))
+    except TypeError:
+        return False
+    return True
+
+
+# FiniteCheck's dot overflows or meets NaN exactly when it has to look closer: no warning
+# (np.errstate around every call would cost more than the dot itself)
+warnings.filterwarnings("ignore", r"(overflow|invalid value) encountered in dot",
+                        RuntimeWarning, __name__)
+
+NONFINITE_HINT = ("irkit refuses NaN and inf inputs by default; let them through with "
+                  "reject_nonfinite=False (irkit.runtime.load, or a serve block option; "
+                  "irkit run --allow-nonfinite)")
+
+
+class FiniteCheck:
+    """The non-finite input rule: ``check(arrays)`` raises :class:`InputError` when a
+    floating input holds NaN or +/-inf; ``fast(inputs)`` says whether ``inputs`` pass it
+    (True too for values it cannot judge: the checked path decides those).
+
+    The common case costs one BLAS dot per float32/float64 input: ``x . x`` is finite only
+    when every ``x`` is (NaN and inf propagate through it), so a finite dot proves the
+    input finite; when it is not (a NaN, or squares past the largest float), the exact
+    ``np.isfinite`` scan decides. Other floating dtypes take the exact scan.
+    """
+
+    __slots__ = ("_dot", "_exact")
+
+    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+        dot_types = (np.dtype(np.float32), np.dtype(np.float64))
+        floating = [spec for spec in specs if _is_floating(spec.dtype)]
+        self._dot = tuple(spec.name for spec in floating if spec.dtype in dot_types)
+        self._exact = tuple(spec.name for spec in floating if spec.dtype not in dot_types)
+
+    def __bool__(self) -> bool:
+        return bool(self._dot or self._exact)
+
+    def fast(self, inputs: Mapping[str, Any]) -> bool:
+        """False when a float input given as an ndarray holds NaN or inf."""
+        isfinite, dot = math.isfinite, np.dot
+        for name in self._dot:
+            array = inputs.get(name)
+            if isinstance(array, np.ndarray):
+                flat = array.ravel()
+                try:
+                    finite = isfinite(dot(flat, flat))
+                except (TypeError, ValueError):  # not a number array: the checked path says
+                    continue
+                if not finite and not np.isfinite(array).all():
+                    return False
+        for name in self._exact:
+            array = inputs.get(name)
+            if isinstance(array, np.ndarray) and array.dtype.kind in "fcV":
+                try:
+                    if not np.isfinite(array).all():
+                        return False
+                except TypeError:
+                    continue
+        return True
+
+    def check(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Raise :class:`InputError` for the first input (signature order) holding a
+        non-finite value; ``arrays`` are validated already."""
+        if self.fast(arrays):
+            return
+        for name in self._dot + self._exact:
+            array = arrays[name]
+            bad = ~np.isfinite(array)
+            if not bad.any():
+                continue
+            first = int(np.argmax(bad.ravel()))
+            index = [int(i) for i in np.unravel_index(first, array.shape)]
+            count = int(bad.sum())
+            others = f" ({count} non-finite values in all)" if count > 1 else ""
+            raise InputError(
+                f"input {name!r}: {_describe_value(array.ravel()[first])} at index "
+                f"{index}{others}; {NONFINITE_HINT}")
 
 
 def resolve_shape(spec: TensorSpec, bindings: Mapping[str, int]) -> tuple[int, ...] | None:

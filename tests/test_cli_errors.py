@@ -32,6 +32,7 @@ def case_dir(digits_models: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     (root / "text.npy").write_text("1 2 3\n")
     np.save(root / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.save(root / "x.npy", np.zeros((1, 64), np.float32))
+    np.save(root / "nan.npy", np.where(np.arange(64) == 5, np.nan, 0).astype(np.float32)[None])
     (root / "two.irk").write_text(textwrap.dedent(f"""
         pipeline a {{ model = onnx("{model}") inputs {{ x: f32[N, 64] }} target ort }}
         pipeline b {{ model = onnx("{model}") inputs {{ x: f32[N, 64] }} target ort }}
@@ -80,6 +81,7 @@ BAD = [
     (["run", ART, "-i", "x={dir}/text.npy"], "not a NumPy"),
     (["run", ART, "-i", "x={dir}/objects.npy"], "Python objects"),
     (["run", ART, "-i", "x={dir}/x.npy", "-i", "x={dir}/x.npy"], "more than once"),
+    (["run", ART, "-i", "x={dir}/nan.npy"], "input 'x': NaN at index [0, 5]; "),
     (["optimize", MLP, "--passes", "fuse", "--eval", "missing.npz"], "no such file"),
     (["optimize", MLP, "--passes", "fuse", "--eval", EVAL, "--eval-input", "nosuch"],
      "nosuch"),

@@ -1,7 +1,8 @@
 """``distill``: train a smaller student to mimic the graph (the teacher).
 
 The student is the same graph with every hidden layer narrowed to ``width`` (0.5 unless
-given) of its channels/neurons and/or, with ``depth = N``, only the last N copies of its
+given) of its channels/neurons (a transformer: its feed-forward width and whole attention
+heads, ``irkit.compress.heads``; d_model stays) and/or, with ``depth = N``, only the last N copies of its
 repeated block of layers (``irkit.compress.depth``: transformer encoder layers) (structured pruning keeps the teacher's strongest ones as the starting
 point; ``init = "random"`` starts from fresh seeded weights instead), or a torch module from ``student = "pkg.mod:factory"``. It trains in torch on the
 CPU (seeded, one thread, so a rebuild gives the same weights) on the training data the
@@ -153,17 +154,22 @@ class Distill(Pass):
         return 1.0 if self.depth else 0.5
 
     # -- the student ------------------------------------------------------------------------
-    def _narrow_student(self, graph: Graph) -> tuple[Graph, dict[str, Any]]:
+    def _narrow_student(self, graph: Graph, sample: Mapping[str, np.ndarray]
+                        ) -> tuple[Graph, dict[str, Any]]:
         from irkit.compress.depth import drop_blocks
 
         layers: dict[str, Any] = {}
         if self.depth:
             graph, layers["depth"] = drop_blocks(graph, self.depth)
-        narrowed, channels = self._width_student(graph)
+        narrowed, channels = self._width_student(graph, sample)
         layers.update(channels)
         return narrowed, layers
 
-    def _width_student(self, graph: Graph) -> tuple[Graph, dict[str, Any]]:
+    def _width_student(self, graph: Graph, sample: Mapping[str, np.ndarray]
+                       ) -> tuple[Graph, dict[str, Any]]:
+        """Structured pruning of every channel chain (MLP/CNN layers, a transformer's
+        feed-forward), then whole attention heads (``irkit.compress.heads``)."""
+        from irkit.compress.heads import prune_heads
         from irkit.passes.prune import Prune
 
         width = self.effective_width
@@ -171,12 +177,24 @@ class Distill(Pass):
             return graph.clone(), {}
         pruned = Prune(sparsity=1.0 - width, mode="structured", compensate=False
                        ).run(graph)
-        if not pruned.modified:
+        narrowed = pruned.graph if pruned.modified else graph
+        layers: dict[str, Any] = dict(pruned.report.get("channels", {})) \
+            if pruned.modified else {}
+        has_softmax = any(n.op == "Softmax" for n in graph.nodes)
+        if has_softmax:
+            narrowed, heads, skipped = prune_heads(narrowed, width, sample)
+            if heads:
+                layers["heads"] = heads
+            if skipped:
+                layers["heads_kept"] = skipped
+        if not pruned.modified and not layers.get("heads"):
             raise DistillError(
                 "distill: no layer of this graph could be narrowed to width "
-                f"{width} (structured pruning found no prunable channel chain); try depth = "
-                "N (fewer repeated layers) or a student = \"pkg.mod:factory\" torch module")
-        return pruned.graph, dict(pruned.report.get("channels", {}))
+                f"{width} (structured pruning found no prunable channel chain"
+                + (" and no attention block whose heads could be dropped" if has_softmax
+                   else "") + "); try depth = N (fewer repeated layers) or a student = "
+                "\"pkg.mod:factory\" torch module")
+        return narrowed, layers
 
     def _distill(self, teacher: Graph, context: PassContext) -> tuple[bool, dict[str, Any], Graph]:
         import torch
@@ -194,7 +212,8 @@ class Distill(Pass):
             else:
                 from irkit.compress.torch_graph import graph_module
 
-                narrow, layers = self._narrow_student(teacher)
+                sample = {v.name: a[:4] for v, a in zip(teacher.inputs, data.train)}
+                narrow, layers = self._narrow_student(teacher, sample)
                 module = graph_module(narrow)
                 if self.init == "random":
                     module.reinitialize(self.seed)

@@ -146,9 +146,12 @@ def _run_node(torch: Any, F: Any, node: Node, args: list[Any]) -> list[Any]:
     if op == "Reshape":
         return [_reshape(torch, args)]
     if op == "Shape":
-        return [torch.tensor(list(x.shape), dtype=torch.int64)]
+        dims = list(x.shape)
+        start, end = node.attr("start", 0), node.attr("end", len(dims))
+        return [torch.tensor(dims[start:end], dtype=torch.int64)]
     if op == "Cast":
-        return [x]
+        dtype = _CAST_TYPES.get(int(node.attr("to", 1)))
+        return [x.to(getattr(torch, dtype)) if dtype else x]
     if op == "Concat":
         return [torch.cat([a for a in args if a is not None], int(node.attr("axis", 0)))]
     if op == "Gather":
@@ -170,7 +173,46 @@ def _run_node(torch: Any, F: Any, node: Node, args: list[Any]) -> list[Any]:
         axes = _axes(node, args, 1)
         keep = bool(node.attr("keepdims", 1))
         return [x.mean() if axes is None else x.mean(dim=tuple(axes), keepdim=keep)]
+    extra = _run_mask_op(torch, node, args)
+    if extra is not None:
+        return [extra]
     raise ReplayError(f"{node.describe()}: op {op!r} has no torch replay")
+
+
+_CAST_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool",
+               10: "float16", 11: "float64", 16: "bfloat16"}
+
+
+def _run_mask_op(torch: Any, node: Node, args: list[Any]) -> Any:
+    """The comparison, logic, broadcast and indexing ops of attention-mask arithmetic
+    (an exported BERT's ``Range``/``Expand``/``GatherND``/``Where``...); None: not one."""
+    op = node.op
+    compare = {"Equal": torch.eq, "Greater": torch.gt, "GreaterOrEqual": torch.ge,
+               "Less": torch.lt, "LessOrEqual": torch.le, "And": torch.logical_and,
+               "Or": torch.logical_or, "Xor": torch.logical_xor}
+    if op in compare:
+        return compare[op](args[0], args[1])
+    if op == "Not":
+        return torch.logical_not(args[0])
+    if op == "IsNaN":
+        return torch.isnan(args[0])
+    if op == "Where":
+        return torch.where(args[0], args[1], args[2])
+    if op in ("Max", "Min"):
+        pick = torch.maximum if op == "Max" else torch.minimum
+        out = args[0]
+        for other in args[1:]:
+            out = pick(out, other)
+        return out
+    if op == "Range":
+        start, limit, delta = (a.item() for a in args[:3])
+        return torch.arange(start, limit, delta, dtype=args[0].dtype)
+    if op == "Expand":
+        shape = torch.broadcast_shapes(tuple(args[0].shape), tuple(_ints(args[1])))
+        return torch.broadcast_to(args[0], shape)
+    if op == "GatherND" and int(node.attr("batch_dims", 0)) == 0:
+        return args[0][tuple(args[1].long().unbind(-1))]
+    return None
 
 
 def _module_class() -> Any:

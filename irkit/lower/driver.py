@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from irkit.ir import Graph, Node, TensorType, Value
-from irkit.kir import Cast, Const, Expr, Placement, Program, Stmt, Store, Var
+from irkit.kir import Buffer, Cast, Const, Expr, Placement, Program, Stmt, Store, Var
 from irkit.kir.visit import substitute
 from irkit.lower import elementwise as ew
 from irkit.lower import image, indexing, linalg, lowbit, nn, quant_ops, resize, shape_ops
@@ -291,10 +291,14 @@ class GraphLowering:
             self.fused.append(f"{node.op}+{user.op}")
         final_value = chain[-1].outputs[0] if chain else node.outputs[0]
         final = self.refs[final_value]
+
+        def value_of(idx: Index, acc: Expr) -> Expr:
+            return substitute(final.read(idx), {ACC: acc})
+
         sink = None if plan.emit_words is None else self.int8_sink(final_value, plan.shape)
         if sink is not None:  # the epilogue writes the words the next int8 conv reads
             assert plan.emit_words is not None
-            plan.emit_words(sink, lambda idx, acc: substitute(final.read(idx), {ACC: acc}))
+            plan.emit_words(sink, value_of)
             self.fused.append(f"{node.op}+quantize")
             return
         pool_node = None if plan.emit_pooled is None else self.global_pool_of(final_value)
@@ -306,11 +310,32 @@ class GraphLowering:
             pool = self.output_buffer(pooled, TensorRef(shape, "f32", lambda idx: ACC)) \
                 if pooled in self.outputs else self.ctx.new_buffer("pool", "f32",
                                                                     product(shape))
-            plan.emit_pooled(pool, lambda idx, acc: substitute(final.read(idx), {ACC: acc}))
+            plan.emit_pooled(pool, value_of)
             self.done.add(pool_node)
             self.fused.append(f"{node.op}+{pool_node.op}")
             self.refs[pooled] = buffer_ref(pool, shape)
             return
+        window = None if plan.emit_window is None else self.window_pool_of(final_value)
+        if window is not None:
+            pool_node, kind, kernel, strides = window
+            pooled = pool_node.outputs[0]
+            out_type = self.type_shape(pooled)
+            shape = (plan.shape[0], plan.shape[1], *out_type[2:])
+            made: list[Buffer] = []
+
+            def make_buffer() -> Buffer:
+                made.append(self.output_buffer(pooled, TensorRef(
+                    shape, "f32", lambda idx: ACC)) if pooled in self.outputs else
+                    self.ctx.new_buffer("pool", "f32", product(shape)))
+                return made[0]
+
+            out = plan.emit_window(kind, kernel, strides, make_buffer, value_of)
+            if out is not None:
+                assert all(dims_equal(Const(a), b) for a, b in zip(out, out_type[2:]))
+                self.done.add(pool_node)
+                self.fused.append(f"{node.op}+{pool_node.op}")
+                self.refs[pooled] = buffer_ref(made[0], shape)
+                return
         if final_value in self.outputs:
             target = self.output_buffer(final_value, final)
         else:
@@ -365,6 +390,32 @@ class GraphLowering:
             return None
         axes = sorted(int(a) % 4 for a in user.attr("axes", []))
         return user if axes == [2, 3] else None
+
+    def window_pool_of(self, value: Value
+                       ) -> tuple[Node, str, tuple[int, int], tuple[int, int]] | None:
+        """The 2-D MaxPool/AveragePool without padding, dilation or ceil mode, windows
+        no larger than its strides, that alone reads ``value``: (node, "max" or
+        "average", kernel, strides); or None."""
+        if value in self.outputs or len(value.uses) != 1 or value.shape is None or len(
+                value.shape) != 4:
+            return None
+        user = value.uses[0].node
+        if user.op not in ("MaxPool", "AveragePool") or user.domain not in ("", "ai.onnx"):
+            return None
+        if len(user.outputs) > 1 and user.outputs[1].is_used:
+            return None
+        kernel = [int(k) for k in user.attr("kernel_shape", [])]
+        strides = [int(s) for s in user.attr("strides", None) or [1, 1]]
+        if len(kernel) != 2 or len(strides) != 2 or any(
+                k > s for k, s in zip(kernel, strides)):
+            return None
+        if any(int(p) for p in user.attr("pads", None) or []) or user.attr(
+                "auto_pad", "NOTSET") not in ("NOTSET", "VALID") or int(user.attr(
+                "ceil_mode", 0)) or any(int(d) != 1 for d in user.attr("dilations", None)
+                                        or []):
+            return None
+        kind = "max" if user.op == "MaxPool" else "average"
+        return user, kind, (kernel[0], kernel[1]), (strides[0], strides[1])
 
     def widen(self, ref: TensorRef | None) -> TensorRef | None:
         """``ref`` read as f32 when it holds f16/bf16; other refs as they are."""

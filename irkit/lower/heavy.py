@@ -44,6 +44,10 @@ class HeavyPlan:
     # Plans that can sum their output per (n, channel) into a [N, C] buffer instead of
     # storing it (a global average pool after the op): emit_pooled(buffer, value_of).
     emit_pooled: Callable[[Buffer, Callable[[Index, Expr], Expr]], None] | None = None
+    # Plans that can max/average pool their output in the epilogue (non-overlapping
+    # windows, no padding): emit_window(kind, kernel, strides, buffer, value_of) returns
+    # the pooled (height, width), or None when the geometry does not allow it.
+    emit_window: Callable[..., tuple[int, int] | None] | None = None
 
 
 def _static_or_symbolic(dim: Expr) -> int | Expr:

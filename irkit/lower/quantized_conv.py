@@ -292,7 +292,7 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
 
     def emit(epilogue: Epilogue | None, word_sink: WordSink | None = None,
              value_of: Callable[[Index, Expr], Expr] | None = None,
-             pool: Buffer | None = None) -> None:
+             pool: Buffer | None = None, window: _Window | None = None) -> None:
         layout.quantize()
         vecs = nr // lanes
         n, p = ctx.var("n"), ctx.var("p")
@@ -345,6 +345,9 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
                 return block(*stmts)
             if pool is not None and value_of is not None:
                 stmts.append(pooled(co0, rows, pool, value_of))
+                return block(*stmts)
+            if window is not None and value_of is not None:
+                stmts.append(windowed(co0, rows, window, value_of))
                 return block(*stmts)
             assert epilogue is not None
             r_var, c_var = ctx.var("r"), ctx.var("c")
@@ -423,6 +426,62 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
             return If(Binary("lt", p, Const(full_panels)), rows_of(nr), rows_of(tail)) \
                 if full_panels else rows_of(tail)
 
+        def windowed(co0: int, rows: int, window: _Window,
+                     value_of: Callable[[Index, Expr], Expr]) -> Stmt:
+            """The tile's output rows pooled into ``window.buffer``; the full-resolution
+            output is never written. A panel is whole output rows or part of one row, so
+            each row of a window is reduced over its columns here, and a window's rows
+            (in this panel or the panels before it: panels run in order) are combined in
+            the pooled buffer: the first row stores, the later ones combine with it."""
+            (kh, kw_), (sh, sw) = window.kernel, window.strides
+            ph, pw = window.out
+            r_var, k = ctx.var("r"), ctx.var("k")
+            co = Const(co0) + r_var
+            seg = ctx.var("s")
+            if nr % ow == 0:
+                per = nr // ow
+                oy, px, count = p * per + seg, k, pw
+
+                def column(dx: int) -> Expr:
+                    return seg * ow + k * sw + dx
+            else:
+                per, q = 1, ow // nr
+                oy, px, count = p // q, (p % q) * (nr // sw) + k, nr // sw
+
+                def column(dx: int) -> Expr:
+                    return k * sw + dx
+            dy, py = oy % sh, oy // sh
+            parts = []
+            for dx in range(kw_):
+                idx = (n, co, oy, px * sw + dx)
+                parts.append(value_of(idx, requant.value(
+                    Load(tile, r_var * nr + column(dx)), co, idx)))
+            op = "max" if window.kind == "max" else "add"
+
+            def combine(a: Expr, b: Expr) -> Expr:
+                return Binary("max", a, b) if op == "max" else a + b
+
+            partial = parts[0]
+            for part in parts[1:]:
+                partial = combine(partial, part)
+            at = ((n * cout + co) * ph + py) * pw + px
+            scale = _f(1.0 / (kh * kw_))
+
+            def store(value: Expr) -> Stmt:
+                return For(k, Const(count), Store(window.buffer, at, value), "vector")
+
+            so_far = combine(Load(window.buffer, at), partial)
+            if op == "max":
+                rows_of: Stmt = If(Binary("eq", dy, Const(0)), store(partial), store(so_far))
+            elif kh == 1:
+                rows_of = store(partial * scale)
+            else:
+                rows_of = If(Binary("eq", dy, Const(0)), store(partial), If(
+                    Binary("eq", dy, Const(kh - 1)), store(so_far * scale), store(so_far)))
+            inside = Binary("and", Binary("lt", oy, Const(oh)), Binary(
+                "and", Binary("lt", dy, Const(kh)), Binary("lt", py, Const(ph))))
+            return For(r_var, Const(rows), For(seg, Const(per), If(inside, rows_of)))
+
         row_blocks = [micro(co0, min(mr, cout - co0)) for co0 in range(0, cout, mr)]
         panels = -(-spatial // nr)
         body: Stmt = For(p, Const(panels), block(pack, *row_blocks))
@@ -441,8 +500,35 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
         ctx.add_kernel("qconv_pool" if pool is not None else "qconv",
                        For(n, x.shape[0], body, "parallel"), scratch)
 
+    def emit_window(kind: str, kernel: tuple[int, int], strides: tuple[int, int],
+                    make_buffer: Callable[[], Buffer], value_of: Callable[[Index, Expr], Expr]
+                    ) -> tuple[int, int] | None:
+        """Pool the output in the epilogue, into ``make_buffer()``, when a panel is whole
+        output rows or part of one row holding whole windows, and windows are no larger
+        than the strides; the pooled (height, width), or None (nothing emitted)."""
+        (kh, kw_), (sh, sw) = kernel, strides
+        whole_rows = nr % ow == 0
+        if not (whole_rows or (ow % nr == 0 and nr % sw == 0)):
+            return None
+        if kh > sh or kw_ > sw or kh > oh or kw_ > ow:
+            return None
+        out = ((oh - kh) // sh + 1, (ow - kw_) // sw + 1)
+        emit(None, None, value_of, None, _Window(kind, kernel, strides, out, make_buffer()))
+        return out
+
     return HeavyPlan(out_shape, emit, lambda sink, value_of: emit(None, sink, value_of),
-                     lambda pool, value_of: emit(None, None, value_of, pool))
+                     lambda pool, value_of: emit(None, None, value_of, pool), emit_window)
+
+
+@dataclass
+class _Window:
+    """A max or average pool (no padding) done in the int8 conv's epilogue."""
+
+    kind: str
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    out: tuple[int, int]
+    buffer: Buffer
 
 
 def _fake_quant_conv(ctx: LoweringContext, node: Node, x: TensorRef, quant: ActQuant,

@@ -6,7 +6,9 @@
   ops, in a ``sparsity`` attribute, for backends with sparse kernels.
 - ``mode=structured``: remove whole output neurons/channels with the smallest L1/L2 norm
   and shrink every consumer's input dimension (through activations, BatchNorm, pooling,
-  per-channel Add/Mul and Flatten), so the graph itself gets smaller for every backend.
+  per-channel Add/Mul, Flatten and elementwise ops whose operands both come down the
+  chain, such as the erf-form GELU ``x * 0.5 * (1 + erf(x / sqrt 2))`` of a transformer's
+  feed-forward), so the graph itself gets smaller for every backend.
 """
 
 from __future__ import annotations
@@ -125,6 +127,8 @@ def _find_chain(layer: _Layer) -> _Chain | None:
     consumers: list[tuple[_Layer, int]] = []
     flattens: list[tuple[Node, int]] = []
     frontier = [(out, 1)]
+    seen: set[int] = set()
+    joins: list[Node] = []  # x * f(x): both inputs come down the chain (erf-form GELU)
     while frontier:
         value, per_channel = frontier.pop()
         if value.is_graph_output:
@@ -134,6 +138,16 @@ def _find_chain(layer: _Layer) -> _Chain | None:
             target = _layer(node)
             if target is not None and use.index == 0:
                 consumers.append((target, per_channel))
+                continue
+            if id(node) in seen:
+                continue
+            other = node.inputs[1 - use.index] if len(node.inputs) == 2 else None
+            if node.op in _PER_CHANNEL_BINARY and not node.domain and other is not None \
+                    and other.const is None and per_channel == 1:
+                seen.add(id(node))
+                joins.append(node)
+                path.append(node)
+                frontier.append((node.outputs[0], per_channel))
                 continue
             commutes = node.op in ("Add", "Mul") and not node.domain and use.index == 1
             if (use.index != 0 and not commutes) or len(node.outputs) != 1 \
@@ -162,10 +176,14 @@ def _find_chain(layer: _Layer) -> _Chain | None:
                 continue
             else:
                 return None
+            seen.add(id(node))
             path.append(node)
             frontier.append((node.outputs[0], per_channel))
     if not consumers:
         return None
+    inside = {id(out)} | {id(n.outputs[0]) for n in path}
+    if any(id(v) not in inside for n in joins for v in n.inputs):
+        return None  # the other operand comes from outside the chain: channels mix
     return _Chain(layer, path, consumers, flattens)
 
 

@@ -13,7 +13,8 @@
 // options.variant forces "wasm32-simd" or "wasm32"; options.verify = false skips the
 // sha256 checks of fetched files. Inputs are checked as strictly as irkit's Python
 // runtime: an unknown or missing name, a wrong typed-array type (dtype), rank or dim
-// throws an Error naming the input.
+// throws an Error naming the input, and so does a NaN or +/-inf in a floating input
+// unless options.rejectNonfinite is false (or model.rejectNonfinite is set to false).
 
 const MODEL = /*IRKIT_MODEL*/ null;
 
@@ -135,7 +136,7 @@ export async function load(source, options = {}) {
       "weights } for a model with weights)");
   }
   const { instance } = await WebAssembly.instantiate(wasmBytes, {});
-  return new Model(instance.exports, variant, weightBytes);
+  return new Model(instance.exports, variant, weightBytes, options.rejectNonfinite !== false);
 }
 
 function checkedInput(spec, value, bound) {
@@ -192,11 +193,46 @@ function checkedInput(spec, value, bound) {
   return { data, shape };
 }
 
+// float16 / bfloat16 inputs are raw bits: non-finite when every exponent bit is set
+// (then NaN when a mantissa bit is set): [exponent mask, mantissa mask].
+const HALF_BITS = { float16: [0x7c00, 0x03ff], bfloat16: [0x7f80, 0x007f] };
+
+/** Throws, as the Python runtime does, when a floating input holds NaN or +/-inf. */
+function checkFinite(spec, { data, shape }) {
+  const [exponent, mantissa] = HALF_BITS[spec.dtype] || [0, 0];
+  const float = spec.dtype === "float32" || spec.dtype === "float64";
+  if (!float && !exponent) return;
+  const bad = float ? (v) => !Number.isFinite(v) : (v) => (v & exponent) === exponent;
+  let first = -1;
+  let count = 0;
+  for (let i = 0; i < data.length; i++) {
+    if (bad(data[i])) {
+      if (first < 0) first = i;
+      count++;
+    }
+  }
+  if (first < 0) return;
+  const v = data[first];
+  const what = float ? (Number.isNaN(v) ? "NaN" : v > 0 ? "+inf" : "-inf")
+    : v & mantissa ? "NaN" : v & 0x8000 ? "-inf" : "+inf";
+  const index = [];
+  for (let axis = shape.length - 1, rest = first; axis >= 0; axis--) {
+    index.unshift(rest % shape[axis]);
+    rest = Math.floor(rest / shape[axis]);
+  }
+  const others = count > 1 ? ` (${count} non-finite values in all)` : "";
+  throw new Error(`input '${spec.name}': ${what} at index [${index.join(", ")}]${others}; ` +
+    "irkit refuses NaN and inf inputs by default; let them through with " +
+    "load(source, { rejectNonfinite: false })");
+}
+
 const align64 = (n) => Math.ceil(n / 64) * 64;
 
 class Model {
-  constructor(exports, variant, weightBytes) {
+  constructor(exports, variant, weightBytes, rejectNonfinite) {
     this.variant = variant.name;
+    /** Whether run() refuses floating inputs holding NaN or +/-inf (default true). */
+    this.rejectNonfinite = rejectNonfinite;
     this.signature = signature;
     this._x = exports;
     this._v = variant;
@@ -235,6 +271,7 @@ class Model {
     for (const spec of MODEL.inputs) {
       if (!(spec.name in inputs)) throw new Error(`input '${spec.name}' is missing`);
       feeds[spec.name] = checkedInput(spec, inputs[spec.name], bound);
+      if (this.rejectNonfinite) checkFinite(spec, feeds[spec.name]);
     }
     const dims = {};
     for (const [symbol, [input, axis, a, b]] of Object.entries(v.sources)) {

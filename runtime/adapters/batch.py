@@ -59,7 +59,13 @@ from irkit.runtime.options import Option
 from .batch_files import input_files, open_input
 from .batch_readers import FORMATS, Chunk, Reader, infer_format
 from .batch_writers import WRITERS, ShardWriter
-from .common import AdapterMetrics, ServableModel, resolve_options, stop_on_signals
+from .common import (
+    AdapterMetrics,
+    ServableModel,
+    resolve_options,
+    set_reject_nonfinite,
+    stop_on_signals,
+)
 
 __all__ = ["BatchAdapter", "BatchSummary"]
 
@@ -115,7 +121,8 @@ class BatchAdapter:
         "input_name": Option((str, dict), None,
                              "input name for all columns / npy, or {input: column(s)}"),
         "outputs": Option(list, None, "model outputs to write (default: all)"),
-        "reject_nonfinite": Option(bool, True, "send rows with NaN/inf to the errors file"),
+        "reject_nonfinite": Option(bool, True, "send rows with NaN/inf to the errors file "
+                                   "(false: run them through the model)"),
         "progress": Option(bool, True, "progress bar with rows/s on stderr"),
         "overwrite": Option(bool, False, "discard existing output instead of resuming"),
         "engine": Option(str, "local", "where the model runs: this process, or Ray actors",
@@ -155,6 +162,8 @@ class BatchAdapter:
             raise ValueError("chunk_rows and shard_rows must be >= 1")
         self.input_name = config["input_name"]
         self.reject_nonfinite: bool = config["reject_nonfinite"]
+        if not self.reject_nonfinite:  # the model would refuse the whole chunk otherwise
+            set_reject_nonfinite(model, False)
         self.progress: bool = config["progress"]
         self.overwrite: bool = config["overwrite"]
         wanted = config["outputs"]

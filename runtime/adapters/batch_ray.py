@@ -96,7 +96,8 @@ class ChunkRunner:
         from irkit.runtime.model import load
 
         options = {"threads": threads} if threads else {}
-        self.model = load(artifact or os.getcwd(), **options)  # verifies every sha256
+        # verifies every sha256; rows with NaN/inf reach the model only when not rejected
+        self.model = load(artifact or os.getcwd(), reject_nonfinite=reject, **options)
         if _digest(self.model) != manifest_sha256:
             raise RuntimeError(f"worker {os.getpid()} loaded another artifact than the driver")
         self.reader: Reader = open_input([Path(f) for f in files], fmt, self.model.inputs,

@@ -29,7 +29,10 @@ kafka adapter writes in a dead-letter record). ``error_body(exc)`` is ``{"error"
 
 Validation.
     ``check_inputs(model, inputs)`` runs ``model.validate`` and turns its ValueError /
-    TypeError into ``BadInput`` (the message names the input). ``batch_rows(inputs)`` is
+    TypeError into ``BadInput`` (the message names the input). A floating input holding
+    NaN or +/-inf is such a ValueError unless the model lets them through:
+    ``set_reject_nonfinite(model, reject)`` applies an adapter's ``reject_nonfinite``
+    option (None: keep the model's own setting, which ``irkit.runtime.load`` makes True). ``batch_rows(inputs)`` is
     the size of the leading (batch) dimension shared by all inputs.
 
 Batching helpers (used by ``batcher.DynamicBatcher`` and the batch adapter).
@@ -110,6 +113,7 @@ __all__ = [
     "encode_tensor",
     "error_body",
     "resolve_options",
+    "set_reject_nonfinite",
     "signature_json",
     "split_outputs",
     "stop_on_signals",
@@ -206,6 +210,19 @@ def check_inputs(model: ServableModel, inputs: Mapping[str, np.ndarray]) -> dict
         raise BadInput(str(exc)) from exc
     # CompiledModel.validate returns the checked (contiguous, native-order) arrays.
     return dict(checked) if isinstance(checked, Mapping) else dict(inputs)
+
+
+NONFINITE_OPTION = Option(
+    bool, None, "refuse requests whose floating inputs hold NaN or inf (400 / "
+    "INVALID_ARGUMENT / dead letter); false passes them to the model (default: the "
+    "model's setting, which refuses them)")
+
+
+def set_reject_nonfinite(model: Any, reject: bool | None) -> None:
+    """Make ``model`` refuse (True) or pass on (False) NaN/inf inputs; None keeps its own
+    setting. A duck-typed model without ``reject_nonfinite`` checks nothing itself."""
+    if reject is not None and hasattr(model, "reject_nonfinite"):
+        model.reject_nonfinite = reject
 
 
 def batch_rows(inputs: Mapping[str, np.ndarray]) -> int:

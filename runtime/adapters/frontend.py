@@ -35,6 +35,7 @@ from irkit.runtime.options import Option
 
 from .batcher import DynamicBatcher, Job
 from .common import (
+    NONFINITE_OPTION,
     AdapterMetrics,
     BadInput,
     RequestTimeout,
@@ -66,6 +67,7 @@ MODEL_OPTIONS: dict[str, Option] = {
     "workers": Option(int, 1, "inference threads per model version"),
     "version": Option(str, "1", "version of the spec's model, reported and accepted in requests"),
     "required": Option(bool, True, "server readiness waits for this model"),
+    "reject_nonfinite": NONFINITE_OPTION,
 }  # fmt: skip
 
 REPOSITORY_OPTIONS: dict[str, Option] = {

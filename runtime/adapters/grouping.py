@@ -5,7 +5,8 @@ rather than one at a time as http does; this module turns such a bunch into mode
 
 - ``SignatureCheck(model)(inputs)`` raises ``BadInput`` when ``inputs`` do not fit the
   model's signature; the verdict is cached per distinct set of names, dtypes and shapes,
-  so a steady stream of same-shaped requests costs one dict lookup each.
+  so a steady stream of same-shaped requests costs one dict lookup each, plus the
+  model's per-request value check (``check_finite``: NaN/inf inputs, when refused).
 - ``batch_key(inputs)``: requests with equal keys can be concatenated along axis 0 (all
   but the batch dimension agree); ``None`` for requests that must run alone (a scalar
   input, or inputs that disagree on the batch dimension).
@@ -47,6 +48,7 @@ class SignatureCheck:
         self.model = model
         self.cache_size = cache_size
         self._verdicts: dict[tuple[object, ...], BadInput | None] = {}
+        self._values = getattr(model, "check_finite", None)
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> None:
         key = tuple((n, a.dtype.str, a.shape) for n, a in inputs.items())
@@ -63,6 +65,11 @@ class SignatureCheck:
             self._verdicts[key] = error
         if error is not None:
             raise error
+        if self._values is not None:
+            try:
+                self._values(inputs)
+            except (ValueError, TypeError) as exc:
+                raise BadInput(str(exc)) from None
 
 
 def batch_key(inputs: Mapping[str, np.ndarray]) -> tuple[object, ...] | None:

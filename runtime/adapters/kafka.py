@@ -55,9 +55,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from irkit.runtime.adapters.common import (
+    NONFINITE_OPTION,
     AdapterMetrics,
     ServableModel,
     resolve_options,
+    set_reject_nonfinite,
     stop_on_signals,
 )
 from irkit.runtime.adapters.kafka_broker import EmbeddedBroker, ensure_topics
@@ -89,6 +91,7 @@ class KafkaAdapter:
         "partitions": Option(int, 4, "partitions of topics that create_topics creates"),
         "session_timeout_ms": Option(int, 6000, "consumer group session timeout"),
         "kafka_config": Option(dict, None, "extra librdkafka settings for both clients"),
+        "reject_nonfinite": NONFINITE_OPTION,
         "metrics_port": Option(int, 0, "serve Prometheus /metrics on this port (0: off); "
                                "consumer process i of processes = N uses port + i"),
     }
@@ -102,6 +105,7 @@ class KafkaAdapter:
             raise ValueError(f"option 'max_delay_ms' must be >= 0, got {resolved['max_delay_ms']}")
         if not resolved["input_topic"] or not resolved["output_topic"]:
             raise ValueError("options 'input_topic' and 'output_topic' must not be empty")
+        set_reject_nonfinite(model, resolved["reject_nonfinite"])
         self.model = model
         self.settings = resolved
         self.config = WorkerConfig(

@@ -51,9 +51,11 @@ except ImportError as exc:  # the adapter's own dependency: say how to get it
                       "pip install 'irkit[postgres]'") from exc
 
 from irkit.runtime.adapters.common import (
+    NONFINITE_OPTION,
     AdapterMetrics,
     ServableModel,
     resolve_options,
+    set_reject_nonfinite,
     stop_on_signals,
 )
 from irkit.runtime.adapters.postgres_schema import Tables, init_schema, schema_exists
@@ -102,6 +104,7 @@ class PostgresAdapter:
         "data_dir": Option(str, "", "embedded server: keep its data in this directory "
                            "(empty: a temporary one, removed on exit)"),
         "embedded_port": Option(int, 0, "embedded server: its port on 127.0.0.1 (0: free)"),
+        "reject_nonfinite": NONFINITE_OPTION,
         "metrics_port": Option(int, 0, "serve Prometheus /metrics on this port (0: off); "
                                "worker i of workers = N uses port + i"),
     }
@@ -118,6 +121,7 @@ class PostgresAdapter:
             raise ValueError("option 'poll_interval_ms' must be > 0, got "
                              f"{resolved['poll_interval_ms']}")
         tables = Tables(resolved["table"], resolved["result_table"])  # ValueError if bad
+        set_reject_nonfinite(model, resolved["reject_nonfinite"])
         self.model = model
         self.settings = resolved
         self.config = WorkerConfig(

@@ -47,7 +47,7 @@ def child_model(model: ServableModel) -> ServableModel:
         return model
     from irkit.runtime.model import load
 
-    return load(path)
+    return load(path, reject_nonfinite=getattr(model, "reject_nonfinite", True))
 
 
 @contextmanager

@@ -64,6 +64,7 @@ from .common import (
     ServableModel,
     UnknownModel,
     check_inputs,
+    set_reject_nonfinite,
 )
 
 __all__ = ["Batching", "ModelEntry", "ModelRepository", "ModelVersion", "VersionPolicy"]
@@ -83,6 +84,7 @@ class Batching:
     max_queue: int = 1024
     workers: int = 1
     timeout_ms: float | None = None
+    reject_nonfinite: bool | None = None  # NaN/inf inputs: None keeps the model's setting
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Batching:
@@ -361,8 +363,9 @@ class ModelRepository:
         self._set_versions(entry, {**entry.versions, version: served})
         try:
             model = loader()
-            model.warmup()
             batching = entry.batching
+            set_reject_nonfinite(model, batching.reject_nonfinite)
+            model.warmup()
             batcher = DynamicBatcher(
                 model, max_batch=batching.max_batch, max_delay_ms=batching.max_delay_ms,
                 max_queue=batching.max_queue, workers=batching.workers,

@@ -166,8 +166,10 @@ def test_static_conv(tmp_path: Path, cin: int, stride: int, pad: int, size: int,
 
 
 def conv_chain_model(size: int, widths: tuple[int, ...], pads: tuple[int, ...],
-                     kernels: tuple[int, ...], pool: bool = False) -> Any:
+                     kernels: tuple[int, ...], pool: bool = False,
+                     windows: tuple[str, ...] = ()) -> Any:
     """Convs with ReLU, one after another, on 3 channels: ``widths`` output channels;
+    ``windows[i]``: "MaxPool" or "AveragePool" (2x2, stride 2) after conv i, or "";
     ``pool``: then a global average pool, flattened."""
     rng = np.random.default_rng(2)
     nodes, inits, cin, last, out_size = [], {}, 3, "x", size
@@ -178,6 +180,12 @@ def conv_chain_model(size: int, widths: tuple[int, ...], pads: tuple[int, ...],
         nodes += [helper.make_node("Conv", [last, f"w{i}", f"b{i}"], [f"c{i}"], pads=[pad] * 4),
                   helper.make_node("Relu", [f"c{i}"], [out])]
         cin, last, out_size = cout, out, out_size + 2 * pad - k + 1
+        if i < len(windows) and windows[i]:
+            window_out = "y" if out == "y" else f"p{i}"
+            nodes[-1].output[0] = f"r{i}"
+            nodes.append(helper.make_node(windows[i], [f"r{i}"], [window_out],
+                                          kernel_shape=[2, 2], strides=[2, 2]))
+            last, out_size = window_out, out_size // 2
     if pool:
         nodes += [helper.make_node("GlobalAveragePool", [last], ["g"]),
                   helper.make_node("Flatten", ["g"], ["y"])]
@@ -222,6 +230,44 @@ def test_int8_conv_writes_the_next_convs_words(tmp_path: Path, arch: str, size: 
         x = np.random.default_rng(5).standard_normal((9, 3, size, size)).astype(np.float32)
         want = plain(x=x)["y"].mean(axis=(2, 3))
         np.testing.assert_allclose(pooled(x=x)["y"], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["native", "x86-64-v3"])
+@pytest.mark.parametrize(("size", "windows", "fused"), [
+    (16, ("MaxPool", "AveragePool"), 2),  # 16 wide: a window's rows in two panels; then 8
+    (32, ("AveragePool", "MaxPool"), 2),  # 32 wide: panels inside one row; then 16
+    (14, ("MaxPool", "AveragePool"), 0),  # 14 and 7 wide: pooled by its own kernel
+])
+def test_int8_conv_pools_in_its_epilogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         arch: str, size: int, windows: tuple[str, ...],
+                                         fused: int) -> None:
+    """An int8 conv followed by a 2x2 max or average pool pools in its epilogue (the
+    full-resolution output is never written) where a panel is whole output rows or part
+    of one row; other widths keep the pool kernel. Within one quantization step per
+    layer of the reference (pools spread a byte rounded the other way upstream over
+    their window, so fewer outputs are bit-exact than for convs alone), and equal to fp32
+    rounding to the same program lowered with separate pool kernels. ``fused`` pools are
+    taken by the x86-64-v3 build (16-pixel panels)."""
+    from irkit.lower.driver import GraphLowering
+
+    graph = irkit.load_model(conv_chain_model(size, (8, 12, 6), (1, 1, 1), (3, 3, 3),
+                                              windows=windows))
+    calib = [{"x": np.random.default_rng(3).standard_normal((16, 3, size, size))
+              .astype(np.float32) * 1.5}]
+    q = irkit.optimize(graph, "fuse,quantize{mode=static,per_channel=true,force=true}",
+                       calibration=calib, target=arch)
+    assert [n.op for n in quantized_ops(q)] == ["QLinearConvInt8"] * 3
+    compiled = compile_llvm(q, tmp_path, arch)
+    assert check(q, tmp_path, (3, size, size), flips=3, exact=0.6, arch=arch,
+                 compiled=compiled) == 3
+    if arch == "x86-64-v3":
+        kernels_ = programs(compiled.manifest.entry)[0].kernels
+        pool_kernels = [k for k in kernels_ if k.startswith(("maxpool", "averagepool"))]
+        assert len(pool_kernels) == len(windows) - fused, kernels_
+    monkeypatch.setattr(GraphLowering, "window_pool_of", lambda self, value: None)
+    separate = compile_llvm(q, tmp_path / "separate", arch)
+    x = np.random.default_rng(6).standard_normal((5, 3, size, size)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x=x)["y"], separate(x=x)["y"], rtol=1e-5, atol=1e-6)
 
 
 def _gemm(k: int, n: int, sparsity: float, trans_b: bool) -> Any:

@@ -148,6 +148,29 @@ def test_node_input_errors_name_the_input(tmp_path: Path) -> None:
         assert message in answer.get("error", ""), (name, answer)
 
 
+def test_node_refuses_nan_as_the_python_runtime_does_unless_told(tmp_path: Path) -> None:
+    """The same refusal text up to the hint (which names each side's own option), and
+    ``rejectNonfinite: false`` passes NaN through: IEEE, as wasmtime computes it."""
+    artifact = compile_wasm(matmul_onnx(8, 4), tmp_path / "mm")
+    x = np.ones((2, 8), np.float32)
+    x[1, 2], x[1, 5] = np.nan, -np.inf
+    refused, passed = run_in_node([
+        {"artifact": str(artifact), "inputs": {"x": tensor(x)}},
+        {"artifact": str(artifact), "options": {"rejectNonfinite": False},
+         "inputs": {"x": tensor(x)}}])
+    model = irkit.runtime.load(artifact)
+    with pytest.raises(irkit.runtime.InputError) as info:
+        model(x=x)
+    prefix = "input 'x': NaN at index [1, 2] (2 non-finite values in all); irkit refuses NaN " \
+        "and inf inputs by default; let them through with "
+    assert str(info.value).startswith(prefix)
+    assert refused["error"] == prefix + "load(source, { rejectNonfinite: false })"
+    got = passed["outputs"]["y"]  # decoded by run_in_node
+    model.reject_nonfinite = False
+    np.testing.assert_allclose(got, model(x=x)["y"], rtol=RTOL, atol=ATOL, equal_nan=True)
+    assert np.isnan(got[1]).all() and np.isfinite(got[0]).all()
+
+
 def test_node_refuses_a_changed_file(tmp_path: Path) -> None:
     artifact = compile_wasm(matmul_onnx(8, 4), tmp_path / "mm")
     copy = tmp_path / "changed"

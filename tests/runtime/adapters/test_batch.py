@@ -116,6 +116,20 @@ def test_every_input_format_gives_the_direct_results(
     assert errors == [{"row": NAN_ROW, "reason": "NaN or infinity in input 'x'"}]
 
 
+def test_reject_nonfinite_false_runs_nan_rows_through_the_model(
+    tmp_path: Path, digits_dir: Path, features: np.ndarray
+) -> None:
+    model = irkit.runtime.load(digits_dir)  # its own: the option changes the model it runs
+    x = features[:40]
+    summary = BatchAdapter(model, input=str(write_input(tmp_path / "in.npy", x)),
+                           output=str(tmp_path / "out.npz"), reject_nonfinite=False,
+                           progress=False).serve()  # fmt: skip
+    assert summary.written == 40 and summary.errors == 0 and not model.reject_nonfinite
+    rows, logits, errors = read_output(tmp_path / "out.npz")
+    assert rows.tolist() == list(range(40)) and errors == []
+    np.testing.assert_allclose(logits, model(x=x)["logits"], rtol=1e-6, equal_nan=True)
+
+
 @pytest.mark.parametrize("fmt_out", FORMATS)
 def test_every_output_format_reads_back(
     tmp_path: Path, digits_model: irkit.runtime.CompiledModel, features: np.ndarray, fmt_out: str

@@ -211,6 +211,11 @@ def test_bad_requests_are_invalid_argument(both: Served) -> None:
     tensor = thttp.InferInput("x", [2, 65], "FP32")
     tensor.set_data_from_numpy(wrong)
     assert status_of(lambda: h.infer("digits", [tensor]))[0] == "400"
+    nan = np.zeros((2, 64), np.float32)
+    nan[1, 5] = np.nan
+    code, message = status_of(lambda: client.infer("digits", [grpc_input("x", nan)]))
+    assert code == "StatusCode.INVALID_ARGUMENT"
+    assert message.startswith("input 'x': NaN at index [1, 5]; "), message
     as_int = grpc_input("x", np.zeros((2, 64), np.int32))
     assert status_of(lambda: client.infer("digits", [as_int]))[0] == "StatusCode.INVALID_ARGUMENT"
     code, message = status_of(lambda: client.infer(

@@ -169,6 +169,9 @@ BAD_INPUTS = {
         ["'x'", "COMPLEX"],
     ),
     "no inputs list": ({"input": []}, ["inputs"]),
+    "NaN value": (json.dumps(infer_json(np.where(np.arange(128) == 69, np.nan, 0.5)
+                                        .astype(np.float32).reshape(2, 64))).encode(),
+                  ["input 'x': NaN at index [1, 5]", "reject_nonfinite"]),  # JSON NaN
     "unknown output": (
         infer_json(np.zeros((1, 64), np.float32), outputs=[{"name": "probs"}]),
         ["'probs'"],
@@ -179,11 +182,28 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_400_naming_the_input(client: httpx.Client, case: str) -> None:
     body, expected = BAD_INPUTS[case]
-    response = client.post("/v2/models/digits/infer", json=body)
+    sent = {"content": body} if isinstance(body, bytes) else {"json": body}
+    response = client.post("/v2/models/digits/infer", **sent)
     assert response.status_code == 400, response.text
     message = response.json()["error"]
     for fragment in expected:
         assert fragment in message, (case, message)
+
+
+def test_reject_nonfinite_false_serves_nan_as_the_model_computes_it(
+    digits_dir: Path, start_server: Any
+) -> None:
+    model = irkit.runtime.load(digits_dir)  # its own: the option changes the model it serves
+    server = start_server(HttpAdapter(model, port=0, max_delay_ms=1.0, reject_nonfinite=False))
+    x = RNG.standard_normal((2, 64)).astype(np.float32)
+    x[1, 5] = np.nan
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        response = http.post("/v2/models/digits/infer", content=json.dumps(infer_json(x)))
+    assert response.status_code == 200, response.text
+    out = response.json()["outputs"][0]
+    got = np.asarray(out["data"], np.float32).reshape(out["shape"])
+    assert not model.reject_nonfinite
+    np.testing.assert_allclose(got, model(x=x)["logits"], rtol=1e-6, equal_nan=True)
 
 
 def test_malformed_json_and_binary_errors_are_400(client: httpx.Client) -> None:

@@ -117,6 +117,9 @@ def _bad_messages() -> dict[str, tuple[bytes, list[tuple[str, bytes]], str]]:
     tensor = {"name": "x", "datatype": "FP32", "shape": [1, 64], "data": good.ravel().tolist()}
     wrong_shape_value, wrong_shape_headers = binary_request({"x": _rows(4, 1)[:, :32]})
     wrong_dtype_value, wrong_dtype_headers = binary_request({"x": good.astype(np.float64)})
+    inf_value, inf_headers = binary_request({"x": np.where(np.arange(64) == 5, np.inf, good)
+                                             .astype(np.float32)})
+    nan_data = [float("nan") if i == 5 else v for i, v in enumerate(tensor["data"])]
     return {
         "malformed-json": (b'{"inputs": [', [], "malformed JSON"),
         "not-an-object": (b"[1, 2]", [], "JSON object"),
@@ -134,6 +137,9 @@ def _bad_messages() -> dict[str, tuple[bytes, list[tuple[str, bytes]], str]]:
                               "name:DATATYPE"),
         "unknown-output": (json_request({"x": good}, outputs=["probabilities"]), [],
                            "'probabilities'"),
+        "json-nan": (json.dumps({"inputs": [{**tensor, "data": nan_data}]}).encode(), [],
+                     "input 'x': NaN at index [0, 5]; "),
+        "binary-inf": (inf_value, inf_headers, "input 'x': +inf at index [0, 5]; "),
     }
 
 

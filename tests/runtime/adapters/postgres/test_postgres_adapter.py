@@ -99,6 +99,9 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("neither form", {}, "has no inputs"),
     ("wrong width", {"tensors": "x:FP32:1,32", "inputs": b"\0" * 128}, "'x'"),
     ("wrong name", {"tensors": "y:FP32:1,64", "inputs": b"\0" * 256}, "'x'"),
+    ("NaN value", {"tensors": "x:FP32:1,64", "inputs": np.where(
+        np.arange(64) == 5, np.nan, 0.5).astype("<f4").tobytes()},
+     "input 'x': NaN at index [0, 5]; "),
     ("unknown output", {"inputs_json": json.dumps({
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}],
         "outputs": [{"name": "probabilities"}]})}, "unknown output(s) 'probabilities'"),
