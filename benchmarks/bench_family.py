@@ -12,9 +12,11 @@ after dynamic int8 (``fuse,quantize{mode=dynamic,per_channel=true}``), for each 
 is still AVX2 code), and timed beside ONNX Runtime fp32 and ONNX Runtime int8 (QDQ from
 ``onnxruntime.quantization``: static per-channel for CNNs and MLPs, dynamic for the
 transformers) at batch 64 on one thread, all in one process, in alternating rounds
-(medians). The int8 builds time each quantized node against fp32 on the target and keep
-the faster form (``measure=True``, as a spec build does); ``--force`` quantizes every
-candidate. It prints one table and the median and worst of each ratio column.
+(medians). The optimized builds time each quantized node against fp32, and each fusion
+that changes kernels (conv + pool) against the unfused form, on the target and keep the
+faster one (``measure=True``, as a spec build does); ``--force`` quantizes every
+candidate and skips the timing. It prints one table and the median and worst of each
+ratio column.
 
 Columns: ``fuse x`` = fp32 time / fuse time; ``int8s x`` and ``int8d x`` = fp32 time /
 int8 time; ``fp32/ORT`` = irkit fp32 time / ORT fp32 time; ``int8/ORT8`` = irkit int8
@@ -129,7 +131,7 @@ def measure(spec: ModelSpec, arches: list[str], batch: int, rounds: int, force: 
                 if force:
                     pipeline = pipeline.replace("per_channel=true", "per_channel=true,force=true")
                 graph_v = irkit.optimize(graph, pipeline, calibration=calibration, target=arch,
-                                         measure=variant.startswith("int8") and not force)
+                                         measure=not force)
                 if variant == "int8s":
                     details = graph_v.history[-1].details
                     kept = [k for k, v in details.get("nodes", {}).items()
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="cnn, mlp or transformer")
     parser.add_argument("--force", action="store_true",
-                        help="quantize every node (no per-node timing)")
+                        help="quantize every node and keep every fusion (no timing)")
     parser.add_argument("--stat", choices=("median", "min"), default="median",
                         help="per-variant statistic over the rounds (min: steadier on a "
                         "shared machine, where other work only adds time)")
