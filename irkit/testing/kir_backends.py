@@ -26,10 +26,16 @@ def _module(source: str, names: Mapping[str, Any]) -> types.ModuleType:
     return module
 
 
-def _blobs(program: Program) -> tuple[np.ndarray, np.ndarray]:
+def _blobs(program: Program, dims: Mapping[str, int] | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The weights and a zeroed workspace as large as ``dims`` need (each symbol 1
+    unless given)."""
+    values = {s: int((dims or {}).get(s, 1)) for s in program.symbols}
+    terms = sum(c * int(np.prod([values[m] for m in names]))
+                for names, c in program.workspace_terms)
+    nbytes = program.workspace_n * values.get("N", 1) + program.workspace_c + terms
     weights = np.frombuffer(program.weights + b"\0" * 64, np.uint8).copy()
-    workspace = np.zeros(program.workspace_n + program.workspace_c + 64, np.uint8)
-    return weights, workspace
+    return weights, np.zeros(nbytes + 64, np.uint8)
 
 
 def run_on_numba(program: Program, io: Mapping[str, np.ndarray],
@@ -44,7 +50,7 @@ def run_on_numba(program: Program, io: Mapping[str, np.ndarray],
     run.compile(module.RUN_SIGNATURE)
     arrays = [flat_view(io[name], dtype) for name, dtype in zip(program.io_order,
                                                                module.IO_DTYPES)]
-    weights, workspace = _blobs(program)
+    weights, workspace = _blobs(program, dims)
     values = np.array([(dims or {}).get(s, 1) for s in program.symbols], np.int64)
     run(*arrays, weights, workspace, values)
     for name, array in zip(program.io_order, arrays):  # copies of read-only inputs
@@ -64,7 +70,7 @@ def run_on_cuda_simulator(program: Program, io: Mapping[str, np.ndarray],
     module = _module(render_module(program).source, {
         "IRKIT_PURE_PYTHON": True, "IRKIT_KERNEL": simulator.jit,
         "IRKIT_DEVICE": simulator.jit(device=True)})
-    weights, workspace = _blobs(program)
+    weights, workspace = _blobs(program, dims)
     values = [int((dims or {}).get(s, 1)) for s in program.symbols]
     views = []
     for _, place, where, nbytes, dtype in module.buffers(values):

@@ -18,9 +18,10 @@ shapes, chosen from the kernel IR alone:
 Pointers: kernels take every buffer as a typed pointer (``float32*``: the PTX parameter is
 one 64-bit address), so the runtime passes device addresses (io arrays, the weights
 blob and the workspace at the plan's byte offsets) without array descriptors; the CUDA
-simulator gets numpy views of the same layout. The host-side functions ``buffers(dims)``
-and ``launches(dims, block, max_blocks)`` give both loaders the buffer table and each
-kernel's grid, block and extra arguments.
+simulator gets numpy views of the same layout, one per type where kernels type one
+buffer differently (u8 bytes, the i32 words an int8 conv writes). The host-side
+functions ``buffers(dims)`` and ``launches(dims, block, max_blocks)`` give both loaders
+the buffer table and each kernel's grid, block and extra arguments.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ from irkit.kir.nodes import ITEMSIZE
 from irkit.kir.visit import walk_exprs
 from irkit.plugins.numba.codegen import prepare
 from irkit.plugins.numba.helpers import helper_source
-from irkit.plugins.numba.pysource import MEMORY, KernelSource, SourceError, python_name
+from irkit.plugins.numba.pysource import (
+    MEMORY,
+    KernelSource,
+    SourceError,
+    global_buffers,
+    python_name,
+)
 from irkit.runtime.backends.pysource import source_header
 
 GRID_BLOCK = 256  # threads per block of grid-shaped kernels on a GPU
@@ -243,10 +250,13 @@ def render_module(program: Program, target: str = "sm_90") -> CudaModule:
         rendered, used = render_kernel(kernel, symbols)
         kernels.append(rendered)
         helpers |= used
+    # One table entry per (buffer, type): kernels may type the same bytes differently,
+    # and the simulator indexes a typed view.
+    slots = global_buffers(program)
     buffers: dict[str, Buffer] = {}
     for kernel in program.kernels:
         for buf in kernel.buffers:
-            buffers.setdefault(buf.name, buf)
+            buffers.setdefault(slots[buf.name, buf.dtype], buf)
     order = list(buffers)
     dims = [f"{s} = int(dims[{i}])" for i, s in enumerate(symbols)]
     out = [
@@ -270,7 +280,7 @@ def render_module(program: Program, target: str = "sm_90") -> CudaModule:
         '_device = globals().get("IRKIT_DEVICE") or cuda.jit(device=True, inline="always")',
         "",
         "KERNELS = (",
-        *(f"    ({k.name!r}, {k.shape!r}, {tuple(order.index(b.name) for b in k.buffers)!r},"
+        *(f"    ({k.name!r}, {k.shape!r}, {tuple(order.index(slots[b.name, b.dtype]) for b in k.buffers)!r},"
           f" {len(k.extras)})," for k in kernels),
         ")",
         helper_source(helpers - {"_shfl_xor"}),
@@ -279,8 +289,9 @@ def render_module(program: Program, target: str = "sm_90") -> CudaModule:
     for k in kernels:
         out += ["", "", k.source]
     out += ["", "", "def buffers(dims):",
-            '    """Every global buffer: (name, "io" | "weights" | "workspace", io index or',
-            '    byte offset, bytes, numpy type), in the order KERNELS refers to."""',
+            '    """Every global buffer, once per type the kernels give it: (name, "io" |',
+            '    "weights" | "workspace", io index or byte offset, bytes, numpy type), in',
+            '    the order KERNELS refers to."""',
             *("    " + line for line in dims), "    return [",
             *("        " + line for line in _buffer_table(program, list(buffers.values()))),
             "    ]", "", "",

@@ -7,7 +7,9 @@ The module (``kernels.py`` in the artifact) reads top to bottom:
 - per kernel ``k_<name>(buffers…, symbols…, start, end)``, and, when its body is an
   independent loop, ``k_<name>_parallel`` with that loop as ``prange`` (``parallel=True``);
 - ``views(io…, weights, workspace, dims)``: every global buffer as a typed array (io
-  arrays, or slices of the weights blob and of the workspace at the plan's offsets);
+  arrays, or slices of the weights blob and of the workspace at the plan's offsets),
+  one per type where kernels type the same buffer differently (``b_t`` as u8 bytes,
+  ``b_t__i32`` as the words an int8 conv writes into it);
 - ``run`` and ``run_parallel``: every kernel in order (serial, or the parallel variants),
   what the runtime calls once per inference;
 - ``RUN_SIGNATURE``, ``IO_DTYPES``, ``KERNELS`` (name, buffer positions in ``views``) and
@@ -24,7 +26,7 @@ debugger steps through line by line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from irkit import __version__
@@ -32,7 +34,7 @@ from irkit.kir import Block, Buffer, For, Kernel, Program, Stmt, unroll_loops, v
 from irkit.kir.nodes import ITEMSIZE
 from irkit.kir.simplify import simplify_stmt
 from irkit.plugins.numba.helpers import helper_source
-from irkit.plugins.numba.pysource import MEMORY, KernelSource, python_name
+from irkit.plugins.numba.pysource import MEMORY, KernelSource, global_buffers, python_name
 from irkit.runtime.backends.pysource import source_header
 
 FAST_FLAGS = ("contract", "nsz", "reassoc")
@@ -109,16 +111,19 @@ def render_kernel(kernel: Kernel, symbols: Sequence[str]) -> tuple[KernelFunctio
                            "\n\n\n".join(texts)), helpers
 
 
-def _view_lines(program: Program, buffers: Sequence[Buffer]) -> list[str]:
-    """``b_x = …`` for each global buffer: an io argument or a typed slice of the
-    weights or the workspace (byte offsets from the memory plan)."""
+def _view_lines(program: Program, buffers: Mapping[str, Buffer],
+                io_dtypes: Sequence[str]) -> list[str]:
+    """``b_x = …`` for each global buffer (Python name -> buffer as a kernel types it):
+    an io argument (viewed as the kernel's type where it differs) or a typed slice of
+    the weights or the workspace (byte offsets from the memory plan)."""
     lines = []
     namer = KernelSource(Kernel("views", (), Block(())), program.symbols)
-    for buf in buffers:
+    for name, buf in buffers.items():
         place = program.placements[buf.name]
-        name = python_name(buf.name, "b_")
         if place.kind == "io":
-            lines.append(f"{name} = io_{place.index}")
+            dtype = MEMORY[buf.dtype]
+            view = "" if dtype == io_dtypes[place.index] else f".view(np.{dtype})"
+            lines.append(f"{name} = io_{place.index}{view}")
             continue
         nbytes = f"({namer.expr(buf.size)}) * {ITEMSIZE[buf.dtype]}"
         if place.kind == "weights":
@@ -144,21 +149,23 @@ def render_module(program: Program, *, fast_math: bool = True, target: str = "na
         functions, used = render_kernel(kernel, symbols)
         kernels.append(functions)
         helpers |= used
+    # One view per (buffer, type): kernels may type the same bytes differently.
+    slots = global_buffers(program)
     buffers: dict[str, Buffer] = {}
     for kernel in program.kernels:
         for buf in kernel.buffers:
-            buffers.setdefault(buf.name, buf)
+            buffers.setdefault(slots[buf.name, buf.dtype], buf)
     order = list(buffers)
     io_dtypes = ["uint8"] * len(program.io_order)
-    for buf in buffers.values():
+    for buf in reversed(buffers.values()):  # an io array has its first kernel's type
         place = program.placements[buf.name]
         if place.kind == "io":
             io_dtypes[place.index] = MEMORY[buf.dtype]
     io_args = [f"io_{i}" for i in range(len(program.io_order))]
     args = ", ".join([*io_args, "weights", "workspace", "dims"])
     dims = [f"{s} = dims[{i}]" for i, s in enumerate(symbols)]
-    views = _view_lines(program, list(buffers.values()))
-    names = [python_name(n, "b_") for n in order]
+    views = _view_lines(program, buffers, io_dtypes)
+    names = order
     flags = "{" + ", ".join(repr(f) for f in FAST_FLAGS) + "}" if fast_math else "False"
     out = [
         source_header("numba"),
@@ -187,7 +194,7 @@ def render_module(program: Program, *, fast_math: bool = True, target: str = "na
         f"IO_DTYPES = {tuple(io_dtypes)!r}",
         "KERNELS = (",
         *(f"    ({k.name!r}, {k.parallel}, "
-          f"{tuple(order.index(b.name) for b in k.buffers)!r}),"
+          f"{tuple(order.index(slots[b.name, b.dtype]) for b in k.buffers)!r}),"
           for k in kernels),
         ")",
         helper_source(helpers),
@@ -203,8 +210,8 @@ def render_module(program: Program, *, fast_math: bool = True, target: str = "na
                 *("    " + line for line in [*dims, *views])]
         for k in kernels:
             fn = f"{k.name}_parallel" if parallel and k.parallel else k.name
-            call_args = [python_name(b.name, "b_") for b in k.buffers] + symbols
-            out.append(f"    {fn}({', '.join([*call_args, '0', k.extent])})")
+            args_k = [slots[b.name, b.dtype] for b in k.buffers] + symbols
+            out.append(f"    {fn}({', '.join([*args_k, '0', k.extent])})")
         out.append("")
     out += ["", "def extents(dims):",
             '    """The trip count of each kernel\'s top loop (1 without one)."""',

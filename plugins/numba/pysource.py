@@ -48,6 +48,7 @@ from irkit.kir import (
     Kernel,
     Let,
     Load,
+    Program,
     Select,
     Stmt,
     Store,
@@ -115,6 +116,28 @@ def const_text(value: int | float | bool, dtype: str) -> str:
 def python_name(name: str, prefix: str) -> str:
     clean = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
     return f"{prefix}{clean}"
+
+
+def global_buffers(program: Program) -> dict[tuple[str, str], str]:
+    """Every global buffer of ``program`` as it is typed in its kernels: (name, kernel-IR
+    type) -> a unique Python name, in first-use order.
+
+    One placement may be typed differently by different kernels (an int8 conv writes the
+    u8 bytes of the next conv's input as i32 words that a u8 kernel padded), so the
+    module needs a typed view of the bytes per (name, type), not per name: a kernel
+    given the first kernel's u8 view would index bytes where it means words. The first
+    type keeps ``b_<name>``; others are ``b_<name>__<type>``."""
+    names: dict[tuple[str, str], str] = {}
+    seen: set[str] = set()
+    for kernel in program.kernels:
+        for buf in kernel.buffers:
+            key = (buf.name, buf.dtype)
+            if key in names:
+                continue
+            base = python_name(buf.name, "b_")
+            names[key] = f"{base}__{buf.dtype}" if buf.name in seen else base
+            seen.add(buf.name)
+    return names
 
 
 def constant_indexed_locals(kernel: Kernel) -> dict[str, set[int]]:
@@ -483,4 +506,4 @@ def _helper_names(template: str) -> list[str]:
 
 
 __all__ = ["MEMORY", "REGISTER", "KernelSource", "SourceError", "const_text",
-           "constant_indexed_locals", "python_name"]
+           "constant_indexed_locals", "global_buffers", "python_name"]

@@ -99,3 +99,29 @@ def test_dot4_u8s7(backend: str) -> None:
             program, arrays)
         results.append(arrays["out"].tolist())
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_buffer_typed_differently_by_two_kernels(backend: str) -> None:
+    """One workspace buffer written as u8 bytes by one kernel and read as i32 words by
+    the next (an int8 conv's epilogue words over a padded u8 tensor): each kernel indexes
+    its own typed view of the same bytes, little-endian, as the interpreter does. The
+    backends once gave every kernel the first kernel's u8 view."""
+    src, out = Buffer("src", "u8", Const(8)), Buffer("out", "i32", Const(2))
+    as_bytes, as_words = Buffer("t", "u8", Const(8)), Buffer("t", "i32", Const(2))
+    i = Var("i")
+    write = Kernel("bytes", (src, as_bytes), For(i, Const(8), Store(
+        as_bytes, i, Load(src, i) + Const(1, "u8")), "parallel", independent=True))
+    read = Kernel("words", (as_words, out), For(i, Const(2), Store(
+        out, i, Load(as_words, i) + Const(1, "i32")), "parallel", independent=True))
+    program = Program("p", (write, read), {
+        "src": Placement("io", index=0), "out": Placement("io", index=1),
+        "t": Placement("workspace", offset_c=8)}, ("src", "out"), workspace_c=16)
+    results = []
+    for run in ("interpreter", backend):
+        io = {"src": np.array([0, 1, 2, 3, 4, 5, 6, 249], np.uint8),
+              "out": np.zeros(2, np.int32)}
+        run_program(program, io, {"N": 1}) if run == "interpreter" else BACKENDS[backend](
+            program, io)
+        results.append(io["out"].tolist())
+    assert results[0] == results[1] == [0x04030201 + 1, -(1 << 32) + 0xFA070605 + 1]
