@@ -24,9 +24,10 @@ and the workers that answered in the last 10 s; a summary line at the end.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
-import pickle
 import sys
 import time
 from collections.abc import Generator
@@ -105,10 +106,8 @@ class ChunkRunner:
         self.outputs = outputs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        payloads = [
-            pickle.dumps(self._run(int(start), int(stop)), protocol=5)
-            for start, stop in zip(batch["start"], batch["stop"])
-        ]
+        payloads = [encode_result(self._run(int(start), int(stop)))
+                    for start, stop in zip(batch["start"], batch["stop"])]
         return {"start": batch["start"], "payload": np.array(payloads, dtype=object)}
 
     def _run(self, start: int, stop: int) -> dict[str, Any]:
@@ -129,6 +128,47 @@ class ChunkRunner:
         result["chunk"] = Chunk(chunk.start, chunk.stop, chunk.rows, {}, chunk.errors)
         result["outputs"] = outputs
         return result
+
+
+def encode_result(result: dict[str, Any]) -> bytes:
+    """A worker's result as ``.npz`` bytes: the arrays (good row indices, outputs) as
+    members, everything else as a JSON member. Nothing is pickled: the driver reads it
+    back with ``allow_pickle=False`` (string outputs travel as fixed-width unicode)."""
+    meta: dict[str, Any] = {k: result[k] for k in ("start", "pid", "failed") if k in result}
+    arrays: dict[str, np.ndarray] = {}
+    chunk: Chunk | None = result.get("chunk")
+    if chunk is not None:
+        meta["chunk"] = {"start": chunk.start, "stop": chunk.stop,
+                         "errors": [[int(i), str(msg)] for i, msg in chunk.errors]}
+        arrays["rows"] = np.asarray(chunk.rows, np.int64)
+    outputs = result.get("outputs")
+    if outputs is not None:
+        meta["outputs"] = list(outputs)
+        meta["object_outputs"] = [k for k, v in outputs.items() if v.dtype == object]
+        for k, value in enumerate(outputs.values()):
+            arrays[f"out{k}"] = value.astype(str) if value.dtype == object else value
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **arrays)
+    return buffer.getvalue()
+
+
+def decode_result(payload: bytes) -> dict[str, Any]:
+    """``encode_result``'s bytes back as the worker's result."""
+    with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+        meta = json.loads(npz["meta"].tobytes().decode())
+        result = {k: meta[k] for k in ("start", "pid", "failed") if k in meta}
+        if "chunk" in meta:
+            c = meta["chunk"]
+            result["chunk"] = Chunk(c["start"], c["stop"], npz["rows"], {},
+                                    [(int(i), msg) for i, msg in c["errors"]])
+        if "outputs" in meta:
+            result["outputs"] = {
+                name: npz[f"out{k}"].astype(object) if name in meta["object_outputs"]
+                else npz[f"out{k}"] for k, name in enumerate(meta["outputs"])}
+        elif "chunk" in meta:
+            result["outputs"] = None
+    return result
 
 
 def _digest(model: Any) -> str:
@@ -283,4 +323,4 @@ def _results(
         },
     )
     for row in dataset.iter_rows():
-        yield pickle.loads(row["payload"])
+        yield decode_result(row["payload"])

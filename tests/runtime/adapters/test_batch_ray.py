@@ -228,3 +228,26 @@ def test_ray_engine_refuses_what_it_cannot_run(
     with pytest.raises(ValueError, match="ray_cpus"):
         BatchAdapter(model, input=str(source), output=out, engine="ray", address="auto",
                      ray_cpus=2)  # fmt: skip
+
+
+def test_worker_results_travel_without_pickle() -> None:
+    """A worker's result crosses to the driver as .npz bytes read with
+    allow_pickle=False: rows, errors and outputs (numeric and string) come back equal."""
+    from irkit.runtime.adapters.batch_ray import decode_result, encode_result
+    from irkit.runtime.adapters.batch_readers import Chunk
+
+    outputs = {"y": np.arange(6, dtype=np.float32).reshape(3, 2),
+               "label": np.array(["a", "bc", "d"], dtype=object)}
+    sent = {"start": 5, "pid": 12, "outputs": outputs,
+            "chunk": Chunk(5, 9, np.array([5, 7, 8]), {}, [(6, "NaN in input 'x'")])}
+    payload = encode_result(sent)
+    assert b"pickle" not in payload and payload[:2] == b"PK"  # a zip of .npy members
+    got = decode_result(payload)
+    assert (got["start"], got["pid"]) == (5, 12)
+    assert got["chunk"].errors == [(6, "NaN in input 'x'")]
+    np.testing.assert_array_equal(got["chunk"].rows, [5, 7, 8])
+    np.testing.assert_array_equal(got["outputs"]["y"], outputs["y"])
+    assert got["outputs"]["label"].dtype == object
+    assert list(got["outputs"]["label"]) == ["a", "bc", "d"]
+    assert decode_result(encode_result({"start": 1, "pid": 2, "failed": "boom"})) == {
+        "start": 1, "pid": 2, "failed": "boom"}
