@@ -53,9 +53,11 @@ def cluster() -> Iterator[str]:
     os.environ["RAY_AUTH_MODE"] = "disabled"  # for ray start, this process and its drivers
     port = free_port()
     temp = tempfile.mkdtemp(prefix="irk-ray-", dir="/tmp")  # socket paths must stay short
-    ray_cli = Path(sys.executable).with_name("ray")
+    ray_cli = Path(sys.executable).with_name("ray")  # the CLI beside this interpreter, or
+    # the same command as a module where ray comes from outside this environment
+    command = [str(ray_cli)] if ray_cli.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
     process = subprocess.Popen(
-        [str(ray_cli), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+        [*command, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
          "--disable-usage-stats", f"--temp-dir={temp}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
