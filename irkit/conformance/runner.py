@@ -7,6 +7,7 @@ every registered backend (import → ``irkit.compile`` → save → ``irkit.runt
 from __future__ import annotations
 
 import enum
+import gc
 import multiprocessing
 import signal
 import sys
@@ -340,6 +341,11 @@ def run_conformance(
         results = (_worker(w) for w in work)
         pool = None
     else:
+        # Workers are forked: objects the parent holds stay out of their garbage
+        # collector, so a worker never destroys an inherited ONNX Runtime session (whose
+        # thread pool did not survive the fork: its destructor waits forever).
+        gc.collect()
+        gc.freeze()
         pool = multiprocessing.get_context("fork").Pool(jobs, maxtasksperchild=200)
         results = pool.imap_unordered(_worker, work, chunksize=4)
     try:
@@ -353,4 +359,5 @@ def run_conformance(
         if pool is not None:
             pool.close()
             pool.join()
+            gc.unfreeze()
     return report

@@ -14,6 +14,7 @@ as anyone can: the hash catches accidents, not attackers (see ``irkit sign``).
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import multiprocessing
 import os
@@ -200,7 +201,12 @@ def check_tampered(directory: Path, x: np.ndarray, expected: dict[str, np.ndarra
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     process = context.Process(target=_child, args=(str(directory), x, queue))
-    process.start()
+    gc.collect()  # the child never collects (destroys) what this process holds
+    gc.freeze()
+    try:
+        process.start()
+    finally:
+        gc.unfreeze()
     process.join(timeout)
     if process.is_alive():
         process.kill()

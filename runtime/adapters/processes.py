@@ -15,6 +15,7 @@ Prometheus text form for the duration of a ``with`` block (nothing when ``port``
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -79,7 +80,15 @@ def supervise(work: Work, count: int, stop: threading.Event, what: str) -> None:
     def start(slot: int) -> None:
         child = context.Process(target=_child_main, args=(work, slot, what),
                                 name=f"irkit-{what}-{slot}", daemon=False)
-        child.start()
+        # What this process holds stays out of the child's garbage collector: a child
+        # never destroys an inherited ONNX Runtime session, whose thread pool did not
+        # survive the fork (its destructor would wait forever).
+        gc.collect()
+        gc.freeze()
+        try:
+            child.start()
+        finally:
+            gc.unfreeze()
         children[slot] = child
         log.info("%s process %d started (pid %s)", what, slot, child.pid)
 
