@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from irkit.ir import Node
 from irkit.kir import (
     Buffer,
     Const,
@@ -124,9 +125,10 @@ class LoweringContext:
     inputs: set[str] = field(default_factory=set)
     # Node name -> the kernel a template chose for it and why (reported in the manifest).
     kernel_notes: dict[str, str] = field(default_factory=dict)
-    # id(int8 conv node) -> the input word layout its producer already writes
+    # int8 node -> the input its producer's epilogue already writes: the u8 bytes of a
+    # QLinearMatMulInt8 (irkit.lower.quantized), the word layout of a QLinearConvInt8
     # (irkit.lower.quantized_conv.input_sink).
-    int8_inputs: dict[int, Any] = field(default_factory=dict)
+    int8_inputs: dict[Node, Any] = field(default_factory=dict)
     _const_buffers: dict[int, Buffer] = field(default_factory=dict)
     _counter: int = 0
     _keep_alive: list[np.ndarray] = field(default_factory=list)

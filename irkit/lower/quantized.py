@@ -233,12 +233,6 @@ def int8_tiles(ctx: LoweringContext, cols: int = 0) -> tuple[int, int, int]:
     return (8 if lanes == 16 else 4), (lanes if 0 < cols <= lanes else 2 * lanes), lanes
 
 
-def _prequantized(ctx: LoweringContext) -> dict[Node, Buffer]:
-    """Consumer node -> the u8 input bytes a producer's epilogue already wrote for it."""
-    table: dict[Node, Buffer] = ctx.__dict__.setdefault("_int8_prequantized", {})
-    return table
-
-
 def _static_int8_consumer(node: Node, cols: int) -> tuple[Node, ActQuant] | None:
     """The static QLinearMatMulInt8 that is the only reader of ``node``'s output, whose
     input bytes ``node``'s epilogue can write (quantize once, in the producer)."""
@@ -343,7 +337,7 @@ def _plan_int8_matmul(ctx: LoweringContext, node: Node, x: TensorRef, w: np.ndar
     b_hi = None if halves[1] is None else ctx.weight_buffer(
         pack_int8_weights(halves[1], nr)[0], "i32", "w8packhi")
     quant = requant.quant
-    pre = _prequantized(ctx).pop(node, None)
+    pre = ctx.int8_inputs.pop(node, None)
     a_bytes = pre or ctx.new_buffer("xq", "u8", rows * (4 * words))
     consumer = _static_int8_consumer(node, cols)
     next_bytes = None
@@ -351,7 +345,7 @@ def _plan_int8_matmul(ctx: LoweringContext, node: Node, x: TensorRef, w: np.ndar
         # Padding bytes past ``cols`` stay unwritten: they meet zero weights.
         next_stride = 4 * -(-cols // 4)
         next_bytes = ctx.new_buffer("xq", "u8", rows * next_stride)
-        _prequantized(ctx)[consumer[0]] = next_bytes
+        ctx.int8_inputs[consumer[0]] = next_bytes
 
     def emit(epilogue: Epilogue) -> None:
         if prologue is not None:

@@ -76,7 +76,7 @@ def plan_int8_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     g = conv_geometry(node, x, w4.astype(np.float32))
     if cin < MIN_INT8_CHANNELS and g["d"][1] != 1:
         return _fake_quant_conv(ctx, node, x, quant, w4, ins)
-    layout = ctx.int8_inputs.pop(id(node), None)  # words its producer writes
+    layout = ctx.int8_inputs.pop(node, None)  # words its producer writes
     if layout is None:
         x_mat = ctx.materialize(x, "qconv_in")
         xbuf = x_mat.buffer
@@ -112,7 +112,7 @@ def input_sink(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     assert layout.sink is not None
     layout.fill()
     layout.quantize = lambda: None
-    ctx.int8_inputs[id(node)] = layout
+    ctx.int8_inputs[node] = layout
     return layout.sink
 
 
