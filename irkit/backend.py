@@ -212,7 +212,7 @@ class KernelBackend:
         from irkit.interop.onnx_export import to_onnx
         from irkit.lower.partition import split_graph
 
-        if any(is_dynamic(n) for n in graph.nodes):
+        if self.dynamic_shapes and any(is_dynamic(n) for n in graph.nodes):
             return self._dynamic_segments(graph, target, caps, options, prefix, compiled)
         missing = caps.unsupported(graph)
         if not missing or options["fallback"] != "ort":

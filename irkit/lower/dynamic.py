@@ -138,16 +138,25 @@ def prepare_dynamic(graph: Graph, backend: str, supported: bool,
     data-dependent dims are named (:func:`name_dynamic_dims`), or ``error`` when the
     backend does not run such graphs."""
     nodes = [n for n in graph.nodes if is_dynamic(n)]
+    if not supported:
+        # Compress keeps its older form there: a declared static output shape, checked
+        # against the condition before each call (irkit.lower.indexing.lower_compress).
+        nodes = [n for n in nodes if n.op != "Compress" or not _declared_static(n)]
     if not nodes:
         return graph
     if not supported:
         ops = ", ".join(sorted({n.op for n in nodes}))
         raise error(f"graph {graph.name!r}: {ops} ({nodes[0].describe()}) has an output size "
                     f"that depends on input values; the {backend} backend does not compile "
-                    "data-dependent shapes (the llvm backend does)")
+                    "data-dependent shapes (the llvm and numba backends do)")
     out = graph.clone()
     name_dynamic_dims(out)
     return out
+
+
+def _declared_static(node: Node) -> bool:
+    shape = node.outputs[0].shape
+    return shape is not None and all(isinstance(d, int) for d in shape)
 
 
 def split_dynamic(graph: Graph) -> list[DynamicPart]:
@@ -438,6 +447,14 @@ def lower_nms(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     iou_thr = _f32(_first(iou_ref)) if iou_ref is not None else Const(0.0, "f32")
     centered = int(node.attr("center_point_box", 0)) == 1
     batches, classes, spots = scores.shape
+    if not isinstance(simplify_expr(boxes.shape[2]), Const) or \
+            simplify_expr(boxes.shape[2]).value != 4:  # type: ignore[attr-defined]
+        raise LoweringError("NonMaxSuppression needs boxes of 4 coordinates [B, S, 4]")
+    for ours, theirs, what in ((boxes.shape[0], batches, "batches"),
+                               (boxes.shape[1], spots, "boxes")):
+        why = f"NonMaxSuppression's boxes and scores must agree on the number of {what}"
+        ctx.require_nonnegative(simplify_expr(ours - theirs), why)
+        ctx.require_nonnegative(simplify_expr(theirs - ours), why)
     out = sink(0, "i64", (simplify_expr(batches * classes * spots), _c(3)))
     count = _count_out(ctx, sink, 1)
     order = ctx.new_buffer("nms_order", "i64", spots)
