@@ -442,8 +442,10 @@ def lower_nms(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     if boxes.rank != 3 or scores.rank != 3:
         raise LoweringError("NonMaxSuppression needs boxes [B, S, 4] and scores [B, C, S]")
     limit_ref, iou_ref, score_ref = _input(ins, 2), _input(ins, 3), _input(ins, 4)
-    limit = Cast("i64", _first(limit_ref)) if limit_ref is not None else _c(0)
-    limit = simplify_expr(limit) if limit.dtype == "i64" else limit
+    limit: Expr = _c(0)
+    if limit_ref is not None:
+        raw = _first(limit_ref)
+        limit = raw if raw.dtype == "i64" else Cast("i64", raw)
     iou_thr = _f32(_first(iou_ref)) if iou_ref is not None else Const(0.0, "f32")
     centered = int(node.attr("center_point_box", 0)) == 1
     batches, classes, spots = scores.shape
