@@ -197,6 +197,9 @@ def _dynamic_part(graph: Graph, node: Node, name: str, later: set[Value]) -> Dyn
         else:
             mapping[value] = sub.add_input(value.name, value.type)
     count = f"{node.outputs[0].name}{COUNT_SUFFIX}"
+    taken = {v.name for v in graph.values()}
+    while count in taken:
+        count += "_"
     new = sub.add_node(node.op, [None if v is None else mapping[v] for v in node.inputs],
                        dict(node.attrs), domain=node.domain,
                        outputs=[*(None if o.absent else o.name for o in node.outputs), count],
