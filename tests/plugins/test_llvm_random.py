@@ -186,3 +186,21 @@ def test_bad_attributes_are_clear_errors() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
     with pytest.raises(Exception, match=r"dtype 1 is not int32 \(6\) or int64 \(7\)"):
         api.compile(api.load_model(model), target="llvm")
+
+
+def test_conformance_checks_what_random_cases_can_check() -> None:
+    from irkit.conformance import Outcome, load_cases
+    from irkit.conformance.runner import check_random, run_case
+
+    for name in ("test_bernoulli_seed", "test_bernoulli_double_expanded"):
+        (case,) = load_cases(pattern=f"^{name}$")
+        result = run_case(case, "llvm")
+        assert result.outcome is Outcome.RANDOM, result.reason
+        assert "a second run repeats the values" in result.reason
+    zero_one = [np.array([0.0, 1.0, 1.0], np.float32)]
+    with pytest.raises(AssertionError, match="other than 0 and 1"):
+        check_random(zero_one, [np.array([0.0, 0.5, 1.0], np.float32)], None, "out")
+    with pytest.raises(AssertionError, match="second run"):
+        check_random(zero_one, zero_one, [np.array([1.0, 1.0, 1.0], np.float32)], "out")
+    with pytest.raises(AssertionError, match="float64"):
+        check_random(zero_one, [np.zeros(3)], None, "out")
