@@ -14,7 +14,8 @@ nodes differ, and the key is in the compile report's kernel notes. Values never 
 ONNX Runtime's (its generator is another), only their distribution.
 
 From the 64 bits of a draw: a uniform ``u`` in [0, 1) is the top 24 bits times 2^-24
-(f32 work type: f32, f16, bf16 outputs) or the top 53 bits times 2^-53 (f64), exact.
+(f32 work type: f32, f16, bf16 outputs) or the top 53 bits times 2^-53 (f64), exact;
+RandomUniform to f16 / bf16 takes 11 / 8 bits, so its [0, 1) values are exact there too.
 RandomUniform is ``low + (high - low) * u``; RandomNormal is Box-Muller on draws ``2i``
 (``u1`` in (0, 1]) and ``2i + 1``: ``mean + scale * sqrt(-2 log u1) * cos(2 pi u2)``.
 Bernoulli is ``u < p`` (1 with probability ``p``, as its ONNX description and ONNX
@@ -115,9 +116,15 @@ def work_type(dtype: str) -> str:
     return "f64" if dtype == "f64" else "f32"
 
 
-def uniform(bits: Expr, work: str, open_low: bool = False) -> Expr:
-    """A uniform value of ``work`` in [0, 1) (``open_low``: (0, 1]) from 64 bits."""
-    width = 53 if work == "f64" else 24
+UNIFORM_BITS = {"f64": 53, "f32": 24, "f16": 11, "bf16": 8}
+"""Random bits per uniform value: the type's significand, so ``u`` is exact in it and a
+16-bit [0, 1) value never rounds up to 1."""
+
+
+def uniform(bits: Expr, work: str, open_low: bool = False, width: int = 0) -> Expr:
+    """A uniform value of ``work`` in [0, 1) (``open_low``: (0, 1]) from the top
+    ``width`` (default: all of ``work``'s significand) of 64 bits."""
+    width = width or UNIFORM_BITS[work]
     top: Expr = Call("shr", (bits, _u64(64 - width)))
     if open_low:
         top = Binary("add", top, _u64(1))
@@ -180,7 +187,7 @@ def lower_random(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         low, high = _float_attr(node, "low", 0.0), _float_attr(node, "high", 1.0)
 
         def read(idx: Index) -> Expr:
-            u = uniform(draw(key, flat_index(idx, shape)), work)
+            u = uniform(draw(key, flat_index(idx, shape)), work, width=UNIFORM_BITS[dtype])
             value = Binary("add", fconst(low, work), Binary("mul", fconst(high - low, work), u))
             return _out(value, work, dtype)
     else:
