@@ -16,9 +16,13 @@ Both protocols carry binary tensors: HTTP with Triton's binary tensor extension 
 gRPC with ``raw_input_contents`` / ``raw_output_contents`` as tritonclient sends them.
 
 Load generator: ``h2load`` (Debian's ``nghttp2-client``; HTTP/1.1 with ``--h1``, gRPC as
-HTTP/2 POSTs of a length-prefixed ModelInferRequest), one connection per client, each
-sending one request after another, so the client side costs the same little for both
-protocols. Without h2load (``--client python``) the clients are Python: raw HTTP/1.1 on
+HTTP/2 POSTs of a length-prefixed ModelInferRequest serialized once), one connection per
+client, each sending one request after another: the same C client for both protocols, no
+client library on either side (HTTP/2 framing costs h2load itself about twice what
+HTTP/1.1 does per request, 50-70 us vs 30 us on the 2-core machine the README's figures
+come from). Before timing, one request of each load generator is checked on every
+server, and ``tritonclient.grpc`` and ``tritonclient.http`` (if installed) must get the
+same outputs from the two protocols. Without h2load (``--client python``) the clients are Python: raw HTTP/1.1 on
 asyncio (as ``serve_http.py``) and a ``grpc.aio`` channel sending pre-serialized bytes,
 which costs far more client CPU per request than the HTTP one on a small machine. Each
 window runs ``--seconds`` after a short warm-up; failures are the server's non-ok requests
@@ -258,7 +262,9 @@ def measure(point: Point, server: Server, seconds: float, client: str) -> None:
 
 
 def check_servers(servers: dict[tuple[str, str], Server]) -> None:
-    """One real request per server, checked, before anything is timed."""
+    """Before anything is timed: the exact request each load generator sends gets an
+    answer from every server, and Triton's own clients (``tritonclient.grpc`` and
+    ``tritonclient.http``, when installed) get the same outputs from both protocols."""
     import grpc
 
     from irkit.runtime.adapters.oip import inference_pb2 as pb
@@ -277,6 +283,36 @@ def check_servers(servers: dict[tuple[str, str], Server]) -> None:
             answer = pb.ModelInferResponse.FromString(
                 channel.unary_unary(INFER)(grpc_request(model)))
         assert len(answer.raw_output_contents) == 1, f"{kind} {model}: no output"
+    for model in {m for m, _ in servers}:
+        if (model, "http") in servers and (model, "grpc") in servers:
+            _check_with_tritonclient(model, servers[model, "http"].port,
+                                     servers[model, "grpc"].port)  # fmt: skip
+
+
+def _check_with_tritonclient(model: str, http_port: int, grpc_port: int) -> None:
+    try:
+        import tritonclient.grpc as tgrpc
+        import tritonclient.http as thttp
+    except ImportError:
+        return
+    x = _input(model)
+    grpc_in = tgrpc.InferInput("x", list(x.shape), "FP32")
+    grpc_in.set_data_from_numpy(x)
+    http_in = thttp.InferInput("x", list(x.shape), "FP32")
+    http_in.set_data_from_numpy(x, binary_data=True)
+    grpc_client = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    http_client = thttp.InferenceServerClient(f"127.0.0.1:{http_port}")
+    try:
+        over_grpc = grpc_client.infer(model, [grpc_in]).get_response()
+        over_http = http_client.infer(model, [http_in])
+    finally:
+        grpc_client.close()
+        http_client.close()
+    for index, output in enumerate(over_grpc.outputs):
+        got = np.frombuffer(over_grpc.raw_output_contents[index], "<f4")
+        want = over_http.as_numpy(output.name).ravel()
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6,
+                                   err_msg=f"{model}: gRPC and HTTP answers differ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,6 +399,14 @@ def print_table(points: list[Point], client: str) -> None:
             if const:
                 line += f"; grpcio's own ceiling (grpc const) {paired_ratio(const, http_point):.2f}x"
             print(line)
+            if const and ratio < 1:
+                # server CPU per request: what each request costs the server's process
+                http_us, grpc_us, const_us = (1e6 / p.per_cpu
+                                              for p in (http_point, grpc_point, const))
+                print(f"    server CPU per request: HTTP {http_us:.0f} us (whole path, "
+                      f"{http_point.mean_batch:.1f} rows per model call), gRPC "
+                      f"{grpc_us:.0f} us ({grpc_point.mean_batch:.1f} rows per call), grpcio "
+                      f"answering a constant {const_us:.0f} us")  # fmt: skip
 
 
 if __name__ == "__main__":
