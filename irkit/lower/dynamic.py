@@ -37,6 +37,7 @@ from irkit.kir import (
     Select,
     Stmt,
     Store,
+    Unary,
     Var,
     block,
     simplify_expr,
@@ -473,7 +474,8 @@ def lower_nms(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     out = sink(0, "i64", (simplify_expr(batches * classes * spots), _c(3)))
     count = _count_out(ctx, sink, 1)
     order = ctx.new_buffer("nms_order", "i64", spots)
-    kept = ctx.new_buffer("nms_kept", "f32", simplify_expr(spots * 5))  # extent, area
+    keys = ctx.new_buffer("nms_keys", "f32", spots)
+    kept = ctx.new_buffer("nms_kept", "f32", simplify_expr(spots * 5))  # 5 rows: extent, area
     total = _local(ctx, "i64", "k")
     found = _local(ctx, "i64", "m")
     picked = _local(ctx, "i64", "p")
@@ -485,16 +487,17 @@ def lower_nms(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
             return _f32(scores.read((b, c, i)))
 
         def collect(i: Expr) -> Stmt:  # the candidates, in box order
-            take = block(Store(order, _get(found), i), _set(found, _get(found) + 1))
+            key = Select(is_nan(score(i)), Const(float("-inf"), "f32"), score(i))
+            take = block(Store(order, _get(found), i), Store(keys, _get(found), key),
+                         _set(found, _get(found) + 1))
             return take if threshold is None else If(_b("gt", score(i), threshold), take)
 
-        def better(p: Expr, q: Expr) -> Expr:  # higher score, then lower index; NaN last
-            sp, sq = score(p), score(q)
-            return _b("or", _b("or", _b("gt", sp, sq), _b("and", _b("eq", sp, sq),
-                                                              _b("lt", p, q))),
-                      _b("and", is_nan(sq), _b("or", _b("eq", sp, sp), _b("lt", p, q))))
+        def better(sp: Expr, p: Expr, sq: Expr, q: Expr) -> Expr:
+            # higher score, then lower index (keys hold no NaN: it ranks as -inf)
+            return _b("or", _b("gt", sp, sq), _b("and", Unary("not", _b("gt", sq, sp)),
+                                                 _b("lt", p, q)))
 
-        heap = Heap(ctx, order, better)
+        heap = Heap(ctx, order, keys, better)
         locals_.extend(heap.locals)
 
         def visit(r: Expr) -> Stmt:
@@ -504,13 +507,13 @@ def lower_nms(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
             bind += [Let(v, e) for v, e in zip(ext, _extent(boxes, b, i, centered))]
             bind.append(Let(ext[4], (ext[1] - ext[0]) * (ext[3] - ext[2])))
 
-            def check(q: Expr) -> Stmt:
-                other = tuple(Load(kept, q * 5 + k) for k in range(5))
-                return If(_b("eq", _get(hit), 0), If(
-                    _overlaps(ext, other, iou_thr), _set(hit, _c(1))))
+            def check(q: Expr) -> Stmt:  # branch-free: the loop vectorizes
+                other = tuple(Load(kept, spots * k + q) for k in range(5))
+                return _set(hit, _b("or", _get(hit), Cast("i64", _overlaps(ext, other,
+                                                                          iou_thr))))
 
             row = _get(total) * 3
-            keep = block(*(Store(kept, _get(picked) * 5 + k, ext[k]) for k in range(5)),
+            keep = block(*(Store(kept, spots * k + _get(picked), ext[k]) for k in range(5)),
                          _set(picked, _get(picked) + 1),
                          Store(out, row, b), Store(out, row + 1, c), Store(out, row + 2, i),
                          _set(total, _get(total) + 1))

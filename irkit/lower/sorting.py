@@ -104,16 +104,22 @@ def merge_sort(ctx: LoweringContext, keys: Buffer, scratch: Buffer, size: Expr,
 
 
 
-class Heap:
-    """A binary heap of ``i64`` element indices in ``buf`` (best first by ``better``, a
-    strict total order), for taking elements in order one at a time when only the first
-    few are wanted: building it costs ``O(n)`` comparisons, each pop ``O(log n)``
-    (NonMaxSuppression's candidates, as ONNX Runtime takes them). Each sift runs a loop
-    as long as the height it can fall, so no step is wasted."""
+Better = Callable[[Expr, Expr, Expr, Expr], Expr]
+"""``better(key_a, a, key_b, b)``: whether element ``a`` (with its key) comes strictly
+before element ``b`` (a strict total order)."""
 
-    def __init__(self, ctx: LoweringContext, buf: Buffer,
-                 better: Callable[[Expr, Expr], Expr]) -> None:
-        self.ctx, self.buf, self.better = ctx, buf, better
+
+class Heap:
+    """A binary heap of ``i64`` element indices in ``buf`` with their keys beside them in
+    ``keys`` (best first by ``better``), for taking elements in order one at a time when
+    only the first few are wanted: building it costs ``O(n)`` comparisons, each pop
+    ``O(log n)`` (NonMaxSuppression's candidates, as ONNX Runtime takes them). Keys sit
+    next to the indices so a comparison reads no third array, and each sift runs a loop
+    only as long as the height it can fall."""
+
+    def __init__(self, ctx: LoweringContext, buf: Buffer, keys: Buffer, better: Better
+                 ) -> None:
+        self.ctx, self.buf, self.keys, self.better = ctx, buf, keys, better
         names = ("hsize", "hpos", "hgo", "hlvl", "hpw", "hdepth", "htop")
         self.size, self.pos, self.go, self.lvl, self.pw, self.depth, self.top = (
             _local(ctx, n) for n in names)
@@ -137,27 +143,34 @@ class Heap:
                         self._set(self.lvl, _b("add", self._get(self.lvl), 1))))))
 
     def _sift(self, start: Expr, steps: Expr) -> Stmt:
-        """Move ``buf[start]`` down to its place (at most ``steps`` levels)."""
-        heap, size, pos = self.buf, self._get(self.size), self._get(self.pos)
+        """Move element ``start`` down to its place (at most ``steps`` levels): the
+        children it loses to move up one at a time, the element itself is written once,
+        where it stops."""
+        heap, keys, size, pos = self.buf, self.keys, self._get(self.size), self._get(self.pos)
         d = self.ctx.var("d")
-        child, c0, c1, right, best, at, cur = (
-            Var(self.ctx.fresh(h)) for h in ("ch", "c0", "c1", "rt", "best", "at", "cur"))
+        child, right, at, c0, c1, best, cur = (
+            Var(self.ctx.fresh(h)) for h in ("ch", "rt", "at", "c0", "c1", "best", "cur"))
+        k0, k1, kbest, kcur = (Var(self.ctx.fresh(h), keys.dtype)
+                               for h in ("k0", "k1", "kbest", "kcur"))
         take_right = Var(self.ctx.fresh("pickr"), "bool")
+        clamp = Binary("min", right, _b("sub", size, 1))
         step = block(
             Let(child, _b("add", _b("mul", pos, 2), 1)),
             If(_b("ge", child, size), self._set(self.go, 0), block(
-                Let(c0, Load(heap, child)),
                 Let(right, _b("add", child, 1)),
-                Let(c1, Load(heap, Binary("min", right, _b("sub", size, 1)))),
-                Let(take_right, _b("and", _b("lt", right, size), self.better(c1, c0))),
-                Let(best, Select(take_right, c1, c0)),
+                Let(c0, Load(heap, child)), Let(k0, Load(keys, child)),
+                Let(c1, Load(heap, clamp)), Let(k1, Load(keys, clamp)),
+                Let(take_right, _b("and", _b("lt", right, size),
+                                   self.better(k1, c1, k0, c0))),
+                Let(best, Select(take_right, c1, c0)), Let(kbest, Select(take_right, k1, k0)),
                 Let(at, Select(take_right, right, child)),
-                Let(cur, Load(heap, pos)),
-                If(self.better(best, cur), block(
-                    Store(heap, pos, best), Store(heap, at, cur), self._set(self.pos, at)),
+                If(self.better(kbest, best, kcur, cur), block(
+                    Store(heap, pos, best), Store(keys, pos, kbest), self._set(self.pos, at)),
                    self._set(self.go, 0)))))
-        return block(self._set(self.pos, start), self._set(self.go, 1),
-                     For(d, steps, If(_b("ne", self._get(self.go), 0), step)))
+        return block(Let(cur, Load(heap, start)), Let(kcur, Load(keys, start)),
+                     self._set(self.pos, start), self._set(self.go, 1),
+                     For(d, steps, If(_b("ne", self._get(self.go), 0), step)),
+                     Store(heap, pos, cur), Store(keys, pos, kcur))
 
     def build(self, size: Expr) -> Stmt:
         """Heap order on ``buf[0:size)`` (Floyd: sift each parent, last first)."""
@@ -176,12 +189,15 @@ class Heap:
 
     def pop(self) -> Stmt:
         """Move the best element to ``top`` (the heap must not be empty)."""
-        heap, last = self.buf, _b("sub", self._get(self.size), 1)
+        heap, keys, last = self.buf, self.keys, _b("sub", self._get(self.size), 1)
         return block(self._set(self.top, Load(heap, Const(0))),
-                     Store(heap, Const(0), Load(heap, last)), self._set(self.size, last),
+                     Store(heap, Const(0), Load(heap, last)),
+                     Store(keys, Const(0), Load(keys, last)), self._set(self.size, last),
                      self._sift(Const(0), self._get(self.depth)))
 
     @property
     def popped(self) -> Expr:
         return self._get(self.top)
-__all__ = ["Before", "Heap", "is_nan", "less", "merge_sort"]
+
+
+__all__ = ["Before", "Better", "Heap", "is_nan", "less", "merge_sort"]
