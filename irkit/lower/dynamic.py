@@ -406,18 +406,28 @@ def lower_unique(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     total = _local(ctx, "i64", "u")
     outer, inner = x.shape[:axis], x.shape[axis + 1:]
 
-    if x.rank == 1:
-        def before(p: Expr, q: Expr) -> tuple[Stmt | None, Expr]:
+    def before(p: Expr, q: Expr) -> tuple[Stmt | None, Expr]:  # slices p, q
+        if x.rank == 1:
             return None, less(x.read((p,)), x.read((q,)))
-    else:
-        def before(p: Expr, q: Expr) -> tuple[Stmt | None, Expr]:
-            return _slice_compare(ctx, x, axis, p, q, state), _b("lt", _get(state), 0)
+        return _slice_compare(ctx, x, axis, p, q, state), _b("lt", _get(state), 0)
 
-    sort, scratch = merge_sort(ctx, order, spare, n, before)
+    values = order
+    if x.rank == 1:  # sort the values themselves, their indices alongside
+        values = ctx.new_buffer("unique_values", x.dtype, n)
+        spare_values = ctx.new_buffer("unique_values", x.dtype, n)
+        init = _loop(ctx, n, lambda i: block(Store(order, i, i),
+                                             Store(values, i, x.read((i,)))))
+        sort, scratch = merge_sort(ctx, values, spare_values, n,
+                                   lambda p, q: (None, less(p, q)), (order, spare))
+    else:
+        init = _loop(ctx, n, lambda i: Store(order, i, i))
+        sort, scratch = merge_sort(ctx, order, spare, n, before)
 
     def number(k: Expr) -> Stmt:  # group[order[k]]; spare[g]: the group's first index
         at = Load(order, k)
-        setup, fresh = before(Load(order, Binary("max", k - 1, _c(0))), at)
+        prev = Binary("max", k - 1, _c(0))
+        setup, fresh = (None, less(Load(values, prev), Load(values, k))) if x.rank == 1 \
+            else before(Load(order, prev), at)
         return block(setup, If(_b("or", _b("eq", k, 0), fresh), block(
             Store(spare, _get(total), at), _set(total, _get(total) + 1))),
             Store(group, at, _get(total) - 1))
@@ -438,7 +448,6 @@ def lower_unique(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
         return block(If(_b("eq", Load(spare, g), i), first), Store(inverse, i, rank),
                      Store(counts, rank, Load(counts, rank) + 1))
 
-    init = _loop(ctx, n, lambda i: Store(order, i, i))
     ctx.add_kernel("unique", block(
         init, sort, _set(total, _c(0)), _loop(ctx, n, number, "k"),
         Store(count, _c(0), _get(total)), _set(total, _c(0)), _loop(ctx, n, emit)),

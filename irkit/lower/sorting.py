@@ -62,28 +62,34 @@ def less(a: Expr, b: Expr) -> Expr:
 
 
 def merge_sort(ctx: LoweringContext, keys: Buffer, scratch: Buffer, size: Expr,
-               before: Before) -> tuple[Stmt, list[Buffer]]:
+               before: Before, payload: tuple[Buffer, Buffer] | None = None
+               ) -> tuple[Stmt, list[Buffer]]:
     """A statement sorting ``keys[0:size)`` stably by ``before`` (``scratch`` holds at
-    least ``size`` elements too), and the local buffers it uses."""
+    least ``size`` elements too), and the local buffers it uses. With ``payload``
+    (a buffer and its scratch), its elements move along with the keys (sorting values
+    themselves, with their indices as payload, keeps one load off each step's chain)."""
     width, left, right = _local(ctx, "w"), _local(ctx, "li"), _local(ctx, "ri")
     zero = Const(0)
     last = _b("sub", size, 1)
 
-    def merge(src: Buffer, dst: Buffer) -> Stmt:
+    def merge(src: Buffer, dst: Buffer, carry: tuple[Buffer, Buffer] | None) -> Stmt:
         w = Load(width, zero)
         span = _b("mul", w, 2)
         r, k = ctx.var("run"), ctx.var("k")
         lo, mid, hi = (Var(ctx.fresh(h)) for h in ("lo", "mid", "hi"))
-        p, q = Var(ctx.fresh("p")), Var(ctx.fresh("q"))
+        p, q = Var(ctx.fresh("p"), src.dtype), Var(ctx.fresh("q"), src.dtype)
         i, j = Load(left, zero), Load(right, zero)
+        at_i, at_j = Binary("min", i, last), Binary("min", j, last)
         setup, right_first = before(q, p)
         take = Var(ctx.fresh("take"), "bool")
+        moves = None if carry is None else Store(carry[1], k, Select(
+            take, Load(carry[0], at_j), Load(carry[0], at_i)))
         step = block(
-            Let(p, Load(src, Binary("min", i, last))),
-            Let(q, Load(src, Binary("min", j, last))),
+            Let(p, Load(src, at_i)),
+            Let(q, Load(src, at_j)),
             setup,
             Let(take, _b("and", _b("lt", j, hi), _b("or", _b("ge", i, mid), right_first))),
-            Store(dst, k, Select(take, q, p)),
+            Store(dst, k, Select(take, q, p)), moves,
             Store(left, zero, _b("add", i, Select(take, Const(0), Const(1)))),
             Store(right, zero, _b("add", j, Select(take, Const(1), Const(0)))))
         run = block(
@@ -95,13 +101,12 @@ def merge_sort(ctx: LoweringContext, keys: Buffer, scratch: Buffer, size: Expr,
         runs = _b("div", _b("sub", _b("add", size, span), 1), span)
         return block(For(r, runs, run, "serial"), Store(width, zero, span))
 
+    back = None if payload is None else (payload[1], payload[0])
     rounds = ctx.var("round")
     body = block(Store(width, zero, Const(1)), For(rounds, Const(_ROUNDS), If(
-        _b("lt", Load(width, zero), size), block(merge(keys, scratch), merge(scratch, keys)))))
+        _b("lt", Load(width, zero), size),
+        block(merge(keys, scratch, payload), merge(scratch, keys, back)))))
     return body, [width, left, right]
-
-
-
 
 
 Better = Callable[[Expr, Expr, Expr, Expr], Expr]
