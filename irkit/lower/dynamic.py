@@ -460,7 +460,13 @@ def lower_nms(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     boxes scoring above ``score_threshold`` in descending score order (ties: lower box
     index first), each kept unless its IoU with an already kept box of that class
     exceeds ``iou_threshold``, at most ``max_output_boxes_per_class`` (0 or absent:
-    none) per class. Output rows ``[batch, class, box]``; bound ``B*C*S`` rows."""
+    none) per class. Output rows ``[batch, class, box]``; bound ``B*C*S`` rows.
+
+    Per class: the candidates go into a binary heap (:class:`irkit.lower.sorting.Heap`,
+    built in ``O(n)``) and come out best first, one ``O(log n)`` pop each, only until
+    the limit is reached; each is compared only with the boxes kept so far (their
+    extents and areas stored in rows, a branch-free loop that vectorizes). A NaN score
+    ranks as -inf (and never passes a score threshold)."""
     boxes, scores = _required(ins, 0, node), _required(ins, 1, node)
     if boxes.rank != 3 or scores.rank != 3:
         raise LoweringError("NonMaxSuppression needs boxes [B, S, 4] and scores [B, C, S]")
