@@ -1,12 +1,12 @@
-"""A stable bottom-up merge sort in kernel IR, for the kernels that order elements at
-run time (Unique, NonMaxSuppression's score order).
+"""Ordering elements at run time in kernel IR, for Unique and NonMaxSuppression.
 
-The sort permutes a buffer of ``i64`` element indices by a caller-given comparison:
-``log2(n)`` passes, each a linear merge of adjacent runs from one scratch buffer into
-the other (two passes per round, so the result always ends in the first buffer).
-Only serial loops, ``If``, ``Let`` and ``Select``: every backend that runs kernel IR
-runs it, the interpreter included. ``O(n log n)`` comparisons, stable (an element
-never passes an equal one), so ties keep input order.
+:func:`merge_sort`: a stable bottom-up merge sort of a buffer (optionally carrying a
+second one along): ``log2(n)`` passes, each a linear merge of adjacent runs from one
+scratch buffer into the other (two passes per round, so the result always ends in the
+first buffer); ``O(n log n)`` comparisons, ties keep input order. :class:`Heap`: a
+binary heap for taking the best elements one at a time when only the first few are
+wanted (``O(n)`` to build, ``O(log n)`` a pop). Only serial loops, ``If``, ``Let`` and
+``Select``: every backend that runs kernel IR runs them, the interpreter included.
 """
 
 from __future__ import annotations
