@@ -9,13 +9,14 @@ bits, and :func:`draws` (numpy) says what they are.
 ``key`` comes from the ``seed`` attribute (a float; its f64 bit pattern, mixed once), so
 a node with a seed gives the same tensor on every run, backend and build. A node without
 a seed draws fresh values on every call (as ONNX Runtime does: "if seed is not
-specified, one will be auto-generated"): its key is ``node_key ^ call_key``, where
-``node_key`` comes from the node's first output name (SHA-256, so two unseeded nodes of
-one call differ; it is in the compile report's kernel notes) and ``call_key`` is a
-per-call value the runtime supplies through the symbol :data:`CALL_KEY` (one more
-``i64`` dim the code reads, which no input binds; see ``irkit.runtime.call_keys``: the
-load option ``random_seed`` makes it reproducible per call number). Values never match
-ONNX Runtime's (its generator is another), only their distribution.
+specified, one will be auto-generated"): its key is :func:`unseeded_key`, the SplitMix64
+finalizer of ``node_key ^ call_key``, where ``node_key`` comes from the node's first
+output name (SHA-256, so two unseeded nodes of one call differ; it is in the compile
+report's kernel notes) and ``call_key`` is a per-call value the runtime supplies through
+the symbol :data:`CALL_KEY` (one more ``i64`` dim the code reads, which no input binds;
+see ``irkit.runtime.call_keys``: the load option ``random_seed`` makes it reproducible
+per call number). Values never match ONNX Runtime's (its generator is another), only
+their distribution.
 
 From the 64 bits of a draw: a uniform ``u`` in [0, 1) is the top 24 bits times 2^-24
 (f32 work type: f32, f16, bf16 outputs) or the top 53 bits times 2^-53 (f64), exact;
@@ -103,8 +104,14 @@ def node_key(ctx: LoweringContext, node: Node) -> Expr:
         f"{node.op}: counter-based SplitMix64 generator, {source}")
     if node.attr("seed", None) is not None:
         return _u64(key)
-    ctx.call_key = True
-    return Binary("xor", _u64(key), Cast("u64", Var(CALL_KEY)))
+    ctx.call_key = True  # mixed in the code: consecutive call keys give unrelated streams
+    return mix64(Binary("xor", _u64(key), Cast("u64", Var(CALL_KEY))))
+
+
+def unseeded_key(node_key: int, call_key: int) -> int:
+    """The generator key of an unseeded node (``seed_key``'s key) at call key
+    ``call_key``, as the code computes it."""
+    return _mix_int((node_key ^ call_key) & _MASK)
 
 
 def draws(key: int, index: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ Values cannot match ONNX Runtime's (another generator), so the tests check:
   and RandomUniform f64 equals the numpy form of the generator (``draws``) within 1 ulp;
   another seed gives other values;
 - fresh values per call: nodes without a seed differ between calls (checked and exact
-  call paths) and equal ``draws`` under ``node key ^ call key``; the load option
+  call paths) and equal ``draws`` under ``unseeded_key(node key, call key)``; the load option
   ``random_seed`` repeats them per call number, across loads; seeded nodes never change;
 - distributions, on 2**18 draws per op: mean and variance within 6 standard errors,
   the Kolmogorov-Smirnov distance below 0.006 (p < 1e-6 for a true match at n = 2**18:
@@ -35,7 +35,7 @@ from onnx import TensorProto, helper
 
 from irkit import api
 from irkit.lower.driver import lower_graph
-from irkit.lower.random_ops import GAMMA, draws, seed_key
+from irkit.lower.random_ops import GAMMA, draws, seed_key, unseeded_key
 from irkit.testing.op_cases import KIR, LLVM_NATIVE, compile_and_load
 
 N_STATS = 2**18
@@ -196,15 +196,31 @@ def test_unseeded_nodes_draw_fresh_values_per_call(tmp_path: Path) -> None:
         assert np.array_equal(seeded[n]["fresh"], again[n]["fresh"])
         assert np.array_equal(seeded[n]["fixed"], plain[0]["fixed"])
         key = call_key(5, n)  # the n-th call's key: u = top 53 (f64) / 24 (f32) bits
-        u = draws(fresh_key ^ key, np.arange(4096, dtype=np.uint64)) >> np.uint64(11)
-        assert np.array_equal(seeded[n]["fresh"], u * 2.0**-53)
-        u = draws(bern_key ^ key, np.arange(6, dtype=np.uint64)) >> np.uint64(40)
+        u = draws(unseeded_key(fresh_key, key), np.arange(4096, dtype=np.uint64))
+        assert np.array_equal(seeded[n]["fresh"], (u >> np.uint64(11)) * 2.0**-53)
+        u = draws(unseeded_key(bern_key, key), np.arange(6, dtype=np.uint64)) >> np.uint64(40)
         assert np.array_equal(seeded[n]["bern"], (u * 2.0**-24 < 0.5).reshape(2, 3))
     assert not np.array_equal(calls(1, random_seed=6)[0]["fresh"], seeded[0]["fresh"])
-    sample = np.concatenate([c["fresh"] for c in plain])
+    sample = np.concatenate([c["fresh"] for c in seeded])  # deterministic: random_seed
     _moments(sample, 0.5, 1 / 12)
+    # consecutive calls are uncorrelated (6 standard errors of a correlation at n = 4096)
+    assert abs(np.corrcoef(seeded[0]["fresh"], seeded[1]["fresh"])[0, 1]) < 6 / 64
     with pytest.raises(ArtifactError, match="random_seed=-1 must be an int"):
         irkit.runtime.load(path, random_seed=-1)
+
+    # one input, one output: the llvm runner's single-array exact path
+    like = helper.make_node("RandomUniformLike", ["x"], ["y"], dtype=TensorProto.DOUBLE)
+    graph = helper.make_graph([like], "like",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", 4])])
+    single = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    path = api.compile(api.load_model(single), target="llvm").save(tmp_path / "single")
+    loaded = irkit.runtime.load(path, random_seed=9)
+    y_key = seed_key(_node(single, "y"))[0]
+    for n in range(3):
+        u = draws(unseeded_key(y_key, call_key(9, n)), np.arange(8, dtype=np.uint64))
+        y = loaded(x=np.zeros((2, 4), np.float32))["y"]
+        assert np.array_equal(y, ((u >> np.uint64(11)) * 2.0**-53).reshape(2, 4)), n
 
 
 def test_seed_changes_values_and_the_report_names_the_key(tmp_path: Path) -> None:
