@@ -2,17 +2,17 @@
 
 A random op without a ``seed`` attribute (RandomNormal, Bernoulli, Multinomial… see
 ``irkit.lower.random_ops``) must draw fresh values on every call, as ONNX Runtime does.
-Its generator key is its node key xor a 64-bit *call key*, which the compiled code reads
-as one more symbolic dim: :data:`CALL_KEY_SYMBOL`, listed last in the program's
-``symbols`` when the program has such a node. No input shape binds that symbol; the
-runner sets its slot of the ``dims`` array before each call from a :class:`CallKeys`
-sequence, so users never pass it and the artifact stays data-only.
+Its generator key is ``splitmix64(node_key ^ call_key)``, where the *call key* is one
+more symbolic dim the compiled code reads: :data:`CALL_KEY_SYMBOL`, listed last in the
+program's ``symbols`` when the program has such a node. No input shape binds that
+symbol; the runner sets its slot of the ``dims`` array before each call from a
+:class:`CallKeys` sequence, so users never pass it and the artifact stays data-only.
 
 Keys: ``key_n = base + n`` for the ``n``-th program call (0 first), where ``base`` is a
-62-bit value, so the dim stays a non-negative int64 on every backend; the code mixes it
-(``splitmix64(node_key ^ key_n)``), so consecutive keys give unrelated streams, and
-handing one out costs one ``next`` of an ``itertools.count`` (about 40 ns), atomic in
-CPython. ``base`` comes from ``os.urandom`` at load time (and again in a forked child, so processes forked after
+62-bit value, so the dim stays a non-negative int64 on every backend. The code mixes it,
+so consecutive keys give unrelated streams, and handing one out is one step of an
+``itertools.count`` (about 0.1 µs; atomic in CPython). ``base`` comes from
+``os.urandom`` at load time (and again in a forked child, so processes forked after
 loading do not repeat each other's values), or from the load option ``random_seed``,
 which makes unseeded nodes reproducible per (seed, call number): a model loaded twice
 with the same ``random_seed`` gives the same values on its first call, the same on its
