@@ -122,9 +122,12 @@ class Heap:
     next to the indices so a comparison reads no third array, and each sift runs a loop
     only as long as the height it can fall."""
 
-    def __init__(self, ctx: LoweringContext, buf: Buffer, keys: Buffer, better: Better
-                 ) -> None:
+    def __init__(self, ctx: LoweringContext, buf: Buffer, keys: Buffer, better: Better,
+                 base: Expr | None = None) -> None:
+        """``base``: where the heap starts in ``buf`` and ``keys`` (one row's heap among
+        many, at a per-row offset); 0 when None."""
         self.ctx, self.buf, self.keys, self.better = ctx, buf, keys, better
+        self.base = base
         names = ("hsize", "hpos", "hgo", "hlvl", "hpw", "hdepth", "htop")
         self.size, self.pos, self.go, self.lvl, self.pw, self.depth, self.top = (
             _local(ctx, n) for n in names)
@@ -132,6 +135,9 @@ class Heap:
     @property
     def locals(self) -> list[Buffer]:
         return [self.size, self.pos, self.go, self.lvl, self.pw, self.depth, self.top]
+
+    def _at(self, i: Expr) -> Expr:
+        return i if self.base is None else _b("add", self.base, i)
 
     def _get(self, buf: Buffer) -> Expr:
         return Load(buf, Const(0))
@@ -163,19 +169,21 @@ class Heap:
             Let(child, _b("add", _b("mul", pos, 2), 1)),
             If(_b("ge", child, size), self._set(self.go, 0), block(
                 Let(right, _b("add", child, 1)),
-                Let(c0, Load(heap, child)), Let(k0, Load(keys, child)),
-                Let(c1, Load(heap, clamp)), Let(k1, Load(keys, clamp)),
+                Let(c0, Load(heap, self._at(child))), Let(k0, Load(keys, self._at(child))),
+                Let(c1, Load(heap, self._at(clamp))), Let(k1, Load(keys, self._at(clamp))),
                 Let(take_right, _b("and", _b("lt", right, size),
                                    self.better(k1, c1, k0, c0))),
                 Let(best, Select(take_right, c1, c0)), Let(kbest, Select(take_right, k1, k0)),
                 Let(at, Select(take_right, right, child)),
                 If(self.better(kbest, best, kcur, cur), block(
-                    Store(heap, pos, best), Store(keys, pos, kbest), self._set(self.pos, at)),
+                    Store(heap, self._at(pos), best), Store(keys, self._at(pos), kbest),
+                    self._set(self.pos, at)),
                    self._set(self.go, 0)))))
-        return block(Let(cur, Load(heap, start)), Let(kcur, Load(keys, start)),
+        return block(Let(cur, Load(heap, self._at(start))),
+                     Let(kcur, Load(keys, self._at(start))),
                      self._set(self.pos, start), self._set(self.go, 1),
                      For(d, steps, If(_b("ne", self._get(self.go), 0), step)),
-                     Store(heap, pos, cur), Store(keys, pos, kcur))
+                     Store(heap, self._at(pos), cur), Store(keys, self._at(pos), kcur))
 
     def build(self, size: Expr) -> Stmt:
         """Heap order on ``buf[0:size)`` (Floyd: sift each parent, last first)."""
@@ -195,9 +203,17 @@ class Heap:
     def pop(self) -> Stmt:
         """Move the best element to ``top`` (the heap must not be empty)."""
         heap, keys, last = self.buf, self.keys, _b("sub", self._get(self.size), 1)
-        return block(self._set(self.top, Load(heap, Const(0))),
-                     Store(heap, Const(0), Load(heap, last)),
-                     Store(keys, Const(0), Load(keys, last)), self._set(self.size, last),
+        root, end = self._at(Const(0)), self._at(last)
+        return block(self._set(self.top, Load(heap, root)),
+                     Store(heap, root, Load(heap, end)),
+                     Store(keys, root, Load(keys, end)), self._set(self.size, last),
+                     self._sift(Const(0), self._get(self.depth)))
+
+    def replace_top(self, index: Expr, key: Expr) -> Stmt:
+        """Put element ``index`` (with ``key``) in place of the root and sift it down:
+        keeping the K best of a stream in a heap whose root is the worst of them."""
+        root = self._at(Const(0))
+        return block(Store(self.buf, root, index), Store(self.keys, root, key),
                      self._sift(Const(0), self._get(self.depth)))
 
     @property
