@@ -497,6 +497,9 @@ def lower_arg_extreme(ctx: LoweringContext, node: Node, ins: list[TensorRef | No
     return [buffer_ref(out, out_shape)]
 
 
+_TOPK_BLOCK = 32  # elements checked against the heap's root at once
+
+
 def _topk_order(largest: bool) -> Better:
     """``before(ka, a, kb, b)``: element ``a`` comes first in TopK's output: the larger
     (``largest``) or smaller key, NaN above every number and equal to NaN (ONNX
@@ -543,6 +546,7 @@ def lower_topk(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     kept_shape = [d for a, d in enumerate(x.shape) if a != axis]
     before = _topk_order(largest)
     heap_locals: list[Buffer] = []
+    hit, z = _local(ctx, "bool", "hit"), Const(0)
 
     def worse(ka: Expr, a: Expr, kb: Expr, b: Expr) -> Expr:
         return before(kb, b, ka, a)
@@ -559,15 +563,36 @@ def lower_topk(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                                    Store(keys, base + j, x.read(at(j)))))
         if static(count) == 0:
             return fill
-        root = Load(keys, base)
         # A later element has a higher index than all in the heap: it enters only when
-        # its key strictly beats the root's.
-        enters = less(root, v) if largest else less(v, root)
-        scan = For(r, simplify_expr(n - count), block(
-            Let(v, x.read(at(r))), If(enters, heap.replace_top(r, v))), start=count)
+        # its key strictly beats the root's. Blocks of _TOPK_BLOCK elements are first
+        # checked branch-free against the root (LLVM vectorizes the check); only a block
+        # with a newcomer is walked one element at a time.
+        root, e, blk = Var(ctx.fresh("root"), x.dtype), ctx.var("e"), ctx.var("blk")
+        w = Var(ctx.fresh("w"), x.dtype)
+
+        def enters(key: Expr, threshold: Expr) -> Expr:
+            return less(threshold, key) if largest else less(key, threshold)
+
+        def walk(first: Expr, extent: Expr) -> Stmt:
+            return For(r, extent, block(
+                Let(v, x.read(at(r))),
+                If(enters(v, Load(keys, base)), heap.replace_top(r, v))), start=first)
+
+        rest = simplify_expr(n - count)
+        blocks = simplify_expr(Binary("div", rest, Const(_TOPK_BLOCK)))
+        first = simplify_expr(count + blk * _TOPK_BLOCK)
+        check = For(e, Const(_TOPK_BLOCK), block(
+            Let(w, x.read(at(simplify_expr(first + e)))),
+            Store(hit, z, Binary("or", Load(hit, z), enters(w, root)))))
+        scan = block(
+            For(blk, blocks, block(
+                Let(root, Load(keys, base)), Store(hit, z, Const(False, "bool")), check,
+                If(Load(hit, z), walk(first, Const(_TOPK_BLOCK))))),
+            walk(simplify_expr(count + blocks * _TOPK_BLOCK),
+                 simplify_expr(rest - blocks * _TOPK_BLOCK)))
         spot = simplify_expr(base + count - 1 - t)
         drain = For(t, count, block(
-            Let(top_i, Load(order, base)), Let(top_k, Load(keys, base)), heap.pop(),
+            Let(top_i, Load(order, base)), Let(top_k, Load(keys, base)), heap.pop(True),
             Store(order, spot, top_i), Store(keys, spot, top_k)))
         copy = None if in_place else For(j, count, block(
             Store(values, flat_index(at(j), out_shape), Load(keys, base + j)),
@@ -575,7 +600,7 @@ def lower_topk(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         return block(fill, heap.build(count), scan, drain, copy)
 
     nest = _along_axis(ctx, x.shape, axis, body)
-    ctx.add_kernel("topk", nest, heap_locals)
+    ctx.add_kernel("topk", nest, [*heap_locals, hit])
     return [buffer_ref(values, out_shape), buffer_ref(indices, out_shape)]
 
 

@@ -200,21 +200,63 @@ class Heap:
                      self._set(self.depth, self._get(self.lvl)), self._log2(half),
                      For(t, half, node))
 
-    def pop(self) -> Stmt:
-        """Move the best element to ``top`` (the heap must not be empty)."""
+    def _sink(self, cur: Expr, kcur: Expr) -> Stmt:
+        """Place element ``cur`` (key ``kcur``) from a hole at the root, bottom-up
+        (Floyd): the hole walks down to a leaf, the better child moving up each level
+        (one comparison a level, no early exit to mispredict), then ``cur`` climbs from
+        there to its place (a level or two at most, typically)."""
+        ctx, heap, keys = self.ctx, self.buf, self.keys
+        size, pos = self._get(self.size), self._get(self.pos)
+        d, u = ctx.var("d"), ctx.var("u")
+        child, right, at, c0, c1, parent, cp = (
+            Var(ctx.fresh(h)) for h in ("ch", "rt", "at", "c0", "c1", "par", "cp"))
+        k0, k1, kp = (Var(ctx.fresh(h), keys.dtype) for h in ("k0", "k1", "kp"))
+        take_right = Var(ctx.fresh("pickr"), "bool")
+        clamp = Binary("min", right, _b("sub", size, 1))
+        down = block(
+            Let(child, _b("add", _b("mul", pos, 2), 1)),
+            If(_b("lt", child, size), block(
+                Let(right, _b("add", child, 1)),
+                Let(c0, Load(heap, self._at(child))), Let(k0, Load(keys, self._at(child))),
+                Let(c1, Load(heap, self._at(clamp))), Let(k1, Load(keys, self._at(clamp))),
+                Let(take_right, _b("and", _b("lt", right, size),
+                                   self.better(k1, c1, k0, c0))),
+                Let(at, Select(take_right, right, child)),
+                Store(heap, self._at(pos), Select(take_right, c1, c0)),
+                Store(keys, self._at(pos), Select(take_right, k1, k0)),
+                self._set(self.pos, at))))
+        up = If(_b("and", _b("ne", self._get(self.go), 0), _b("gt", pos, 0)), block(
+            Let(parent, _b("div", _b("sub", pos, 1), 2)),
+            Let(cp, Load(heap, self._at(parent))), Let(kp, Load(keys, self._at(parent))),
+            If(self.better(kcur, cur, kp, cp), block(
+                Store(heap, self._at(pos), cp), Store(keys, self._at(pos), kp),
+                self._set(self.pos, parent)), self._set(self.go, 0))))
+        steps = self._get(self.depth)
+        return block(self._set(self.pos, 0), For(d, steps, down),
+                     self._set(self.go, 1), For(u, steps, up),
+                     Store(heap, self._at(pos), cur), Store(keys, self._at(pos), kcur))
+
+    def pop(self, bottom_up: bool = False) -> Stmt:
+        """Move the best element to ``top`` (the heap must not be empty); ``bottom_up``
+        re-places the last element by :meth:`_sink` (fewer comparisons where it falls
+        back near the leaves, as after a pop it does)."""
         heap, keys, last = self.buf, self.keys, _b("sub", self._get(self.size), 1)
         root, end = self._at(Const(0)), self._at(last)
+        if bottom_up:
+            cur, kcur = Var(self.ctx.fresh("cur")), Var(self.ctx.fresh("kcur"), keys.dtype)
+            return block(self._set(self.top, Load(heap, root)),
+                         Let(cur, Load(heap, end)), Let(kcur, Load(keys, end)),
+                         self._set(self.size, last), self._sink(cur, kcur))
         return block(self._set(self.top, Load(heap, root)),
                      Store(heap, root, Load(heap, end)),
                      Store(keys, root, Load(keys, end)), self._set(self.size, last),
                      self._sift(Const(0), self._get(self.depth)))
 
     def replace_top(self, index: Expr, key: Expr) -> Stmt:
-        """Put element ``index`` (with ``key``) in place of the root and sift it down:
-        keeping the K best of a stream in a heap whose root is the worst of them."""
-        root = self._at(Const(0))
-        return block(Store(self.buf, root, index), Store(self.keys, root, key),
-                     self._sift(Const(0), self._get(self.depth)))
+        """Put element ``index`` (with ``key``) in place of the root and sift it down
+        (bottom-up): keeping the K best of a stream in a heap whose root is the worst of
+        them, where a newcomer mostly belongs near the leaves."""
+        return self._sink(index, key)
 
     @property
     def popped(self) -> Expr:
