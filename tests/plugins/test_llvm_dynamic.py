@@ -320,3 +320,69 @@ def test_sorting_at_size_and_nan(tmp_path: Path) -> None:
         {"b": feeds["boxes"][:, :6], "s": feeds["scores"][:, :1, [3, 0, 4, 1, 5, 2]],
          "k": np.array([5], np.int64)})["sel"]
     np.testing.assert_array_equal(sel[:, 2], [3, 5, 1, 0, 2])  # NaN last, in box order
+
+
+def topk_model(n: int, ks: tuple[int, ...]) -> onnx.ModelProto:
+    """TopK of ``x`` [3, n] along its rows (the heap in the outputs) and of ``xt`` [n, 3]
+    along axis 0 (the heap in per-row scratch), each K both ways, int64 along too; every
+    other K with ``sorted=0``."""
+    vi, mk = helper.make_tensor_value_info, helper.make_node
+    nodes, inits, outputs = [], [], []
+    for j, k in enumerate(ks):
+        inits.append(nh.from_array(np.array([k], np.int64), f"k{j}"))
+        for src, axis, dtype in (("x", 1, T.FLOAT), ("xt", 0, T.FLOAT), ("xi", 1, T.INT64)):
+            for largest in (0, 1):
+                name = f"{src}{j}{largest}"
+                nodes.append(mk("TopK", [src, f"k{j}"], [f"{name}v", f"{name}i"], axis=axis,
+                                largest=largest, sorted=j % 2))
+                outputs += [(f"{name}v", dtype), (f"{name}i", T.INT64)]
+    inputs = [vi("x", T.FLOAT, [3, n]), vi("xt", T.FLOAT, [n, 3]), vi("xi", T.INT64, [3, n])]
+    return _model(nodes, inputs, outputs, inits)
+
+
+def topk_feeds(n: int, seed: int) -> dict[str, np.ndarray]:
+    r = np.random.default_rng(seed)
+    x = r.integers(0, n // 8, (3, n)).astype(np.float32) / 4  # ~8 ties per value
+    x[1] = np.sort(x[1])  # ascending: every element enters the largest-K heap
+    x[2, ::2] = np.nan
+    return {"x": x, "xt": np.ascontiguousarray(x[::-1].T),
+            "xi": r.integers(-50, 50, (3, n)).astype(np.int64)}
+
+
+def test_topk_heap_at_size_ties_and_nan(tmp_path: Path) -> None:
+    """TopK's per-row heap over 5,000 elements (K=1, 17, 300; both ways; on the last axis
+    and on axis 0; heavy ties, a sorted row, a row half NaN) gives ONNX Runtime's exact
+    values and indices: ties to the lower index, NaN above every number."""
+    model = topk_model(5000, (1, 17, 300))
+    compiled = _compile(model, tmp_path, reject_nonfinite=False)
+    feeds = topk_feeds(5000, 3)
+    want, got = _ort(model)(feeds), compiled.run(feeds)
+    _check_topk(model, got, want)
+
+
+def _check_topk(model: onnx.ModelProto, got: dict[str, np.ndarray],
+                want: dict[str, np.ndarray]) -> None:
+    """Exact values and indices; ``sorted=0`` outputs (ONNX leaves their order open, ORT
+    returns its heap's) compared as sets, both put in index order."""
+    for op in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in op.attribute}
+        (v, i), axis = op.output, int(attrs["axis"])
+        got_v, got_i, want_v, want_i = got[v], got[i], want[v], want[i]
+        if not attrs["sorted"]:
+            mine, theirs = np.argsort(got_i, axis), np.argsort(want_i, axis)
+            got_v, got_i = (np.take_along_axis(a, mine, axis) for a in (got_v, got_i))
+            want_v, want_i = (np.take_along_axis(a, theirs, axis) for a in (want_v, want_i))
+        np.testing.assert_array_equal(got_v, want_v, err_msg=v)
+        np.testing.assert_array_equal(got_i, want_i, err_msg=i)
+
+
+def test_topk_interpreter_agrees_with_onnxruntime() -> None:
+    """The kernel-IR interpreter runs the same TopK kernels (small rows, a NaN row) and
+    gives ONNX Runtime's answer."""
+    from irkit.lower.interpret import interpret_lowered
+    from irkit.testing.interpreted import lower_model
+
+    model = topk_model(70, (5, 33))
+    feeds = topk_feeds(70, 4)
+    want, got = _ort(model)(feeds), interpret_lowered(lower_model(model), feeds)
+    _check_topk(model, got, want)
