@@ -1,5 +1,6 @@
 """Data-dependent ops on the llvm backend against ONNX Runtime: Unique (1k-100k
-elements) and NonMaxSuppression (1k-10k boxes per class, 1-80 classes), one thread each,
+elements), NonMaxSuppression (1k-10k boxes per class, 1-80 classes) and TopK (K=1-1,000
+of 100-100k floats, and a batch of 64 rows), one thread each,
 CPU time per call (``time.process_time``), medians over repeats. Every run's outputs are
 checked equal to ONNX Runtime's before timing. The 8-box row shows each side's fixed cost
 per call (irkit's includes its Python run path and the finite-input check).
@@ -64,6 +65,19 @@ def nms_feeds(boxes: int, classes: int, limit: int, thr: float, seed: int = 0
             "iou": np.array([0.5], np.float32), "thr": np.array([thr], np.float32)}
 
 
+def topk_model(rows: int, n: int, k: int, largest: int = 1) -> Any:
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    op = helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=-1, largest=largest)
+    graph = helper.make_graph([op], "bench", [helper.make_tensor_value_info(
+        "x", T.FLOAT, [rows, n])], [helper.make_tensor_value_info(o, 0, None) for o in "vi"],
+        [helper.make_tensor("k", T.INT64, [1], [k])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx.shape_inference.infer_shapes(model)
+
+
 def _cpu_ms(fn: Callable[[], Any], repeat: int) -> float:
     fn()
     times = []
@@ -109,12 +123,22 @@ def main(argv: list[str] | None = None) -> int:
             cases.append((f"NMS {boxes:,} boxes x {classes} classes, keep<=100, "
                           f"score>{thr:g}", nms_model(), nms_feeds(boxes, classes, 100, thr)))
 
+    for n in (100, 1_000, 10_000) if args.quick else (100, 1_000, 10_000, 100_000):
+        for k in (1, 5, 10, 100, 1_000):
+            if k <= n:
+                cases.append((f"TopK K={k:,} of n={n:,} floats", topk_model(1, n, k),
+                              {"x": r.standard_normal((1, n)).astype(np.float32)}))
+    cases.append(("TopK K=5 of 64x1,000 floats (smallest)", topk_model(64, 1_000, 5, 0),
+                  {"x": r.standard_normal((64, 1_000)).astype(np.float32)}))
+
     print("| case | irkit llvm ms | ORT ms | irkit / ORT |")
     print("|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        compiled: dict[tuple[str, int], Any] = {}
+        compiled: dict[tuple[str, str | int], Any] = {}
         for label, model, feeds in cases:
-            key = (model.graph.node[0].op_type, model.graph.input[0].type.tensor_type.elem_type)
+            op = model.graph.node[0].op_type
+            key = (op, label if op == "TopK" else  # one model per TopK case
+                   model.graph.input[0].type.tensor_type.elem_type)
             if key not in compiled:
                 artifact = irkit.compile(irkit.load_model(model), target="llvm", threads=1)
                 compiled[key] = irkit.runtime.load(
