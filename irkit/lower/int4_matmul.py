@@ -2,17 +2,18 @@
 
 Matches ``MatMul(A, DequantizeLinear(W, scale[, zero_point], axis=0, block_size=bs))`` with
 W, scale and zero point constants (the layout of int4-quantized LLM weights, as
-``MatMulNBits`` stores them). The weights stay 4-bit in memory: packed two per byte, row
-``k`` of W (``n`` outputs) as ``n/2`` bytes whose low nibbles are columns ``[0, n/2)`` and
-high nibbles columns ``[n/2, n)``, so one byte load feeds two contiguous output vectors.
-The kernel, per row of A and per block of ``bs`` rows of W:
+``MatMulNBits`` stores them). The weights stay 4-bit in memory, eight to a u32 word, and
+the kernel computes
 
-    out[j] += scale[b, j] * (sum_k A[k] * W[k, j] - zero[b, j] * sum_k A[k])
+    out[j] = sum_b scale[b, j] * (sum_{k in block b} A[k] * W[k, j] - zero[b, j] * xsum[b])
 
-the inner sums unrolled over chunks of up to 16 rows of W, the nibbles widened in
-registers (mask, or divide by 16; int4 is stored offset by 8, folded into the zero-point
-term), the loop over ``j`` a vector
-loop. At batch 1 this reads an eighth of the fp32 weights' bytes.
+(int4 is stored offset by 8, folded into the zero-point term; ``xsum[b]`` is the sum of
+the block's inputs). Outputs come in column tiles of 8 vectors (64 columns with AVX2):
+per row of W one vector load of words feeds all 8, each nibble is masked in place, converted
+to float and multiplied into its vector accumulator with one FMA; the block's scale and zero
+point are applied once per block (:func:`_tiles_kernel`). At batch 1 this reads an eighth
+of the fp32 weights' bytes and spends 3 vector instructions per 8 weights. Backends without
+vector lanes (GPU) take a scalar row-by-row form (:func:`_rows_kernel`).
 
 The DequantizeLinear itself then produces no kernel (its only readers are such MatMuls).
 """
@@ -219,24 +220,23 @@ def _rows_kernel(ctx: LoweringContext, pr: _Problem) -> None:
 
 POSITIONS = 8  # nibbles per u32 word: one word vector feeds 8 vectors of columns
 ROW_BLOCK = 4  # rows of A that share each unpacked word (batch > 1)
-# Nibble i of a word is masked in place (no shift): its value times 16**e, with the
-# 16**-e folded into the per-block scale (and 16**e into the zero point), exact powers
-# of two. Nibbles 4-6 are masked out of the word shifted right by 16, nibble 7 is the
-# word shifted right by 28, so e <= 3 (a 2**12 factor, far from f32's range). Scales
-# so small that 2**-12 of them would be subnormal take shifts instead (factor 1).
+# Nibble i of a word is masked in place, not shifted down: the float is the nibble times
+# 16**i, and 16**-i is folded into the block's scale (16**i into its zero point). Powers
+# of two scale exactly, so the sums are the unscaled ones times 16**i bit for bit, while
+# no partial sum exceeds f32's range: |A| < 2**100 (1e30) and scales >= TINY_SCALE keep
+# every scaled value a normal float. Nibble 7 is the word shifted right by 28. Matrices
+# with smaller scales take shifts and masks for every nibble (one more instruction each).
 TINY_SCALE = 2.0**-100
 
 
-def _plan(i: int, masked: bool) -> tuple[bool, int, int, int]:
-    """(from the word shifted right by 16, shift, mask, exponent e) of nibble ``i``:
-    ``((src >> shift) & mask)`` is nibble i times ``16**e``."""
+def _plan(i: int, masked: bool) -> tuple[int, int, int]:
+    """(shift, mask, e) of nibble ``i``: ``(word >> shift) & mask`` is it times 16**e (no
+    mask: 0)."""
     if i == POSITIONS - 1:
-        return False, 28, 0, 0
+        return 28, 0, 0
     if not masked:
-        return False, 4 * i, 15, 0
-    if i < 4:
-        return False, 0, 15 << (4 * i), i
-    return True, 0, 15 << (4 * (i - 4)), i - 4
+        return 4 * i, 15, 0
+    return 0, 15 << (4 * i), i
 
 
 def pack_words(codes: np.ndarray, lanes: int) -> np.ndarray:
@@ -297,7 +297,7 @@ def _tiles_kernel(ctx: LoweringContext, pr: _Problem) -> None:
     nonzero = np.abs(pr.scale[pr.scale != 0])
     masked = bool(np.all(np.isfinite(pr.scale))) and bool(np.all(nonzero >= TINY_SCALE))
     plans = [_plan(i, masked) for i in range(POSITIONS)]
-    exps = np.array([16.0 ** e for _, _, _, e in plans], np.float32)
+    exps = np.array([16.0 ** e for _, _, e in plans], np.float32)
     words = ctx.weight_buffer(pack_words(codes, lanes), "u32", "w4")
     scales = ctx.weight_buffer(_per_position(pr.scale, lanes, 1 / exps), "f32", "s4")
     zeros = None
@@ -311,10 +311,8 @@ def _tiles_kernel(ctx: LoweringContext, pr: _Problem) -> None:
     zero_vec = Broadcast(Const(0.0, "f32"), lanes)
 
     def nibble(i: int, kk: Expr) -> Expr:
-        high, shift, mask, _ = plans[i]
+        shift, mask, _ = plans[i]
         word: Expr = Load(words, (p * k_dim + kk) * lanes, lanes)
-        if high:
-            word = Call("shr", (word, Broadcast(Const(16, "u32"), lanes)))
         if shift:
             word = Call("shr", (word, Broadcast(Const(shift, "u32"), lanes)))
         if mask:
