@@ -220,6 +220,7 @@ def _rows_kernel(ctx: LoweringContext, pr: _Problem) -> None:
 
 POSITIONS = 8  # nibbles per u32 word: one word vector feeds 8 vectors of columns
 ROW_BLOCK = 4  # rows of A that share each unpacked word (batch > 1)
+UNROLL = 4  # rows of W per iteration of the loop over a block's rows
 # Nibble i of a word is masked in place, not shifted down: the float is the nibble times
 # 16**i, and 16**-i is folded into the block's scale (16**i into its zero point). Powers
 # of two scale exactly, so the sums are the unscaled ones times 16**i bit for bit, while
@@ -302,13 +303,23 @@ def _tiles_kernel(ctx: LoweringContext, pr: _Problem) -> None:
     scales = ctx.weight_buffer(_per_position(pr.scale, lanes, 1 / exps), "f32", "s4")
     zeros = None
     xsum: Buffer | None = None
+    uniform = float(pr.zero.flat[0]) if np.all(pr.zero == pr.zero.flat[0]) else None
     if pr.zero.any():
-        zeros = ctx.weight_buffer(_per_position(pr.zero, lanes, exps), "f32", "z4")
         xsum = _xsum_kernel(ctx, pr, blocks)
+        if uniform is None:
+            zeros = ctx.weight_buffer(_per_position(pr.zero, lanes, exps), "f32", "z4")
+
+    def zero_point(i: int, at: Expr) -> Expr:
+        """Position i's zero point times 16**e at ``at``: a literal when every block and
+        column has the same one (symmetric int4: 8), read from the weights otherwise."""
+        if zeros is None:
+            return Broadcast(Const(float(uniform or 0) * float(exps[i]), "f32"), lanes)
+        return Load(zeros, at, lanes)
     acc = Buffer(ctx.fresh("acc"), "f32", Const(POSITIONS * lanes), "local")
     tot = Buffer(ctx.fresh("tot"), "f32", Const(POSITIONS * lanes), "local")
     p = ctx.var("p")
     zero_vec = Broadcast(Const(0.0, "f32"), lanes)
+    unroll = next(v for v in (UNROLL, 2, 1) if bs % v == 0)
 
     def nibble(i: int, kk: Expr) -> Expr:
         shift, mask, _ = plans[i]
@@ -330,24 +341,26 @@ def _tiles_kernel(ctx: LoweringContext, pr: _Problem) -> None:
 
             pairs = [(r, i) for r in range(nrows) for i in pos]
             b, u = ctx.var("blk"), ctx.var("u")
-            kk = b * bs + u
-            fs = {i: Var(ctx.fresh(f"f{i}"), "f32") for i in pos}
-            step: list[Stmt] = [Let(fs[i], nibble(i, kk)) for i in pos]
-            for r in range(nrows):
-                x = Broadcast(Load(a_buf, (i0 + r) * k_dim + kk), lanes)
-                step += [Store(acc, slot(r, i), Call("fma", (x, fs[i], Load(
-                    acc, slot(r, i), lanes)))) for i in pos]
+            step: list[Stmt] = []
+            for v in range(unroll):  # rows of W per iteration (fewer loop branches)
+                kk = b * bs + u * unroll + v
+                fs = {i: Var(ctx.fresh(f"f{i}"), "f32") for i in pos}
+                step += [Let(fs[i], nibble(i, kk)) for i in pos]
+                for r in range(nrows):
+                    x = Broadcast(Load(a_buf, (i0 + r) * k_dim + kk), lanes)
+                    step += [Store(acc, slot(r, i), Call("fma", (x, fs[i], Load(
+                        acc, slot(r, i), lanes)))) for i in pos]
             finish: list[Stmt] = []
             for r, i in pairs:
                 at = ((p * blocks + b) * POSITIONS + i) * lanes
                 s: Expr = Load(acc, slot(r, i), lanes)
-                if zeros is not None and xsum is not None:
+                if xsum is not None:
                     xs = Broadcast(Load(xsum, (i0 + r) * blocks + b), lanes)
-                    s = s - Load(zeros, at, lanes) * xs
+                    s = s - zero_point(i, at) * xs
                 finish.append(Store(tot, slot(r, i), Call("fma", (
                     s, Load(scales, at, lanes), Load(tot, slot(r, i), lanes)))))
             per_block = block(*[Store(acc, slot(r, i), zero_vec) for r, i in pairs],
-                              For(u, Const(bs), block(*step)), *finish)
+                              For(u, Const(bs // unroll), block(*step)), *finish)
             stmts += [Store(tot, slot(r, i), zero_vec) for r, i in pairs]
             stmts.append(For(b, Const(blocks), per_block))
             stmts.append(_store_tile(ctx, out, tot, p, i0, pairs, slot, lanes, n_dim,
