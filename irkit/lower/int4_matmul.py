@@ -79,7 +79,7 @@ def matches(node: Node) -> bool:
     if w_arr.ndim != 2 or int(deq.attr("axis", 1)) % 2 != 0 or bs <= 0:
         return False
     k, n = w_arr.shape
-    if k % bs or n % 2 or (bs > CHUNK and bs % CHUNK):
+    if k % bs or n % 2:
         return False
     if np.asarray(_const(scale)).shape != (k // bs, n):
         return False
@@ -178,7 +178,7 @@ def _rows_kernel(ctx: LoweringContext, pr: _Problem) -> None:
     codes, scale, zero, bs, a_buf, out = pr.codes, pr.scale, pr.zero, pr.bs, pr.a_buf, pr.out
     k_dim, n_dim = codes.shape
     half = n_dim // 2
-    chunk = min(bs, CHUNK)
+    chunk = max(c for c in range(1, CHUNK + 1) if bs % c == 0)
     tile = next((t for t in (TILE, 64, 32) if half % t == 0), half)
     tiles = half // tile
     packed = ctx.weight_buffer(pack(codes, chunk, tile), "u8", "w4")
