@@ -202,9 +202,12 @@ class KernelBackend:
     def _segments(self, graph: Graph, target: Target, caps: Capabilities,
                   options: Mapping[str, Any], prefix: str, compiled: _Compiled
                   ) -> list[Segment]:
+        from irkit.backend_control import control_segments, needs_control
         from irkit.interop.onnx_export import to_onnx
         from irkit.lower.partition import split_graph
 
+        if needs_control(graph):  # Loop/If/sequences run by the runtime: their own segments
+            return control_segments(self, graph, target, caps, options, prefix, compiled)
         missing = caps.unsupported(graph)
         if not missing or options["fallback"] != "ort":
             program = self._program(graph, target, caps, options, prefix, compiled)

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from irkit.runtime.artifact import ArtifactError, Manifest, read_verified
+from irkit.runtime.control import CONTROL_KINDS, CheckedProgram, feed_value, open_control
 from irkit.runtime.guards import check_guards, validate_guards
 from irkit.runtime.hostcpu import Host, host
 from irkit.runtime.program import KernelProgram, Poly, ProgramEntry, Segment, evaluate_poly
@@ -346,7 +347,7 @@ class SegmentedRunner:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values: dict[str, np.ndarray] = dict(inputs)
         for names, runner in self._segments:
-            feed = {name: np.ascontiguousarray(values[name]) for name in names}
+            feed = {name: feed_value(values[name]) for name in names}
             values.update(runner.run(feed))
         return {name: values[name] for name in self._outputs}
 
@@ -471,6 +472,9 @@ def _segment_runner(artifact_dir: Path, manifest: Manifest, segment: Segment,
                     make_library: LibraryFactory, make_runner: RunnerFactory,
                     threads: int, dtypes: Mapping[str, np.dtype]) -> Any:
     where = f"artifact {artifact_dir}"
+    if segment.kind in CONTROL_KINDS:  # loop bodies and branches: their own segments
+        return open_control(segment, functools.partial(
+            _nested_runner, artifact_dir, manifest, make_library, make_runner, threads))
     if segment.kind == "ort":
         assert segment.model is not None
         model = read_verified(artifact_dir, manifest, segment.model)
@@ -499,3 +503,15 @@ def _segment_runner(artifact_dir: Path, manifest: Manifest, segment: Segment,
     except BaseException:
         library.close()
         raise
+
+
+def _nested_runner(artifact_dir: Path, manifest: Manifest, make_library: LibraryFactory,
+                   make_runner: RunnerFactory, threads: int, segment: Segment) -> Any:
+    """A segment of a loop body or an If branch: kernel programs check the shapes they
+    are fed (a loop-carried value may change shape), one thread each (a body runs many
+    short calls)."""
+    runner = _segment_runner(artifact_dir, manifest, segment, make_library, make_runner,
+                             1, {})
+    if segment.program is not None:
+        return CheckedProgram(runner, segment.program)
+    return runner
