@@ -69,6 +69,8 @@ class _Builder:
                  options: Mapping[str, Any], compiled: _Compiled) -> None:
         self.backend, self.target, self.caps = backend, target, caps
         self.options, self.compiled = options, compiled
+        # Types host segments give their outputs (what their bodies compute), by name.
+        self.types: dict[str, TensorType] = {}
 
     def segments(self, graph: Graph, prefix: str, depth: int) -> list[Segment]:
         if depth > MAX_DEPTH:
@@ -94,9 +96,17 @@ class _Builder:
             sub = extract_subgraph(graph, nodes, f"{graph.name or 'model'}_{name}", later)
             if not sub.outputs:
                 continue
+            for value in sub.inputs:
+                known = self.types.get(value.name)
+                if known is not None and not (isinstance(value.type, TensorType) and
+                                              value.type.is_static):
+                    value.type = known
             sub = symbolize_inputs(sub)
-            segments.extend(self.backend._segments(sub, self.target, self.caps, self.options,
-                                                   f"{name}_", self.compiled))
+            made = self.backend._segments(sub, self.target, self.caps, self.options,
+                                          f"{name}_", self.compiled)
+            if depth == 0:
+                _check_declared(graph, made)
+            segments.extend(made)
         # Outputs that are constants: handed out by an Identity on the host.
         for value in graph.outputs:
             if value.const is not None:
@@ -135,6 +145,12 @@ class _Builder:
             trip = node.inputs[0].name if node.inputs and node.inputs[0] is not None else None
             cond = node.inputs[1].name if len(node.inputs) > 1 and \
                 node.inputs[1] is not None else None
+            for out, value in zip(outputs, graph.outputs[1:1 + carried]):
+                if isinstance(value.type, TensorType) and value.type.shape is not None:
+                    self.types[out] = _loose(value.type)
+            for out, dtype_value, dims in zip(outputs[carried:], scans, scan_shapes):
+                self.types[out] = TensorType(dtype_value.type.dtype,  # type: ignore[union-attr]
+                                             (None, *dims))
             control = Control("loop", consts, trip=trip, cond=cond,
                               carried=tuple(_name(v, f"{node.describe()}: carried value")
                                             for v in node.inputs[2:]),
@@ -144,6 +160,13 @@ class _Builder:
         if node.op == "If":
             then, then_reads = branch(node, "then_branch", f"{name}_then")
             other, other_reads = branch(node, "else_branch", f"{name}_else")
+            for out, a, b in zip(outputs, then.outputs, other.outputs):
+                if isinstance(a.type, TensorType) and isinstance(b.type, TensorType) and \
+                        a.type.shape is not None and b.type.shape is not None and \
+                        len(a.type.shape) == len(b.type.shape):
+                    self.types[out] = TensorType(a.type.dtype, tuple(
+                        d if d == e and isinstance(d, int) else None
+                        for d, e in zip(a.type.shape, b.type.shape)))
             control = Control("if", consts, cond=_name(node.inputs[0], "If condition"),
                               then=self.body(then, [], f"{name}_t", depth),
                               other=self.body(other, [], f"{name}_e", depth))
@@ -153,6 +176,27 @@ class _Builder:
         args = tuple(None if v is None else v.name for v in node.inputs)
         return _segment("seq", _unique(reads), outputs[:1],
                         Control("seq", consts, op=node.op, args=args, attrs=attrs))
+
+
+def _check_declared(graph: Graph, made: list[Segment]) -> None:
+    """LoweringError when a model output declared with a static shape is computed with
+    sizes only known at run time (a loop's trip count): the signature would lie."""
+    declared = {v.name: v.type for v in graph.outputs}
+    for segment in made:
+        program = segment.program
+        for name, dims in (program.output_shapes.items() if program is not None else ()):
+            want = declared.get(name)
+            if isinstance(want, TensorType) and want.is_static and [
+                    {m: c for m, c in d.items() if c} for d in dims] != [
+                    {(): n} if n else {} for n in want.shape or ()]:
+                raise LoweringError(
+                    f"model output {name!r} is declared {want} but its size follows from "
+                    "run-time control flow (a trip count); declare it with a symbolic dim")
+
+
+def _loose(t: TensorType) -> TensorType:
+    """``t`` with its symbolic dims unknown (a body's symbols are its own)."""
+    return TensorType(t.dtype, tuple(d if isinstance(d, int) else None for d in t.shape or ()))
 
 
 def _name(value: Value | None, what: str) -> str:

@@ -99,7 +99,7 @@ def standalone(body: Graph, name: str, types: Sequence[ValueType] | None = None
         copy = graph.add_node(
             node.op, [None if v is None else mapping[v] for v in node.inputs], attrs,
             domain=node.domain, outputs=[None if o.absent else o.name for o in node.outputs],
-            types=[o.type for o in node.outputs], name=node.name)
+            types=[None for _ in node.outputs], name=node.name)  # inference types them
         for old, new in zip(node.outputs, copy.outputs):
             mapping[old] = new
     graph.set_outputs([mapping[v] for v in body.outputs])
@@ -116,6 +116,10 @@ def retype(graph: Graph) -> Graph:
     try:
         model = onnx.shape_inference.infer_shapes(to_onnx(graph, check=False),
                                                   strict_mode=True, data_prop=True)
+        inferred = {v.name: v.type for v in model.graph.value_info}
+        for output in model.graph.output:  # inference leaves graph outputs as declared
+            if output.name in inferred:
+                output.type.CopyFrom(inferred[output.name])
         typed = load_onnx(model, infer_shapes=False)
     except Exception as exc:  # onnx raises several types; all mean "cannot type this body"
         raise LoweringError(f"graph {graph.name!r}: shape inference failed: "
@@ -142,15 +146,16 @@ def symbolic_type(t: ValueType, what: str) -> ValueType:
     return t
 
 
-def symbolize_inputs(graph: Graph) -> Graph:
-    """``graph`` with every unknown input dim a symbol, re-typed when one was."""
+def symbolize_inputs(graph: Graph, force: bool = False) -> Graph:
+    """``graph`` with every unknown input dim a symbol, re-typed when one was (or
+    ``force``: a standalone body, whose node outputs are untyped)."""
     changed = False
     for value in graph.inputs:
         new = symbolic_type(value.type or UnknownType(), f"value {value.name!r}")
         if new != value.type:
             value.type = new
             changed = True
-    return retype(graph) if changed else graph
+    return retype(graph) if changed or force else graph
 
 
 def _widen(entry: ValueType, after: ValueType, what: str) -> ValueType:
@@ -182,7 +187,7 @@ def loop_body(node: Node, name: str) -> tuple[Graph, list[str]]:
                                    f"{node.describe()}: carried value {k}"))
     for _ in range(MAX_FIXPOINT):
         graph, captured = standalone(body, name, types)
-        graph = symbolize_inputs(graph)
+        graph = symbolize_inputs(graph, force=True)
         outs = [v.type for v in graph.outputs[1:1 + len(carried)]]
         widened = [*types[:2], *(_widen(t, o, f"{node.describe()}: carried value {k}")
                                  for k, (t, o) in enumerate(zip(types[2:], outs)))]
@@ -195,4 +200,4 @@ def loop_body(node: Node, name: str) -> tuple[Graph, list[str]]:
 def branch(node: Node, key: str, name: str) -> tuple[Graph, list[str]]:
     """An If branch as a typed standalone graph, and the outer values it reads."""
     graph, captured = standalone(node.attrs[key].value, name)
-    return symbolize_inputs(graph), captured
+    return symbolize_inputs(graph, force=True), captured
