@@ -80,7 +80,7 @@ def test_bad_trip_count_is_a_clear_error(gru: tuple[Any, Any, Any]) -> None:
         compiled.run(_feed(-2))
     bad = _feed(3)
     bad["steps"] = np.array([1, 2], np.int64)
-    with pytest.raises(InputError, match="'steps'.*rank 0"):
+    with pytest.raises(InputError, match=r"'steps'.*rank 0"):
         compiled.run(bad)
 
 
@@ -120,5 +120,5 @@ def test_if_sequences_optionals_and_a_growing_carried_value(tmp_path: Path) -> N
 
 def test_other_backends_refuse_runtime_control_flow() -> None:
     pytest.importorskip("numba")
-    with pytest.raises(UnsupportedOpsError, match="Loop need run-time control flow.*numba"):
+    with pytest.raises(UnsupportedOpsError, match=r"Loop need run-time control flow.*numba"):
         irkit.compile(irkit.load_model(gru_decoder()), target="numba")
