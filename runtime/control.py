@@ -506,8 +506,22 @@ class CheckedProgram:
     def __init__(self, runner: Any, program: Any) -> None:
         self.runner = runner
         self.program = program
+        self._names = tuple(program.input_shapes)
+        self._seen: set[tuple[Any, ...]] = set()  # input shapes already checked
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            key = tuple(inputs[n].shape for n in self._names)
+        except AttributeError:
+            key = None
+        if key is None or key not in self._seen:
+            self._check(inputs)
+            if key is not None and len(self._seen) < 256:
+                self._seen.add(key)
+        result: dict[str, np.ndarray] = self.runner.run(inputs)
+        return result
+
+    def _check(self, inputs: Mapping[str, np.ndarray]) -> None:
         from irkit.runtime.program import evaluate_poly
 
         shapes = self.program.input_shapes
@@ -525,8 +539,6 @@ class CheckedProgram:
                 raise InputError(f"value {name!r} has shape {list(inputs[name].shape)}; the "
                                  f"compiled body takes {list(want)} here (a loop-carried "
                                  "value changed shape in a way the compiler did not see)")
-        result: dict[str, np.ndarray] = self.runner.run(inputs)
-        return result
 
     def close(self) -> None:
         self.runner.close()

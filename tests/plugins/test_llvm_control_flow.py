@@ -72,6 +72,8 @@ def test_gru_loop_is_compiled_not_unrolled(gru: tuple[Any, Any, Any]) -> None:
     body = segments[0].control.body
     assert [s.kind for s in body.segments] == ["kernels"]
     assert segments[0].control.trip == "steps"
+    assert "fallback_ops" not in artifact.entry
+    assert {"control_flow": "runtime", "ops": ["Loop"]} in artifact.report
 
 
 def test_bad_trip_count_is_a_clear_error(gru: tuple[Any, Any, Any]) -> None:
