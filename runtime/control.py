@@ -253,6 +253,34 @@ def check_control(segment: Any, where: str) -> None:
         raise ArtifactError(f"{where}: a loop gives {len(control.carried)} carried and "
                             f"{len(control.scan_dtypes)} scan outputs, not "
                             f"{len(segment.outputs)}")
+    if control.kind == "loop":
+        assert control.body is not None
+        _check_body(control.body, set(segment.inputs), f"{where}.body")
+    elif control.kind == "if":
+        assert control.then is not None and control.other is not None
+        if len(control.then.outputs) != len(segment.outputs):
+            raise ArtifactError(f"{where}: the branches give {len(control.then.outputs)} "
+                                f"outputs, the segment names {len(segment.outputs)}")
+        _check_body(control.then, known, f"{where}.then")
+        _check_body(control.other, known, f"{where}.else")
+    elif control.kind == "seq" and len(segment.outputs) != 1:
+        raise ArtifactError(f"{where}: a seq segment gives one output")
+
+
+def _check_body(body: Body, outer: set[str], where: str) -> None:
+    """ArtifactError unless every segment of ``body`` reads names defined before it (its
+    formal inputs, the outer values, its constants, earlier segments' outputs) and its
+    outputs are defined at the end."""
+    known = outer | set(body.inputs) | set(body.consts)
+    for i, segment in enumerate(body.segments):
+        missing = [n for n in segment.inputs if n not in known]
+        if missing:
+            raise ArtifactError(f"{where}.segments[{i}]: reads {', '.join(missing)}, which "
+                                "nothing before it defines")
+        known.update(segment.outputs)
+    missing = [n for n in body.outputs if n not in known]
+    if missing:
+        raise ArtifactError(f"{where}: outputs {', '.join(missing)} are never defined")
 
 
 # -- running ---------------------------------------------------------------------------

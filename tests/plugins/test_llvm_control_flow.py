@@ -97,6 +97,10 @@ def test_manifest_control_segments_are_validated(gru: tuple[Any, Any, Any]) -> N
     entry["variants"][0]["segments"][0]["body"]["segments"][0]["kind"] = "python"
     with pytest.raises(ArtifactError, match="'python' is not one of"):
         ProgramEntry.from_json(entry)
+    entry = copy.deepcopy(artifact.entry)
+    entry["variants"][0]["segments"][0]["body"]["outputs"][1] = "nowhere"
+    with pytest.raises(ArtifactError, match="outputs nowhere are never defined"):
+        ProgramEntry.from_json(entry)
 
 
 def test_if_sequences_optionals_and_a_growing_carried_value(tmp_path: Path) -> None:
