@@ -19,6 +19,7 @@ from irkit.lower.heavy import HEAVY, HeavyPlan
 from irkit.lower.planner import MemoryPlan, plan_workspace
 from irkit.lower.quantized import INT8_HEAVY
 from irkit.lower.quantized_conv import WordSink, input_sink
+from irkit.lower.random_ops import LOWERINGS as RANDOM_LOWERINGS
 from irkit.lower.recurrent import LOWERINGS as RECURRENT_LOWERINGS
 from irkit.lower.sparse import SPARSE_AWARE
 from irkit.lower.templates import family_template
@@ -62,6 +63,7 @@ LOWERINGS: dict[str, LowerFn] = {
     **ew.LOWERINGS, **nn.LOWERINGS, **quant_ops.LOWERINGS,
     **ATTENTION_LOWERINGS,  # irkit.ScaledDotProductAttention
     **RECURRENT_LOWERINGS,  # LSTM with a run-time sequence length
+    **RANDOM_LOWERINGS,  # counter-based generator (irkit.lower.random_ops)
 }  # fmt: skip
 HEAVY = {**HEAVY, **SPARSE_AWARE, **INT8_HEAVY}  # sparse-aware MatMul/Gemm, irkit int8 ops
 HEAVY.update(FUSED_HEAVY)  # irkit.MatMulBiasAct with a GELU epilogue
