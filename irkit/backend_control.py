@@ -49,11 +49,11 @@ def control_segments(backend: KernelBackend, graph: Graph, target: Target,
     from irkit.backend import BackendUnsupportedError
 
     ops = sorted({n.op for n in graph.nodes if is_host_node(n)})
-    if backend.name not in CONTROL_BACKENDS:
-        raise BackendUnsupportedError(
-            f"graph {graph.name!r}: {', '.join(ops)} need run-time control flow (a trip "
-            f"count, condition or sequence known only at run time), which the "
-            f"{backend.name} backend does not run; compile for llvm")
+    if backend.name not in CONTROL_BACKENDS:  # (fallback = "ort": the whole model on ORT)
+        raise LoweringError(
+            f"graph {graph.name!r}: {', '.join(ops)} {'needs' if len(ops) == 1 else 'need'}"
+            " run-time control flow (a trip count, condition or sequence known only at run "
+            f"time), which the {backend.name} backend does not run; compile for llvm")
     for side, values in (("input", graph.inputs), ("output", graph.outputs)):
         for value in values:
             if not isinstance(value.type, TensorType):

@@ -126,5 +126,5 @@ def test_if_sequences_optionals_and_a_growing_carried_value(tmp_path: Path) -> N
 
 def test_other_backends_refuse_runtime_control_flow() -> None:
     pytest.importorskip("numba")
-    with pytest.raises(UnsupportedOpsError, match=r"Loop need run-time control flow.*numba"):
+    with pytest.raises(UnsupportedOpsError, match=r"Loop needs run-time control flow.*numba"):
         irkit.compile(irkit.load_model(gru_decoder()), target="numba")
