@@ -86,7 +86,11 @@ class _Builder:
         for index, nodes in enumerate(runs):
             name = f"{prefix}s{index}"
             if is_host_node(nodes[0]):
-                segments.append(self.host(nodes[0], name, depth))
+                try:
+                    segments.append(self.host(nodes[0], name, depth))
+                except LoweringError as exc:  # say where a body's problem is
+                    raise LoweringError(f"in {nodes[0].describe()} of graph "
+                                        f"{graph.name!r}: {exc}") from None
                 continue
             later: set[Value] = set(graph.outputs)
             for rest in runs[index + 1:]:
