@@ -120,8 +120,11 @@ class _Builder:
         return segments
 
     def body(self, graph: Graph, formal: list[str], prefix: str, depth: int) -> Body:
+        from irkit.lower.dynamic import prepare_dynamic
         from irkit.lower.legalize import legalize
 
+        graph = prepare_dynamic(graph, self.backend.name,
+                                getattr(self.backend, "dynamic_shapes", False), LoweringError)
         legal = legalize(graph, self.caps)
         return Body(tuple(formal), tuple(v.name for v in legal.outputs),
                     tuple(self.segments(legal, prefix, depth + 1)))

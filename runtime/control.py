@@ -559,7 +559,7 @@ class CheckedProgram:
                 got = list(value.shape) if isinstance(value, np.ndarray) else value
                 raise InputError(f"value {name!r}: the compiled body takes rank {len(dims)}, "
                                  f"got {_short(got)}")
-        key = self.runner.dims_of(inputs)
+        key = getattr(self.runner, "inner", self.runner).dims_of(inputs)  # (a TrimmingRunner)
         bound = dict(zip(self.program.symbols, key))
         for name, dims in shapes.items():
             want = tuple(evaluate_poly(d, bound) for d in dims)

@@ -38,6 +38,7 @@ import numpy as np
 
 from irkit.runtime.artifact import ArtifactError, Manifest, read_verified
 from irkit.runtime.control import CONTROL_KINDS, CheckedProgram, feed_value, open_control
+from irkit.runtime.dynamic import TrimmingRunner
 from irkit.runtime.guards import check_guards, validate_guards
 from irkit.runtime.hostcpu import Host, host
 from irkit.runtime.program import KernelProgram, Poly, ProgramEntry, Segment, evaluate_poly
@@ -410,6 +411,7 @@ def open_program(artifact_dir: Path, manifest: Manifest, make_library: LibraryFa
         raise
     keep = int(overrides.get("workspace_keep_mb", WORKSPACE_KEEP_BYTES / 2**20) * 2**20)
     for _, part in runners:
+        part = getattr(part, "inner", part)  # a TrimmingRunner's program runner
         if isinstance(part, ProgramRunner):
             part.parallel_min_seconds = min_us / 1e6
             part.workspace_keep_bytes = keep
@@ -499,7 +501,8 @@ def _segment_runner(artifact_dir: Path, manifest: Manifest, segment: Segment,
     check_program(artifact_dir, manifest, program, where)
     library = make_library(artifact_dir, manifest, program)
     try:
-        return make_runner(program, library, threads, output_dtypes)
+        runner = make_runner(program, library, threads, output_dtypes)
+        return runner if segment.trim is None else TrimmingRunner(runner, segment.trim)
     except BaseException:
         library.close()
         raise
