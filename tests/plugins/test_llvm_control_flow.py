@@ -128,3 +128,34 @@ def test_other_backends_refuse_runtime_control_flow() -> None:
     pytest.importorskip("numba")
     with pytest.raises(UnsupportedOpsError, match=r"Loop needs run-time control flow.*numba"):
         irkit.compile(irkit.load_model(gru_decoder()), target="numba")
+
+
+def test_data_dependent_op_inside_a_loop_body(tmp_path: Path) -> None:
+    """NonZero in a loop body: a trimmed kernel segment (irkit/runtime/dynamic.py) run
+    once per iteration, its per-step count a scan output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f, i64, info = TensorProto.FLOAT, TensorProto.INT64, helper.make_tensor_value_info
+    body = helper.make_graph(
+        [helper.make_node("Greater", ["acc", "zero"], ["pos"]),
+         helper.make_node("NonZero", ["pos"], ["nz"]),
+         helper.make_node("Shape", ["nz"], ["shp"]),
+         helper.make_node("Sub", ["acc", "one"], ["acc_out"]),
+         helper.make_node("Identity", ["cond"], ["cond_out"])],
+        "body", [info("i", i64, []), info("cond", TensorProto.BOOL, []), info("acc", f, [5])],
+        [info("cond_out", TensorProto.BOOL, []), info("acc_out", f, [5]),
+         info("shp", i64, [2])])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["n", "", "x"], ["y", "counts"], body=body)], "nz_loop",
+        [info("n", i64, []), info("x", f, [5])], [info("y", f, [5]), info("counts", i64, ["T", 2])],
+        initializer=[numpy_helper.from_array(np.array(v, np.float32), k)
+                     for k, v in (("zero", 0.0), ("one", 1.0))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    compiled = irkit.runtime.load(irkit.compile(irkit.load_model(model), target="llvm")
+                                  .save(tmp_path / "a"))
+    feed = {"n": np.array(4, np.int64), "x": np.array([0.5, 2.5, 1.5, -1, 3.5], np.float32)}
+    want = _session(model).run(None, feed)
+    got = compiled.run(feed)
+    np.testing.assert_array_equal(got["counts"], want[1])  # 4, 3, 2, 1 positives
+    np.testing.assert_allclose(got["y"], want[0], rtol=RTOL, atol=ATOL)
