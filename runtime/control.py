@@ -518,6 +518,23 @@ def _split(args: list[Value], attrs: Mapping[str, int]) -> list[np.ndarray]:
     return [np.ascontiguousarray(p) for p in np.split(data, cuts, axis=axis)]
 
 
+def nested_runners(runner: Any) -> list[Any]:
+    """The runners inside a loop/if runner (bodies and branches, recursively; kernel
+    programs unwrapped), for load options that apply to every program of a model."""
+    if isinstance(runner, LoopRunner):
+        steps = [runner.steps]
+    elif isinstance(runner, IfRunner):
+        steps = [runner.then, runner.other]
+    else:
+        return []
+    found: list[Any] = []
+    for step in steps:
+        for _, inner in step.runners:
+            inner = inner.runner if isinstance(inner, CheckedProgram) else inner
+            found += [inner, *nested_runners(inner)]
+    return found
+
+
 def open_control(segment: Any, open_segment: OpenSegment) -> Any:
     """The runner of a ``loop``/``if``/``seq`` segment; nested segments by ``open_segment``."""
     if segment.kind == "loop":

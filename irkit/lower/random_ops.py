@@ -7,11 +7,16 @@ fused loop computes the same bits in any order, every backend computes the inter
 bits, and :func:`draws` (numpy) says what they are.
 
 ``key`` comes from the ``seed`` attribute (a float; its f64 bit pattern, mixed once), so
-a node with a seed gives the same tensor on every run, backend and build. ONNX leaves the
-values of a node without a seed unspecified: irkit derives the key from the node's first
-output name (SHA-256), so such a node is as reproducible as a seeded one, two unseeded
-nodes differ, and the key is in the compile report's kernel notes. Values never match
-ONNX Runtime's (its generator is another), only their distribution.
+a node with a seed gives the same tensor on every run, backend and build. A node without
+a seed draws fresh values on every call (as ONNX Runtime does: "if seed is not
+specified, one will be auto-generated"): its key is :func:`unseeded_key`, the SplitMix64
+finalizer of ``node_key ^ call_key``, where ``node_key`` comes from the node's first
+output name (SHA-256, so two unseeded nodes of one call differ; it is in the compile
+report's kernel notes) and ``call_key`` is a per-call value the runtime supplies through
+the symbol :data:`CALL_KEY` (one more ``i64`` dim the code reads, which no input binds;
+see ``irkit.runtime.call_keys``: the load option ``random_seed`` makes it reproducible
+per call number). Values never match ONNX Runtime's (its generator is another), only
+their distribution.
 
 From the 64 bits of a draw: a uniform ``u`` in [0, 1) is the top 24 bits times 2^-24
 (f32 work type: f32, f16, bf16 outputs) or the top 53 bits times 2^-53 (f64), exact;
@@ -44,6 +49,7 @@ from irkit.kir import (
     Load,
     Stmt,
     Store,
+    Var,
     block,
     simplify_expr,
 )
@@ -59,6 +65,9 @@ from irkit.lower.tensor import (
     flat_index,
 )
 
+CALL_KEY = "N64"
+"""The symbol the runtime sets to a fresh 63-bit key before each call of a program that
+has unseeded random nodes (``irkit.runtime.call_keys.CALL_KEY_SYMBOL``, the same name)."""
 GAMMA = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
@@ -82,7 +91,27 @@ def seed_key(node: Node) -> tuple[int, str]:
     name = node.outputs[0].name if node.outputs else node.name
     digest = hashlib.sha256(f"irkit.random:{name}".encode()).digest()
     key = int.from_bytes(digest[:8], "little")
-    return key, f"no seed attribute: key {key:#018x} from the output name {name!r}"
+    return key, (f"no seed attribute: key {key:#018x} (from the output name {name!r}) "
+                 "xor a fresh key per call")
+
+
+def node_key(ctx: LoweringContext, node: Node) -> Expr:
+    """The ``u64`` generator key of ``node`` in kernel IR: a constant with a ``seed``
+    attribute, otherwise the name-derived key xor the per-call key (:data:`CALL_KEY`);
+    notes it for the compile report."""
+    key, source = seed_key(node)
+    ctx.kernel_notes[node.name or node.outputs[0].name] = (
+        f"{node.op}: counter-based SplitMix64 generator, {source}")
+    if node.attr("seed", None) is not None:
+        return _u64(key)
+    ctx.call_key = True  # mixed in the code: consecutive call keys give unrelated streams
+    return mix64(Binary("xor", _u64(key), Cast("u64", Var(CALL_KEY))))
+
+
+def unseeded_key(node_key: int, call_key: int) -> int:
+    """The generator key of an unseeded node (``seed_key``'s key) at call key
+    ``call_key``, as the code computes it."""
+    return _mix_int((node_key ^ call_key) & _MASK)
 
 
 def draws(key: int, index: np.ndarray) -> np.ndarray:
@@ -105,10 +134,12 @@ def mix64(z: Expr) -> Expr:
     return Binary("xor", z, Call("shr", (z, _u64(31))))
 
 
-def draw(key: int, index: Expr) -> Expr:
-    """The 64 bits of draw ``index`` (an ``i64`` expression) under ``key``, as ``u64``."""
+def draw(key: int | Expr, index: Expr) -> Expr:
+    """The 64 bits of draw ``index`` (an ``i64`` expression) under ``key`` (an int or a
+    ``u64`` expression), as ``u64``."""
     counter = Binary("add", Cast("u64", index), _u64(1))
-    return mix64(Binary("add", _u64(key), Binary("mul", counter, _u64(GAMMA))))
+    base = _u64(key) if isinstance(key, int) else key
+    return mix64(Binary("add", base, Binary("mul", counter, _u64(GAMMA))))
 
 
 def work_type(dtype: str) -> str:
@@ -165,11 +196,6 @@ def _shape(ctx: LoweringContext, node: Node, like: TensorRef | None) -> tuple[Ex
     return tuple(Const(int(d)) for d in dims)
 
 
-def _note(ctx: LoweringContext, node: Node, source: str) -> None:
-    ctx.kernel_notes[node.name or node.outputs[0].name] = (
-        f"{node.op}: counter-based SplitMix64 generator, {source}")
-
-
 def lower_random(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                  ) -> list[TensorRef]:
     """RandomNormal, RandomUniform and their ``Like`` forms: an inline ref (fuses)."""
@@ -180,8 +206,7 @@ def lower_random(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
             raise LoweringError(f"{node.op} is missing its input")
     dtype = _out_float_dtype(node, like)
     shape = _shape(ctx, node, like)
-    key, source = seed_key(node)
-    _note(ctx, node, source)
+    key = node_key(ctx, node)
     work = work_type(dtype)
     if node.op.startswith("RandomUniform"):
         low, high = _float_attr(node, "low", 0.0), _float_attr(node, "high", 1.0)
@@ -218,8 +243,7 @@ def lower_bernoulli(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
     dtype = KIR_DTYPES.get(out_type) if isinstance(out_type, DType) else p.dtype
     if dtype is None:
         raise LoweringError(f"Bernoulli to {out_type} is not supported")
-    key, source = seed_key(node)
-    _note(ctx, node, source)
+    key = node_key(ctx, node)
     work = work_type(p.dtype)
     shape = p.shape
 
@@ -249,8 +273,7 @@ def lower_multinomial(ctx: LoweringContext, node: Node, ins: list[TensorRef | No
     samples = int(node.attr("sample_size", 1))
     if samples < 1:
         raise LoweringError(f"Multinomial: sample_size {samples} must be at least 1")
-    key, source = seed_key(node)
-    _note(ctx, node, source)
+    key = node_key(ctx, node)
     work = work_type(x.dtype)
     batch, classes = x.shape
     if isinstance(classes, Const) and classes.value < 1:

@@ -5,8 +5,10 @@ Values cannot match ONNX Runtime's (another generator), so the tests check:
 - reproducibility: the llvm build gives the kernel-IR interpreter's values (integer and
   Bernoulli outputs bit for bit; floats within rtol 1e-6 / 1e-5 for the libm-based normal),
   and RandomUniform f64 equals the numpy form of the generator (``draws``) within 1 ulp;
-  another seed gives other values, a node without a seed is as reproducible as a seeded
-  one and reports its key;
+  another seed gives other values;
+- fresh values per call: nodes without a seed differ between calls (checked and exact
+  call paths) and equal ``draws`` under ``unseeded_key(node key, call key)``; the load option
+  ``random_seed`` repeats them per call number, across loads; seeded nodes never change;
 - distributions, on 2**18 draws per op: mean and variance within 6 standard errors,
   the Kolmogorov-Smirnov distance below 0.006 (p < 1e-6 for a true match at n = 2**18:
   sqrt(ln(2e6) / 2n) = 0.0053), Bernoulli frequencies within 6 binomial standard
@@ -33,7 +35,7 @@ from onnx import TensorProto, helper
 
 from irkit import api
 from irkit.lower.driver import lower_graph
-from irkit.lower.random_ops import GAMMA, draws, seed_key
+from irkit.lower.random_ops import GAMMA, draws, seed_key, unseeded_key
 from irkit.testing.op_cases import KIR, LLVM_NATIVE, compile_and_load
 
 N_STATS = 2**18
@@ -150,10 +152,75 @@ def test_llvm_gives_the_interpreters_values(tmp_path: Path) -> None:
     key = seed_key(_node(model, "uniform"))[0]
     u = (draws(key, np.arange(400, dtype=np.uint64)) >> np.uint64(11)) * 2.0**-53
     np.testing.assert_allclose(llvm["uniform"], -1.0 + 4.0 * u, rtol=2**-52, atol=2**-51)
-    # unseeded nodes: reproducible, and distinct from each other
-    again = compile_and_load(model, tmp_path / "again", target=LLVM_NATIVE)(**_feeds(3))
-    assert np.array_equal(again["noseed"], llvm["noseed"])
+    # two unseeded nodes of one call differ
     assert not np.array_equal(llvm["noseed"], llvm["noseed2"])
+
+
+def _fresh_model() -> onnx.ModelProto:
+    nodes = [helper.make_node("RandomUniform", [], ["fresh"], shape=[4096],
+                              dtype=TensorProto.DOUBLE),
+             helper.make_node("RandomUniform", [], ["fixed"], shape=[16], seed=2.0),
+             helper.make_node("Bernoulli", ["p"], ["bern"])]
+    inputs = [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 3])]
+    outputs = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None)
+               for o in ("fresh", "fixed", "bern")]
+    graph = helper.make_graph(nodes, "fresh", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def test_unseeded_nodes_draw_fresh_values_per_call(tmp_path: Path) -> None:
+    import irkit.runtime
+    from irkit.runtime.artifact import ArtifactError
+    from irkit.runtime.call_keys import CALL_KEY_SYMBOL, call_key
+
+    model = _fresh_model()
+    path = api.compile(api.load_model(model), target="llvm").save(tmp_path / "fresh")
+    entry = irkit.runtime.load(path).manifest.entry
+    assert entry["variants"][0]["segments"][0]["symbols"] == ["N", CALL_KEY_SYMBOL]
+    feeds = {"p": np.full((2, 3), 0.5, np.float32)}
+
+    def calls(count: int, **options: Any) -> list[dict[str, np.ndarray]]:
+        loaded = irkit.runtime.load(path, **options)  # call 1: checked path; then exact
+        assert loaded._runner.exact  # type: ignore[union-attr]
+        return [loaded(**feeds) for _ in range(count)]
+
+    plain = calls(3)
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        assert not np.array_equal(plain[a]["fresh"], plain[b]["fresh"])
+        assert np.array_equal(plain[a]["fixed"], plain[b]["fixed"])
+    assert not np.array_equal(plain[0]["fresh"], calls(1)[0]["fresh"])  # a new load
+    seeded, again = calls(3, random_seed=5), calls(3, random_seed=5)
+    fresh_key, bern_key = (seed_key(_node(model, name))[0] for name in ("fresh", "bern"))
+    for n in range(3):
+        assert np.array_equal(seeded[n]["fresh"], again[n]["fresh"])
+        assert np.array_equal(seeded[n]["fixed"], plain[0]["fixed"])
+        key = call_key(5, n)  # the n-th call's key: u = top 53 (f64) / 24 (f32) bits
+        u = draws(unseeded_key(fresh_key, key), np.arange(4096, dtype=np.uint64))
+        assert np.array_equal(seeded[n]["fresh"], (u >> np.uint64(11)) * 2.0**-53)
+        u = draws(unseeded_key(bern_key, key), np.arange(6, dtype=np.uint64)) >> np.uint64(40)
+        assert np.array_equal(seeded[n]["bern"], (u * 2.0**-24 < 0.5).reshape(2, 3))
+    assert not np.array_equal(calls(1, random_seed=6)[0]["fresh"], seeded[0]["fresh"])
+    sample = np.concatenate([c["fresh"] for c in seeded])  # deterministic: random_seed
+    _moments(sample, 0.5, 1 / 12)
+    # consecutive calls are uncorrelated (6 standard errors of a correlation at n = 4096)
+    assert abs(np.corrcoef(seeded[0]["fresh"], seeded[1]["fresh"])[0, 1]) < 6 / 64
+    with pytest.raises(ArtifactError, match="random_seed=-1 must be an int"):
+        irkit.runtime.load(path, random_seed=-1)
+
+    # one input, one output: the llvm runner's single-array exact path
+    like = helper.make_node("RandomUniformLike", ["x"], ["y"], dtype=TensorProto.DOUBLE)
+    graph = helper.make_graph([like], "like",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", 4])])
+    single = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    path = api.compile(api.load_model(single), target="llvm").save(tmp_path / "single")
+    loaded = irkit.runtime.load(path, random_seed=9)
+    y_key = seed_key(_node(single, "y"))[0]
+    for n in range(3):
+        u = draws(unseeded_key(y_key, call_key(9, n)), np.arange(8, dtype=np.uint64))
+        y = loaded(x=np.zeros((2, 4), np.float32))["y"]
+        assert np.array_equal(y, ((u >> np.uint64(11)) * 2.0**-53).reshape(2, 4)), n
 
 
 def test_seed_changes_values_and_the_report_names_the_key(tmp_path: Path) -> None:
@@ -169,7 +236,8 @@ def test_seed_changes_values_and_the_report_names_the_key(tmp_path: Path) -> Non
     assert np.array_equal(a["uniform"], b["uniform"])
     notes = lower_graph(api.load_model(model)).kernel_notes
     unseeded = [note for note in notes.values() if "no seed attribute" in note]
-    assert len(unseeded) == 2 and all("key 0x" in note for note in unseeded)
+    assert len(unseeded) == 2 and all("key 0x" in note and "xor a fresh key per call" in note
+                                      for note in unseeded)
     assert any("seed 3.0" in note for note in notes.values())
     assert GAMMA == 0x9E3779B97F4A7C15
 
@@ -193,11 +261,13 @@ def test_conformance_checks_what_random_cases_can_check() -> None:
     from irkit.conformance import Outcome, load_cases
     from irkit.conformance.runner import check_random, run_case
 
-    for name in ("test_bernoulli_seed", "test_bernoulli_double_expanded"):
+    for name, seeded in (("test_bernoulli_seed", True), ("test_bernoulli_double_expanded",
+                                                          False)):
         (case,) = load_cases(pattern=f"^{name}$")
         result = run_case(case, "llvm")
         assert result.outcome is Outcome.RANDOM, result.reason
-        assert "a second run repeats the values" in result.reason
+        # only a seeded node repeats its values; an unseeded one draws fresh ones per call
+        assert ("a second run repeats the values" in result.reason) is seeded
     zero_one = [np.array([0.0, 1.0, 1.0], np.float32)]
     with pytest.raises(AssertionError, match="other than 0 and 1"):
         check_random(zero_one, [np.array([0.0, 0.5, 1.0], np.float32)], None, "out")
