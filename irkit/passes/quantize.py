@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from irkit.errors import IrkitError
 from irkit.ir import Graph, Node, Value
 from irkit.ir.clone import extract_subgraph
 from irkit.ir.dtypes import DType
@@ -287,8 +288,11 @@ class Quantize(Pass):
         ``narrow_tolerance`` of the fp32 model on the calibration batches."""
         assert context.calibration
         names = {_key(v.node) for v in views}
-        errors = {qmax: _deviation(graph, self._quantized_copy(graph, names, ranges, qmax),
-                                   context.calibration) for qmax in (63, 31)}
+        try:
+            errors = {qmax: _deviation(graph, self._quantized_copy(graph, names, ranges, qmax),
+                                       context.calibration) for qmax in (63, 31)}
+        except IrkitError as exc:  # no engine evaluates the graph: stay with 7 bits
+            return 63, f"{note}; 6-bit weights not tried: {str(exc).splitlines()[0]}"
         measured = (f"on the calibration batches, 6-bit weights move the outputs "
                     f"{100 * errors[31]:.2f}% RMS from fp32, 7-bit {100 * errors[63]:.2f}%")
         if errors[31] <= self.narrow_tolerance:
