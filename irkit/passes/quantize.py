@@ -259,7 +259,7 @@ class Quantize(Pass):
             return kept
         for name in every - chosen:
             notes[name] = (f"int8 in context: the model is {worst:.2f}x faster on {target} "
-                           f"with every candidate in int8 ({notes[name]} alone)")
+                           f"with every candidate in int8 (alone: {notes[name]})")
         return views
 
     def weight_qmax(self, context: PassContext) -> tuple[int, str]:
