@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from irkit.runtime.artifact import ArtifactError
+from irkit.runtime.dynamic import Trim
 from irkit.runtime.hostcpu import Host, host_level
 
 ABI_VERSION = 3
@@ -230,9 +231,13 @@ class Segment:
     outputs: tuple[str, ...]
     program: KernelProgram | None = None
     model: str | None = None  # the ONNX file of an "ort" segment
+    # Outputs cut to a size the kernels report (irkit.runtime.dynamic): NonZero, Unique…
+    trim: Trim | None = None
 
     def to_json(self) -> dict[str, Any]:
         body = self.program.to_json() if self.program is not None else {"model": self.model}
+        if self.trim is not None:
+            body["trim"] = self.trim.to_json()
         return {"kind": self.kind, "inputs": list(self.inputs), "outputs": list(self.outputs),
                 **body}
 
@@ -249,7 +254,9 @@ class Segment:
         program = KernelProgram.from_json(data, where)
         if set(program.input_shapes) != set(inputs) or set(program.output_shapes) != set(outputs):
             raise ArtifactError(f"{where}: inputs/outputs disagree with its shapes")
-        return cls("kernels", inputs, outputs, program=program)
+        trim = None if "trim" not in data else Trim.from_json(
+            data["trim"], outputs, {k: len(v) for k, v in program.output_shapes.items()}, where)
+        return cls("kernels", inputs, outputs, program=program, trim=trim)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ wrap modulo ``2**bits``. ``div`` truncates toward zero and ``mod`` takes the sig
 dividend (C, LLVM ``sdiv``/``srem``; ``udiv``/``urem`` for unsigned types): ``-7 / 2 == -3``,
 ``-7 % 2 == -1``, ``7 / -2 == -3``, ``7 % -2 == 1``. Division by zero and ``MIN / -1`` are
 undefined (raise). Compares and ``max``/``min`` read unsigned types as unsigned. ``and``,
-``or``, ``not`` are bitwise (logical on ``bool``; ``bool`` arithmetic is modulo 2). ``shl(x, n)`` wraps; ``shr(x, n)`` is
+``or``, ``xor``, ``not`` are bitwise (logical on ``bool``; ``bool`` arithmetic is modulo 2). ``shl(x, n)`` wraps; ``shr(x, n)`` is
 arithmetic for signed and logical for unsigned types; ``n`` outside ``[0, bits)`` is
 undefined (raise). ``dot4_u8s8(acc, a, b)`` on ``i32``:
 ``acc + sum_t u8(byte t of a) * s8(byte t of b)`` over the four little-endian bytes,

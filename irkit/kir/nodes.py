@@ -27,9 +27,10 @@ ITEMSIZE = {"f32": 4, "f64": 8, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 
 
 BINARY_OPS = (
     "add", "sub", "mul", "div", "mod", "max", "min",
-    "lt", "le", "gt", "ge", "eq", "ne", "and", "or",
+    "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor",
 )  # fmt: skip
 COMPARE_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
+BITWISE_OPS = ("and", "or", "xor")  # integers (bitwise) and bool (logical)
 UNARY_OPS = ("neg", "not")
 CALLS = {
     # name: arity. ``fma(a, b, c) = a * b + c``.

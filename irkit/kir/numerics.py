@@ -223,8 +223,10 @@ def _float_binary(op: str, dtype: str, vector: bool) -> Fn:
 
 
 def _int_binary(op: str, dtype: str, vector: bool) -> Fn:
-    if op in ("and", "or"):
-        return (lambda x, y: x & y) if op == "and" else (lambda x, y: x | y)
+    if op in ("and", "or", "xor"):
+        bitwise: dict[str, Fn] = {"and": lambda x, y: x & y, "or": lambda x, y: x | y,
+                                  "xor": lambda x, y: x ^ y}
+        return bitwise[op]
     if vector and dtype == "bool":  # i1 arithmetic: modulo 2
         bools: dict[str, Fn] = {"add": np.logical_xor, "sub": np.logical_xor,
                                 "mul": np.logical_and, "max": np.logical_or,

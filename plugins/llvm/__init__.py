@@ -55,6 +55,7 @@ class LlvmBackend(KernelBackend):
 
     name = "llvm"
     families = ("cpu",)
+    dynamic_shapes = True  # NonZero, Unique, NonMaxSuppression… (irkit.lower.dynamic)
     options: ClassVar[dict[str, Option]] = {
         **KERNEL_OPTIONS,
         "mr": Option(int, 0, "GEMM microkernel rows; 0 = 8 with 32 vector registers "

@@ -36,12 +36,13 @@ from irkit.kir import (  # noqa: E402
     Var,
 )
 from irkit.kir.interpret import run_program  # noqa: E402
+from irkit.lower.random_ops import mix64  # noqa: E402
 
 BF16 = ml_dtypes.bfloat16
 KIR = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16",
        np.dtype(BF16): "bf16", np.dtype(np.int64): "i64", np.dtype(np.int32): "i32",
        np.dtype(np.int8): "i8", np.dtype(np.uint32): "u32", np.dtype(np.uint8): "u8",
-       np.dtype(np.bool_): "bool"}
+       np.dtype(np.uint64): "u64", np.dtype(np.bool_): "bool"}
 IDX = Var("i")
 NAN = float("nan")
 
@@ -161,6 +162,9 @@ RULES: dict[str, Rule] = {
                         lambda a, b: Binary("lt", a, b)),
     "shifts_i32": Rule(np.int32, (I32S, SHIFTS),
                        lambda a, b: Call("shr", (Call("shl", (a, b)), b))),
+    "xor_i32": Rule(np.int32, (I32S, I32S[::-1].copy()), lambda a, b: Binary("xor", a, b)),
+    # the random ops' generator: u64 xor, logical shifts and wrapping multiplies
+    "splitmix_u64": Rule(np.uint64, (BIG_INTS.view(np.uint64),), mix64),
     "shr_u32": Rule(np.uint32, (I32S.view(np.uint32), SHIFTS.view(np.uint32)),
                     lambda a, b: Call("shr", (a, b))),
     "dot4_u8s8": Rule(np.int32, (ACC, WORDS_A, WORDS_B),

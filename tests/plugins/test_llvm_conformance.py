@@ -48,3 +48,8 @@ def test_llvm_conformance_targets(tmp_path: Path) -> None:
     assert passed / data["total"] >= 0.60
     assert passed / (passed + len(wrong)) >= 0.95
     assert passed >= MIN_PASSING, (passed, report.format(show_ops=False, show_failures=False))
+    # The six Bernoulli cases (the random ops' only node cases) compile: their values
+    # cannot match ONNX's, so they are nondeterministic (shapes, dtypes, 0/1 values and,
+    # for the two seeded ones, a repeated second run checked), never unsupported.
+    assert len(by_outcome.get(Outcome.RANDOM.value, [])) == 6, by_outcome.get(
+        Outcome.RANDOM.value)

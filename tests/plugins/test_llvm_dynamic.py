@@ -1,0 +1,261 @@
+"""Data-dependent output shapes on the llvm backend (irkit.lower.dynamic,
+irkit.runtime.dynamic): NonZero, Compress with a run-time condition, Unique and
+NonMaxSuppression compiled as kernel segments that write an upper-bound output and a
+count; outputs come back cut to their true size and the ops after them run for any
+count without recompiling.
+
+Every output is a selection or copy of input values or an index, so the tests ask for
+exact equality with ONNX Runtime (and with the kernel-IR interpreter, the oracle of the
+compiled code); the detection model's float outputs: rtol 1e-4, atol 1e-5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("llvmlite")
+
+from onnx import TensorProto as T  # noqa: E402
+from onnx import helper  # noqa: E402
+from onnx import numpy_helper as nh  # noqa: E402
+
+import irkit.runtime  # noqa: E402
+from irkit import api  # noqa: E402
+from irkit.errors import UnsupportedOpsError  # noqa: E402
+from irkit.runtime.artifact import ArtifactError  # noqa: E402
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def _model(nodes: list[Any], inputs: list[Any], outputs: list[tuple[str, int]],
+           inits: list[Any] = ()) -> onnx.ModelProto:  # type: ignore[assignment]
+    graph = helper.make_graph(nodes, "dyn", inputs,
+                              [helper.make_tensor_value_info(n, t, None) for n, t in outputs],
+                              list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def _compile(model: onnx.ModelProto, tmp_path: Path) -> Any:
+    artifact = api.compile(api.load_model(model), target="llvm", threads=1)
+    return irkit.runtime.load(artifact.save(tmp_path / "artifact"), threads=1)
+
+
+def _ort(model: onnx.ModelProto) -> Any:
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda feeds: dict(zip(names, session.run(None, feeds)))
+
+
+def ops_model() -> onnx.ModelProto:
+    """One graph holding each data-dependent op in the forms ONNX defines."""
+    n, vi = helper.make_node, helper.make_tensor_value_info
+    nodes = [
+        n("NonZero", ["m"], ["nz"]),
+        n("Compress", ["x", "c"], ["cx_axis0"], axis=0),
+        n("Compress", ["x", "c3"], ["cx_axis1"], axis=-1),
+        n("Compress", ["x", "c"], ["cx_flat"]),
+        n("Unique", ["u"], ["uy", "ui", "uinv", "uc"], sorted=1),
+        n("Unique", ["v"], ["vy", "vi", "vinv", "vc"], sorted=0, axis=1),
+        n("Unique", ["v"], ["wy", "wi", "winv", "wc"], sorted=1, axis=0),
+        n("NonMaxSuppression", ["boxes", "scores", "limit", "iou", "sthr"], ["sel"]),
+        n("NonMaxSuppression", ["cboxes", "scores", "limit"], ["csel"], center_point_box=1),
+    ]
+    inputs = [
+        vi("m", T.FLOAT, ["A", 3, 2]), vi("x", T.FLOAT, ["B", 3]), vi("c", T.BOOL, ["L"]),
+        vi("c3", T.BOOL, [3]), vi("u", T.INT64, ["U"]), vi("v", T.FLOAT, [3, "V"]),
+        vi("boxes", T.FLOAT, ["NB", "S", 4]), vi("cboxes", T.FLOAT, ["NB", "S", 4]),
+        vi("scores", T.FLOAT, ["NB", 2, "S"]), vi("limit", T.INT64, [1]),
+        vi("iou", T.FLOAT, [1]), vi("sthr", T.FLOAT, [1]),
+    ]
+    outputs = [("nz", T.INT64), ("cx_axis0", T.FLOAT), ("cx_axis1", T.FLOAT),
+               ("cx_flat", T.FLOAT), ("sel", T.INT64), ("csel", T.INT64)]
+    for prefix, dtype in (("u", T.INT64), ("v", T.FLOAT), ("w", T.FLOAT)):
+        outputs += [(f"{prefix}y", dtype), (f"{prefix}i", T.INT64), (f"{prefix}inv", T.INT64),
+                    (f"{prefix}c", T.INT64)]
+    return _model(nodes, inputs, outputs)
+
+
+def ops_feeds(seed: int, a: int, b: int, s: int, limit: int, sthr: float, empty: bool = False
+              ) -> dict[str, np.ndarray]:
+    r = np.random.default_rng(seed)
+    corner = r.uniform(0, 10, (2, s, 2)).astype(np.float32)
+    size = r.uniform(1, 6, (2, s, 2)).astype(np.float32)
+    boxes = np.concatenate([corner, corner + size], axis=2)[..., [1, 0, 3, 2]]
+    boxes[:, ::3] = boxes[:, ::3, [2, 3, 0, 1]]  # flipped corners: same box
+    scores = r.uniform(0, 1, (2, 2, s)).astype(np.float32)
+    scores[:, :, 1::4] = scores[:, :, :1]  # ties
+    mask = r.integers(0, 3, (a, 3, 2)) * (0 if empty else 1)
+    return {
+        "m": mask.astype(np.float32), "x": r.standard_normal((b, 3)).astype(np.float32),
+        "c": r.integers(0, 2, b + 1).astype(bool) & (not empty),
+        "c3": np.array([True, False, True]) & (not empty),
+        "u": r.integers(-2, 3, 2 * b + 1).astype(np.int64),
+        "v": r.integers(0, 2, (3, b)).astype(np.float32),
+        "boxes": boxes, "cboxes": np.concatenate([corner + size / 2, size], axis=2),
+        "scores": scores, "limit": np.array([limit], np.int64),
+        "iou": np.array([0.3], np.float32), "sthr": np.array([sthr], np.float32),
+    }
+
+
+FEEDS = [  # (seed, a, b, s, limit, score threshold, empty)
+    (1, 4, 5, 9, 3, 0.2, False),
+    (2, 7, 11, 16, 100, 0.0, False),
+    (3, 1, 1, 1, 0, 0.9, True),  # nothing selected anywhere: every size 0
+]
+
+
+@pytest.fixture(scope="module")
+def ops_compiled(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return _compile(ops_model(), tmp_path_factory.mktemp("ops"))
+
+
+def test_ops_match_onnxruntime(ops_compiled: Any) -> None:
+    model, compiled = ops_model(), ops_compiled
+    reference = _ort(model)
+    sizes = set()
+    for seed, a, b, s, limit, sthr, empty in FEEDS:
+        feeds = ops_feeds(seed, a, b, s, limit, sthr, empty)
+        want, got = reference(feeds), compiled.run(feeds)
+        assert set(got) == set(want)
+        for name, expected in want.items():
+            assert got[name].dtype == expected.dtype, name
+            np.testing.assert_array_equal(got[name], expected, err_msg=f"{name} (seed {seed})")
+        sizes.add((got["nz"].shape[1], got["sel"].shape[0], got["uy"].shape[0]))
+        if empty:
+            assert got["nz"].shape == (3, 0) and got["cx_axis0"].shape == (0, 3)
+            assert got["sel"].shape == (0, 3) and got["csel"].shape == (0, 3)
+    assert len(sizes) == len(FEEDS)  # each feed gives other output sizes
+    signature = {spec.name: spec.shape for spec in compiled.manifest.outputs}
+    assert isinstance(signature["nz"][1], str) and isinstance(signature["sel"][0], str)
+    assert signature["nz"][0] == 3 and signature["sel"][1] == 3
+
+
+def test_interpreter_agrees_with_native_segments(tmp_path: Path) -> None:
+    """The kernel-IR interpreter (the oracle of compiled code) runs each bounded kernel
+    program; cut to its count, it gives ONNX Runtime's answer."""
+    from irkit.lower.dynamic import lower_dynamic_graph, prepare_dynamic, split_dynamic
+    from irkit.lower.interpret import interpret_lowered
+
+    model = ops_model()
+    graph = prepare_dynamic(api.load_model(model), "llvm", True, UnsupportedOpsError)
+    feeds = ops_feeds(*FEEDS[0])
+    want = _ort(model)(feeds)
+    for part in split_dynamic(graph):
+        assert part.dynamic and part.trim is not None
+        lowered = lower_dynamic_graph(part.graph, "x86-64-v3")
+        out = interpret_lowered(lowered, {k: feeds[k] for k in part.inputs})
+        count = int(out[part.count][0])
+        for name in part.outputs:
+            axis = part.trim.get(name)
+            got = out[name] if axis is None else out[name][(slice(None),) * axis +
+                                                          (slice(0, count),)]
+            np.testing.assert_array_equal(got, want[name], err_msg=name)
+
+
+def detection_model() -> onnx.ModelProto:
+    """A conv backbone, box decoding (center format), NonMaxSuppression over 3 classes,
+    detections gathered by the NMS indices, then a score threshold with Compress and
+    NonZero."""
+    r = np.random.default_rng(0)
+    classes = 3
+    consts = {
+        "w1": r.standard_normal((8, 3, 3, 3)) * 0.4, "b1": r.standard_normal(8) * 0.1,
+        "w2": r.standard_normal((4 + classes, 8, 1, 1)) * 0.6,
+        "flat": np.array([1, 4 + classes, -1]), "z": np.array([0]), "four": np.array([4]),
+        "end": np.array([4 + classes]), "ax2": np.array([2]), "scale": np.array(16.0),
+        "col2": np.array(2), "col1": np.array(1), "iou": np.array([0.3]),
+    }
+    inits = [nh.from_array(np.asarray(v, np.float32 if k in ("w1", "b1", "w2", "scale", "iou")
+                                      else np.int64), k) for k, v in consts.items()]
+    n, vi = helper.make_node, helper.make_tensor_value_info
+    nodes = [
+        n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        n("Relu", ["c1"], ["r1"]),
+        n("Conv", ["r1", "w2"], ["head"]),
+        n("Reshape", ["head", "flat"], ["hf"]),
+        n("Transpose", ["hf"], ["ht"], perm=[0, 2, 1]),  # [1, A, 4+C]
+        n("Slice", ["ht", "z", "four", "ax2"], ["deltas"]),
+        n("Slice", ["ht", "four", "end", "ax2"], ["logits"]),
+        n("Sigmoid", ["deltas"], ["sd"]),
+        n("Mul", ["sd", "scale"], ["boxes"]),  # cx, cy, w, h
+        n("Sigmoid", ["logits"], ["probs"]),
+        n("Transpose", ["probs"], ["scores"], perm=[0, 2, 1]),  # [1, C, A]
+        n("NonMaxSuppression", ["boxes", "scores", "limit", "iou", "thr"], ["sel"],
+          center_point_box=1),
+        n("Gather", ["sel", "col2"], ["box_idx"], axis=1),
+        n("Gather", ["sel", "col1"], ["cls"], axis=1),
+        n("GatherND", ["scores", "sel"], ["det_scores"]),
+        n("Squeeze", ["boxes", "z"], ["boxes0"]),
+        n("Gather", ["boxes0", "box_idx"], ["det_boxes"], axis=0),
+        n("Greater", ["det_scores", "keep_thr"], ["keep"]),
+        n("Compress", ["det_boxes", "keep"], ["final_boxes"], axis=0),
+        n("Compress", ["cls", "keep"], ["final_cls"]),
+        n("NonZero", ["keep"], ["kept_at"]),
+    ]
+    inputs = [vi("x", T.FLOAT, [1, 3, "H", "W"]), vi("limit", T.INT64, [1]),
+              vi("thr", T.FLOAT, [1]), vi("keep_thr", T.FLOAT, [])]
+    return _model(nodes, inputs, [("final_boxes", T.FLOAT), ("final_cls", T.INT64),
+                                  ("kept_at", T.INT64), ("det_scores", T.FLOAT)], inits)
+
+
+def test_detection_model_matches_onnxruntime(tmp_path: Path) -> None:
+    model = detection_model()
+    compiled = _compile(model, tmp_path)
+    reference = _ort(model)
+    seen = []
+    for h, w, limit, thr, keep in [(16, 16, 4, 0.3, 0.6), (9, 13, 50, 0.45, 0.5),
+                                   (8, 8, 5, 1.0, 0.5), (12, 10, 8, 0.2, 1.0),
+                                   (1, 1, 2, 0.0, 0.0)]:
+        feeds = {"x": np.random.default_rng(h * w).standard_normal((1, 3, h, w)
+                                                                   ).astype(np.float32),
+                 "limit": np.array([limit], np.int64), "thr": np.array([thr], np.float32),
+                 "keep_thr": np.array(keep, np.float32)}
+        want, got = reference(feeds), compiled.run(feeds)
+        for name, expected in want.items():
+            assert got[name].shape == expected.shape, (name, h, w)
+            np.testing.assert_allclose(got[name], expected, rtol=RTOL, atol=ATOL,
+                                       err_msg=f"{name} at {h}x{w}")
+        seen.append((len(want["det_scores"]), len(want["final_cls"])))
+    assert (0, 0) in seen and any(k == 0 and d > 0 for d, k in seen)
+    assert len({d for d, _ in seen if d}) >= 3  # several detection counts
+
+
+def test_bad_inputs_and_other_backends(ops_compiled: Any, tmp_path: Path) -> None:
+    from irkit.runtime.signature import InputError
+
+    feeds = ops_feeds(*FEEDS[0])
+    feeds["cboxes"] = feeds["cboxes"][:, :-1]  # 8 boxes for 9 scores per class
+    with pytest.raises(InputError, match="'cboxes': dim 'S'"):
+        ops_compiled.run(feeds)
+    # Sizes the signature leaves free are checked by the kernel program's constraints.
+    vi = helper.make_tensor_value_info
+    nms = _model([helper.make_node("NonMaxSuppression", ["b", "s"], ["sel"])],
+                 [vi("b", T.FLOAT, [1, "P", 4]), vi("s", T.FLOAT, [1, 1, "Q"])],
+                 [("sel", T.INT64)])
+    compiled = _compile(nms, tmp_path)
+    boxes = np.zeros((1, 3, 4), np.float32)
+    assert compiled.run({"b": boxes, "s": np.ones((1, 1, 3), np.float32)})["sel"].shape == (
+        0, 3)  # max_output_boxes_per_class absent: 0
+    with pytest.raises(ValueError, match="boxes and scores must agree on the number of boxes"):
+        compiled.run({"b": boxes, "s": np.ones((1, 1, 4), np.float32)})
+    with pytest.raises(UnsupportedOpsError, match=r"NonZero.*wasm backend does not compile"):
+        api.compile(api.load_model(ops_model()), target="wasm")
+
+
+def test_trim_entry_is_checked() -> None:
+    from irkit.runtime.dynamic import Trim
+
+    outputs = ("y", "y__count")
+    assert Trim.from_json({"count": "y__count", "outputs": {"y": 1}}, outputs, {"y": 2},
+                          "seg").outputs == {"y": 1}
+    for bad in ({"count": "z", "outputs": {"y": 1}}, {"count": "y__count", "outputs": {"y": 2}},
+                {"count": "y__count", "outputs": {"y__count": 0}}, ["y"]):
+        with pytest.raises(ArtifactError, match=r"seg\.trim"):
+            Trim.from_json(bad, outputs, {"y": 2, "y__count": 1}, "seg")
