@@ -11,8 +11,10 @@ whose inputs carry a fresh symbolic dim for that size, bound at run time from th
 trimmed tensor, so what follows works for every count without recompiling.
 
 The kernels are plain kernel IR (serial loops, ``If``/``Select``): selections scan in
-order, sorts rank by counting (``O(n^2)``, stable: ties keep input order), which suits
-the sizes these ops see (boxes per class, tokens, mask elements).
+order; Unique and NonMaxSuppression order elements with a stable merge sort
+(:mod:`irkit.lower.sorting`, ``O(n log n)``, ties keep input order), and NMS compares
+each candidate only with the boxes kept so far and stops at
+``max_output_boxes_per_class``.
 """
 
 from __future__ import annotations
@@ -30,16 +32,20 @@ from irkit.kir import (
     Expr,
     For,
     If,
+    Let,
     Load,
     Select,
     Stmt,
     Store,
+    Unary,
+    Var,
     block,
     simplify_expr,
 )
 from irkit.kir.nodes import FLOATS
 from irkit.lower.context import LoweringContext, Tiles
 from irkit.lower.driver import GraphLowering, LoweredModel
+from irkit.lower.sorting import Heap, is_nan, less, merge_sort
 from irkit.lower.tensor import (
     Index,
     LoweringError,
@@ -349,15 +355,16 @@ def lower_compress(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
 def _slice_compare(ctx: LoweringContext, x: TensorRef, axis: int, a: Expr, b: Expr,
                    state: Buffer) -> Stmt:
     """``state`` = -1, 0 or 1 as slice ``a`` of ``x`` along ``axis`` is lexicographically
-    less than, equal to or greater than slice ``b`` (row-major element order)."""
+    less than, equal to or greater than slice ``b`` (row-major element order; elements
+    ordered by :func:`irkit.lower.sorting.less`, NaN last)."""
     outer, inner = x.shape[:axis], x.shape[axis + 1:]
 
     def step(o: Index) -> Stmt:
         pre, post = o[:axis], o[axis:]
         va, vb = x.read((*pre, a, *post)), x.read((*pre, b, *post))
         return If(_b("eq", _get(state), 0), block(
-            If(_b("lt", va, vb), _set(state, _c(-1))),
-            If(_b("gt", va, vb), _set(state, _c(1)))))
+            If(less(va, vb), _set(state, _c(-1))),
+            If(less(vb, va), _set(state, _c(1)))))
 
     return block(_set(state, _c(0)), _nest(ctx, (*outer, *inner), step))
 
@@ -366,7 +373,12 @@ def lower_unique(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
                  sink: Sink) -> None:
     """The distinct slices along ``axis`` (elements of the flattened input without
     one): ``Y`` sorted ascending (``sorted=1``) or in order of first occurrence,
-    ``indices`` (first occurrence), ``inverse_indices`` and ``counts``."""
+    ``indices`` (first occurrence), ``inverse_indices`` and ``counts``.
+
+    A stable merge sort of the slice indices (:func:`irkit.lower.sorting.merge_sort`)
+    puts equal slices next to each other, first occurrence first; one pass numbers the
+    groups, one more writes the outputs: ``O(n log n)`` comparisons. NaN sorts after
+    every number and all NaNs form one group."""
     x = _required(ins, 0, node)
     axis_attr = node.attr("axis", None)
     if axis_attr is None:
@@ -385,53 +397,61 @@ def lower_unique(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     inverse = sink(2, "i64", (n,))
     counts = sink(3, "i64", (n,))
     count = _count_out(ctx, sink, 4)
-    is_first = ctx.new_buffer("unique_first", "i64", n)
-    rank = ctx.new_buffer("unique_rank", "i64", n)
+    # order: the sorted permutation, then each group's rank; spare: merge scratch, then
+    # each group's first index; group: each element's group (in sorted order).
+    order = ctx.new_buffer("unique_order", "i64", n)
+    spare = ctx.new_buffer("unique_spare", "i64", n)
+    group = ctx.new_buffer("unique_group", "i64", n)
     state = _local(ctx, "i64", "cmp")
     total = _local(ctx, "i64", "u")
-    acc = _local(ctx, "i64", "r")
     outer, inner = x.shape[:axis], x.shape[axis + 1:]
 
-    def mark(i: Expr) -> Stmt:  # is_first[i]: no equal slice before it
-        def against(j: Expr) -> Stmt:
-            return If(_b("lt", j, i), block(
-                _slice_compare(ctx, x, axis, i, j, state),
-                If(_b("eq", _get(state), 0), Store(is_first, i, _c(0)))))
+    def before(p: Expr, q: Expr) -> tuple[Stmt | None, Expr]:  # slices p, q
+        if x.rank == 1:
+            return None, less(x.read((p,)), x.read((q,)))
+        return _slice_compare(ctx, x, axis, p, q, state), _b("lt", _get(state), 0)
 
-        return block(Store(is_first, i, _c(1)), _loop(ctx, n, against, "j"))
+    values = order
+    if x.rank == 1:  # sort the values themselves, their indices alongside
+        values = ctx.new_buffer("unique_values", x.dtype, n)
+        spare_values = ctx.new_buffer("unique_values", x.dtype, n)
+        init = _loop(ctx, n, lambda i: block(Store(order, i, i),
+                                             Store(values, i, x.read((i,)))))
+        sort, scratch = merge_sort(ctx, values, spare_values, n,
+                                   lambda p, q: (None, less(p, q)), (order, spare))
+    else:
+        init = _loop(ctx, n, lambda i: Store(order, i, i))
+        sort, scratch = merge_sort(ctx, order, spare, n, before)
 
-    def place(i: Expr) -> Stmt:  # rank[i] of each first occurrence; write Y, indices
-        def before(j: Expr) -> Stmt:
-            if ordered:
-                test: Stmt = block(_slice_compare(ctx, x, axis, j, i, state),
-                                   If(_b("lt", _get(state), 0), _set(acc, _get(acc) + 1)))
-            else:
-                test = If(_b("lt", j, i), _set(acc, _get(acc) + 1))
-            return If(_b("ne", Load(is_first, j), 0), test)
+    def number(k: Expr) -> Stmt:  # group[order[k]]; spare[g]: the group's first index
+        at = Load(order, k)
+        prev = Binary("max", k - 1, _c(0))
+        setup, fresh = (None, less(Load(values, prev), Load(values, k))) if x.rank == 1 \
+            else before(Load(order, prev), at)
+        return block(setup, If(_b("or", _b("eq", k, 0), fresh), block(
+            Store(spare, _get(total), at), _set(total, _get(total) + 1))),
+            Store(group, at, _get(total) - 1))
+
+    def emit(i: Expr) -> Stmt:  # outputs; a group's first element comes before the rest
+        g = Load(group, i)
+        rank: Expr = g if ordered else Load(order, g)
 
         def copy(o: Index) -> Stmt:
             pre, post = o[:axis], o[axis:]
-            return Store(y, flat_index((*pre, _get(acc), *post), x.shape),
+            return Store(y, flat_index((*pre, rank, *post), x.shape),
                          x.read((*pre, i, *post)))
 
-        return If(_b("ne", Load(is_first, i), 0), block(
-            _set(acc, _c(0)), _loop(ctx, n, before, "j"),
-            Store(rank, i, _get(acc)), Store(first_at, _get(acc), i),
-            _nest(ctx, (*outer, *inner), copy), Store(counts, _get(acc), _c(0)),
-            _set(total, _get(total) + 1)))
-
-    def invert(i: Expr) -> Stmt:  # inverse[i], counts
-        def match(j: Expr) -> Stmt:
-            return If(_b("ne", Load(is_first, j), 0), block(
-                _slice_compare(ctx, x, axis, i, j, state),
-                If(_b("eq", _get(state), 0), _set(acc, Load(rank, j)))))
-
-        return block(_loop(ctx, n, match, "j"), Store(inverse, i, _get(acc)),
-                     Store(counts, _get(acc), Load(counts, _get(acc)) + 1))
+        first = block(None if ordered else block(Store(order, g, _get(total)),
+                                                 _set(total, _get(total) + 1)),
+                      Store(first_at, rank, i), _nest(ctx, (*outer, *inner), copy),
+                      Store(counts, rank, _c(0)))
+        return block(If(_b("eq", Load(spare, g), i), first), Store(inverse, i, rank),
+                     Store(counts, rank, Load(counts, rank) + 1))
 
     ctx.add_kernel("unique", block(
-        _loop(ctx, n, mark), _set(total, _c(0)), _loop(ctx, n, place),
-        _loop(ctx, n, invert), Store(count, _c(0), _get(total))), [state, total, acc])
+        init, sort, _set(total, _c(0)), _loop(ctx, n, number, "k"),
+        Store(count, _c(0), _get(total)), _set(total, _c(0)), _loop(ctx, n, emit)),
+        [state, total, *scratch])
 
 
 def lower_nms(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
@@ -440,7 +460,13 @@ def lower_nms(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     boxes scoring above ``score_threshold`` in descending score order (ties: lower box
     index first), each kept unless its IoU with an already kept box of that class
     exceeds ``iou_threshold``, at most ``max_output_boxes_per_class`` (0 or absent:
-    none) per class. Output rows ``[batch, class, box]``; bound ``B*C*S`` rows."""
+    none) per class. Output rows ``[batch, class, box]``; bound ``B*C*S`` rows.
+
+    Per class: the candidates go into a binary heap (:class:`irkit.lower.sorting.Heap`,
+    built in ``O(n)``) and come out best first, one ``O(log n)`` pop each, only until
+    the limit is reached; each is compared only with the boxes kept so far (their
+    extents and areas stored in rows, a branch-free loop that vectorizes). A NaN score
+    ranks as -inf (and never passes a score threshold)."""
     boxes, scores = _required(ins, 0, node), _required(ins, 1, node)
     if boxes.rank != 3 or scores.rank != 3:
         raise LoweringError("NonMaxSuppression needs boxes [B, S, 4] and scores [B, C, S]")
@@ -463,85 +489,93 @@ def lower_nms(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     out = sink(0, "i64", (simplify_expr(batches * classes * spots), _c(3)))
     count = _count_out(ctx, sink, 1)
     order = ctx.new_buffer("nms_order", "i64", spots)
-    kept = ctx.new_buffer("nms_kept", "i64", spots)
+    keys = ctx.new_buffer("nms_keys", "f32", spots)
+    kept = ctx.new_buffer("nms_kept", "f32", simplify_expr(spots * 5))  # 5 rows: extent, area
     total = _local(ctx, "i64", "k")
     found = _local(ctx, "i64", "m")
     picked = _local(ctx, "i64", "p")
     hit = _local(ctx, "i64", "s")
-
-    def score(b: Expr, c: Expr, i: Expr) -> Expr:
-        return _f32(scores.read((b, c, i)))
-
-    def candidate(b: Expr, c: Expr, i: Expr) -> Expr:
-        if score_ref is None:
-            return Const(True, "bool")
-        return _b("gt", score(b, c, i), _f32(_first(score_ref)))
+    threshold = None if score_ref is None else _f32(_first(score_ref))
 
     def per_class(b: Expr, c: Expr) -> Stmt:
-        def rank_of(i: Expr) -> Stmt:
-            def ahead(j: Expr) -> Stmt:
-                si, sj = score(b, c, i), score(b, c, j)
-                wins = _b("or", _b("gt", sj, si), _b("and", _b("eq", sj, si), _b("lt", j, i)))
-                return If(_b("and", candidate(b, c, j), wins), _set(hit, _get(hit) + 1))
+        def score(i: Expr) -> Expr:
+            return _f32(scores.read((b, c, i)))
 
-            return If(candidate(b, c, i), block(
-                _set(hit, _c(0)), _loop(ctx, spots, ahead, "j"),
-                Store(order, _get(hit), i), _set(found, _get(found) + 1)))
+        def collect(i: Expr) -> Stmt:  # the candidates, in box order
+            key = Select(is_nan(score(i)), Const(float("-inf"), "f32"), score(i))
+            take = block(Store(order, _get(found), i), Store(keys, _get(found), key),
+                         _set(found, _get(found) + 1))
+            return take if threshold is None else If(_b("gt", score(i), threshold), take)
+
+        def better(sp: Expr, p: Expr, sq: Expr, q: Expr) -> Expr:
+            # higher score, then lower index (keys hold no NaN: it ranks as -inf)
+            return _b("or", _b("gt", sp, sq), _b("and", Unary("not", _b("gt", sq, sp)),
+                                                 _b("lt", p, q)))
+
+        heap = Heap(ctx, order, keys, better)
+        locals_.extend(heap.locals)
 
         def visit(r: Expr) -> Stmt:
-            i = Load(order, r)
+            i = Var(ctx.fresh("box"))
+            ext = tuple(Var(ctx.fresh(h), "f32") for h in ("x0", "x1", "y0", "y1", "area"))
+            bind: list[Stmt] = [heap.pop(), Let(i, heap.popped)]
+            bind += [Let(v, e) for v, e in zip(ext, _extent(boxes, b, i, centered))]
+            bind.append(Let(ext[4], (ext[1] - ext[0]) * (ext[3] - ext[2])))
 
-            def check(q: Expr) -> Stmt:
-                return If(_b("lt", q, _get(picked)), If(
-                    _suppresses(boxes, b, i, Load(kept, q), centered, iou_thr),
-                    _set(hit, _c(1))))
+            def check(q: Expr) -> Stmt:  # branch-free: the loop vectorizes
+                other = tuple(Load(kept, spots * k + q) for k in range(5))
+                return _set(hit, _b("or", _get(hit), Cast("i64", _overlaps(ext, other,
+                                                                          iou_thr))))
 
             row = _get(total) * 3
-            keep = block(Store(kept, _get(picked), i), _set(picked, _get(picked) + 1),
+            keep = block(*(Store(kept, spots * k + _get(picked), ext[k]) for k in range(5)),
+                         _set(picked, _get(picked) + 1),
                          Store(out, row, b), Store(out, row + 1, c), Store(out, row + 2, i),
                          _set(total, _get(total) + 1))
-            return If(_b("and", _b("lt", r, _get(found)), _b("lt", _get(picked), limit)),
-                      block(_set(hit, _c(0)), _loop(ctx, spots, check, "q"),
-                            If(_b("eq", _get(hit), 0), keep)))
+            return If(_b("lt", _get(picked), limit), block(
+                *bind, _set(hit, _c(0)), _loop(ctx, _get(picked), check, "q"),
+                If(_b("eq", _get(hit), 0), keep)))
 
-        return block(_set(found, _c(0)), _set(picked, _c(0)),
-                     _loop(ctx, spots, rank_of), _loop(ctx, spots, visit, "r"))
+        return block(_set(found, _c(0)), _set(picked, _c(0)), _loop(ctx, spots, collect),
+                     heap.build(_get(found)), _loop(ctx, _get(found), visit, "r"))
 
+    locals_: list[Buffer] = [total, found, picked, hit]
     body = _loop(ctx, batches, lambda b: _loop(ctx, classes, lambda c: per_class(b, c), "c"),
                  "b")
     ctx.add_kernel("nms", block(_set(total, _c(0)), body, Store(count, _c(0), _get(total))),
-                   [total, found, picked, hit])
+                   locals_)
 
 
 def _f32(e: Expr) -> Expr:
     return e if e.dtype == "f32" else Cast("f32", e)
 
 
-def _suppresses(boxes: TensorRef, b: Expr, i: Expr, j: Expr, centered: bool,
-                threshold: Expr) -> Expr:
-    """Whether box ``j`` suppresses box ``i``: IoU > threshold (ONNX Runtime's rule:
-    corners in either order; an empty intersection or area never suppresses)."""
-    def coord(box: Expr, k: int) -> Expr:
+def _extent(boxes: TensorRef, b: Expr, box: Expr, centered: bool
+            ) -> tuple[Expr, Expr, Expr, Expr]:
+    """Box ``box`` of batch ``b`` as ``x_min, x_max, y_min, y_max`` (corners in either
+    order, or center and size)."""
+    def coord(k: int) -> Expr:
         return _f32(boxes.read((b, box, _c(k))))
 
-    def extent(box: Expr) -> tuple[Expr, Expr, Expr, Expr]:  # x_min, x_max, y_min, y_max
-        if centered:
-            half_w = coord(box, 2) / Const(2.0, "f32")
-            half_h = coord(box, 3) / Const(2.0, "f32")
-            return (coord(box, 0) - half_w, coord(box, 0) + half_w,
-                    coord(box, 1) - half_h, coord(box, 1) + half_h)
-        y1, x1, y2, x2 = (coord(box, k) for k in range(4))
-        return (Binary("min", x1, x2), Binary("max", x1, x2),
-                Binary("min", y1, y2), Binary("max", y1, y2))
+    if centered:
+        half_w = coord(2) / Const(2.0, "f32")
+        half_h = coord(3) / Const(2.0, "f32")
+        return coord(0) - half_w, coord(0) + half_w, coord(1) - half_h, coord(1) + half_h
+    y1, x1, y2, x2 = (coord(k) for k in range(4))
+    return (Binary("min", x1, x2), Binary("max", x1, x2),
+            Binary("min", y1, y2), Binary("max", y1, y2))
 
-    ax0, ax1, ay0, ay1 = extent(i)
-    bx0, bx1, by0, by1 = extent(j)
+
+def _overlaps(a: Sequence[Expr], b: Sequence[Expr], threshold: Expr) -> Expr:
+    """Whether kept box ``b`` suppresses box ``a`` (each ``x_min, x_max, y_min, y_max,
+    area``): IoU > threshold, ONNX Runtime's rule (an empty intersection or area never
+    suppresses)."""
+    ax0, ax1, ay0, ay1, area_a = a
+    bx0, bx1, by0, by1, area_b = b
     ix0, ix1 = Binary("max", ax0, bx0), Binary("min", ax1, bx1)
     iy0, iy1 = Binary("max", ay0, by0), Binary("min", ay1, by1)
     zero = Const(0.0, "f32")
     inter = (ix1 - ix0) * (iy1 - iy0)
-    area_a = (ax1 - ax0) * (ay1 - ay0)
-    area_b = (bx1 - bx0) * (by1 - by0)
     union = area_a + area_b - inter
     valid = _b("and", _b("and", _b("gt", ix1, ix0), _b("gt", iy1, iy0)),
                _b("and", _b("gt", inter, zero),

@@ -41,9 +41,9 @@ def _model(nodes: list[Any], inputs: list[Any], outputs: list[tuple[str, int]],
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
-def _compile(model: onnx.ModelProto, tmp_path: Path) -> Any:
+def _compile(model: onnx.ModelProto, tmp_path: Path, **options: Any) -> Any:
     artifact = api.compile(api.load_model(model), target="llvm", threads=1)
-    return irkit.runtime.load(artifact.save(tmp_path / "artifact"), threads=1)
+    return irkit.runtime.load(artifact.save(tmp_path / "artifact"), threads=1, **options)
 
 
 def _ort(model: onnx.ModelProto) -> Any:
@@ -259,3 +259,64 @@ def test_trim_entry_is_checked() -> None:
                 {"count": "y__count", "outputs": {"y__count": 0}}, ["y"]):
         with pytest.raises(ArtifactError, match=r"seg\.trim"):
             Trim.from_json(bad, outputs, {"y": 2, "y__count": 1}, "seg")
+
+
+def sort_model() -> onnx.ModelProto:
+    vi = helper.make_tensor_value_info
+    nodes = [helper.make_node("Unique", ["u"], ["uy", "ui", "uinv", "uc"], sorted=1),
+             helper.make_node("Unique", ["f"], ["fy", "fi", "finv", "fc"], sorted=0),
+             helper.make_node("NonMaxSuppression", ["boxes", "scores", "limit", "iou", "thr"],
+                              ["sel"])]
+    inputs = [vi("u", T.INT64, ["U"]), vi("f", T.FLOAT, ["F"]),
+              vi("boxes", T.FLOAT, [1, "S", 4]), vi("scores", T.FLOAT, [1, "C", "S"]),
+              vi("limit", T.INT64, [1]), vi("iou", T.FLOAT, [1]), vi("thr", T.FLOAT, [1])]
+    outputs = [(f"{p}{s}", t if s == "y" else T.INT64)
+               for p, t in (("u", T.INT64), ("f", T.FLOAT)) for s in ("y", "i", "inv", "c")]
+    return _model(nodes, inputs, [*outputs, ("sel", T.INT64)])
+
+
+def test_sorting_at_size_and_nan(tmp_path: Path) -> None:
+    """Unique's merge sort over thousands of elements (many merge passes, long runs of
+    ties) and NMS's heap over thousands of crowded boxes (many suppressed, the limit
+    reached in some classes) give ONNX Runtime's exact answer; NaN is one group sorted
+    last (Unique) and the lowest score (NMS)."""
+    model = sort_model()
+    compiled, reference = _compile(model, tmp_path, reject_nonfinite=False), _ort(model)
+    r = np.random.default_rng(7)
+    s = 3000
+    corner = r.uniform(0, 60, (1, s, 2)).astype(np.float32)
+    boxes = np.concatenate([corner, corner + r.uniform(4, 12, (1, s, 2))], axis=2)
+    scores = r.uniform(0, 1, (1, 3, s)).astype(np.float32)
+    scores[:, :, 5::9] = scores[:, :, 3:4]  # ties across the whole range
+    scores[:, 2] = np.round(scores[:, 2], 2)  # many more ties
+    scores[:, 1] *= 0.22  # few candidates: fewer kept than the limit
+    feeds = {"u": r.integers(-900, 900, 5000), "f": r.integers(0, 300, 4001) / np.float32(4),
+             "boxes": boxes.astype(np.float32), "scores": scores,
+             "limit": np.array([150], np.int64), "iou": np.array([0.4], np.float32),
+             "thr": np.array([0.2], np.float32)}
+    feeds["f"] = feeds["f"].astype(np.float32)
+    want, got = reference(feeds), compiled.run(feeds)
+    for name, expected in want.items():
+        np.testing.assert_array_equal(got[name], expected, err_msg=name)
+    per_class = np.bincount(got["sel"][:, 1], minlength=3)
+    assert per_class.max() == 150 and per_class.min() < 150  # limit hit, and not hit
+
+    nan = np.float32("nan")
+    feeds.update(f=np.array([2, nan, 1, nan, 2, -1], np.float32), thr=np.array([-1], np.float32))
+    feeds["scores"] = np.full((1, 3, s), nan, np.float32)
+    feeds["scores"][0, :, :3] = [0.5, 0.9, 0.7]
+    feeds["boxes"][0, :3] = [[0, 0, 1, 1], [2, 2, 3, 3], [4, 4, 5, 5]]
+    got = compiled.run(feeds)
+    np.testing.assert_array_equal(got["fy"], [2, nan, 1, -1])  # sorted=0: first occurrence
+    np.testing.assert_array_equal(got["fi"], [0, 1, 2, 5])
+    np.testing.assert_array_equal(got["finv"], [0, 1, 2, 1, 0, 3])
+    np.testing.assert_array_equal(got["fc"], [2, 2, 1, 1])
+    np.testing.assert_array_equal(got["sel"][:, 2], [1, 2, 0] * 3)  # NaN > -1 is false
+    no_threshold = _model([helper.make_node("NonMaxSuppression", ["b", "s", "k"], ["sel"])],
+                          [helper.make_tensor_value_info("b", T.FLOAT, [1, "S", 4]),
+                           helper.make_tensor_value_info("s", T.FLOAT, [1, 1, "S"]),
+                           helper.make_tensor_value_info("k", T.INT64, [1])], [("sel", T.INT64)])
+    sel = _compile(no_threshold, tmp_path / "nt", reject_nonfinite=False).run(
+        {"b": feeds["boxes"][:, :6], "s": feeds["scores"][:, :1, [3, 0, 4, 1, 5, 2]],
+         "k": np.array([5], np.int64)})["sel"]
+    np.testing.assert_array_equal(sel[:, 2], [3, 5, 1, 0, 2])  # NaN last, in box order
