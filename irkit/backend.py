@@ -170,6 +170,7 @@ class KernelBackend:
 
     def compile(self, graph: Graph, **options: Any) -> Artifact:
         """Legalize, lower and emit ``graph`` for each target; one artifact."""
+        from irkit.lower.control import is_host_node
         from irkit.lower.dynamic import prepare_dynamic
         from irkit.lower.legalize import legalize
 
@@ -192,15 +193,19 @@ class KernelBackend:
             compiled.variants.append(Variant(target.to_json(), self.requirements(target),
                                              tuple(segments)))
             fallback_ops = sorted({n.qualified_op for n in caps.unsupported(legal)
-                                   if not is_dynamic(n)})
+                                   if not is_dynamic(n) and not is_host_node(n)})
             if fallback_ops and not any("fallback_ops" in n for n in notes):
                 notes.append({"fallback": "ort", "fallback_ops": fallback_ops})
+            control_ops = sorted({n.op for n in legal.nodes if is_host_node(n)})
+            if control_ops and not any("control_flow" in n for n in notes):
+                notes.append({"control_flow": "runtime", "ops": control_ops})
         entry = ProgramEntry(tuple(compiled.variants)).to_json()
         entry["compile_seconds"] = {**{k: round(v, 4) for k, v in compiled.seconds.items()},
                                     "total": round(time.perf_counter() - start, 4)}
         entry["targets"] = [t.name for t in targets]
-        if notes:
-            entry["fallback_ops"] = notes[0]["fallback_ops"]
+        for note in notes:
+            if "fallback_ops" in note:
+                entry["fallback_ops"] = note["fallback_ops"]
         return build_artifact(graph, backend=self.name,
                               target=",".join(t.name for t in targets),
                               files=compiled.files, entry=entry, options=opts, report=notes,
@@ -209,9 +214,12 @@ class KernelBackend:
     def _segments(self, graph: Graph, target: Target, caps: Capabilities,
                   options: Mapping[str, Any], prefix: str, compiled: _Compiled
                   ) -> list[Segment]:
+        from irkit.backend_control import control_segments, needs_control
         from irkit.interop.onnx_export import to_onnx
         from irkit.lower.partition import split_graph
 
+        if needs_control(graph):  # Loop/If/sequences run by the runtime: their own segments
+            return control_segments(self, graph, target, caps, options, prefix, compiled)
         if self.dynamic_shapes and any(is_dynamic(n) for n in graph.nodes):
             return self._dynamic_segments(graph, target, caps, options, prefix, compiled)
         missing = caps.unsupported(graph)

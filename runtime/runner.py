@@ -43,6 +43,13 @@ import numpy as np
 
 from irkit.runtime.artifact import ArtifactError, Manifest, read_verified
 from irkit.runtime.call_keys import CALL_KEY_SYMBOL, CallKeys, random_seed_option
+from irkit.runtime.control import (
+    CONTROL_KINDS,
+    CheckedProgram,
+    feed_value,
+    nested_runners,
+    open_control,
+)
 from irkit.runtime.dynamic import TrimmingRunner
 from irkit.runtime.guards import check_guards, validate_guards
 from irkit.runtime.hostcpu import Host, host
@@ -362,7 +369,7 @@ class SegmentedRunner:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values: dict[str, np.ndarray] = dict(inputs)
         for names, runner in self._segments:
-            feed = {name: np.ascontiguousarray(values[name]) for name in names}
+            feed = {name: feed_value(values[name]) for name in names}
             values.update(runner.run(feed))
         return {name: values[name] for name in self._outputs}
 
@@ -425,7 +432,7 @@ def open_program(artifact_dir: Path, manifest: Manifest, make_library: LibraryFa
             opened.close()
         raise
     keep = int(overrides.get("workspace_keep_mb", WORKSPACE_KEEP_BYTES / 2**20) * 2**20)
-    for _, part in runners:
+    for part in [p for _, r in runners for p in (r, *nested_runners(r))]:
         part = getattr(part, "inner", part)  # a TrimmingRunner's program runner
         if isinstance(part, ProgramRunner):
             part.parallel_min_seconds = min_us / 1e6
@@ -490,6 +497,9 @@ def _segment_runner(artifact_dir: Path, manifest: Manifest, segment: Segment,
                     make_library: LibraryFactory, make_runner: RunnerFactory,
                     threads: int, dtypes: Mapping[str, np.dtype]) -> Any:
     where = f"artifact {artifact_dir}"
+    if segment.kind in CONTROL_KINDS:  # loop bodies and branches: their own segments
+        return open_control(segment, functools.partial(
+            _nested_runner, artifact_dir, manifest, make_library, make_runner, threads))
     if segment.kind == "ort":
         assert segment.model is not None
         model = read_verified(artifact_dir, manifest, segment.model)
@@ -519,3 +529,15 @@ def _segment_runner(artifact_dir: Path, manifest: Manifest, segment: Segment,
     except BaseException:
         library.close()
         raise
+
+
+def _nested_runner(artifact_dir: Path, manifest: Manifest, make_library: LibraryFactory,
+                   make_runner: RunnerFactory, threads: int, segment: Segment) -> Any:
+    """A segment of a loop body or an If branch: kernel programs check the shapes they
+    are fed (a loop-carried value may change shape), one thread each (a body runs many
+    short calls)."""
+    runner = _segment_runner(artifact_dir, manifest, segment, make_library, make_runner,
+                             1, {})
+    if segment.program is not None:
+        return CheckedProgram(runner, segment.program)
+    return runner

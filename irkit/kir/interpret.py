@@ -36,6 +36,8 @@ undefined (raise). ``dot4_u8s8(acc, a, b)`` on ``i32``:
 wrapping; the products are exact (no 16-bit saturation). ``dot4_u8s7`` is the same sum
 when every byte of ``b`` lies in [-64, 64], and undefined (raise) otherwise: the lowering
 emits it only with such weights, where x86's ``vpmaddubsw`` pair sums cannot saturate.
+``dot8_u8s6(acc, a0, b0, a1, b1)`` is ``dot4_u8s8(dot4_u8s8(acc, a0, b0), a1, b1)`` when
+every byte of ``b0`` and ``b1`` lies in [-32, 32], undefined (raise) otherwise.
 
 **Floats.** ``f32``/``f64`` arithmetic is IEEE 754, round to nearest even, one rounding
 per operation; ``div`` is the IEEE quotient and ``mod`` is C ``fmod``. Compares are

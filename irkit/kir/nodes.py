@@ -44,6 +44,10 @@ CALLS = {
     # dot4_u8s8 whose b bytes all lie in [-64, 64] (the lowering guarantees it): two
     # u8*s8 products then sum within int16, which x86's vpmaddubsw needs to be exact.
     "dot4_u8s7": 3,
+    # dot8_u8s6(acc, a0, b0, a1, b1) = dot4_u8s8(dot4_u8s8(acc, a0, b0), a1, b1) whose b
+    # bytes all lie in [-32, 32]: the int16 pair sums of both words then add up within
+    # int16 (255 * 32 * 4), so x86 adds two vpmaddubsw results before one vpmaddwd.
+    "dot8_u8s6": 5,
     # GPU templates only, inside a ``thread`` loop: ``x`` as thread ``t ^ mask`` of the
     # same warp (32 consecutive threads) holds it; every thread of the warp computes it.
     "shfl_xor": 2,

@@ -132,7 +132,7 @@ class LlvmBackend(KernelBackend):
 def _uses_int8_dot(program: Any) -> bool:
     from irkit.kir.visit import calls_in
 
-    return any({"dot4_u8s8", "dot4_u8s7"} & calls_in(kernel.body) for kernel in program.kernels)
+    return any({"dot4_u8s8", "dot4_u8s7", "dot8_u8s6"} & calls_in(kernel.body) for kernel in program.kernels)
 
 
 def _link_shared(object_code: bytes, program: Any) -> dict[str, bytes]:

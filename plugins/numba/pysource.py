@@ -452,6 +452,8 @@ class KernelSource:
         texts = [self.expr(a, lane) for a in args]
         if fn in ("dot4_u8s8", "dot4_u8s7"):  # u8s7: the same exact sum ([-64, 64] bytes)
             return self.helper("_dot4_u8s8", *texts)
+        if fn == "dot8_u8s6":  # two exact dot4 steps ([-32, 32] bytes)
+            return self.helper("_dot4_u8s8", self.helper("_dot4_u8s8", *texts[:3]), *texts[3:])
         if fn in ("shl", "shr"):
             return self.wrap_int(f"({texts[0]} {'<<' if fn == 'shl' else '>>'} {texts[1]})",
                                  dtype)

@@ -25,8 +25,10 @@ KNOWN_WRONG = {
 # measured: 1,520 of 1,884 (80.7%) on 2026-11-30; 1,666 (88.4%) on 2026-12-07 with the
 # low-bit types (issue #22). The 24 Casts from float to int4/int2 whose stored expected
 # values give 0 for out-of-range inputs (undefined in ONNX; onnx.reference and irkit wrap)
-# are evaluator-error, not failures.
-MIN_PASSING = 1656
+# are evaluator-error, not failures. 1,691 (89.8%) later that day with data-dependent shapes
+# (NonZero, Compress, Unique, NonMaxSuppression: +18) and run-time Loop/If, sequences and
+# optionals (+7).
+MIN_PASSING = 1681
 
 
 @pytest.mark.slow
