@@ -578,18 +578,17 @@ def lower_topk(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                 Let(v, x.read(at(r))),
                 If(enters(v, Load(keys, base)), heap.replace_top(r, v))), start=first)
 
-        rest = simplify_expr(n - count)
-        blocks = simplify_expr(Binary("div", rest, Const(_TOPK_BLOCK)))
+        # The last block may be shorter.
+        blocks = simplify_expr(Binary("div", n - count + (_TOPK_BLOCK - 1), Const(_TOPK_BLOCK)))
         first = simplify_expr(count + blk * _TOPK_BLOCK)
-        check = For(e, Const(_TOPK_BLOCK), block(
+        size = Var(ctx.fresh("bsize"))
+        check = For(e, size, block(
             Let(w, x.read(at(simplify_expr(first + e)))),
             Store(hit, z, Binary("or", Load(hit, z), enters(w, root)))))
-        scan = block(
-            For(blk, blocks, block(
-                Let(root, Load(keys, base)), Store(hit, z, Const(False, "bool")), check,
-                If(Load(hit, z), walk(first, Const(_TOPK_BLOCK))))),
-            walk(simplify_expr(count + blocks * _TOPK_BLOCK),
-                 simplify_expr(rest - blocks * _TOPK_BLOCK)))
+        scan = For(blk, blocks, block(
+            Let(root, Load(keys, base)), Store(hit, z, Const(False, "bool")),
+            Let(size, Binary("min", Const(_TOPK_BLOCK), simplify_expr(n - first))),
+            check, If(Load(hit, z), walk(first, size))))
         spot = simplify_expr(base + count - 1 - t)
         drain = For(t, count, block(
             Let(top_i, Load(order, base)), Let(top_k, Load(keys, base)), heap.pop(True),
