@@ -520,8 +520,9 @@ def lower_topk(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     Runtime orders them). Per row a binary heap of the K best so far, its root the worst
     of them: the first K elements build it, each later one replaces the root only when
     it beats it (one comparison for most), then popping the heap fills the row from its
-    end. O(n + K log K) comparisons typically, O(n log K) at worst. The heap lives in the
-    outputs themselves when ``axis`` is the last one, else in scratch at the row's
+    end. O(n) comparisons plus O(log K) for each element that enters (about K·ln(n/K)
+    of them in data in random order), O(n log K) at worst (an ascending row with
+    ``largest=1``). The heap lives in the outputs themselves when ``axis`` is the last one, else in scratch at the row's
     offset (rows run in parallel)."""
     x, k_ref = _required(ins, 0, node), _required(ins, 1, node)
     if x.dtype not in ORDERED:
