@@ -2,32 +2,44 @@
 
     python benchmarks/serve_grpc.py [--seconds 0.5] [--rounds 5] [--clients 1,16,64]
                                     [--models digits,gemm512] [--client auto|h2load|python]
+                                    [--no-stream]
 
 Each server runs in its own subprocess with the same model and batching settings
 (max_batch=32, max_delay_ms=2, one inference thread):
 
 - ``http``: ``HttpAdapter`` (uvicorn, httptools, uvloop);
-- ``grpc``: ``GrpcAdapter`` (grpcio's asyncio server, uvloop);
+- ``grpc``: ``GrpcAdapter`` (grpcio's asyncio server, uvloop), unary ModelInfer: the
+  criterion's row;
 - ``grpc const``: the same ``GrpcAdapter`` whose ModelInfer answers a precomputed
   response without decoding, batching or running anything: the ceiling of the grpcio
-  stack itself (as ``serve_http.py``'s constant server is for HTTP).
+  stack itself (as ``serve_http.py``'s constant server is for HTTP);
+- ``grpc stream``: the ``grpc`` server's ModelStreamInfer (one long-lived stream per
+  client, one request in flight on each), which clients use for throughput.
 
 Both protocols carry binary tensors: HTTP with Triton's binary tensor extension both ways,
 gRPC with ``raw_input_contents`` / ``raw_output_contents`` as tritonclient sends them.
 
 Load generator: ``h2load`` (Debian's ``nghttp2-client``; HTTP/1.1 with ``--h1``, gRPC as
-HTTP/2 POSTs of a length-prefixed ModelInferRequest), one connection per client, each
-sending one request after another, so the client side costs the same little for both
-protocols. Without h2load (``--client python``) the clients are Python: raw HTTP/1.1 on
-asyncio (as ``serve_http.py``) and a ``grpc.aio`` channel sending pre-serialized bytes,
-which costs far more client CPU per request than the HTTP one on a small machine. Each
-window runs ``--seconds`` after a short warm-up; failures are the server's non-ok requests
-(its ``irkit_requests_total``), since h2load sees gRPC errors only in trailers.
+HTTP/2 POSTs of a length-prefixed ModelInferRequest serialized once), one connection per
+client, each sending one request after another: the same C client for both protocols, no
+client library on either side (HTTP/2 framing costs h2load itself about twice what
+HTTP/1.1 does per request: the ``client us`` column). h2load cannot stream, so the
+``grpc stream`` rows come from a Python ``grpc.aio`` client writing pre-serialized bytes
+(one channel, connection and stream per client). Without h2load (``--client python``)
+the unary clients are Python too: raw HTTP/1.1 on asyncio (as ``serve_http.py``) and a
+``grpc.aio`` channel sending pre-serialized bytes, which costs far more client CPU per
+request than the HTTP one on a small machine. Before timing, one request of each load
+generator is checked on every server, and ``tritonclient.grpc`` and
+``tritonclient.http`` (if installed) must get the same outputs from the two protocols.
+Each window runs ``--seconds`` after a short warm-up; failures are the server's non-ok
+requests (its ``irkit_requests_total``), since h2load sees gRPC errors only in trailers.
 
 The table gives requests/s (median window), p50/p99 latency over all windows, mean rows
-per model call, server CPU per request, and per (model, clients) the gRPC/HTTP ratio of
-requests/s and of requests per server CPU-second, each the median of per-round ratios of
-back-to-back windows (other load on a shared machine moves single windows, not these).
+per model call, server CPU and load generator CPU per request, and per (model, clients)
+the gRPC/HTTP ratio of requests/s and of requests per server CPU-second, each the median
+of per-round ratios of back-to-back windows (other load on a shared machine moves single
+windows, not these). When unary gRPC misses the target, the server CPU per request of
+HTTP, gRPC and grpcio answering a constant say why.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +63,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_http import Point, build_models, paired_ratio, run_load
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
-KINDS = ("http", "grpc", "grpc const")
+STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+KINDS = ("http", "grpc", "grpc const")  # one server process each
+STREAM = "grpc stream"  # the "grpc" server's ModelStreamInfer, driven by a Python client
+
+
+@dataclass
+class GrpcPoint(Point):
+    # load generator CPU per request (us), one entry per window
+    window_client_us: list[float] = field(default_factory=list)
+
+    @property
+    def client_us(self) -> float:
+        return float(np.median(self.window_client_us))
 
 
 # ----------------------------------------------------------------------------- servers
@@ -234,6 +259,45 @@ async def _grpc_python_load(port: int, request: bytes, clients: int,
     return latencies
 
 
+async def _grpc_stream_load(port: int, request: bytes, clients: int,
+                            seconds: float) -> list[float]:
+    """ModelStreamInfer: one stream per client, each its own connection, writing one
+    pre-serialized request and reading its answer before the next."""
+    import grpc
+
+    latencies: list[float] = []
+    # a channel of its own per client (not one shared subchannel): a connection each, as h2load
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                          options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(clients)]  # fmt: skip
+    try:
+        async def client(channel: Any, stop_at: float, record_from: float) -> None:
+            call = channel.stream_stream(STREAM_INFER)()
+            while (now := time.perf_counter()) < stop_at:
+                await call.write(request)
+                answer = await call.read()
+                if now >= record_from and answer and not answer.startswith(b"\n"):
+                    latencies.append(time.perf_counter() - now)  # field 1: error_message
+            await call.done_writing()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(channel, start + 0.2 + seconds, start + 0.2)
+                               for channel in channels))  # fmt: skip
+    finally:
+        for channel in channels:
+            await channel.close()
+    return latencies
+
+
+def stream_load(port: int, model: str, clients: int, seconds: float) -> list[float]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_grpc_stream_load(port, grpc_request(model), clients, seconds))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_grpc_stream_load(port, grpc_request(model), clients, seconds))
+
+
 def python_load(kind: str, port: int, model: str, clients: int,
                 seconds: float) -> list[float]:
     if kind == "http":
@@ -241,14 +305,27 @@ def python_load(kind: str, port: int, model: str, clients: int,
     return asyncio.run(_grpc_python_load(port, grpc_request(model), clients, seconds))
 
 
-def measure(point: Point, server: Server, seconds: float, client: str) -> None:
+def _client_cpu() -> float:
+    """CPU seconds of this process and its finished children (h2load runs)."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def measure(point: GrpcPoint, server: Server, seconds: float, client: str) -> None:
     """Add one measurement window to ``point``."""
     before = server.stats()
-    cpu_before = server.cpu_seconds()
-    load = h2load_load if client == "h2load" else python_load
-    latencies = load(server.kind, server.port, point.model, point.clients, seconds)
+    cpu_before, client_before = server.cpu_seconds(), _client_cpu()
+    if point.server == STREAM:
+        latencies = stream_load(server.port, point.model, point.clients, seconds)
+    else:
+        load = h2load_load if client == "h2load" else python_load
+        latencies = load(server.kind, server.port, point.model, point.clients, seconds)
     cpu = (server.cpu_seconds() - cpu_before) * seconds / (seconds + 0.2)
+    client_cpu = (_client_cpu() - client_before) * seconds / (seconds + 0.2)
     after = server.stats()
+    point.window_client_us.append(1e6 * client_cpu / max(1, len(latencies)))
     point.window_rps.append(len(latencies) / seconds)
     point.window_per_cpu.append(len(latencies) / cpu if cpu else float("nan"))
     point.latencies += latencies
@@ -258,7 +335,9 @@ def measure(point: Point, server: Server, seconds: float, client: str) -> None:
 
 
 def check_servers(servers: dict[tuple[str, str], Server]) -> None:
-    """One real request per server, checked, before anything is timed."""
+    """Before anything is timed: the exact request each load generator sends gets an
+    answer from every server, and Triton's own clients (``tritonclient.grpc`` and
+    ``tritonclient.http``, when installed) get the same outputs from both protocols."""
     import grpc
 
     from irkit.runtime.adapters.oip import inference_pb2 as pb
@@ -277,6 +356,36 @@ def check_servers(servers: dict[tuple[str, str], Server]) -> None:
             answer = pb.ModelInferResponse.FromString(
                 channel.unary_unary(INFER)(grpc_request(model)))
         assert len(answer.raw_output_contents) == 1, f"{kind} {model}: no output"
+    for model in {m for m, _ in servers}:
+        if (model, "http") in servers and (model, "grpc") in servers:
+            _check_with_tritonclient(model, servers[model, "http"].port,
+                                     servers[model, "grpc"].port)  # fmt: skip
+
+
+def _check_with_tritonclient(model: str, http_port: int, grpc_port: int) -> None:
+    try:
+        import tritonclient.grpc as tgrpc
+        import tritonclient.http as thttp
+    except ImportError:
+        return
+    x = _input(model)
+    grpc_in = tgrpc.InferInput("x", list(x.shape), "FP32")
+    grpc_in.set_data_from_numpy(x)
+    http_in = thttp.InferInput("x", list(x.shape), "FP32")
+    http_in.set_data_from_numpy(x, binary_data=True)
+    grpc_client = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    http_client = thttp.InferenceServerClient(f"127.0.0.1:{http_port}")
+    try:
+        over_grpc = grpc_client.infer(model, [grpc_in]).get_response()
+        over_http = http_client.infer(model, [http_in])
+    finally:
+        grpc_client.close()
+        http_client.close()
+    for index, output in enumerate(over_grpc.outputs):
+        got = np.frombuffer(over_grpc.raw_output_contents[index], "<f4")
+        want = over_http.as_numpy(output.name).ravel()
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6,
+                                   err_msg=f"{model}: gRPC and HTTP answers differ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--client", default="auto", choices=("auto", "h2load", "python"),
                         help="load generator (auto: h2load if on PATH)")
+    parser.add_argument("--no-stream", dest="stream", action="store_false",
+                        help=f"leave out the {STREAM!r} rows (ModelStreamInfer)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--artifact", help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
@@ -312,15 +423,18 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in KINDS:
                     servers[model, kind] = Server(kind, artifacts[model], args.max_batch)
             check_servers(servers)
-            points = {(m, k, c): Point(m, k, c) for m in models for k in KINDS for c in clients}
+            kinds = (*KINDS, STREAM) if args.stream else KINDS
+            points = {(m, k, c): GrpcPoint(m, k, c) for m in models for k in kinds
+                      for c in clients}  # fmt: skip
             # round-robin windows, the servers of one point back to back, in an order
             # reversed every other round (see serve_http.py)
             for round_ in range(args.rounds):
                 for model in models:
                     for count in clients:
-                        for kind in KINDS[:: -1 if round_ % 2 else 1]:
-                            measure(points[model, kind, count], servers[model, kind],
-                                    args.seconds, client)  # fmt: skip
+                        for kind in kinds[:: -1 if round_ % 2 else 1]:
+                            server = servers[model, "grpc" if kind == STREAM else kind]
+                            measure(points[model, kind, count], server, args.seconds,
+                                    client)  # fmt: skip
         finally:
             for server in servers.values():
                 server.close()
@@ -331,11 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_table(points: list[Point], client: str) -> None:
+def print_table(points: list[GrpcPoint], client: str) -> None:
     index = {(p.model, p.server, p.clients): p for p in points}
-    print(f"\n{'model':8} {'server':10} {'clients':>7} {'req/s':>7} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'rows/call':>9} {'fail':>4} {'us cpu/req':>10} {'vs http':>7} "
-          f"{'per cpu':>7}")  # fmt: skip
+    print(f"\n{'model':8} {'server':11} {'clients':>7} {'req/s':>7} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'rows/call':>9} {'fail':>4} {'us cpu/req':>10} {'client us':>9} "
+          f"{'vs http':>7} {'per cpu':>7}")  # fmt: skip
     for p in points:
         http = index.get((p.model, "http", p.clients))
         ratio = per_cpu = ""
@@ -343,12 +457,17 @@ def print_table(points: list[Point], client: str) -> None:
             ratio = f"{paired_ratio(p, http):.2f}x"
             per_cpu = f"{paired_ratio(p, http, per_cpu=True):.2f}x"
         batch = f"{p.mean_batch:.1f}" if p.calls else ""
-        print(f"{p.model:8} {p.server:10} {p.clients:7d} {p.rps:7.0f} "
+        print(f"{p.model:8} {p.server:11} {p.clients:7d} {p.rps:7.0f} "
               f"{p.percentile_ms(50):7.2f} {p.percentile_ms(99):7.2f} {batch:>9} "
-              f"{p.failures:4d} {1e6 / p.per_cpu:10.0f} {ratio:>7} {per_cpu:>7}")  # fmt: skip
-    print(f"\nload generator: {client}. req/s is the median window; us cpu/req is server CPU "
-          "per request (median window);\na ratio is the median of per-round ratios of "
-          "back-to-back windows. Binary tensors on both protocols.")  # fmt: skip
+              f"{p.failures:4d} {1e6 / p.per_cpu:10.0f} {p.client_us:9.0f} {ratio:>7} "
+              f"{per_cpu:>7}")  # fmt: skip
+    print(f"\nload generator: {client} for http, grpc and grpc const (unary ModelInfer); "
+          f"{STREAM}: ModelStreamInfer from\na Python grpc.aio client (h2load cannot "
+          "stream), pre-serialized bytes, one stream and connection per client.\n"
+          "req/s is the median window; us cpu/req is server CPU per request and client us "
+          "the load generator's\nCPU per request (median windows); a ratio is the median "
+          "of per-round ratios of back-to-back\nwindows. Binary tensors on both "
+          "protocols.")  # fmt: skip
     top = max(p.clients for p in points)
     print(f"\ntarget at {top} clients: gRPC >= HTTP requests/s")
     for model in sorted({p.model for p in points}):
@@ -363,6 +482,20 @@ def print_table(points: list[Point], client: str) -> None:
             if const:
                 line += f"; grpcio's own ceiling (grpc const) {paired_ratio(const, http_point):.2f}x"
             print(line)
+            stream = index.get((model, STREAM, top))
+            if stream:
+                print(f"    ModelStreamInfer (not the criterion): "
+                      f"{paired_ratio(stream, http_point):.2f}x HTTP "
+                      f"[{paired_ratio(stream, http_point, per_cpu=True):.2f}x per server "
+                      "CPU-second]")  # fmt: skip
+            if const and ratio < 1:
+                # server CPU per request: what each request costs the server's process
+                http_us, grpc_us, const_us = (1e6 / p.per_cpu
+                                              for p in (http_point, grpc_point, const))
+                print(f"    server CPU per request: HTTP {http_us:.0f} us (whole path, "
+                      f"{http_point.mean_batch:.1f} rows per model call), gRPC "
+                      f"{grpc_us:.0f} us ({grpc_point.mean_batch:.1f} rows per call), grpcio "
+                      f"answering a constant {const_us:.0f} us")  # fmt: skip
 
 
 if __name__ == "__main__":

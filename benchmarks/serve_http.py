@@ -342,9 +342,11 @@ class Point:
 
 def paired_ratio(a: Point, b: Point, per_cpu: bool = False) -> float:
     """Median over rounds of a/b within each round (the two windows ran back to back)."""
-    if per_cpu:
-        return float(np.median([x / y for x, y in zip(a.window_per_cpu, b.window_per_cpu)]))
-    return float(np.median([x / y for x, y in zip(a.window_rps, b.window_rps)]))
+    pairs = zip(a.window_per_cpu, b.window_per_cpu) if per_cpu else zip(a.window_rps,
+                                                                           b.window_rps)
+    # a window that got no answer at all (the machine starved the client) has no ratio
+    ratios = [x / y for x, y in pairs if x > 0 and y > 0]
+    return float(np.median(ratios)) if ratios else float("nan")
 
 
 def run_load(

@@ -29,6 +29,7 @@ from irkit import __version__
 from irkit.errors import IrkitError, UnsupportedOpsError
 from irkit.ir import Graph, Value
 from irkit.lower import Capabilities, LoweredModel, LoweringError, Tiles
+from irkit.lower.dynamic import is_dynamic
 from irkit.runtime.artifact import Artifact
 from irkit.runtime.options import Option, resolve_options
 from irkit.runtime.program import KernelProgram, ProgramEntry, Segment, Variant
@@ -124,6 +125,9 @@ class KernelBackend:
     families: ClassVar[tuple[str, ...]] = ("cpu",)
     default_arch: ClassVar[str] = "native"
     options: ClassVar[dict[str, Option]] = KERNEL_OPTIONS
+    # Whether its runtime runs data-dependent ops (NonZero, Unique…) as segments whose
+    # outputs are cut to a size the kernel reports (irkit.lower.dynamic).
+    dynamic_shapes: ClassVar[bool] = False
 
     # -- what a backend provides -------------------------------------------------------
     def capabilities(self, target: Target) -> Capabilities:
@@ -166,10 +170,13 @@ class KernelBackend:
 
     def compile(self, graph: Graph, **options: Any) -> Artifact:
         """Legalize, lower and emit ``graph`` for each target; one artifact."""
+        from irkit.lower.control import is_host_node
+        from irkit.lower.dynamic import prepare_dynamic
         from irkit.lower.legalize import legalize
 
         opts = self.resolve(options)
         targets = self.targets(opts)
+        graph = prepare_dynamic(graph, self.name, self.dynamic_shapes, BackendUnsupportedError)
         start = time.perf_counter()
         compiled = _Compiled()
         notes: list[Any] = []
@@ -185,15 +192,20 @@ class KernelBackend:
                 raise BackendUnsupportedError(str(exc)) from exc
             compiled.variants.append(Variant(target.to_json(), self.requirements(target),
                                              tuple(segments)))
-            fallback_ops = sorted({n.qualified_op for n in caps.unsupported(legal)})
+            fallback_ops = sorted({n.qualified_op for n in caps.unsupported(legal)
+                                   if not is_dynamic(n) and not is_host_node(n)})
             if fallback_ops and not any("fallback_ops" in n for n in notes):
                 notes.append({"fallback": "ort", "fallback_ops": fallback_ops})
+            control_ops = sorted({n.op for n in legal.nodes if is_host_node(n)})
+            if control_ops and not any("control_flow" in n for n in notes):
+                notes.append({"control_flow": "runtime", "ops": control_ops})
         entry = ProgramEntry(tuple(compiled.variants)).to_json()
         entry["compile_seconds"] = {**{k: round(v, 4) for k, v in compiled.seconds.items()},
                                     "total": round(time.perf_counter() - start, 4)}
         entry["targets"] = [t.name for t in targets]
-        if notes:
-            entry["fallback_ops"] = notes[0]["fallback_ops"]
+        for note in notes:
+            if "fallback_ops" in note:
+                entry["fallback_ops"] = note["fallback_ops"]
         return build_artifact(graph, backend=self.name,
                               target=",".join(t.name for t in targets),
                               files=compiled.files, entry=entry, options=opts, report=notes,
@@ -202,9 +214,14 @@ class KernelBackend:
     def _segments(self, graph: Graph, target: Target, caps: Capabilities,
                   options: Mapping[str, Any], prefix: str, compiled: _Compiled
                   ) -> list[Segment]:
+        from irkit.backend_control import control_segments, needs_control
         from irkit.interop.onnx_export import to_onnx
         from irkit.lower.partition import split_graph
 
+        if needs_control(graph):  # Loop/If/sequences run by the runtime: their own segments
+            return control_segments(self, graph, target, caps, options, prefix, compiled)
+        if self.dynamic_shapes and any(is_dynamic(n) for n in graph.nodes):
+            return self._dynamic_segments(graph, target, caps, options, prefix, compiled)
         missing = caps.unsupported(graph)
         if not missing or options["fallback"] != "ort":
             program = self._program(graph, target, caps, options, prefix, compiled)
@@ -224,6 +241,31 @@ class KernelBackend:
                                     program=program))
         return segments
 
+    def _dynamic_segments(self, graph: Graph, target: Target, caps: Capabilities,
+                          options: Mapping[str, Any], prefix: str, compiled: _Compiled
+                          ) -> list[Segment]:
+        """Each data-dependent node a program of its own whose outputs the runtime cuts
+        to the count it writes; the runs between them as usual (ORT fallback included)."""
+        from irkit.lower.dynamic import lower_dynamic_graph, split_dynamic
+        from irkit.runtime.dynamic import Trim
+
+        segments: list[Segment] = []
+        for index, part in enumerate(split_dynamic(graph)):
+            tag = f"{prefix}seg{index}_"
+            if not part.dynamic:
+                segments.extend(self._segments(part.graph, target, caps, options, tag,
+                                               compiled))
+                continue
+            start = time.perf_counter()
+            lowered = lower_dynamic_graph(part.graph, target, self.tiles(target, options))
+            compiled.seconds["lower"] += time.perf_counter() - start
+            program = self._emitted(lowered, target, options, tag, compiled)
+            assert part.trim is not None
+            segments.append(Segment("kernels", tuple(part.inputs),
+                                    (*part.outputs, part.count), program=program,
+                                    trim=Trim(part.count, part.trim)))
+        return segments
+
     def _program(self, graph: Graph, target: Target, caps: Capabilities,
                  options: Mapping[str, Any], prefix: str, compiled: _Compiled
                  ) -> KernelProgram:
@@ -233,6 +275,10 @@ class KernelBackend:
         lowered = lower_graph(graph, target, tiles=self.tiles(target, options),
                               capabilities=caps)
         compiled.seconds["lower"] += time.perf_counter() - start
+        return self._emitted(lowered, target, options, prefix, compiled)
+
+    def _emitted(self, lowered: LoweredModel, target: Target, options: Mapping[str, Any],
+                 prefix: str, compiled: _Compiled) -> KernelProgram:
         emitted = self.emit(lowered, target, options, prefix)
         compiled.seconds["codegen"] += emitted.seconds
         program = emitted.program

@@ -58,7 +58,7 @@ def program_facts(program: KernelProgram, input_dtypes: Mapping[str, str],
 def _requires_of(manifest: Manifest, code: str) -> tuple[str, Any]:
     """(where, requires) of the variant whose segments run the code file ``code``."""
     for i, variant in enumerate(ProgramEntry.from_json(dict(manifest.entry)).variants):
-        if any(s.program is not None and s.program.code == code for s in variant.segments):
+        if any(p.code == code for s in variant.segments for p in s.programs()):
             return f"variants[{i}].requires", variant.requires
     return "requires", None
 

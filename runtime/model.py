@@ -306,7 +306,10 @@ def load(path: str | os.PathLike[str], *, trusted_keys: Iterable[Any] | None = N
     ``manifest.json`` exists and parses, its format version is supported, every listed
     file is a regular file present with its sha256, no unlisted files exist, no path
     escapes the directory, the backend entry agrees with the signature. ``options``
-    override the backend's runtime options (e.g. ``threads``). ``reject_nonfinite=False``
+    override the backend's runtime options (e.g. ``threads``; kernel backends take
+    ``random_seed``, an int in [0, 2**64): random ops without a seed attribute, which
+    draw fresh values on every call, then repeat them per call number after each load,
+    see :mod:`irkit.runtime.call_keys`). ``reject_nonfinite=False``
     lets floating inputs holding NaN or +/-inf reach the backend (see the module
     docstring; by default they are refused with an ``InputError``). Raises
     :class:`ArtifactError` naming the file or field at fault.

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from irkit.runtime.artifact import ArtifactError
+from irkit.runtime.dynamic import Trim
 from irkit.runtime.hostcpu import Host, host_level
 
 ABI_VERSION = 3
@@ -222,34 +223,64 @@ def _list(obj: Any, where: str) -> list[Any]:
 
 @dataclass(frozen=True)
 class Segment:
-    """A run of the model: a kernel program, or ONNX nodes ONNX Runtime executes
-    (``fallback = "ort"``). ``inputs``/``outputs`` name the tensors it reads and writes."""
+    """A run of the model: a kernel program, ONNX nodes ONNX Runtime executes
+    (``fallback = "ort"``), or host control flow between compiled segments (``loop``,
+    ``if``, ``seq``: :mod:`irkit.runtime.control`). ``inputs``/``outputs`` name the values
+    it reads and writes."""
 
-    kind: str  # "kernels" or "ort"
+    kind: str  # "kernels", "ort", or one of irkit.runtime.control.CONTROL_KINDS
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     program: KernelProgram | None = None
     model: str | None = None  # the ONNX file of an "ort" segment
+    # Outputs cut to a size the kernels report (irkit.runtime.dynamic): NonZero, Unique…
+    trim: Trim | None = None
+    control: Any = None  # irkit.runtime.control.Control of a control segment
 
     def to_json(self) -> dict[str, Any]:
-        body = self.program.to_json() if self.program is not None else {"model": self.model}
+        if self.control is not None:
+            body = self.control.to_json()
+        else:
+            body = self.program.to_json() if self.program is not None else {"model": self.model}
+        if self.trim is not None:
+            body["trim"] = self.trim.to_json()
         return {"kind": self.kind, "inputs": list(self.inputs), "outputs": list(self.outputs),
                 **body}
 
     @classmethod
-    def from_json(cls, data: Any, where: str) -> Segment:
+    def from_json(cls, data: Any, where: str, depth: int = 0) -> Segment:
+        from irkit.runtime.control import CONTROL_KINDS, Control, check_control
+
         data = _object(data, where)
         kind = data.get("kind")
         inputs = _names(data.get("inputs"), f"{where}.inputs")
         outputs = _names(data.get("outputs"), f"{where}.outputs", allow_empty=False)
         if kind == "ort":
             return cls("ort", inputs, outputs, model=_text(data.get("model"), f"{where}.model"))
+        if kind in CONTROL_KINDS:
+            segment = cls(kind, inputs, outputs,
+                          control=Control.from_json(kind, data, where, depth))
+            check_control(segment, where)
+            return segment
         if kind != "kernels":
-            raise ArtifactError(f"{where}.kind: {_short(kind)} is neither 'kernels' nor 'ort'")
+            raise ArtifactError(f"{where}.kind: {_short(kind)} is not one of 'kernels', "
+                                f"'ort', {', '.join(repr(k) for k in CONTROL_KINDS)}")
         program = KernelProgram.from_json(data, where)
         if set(program.input_shapes) != set(inputs) or set(program.output_shapes) != set(outputs):
             raise ArtifactError(f"{where}: inputs/outputs disagree with its shapes")
-        return cls("kernels", inputs, outputs, program=program)
+        trim = None if "trim" not in data else Trim.from_json(
+            data["trim"], outputs, {k: len(v) for k, v in program.output_shapes.items()}, where)
+        return cls("kernels", inputs, outputs, program=program, trim=trim)
+
+    def programs(self) -> list[KernelProgram]:
+        """Its kernel programs, those of nested bodies and branches included."""
+        if self.program is not None:
+            return [self.program]
+        control = self.control
+        if control is None:
+            return []
+        bodies = [b for b in (control.body, control.then, control.other) if b is not None]
+        return [p for b in bodies for s in b.segments for p in s.programs()]
 
 
 @dataclass(frozen=True)
@@ -328,7 +359,7 @@ def variants_summary(entry: ProgramEntry) -> list[dict[str, Any]]:
     required features, code files."""
     rows = []
     for variant in entry.variants:
-        programs = [s.program for s in variant.segments if s.program is not None]
+        programs = [p for s in variant.segments for p in s.programs()]
         rows.append({
             "arch": variant.name,
             "cpu": variant.target.get("cpu"),
@@ -352,4 +383,4 @@ def programs(entry: Mapping[str, Any], arch: str | None = None) -> list[KernelPr
     if variant is None:
         raise ArtifactError(f"no variant {arch!r} (has: "
                             f"{', '.join(v.name for v in parsed.variants)})")
-    return [s.program for s in variant.segments if s.program is not None]
+    return [p for s in variant.segments for p in s.programs()]

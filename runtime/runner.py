@@ -22,6 +22,11 @@ Workspace: a library keeps its workspace between calls only up to ``workspace_ke
 with ``shrink_workspace`` (llvm) frees it and keeps what the largest kept call needed, so
 memory between calls is bounded by the option, not by the largest call ever made; a call
 above the limit allocates its workspace afresh each time.
+
+Random ops without a seed: a program holding one has the symbol ``N64``
+(:mod:`irkit.runtime.call_keys`), which no input binds; each call sets its ``dims`` slot
+to the next key of the model's :class:`~irkit.runtime.call_keys.CallKeys`, so every call
+draws fresh values (load option ``random_seed``: reproducible per call number).
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from irkit.runtime.artifact import ArtifactError, Manifest, read_verified
+from irkit.runtime.call_keys import CALL_KEY_SYMBOL, CallKeys, random_seed_option
+from irkit.runtime.control import (
+    CONTROL_KINDS,
+    CheckedProgram,
+    feed_value,
+    nested_runners,
+    open_control,
+)
+from irkit.runtime.dynamic import TrimmingRunner
 from irkit.runtime.guards import check_guards, validate_guards
 from irkit.runtime.hostcpu import Host, host
 from irkit.runtime.program import KernelProgram, Poly, ProgramEntry, Segment, evaluate_poly
@@ -51,7 +65,7 @@ _MIN_PARALLEL_SECONDS = 6e-5
 _MAX_BINDINGS = 64
 # Workspace bytes a library keeps between calls (load option workspace_keep_mb).
 WORKSPACE_KEEP_BYTES = 16 << 20
-RUNTIME_OPTIONS = ("threads", "parallel_min_us", "host", "workspace_keep_mb")
+RUNTIME_OPTIONS = ("threads", "parallel_min_us", "host", "workspace_keep_mb", "random_seed")
 
 
 class KernelLibrary(Protocol):
@@ -181,6 +195,11 @@ class ProgramRunner:
         self._kept_workspace = 0  # the most a call under the keep limit needed
         # Bindings served once with no split planned: a backend's exact path may take them.
         self.ready: dict[Any, list[tuple[int, ...]]] = {}
+        # The dims slot of the per-call key of unseeded random ops (-1: none), and the
+        # keys (open_program shares one sequence among a model's programs).
+        self.call_key_slot = (self._symbols.index(CALL_KEY_SYMBOL)
+                              if CALL_KEY_SYMBOL in self._symbols else -1)
+        self.call_keys = CallKeys()
 
     @property
     def output_names(self) -> list[str]:
@@ -225,7 +244,11 @@ class ProgramRunner:
                                             self._output_dtypes, shapes):
             arrays[slot] = outputs[name] = np.empty(shape, dtype=dtype)
         library = self.library
-        library.bind(arrays, key, workspace_bytes)
+        dims: Sequence[int] = key
+        if self.call_key_slot >= 0:  # unseeded random ops: a fresh key per call
+            dims = list(key)
+            dims[self.call_key_slot] = self.call_keys.next()
+        library.bind(arrays, dims, workspace_bytes)
         try:
             if self._workers is None or not library.concurrent_parts:
                 library.run()
@@ -346,7 +369,7 @@ class SegmentedRunner:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values: dict[str, np.ndarray] = dict(inputs)
         for names, runner in self._segments:
-            feed = {name: np.ascontiguousarray(values[name]) for name in names}
+            feed = {name: feed_value(values[name]) for name in names}
             values.update(runner.run(feed))
         return {name: values[name] for name in self._outputs}
 
@@ -393,6 +416,7 @@ def open_program(artifact_dir: Path, manifest: Manifest, make_library: LibraryFa
     default), ORT segments by ONNX Runtime."""
     where = f"artifact {artifact_dir}"
     threads, min_us, machine = runtime_options(artifact_dir, manifest, overrides)
+    keys = CallKeys(random_seed_option(overrides.get("random_seed"), where))
     entry = ProgramEntry.from_json(manifest.entry, f"{where}: manifest.json entry")
     variant = entry.select(machine, where)
     signature_outputs = [spec.name for spec in manifest.outputs]
@@ -408,10 +432,12 @@ def open_program(artifact_dir: Path, manifest: Manifest, make_library: LibraryFa
             opened.close()
         raise
     keep = int(overrides.get("workspace_keep_mb", WORKSPACE_KEEP_BYTES / 2**20) * 2**20)
-    for _, part in runners:
+    for part in [p for _, r in runners for p in (r, *nested_runners(r))]:
+        part = getattr(part, "inner", part)  # a TrimmingRunner's program runner
         if isinstance(part, ProgramRunner):
             part.parallel_min_seconds = min_us / 1e6
             part.workspace_keep_bytes = keep
+            part.call_keys = keys
     runner: ProgramRunner | SegmentedRunner = SegmentedRunner(runners, signature_outputs)
     if len(runners) == 1 and isinstance(runners[0][1], ProgramRunner) and set(
             runners[0][1].output_names) == set(signature_outputs):
@@ -471,6 +497,9 @@ def _segment_runner(artifact_dir: Path, manifest: Manifest, segment: Segment,
                     make_library: LibraryFactory, make_runner: RunnerFactory,
                     threads: int, dtypes: Mapping[str, np.dtype]) -> Any:
     where = f"artifact {artifact_dir}"
+    if segment.kind in CONTROL_KINDS:  # loop bodies and branches: their own segments
+        return open_control(segment, functools.partial(
+            _nested_runner, artifact_dir, manifest, make_library, make_runner, threads))
     if segment.kind == "ort":
         assert segment.model is not None
         model = read_verified(artifact_dir, manifest, segment.model)
@@ -495,7 +524,20 @@ def _segment_runner(artifact_dir: Path, manifest: Manifest, segment: Segment,
     check_program(artifact_dir, manifest, program, where)
     library = make_library(artifact_dir, manifest, program)
     try:
-        return make_runner(program, library, threads, output_dtypes)
+        runner = make_runner(program, library, threads, output_dtypes)
+        return runner if segment.trim is None else TrimmingRunner(runner, segment.trim)
     except BaseException:
         library.close()
         raise
+
+
+def _nested_runner(artifact_dir: Path, manifest: Manifest, make_library: LibraryFactory,
+                   make_runner: RunnerFactory, threads: int, segment: Segment) -> Any:
+    """A segment of a loop body or an If branch: kernel programs check the shapes they
+    are fed (a loop-carried value may change shape), one thread each (a body runs many
+    short calls)."""
+    runner = _segment_runner(artifact_dir, manifest, segment, make_library, make_runner,
+                             1, {})
+    if segment.program is not None:
+        return CheckedProgram(runner, segment.program)
+    return runner

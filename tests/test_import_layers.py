@@ -29,7 +29,10 @@ RULES = {
     # the one plugin it names is the ORT backend, for the whole-model ORT fallback.
     "irkit/backend.py": ("irkit.lower", "irkit.kir", "irkit.interop", "irkit.ir",
                          "irkit.target", "irkit.runtime", "irkit.errors", "irkit.plugins.ort",
-                         "irkit.__version__"),
+                         "irkit.backend_control", "irkit.__version__"),
+    # Run-time control flow: bodies compiled by the backend flow into runtime segments.
+    "irkit/backend_control.py": ("irkit.lower", "irkit.ir", "irkit.target", "irkit.runtime",
+                                 "irkit.backend", "irkit.errors"),
     "plugins": ("irkit.plugins", "irkit.hookspecs", "irkit.backend", "irkit.lower",
                 "irkit.kir", "irkit.passes", "irkit.interop", "irkit.ir", "irkit.ops",
                 "irkit.target", "irkit.runtime", "irkit.errors", "irkit.__version__"),

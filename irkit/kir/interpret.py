@@ -29,13 +29,15 @@ wrap modulo ``2**bits``. ``div`` truncates toward zero and ``mod`` takes the sig
 dividend (C, LLVM ``sdiv``/``srem``; ``udiv``/``urem`` for unsigned types): ``-7 / 2 == -3``,
 ``-7 % 2 == -1``, ``7 / -2 == -3``, ``7 % -2 == 1``. Division by zero and ``MIN / -1`` are
 undefined (raise). Compares and ``max``/``min`` read unsigned types as unsigned. ``and``,
-``or``, ``not`` are bitwise (logical on ``bool``; ``bool`` arithmetic is modulo 2). ``shl(x, n)`` wraps; ``shr(x, n)`` is
+``or``, ``xor``, ``not`` are bitwise (logical on ``bool``; ``bool`` arithmetic is modulo 2). ``shl(x, n)`` wraps; ``shr(x, n)`` is
 arithmetic for signed and logical for unsigned types; ``n`` outside ``[0, bits)`` is
 undefined (raise). ``dot4_u8s8(acc, a, b)`` on ``i32``:
 ``acc + sum_t u8(byte t of a) * s8(byte t of b)`` over the four little-endian bytes,
 wrapping; the products are exact (no 16-bit saturation). ``dot4_u8s7`` is the same sum
 when every byte of ``b`` lies in [-64, 64], and undefined (raise) otherwise: the lowering
 emits it only with such weights, where x86's ``vpmaddubsw`` pair sums cannot saturate.
+``dot8_u8s6(acc, a0, b0, a1, b1)`` is ``dot4_u8s8(dot4_u8s8(acc, a0, b0), a1, b1)`` when
+every byte of ``b0`` and ``b1`` lies in [-32, 32], undefined (raise) otherwise.
 
 **Floats.** ``f32``/``f64`` arithmetic is IEEE 754, round to nearest even, one rounding
 per operation; ``div`` is the IEEE quotient and ``mod`` is C ``fmod``. Compares are

@@ -27,9 +27,10 @@ ITEMSIZE = {"f32": 4, "f64": 8, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 
 
 BINARY_OPS = (
     "add", "sub", "mul", "div", "mod", "max", "min",
-    "lt", "le", "gt", "ge", "eq", "ne", "and", "or",
+    "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor",
 )  # fmt: skip
 COMPARE_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
+BITWISE_OPS = ("and", "or", "xor")  # integers (bitwise) and bool (logical)
 UNARY_OPS = ("neg", "not")
 CALLS = {
     # name: arity. ``fma(a, b, c) = a * b + c``.
@@ -43,6 +44,10 @@ CALLS = {
     # dot4_u8s8 whose b bytes all lie in [-64, 64] (the lowering guarantees it): two
     # u8*s8 products then sum within int16, which x86's vpmaddubsw needs to be exact.
     "dot4_u8s7": 3,
+    # dot8_u8s6(acc, a0, b0, a1, b1) = dot4_u8s8(dot4_u8s8(acc, a0, b0), a1, b1) whose b
+    # bytes all lie in [-32, 32]: the int16 pair sums of both words then add up within
+    # int16 (255 * 32 * 4), so x86 adds two vpmaddubsw results before one vpmaddwd.
+    "dot8_u8s6": 5,
     # GPU templates only, inside a ``thread`` loop: ``x`` as thread ``t ^ mask`` of the
     # same warp (32 consecutive threads) holds it; every thread of the warp computes it.
     "shfl_xor": 2,

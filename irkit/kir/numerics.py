@@ -223,8 +223,10 @@ def _float_binary(op: str, dtype: str, vector: bool) -> Fn:
 
 
 def _int_binary(op: str, dtype: str, vector: bool) -> Fn:
-    if op in ("and", "or"):
-        return (lambda x, y: x & y) if op == "and" else (lambda x, y: x | y)
+    if op in ("and", "or", "xor"):
+        bitwise: dict[str, Fn] = {"and": lambda x, y: x & y, "or": lambda x, y: x | y,
+                                  "xor": lambda x, y: x ^ y}
+        return bitwise[op]
     if vector and dtype == "bool":  # i1 arithmetic: modulo 2
         bools: dict[str, Fn] = {"add": np.logical_xor, "sub": np.logical_xor,
                                 "mul": np.logical_and, "max": np.logical_or,
@@ -408,12 +410,28 @@ def _dot4_u8s7(acc: Any, a: Any, b: Any) -> Any:
     return _dot4_u8s8(acc, a, b)
 
 
+def _dot8_u8s6(acc: Any, a0: Any, b0: Any, a1: Any, b1: Any) -> Any:
+    """``dot4_u8s8`` of two word pairs whose ``b`` bytes must all lie in [-32, 32] (the
+    four u8 x s8 products of an int16 lane then sum within int16, which adding two
+    ``vpmaddubsw`` results needs to be exact); outside it the call is undefined, and the
+    interpreter says so."""
+    lanes = max(np.size(acc), np.size(a0), np.size(b0), np.size(a1), np.size(b1))
+    for b in (b0, b1):
+        if np.abs(_lane_bytes(b, lanes, True).astype(np.int16)).max() > 32:
+            raise KirExecutionError("dot8_u8s6 with a weight byte outside [-32, 32]")
+    return _dot4_u8s8(_dot4_u8s8(acc, a0, b0), a1, b1)
+
+
 def call_fn(name: str, dtype: str, vector: bool) -> Fn:
     """``f(*args)`` for ``Call(name)`` whose first argument has ``dtype``."""
     if name in ("dot4_u8s8", "dot4_u8s7"):
         if dtype != "i32":
             raise KirError(f"{name} takes i32 lanes, not {dtype}")
         return _dot4_u8s8 if name == "dot4_u8s8" else _dot4_u8s7
+    if name == "dot8_u8s6":
+        if dtype != "i32":
+            raise KirError(f"{name} takes i32 lanes, not {dtype}")
+        return _dot8_u8s6
     if name in ("shl", "shr"):
         if dtype not in INTEGERS:
             raise KirError(f"{name} takes integers, not {dtype}")

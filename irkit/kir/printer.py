@@ -28,7 +28,7 @@ from irkit.kir.nodes import (
 _INFIX = {
     "add": "+", "sub": "-", "mul": "*", "div": "/", "mod": "%",
     "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
-    "and": "&&", "or": "||",
+    "and": "&&", "or": "||", "xor": "^",
 }  # fmt: skip
 
 

@@ -80,9 +80,11 @@ def _fold_exact(op: str, x: float, y: float, dtype: str) -> float | bool | None:
     if dtype == "bool":
         table["and"] = lambda: bool(x) and bool(y)
         table["or"] = lambda: bool(x) or bool(y)
+        table["xor"] = lambda: bool(x) != bool(y)
     elif integer:  # bitwise on integers
         table["and"] = lambda: int(x) & int(y)
         table["or"] = lambda: int(x) | int(y)
+        table["xor"] = lambda: int(x) ^ int(y)
     if op in table:
         return table[op]()
     if op in ("div", "mod"):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from irkit.kir.nodes import (
+    BINARY_OPS,
+    BITWISE_OPS,
     CALLS,
     DTYPES,
+    FLOATS,
     FOR_KINDS,
     SYMBOL_NAME,
     Barrier,
@@ -38,6 +41,10 @@ def _check_expr(expr: Expr, scope: dict[str, str], buffers: set[str], where: str
                 if scope.get(name) != dtype and not symbol:
                     raise KirError(f"{where}: variable {name}:{dtype} is not in scope")
             case Binary(op=op, a=a, b=b):
+                if op not in BINARY_OPS:
+                    raise KirError(f"{where}: unknown binary op {op}")
+                if op in BITWISE_OPS and a.dtype in FLOATS:
+                    raise KirError(f"{where}: {op} of {a.dtype} (bitwise ops take integers)")
                 if a.dtype != b.dtype:
                     raise KirError(f"{where}: {op} mixes {a.dtype} and {b.dtype}")
                 if a.lanes != b.lanes and 1 not in (a.lanes, b.lanes):

@@ -129,6 +129,9 @@ class LoweringContext:
     # QLinearMatMulInt8 (irkit.lower.quantized), the word layout of a QLinearConvInt8
     # (irkit.lower.quantized_conv.input_sink).
     int8_inputs: dict[Node, Any] = field(default_factory=dict)
+    # Whether a kernel reads the per-call key of unseeded random ops (the symbol
+    # irkit.lower.random_ops.CALL_KEY, which the runtime sets before each call).
+    call_key: bool = False
     _const_buffers: dict[int, Buffer] = field(default_factory=dict)
     _counter: int = 0
     _keep_alive: list[np.ndarray] = field(default_factory=list)

@@ -19,6 +19,8 @@ from irkit.lower.heavy import HEAVY, HeavyPlan
 from irkit.lower.planner import MemoryPlan, plan_workspace
 from irkit.lower.quantized import INT8_HEAVY
 from irkit.lower.quantized_conv import WordSink, input_sink
+from irkit.lower.random_ops import CALL_KEY
+from irkit.lower.random_ops import LOWERINGS as RANDOM_LOWERINGS
 from irkit.lower.recurrent import LOWERINGS as RECURRENT_LOWERINGS
 from irkit.lower.sparse import SPARSE_AWARE
 from irkit.lower.templates import family_template
@@ -62,6 +64,7 @@ LOWERINGS: dict[str, LowerFn] = {
     **ew.LOWERINGS, **nn.LOWERINGS, **quant_ops.LOWERINGS,
     **ATTENTION_LOWERINGS,  # irkit.ScaledDotProductAttention
     **RECURRENT_LOWERINGS,  # LSTM with a run-time sequence length
+    **RANDOM_LOWERINGS,  # counter-based generator (irkit.lower.random_ops)
 }  # fmt: skip
 HEAVY = {**HEAVY, **SPARSE_AWARE, **INT8_HEAVY}  # sparse-aware MatMul/Gemm, irkit int8 ops
 HEAVY.update(FUSED_HEAVY)  # irkit.MatMulBiasAct with a GELU epilogue
@@ -137,7 +140,8 @@ def graph_symbols(graph: Graph) -> dict[str, str]:
             match = _DIM.match(d) if isinstance(d, str) else None
             if match and match.group(2) not in order:
                 order.append(match.group(2))
-    taken = {name for name in order if is_symbol(name)} if "N" in order else set()
+    taken = {name for name in order if is_symbol(name) and name != CALL_KEY
+             } if "N" in order else set()
     free = (symbol_var_name(k) for k in range(2 * len(order) + 1)
             if symbol_var_name(k) not in taken)
     return {name: name if name in taken else next(free) for name in order}
@@ -479,7 +483,8 @@ class GraphLowering:
         name = "".join(c if c.isalnum() else "_" for c in ctx.name) or "model"
         program = Program(name, tuple(ctx.kernels), placements, tuple(io_order),
                           plan.workspace_n, plan.workspace_c, bytes(blob),
-                          symbols=tuple(self.symbols.values()) or ("N",),
+                          symbols=(tuple(self.symbols.values()) or ("N",))
+                          + ((CALL_KEY,) if ctx.call_key else ()),
                           workspace_terms=plan.workspace_terms)
         shapes = {v.name: [_dim_json(d) for d in self.refs[v].shape] for v in self.graph.outputs}
         in_shapes = {v.name: [_dim_json(d) for d in self.refs[v].shape]

@@ -204,7 +204,7 @@ def lower_binary(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
 def _xor(a: Expr, b: Expr) -> Expr:
     if a.dtype == "bool":
         return Binary("ne", a, b)
-    return Binary("and", Binary("or", a, b), Unary("not", Binary("and", a, b)))
+    return Binary("xor", a, b)
 
 
 def _shift(x: Expr, y: Expr, left: bool) -> Expr:

@@ -39,6 +39,7 @@ from irkit.kir import (
 from irkit.kir.nodes import DTYPES, FLOATS, HALF_FLOATS
 from irkit.lower.context import LoweringContext
 from irkit.lower.runtime_sizes import declared
+from irkit.lower.sorting import Better, Heap, is_nan, less
 from irkit.lower.symbolic import is_poly
 from irkit.lower.tensor import (
     KIR_DTYPES,
@@ -496,11 +497,33 @@ def lower_arg_extreme(ctx: LoweringContext, node: Node, ins: list[TensorRef | No
     return [buffer_ref(out, out_shape)]
 
 
+_TOPK_BLOCK = 32  # elements checked against the heap's root at once
+
+
+def _topk_order(largest: bool) -> Better:
+    """``before(ka, a, kb, b)``: element ``a`` comes first in TopK's output: the larger
+    (``largest``) or smaller key, NaN above every number and equal to NaN (ONNX
+    Runtime's order), ties to the lower index."""
+    def before(ka: Expr, a: Expr, kb: Expr, b: Expr) -> Expr:
+        first = less(kb, ka) if largest else less(ka, kb)
+        same = _eq(ka, kb)
+        if ka.dtype in FLOATS:
+            same = Binary("or", same, _and(is_nan(ka), is_nan(kb)))
+        return Binary("or", first, _and(same, _lt(a, b)))
+    return before
+
+
 def lower_topk(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
                ) -> list[TensorRef]:
-    """The K largest (or smallest) values along ``axis`` and their indices, sorted, ties
-    broken by the lower index. Each output position j takes the best element that comes
-    after pick j-1 in that order: O(K·n) per row, no scratch array."""
+    """The K largest (or smallest) values along ``axis`` and their indices, sorted
+    (``sorted=0`` too), ties broken by the lower index, NaN above every number (as ONNX
+    Runtime orders them). Per row a binary heap of the K best so far, its root the worst
+    of them: the first K elements build it, each later one replaces the root only when
+    it beats it (one comparison for most), then popping the heap fills the row from its
+    end. O(n) comparisons plus O(log K) for each element that enters (about K·ln(n/K)
+    of them in data in random order), O(n log K) at worst (an ascending row with
+    ``largest=1``). The heap lives in the outputs themselves when ``axis`` is the last one, else in scratch at the row's
+    offset (rows run in parallel)."""
     x, k_ref = _required(ins, 0, node), _required(ins, 1, node)
     if x.dtype not in ORDERED:
         raise LoweringError(f"TopK on {x.dtype} is not supported")
@@ -515,36 +538,69 @@ def lower_topk(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
     out_shape = _with(x.shape, axis, count)
     values = ctx.new_buffer("topk_values", x.dtype, product(out_shape))
     indices = ctx.new_buffer("topk_indices", "i64", product(out_shape))
-    prev_v, best_v = _local(ctx, x.dtype, "prev"), _local(ctx, x.dtype, "best")
-    prev_i, best_i = _local(ctx, "i64", "previ"), _local(ctx, "i64", "besti")
-    found = _local(ctx, "i64", "found")
-    z = Const(0)
-    beats = "gt" if largest else "lt"
-    trails = "lt" if largest else "gt"
+    in_place = axis == x.rank - 1
+    if in_place:
+        keys, order = values, indices
+    else:
+        keys = ctx.new_buffer("topk_keys", x.dtype, product(out_shape))
+        order = ctx.new_buffer("topk_order", "i64", product(out_shape))
+    kept_shape = [d for a, d in enumerate(x.shape) if a != axis]
+    before = _topk_order(largest)
+    heap_locals: list[Buffer] = []
+    hit, z = _local(ctx, "bool", "hit"), Const(0)
+
+    def worse(ka: Expr, a: Expr, kb: Expr, b: Expr) -> Expr:
+        return before(kb, b, ka, a)
 
     def body(kept: Index, at: Callable[[Expr], Index]) -> Stmt:
-        j, r = ctx.var("j"), ctx.var("r")
+        base = simplify_expr(flat_index(at(Const(0)), out_shape) if in_place
+                             else flat_index(kept, kept_shape) * count)
+        heap = Heap(ctx, order, keys, worse, base)
+        heap_locals[:] = heap.locals
+        j, r, t = ctx.var("j"), ctx.var("r"), ctx.var("t")
         v = Var(ctx.fresh("v"), x.dtype)
-        after_prev = Binary("or", Binary(trails, v, Load(prev_v, z)), _and(
-            _eq(v, Load(prev_v, z)), Binary("gt", r, Load(prev_i, z))))
-        eligible = Binary("or", _eq(j, 0), after_prev)
-        take = Var(ctx.fresh("take"), "bool")
-        scan = For(r, n, block(
-            Let(v, x.read(at(r))),
-            Let(take, _and(eligible, Binary("or", _eq(Load(found, z), 0),
-                                            Binary(beats, v, Load(best_v, z))))),
-            Store(best_v, z, Select(take, v, Load(best_v, z))),
-            Store(best_i, z, Select(take, r, Load(best_i, z))),
-            Store(found, z, Select(take, Const(1), Load(found, z)))))
-        where = flat_index(at(j), out_shape)
-        return For(j, count, block(
-            Store(found, z, z), Store(best_v, z, _zero(x.dtype)), Store(best_i, z, z),
-            scan,
-            Store(values, where, Load(best_v, z)), Store(indices, where, Load(best_i, z)),
-            Store(prev_v, z, Load(best_v, z)), Store(prev_i, z, Load(best_i, z))))
+        top_k, top_i = Var(ctx.fresh("topk"), x.dtype), Var(ctx.fresh("topi"))
+        fill = For(j, count, block(Store(order, base + j, j),
+                                   Store(keys, base + j, x.read(at(j)))))
+        if static(count) == 0:
+            return fill
+        # A later element has a higher index than all in the heap: it enters only when
+        # its key strictly beats the root's. Blocks of _TOPK_BLOCK elements are first
+        # checked branch-free against the root (LLVM vectorizes the check); only a block
+        # with a newcomer is walked one element at a time.
+        root, e, blk = Var(ctx.fresh("root"), x.dtype), ctx.var("e"), ctx.var("blk")
+        w = Var(ctx.fresh("w"), x.dtype)
 
-    ctx.add_kernel("topk", _along_axis(ctx, x.shape, axis, body),
-                   [prev_v, best_v, prev_i, best_i, found])
+        def enters(key: Expr, threshold: Expr) -> Expr:
+            return less(threshold, key) if largest else less(key, threshold)
+
+        def walk(first: Expr, extent: Expr) -> Stmt:
+            return For(r, extent, block(
+                Let(v, x.read(at(r))),
+                If(enters(v, Load(keys, base)), heap.replace_top(r, v))), start=first)
+
+        # The last block may be shorter.
+        blocks = simplify_expr(Binary("div", n - count + (_TOPK_BLOCK - 1), Const(_TOPK_BLOCK)))
+        first = simplify_expr(count + blk * _TOPK_BLOCK)
+        size = Var(ctx.fresh("bsize"))
+        check = For(e, size, block(
+            Let(w, x.read(at(simplify_expr(first + e)))),
+            Store(hit, z, Binary("or", Load(hit, z), enters(w, root)))))
+        scan = For(blk, blocks, block(
+            Let(root, Load(keys, base)), Store(hit, z, Const(False, "bool")),
+            Let(size, Binary("min", Const(_TOPK_BLOCK), simplify_expr(n - first))),
+            check, If(Load(hit, z), walk(first, size))))
+        spot = simplify_expr(base + count - 1 - t)
+        drain = For(t, count, block(
+            Let(top_i, Load(order, base)), Let(top_k, Load(keys, base)), heap.pop(True),
+            Store(order, spot, top_i), Store(keys, spot, top_k)))
+        copy = None if in_place else For(j, count, block(
+            Store(values, flat_index(at(j), out_shape), Load(keys, base + j)),
+            Store(indices, flat_index(at(j), out_shape), Load(order, base + j))))
+        return block(fill, heap.build(count), scan, drain, copy)
+
+    nest = _along_axis(ctx, x.shape, axis, body)
+    ctx.add_kernel("topk", nest, [*heap_locals, hit])
     return [buffer_ref(values, out_shape), buffer_ref(indices, out_shape)]
 
 

@@ -99,11 +99,15 @@ class Int8Dot:
     ``dot4_u8s8`` where the target has VNNI (``vpdpbusd``) or nothing better (``widen``);
     ``dot4_u8s7`` where it has ``vpmaddubsw``, whose int16 pair sums are exact only for
     weights within [-64, 64]: 7-bit weights go in as they are, full-range ones as two
-    halves ``floor(w / 2)`` and ``w - floor(w / 2)`` with two calls per word."""
+    halves ``floor(w / 2)`` and ``w - floor(w / 2)`` with two calls per word. ``paired``:
+    6-bit weights (all within [-32, 32], what ``quantize`` stores where calibration shows
+    it safe) take two words per ``dot8_u8s6`` call, whose int16 lanes hold four products:
+    two ``vpmaddubsw``, a ``vpaddw`` and one ``vpmaddwd`` per two words, exact."""
 
     call: str
     split: bool
     kernel: str
+    paired: bool = False
 
 
 def choose_int8_dot(ctx: LoweringContext, weights: np.ndarray, lanes: int, node: Node
@@ -111,6 +115,8 @@ def choose_int8_dot(ctx: LoweringContext, weights: np.ndarray, lanes: int, node:
     kind = ctx.target.int8_dot(lanes)
     if kind != "vpmaddubsw":
         dot = Int8Dot("dot4_u8s8", False, kind)
+    elif int(np.abs(np.asarray(weights, np.int16)).max(initial=0)) <= 32:
+        dot = Int8Dot("dot4_u8s7", False, "vpmaddubsw pairs (6-bit weights)", True)
     elif int(np.abs(np.asarray(weights, np.int16)).max(initial=0)) <= 64:
         dot = Int8Dot("dot4_u8s7", False, "vpmaddubsw (7-bit weights)")
     else:
@@ -130,6 +136,29 @@ def dot_steps(dot: Int8Dot, acc: Expr, a: Expr, b: Expr, b_hi: Expr | None) -> E
     """``acc`` plus the dot products of ``a`` with ``b`` (and its high half)."""
     value = Call(dot.call, (acc, a, b))
     return Call(dot.call, (value, a, b_hi)) if b_hi is not None else value
+
+
+def dot_group(dot: Int8Dot, acc: Expr, steps: list[tuple[Expr, Expr, Expr | None]]) -> Expr:
+    """``acc`` plus the dot products of each ``(a, b, b_hi)`` word step: two steps in one
+    ``dot8_u8s6`` call when ``dot.paired``."""
+    if dot.paired and len(steps) == 2:
+        (a0, b0, _), (a1, b1, _) = steps
+        return Call("dot8_u8s6", (acc, a0, b0, a1, b1))
+    for a, b, b_hi in steps:
+        acc = dot_steps(dot, acc, a, b, b_hi)
+    return acc
+
+
+def word_loop(ctx: LoweringContext, dot: Int8Dot, words: int,
+              step: Callable[[list[Expr]], list[Stmt]]) -> Stmt:
+    """The reduction loop over ``words``: ``step(ks)`` is the body for the word indices
+    ``ks`` (two per iteration when ``dot.paired``, and a last single word when ``words``
+    is odd)."""
+    k = ctx.var("kw")
+    if not dot.paired or words < 2:
+        return For(k, Const(words), block(*step([k])))
+    loop = For(k, Const(words // 2), block(*step([k * 2, k * 2 + 1])))
+    return block(loop, *step([Const(words - 1)])) if words % 2 else loop
 
 
 def word_view(buf: Buffer) -> Buffer:
@@ -184,22 +213,33 @@ def emit_int8_gemm(ctx: LoweringContext, spec: Int8Gemm, hint: str, mr: int, nr:
         zero = Broadcast(Const(0, "i32"), lanes)
         stmts: list[Stmt] = [Store(acc, Const(r * nr + v * lanes), zero)
                              for r in range(rows) for v in range(vecs)]
-        kq = ctx.var("kw")
-        bvars = [Var(ctx.fresh(f"wb{v}"), "i32") for v in range(vecs)]
-        body: list[Stmt] = [Let(bvars[v], Load(spec.b_packed, panel_base + kq * nr + v * lanes,
-                                               lanes)) for v in range(vecs)]
-        hvars: list[Var | None] = [None] * vecs
-        if spec.b_packed_hi is not None:
-            hvars = [Var(ctx.fresh(f"wh{v}"), "i32") for v in range(vecs)]
-            body += [Let(h, Load(spec.b_packed_hi, panel_base + kq * nr + v * lanes, lanes))
-                     for v, h in enumerate(hvars) if h is not None]
-        for r in range(rows):
-            a = Broadcast(Load(spec.a_words, spec.a_index(i0 + r, kq)), lanes)
-            for v in range(vecs):
-                slot = Const(r * nr + v * lanes)
-                body.append(Store(acc, slot, dot_steps(spec.dot, Load(acc, slot, lanes), a,
-                                                       bvars[v], hvars[v])))
-        stmts.append(For(kq, Const(spec.words), block(*body)))
+
+        def step(ks: list[Expr]) -> list[Stmt]:
+            body: list[Stmt] = []
+            bvars: list[list[Var]] = []
+            hvars: list[list[Var | None]] = []
+            for kq in ks:
+                bs = [Var(ctx.fresh(f"wb{v}"), "i32") for v in range(vecs)]
+                body += [Let(bs[v], Load(spec.b_packed, panel_base + kq * nr + v * lanes,
+                                         lanes)) for v in range(vecs)]
+                hs: list[Var | None] = [None] * vecs
+                if spec.b_packed_hi is not None:
+                    hs = [Var(ctx.fresh(f"wh{v}"), "i32") for v in range(vecs)]
+                    body += [Let(h, Load(spec.b_packed_hi, panel_base + kq * nr + v * lanes,
+                                         lanes)) for v, h in enumerate(hs) if h is not None]
+                bvars.append(bs)
+                hvars.append(hs)
+            for r in range(rows):
+                a = [Broadcast(Load(spec.a_words, spec.a_index(i0 + r, kq)), lanes)
+                     for kq in ks]
+                for v in range(vecs):
+                    slot = Const(r * nr + v * lanes)
+                    body.append(Store(acc, slot, dot_group(
+                        spec.dot, Load(acc, slot, lanes),
+                        [(a[j], bvars[j][v], hvars[j][v]) for j in range(len(ks))])))
+            return body
+
+        stmts.append(word_loop(ctx, spec.dot, spec.words, step))
         stmts += [Store(tile_buf, Const(r * nr + v * lanes), Load(acc, Const(r * nr + v * lanes),
                                                                   lanes))
                   for r in range(rows) for v in range(vecs)]

@@ -54,10 +54,11 @@ from irkit.lower.quantized import (
     _requant,
     apply_activation,
     choose_int8_dot,
-    dot_steps,
+    dot_group,
     int8_tiles,
     static_quant,
     weight_halves,
+    word_loop,
     word_view,
 )
 from irkit.lower.tensor import Index, LoweringError, TensorRef, static
@@ -324,19 +325,24 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
             zero = Broadcast(Const(0, "i32"), lanes)
             stmts: list[Stmt] = [Store(acc, Const(r * nr + v * lanes), zero)
                                  for r in range(rows) for v in range(vecs)]
-            k = ctx.var("k")
-            xs = [Var(ctx.fresh(f"xw{v}"), "i32") for v in range(vecs)]
-            body: list[Stmt] = [Let(xs[v], Load(panel, k * nr + v * lanes, lanes))
-                                for v in range(vecs)]
-            for r in range(rows):
-                wb = Broadcast(Load(a_buf, Const((co0 + r) * words) + k), lanes)
-                wh = None if a_hi is None else Broadcast(
-                    Load(a_hi, Const((co0 + r) * words) + k), lanes)
-                for v in range(vecs):
-                    slot = Const(r * nr + v * lanes)
-                    body.append(Store(acc, slot, dot_steps(dot, Load(acc, slot, lanes), xs[v],
-                                                           wb, wh)))
-            stmts.append(For(k, Const(words), block(*body)))
+
+            def step(ks: list[Expr]) -> list[Stmt]:
+                xs = [[Var(ctx.fresh(f"xw{v}"), "i32") for v in range(vecs)] for _ in ks]
+                body: list[Stmt] = [Let(xs[j][v], Load(panel, k * nr + v * lanes, lanes))
+                                    for j, k in enumerate(ks) for v in range(vecs)]
+                for r in range(rows):
+                    wb = [Broadcast(Load(a_buf, Const((co0 + r) * words) + k), lanes)
+                          for k in ks]
+                    wh = [None if a_hi is None else Broadcast(
+                        Load(a_hi, Const((co0 + r) * words) + k), lanes) for k in ks]
+                    for v in range(vecs):
+                        slot = Const(r * nr + v * lanes)
+                        body.append(Store(acc, slot, dot_group(
+                            dot, Load(acc, slot, lanes),
+                            [(xs[j][v], wb[j], wh[j]) for j in range(len(ks))])))
+                return body
+
+            stmts.append(word_loop(ctx, dot, words, step))
             stmts += [Store(tile, Const(r * nr + v * lanes),
                             Load(acc, Const(r * nr + v * lanes), lanes))
                       for r in range(rows) for v in range(vecs)]

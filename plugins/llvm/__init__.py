@@ -55,6 +55,7 @@ class LlvmBackend(KernelBackend):
 
     name = "llvm"
     families = ("cpu",)
+    dynamic_shapes = True  # NonZero, Unique, NonMaxSuppression… (irkit.lower.dynamic)
     options: ClassVar[dict[str, Option]] = {
         **KERNEL_OPTIONS,
         "mr": Option(int, 0, "GEMM microkernel rows; 0 = 8 with 32 vector registers "
@@ -131,7 +132,7 @@ class LlvmBackend(KernelBackend):
 def _uses_int8_dot(program: Any) -> bool:
     from irkit.kir.visit import calls_in
 
-    return any({"dot4_u8s8", "dot4_u8s7"} & calls_in(kernel.body) for kernel in program.kernels)
+    return any({"dot4_u8s8", "dot4_u8s7", "dot8_u8s6"} & calls_in(kernel.body) for kernel in program.kernels)
 
 
 def _link_shared(object_code: bytes, program: Any) -> dict[str, bytes]:

@@ -403,6 +403,8 @@ class KernelTranslator:
                 return b.and_(x, y)
             if op == "or":
                 return b.or_(x, y)
+            if op == "xor":
+                return b.xor(x, y)
         raise TypeError(f"no {op} for {dtype}")
 
     def _minmax(self, x: ir.Value, y: ir.Value, pred: str) -> ir.Value:

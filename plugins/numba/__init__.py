@@ -34,6 +34,7 @@ class NumbaBackend(KernelBackend):
     """Compile a Graph to a Python module of Numba kernels."""
 
     name = "numba"
+    dynamic_shapes = True  # NonZero, Unique, NonMaxSuppression… (irkit.lower.dynamic)
     families = ("cpu",)
     options: ClassVar[dict[str, Option]] = {
         **KERNEL_OPTIONS,

@@ -66,6 +66,7 @@ REGISTER = {**MEMORY, "f16": "float32", "bf16": "float32", "bool": "bool_"}
 WIDE_INTS = ("i64", "u64")  # integer types Numba computes in without widening
 COMPARE = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 ARITH = {"add": "+", "sub": "-", "mul": "*"}
+BITWISE = {"and": "&", "or": "|", "xor": "^"}
 MATH_CALLS = ("exp", "log", "tanh", "erf", "sqrt", "sin", "cos", "tan", "asin", "acos",
               "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "pow")
 EXACT_CALLS = ("abs", "floor", "ceil", "round")  # exact on 16-bit values: no rounding
@@ -405,8 +406,8 @@ class KernelSource:
                 raise SourceError(f"no {op} for {dtype}")
             return self.round_half(text, dtype)
         if dtype == "bool":
-            if op in ("and", "or"):
-                return f"({x} {'&' if op == 'and' else '|'} {y})"
+            if op in BITWISE:
+                return f"({x} {BITWISE[op]} {y})"
             if op in ("max", "min"):
                 return f"({x} {'|' if op == 'max' else '&'} {y})"
             raise SourceError(f"no {op} for bool")
@@ -422,8 +423,8 @@ class KernelSource:
             return self.wrap_int(text, dtype)
         if op in ("max", "min"):
             return self.wrap_int(f"{op}({x}, {y})", dtype)
-        if op in ("and", "or"):
-            return self.wrap_int(f"({x} {'&' if op == 'and' else '|'} {y})", dtype)
+        if op in BITWISE:
+            return self.wrap_int(f"({x} {BITWISE[op]} {y})", dtype)
         raise SourceError(f"no {op} for {dtype}")
 
     def unary(self, op: str, x: Expr, lane: str | None) -> str:
@@ -451,6 +452,8 @@ class KernelSource:
         texts = [self.expr(a, lane) for a in args]
         if fn in ("dot4_u8s8", "dot4_u8s7"):  # u8s7: the same exact sum ([-64, 64] bytes)
             return self.helper("_dot4_u8s8", *texts)
+        if fn == "dot8_u8s6":  # two exact dot4 steps ([-32, 32] bytes)
+            return self.helper("_dot4_u8s8", self.helper("_dot4_u8s8", *texts[:3]), *texts[3:])
         if fn in ("shl", "shr"):
             return self.wrap_int(f"({texts[0]} {'<<' if fn == 'shl' else '>>'} {texts[1]})",
                                  dtype)

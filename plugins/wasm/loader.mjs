@@ -15,6 +15,10 @@
 // runtime: an unknown or missing name, a wrong typed-array type (dtype), rank or dim
 // throws an Error naming the input, and so does a NaN or +/-inf in a floating input
 // unless options.rejectNonfinite is false (or model.rejectNonfinite is set to false).
+// Random ops without a seed attribute draw fresh values on every run (a per-run key from
+// crypto.getRandomValues); options.randomSeed (an integer or BigInt below 2**64) makes
+// them reproducible per run number, with the keys of irkit's Python runtime
+// (load(path, random_seed=...)): the same seed gives the same values on both.
 
 const MODEL = /*IRKIT_MODEL*/ null;
 
@@ -136,7 +140,8 @@ export async function load(source, options = {}) {
       "weights } for a model with weights)");
   }
   const { instance } = await WebAssembly.instantiate(wasmBytes, {});
-  return new Model(instance.exports, variant, weightBytes, options.rejectNonfinite !== false);
+  return new Model(instance.exports, variant, weightBytes, options.rejectNonfinite !== false,
+    options.randomSeed);
 }
 
 function checkedInput(spec, value, bound) {
@@ -228,9 +233,36 @@ function checkFinite(spec, { data, shape }) {
 
 const align64 = (n) => Math.ceil(n / 64) * 64;
 
+// The per-run key of unseeded random ops (irkit.runtime.call_keys): the symbol CALL_KEY,
+// key_n = base + n for the n-th run (0 first), base = splitmix64(seed) >> 2.
+const CALL_KEY = "N64";
+const MASK = (1n << 64n) - 1n;
+
+function mix64(z) {
+  z = ((z ^ (z >> 30n)) * 0xBF58476D1CE4E5B9n) & MASK;
+  z = ((z ^ (z >> 27n)) * 0x94D049BB133111EBn) & MASK;
+  return z ^ (z >> 31n);
+}
+
+function keyBase(seed) {
+  if (seed === undefined || seed === null) {
+    const word = new BigUint64Array(1);
+    globalThis.crypto.getRandomValues(word);
+    return mix64(word[0]) >> 2n;
+  }
+  const value = typeof seed === "bigint" ? seed
+    : Number.isSafeInteger(seed) ? BigInt(seed) : -1n;
+  if (value < 0n || value > MASK) {
+    throw new Error(`irkit: options.randomSeed must be an integer between 0 and 2**64 - 1`);
+  }
+  return mix64(value) >> 2n;
+}
+
 class Model {
-  constructor(exports, variant, weightBytes, rejectNonfinite) {
+  constructor(exports, variant, weightBytes, rejectNonfinite, randomSeed) {
     this.variant = variant.name;
+    this._keyBase = variant.symbols.includes(CALL_KEY) ? keyBase(randomSeed) : 0n;
+    this._runs = 0n;
     /** Whether run() refuses floating inputs holding NaN or +/-inf (default true). */
     this.rejectNonfinite = rejectNonfinite;
     this.signature = signature;
@@ -317,7 +349,12 @@ class Model {
     }
     const dimWords = new BigInt64Array(buffer, this._dims, Math.max(v.symbols.length, 1));
     v.symbols.forEach((symbol, i) => {
-      dimWords[i] = BigInt(dims[symbol]);
+      if (symbol === CALL_KEY) {  // unseeded random ops: a fresh key per run
+        dimWords[i] = this._keyBase + this._runs;
+        this._runs += 1n;
+      } else {
+        dimWords[i] = BigInt(dims[symbol]);
+      }
     });
     this._run(this._io, this._weights, this._arena + workspaceAt, this._dims);
     const result = {};

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -57,6 +58,76 @@ log = logging.getLogger(__name__)
 
 TensorMetadata = pb.ModelMetadataResponse.TensorMetadata
 ModelIndex = pb.RepositoryIndexResponse.ModelIndex
+SERVICE = "inference.GRPCInferenceService"
+MODEL_INFER = f"/{SERVICE}/ModelInfer"
+
+
+class Arrivals:
+    """ModelInfer RPCs that grpc accepted whose request message is still on its way.
+
+    The batchers' ``arrivals`` count for grpc (``DynamicBatcher(arrivals=)``): while a
+    request is being received, a worker waits for it (up to ``max_delay_ms``) instead of
+    running a batch of one; with nothing on its way, a batch runs at once. grpc may drop
+    an accepted RPC before its handler runs (the client went away), so an RPC counts for
+    ``horizon_s`` at most: a lost one can delay batches by no more than that.
+    Loop thread: ``accepted``, ``received``; any thread: ``__call__``.
+    """
+
+    def __init__(self, horizon_s: float = 0.05) -> None:
+        self.horizon_s = horizon_s
+        self._times: deque[float] = deque()  # accept times, oldest first
+
+    def accepted(self) -> None:
+        now, times = time.monotonic(), self._times
+        while times and now - times[0] > self.horizon_s:
+            times.popleft()
+        times.append(now)
+
+    def received(self) -> None:
+        if self._times:
+            self._times.popleft()
+
+    def __call__(self) -> int:
+        times = self._times
+        try:
+            newest = times[-1]
+        except IndexError:  # empty (or emptied by the loop thread meanwhile)
+            return 0
+        return len(times) if time.monotonic() - newest < self.horizon_s else 0
+
+
+class _Handlers(grpc.GenericRpcHandler):
+    """The service's method handlers, looked up by method name; notes accepted ModelInfers.
+
+    grpc.aio calls ``service`` when it accepts an RPC, before the request message is read.
+    The handlers are deliberately not registered methods: grpc.aio's accept loop waits on
+    one pending call per registered method (an ``asyncio.wait`` over all of them for
+    every RPC), which costs each RPC more than this one dictionary lookup.
+    """
+
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler], arrivals: Arrivals) -> None:
+        self.handlers = {f"/{SERVICE}/{name}": handler for name, handler in handlers.items()}
+        self.arrivals = arrivals
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if method == MODEL_INFER:
+            self.arrivals.accepted()
+        return self.handlers.get(method)
+
+
+class _CaptureHandlers:
+    """Stands in for the server in the generated ``add_..._to_server``: keeps the handlers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers come again in add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str,
+                                       handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers.update(handlers)
 
 
 class GrpcAdapter(Frontend):
@@ -89,6 +160,8 @@ class GrpcAdapter(Frontend):
         self._stop_event: asyncio.Event | None = None
         self._stop_requested = False
         self.bridge: LoopBridge | None = None
+        self.arrivals = Arrivals()
+        self.repository.add_arrivals(self.arrivals)
 
     @property
     def address(self) -> str:
@@ -147,7 +220,9 @@ class GrpcAdapter(Frontend):
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared listener
         ])  # fmt: skip
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(self), server)
+        capture = _CaptureHandlers()
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(self), capture)
+        server.add_generic_rpc_handlers((_Handlers(capture.handlers, self.arrivals),))
         host = f"[{self.host}]" if ":" in self.host else self.host
         try:
             port = server.add_insecure_port(f"{host}:{self.port}")
@@ -225,6 +300,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
                                      decoded.request_id, decoded.raw)  # fmt: skip
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        self.adapter.arrivals.received()
         started = time.perf_counter()
         outcome = "error"
         try:

@@ -323,9 +323,15 @@ class LlvmRunner(ProgramRunner):
                    for name, axis, a, b in self.sources]
         count = len(names)
         errors = (KeyError, AttributeError, IndexError, TypeError)
-        if count == 1 and len(out_names) == 1 and len(sources) == 1 and sources[0][0] == 0:
+        # Unseeded random ops: a fresh key per call in the last dims slot (run() keys
+        # `ready` by the dims with 1 there).
+        slot, runner = self.call_key_slot, self
+        shape_sources = sources[:-1] if slot >= 0 and slot == len(sources) - 1 else sources
+        if count == 1 and len(out_names) == 1 and len(shape_sources) == 1 and \
+                sources[0][0] == 0 and (slot < 0 or shape_sources is not sources):
             (name,), (out_name,), (out_dtype,) = names, out_names, out_dtypes
             _, axis, a, b = sources[0]
+            keyed = slot >= 0
 
             def exact_one(inputs: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], Any] | None:
                 if len(inputs) != 1:
@@ -336,9 +342,11 @@ class LlvmRunner(ProgramRunner):
                     dims[0] = key  # a TypeError unless an int; the type is checked natively
                 except errors:
                     return None
-                shapes = ready.get(key)
+                shapes = ready.get((key, 1) if keyed else key)
                 if shapes is None:
                     return None
+                if keyed:
+                    dims[slot] = runner.call_keys.next()
                 out = empty(shapes[0], out_dtype)
                 return ({out_name: out}, key) if call(array, out) else None
 
@@ -358,6 +366,8 @@ class LlvmRunner(ProgramRunner):
             shapes = ready.get(key[0] if len(key) == 1 else key)
             if shapes is None:
                 return None
+            if slot >= 0:
+                dims[slot] = runner.call_keys.next()
             outputs = [empty(shape, dtype) for shape, dtype in zip(shapes, out_dtypes)]
             if not call(*objects, *outputs):
                 return None

@@ -39,6 +39,7 @@ from irkit.kir import (
 from irkit.kir.interpret import KirExecutionError, run_program
 from irkit.kir.numerics import f64_to_f32_odd, int_to_f32, round_half
 from irkit.kir.transforms import KirError
+from irkit.lower.random_ops import draw, draws
 
 BF16 = ml_dtypes.bfloat16
 KIR = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16",
@@ -144,6 +145,22 @@ def test_shifts(lanes: int | None) -> None:
                        amount).tolist() == [1, 0x0FFFFFFF]
     with pytest.raises(KirExecutionError, match=r"\[0, 32\)"):
         elementwise(lambda x, y: Call("shl", (x, y)), np.int32, i32, np.full(4, 32, np.int32))
+
+
+@BOTH_FORMS
+def test_xor_and_the_random_generator(lanes: int | None) -> None:
+    i32 = np.array([-8, 5, 2**31 - 1, -1], np.int32)
+    other = np.array([3, 5, -1, 0x0F0F0F0F], np.int32)
+    assert elementwise(lambda x, y: Binary("xor", x, y), np.int32, i32, other, vector=True,
+                       lanes=lanes).tolist() == (i32 ^ other).tolist()
+    flags = np.array([True, True, False, False]), np.array([True, False, True, False])
+    assert elementwise(lambda x, y: Binary("xor", x, y), np.bool_, *flags, vector=True,
+                       lanes=lanes).tolist() == [False, True, True, False]
+    # SplitMix64 in kernel IR (u64 xor, logical shr, wrapping mul) gives numpy's bits
+    index = np.array([0, 1, 2**40, 2**63 - 1], np.int64)
+    key = 0xDEADBEEFCAFEF00D
+    got = elementwise(lambda i: draw(key, i), np.uint64, index, vector=True, lanes=lanes)
+    assert got.tolist() == draws(key, index.astype(np.uint64)).tolist()
 
 
 @BOTH_FORMS

@@ -36,12 +36,13 @@ from irkit.kir import (  # noqa: E402
     Var,
 )
 from irkit.kir.interpret import run_program  # noqa: E402
+from irkit.lower.random_ops import mix64  # noqa: E402
 
 BF16 = ml_dtypes.bfloat16
 KIR = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16",
        np.dtype(BF16): "bf16", np.dtype(np.int64): "i64", np.dtype(np.int32): "i32",
        np.dtype(np.int8): "i8", np.dtype(np.uint32): "u32", np.dtype(np.uint8): "u8",
-       np.dtype(np.bool_): "bool"}
+       np.dtype(np.uint64): "u64", np.dtype(np.bool_): "bool"}
 IDX = Var("i")
 NAN = float("nan")
 
@@ -161,6 +162,9 @@ RULES: dict[str, Rule] = {
                         lambda a, b: Binary("lt", a, b)),
     "shifts_i32": Rule(np.int32, (I32S, SHIFTS),
                        lambda a, b: Call("shr", (Call("shl", (a, b)), b))),
+    "xor_i32": Rule(np.int32, (I32S, I32S[::-1].copy()), lambda a, b: Binary("xor", a, b)),
+    # the random ops' generator: u64 xor, logical shifts and wrapping multiplies
+    "splitmix_u64": Rule(np.uint64, (BIG_INTS.view(np.uint64),), mix64),
     "shr_u32": Rule(np.uint32, (I32S.view(np.uint32), SHIFTS.view(np.uint32)),
                     lambda a, b: Call("shr", (a, b))),
     "dot4_u8s8": Rule(np.int32, (ACC, WORDS_A, WORDS_B),
@@ -284,3 +288,40 @@ def test_workspace_reuse_reads_the_same_bytes() -> None:
         else:
             run_program(program, io, {"N": 1})
         assert io["out"].tolist() == want, run
+
+
+@pytest.mark.parametrize("lanes", [1, 8, 16])
+@pytest.mark.parametrize("arch", ["x86-64-v3", "x86-64-v4"])
+def test_paired_int8_dot_matches_the_interpreter(lanes: int, arch: str) -> None:
+    """dot8_u8s6 (two vpmaddubsw results added in int16, then one vpmaddwd): exact for
+    weight bytes within [-32, 32], including the extremes, where an int16 lane holds
+    4 * 255 * 32 = 32640 or -32640."""
+    from irkit.runtime.hostcpu import host
+    from irkit.target import get_target
+
+    if host().missing(get_target(arch).requirements()):
+        pytest.skip(f"this CPU cannot run {arch} code")
+    rng = np.random.default_rng(6)
+    n = 37
+    acc = rng.integers(-2**31, 2**31, n).astype(np.int32)
+    a0, a1 = (rng.integers(0, 256, (n, 4)).astype(np.uint8) for _ in range(2))
+    b0, b1 = (rng.integers(-32, 33, (n, 4)).astype(np.int8) for _ in range(2))
+    a0[:4] = a1[:4] = 255
+    b0[:2] = b1[:2] = 32
+    b0[2:4] = b1[2:4] = -32
+    words = [x.view(np.int32).reshape(n) for x in (a0, b0, a1, b1)]
+    program = elementwise(lambda c, p, q, r, s: Call("dot8_u8s6", tuple(
+        Load(buf, IDX) for buf in (c, p, q, r, s))), np.int32, acc, *words)
+    results = []
+    for run in ("interpreter", "llvm"):
+        arrays = {"in0": acc.copy(), **{f"in{k + 1}": w.copy() for k, w in enumerate(words)},
+                  "out": np.zeros(n, np.int32)}
+        if run == "llvm":
+            run_on_llvm(program, arrays, lanes, arch)
+        else:
+            run_program(program, arrays, {"N": 1}, lanes=lanes)
+        results.append(arrays["out"].tolist())
+    want = (acc.astype(np.int64) + (a0.astype(np.int64) * b0).sum(1)
+            + (a1.astype(np.int64) * b1).sum(1))
+    assert results[0] == results[1] == ((want + 2**31) % 2**32 - 2**31).tolist()
+    assert results[0][0] - int(acc[0]) == 8 * 255 * 32

@@ -125,3 +125,20 @@ def test_buffer_typed_differently_by_two_kernels(backend: str) -> None:
             program, io)
         results.append(io["out"].tolist())
     assert results[0] == results[1] == [0x04030201 + 1, -(1 << 32) + 0xFA070605 + 1]
+
+
+def test_dot8_u8s6_on_numba() -> None:
+    """The paired int8 dot (weight bytes within [-32, 32]): two exact dot4 steps."""
+    acc, a, b = RULES["dot4_u8s8"].inputs
+    b = (b.view(np.int8).astype(np.int16) // 4).astype(np.int8).view(b.dtype)
+    a2, b2 = a[::-1].copy(), b[::-1].copy()
+    program = elementwise(lambda c, x, y, z, w: Call("dot8_u8s6", tuple(
+        Load(buf, IDX) for buf in (c, x, y, z, w))), np.int32, acc, a, b, a2, b2)
+    results = []
+    for run in ("interpreter", "numba"):
+        arrays = {"in0": acc.copy(), "in1": a.copy(), "in2": b.copy(), "in3": a2.copy(),
+                  "in4": b2.copy(), "out": np.zeros(acc.size, np.int32)}
+        run_program(program, arrays, {"N": 1}) if run == "interpreter" else BACKENDS["numba"](
+            program, arrays)
+        results.append(arrays["out"].tolist())
+    assert results[0] == results[1]

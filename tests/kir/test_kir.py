@@ -107,6 +107,9 @@ SIMPLIFY_CASES = [
     # integer and/or/not are bitwise; bool ones logical; division exact past 2**53
     (Binary("and", Const(12), Const(10)), "8"),
     (Binary("or", Const(12), Const(3)), "15"),
+    (Binary("xor", Const(12), Const(10)), "6"),
+    (Binary("xor", IV, JV), "(i ^ j)"),
+    (Binary("xor", Const(True, "bool"), Const(True, "bool")), "false"),
     (Unary("not", Const(5)), "-6"),
     (Binary("and", Const(True, "bool"), Const(False, "bool")), "false"),
     (Const(2**62 + 1) // Const(1), str(2**62 + 1)),
@@ -120,7 +123,7 @@ def test_simplify_rules(expr, expected) -> None:
 
 
 def test_simplify_cases_counted() -> None:
-    assert len(SIMPLIFY_CASES) == 29
+    assert len(SIMPLIFY_CASES) == 32
     assert len(EXPR_RULES) >= 7
 
 
@@ -168,6 +171,9 @@ def test_prepare_kernel_keeps_semantics_text() -> None:
         (Store(Y, Const(0), Const(1)), "storing i64"),
         (Store(Y, Const(0), Binary("add", Const(1.0, "f32"), Const(1))), "mixes f32 and i64"),
         (Store(Y, Const(0), Call("nope", (Const(1.0, "f32"),))), "unknown call"),
+        (Store(Y, Const(0), Binary("nand", Const(1.0, "f32"), Const(1.0, "f32"))),
+         "unknown binary op nand"),
+        (Store(Y, Const(0), Binary("xor", Const(1.0, "f32"), Const(1.0, "f32"))), "bitwise"),
         (For(IV, Const(2), Store(Y, IV, Const(0.0, "f32")), "sideways"), "loop kind"),
         (Let(Var("a", "f32"), Const(1)), "let a"),
     ],

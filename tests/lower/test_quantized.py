@@ -13,6 +13,7 @@ compute with different float summation orders, moves a whole output row).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -213,8 +214,10 @@ def test_int8_conv_writes_the_next_convs_words(tmp_path: Path, arch: str, size: 
 
     def build(pooled: bool) -> tuple[Any, Any, list[str]]:
         graph = irkit.load_model(conv_chain_model(size, widths, pads, kernels, pooled))
-        q = irkit.optimize(graph, "fuse,quantize{mode=static,per_channel=true,force=true}",
-                           calibration=calib, target=arch)
+        # The same weight range for both models (auto may try 6-bit weights on one only).
+        wr = ",weight_range=reduced" if arch == "x86-64-v3" else ""
+        q = irkit.optimize(graph, "fuse,quantize{mode=static,per_channel=true,force=true"
+                           f"{wr}}}", calibration=calib, target=arch)
         assert [n.op for n in quantized_ops(q)] == ["QLinearConvInt8"] * len(widths)
         compiled = compile_llvm(q, tmp_path / f"pool{pooled}", arch)
         kernels_ = programs(compiled.manifest.entry)[0].kernels
@@ -315,3 +318,30 @@ def test_pruned_matmul_uses_sparse_kernel(tmp_path: Path) -> None:
     x = np.random.default_rng(0).standard_normal((7, 128)).astype(np.float32)
     np.testing.assert_allclose(compiled(x=x)["y"], irkit.evaluate(graph, {"x": x})["y"],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_auto_weight_range_tries_six_bits_on_the_calibration_data() -> None:
+    """On a target that multiplies with vpmaddubsw, static quantize keeps 6-bit weights
+    only when the int8 model's calibration outputs stay within narrow_tolerance of fp32's
+    (the report gives both measured deviations); VNNI targets keep 8 bits."""
+    graph = irkit.load_model(conv_model(8))
+    calib = [{"x": np.random.default_rng(3).standard_normal((16, 8, 9, 9))
+              .astype(np.float32) * 1.5}]
+
+    def weights(target: str, extra: str = "") -> tuple[int, str]:
+        q = irkit.optimize(graph, f"quantize{{mode=static,per_channel=true{extra}}}",
+                           calibration=calib, target=target)
+        (node,) = quantized_ops(q)
+        return int(np.abs(node.inputs[3].const).max()), q.history[-1].details["weight_range"]
+
+    top, note = weights("x86-64-v3")
+    assert top == 31 and note.startswith("6-bit [-31, 31] (auto"), note
+    found = re.search(r"6-bit weights move the outputs ([\d.]+)% RMS from fp32, 7-bit "
+                      r"([\d.]+)%", note)
+    assert found is not None, note
+    six, seven = float(found[1]), float(found[2])
+    assert 0 < seven < six <= 3.0, note
+    top, note = weights("x86-64-v3", ",narrow_tolerance=0.0001")
+    assert top == 63 and "kept over 6-bit" in note, note
+    top, note = weights("x86-64-v4-vnni")
+    assert top == 127, note

@@ -75,6 +75,31 @@ def test_quantize_keeps_fp32_where_int8_is_slower(digits: dict[str, Any]) -> Non
     assert report["quantized"] == 1
 
 
+class InContext(SetTimings):
+    """Each node alone slower in int8, the whole model with every node int8 faster."""
+
+    def compare(self, candidates: Mapping[str, Graph]) -> Timing:
+        if set(candidates) == {"chosen", "every"}:
+            self.asked.append(["whole model"])
+            return Timing({self.target: {"chosen": 1.0, "every": 1.0 / 1.25}})
+        return super().compare(candidates)
+
+
+def test_quantize_times_the_model_in_context(digits: dict[str, Any]) -> None:
+    """Nodes kept fp32 when timed alone go int8 when the whole model is faster so (an
+    int8 conv feeding another writes its bytes: no float tensor between them)."""
+    cost = InContext({"QLinearConvInt8": 0.9, "QLinearMatMulInt8": 2.0})
+    out = _quantize(digits, cost)
+    notes = out.history[-1].details["nodes"]
+    assert ["whole model"] in cost.asked
+    ops = [n.qualified_op for n in out.nodes]
+    assert ops.count("irkit.QLinearConvInt8") >= 2 and "irkit.QLinearMatMulInt8" in ops
+    in_context = [v for v in notes.values() if v.startswith("int8 in context")]
+    assert len(in_context) >= 2 and all(
+        v == "int8 in context: the model is 1.25x faster on x86-64-v3 with every candidate "
+        "in int8 (alone: kept fp32: int8 0.90x on x86-64-v3)" for v in in_context), notes
+
+
 def test_quantize_force_skips_the_timing(digits: dict[str, Any]) -> None:
     cost = SetTimings({"QLinearConvInt8": 0.6})
     out = _quantize(digits, cost, ",force=true")

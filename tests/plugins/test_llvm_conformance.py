@@ -25,8 +25,10 @@ KNOWN_WRONG = {
 # measured: 1,520 of 1,884 (80.7%) on 2026-11-30; 1,666 (88.4%) on 2026-12-07 with the
 # low-bit types (issue #22). The 24 Casts from float to int4/int2 whose stored expected
 # values give 0 for out-of-range inputs (undefined in ONNX; onnx.reference and irkit wrap)
-# are evaluator-error, not failures.
-MIN_PASSING = 1656
+# are evaluator-error, not failures. 1,691 (89.8%) later that day with data-dependent shapes
+# (NonZero, Compress, Unique, NonMaxSuppression: +18) and run-time Loop/If, sequences and
+# optionals (+7).
+MIN_PASSING = 1681
 
 
 @pytest.mark.slow
@@ -48,3 +50,8 @@ def test_llvm_conformance_targets(tmp_path: Path) -> None:
     assert passed / data["total"] >= 0.60
     assert passed / (passed + len(wrong)) >= 0.95
     assert passed >= MIN_PASSING, (passed, report.format(show_ops=False, show_failures=False))
+    # The six Bernoulli cases (the random ops' only node cases) compile: their values
+    # cannot match ONNX's, so they are nondeterministic (shapes, dtypes, 0/1 values and,
+    # for the two seeded ones, a repeated second run checked), never unsupported.
+    assert len(by_outcome.get(Outcome.RANDOM.value, [])) == 6, by_outcome.get(
+        Outcome.RANDOM.value)

@@ -88,7 +88,7 @@ def test_transformer_fused_and_dynamic_int8(transformer_onnx: Path, tmp_path: Pa
     assert np.abs(got - want).max() / np.abs(want).max() < 5e-2
 
 
-@pytest.mark.parametrize("weights", ["full", "reduced"])
+@pytest.mark.parametrize("weights", ["full", "reduced", "narrow"])
 @pytest.mark.parametrize("arch,kernel", [
     ("x86-64-v3", "vpmaddubsw"), ("x86-64-v4", "vpmaddubsw"), ("x86-64-v2", "vpmaddubsw"),
     ("x86-64-v3-vnni", "vpdpbusd"), ("x86-64-v4-vnni", "vpdpbusd"), ("x86-64", "widen")])
@@ -96,7 +96,8 @@ def test_int8_gemm_instruction_follows_the_target(arch: str, kernel: str, weight
                                                   ) -> None:
     """The int8 microkernel is vpdpbusd on targets with VNNI at its width, vpmaddubsw +
     vpmaddwd on other x86 targets with SSSE3/AVX2/AVX-512BW (full-range weights as two
-    7-bit halves, so twice the multiplies), and the widening expansion on the x86-64
+    7-bit halves, so twice the multiplies; 6-bit weights two words per vpmaddwd, their
+    int16 pair sums added with vpaddw), and the widening expansion on the x86-64
     baseline — whatever the build host has. The manifest names the kernel per node."""
     import llvmlite.binding as llvm
     from onnx import TensorProto, helper, numpy_helper
@@ -128,15 +129,17 @@ def test_int8_gemm_instruction_follows_the_target(arch: str, kernel: str, weight
     assert note.startswith(f"int8 {kernel}") and note.endswith(f"on {arch}")
     if kernel == "vpmaddubsw":
         assert ("x2" in note) == (weights == "full")
+        assert ("pairs" in note) == (weights == "narrow") == ("paddw" in asm)
 
 
-@pytest.mark.parametrize("weights", ["full", "reduced"])
-@pytest.mark.parametrize("arch", ["x86-64", "x86-64-v3", "x86-64-v4", "x86-64-v4-vnni"])
-@pytest.mark.parametrize("vec", [8, 16])
+@pytest.mark.parametrize(("weights", "arch", "vec"), [
+    *((w, a, v) for w in ("full", "reduced")
+      for a in ("x86-64", "x86-64-v3", "x86-64-v4", "x86-64-v4-vnni") for v in (8, 16)),
+    ("narrow", "x86-64-v3", 8)])
 def test_int8_paths_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str,
                           vec: int, weights: str) -> None:
-    """Every int8 kernel (the widening expansion, vpmaddubsw with 7-bit weights or with
-    8-bit weights in two halves, VNNI) and 8- and 16-lane tiles give the same results as
+    """Every int8 kernel (the widening expansion, vpmaddubsw with 7-bit weights, with
+    8-bit weights in two halves or with 6-bit weights two words at a time, VNNI) and 8- and 16-lane tiles give the same results as
     the reference int32 arithmetic (static int8 MLP, cols 19 and 45 so panels are
     partial). The int32 accumulation is exact on every target — vpmaddubsw's int16 pair
     sums cannot saturate with weights within [-64, 64] — so only the final float rescale

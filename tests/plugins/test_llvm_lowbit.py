@@ -192,6 +192,41 @@ def test_packed_int4_matmul_matches_onnx_reference(target: KernelTarget, wtype: 
         np.testing.assert_allclose(compiled(x=x)["y"], want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_int4_matmul_tiles_row_blocks_and_tiny_scales(target: KernelTarget,
+                                                      tmp_path: Path) -> None:
+    """The tiled kernel's edges: 84 columns (a last column tile partly filled, down to a
+    partial vector, with 8 and 16 lanes), uint4 without zero points (no zero-point term),
+    rows 1, 3 and 7 (the 1- and 3-row forms and a block of 4); and the same weights with
+    one block's scales below TINY_SCALE, which unpacks every nibble by shifts instead of
+    masking it in place. Against onnx.reference, rtol and atol 1e-5."""
+    from onnx.reference import ReferenceEvaluator
+
+    from irkit.lower.int4_matmul import TINY_SCALE
+
+    rng = np.random.default_rng(2)
+    k, n, block = 128, 84, 64
+    w = rng.integers(0, 16, (k, n)).astype(ml_dtypes.uint4)
+    normal = rng.uniform(0.01, 0.1, (k // block, n)).astype(np.float32)
+    tiny = normal.copy()
+    tiny[1] = TINY_SCALE / 4
+    for name, scale in (("masked", normal), ("shifted", tiny)):
+        graph = helper.make_graph(
+            [helper.make_node("DequantizeLinear", ["w", "s"], ["wf"], axis=0,
+                              block_size=block),
+             helper.make_node("MatMul", ["x", "wf"], ["y"])], "int4_tiles",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])],
+            [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "s")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+        compiled = compile_and_load(model, tmp_path / name, target=target)
+        for rows in (1, 3, 7):
+            x = rng.normal(size=(rows, k)).astype(np.float32)
+            (want,) = ReferenceEvaluator(model).run(None, {"x": x})
+            np.testing.assert_allclose(compiled(x=x)["y"], want, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{name}, {rows} rows")
+
+
 def test_arithmetic_on_low_bit_values_is_refused(tmp_path: Path) -> None:
     from irkit import api
     from irkit.errors import IrkitError

@@ -189,3 +189,21 @@ def test_types_declare_the_model(tmp_path: Path) -> None:
     assert "y: Output<Float32Array>;" in text
     assert "export function load(" in text
     assert "/** float32[N, 8] */" in text  # the signature's dims
+
+
+def test_unseeded_random_ops_draw_per_run_keys_in_node(tmp_path: Path) -> None:
+    """A fresh key per run; options.randomSeed gives the Python runtime's values."""
+    from onnx import TensorProto, helper
+
+    node_ = helper.make_node("RandomUniform", [], ["u"], shape=[64], dtype=TensorProto.DOUBLE)
+    graph = helper.make_graph([node_], "fresh", [],
+                              [helper.make_tensor_value_info("u", TensorProto.DOUBLE, [64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    artifact = compile_wasm(model, tmp_path / "fresh")
+    want = irkit.runtime.load(artifact, random_seed=5).run({})["u"]
+    requests = [{"artifact": str(artifact), "options": options, "inputs": {}}
+                for options in ({"randomSeed": 5}, {}, {})]
+    seeded, plain, other = (a["outputs"]["u"] for a in run_in_node(requests))
+    assert np.array_equal(seeded, want)
+    assert not np.array_equal(plain, other) and not np.array_equal(plain, want)
+    assert plain.min() >= 0.0 and plain.max() < 1.0

@@ -376,3 +376,40 @@ def _sample(text: str, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no sample {series} in /metrics")
+
+
+def test_arrivals_count_accepted_infers_until_received_or_stale() -> None:
+    from irkit.runtime.adapters.grpc import MODEL_INFER, Arrivals, _Handlers
+
+    class Details(grpc.HandlerCallDetails):
+        def __init__(self, method: str) -> None:
+            self.method, self.invocation_metadata = method, ()
+
+    arrivals = Arrivals(horizon_s=0.05)
+    infer = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    handlers = _Handlers({"ModelInfer": infer, "ServerLive": infer}, arrivals)
+    assert handlers.service(Details(MODEL_INFER)) is infer
+    assert handlers.service(Details(MODEL_INFER)) is infer
+    assert handlers.service(Details("/inference.GRPCInferenceService/ServerLive")) is infer
+    assert handlers.service(Details("/inference.GRPCInferenceService/Nope")) is None
+    assert arrivals() == 2  # only ModelInfer counts, from accept until its handler runs
+    arrivals.received()
+    assert arrivals() == 1
+    time.sleep(0.06)  # an accepted RPC whose handler never ran stops counting
+    assert arrivals() == 0
+    arrivals.accepted()
+    assert arrivals() == 1
+
+
+def test_lone_client_pays_no_batching_delay(serve: Callable[..., Served],
+                                            digits_model: Any) -> None:
+    served = serve(repo_of(digits_model, max_batch=64, max_delay_ms=500))
+    x = np.zeros((1, 64), np.float32)
+    with tgrpc.InferenceServerClient(served.grpc.address) as client:
+        client.infer("digits", [grpc_input("x", x)])  # connect, warm up
+        started = time.perf_counter()
+        for _ in range(3):
+            client.infer("digits", [grpc_input("x", x)])
+        elapsed = time.perf_counter() - started
+    assert elapsed < 0.5, f"3 sequential requests took {elapsed:.3f} s (max_delay_ms=500)"
+    assert served.grpc.arrivals() == 0
