@@ -58,13 +58,23 @@ class Tiles:
     # one whose panel of pixels lines up with its output rows (see ``for_conv``).
     conv_alternatives: tuple[tuple[int, int], ...] = ()
 
-    def for_conv(self, out_width: int | None = None) -> Tiles:
-        """The conv tile: of ``(conv_mr, conv_nr)`` and the alternatives, the one whose
-        ``nr`` pixels touch the fewest output rows per pixel — a panel packs one copy
-        segment per (channel, tap, output row), so on a 32-wide map 16 pixels (half a row)
-        pack in half the segments per pixel of 24 pixels (which straddle rows)."""
-        mr, nr = self.conv_mr, self.conv_nr
-        if out_width and self.conv_alternatives:
+    def for_conv(self, out_width: int | None = None, pixels: int | None = None) -> Tiles:
+        """The conv tile: of ``(conv_mr, conv_nr)`` and the alternatives, the ones that
+        waste the least of their panels on the ``pixels`` output pixels (within 3%: the
+        last panel computes all ``nr`` columns, so a 12x12 map's 144 pixels fill 3 panels
+        of 48 but take 3 of 64, a third more work); of those, given ``out_width``, the
+        one whose ``nr`` pixels touch the fewest output rows per pixel — a panel packs one
+        copy segment per (channel, tap, output row), so on a 32-wide map 16 pixels (half a
+        row) pack in half the segments per pixel of 24 pixels (which straddle rows).
+        Ties keep the default."""
+        options = [(self.conv_mr, self.conv_nr), *self.conv_alternatives]
+        if pixels:
+            def computed_per_pixel(shape: tuple[int, int]) -> float:
+                return -(-pixels // shape[1]) * shape[1] / pixels
+
+            least = min(computed_per_pixel(o) for o in options)
+            options = [o for o in options if computed_per_pixel(o) <= least * 1.03]
+        if out_width:
             def segments_per_pixel(shape: tuple[int, int]) -> float:
                 width = shape[1]
                 if out_width % width == 0:
@@ -73,8 +83,8 @@ class Tiles:
                     return 1 / out_width
                 return 1 / out_width + 1 / width
 
-            options = [(mr, nr), *self.conv_alternatives]
-            mr, nr = min(options, key=segments_per_pixel)  # ties keep the default
+            options = [min(options, key=segments_per_pixel)]
+        mr, nr = options[0]
         return Tiles(mr, nr, self.vec, mr, nr, self.conv)
 
     @classmethod
@@ -94,7 +104,10 @@ class Tiles:
         vec = vec or target.f32_lanes
         many = target.vector_registers >= 32
         mr = mr or (8 if many else 6)
-        alternatives = () if conv_mr or conv_nr else ((8 if many else 6, 2 * vec),)
+        # With 32 registers a 4 x 3-vector conv tile too: its 48-pixel panels fit maps of
+        # 12, 24 or 48 pixels a row that 64-pixel panels would pad or straddle.
+        alternatives: tuple[tuple[int, int], ...] = () if conv_mr or conv_nr else (
+            ((8, 2 * vec), (4, 3 * vec)) if many else ((6, 2 * vec),))
         conv_mr = conv_mr or 4
         nr = nr or 2 * vec
         conv_nr = conv_nr or (4 if many else 3) * vec

@@ -23,7 +23,7 @@ import numpy as np
 from irkit.ir import Node
 from irkit.kir import Binary, Buffer, Const, Expr, For, If, Load, Stmt, Store, block
 from irkit.lower.context import LoweringContext
-from irkit.lower.heavy import Epilogue, HeavyPlan, conv_geometry, plan_conv
+from irkit.lower.heavy import Epilogue, HeavyPlan, conv_geometry, conv_tiles, plan_conv
 from irkit.lower.tensor import LoweringError, TensorRef, flat_index, product
 
 MONOTONE = ("none", "relu", "sigmoid", "tanh")
@@ -86,7 +86,7 @@ def plan_conv_bias_act_pool(ctx: LoweringContext, node: Node, ins: list[TensorRe
     act = _activation(act_name)
     pool = str(node.attr("pool", "max"))
     count = kh * kw
-    nr = ctx.tiles.for_conv(ow).nr  # the tile plan_conv picks for this output width
+    nr = conv_tiles(ctx, g).nr  # the tile plan_conv picks
     rows_per_panel = nr // ow if nr % ow == 0 else 0
     aligned = rows_per_panel > 0 and rows_per_panel % sh == 0 and kh <= sh
     max_first = pool == "max" and act_name in MONOTONE

@@ -28,7 +28,7 @@ from irkit.kir import (
     block,
     simplify_expr,
 )
-from irkit.lower.context import LoweringContext
+from irkit.lower.context import LoweringContext, Tiles
 from irkit.lower.depthwise import depthwise_emitter, is_depthwise
 from irkit.lower.gemm import GemmSpec, emit_gemm, pack_weights
 from irkit.lower.tensor import (
@@ -265,6 +265,14 @@ def conv_geometry(node: Node, x: TensorRef, w: np.ndarray, any_rank: bool = Fals
     return {"in": in_hw, "k": kernel, "s": strides, "d": dil, "p": pads, "out": out_hw}
 
 
+def conv_tiles(ctx: LoweringContext, g: dict[str, Any]) -> Tiles:
+    """The register tile of a conv of geometry ``g`` (see Tiles.for_conv): a pointwise
+    conv packs whole channel rows, so the output rows a panel touches do not count."""
+    oh, ow = g["out"]
+    pointwise = tuple(g["k"]) == (1, 1) and list(g["s"]) == [1, 1] and not any(g["p"])
+    return ctx.tiles.for_conv(None if pointwise else ow, oh * ow)
+
+
 def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
               tile_store: Callable[[Expr, Expr, int, Expr, Buffer], Stmt] | None = None
               ) -> HeavyPlan:
@@ -307,7 +315,7 @@ def plan_conv(ctx: LoweringContext, node: Node, ins: list[TensorRef | None],
     batch = simplify_expr(x.shape[0] * groups)
 
     pads = g["p"]
-    tiles = ctx.tiles.for_conv(ow)
+    tiles = conv_tiles(ctx, g)
     nr = tiles.nr
     # Panels are packed straight from the unpadded input, a segment per output row they
     # touch, with the padding's zeros written by the copy loops themselves; a 1x1 stride-1
@@ -416,7 +424,7 @@ def _rows_fit_better(ctx: LoweringContext, spatial: int, cout: int) -> bool:
     """Whether a 1x1 conv wastes less of its tiles with pixels as GEMM rows and output
     channels as columns than with channels as rows and pixels as columns (a 7x7 map
     fills 49 of a 64-wide panel; 128 channels fill whole panels)."""
-    conv, plain = ctx.tiles.for_conv(), ctx.tiles
+    conv, plain = ctx.tiles.for_conv(pixels=spatial), ctx.tiles
 
     def used(n: int, tile: int) -> float:
         return n / (-(-n // tile) * tile)

@@ -130,6 +130,8 @@ SPANNING = {
     "ow100_wider_than_panel": (2, (5, 100), (4, 2, 3, 3), {"pads": [1, 1, 1, 1]}),
     "ow13_dilated": (3, (15, 17), (5, 3, 3, 3), {"pads": [2, 0, 1, 2], "dilations": [2, 2]}),
     "ow7_5x5_stride3": (4, (19, 21), (6, 4, 5, 5), {"pads": [2, 2, 2, 2], "strides": [3, 3]}),
+    # 144 pixels: 48-pixel panels of 4 whole rows with AVX-512 tiles (64 would pad).
+    "ow12_5x5_odd_channels": (7, (12, 12), (9, 7, 5, 5), {"pads": [2, 2, 2, 2]}),
 }
 
 
@@ -138,3 +140,18 @@ def test_panels_spanning_output_rows(name: str, tmp_path: Path) -> None:
     channels, hw, weight, attrs = SPANNING[name]
     model = conv_model(channels, hw, weight, epilogue="relu", **attrs)
     run_against_ort(model, channels, hw, tmp_path, name)
+
+
+def test_conv_tile_fits_the_output_map() -> None:
+    """The panel width wastes the least of the map (AVX-512: 48 pixels for a 12x12 map,
+    not 64, which computes a third more), then crosses the fewest output rows; AVX2
+    keeps its 24-pixel panels where they fit."""
+    from irkit.lower.context import Tiles
+    from irkit.target import get_target
+
+    avx512, avx2 = (Tiles.for_target(get_target(a)) for a in ("x86-64-v4", "x86-64-v3"))
+    picks = {w: (avx512.for_conv(w, w * w).nr, avx2.for_conv(w, w * w).nr)
+             for w in (12, 24, 28, 56)}
+    assert picks == {12: (48, 24), 24: (48, 24), 28: (48, 24), 56: (64, 24)}
+    assert avx512.for_conv(None, 144).nr == 48  # a pointwise conv: waste only
+    assert avx512.for_conv(None, 3136).nr == 64  # ties keep the default
