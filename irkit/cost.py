@@ -2,8 +2,17 @@
 
 ``MeasuredCost(targets).compare({"fp32": g1, "int8": g2})`` compiles each candidate graph
 with the llvm backend for each target this machine can run, times them in alternating
-rounds (the fastest run of each; the same input for every candidate) and returns seconds per target and
-candidate. Targets this machine cannot run (AVX-512 code on an AVX2 host, aarch64 on
+rounds (candidate A, then B, every round, so a burst of other work hits both; the same
+input for every candidate) and returns the fastest run of each, in seconds per target and
+candidate, with the spread of the runs.
+
+The clock: every trial here runs one thread (the candidates are loaded with
+``threads=1`` and run on the calling thread), so it is timed by that thread's CPU time
+(``time.thread_time_ns``): time the thread spends waiting for a core on a busy machine is
+not counted, and the verdicts do not flip with the load. Multi-threaded trials
+(``clock="wall"``) keep wall time, since their worker threads' time is not the caller's.
+A pass steps aside only when a candidate is slower by more than :meth:`Timing.margin`:
+the larger of a 3% floor and the spread measured in that trial. Targets this machine cannot run (AVX-512 code on an AVX2 host, aarch64 on
 x86) are listed in ``unmeasured`` and the pass keeps its default there. Symbolic dims are
 bound to ``batch`` (the first) and 32 (the others, sequence lengths).
 
@@ -28,6 +37,10 @@ from irkit.ir import Graph
 from irkit.target import Target
 
 SEQUENCE = 32
+# The least relative difference a pass acts on (below it, two forms count as a tie).
+MARGIN = 0.03
+# Clocks: "cpu" times the calling thread (one-thread trials), "wall" elapsed time.
+CLOCKS = {"cpu": time.thread_time_ns, "wall": time.perf_counter_ns}
 
 
 @dataclass
@@ -36,17 +49,31 @@ class Timing:
 
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     unmeasured: dict[str, str] = field(default_factory=dict)  # target -> why
+    clock: str = ""  # "cpu" (the calling thread's CPU time) or "wall"; "" when not measured
+    # target -> relative spread of the runs: the largest (median - min) / min of a candidate
+    spread: dict[str, float] = field(default_factory=dict)
 
     def speedup(self, baseline: str, candidate: str) -> dict[str, float]:
         """``baseline`` time over ``candidate`` time per measured target."""
         return {target: times[baseline] / times[candidate]
                 for target, times in self.seconds.items() if times.get(candidate)}
 
+    def margin(self, target: str, floor: float = MARGIN) -> float:
+        """How much slower a candidate must time on ``target`` before a pass steps aside
+        for it: ``floor`` or the spread measured there, whichever is larger."""
+        return max(floor, self.spread.get(target, 0.0))
+
+    def how(self, target: str) -> str:
+        """The clock and spread behind a ratio, for a report: ``cpu time, spread 1.2%``."""
+        if not self.clock:
+            return ""
+        return f" ({self.clock} time, spread {100 * self.spread.get(target, 0.0):.1f}%)"
+
 
 class MeasuredCost:
     """Times candidate graphs on ``targets`` (compiled with the llvm backend)."""
 
-    def __init__(self, targets: Sequence[Target], batch: int = 64, rounds: int = 9,
+    def __init__(self, targets: Sequence[Target], batch: int = 64, rounds: int = 15,
                  budget_s: float = 0.4) -> None:
         self.targets = list(targets)
         self.batch = batch
@@ -87,8 +114,14 @@ class MeasuredCost:
             except IrkitError as exc:
                 timing.unmeasured[target.name] = f"a candidate does not compile: {exc}"
                 continue
-            timing.seconds[target.name] = _interleaved(calls, feeds, self.rounds,
-                                                       self.budget_s)
+            try:
+                samples = _samples(calls, feeds, self.rounds, self.budget_s, "cpu")
+            finally:
+                for call in calls.values():
+                    call.close()
+            timing.seconds[target.name] = {n: min(t) for n, t in samples.items()}
+            timing.spread[target.name] = _spread(samples)
+            timing.clock = "cpu"
         return timing
 
 
@@ -133,10 +166,12 @@ def feeds_for(graph: Graph, batch: int) -> dict[str, np.ndarray]:
 
 
 def interleaved(calls: Mapping[str, Any], feeds: Mapping[str, np.ndarray], rounds: int = 9,
-                budget_s: float = 0.4) -> dict[str, float]:
+                budget_s: float = 0.4, clock: str = "cpu") -> dict[str, float]:
     """Seconds per call of each loaded model in ``calls`` (the fastest of alternating
-    rounds); the models stay open."""
-    return _interleaved(calls, feeds, rounds, budget_s, close=False)
+    rounds); the models stay open. ``clock="cpu"`` (the calling thread's CPU time) is for
+    models loaded with one thread; pass ``"wall"`` for multi-threaded ones."""
+    samples = _samples(calls, feeds, rounds, budget_s, clock)
+    return {name: min(times) for name, times in samples.items()}
 
 
 def _compiled(graph: Graph, target: Target) -> Any:
@@ -148,23 +183,32 @@ def _compiled(graph: Graph, target: Target) -> Any:
         return irkit.runtime.load(artifact.save(Path(tmp) / "candidate"), threads=1)
 
 
-def _interleaved(calls: Mapping[str, Any], feeds: Mapping[str, np.ndarray], rounds: int,
-                 budget_s: float, close: bool = True) -> dict[str, float]:
-    """Seconds per call of each candidate (the fastest of its runs), candidates
-    alternating every round."""
+def _samples(calls: Mapping[str, Any], feeds: Mapping[str, np.ndarray], rounds: int,
+             budget_s: float, clock: str = "cpu") -> dict[str, list[float]]:
+    """Seconds of every run of each candidate by ``clock`` (:data:`CLOCKS`), candidates
+    alternating every round (at least 5 rounds, then until ``rounds`` or the budget)."""
+    if clock not in CLOCKS:
+        raise IrkitError(f"unknown clock {clock!r}: one of {', '.join(CLOCKS)}")
+    now = CLOCKS[clock]
     for call in calls.values():
         call.run(feeds)  # first calls plan threads and grow workspaces
     samples: dict[str, list[float]] = {name: [] for name in calls}
     deadline = time.perf_counter() + budget_s * len(calls)
     for _ in range(rounds):
         for name, call in calls.items():
-            start = time.perf_counter()
+            start = now()
             call.run(feeds)
-            samples[name].append(time.perf_counter() - start)
-        if time.perf_counter() > deadline and all(len(s) >= 3 for s in samples.values()):
+            samples[name].append((now() - start) * 1e-9)
+        if time.perf_counter() > deadline and all(len(s) >= 5 for s in samples.values()):
             break
-    for call in calls.values() if close else ():
-        call.close()
-    # The fastest run: other work on the machine only ever adds time, so the minimum is
-    # the steadiest estimate of what each candidate costs.
-    return {name: float(np.min(times)) for name, times in samples.items()}
+    return samples
+
+
+def _spread(samples: Mapping[str, Sequence[float]]) -> float:
+    """The largest relative distance of a candidate's median run from its fastest."""
+    out = 0.0
+    for times in samples.values():
+        fastest = min(times)
+        if fastest > 0:
+            out = max(out, float(np.median(times)) / fastest - 1.0)
+    return out

@@ -251,6 +251,7 @@ class Distill(Pass):
                 for target, times in timing.seconds.items()}
             report["speedup"] = {t: round(v, 2)
                                  for t, v in timing.speedup("teacher", "student").items()}
+            report["clock"] = timing.clock
         if data.val_labels is not None:
             teacher_acc = float(np.mean(np.argmax(data.val_targets[0], -1) == data.val_labels))
             report["teacher_val_accuracy"] = round(teacher_acc, 4)

@@ -98,8 +98,9 @@ def _bias_vector(value: Value | None, channels: int, trailing: int) -> np.ndarra
 # nodes it replaces on the targets and skipped where it is slower.
 TIMED_FUSIONS = {"attention": ("Softmax",), "conv_pool": ("MaxPool", "AveragePool"),
                  "matmul_epilogue": ("MatMul", "Gemm")}  # kind -> ops its rewrite starts at
-# A fusion steps aside when the fused nodes take longer than this many times the
-# unfused ones (below it the difference is within timing noise).
+# A fusion steps aside when the fused nodes are slower than the unfused ones by more
+# than the trial's margin: this floor, or the spread of its runs when that is larger
+# (``irkit.cost.Timing.margin``; below it the difference is timing noise).
 SLOWER = 1.03
 
 
@@ -136,9 +137,10 @@ def time_rewrite(graph: Graph, anchor: Node, rewrite: Any, cost: Any
     if not speed:
         return None
     target, worst = min(speed.items(), key=lambda item: item[1])
-    if worst * SLOWER < 1.0:
-        return False, f"kept unfused: fused {worst:.2f}x on {target}"
-    return True, f"fused {worst:.2f}x on {target}"
+    how, margin = timing.how(target), timing.margin(target, SLOWER - 1.0)
+    if worst < 1.0 - margin:
+        return False, f"kept unfused: fused {worst:.2f}x on {target}{how}"
+    return True, f"fused {worst:.2f}x on {target}{how}"
 
 
 @dataclass(frozen=True)

@@ -209,9 +209,11 @@ class Quantize(Pass):
     def _keep_faster(self, graph: Graph, views: list[LinearView],
                      ranges: dict[str, tuple[np.ndarray, np.ndarray]], context: PassContext,
                      qmax: int) -> tuple[list[LinearView], dict[str, str]]:
-        """The views whose int8 form is not slower than fp32 on any measured target
-        (each node timed alone, both forms compiled for the targets), and a note per node:
-        ``int8 2.31x on x86-64-v3`` or ``kept fp32: int8 0.62x on x86-64-v3``."""
+        """The views whose int8 form is not slower than fp32 on any measured target by
+        more than the trial's margin (each node timed alone, both forms compiled for the
+        targets; see :meth:`irkit.cost.Timing.margin`), and a note per node with the ratio
+        and its clock: ``int8 2.31x on x86-64-v3 (cpu time, spread 0.8%)`` or
+        ``kept fp32: int8 0.62x on x86-64-v3 (cpu time, spread 1.1%)``."""
         kept: list[LinearView] = []
         notes: dict[str, str] = {}
         for view in views:
@@ -229,10 +231,13 @@ class Quantize(Pass):
                 kept.append(view)
                 continue
             target, worst = min(speed.items(), key=lambda item: item[1])
-            if worst < 1.0:
-                notes[name] = f"kept fp32: int8 {worst:.2f}x on {target}"
+            how = timing.how(target)
+            if worst < 1.0 - timing.margin(target):
+                notes[name] = f"kept fp32: int8 {worst:.2f}x on {target}{how}"
             else:
-                notes[name] = f"int8 {worst:.2f}x on {target}"
+                tie = (f", within the {100 * timing.margin(target):.0f}% margin"
+                       if worst < 1.0 else "")
+                notes[name] = f"int8 {worst:.2f}x on {target}{how}{tie}"
                 kept.append(view)
         if len(kept) < len(views):
             kept = self._in_context(graph, views, kept, ranges, context, qmax, notes)
@@ -244,8 +249,9 @@ class Quantize(Pass):
         """A node timed alone converts its input from float and its output back; in the
         model, an int8 conv feeding another writes that conv's bytes itself, so a chain of
         int8 nodes can pay where each alone does not. Time the whole model with every
-        candidate in int8 against the alone-timed choice, and keep the faster (by 3%: a
-        tie keeps the choice)."""
+        candidate in int8 against the alone-timed choice: the nodes stay fp32 only when
+        that makes the model faster by more than the trial's margin (a tie within the
+        noise goes int8, the pass's default)."""
         chosen = {_key(v.node) for v in kept}
         every = {_key(v.node) for v in views}
         timing = context.cost.compare({
@@ -255,11 +261,15 @@ class Quantize(Pass):
         if not speed:
             return kept
         target, worst = min(speed.items(), key=lambda item: item[1])
-        if worst < 1.03:
+        margin = timing.margin(target)
+        if worst < 1.0 - margin:
             return kept
+        how = timing.how(target)
+        said = (f"is {worst:.2f}x faster on {target}{how}" if worst >= 1.0 else
+                f"runs {worst:.2f}x on {target}{how}, within the {100 * margin:.0f}% margin,")
         for name in every - chosen:
-            notes[name] = (f"int8 in context: the model is {worst:.2f}x faster on {target} "
-                           f"with every candidate in int8 (alone: {notes[name]})")
+            notes[name] = (f"int8 in context: the model {said} with every candidate in int8 "
+                           f"(alone: {notes[name]})")
         return views
 
     def weight_qmax(self, context: PassContext) -> tuple[int, str]:
