@@ -14,7 +14,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 
-from irkit.ir import Graph, Node, TensorType, UnknownType, Value, ValueType
+from irkit.ir import (
+    Graph,
+    Node,
+    OptionalType,
+    SequenceType,
+    TensorType,
+    UnknownType,
+    Value,
+    ValueType,
+)
 from irkit.ir.attrs import Attr, AttrKind
 from irkit.ir.clone import clone_graph
 from irkit.lower.tensor import LoweringError
@@ -32,8 +41,9 @@ def is_host_node(node: Node) -> bool:
         return False
     if node.op in LOOP_OPS or node.op in SEQUENCE_OPS:
         return True
+    # an Identity of a sequence or optional (an Identity of a not-yet-typed tensor is not)
     return node.op == "Identity" and bool(node.inputs) and node.inputs[0] is not None and \
-        not isinstance(node.inputs[0].type, TensorType)
+        isinstance(node.inputs[0].type, (SequenceType, OptionalType))
 
 
 def subgraphs(node: Node) -> Iterator[Graph]:
