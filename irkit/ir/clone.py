@@ -17,16 +17,7 @@ def clone_graph(graph: Graph, outer: Graph | None = None, mapping: dict | None =
     for name, value in graph.constants.items():
         mapping[value] = new.add_constant(name, value.const, exact_name=True)
     for node in graph.nodes:
-        attrs: dict[str, Attr] = {}
-        for key, attr in node.attrs.items():
-            if attr.kind is AttrKind.GRAPH:
-                attrs[key] = Attr(attr.kind, clone_graph(attr.value, new, mapping))
-            elif attr.kind is AttrKind.GRAPHS:
-                attrs[key] = Attr(
-                    attr.kind, tuple(clone_graph(g, new, mapping) for g in attr.value)
-                )
-            else:
-                attrs[key] = attr
+        attrs = clone_attrs(node, new, mapping)
         inputs = [None if v is None else mapping.get(v, v) for v in node.inputs]
         copy = Node(
             node.op,
@@ -42,6 +33,20 @@ def clone_graph(graph: Graph, outer: Graph | None = None, mapping: dict | None =
             mapping[old] = fresh
     new.set_outputs(mapping[v] for v in graph.outputs)
     return new
+
+
+def clone_attrs(node: Node, outer: Graph, mapping: dict) -> dict[str, Attr]:
+    """``node``'s attributes, its body graphs copied as children of ``outer``."""
+    attrs: dict[str, Attr] = {}
+    for key, attr in node.attrs.items():
+        if attr.kind is AttrKind.GRAPH:
+            attrs[key] = Attr(attr.kind, clone_graph(attr.value, outer, mapping))
+        elif attr.kind is AttrKind.GRAPHS:
+            attrs[key] = Attr(attr.kind, tuple(clone_graph(g, outer, mapping)
+                                               for g in attr.value))
+        else:
+            attrs[key] = attr
+    return attrs
 
 
 def remap(value: Value, mapping: dict) -> Value:

@@ -24,8 +24,8 @@ from irkit.ir import (
     Value,
     ValueType,
 )
-from irkit.ir.attrs import Attr, AttrKind
-from irkit.ir.clone import clone_graph
+from irkit.ir.attrs import AttrKind
+from irkit.ir.clone import clone_attrs
 from irkit.lower.tensor import LoweringError
 
 LOOP_OPS = ("Loop", "If")
@@ -97,17 +97,9 @@ def standalone(body: Graph, name: str, types: Sequence[ValueType] | None = None
     for cname, value in body.constants.items():
         mapping[value] = graph.add_constant(cname, value.const, exact_name=True)
     for node in body.nodes:
-        attrs: dict[str, Attr] = {}
-        for key, attr in node.attrs.items():
-            if attr.kind is AttrKind.GRAPH:
-                attrs[key] = Attr(attr.kind, clone_graph(attr.value, graph, mapping))
-            elif attr.kind is AttrKind.GRAPHS:
-                attrs[key] = Attr(attr.kind, tuple(clone_graph(g, graph, mapping)
-                                                   for g in attr.value))
-            else:
-                attrs[key] = attr
         copy = graph.add_node(
-            node.op, [None if v is None else mapping[v] for v in node.inputs], attrs,
+            node.op, [None if v is None else mapping[v] for v in node.inputs],
+            clone_attrs(node, graph, mapping),
             domain=node.domain, outputs=[None if o.absent else o.name for o in node.outputs],
             types=[None for _ in node.outputs], name=node.name)  # inference types them
         for old, new in zip(node.outputs, copy.outputs):
