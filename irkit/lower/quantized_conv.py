@@ -44,6 +44,7 @@ from irkit.kir import (
     block,
 )
 from irkit.lower.context import LoweringContext
+from irkit.lower.gemm import tile_rows
 from irkit.lower.heavy import Epilogue, HeavyPlan, conv_geometry, plan_conv
 from irkit.lower.quantized import (
     F32,
@@ -321,7 +322,7 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
                                              source(pix // ow, pix % ow)), "vector")
         pack = For(kq, Const(words), copy)
 
-        def micro(co0: int, rows: int) -> Stmt:
+        def micro(co0: Expr, rows: int) -> Stmt:
             zero = Broadcast(Const(0, "i32"), lanes)
             stmts: list[Stmt] = [Store(acc, Const(r * nr + v * lanes), zero)
                                  for r in range(rows) for v in range(vecs)]
@@ -331,10 +332,10 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
                 body: list[Stmt] = [Let(xs[j][v], Load(panel, k * nr + v * lanes, lanes))
                                     for j, k in enumerate(ks) for v in range(vecs)]
                 for r in range(rows):
-                    wb = [Broadcast(Load(a_buf, Const((co0 + r) * words) + k), lanes)
+                    wb = [Broadcast(Load(a_buf, (co0 + r) * words + k), lanes)
                           for k in ks]
                     wh = [None if a_hi is None else Broadcast(
-                        Load(a_hi, Const((co0 + r) * words) + k), lanes) for k in ks]
+                        Load(a_hi, (co0 + r) * words + k), lanes) for k in ks]
                     for v in range(vecs):
                         slot = Const(r * nr + v * lanes)
                         body.append(Store(acc, slot, dot_group(
@@ -357,7 +358,7 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
                 return block(*stmts)
             assert epilogue is not None
             r_var, c_var = ctx.var("r"), ctx.var("c")
-            co = Const(co0) + r_var
+            co = co0 + r_var
             px = p * nr + c_var
             idx = (n, co, px // ow, px % ow)
             store = epilogue(idx, requant.value(Load(tile, r_var * nr + c_var), co, idx))
@@ -371,7 +372,7 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
                              if full_panels else part)
             return block(*stmts)
 
-        def word_stores(co0: int, rows: int, sink: WordSink,
+        def word_stores(co0: Expr, rows: int, sink: WordSink,
                         value_of: Callable[[Index, Expr], Expr]) -> Stmt:
             """The tile's rows as the next conv's words: four output channels of a pixel
             in one i32, stored along output rows (consecutive words)."""
@@ -382,16 +383,16 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
                 for r4 in range(0, rows, 4):
                     word: Expr | None = None
                     for r in range(r4, min(r4 + 4, rows)):
-                        idx = (n, Const(co0 + r), oy, ox)
+                        idx = (n, co0 + r, oy, ox)
                         value = value_of(idx, requant.value(Load(tile, Const(r * nr) + col),
-                                                            Const(co0 + r), idx))
+                                                            co0 + r, idx))
                         byte: Expr = Cast("i32", sink.byte(value))
                         if r > r4:
                             byte = Call("shl", (byte, Const(8 * (r - r4), "i32")))
                         word = byte if word is None else Binary("or", word, byte)
                     assert word is not None
                     stores.append(Store(sink.buffer, sink.word_at(
-                        n, Const((co0 + r4) // 4), oy, ox), word))
+                        n, co0 // 4 + r4 // 4, oy, ox), word))
                 return block(*stores)
 
             if nr % ow == 0:  # whole output rows; rows past the end are not stored
@@ -411,12 +412,12 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
             part = For(c_var, Const(tail), words_at(c_var, pix // ow, pix % ow), "vector")
             return If(Binary("lt", p, Const(full_panels)), full, part) if full_panels else part
 
-        def pooled(co0: int, rows: int, pool: Buffer,
+        def pooled(co0: Expr, rows: int, pool: Buffer,
                    value_of: Callable[[Index, Expr], Expr]) -> Stmt:
             """The tile's values added to per-channel, per-column sums (the output of a
             global average pool after the conv, which itself is never stored)."""
             r_var, c_var = ctx.var("r"), ctx.var("c")
-            co = Const(co0) + r_var
+            co = co0 + r_var
             px = p * nr + c_var
             idx = (n, co, px // ow, px % ow)
             value = value_of(idx, requant.value(Load(tile, r_var * nr + c_var), co, idx))
@@ -432,7 +433,7 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
             return If(Binary("lt", p, Const(full_panels)), rows_of(nr), rows_of(tail)) \
                 if full_panels else rows_of(tail)
 
-        def windowed(co0: int, rows: int, window: _Window,
+        def windowed(co0: Expr, rows: int, window: _Window,
                      value_of: Callable[[Index, Expr], Expr]) -> Stmt:
             """The tile's output rows pooled into ``window.buffer``; the full-resolution
             output is never written. A panel is whole output rows or part of one row, so
@@ -442,7 +443,7 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
             (kh, kw_), (sh, sw) = window.kernel, window.strides
             ph, pw = window.out
             r_var, k = ctx.var("r"), ctx.var("k")
-            co = Const(co0) + r_var
+            co = co0 + r_var
             seg = ctx.var("s")
             px: Expr
             if nr % ow == 0:
@@ -489,7 +490,9 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
                 "and", Binary("lt", dy, Const(kh)), Binary("lt", py, Const(ph))))
             return For(r_var, Const(rows), For(seg, Const(per), If(inside, rows_of)))
 
-        row_blocks = [micro(co0, min(mr, cout - co0)) for co0 in range(0, cout, mr)]
+        # Channel blocks in a loop (one copy of the microkernel and its epilogue, not one
+        # per block: the code stays small enough for the micro-op cache), then the rest.
+        row_blocks = tile_rows(ctx, Const(cout), mr, micro)
         panels = -(-spatial // nr)
         body: Stmt = For(p, Const(panels), block(pack, *row_blocks))
         scratch = [panel, acc, tile]
