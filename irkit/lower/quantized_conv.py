@@ -307,15 +307,33 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
         def source(oy: Expr, ox: Expr) -> Expr:
             return layout.source(n, kq, oy, ox)
 
+        # A pool in the epilogue with column stride ``split`` reads every split-th column
+        # of a row; the panel then holds each row's columns grouped by ``x % split``
+        # (column x at ``(x % split) * half + x // split``), so that the epilogue reads
+        # contiguous, aligned runs of the tile instead of strided ones: a strided read
+        # spans two of the vector stores that just wrote the tile and waits for them to
+        # reach the cache (no store-to-load forwarding), once per block of channels.
+        split = window.strides[1] if window is not None else 1
+        run = ow if nr % ow == 0 else nr  # pixels of one output row in a panel
+        if split > 1 and run % split == 0:
+            half = run // split
+
+            def unpermute(j: Expr) -> Expr:
+                return (j % half) * split + j // half
+        else:
+            split = 1
+
+            def unpermute(j: Expr) -> Expr:
+                return j
         if nr % ow == 0:  # whole output rows per panel; rows past the end repeat the last
             per = nr // ow
             oy = Binary("min", p * per + seg, Const(oh - 1))
             copy: Stmt = For(seg, Const(per), For(col, Const(ow), Store(
-                panel, kq * nr + seg * ow + col, source(oy, col)), "vector"))
+                panel, kq * nr + seg * ow + col, source(oy, unpermute(col))), "vector"))
         elif ow % nr == 0:  # part of one output row per panel
             q = ow // nr
-            copy = For(col, Const(nr), Store(panel, kq * nr + col,
-                                             source(p // q, (p % q) * nr + col)), "vector")
+            copy = For(col, Const(nr), Store(panel, kq * nr + col, source(
+                p // q, (p % q) * nr + unpermute(col))), "vector")
         else:  # pixels past the last one repeat it; their results are never stored
             pix = Binary("min", p * nr + col, Const(spatial - 1))
             copy = For(col, Const(nr), Store(panel, kq * nr + col,
@@ -451,13 +469,13 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
                 oy, px, count = p * per + seg, k, pw
 
                 def column(dx: int) -> Expr:
-                    return seg * ow + k * sw + dx
+                    return seg * ow + (dx * (ow // sw) + k if split > 1 else k * sw + dx)
             else:
                 per, q = 1, ow // nr
                 oy, px, count = p // q, (p % q) * (nr // sw) + k, nr // sw
 
                 def column(dx: int) -> Expr:
-                    return k * sw + dx
+                    return dx * (nr // sw) + k if split > 1 else k * sw + dx
             dy, py = oy % sh, oy // sh
             parts = []
             for dx in range(kw_):
