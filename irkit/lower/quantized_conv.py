@@ -282,14 +282,19 @@ def _int8_conv_plan(ctx: LoweringContext, node: Node, ins: list[TensorRef | None
     requant = _requant(ctx, node, w, _const(ins[4], "w_scale"), _const(ins[5], "w_zp"),
                        _optional(ins, 6), _optional(ins, 7), quant)
     mr, nr, lanes = int8_tiles(ctx)
+    oh, ow = g["out"]
+    spatial = oh * ow
+    if lanes == 8 and nr == 2 * lanes and 0 < spatial % nr <= lanes:
+        # A small map whose last panel would be half empty (6x6 = 36 pixels: 48 columns
+        # at 16, 40 at 8): one vector of pixels and twice the rows (the same 8
+        # accumulators, no more registers).
+        mr, nr = 2 * mr, lanes
     dot = choose_int8_dot(ctx, w, lanes, node)
     halves = weight_halves(w) if dot.split else (w, None)
     w_rows = np.ascontiguousarray(halves[0].T).view(np.int32).reshape(cout, words)
     a_buf = ctx.weight_buffer(w_rows, "i32", "c8rows")
     a_hi = None if halves[1] is None else ctx.weight_buffer(
         np.ascontiguousarray(halves[1].T).view(np.int32).reshape(cout, words), "i32", "c8hi")
-    oh, ow = g["out"]
-    spatial = oh * ow
     out_shape = (x.shape[0], Const(cout), Const(oh), Const(ow))
 
     def emit(epilogue: Epilogue | None, word_sink: WordSink | None = None,
