@@ -7,7 +7,7 @@ process plans the chunks of every unfinished shard (``chunk_rows`` rows, startin
 started before anything else so that they load while the chunks are planned: each actor
 loads the artifact once (``irkit.runtime.load``, which verifies every file's sha256 on
 that worker), opens the input itself and returns each chunk's row numbers, outputs and
-bad rows. Runs of consecutive chunks go to one actor (each row group read once). This
+bad rows. The chunks of one parquet row group go to one actor (each group read once). This
 process writes them, in row order, through the local engine's ``ShardBuilder`` — the
 same shard files, errors files and manifest, so the output is byte-identical to
 ``engine = "local"`` and resuming (after a kill, on either engine) works the same way.
@@ -48,7 +48,7 @@ from .batch_readers import Chunk, Reader
 if TYPE_CHECKING:
     from .batch import BatchAdapter
 
-__all__ = ["ChunkRunner", "check_ray_options", "plan_chunks", "run_on_ray"]
+__all__ = ["ChunkRunner", "check_ray_options", "plan_chunks", "plan_runs", "run_on_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +269,12 @@ def run_on_ray(
     seen: dict[int, float] = {}  # worker pid -> last answer
     first: dict[int, float] = {}  # worker pid -> seconds from the start to its first answer
     busy = 0.0  # seconds the workers spent reading and running chunks
+    steady = (0.0, 0)  # (seconds, rows done) when the last actor first answered
     pool: _ActorPool | None = None
     try:
-        pool = _ActorPool(adapter, session.ray, items, session.ship)
+        runs = 4 * adapter.ray["concurrency"]  # enough to even out a late or slow actor
+        span = run_span(reader, adapter.chunk_rows, runs)
+        pool = _ActorPool(adapter, session.ray, items, session.ship, span)
         builder: ShardBuilder | None = None
         for index, item in enumerate(items):
             if adapter._stopping:
@@ -289,7 +292,10 @@ def run_on_ray(
             busy += result.get("seconds", 0.0)
             now = time.monotonic()
             seen[result["pid"]] = now
-            first.setdefault(result["pid"], time.perf_counter() - started)
+            if result["pid"] not in first:
+                first[result["pid"]] = time.perf_counter() - started
+                if len(first) == len(pool.actors):  # every actor up: steady state from here
+                    steady = (first[result["pid"]], rows_done)
             alive = sum(1 for t in seen.values() if now - t < 10)
             progress.set_postfix_str(f"workers={alive}", refresh=False)
             progress.update(chunk.stop - chunk.start)
@@ -305,6 +311,10 @@ def run_on_ray(
             pool.close()
         session.close()
     seconds = time.perf_counter() - started
+    adapter.ray_run = {"seconds": seconds, "rows": rows_done, "busy_seconds": busy,
+                       "first_answers": sorted(first.values()), "steady_seconds": steady[0],
+                       "steady_rows_per_s": (rows_done - steady[1]) / max(seconds - steady[0],
+                                                                          1e-9)}  # fmt: skip
     if adapter.progress:
         answered = ", ".join(f"{s:.1f}" for s in sorted(first.values()))
         print(f"ray: {rows_done} rows in {seconds:.1f} s ({rows_done / max(seconds, 1e-9):,.0f} "
@@ -317,17 +327,17 @@ def run_on_ray(
 class _ActorPool:
     """``concurrency`` ChunkRunner actors and the chunks sent to them.
 
-    Chunks go out in runs of consecutive chunks (``RUN`` at most: a parquet row group of
-    65,536 rows is 8 chunks of 8,192), each run to one actor, so an actor reads each row
-    group once instead of every actor reading every row group. Each actor has at most
-    ``AHEAD`` runs queued; the next run goes to the actor whose run was consumed. Results
-    are taken in row order, so the reorder buffer is bounded by the queued runs.
+    Chunks go out in runs, each run to one actor: the chunks that start in one span of
+    ``span`` rows (``run_span``: whole parquet row groups), so that a row group is decoded
+    by one actor, not by every actor. Each actor has up to ``AHEAD`` runs queued and gets
+    the next run as soon as one of its runs finishes (a slow or late actor does less).
+    Results are taken in row order; finished runs waiting for an earlier one are bounded.
     """
 
-    RUN, AHEAD = 8, 2
+    AHEAD = 2
 
     def __init__(self, adapter: BatchAdapter, ray: Any, items: list[dict[str, int]],
-                 ship: bool) -> None:  # fmt: skip
+                 ship: bool, span: int) -> None:  # fmt: skip
         options = adapter.ray
         model: Any = adapter.model
         num_gpus = options["num_gpus"]
@@ -348,34 +358,53 @@ class _ActorPool:
             "reject": adapter.reject_nonfinite,
             "outputs": [spec.name for spec in adapter.output_specs],
         }
+        # started first: they load while the runs are planned and the first ones queue
         self.actors = [runner.remote(**kwargs) for _ in range(options["concurrency"])]
-        per_actor = -(-len(items) // (len(self.actors) * self.AHEAD))
-        self.run = max(1, min(self.RUN, per_actor))
-        self.runs = -(-len(items) // self.run)
-        self.next_run = 0
+        self.runs = plan_runs(items, span, len(self.actors))
+        self.last = {run[-1]: k for k, run in enumerate(self.runs)}  # last item -> run
+        self.next_run = self.consumed = 0
         self.refs: dict[int, Any] = {}  # item index -> its result's ObjectRef
-        self.owner: dict[int, Any] = {}  # run index -> the actor it went to
-        for _ in range(self.AHEAD):
-            for actor in self.actors:
-                self._send(actor)
+        self.queued = [0] * len(self.actors)  # runs sent to each actor and not finished
+        self.tails: dict[Any, int] = {}  # the ref of a queued run's last chunk -> actor
+        self._fill()
 
-    def _send(self, actor: Any) -> None:
-        if self.next_run >= self.runs:
-            return
-        run, self.next_run = self.next_run, self.next_run + 1
-        for index in range(run * self.run, min((run + 1) * self.run, len(self.items))):
-            item = self.items[index]
-            self.refs[index] = actor.run_chunk.remote(item["start"], item["stop"])
-        self.owner[run] = actor
+    def _fill(self) -> None:
+        """Send runs to every actor with fewer than AHEAD queued, the emptiest first; never
+        more than 2*AHEAD runs per actor past the first unconsumed one."""
+        limit = self.consumed + 2 * self.AHEAD * len(self.actors)
+        while self.next_run < min(len(self.runs), limit):
+            actor = min(range(len(self.actors)), key=self.queued.__getitem__)
+            if self.queued[actor] >= self.AHEAD:
+                return
+            for index in self.runs[self.next_run]:
+                item = self.items[index]
+                self.refs[index] = self.actors[actor].run_chunk.remote(item["start"],
+                                                                       item["stop"])  # fmt: skip
+            self.tails[self.refs[self.runs[self.next_run][-1]]] = actor
+            self.queued[actor] += 1
+            self.next_run += 1
 
     def result(self, index: int) -> dict[str, Any]:
-        """Item ``index``'s result (waits for it); called in row order."""
+        """Item ``index``'s result (waits for it); called in row order. While waiting, an
+        actor that finishes its runs gets the next ones at once."""
+        ref = self.refs.pop(index)
+        while True:
+            if self.tails:
+                finished, _ = self.ray.wait(list(self.tails), num_returns=len(self.tails),
+                                            timeout=0)  # fmt: skip
+                for tail in finished:
+                    self.queued[self.tails.pop(tail)] -= 1
+                self._fill()
+            if self.ray.wait([ref], timeout=0)[0]:
+                break
+            self.ray.wait([ref, *(t for t in self.tails if t is not ref)], num_returns=1)
         try:
-            payload = self.ray.get(self.refs.pop(index))
+            payload = self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:
             raise RuntimeError(f"a Ray worker failed: {exc}") from None
-        if index % self.run == self.run - 1 or index == len(self.items) - 1:
-            self._send(self.owner.pop(index // self.run))
+        if index in self.last:
+            self.consumed += 1
+            self._fill()
         return decode_result(payload)
 
     def close(self) -> None:
@@ -383,3 +412,33 @@ class _ActorPool:
         idle actor holding its CPUs."""
         for actor in self.actors:
             self.ray.kill(actor)
+
+
+def plan_runs(items: list[dict[str, int]], span: int, at_least: int) -> list[list[int]]:
+    """Item indices grouped by the ``span`` of rows their chunk starts in, in order; a
+    smaller span while that gives fewer than ``at_least`` runs (so every actor has work)."""
+    while True:
+        runs: list[list[int]] = []
+        for index, item in enumerate(items):
+            if runs and items[runs[-1][-1]]["start"] // span == item["start"] // span:
+                runs[-1].append(index)
+            else:
+                runs.append([index])
+        if len(runs) >= at_least or span <= 1:
+            return runs
+        span //= 2
+
+
+def run_span(reader: Reader, chunk_rows: int, runs: int) -> int:
+    """Rows one actor takes at a time: ``1/runs`` of the input, at most 32 chunks (which
+    bounds the results waiting to be written in order), in whole parquet row groups.
+
+    A chunk that straddles two row groups makes its actor decode both, so every span
+    boundary costs one extra row-group decode: few, long spans keep that small.
+    """
+    starts = getattr(reader, "group_starts", None)
+    group = int(np.max(np.diff(starts))) if starts is not None and len(starts) > 1 else 0
+    group = max(group, chunk_rows)
+    total = reader.total_rows or 0
+    wanted = min(-(-total // max(runs, 1)), 32 * chunk_rows)
+    return group * max(1, -(-wanted // group)) if wanted > group else group
