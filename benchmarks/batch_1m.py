@@ -21,7 +21,8 @@ and model load).
 ``ray``, the same run with ``engine = "ray"`` on a local Ray started by the run
 (``ray_cpus=2``, ``concurrency=2`` actors of ``num_cpus=0.5``, ``threads=1`` each), its
 output checked byte-identical to ``clean``, and ``ray-warm``, the same on a Ray already
-running (started before the clock; the actors still start inside the run). Each reports
+running (started before the clock and left to settle until its processes use under 10%
+of a core; the actors still start inside the run). Each reports
 rows/s end to end, the peak of the summed RSS of the whole process tree (the driver, and
 for Ray its raylet, GCS and workers) and its CPU time (user + system of every process of
 the tree, per row; a process that exits loses its last 0.1 s), both sampled every 0.1 s,
@@ -103,6 +104,16 @@ RUNNER = textwrap.dedent(
     if mode == "ray-warm":  # a running cluster: Ray starts before the clock does
         import ray
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # and has settled: its agents and idle workers finish starting (at most 20 s)
+        settle = time.monotonic() + 20
+        tree_rss_mb()
+        while time.monotonic() < settle:
+            was = sum(b for a, b in list(cpu_seen.values()))
+            time.sleep(0.5)
+            tree_rss_mb()
+            if sum(b for a, b in list(cpu_seen.values())) - was < 0.05:  # under 10% of a core
+                break
+        cpu_seen.clear()
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # VmHWM := VmRSS
     before = status_mb("VmRSS")
@@ -133,7 +144,7 @@ RUNNER = textwrap.dedent(
         stats = {k: summary_adapter.ray_run[k] for k in ("steady_rows_per_s", "steady_seconds")}
     print(json.dumps({"seconds": seconds, "rows": rows, "peak_mb": status_mb("VmHWM"),
                       "before_mb": before, "skipped": skipped, "tree_peak_mb": tree_peak[0],
-                      "cpu_s": sum(b - a for a, b in cpu_seen.values()),
+                      "cpu_s": sum(b - a for a, b in list(cpu_seen.values())),
                       "load": [load_before, os.getloadavg()[0]], **stats}))
     """
 )

@@ -253,3 +253,36 @@ def test_worker_results_travel_without_pickle() -> None:
     assert list(got["outputs"]["label"]) == ["a", "bc", "d"]
     assert decode_result(encode_result({"start": 1, "pid": 2, "failed": "boom"})) == {
         "start": 1, "pid": 2, "failed": "boom"}
+
+
+def test_runs_keep_each_row_group_on_one_actor(tmp_path: Path) -> None:
+    """The engine hands each actor runs of whole row groups: every chunk once and in order,
+    at least one run per actor, and (each run read by its own reader, as by its own actor)
+    a row group is decoded a second time only where a chunk straddles a run boundary."""
+    from irkit.runtime import TensorSpec
+    from irkit.runtime.adapters.batch_ray import plan_chunks, plan_runs, run_span
+    from irkit.runtime.adapters.batch_readers import ParquetReader
+
+    rows, group, chunk, shard = 10_000, 1000, 128, 1250
+    x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({f"c{i}": x[:, i] for i in range(4)}), path, row_group_size=group)
+    specs = [TensorSpec("x", np.dtype(np.float32), ("N", 4))]
+    reader = ParquetReader(path, specs, None, True)
+    items = plan_chunks(rows, shard, chunk, set())
+    span = run_span(reader, chunk, runs=8)
+    assert span % group == 0 and span == 2 * group  # 10,000/8 rows, in whole row groups
+    runs = plan_runs(items, span, at_least=2)
+    assert [i for run in runs for i in run] == list(range(len(items)))
+    assert all(len({items[i]["start"] // span for i in run}) == 1 for run in runs)
+    decodes: list[int] = []  # row groups decoded, over all runs
+    for run in runs:
+        own = ParquetReader(path, specs, None, True)  # each run on its own actor
+        real = own.file.read_row_group
+        own.file.read_row_group = lambda i, real=real, **kw: decodes.append(i) or real(i, **kw)
+        for i in run:
+            got = own.read(items[i]["start"], items[i]["stop"])
+            assert got is not None
+            np.testing.assert_array_equal(got.inputs["x"], x[items[i]["start"] : items[i]["stop"]])
+    assert len(decodes) <= rows // group + len(runs) - 1  # one more per run boundary
+    assert len(plan_runs(items[:3], span, at_least=2)) >= 2  # a small input still splits
