@@ -36,7 +36,7 @@ same comparison by CPU cost, which other load disturbs less; ``srv us`` and ``cl
 are the server's (all its processes) and the load generator's CPU per request. For
 ``p=2`` the summary adds how the kernel spread the requests over the processes (their
 ``process`` label on /metrics) and the most the CPUs allow: one process is bound by the
-one core its event loop runs on, N processes by every CPU, which the load generator
+core its event loop thread runs on, N processes by every CPU, which the load generator
 shares (cpus / (server + client CPU per request)).
 """
 
@@ -283,13 +283,15 @@ class Server:
                 counts[process] = counts.get(process, 0.0) + float(line.rsplit(" ", 1)[1])
         return counts
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server process and its children have used so far."""
+    def cpu_seconds(self, main_threads: bool = False) -> float:
+        """User + system CPU time the server process and its children have used so far;
+        ``main_threads``: only their main threads (where uvicorn's event loop runs)."""
         total, pids = 0.0, [self.process.pid]
         while pids:
             pid = pids.pop()
+            stat = f"/proc/{pid}/task/{pid}/stat" if main_threads else f"/proc/{pid}/stat"
             try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
                 pids += [int(c) for c in
                          Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
             except OSError:
@@ -355,6 +357,8 @@ class Point:
     window_per_cpu: list[float] = field(default_factory=list)
     # load generator CPU per request (us), one entry per window
     window_client_us: list[float] = field(default_factory=list)
+    # server CPU per request (us) of its processes' main threads (the event loops)
+    window_loop_us: list[float] = field(default_factory=list)
     # requests answered by each server process (its /metrics ``process`` label; "" for one)
     by_process: dict[str, float] = field(default_factory=dict)
 
@@ -370,6 +374,10 @@ class Point:
     @property
     def client_us(self) -> float:
         return float(np.median(self.window_client_us))
+
+    @property
+    def loop_us(self) -> float:
+        return float(np.median(self.window_loop_us))
 
     @property
     def server_us(self) -> float:
@@ -421,9 +429,10 @@ def run_h2load(url: str, body: bytes, headers: dict[str, str], clients: int, sec
                    url]  # fmt: skip
         subprocess.run(command, check=True, capture_output=True, timeout=seconds + 60)
         rows = [line.split("\t") for line in log_file.read_text().splitlines() if line]
-    # a row: start time, status, duration (us)
+    # a row: start time, status, duration (us); status 0: still unanswered when the window
+    # ended (h2load stops at its deadline), not a failure
     latencies = [int(row[2]) / 1e6 for row in rows if row[1] == "200"]
-    return latencies, [int(row[1]) for row in rows if row[1] != "200"]
+    return latencies, [int(row[1]) for row in rows if row[1] not in ("200", "0")]
 
 
 def client_cpu() -> float:
@@ -449,6 +458,7 @@ def measure(point: Point, server: Server, seconds: float, client: str = "python"
     before = server.batch_stats()
     requests_before = server.requests_by_process()
     cpu_before, client_before = server.cpu_seconds(), client_cpu()
+    loop_before = server.cpu_seconds(main_threads=True)
     if client == "h2load":
         headers, body = request_parts(point.model)
         url = f"http://127.0.0.1:{server.port}/v2/models/{point.model}/infer"
@@ -458,6 +468,7 @@ def measure(point: Point, server: Server, seconds: float, client: str = "python"
         latencies, failures = run_load(server.port, request, point.clients, seconds)
     # scale out the un-recorded warm-up share of the CPU time
     cpu = (server.cpu_seconds() - cpu_before) * seconds / (seconds + WARMUP)
+    loop = (server.cpu_seconds(main_threads=True) - loop_before) * seconds / (seconds + WARMUP)
     used = (client_cpu() - client_before) * seconds / (seconds + WARMUP)
     after = server.batch_stats()
     for process, count in server.requests_by_process().items():
@@ -466,6 +477,7 @@ def measure(point: Point, server: Server, seconds: float, client: str = "python"
     point.window_rps.append(len(latencies) / seconds)
     point.window_per_cpu.append(len(latencies) / cpu if cpu else float("nan"))
     point.window_client_us.append(1e6 * used / max(1, len(latencies)))
+    point.window_loop_us.append(1e6 * loop / max(1, len(latencies)))
     point.latencies += latencies
     point.failures += len(failures)
     point.rows += after[0] - before[0]
@@ -607,14 +619,15 @@ def print_scale_out(many: Point, one: Point) -> None:
     CPU per request, and how the kernel spread the requests over the processes."""
     shares = ", ".join(f"process {k} {v / max(1.0, sum(many.by_process.values())):.0%}"
                        for k, v in sorted(many.by_process.items()))  # fmt: skip
-    print(f"    server CPU per request {one.server_us:.0f} us (1 process), "
-          f"{many.server_us:.0f} us ({many.server.split()[-1]}); load generator "
-          f"{one.client_us:.0f} / {many.client_us:.0f} us; requests: {shares}")
-    # one process is bound by one core (1/s); N of them by N cores or by all the CPUs,
-    # which the load generator shares: cpus / (s + c)
+    print(f"    server CPU per request {one.server_us:.0f} us (1 process; its event loop "
+          f"thread {one.loop_us:.0f} us), {many.server_us:.0f} us ({many.server.split()[-1]}); "
+          f"load generator {one.client_us:.0f} / {many.client_us:.0f} us; requests: {shares}")
+    # One process is bound by its event loop's thread, one core (1 / loop); N of them by N
+    # cores or by all the CPUs, which the load generator shares: cpus / (server + client).
     cpus, count = os.cpu_count() or 1, int(many.server.split("=")[-1])
-    bound = min(count, cpus * one.server_us / (many.server_us + many.client_us))
-    print(f"    {cpus} CPUs shared with the load generator allow at most {bound:.2f}x")
+    bound = min(count, cpus * one.loop_us / (many.server_us + many.client_us))
+    print(f"    {cpus} CPUs shared with the load generator allow at most {bound:.2f}x "
+          f"({cpus} x {one.loop_us:.0f} / ({many.server_us:.0f} + {many.client_us:.0f}))")
 
 
 def _resolved(choice: str, fast: str, fallback: str) -> str:
