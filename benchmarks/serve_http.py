@@ -238,6 +238,7 @@ class Server:
     def __init__(
         self, kind: str, artifact: Path, max_batch: int, http: str, loop: str, processes: int = 1
     ) -> None:
+        self.processes = processes
         self.port_file = Path(tempfile.mkstemp(prefix="irkit-bench-port-")[1])
         self.port_file.write_text("")
         command = [sys.executable, __file__, "--serve", kind, "--artifact", str(artifact),
@@ -470,6 +471,8 @@ def measure(point: Point, server: Server, seconds: float, client: str = "python"
     cpu = (server.cpu_seconds() - cpu_before) * seconds / (seconds + WARMUP)
     loop = (server.cpu_seconds(main_threads=True) - loop_before) * seconds / (seconds + WARMUP)
     used = (client_cpu() - client_before) * seconds / (seconds + WARMUP)
+    if server.processes > 1:  # /metrics has the other processes' figures of <= 1 s ago
+        time.sleep(1.1)  # (the next window's "before" is then exact too)
     after = server.batch_stats()
     for process, count in server.requests_by_process().items():
         point.by_process[process] = (point.by_process.get(process, 0.0) + count
