@@ -528,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.servers:
         wanted = args.servers.split(",")
         servers_run = [s for s in servers_run if s[0] in wanted]
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="irkit-bench-") as tmp:
         artifacts = build_models(Path(tmp))
         servers: dict[tuple[str, str], Server] = {}
@@ -557,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
                 server.close()
     print_table(list(points.values()), stack, client)
     print(f"\n{os.cpu_count()} CPUs (shared); {args.rounds} x {args.seconds} s windows per "
-          f"point, interleaved; {time.perf_counter() - started:.0f} s total")  # fmt: skip
+          f"point, interleaved; {time.perf_counter() - started:.0f} s total; load average "
+          f"(1 min) {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")  # fmt: skip
     return 0
 
 
