@@ -38,6 +38,12 @@ are the server's (all its processes) and the load generator's CPU per request. F
 ``process`` label on /metrics) and the most the CPUs allow: one process is bound by the
 core its event loop thread runs on, N processes by every CPU, which the load generator
 shares (cpus / (server + client CPU per request)).
+
+CPUs: with ``--server-cpus auto`` (the default) and at least twice as many CPUs as the
+most server processes compared, every server is pinned to the first N CPUs (N = the most
+``--processes``) and the load generator to the others, so ``p=2`` against ``p=1`` asks
+whether two processes use two cores, not how the load generator competes with them. With
+fewer CPUs (or ``--server-cpus none``) everything shares every CPU, as above.
 """
 
 from __future__ import annotations
@@ -232,6 +238,36 @@ def serve_constant(artifact: str, port_file: str, stack: dict[str, str]) -> None
     _serve_announcing(ConstantAdapter(model, port=0, **stack), port_file)
 
 
+# --server-cpus: the CPUs every server subprocess (and its children) may run on, and those
+# left to the load generator; None: no pinning, everything shares every CPU.
+CPU_SPLIT: tuple[set[int], set[int]] | None = None
+
+
+def split_cpus(choice: str, processes: int) -> tuple[set[int], set[int]] | None:
+    """``--server-cpus``: "none"; a count N (the first N allowed CPUs for the servers, the
+    rest for the load generator); "auto": as many as the most server processes compared,
+    when at least as many are left for the load generator, else none."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if choice == "none":
+        return None
+    count = processes if choice == "auto" else int(choice)
+    if choice == "auto" and len(allowed) < 2 * count:
+        return None
+    if not 0 < count < len(allowed):
+        raise SystemExit(f"--server-cpus {choice}: {len(allowed)} CPUs allowed here, "
+                         f"the servers and the load generator each need at least one")
+    return set(allowed[:count]), set(allowed[count:])
+
+
+def _pinned(side: int) -> Any:
+    """A ``preexec_fn`` that pins a subprocess to the servers' (0) or the load
+    generator's (1) CPUs of ``CPU_SPLIT``, or None without a split."""
+    if CPU_SPLIT is None:
+        return None
+    cpus = CPU_SPLIT[side]
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 class Server:
     """A server subprocess; ``port`` once it is ready."""
 
@@ -244,7 +280,7 @@ class Server:
         command = [sys.executable, __file__, "--serve", kind, "--artifact", str(artifact),
                    "--max-batch", str(max_batch), "--port-file", str(self.port_file),
                    "--http", http, "--loop", loop, "--processes", str(processes)]  # fmt: skip
-        self.process = subprocess.Popen(command)
+        self.process = subprocess.Popen(command, preexec_fn=_pinned(0))
         deadline = time.monotonic() + 60
         while not self.port_file.read_text():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -428,7 +464,8 @@ def run_h2load(url: str, body: bytes, headers: dict[str, str], clients: int, sec
                    *(["--h1"] if h1 else []),
                    *(arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")),
                    url]  # fmt: skip
-        subprocess.run(command, check=True, capture_output=True, timeout=seconds + 60)
+        subprocess.run(command, check=True, capture_output=True, timeout=seconds + 60,
+                       preexec_fn=_pinned(1))
         rows = [line.split("\t") for line in log_file.read_text().splitlines() if line]
     # a row: start time, status, duration (us); status 0: still unanswered when the window
     # ended (h2load stops at its deadline), not a failure
@@ -511,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="only these servers (labels, comma-separated)")
     parser.add_argument("--client", default="auto", choices=("auto", "h2load", "python"),
                         help="load generator (auto: h2load if on PATH, else Python asyncio)")
+    parser.add_argument("--server-cpus", default="auto",
+                        help="pin the servers to the first N CPUs and the load generator to "
+                             "the rest (auto: N = the most --processes, when at least N "
+                             "CPUs are left for the load generator; none: no pinning)")
     args = parser.parse_args(argv)
     stack = {"http": args.http, "loop": args.loop}
     if args.serve == "irkit":
@@ -523,6 +564,10 @@ def main(argv: list[str] | None = None) -> int:
     client = pick_client(args.client, parser)
     clients = [int(c) for c in args.clients.split(",")]
     models = args.models.split(",")
+    global CPU_SPLIT
+    CPU_SPLIT = split_cpus(args.server_cpus, max(map(int, args.processes.split(","))))
+    if CPU_SPLIT is not None:
+        os.sched_setaffinity(0, CPU_SPLIT[1])  # the Python client runs here
     servers_run = SERVERS + [(f"irkit b=32 p={n}", "irkit", 32, n)
                              for n in map(int, args.processes.split(",")) if n > 1]
     if args.servers:
@@ -556,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
             for server in servers.values():
                 server.close()
     print_table(list(points.values()), stack, client)
-    print(f"\n{os.cpu_count()} CPUs (shared); {args.rounds} x {args.seconds} s windows per "
+    print(f"\n{os.cpu_count()} CPUs (shared){cpu_split_text()}; {args.rounds} x {args.seconds} s windows per "
           f"point, interleaved; {time.perf_counter() - started:.0f} s total; load average "
           f"(1 min) {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")  # fmt: skip
     return 0
@@ -627,11 +672,26 @@ def print_scale_out(many: Point, one: Point) -> None:
           f"thread {one.loop_us:.0f} us), {many.server_us:.0f} us ({many.server.split()[-1]}); "
           f"load generator {one.client_us:.0f} / {many.client_us:.0f} us; requests: {shares}")
     # One process is bound by its event loop's thread, one core (1 / loop); N of them by N
-    # cores or by all the CPUs, which the load generator shares: cpus / (server + client).
-    cpus, count = os.cpu_count() or 1, int(many.server.split("=")[-1])
+    # cores or by all the servers' CPUs: cpus / server, or cpus / (server + client) where
+    # the load generator shares them.
+    count = int(many.server.split("=")[-1])
+    if CPU_SPLIT is not None:
+        cpus = len(CPU_SPLIT[0])
+        bound = min(count, cpus * one.loop_us / many.server_us)
+        print(f"    {cpus} CPUs for the servers alone allow at most {bound:.2f}x "
+              f"({cpus} x {one.loop_us:.0f} / {many.server_us:.0f})")
+        return
+    cpus = os.cpu_count() or 1
     bound = min(count, cpus * one.loop_us / (many.server_us + many.client_us))
     print(f"    {cpus} CPUs shared with the load generator allow at most {bound:.2f}x "
           f"({cpus} x {one.loop_us:.0f} / ({many.server_us:.0f} + {many.client_us:.0f}))")
+
+
+def cpu_split_text() -> str:
+    if CPU_SPLIT is None:
+        return ", servers and load generator on the same CPUs"
+    return (f", servers pinned to CPUs {sorted(CPU_SPLIT[0])}, load generator to "
+            f"{sorted(CPU_SPLIT[1])}")
 
 
 def _resolved(choice: str, fast: str, fallback: str) -> str:
