@@ -26,7 +26,7 @@ of a core; the actors still start inside the run). Each reports
 rows/s end to end, the peak of the summed RSS of the whole process tree (the driver, and
 for Ray its raylet, GCS and workers) and its CPU time (user + system of every process of
 the tree, per row; a process that exits loses its last 0.1 s), both sampled every 0.1 s,
-and for Ray the steady rows/s: from the moment every worker had answered once to the end.
+and for Ray the steady rows/s: from the moment every worker had finished a chunk to the end.
 The load average before and after each run is printed: on a shared machine, CPU per row is
 the figure that other work disturbs least. ``--repeats`` runs each that many times,
 alternating, and reports the median.
@@ -217,8 +217,8 @@ def compare_ray(args: argparse.Namespace, tmp: Path, artifact: str, began: float
     print("per run (s, load average before-after): " + "; ".join(
         f"{m} " + ", ".join(f"{r['seconds']:.2f} ({r['load'][0]:.1f}-{r['load'][1]:.1f})"
                             for r in rs) for m, rs in runs.items()))  # fmt: skip
-    print("steady rows/s: the Ray run's rows/s after every worker had answered once (at "
-          "a median " + ", ".join(
+    print("steady rows/s: the Ray run's rows/s after every worker had finished its first "
+          "chunk (at a median " + ", ".join(
               f"{m} {statistics.median(r['steady_seconds'] for r in runs[m]):.1f} s"
               for m in ("ray", "ray-warm")) + " into the run); end-to-end is rows/s")
     print(f"ray shards and errors byte-identical to the local engine's: {identical}")

@@ -121,6 +121,7 @@ class ChunkRunner:
         began = time.perf_counter()
         result = self._run(start, stop)
         result["seconds"] = time.perf_counter() - began
+        result["done"] = time.time()  # when the worker finished it (its clock)
         return encode_result(result)
 
     def _run(self, start: int, stop: int) -> dict[str, Any]:
@@ -143,7 +144,7 @@ class ChunkRunner:
         return result
 
 
-KEYS = ("start", "pid", "failed", "seconds")  # a result's scalars (JSON member)
+KEYS = ("start", "pid", "failed", "seconds", "done")  # a result's scalars (JSON member)
 
 
 def encode_result(result: dict[str, Any]) -> bytes:
@@ -263,13 +264,12 @@ def run_on_ray(
     items = plan_chunks(total, adapter.shard_rows, adapter.chunk_rows, set(shards))
     if not items:
         return True
-    started = time.perf_counter()
+    started, epoch = time.perf_counter(), time.time()
     session = _RayRun(adapter)
     rows_done = 0
     seen: dict[int, float] = {}  # worker pid -> last answer
-    first: dict[int, float] = {}  # worker pid -> seconds from the start to its first answer
+    finished: list[tuple[float, int, int]] = []  # (when a worker finished a chunk, pid, rows)
     busy = 0.0  # seconds the workers spent reading and running chunks
-    steady = (0.0, 0)  # (seconds, rows done) when the last actor first answered
     pool: _ActorPool | None = None
     try:
         runs = 4 * adapter.ray["concurrency"]  # enough to even out a late or slow actor
@@ -292,10 +292,8 @@ def run_on_ray(
             busy += result.get("seconds", 0.0)
             now = time.monotonic()
             seen[result["pid"]] = now
-            if result["pid"] not in first:
-                first[result["pid"]] = time.perf_counter() - started
-                if len(first) == len(pool.actors):  # every actor up: steady state from here
-                    steady = (first[result["pid"]], rows_done)
+            finished.append((result.get("done", 0.0) - epoch, result["pid"],
+                             chunk.stop - chunk.start))  # fmt: skip
             alive = sum(1 for t in seen.values() if now - t < 10)
             progress.set_postfix_str(f"workers={alive}", refresh=False)
             progress.update(chunk.stop - chunk.start)
@@ -312,16 +310,29 @@ def run_on_ray(
         session.close()
     seconds = time.perf_counter() - started
     adapter.ray_run = {"seconds": seconds, "rows": rows_done, "busy_seconds": busy,
-                       "first_answers": sorted(first.values()), "steady_seconds": steady[0],
-                       "steady_rows_per_s": (rows_done - steady[1]) / max(seconds - steady[0],
-                                                                          1e-9)}  # fmt: skip
+                       **_steady(finished)}  # fmt: skip
     if adapter.progress:
-        answered = ", ".join(f"{s:.1f}" for s in sorted(first.values()))
+        answered = ", ".join(f"{s:.1f}" for s in adapter.ray_run["first_answers"])
         print(f"ray: {rows_done} rows in {seconds:.1f} s ({rows_done / max(seconds, 1e-9):,.0f} "
-              f"rows/s) on {len(seen)} worker(s){', stopped' if stopped else ''}; first "
-              f"answers after {answered} s; workers busy {busy:.1f} s",
+              f"rows/s) on {len(seen)} worker(s){', stopped' if stopped else ''}; workers "
+              f"finished a first chunk after {answered} s, were busy {busy:.1f} s",
               file=sys.stderr)  # fmt: skip
     return not stopped
+
+
+def _steady(finished: list[tuple[float, int, int]]) -> dict[str, Any]:
+    """When each worker finished its first chunk (seconds from the start), and the rows/s
+    from the moment every worker had finished one to the last chunk (the steady state)."""
+    first: dict[int, float] = {}
+    for done, pid, _ in sorted(finished):
+        first.setdefault(pid, done)
+    if not first:
+        return {"first_answers": [], "steady_seconds": 0.0, "steady_rows_per_s": 0.0}
+    up = max(first.values())
+    end = max(done for done, _, _ in finished)
+    rows = sum(n for done, _, n in finished if done > up)
+    return {"first_answers": sorted(first.values()), "steady_seconds": up,
+            "steady_rows_per_s": rows / (end - up) if end > up else 0.0}  # fmt: skip
 
 
 class _ActorPool:
