@@ -48,6 +48,7 @@ from irkit.runtime.options import Option
 from .common import AdapterError, ServableModel, UnknownModel, stop_on_signals
 from .frontend import SHARED_OPTIONS, Frontend, LoopBridge, check_control_parameters
 from .grpc_codec import decode_infer_request, encode_infer_response
+from .h2server import H2GrpcServer, Method
 from .oip import inference_pb2 as pb
 from .oip import inference_pb2_grpc as pb_grpc
 from .repository import ModelRepository
@@ -141,6 +142,9 @@ class GrpcAdapter(Frontend):
         "grace_s": Option(float, 30.0, "on stop, how long in-flight RPCs may take to finish"),
         "loop": Option(str, "auto", "event loop (auto: uvloop if installed)",
                        choices=("auto", "uvloop", "asyncio")),
+        "server": Option(str, "irkit", "gRPC transport: irkit (its own HTTP/2 server on "
+                         "asyncio, h2server) or grpcio (grpc.aio's server)",
+                         choices=("irkit", "grpcio")),
     }  # fmt: skip
     options: dict[str, Option] = {**network_options, **SHARED_OPTIONS}
 
@@ -197,8 +201,12 @@ class GrpcAdapter(Frontend):
         self._loop, self._stop_event = loop, asyncio.Event()
         if self._stop_requested:
             self._stop_event.set()
-        server = self.build_server()
-        await server.start()
+        server: Any
+        if self.config["server"] == "grpcio":
+            server = self.build_server()
+            await server.start()
+        else:
+            server = await self.start_h2_server()
         self.bridge = LoopBridge(loop)
         if self.owns_repository:
             self.repository.start()
@@ -220,9 +228,8 @@ class GrpcAdapter(Frontend):
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared listener
         ])  # fmt: skip
-        capture = _CaptureHandlers()
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(self), capture)
-        server.add_generic_rpc_handlers((_Handlers(capture.handlers, self.arrivals),))
+        handlers = {path.rsplit("/", 1)[1]: h for path, h in self.service_methods().items()}
+        server.add_generic_rpc_handlers((_Handlers(handlers, self.arrivals),))
         host = f"[{self.host}]" if ":" in self.host else self.host
         try:
             port = server.add_insecure_port(f"{host}:{self.port}")
@@ -232,6 +239,36 @@ class GrpcAdapter(Frontend):
             raise OSError(f"grpc: cannot listen on {host}:{self.port}")
         self.port = port
         log.info("grpc: listening on %s (inference.GRPCInferenceService)", self.address)
+        return server
+
+    def service_methods(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The service's handlers by path (``/inference.GRPCInferenceService/ModelInfer``)."""
+        capture = _CaptureHandlers()
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(self), capture)
+        return {f"/{SERVICE}/{name}": handler for name, handler in capture.handlers.items()}
+
+    async def start_h2_server(self) -> H2GrpcServer:
+        """irkit's own transport (``h2server``) serving the same handlers, listening."""
+        methods = {}
+        for path, handler in self.service_methods().items():
+            streaming = handler.request_streaming
+            call = handler.stream_stream if streaming else handler.unary_unary
+            methods[path] = Method(call, handler.request_deserializer,
+                                   handler.response_serializer, streaming)  # fmt: skip
+        arrivals = self.arrivals
+
+        def on_call(path: str) -> None:
+            if path == MODEL_INFER:
+                arrivals.accepted()
+
+        server = H2GrpcServer(methods, max_message_bytes=self.max_message_bytes,
+                              on_call=on_call)  # fmt: skip
+        try:
+            self.port = await server.start(self.host, self.port)
+        except OSError as exc:
+            raise OSError(f"grpc: cannot listen on {self.address}: {exc}") from None
+        log.info("grpc: listening on %s (inference.GRPCInferenceService, irkit transport)",
+                 self.address)  # fmt: skip
         return server
 
     def stop(self) -> None:
