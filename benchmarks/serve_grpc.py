@@ -64,7 +64,8 @@ from serve_http import Point, build_models, paired_ratio, run_load
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
-KINDS = ("http", "grpc", "grpc const")  # one server process each
+GRPCIO = "grpc (grpcio)"
+KINDS = ("http", "grpc", GRPCIO, "grpc const")  # one server process each
 STREAM = "grpc stream"  # the "grpc" server's ModelStreamInfer, driven by a Python client
 
 
@@ -94,7 +95,7 @@ def serve(kind: str, artifact: str, max_batch: int, port_file: str) -> None:
     if kind == "http":
         adapter: Any = HttpAdapter(model, **options)
     else:
-        adapter = GrpcAdapter(model, **options)
+        adapter = GrpcAdapter(model, server="grpcio" if kind == GRPCIO else "irkit", **options)
         if kind == "grpc const":
             _answer_constant(adapter, model)
 

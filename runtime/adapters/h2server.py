@@ -154,8 +154,8 @@ def _parse_timeout(text: str) -> float | None:
 
 
 class _Stream:
-    __slots__ = ("body", "context", "ended", "id", "method", "outbox", "queue", "received",
-                 "send_window", "sent_headers", "task", "timer", "closed", "trailers_out")
+    __slots__ = ("body", "closed", "context", "ended", "id", "method", "outbox", "queue",
+                 "received", "send_window", "sent_headers", "task", "timer", "trailers_out")
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         self.id = stream_id
@@ -203,8 +203,8 @@ class _Connection(asyncio.Protocol):
         self.server.connections.add(self)
         settings = struct.pack(">HLHLHL", 0x4, STREAM_WINDOW, 0x5, MAX_FRAME, 0x6,
                                MAX_HEADER_BLOCK)  # fmt: skip
-        self.transport.write(_frame(SETTINGS, 0, 0, settings) + _frame(
-            WINDOW_UPDATE, 0, 0, struct.pack(">L", CONNECTION_WINDOW - 65535)))
+        window = _frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", CONNECTION_WINDOW - 65535))
+        transport.write(_frame(SETTINGS, 0, 0, settings) + window)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -404,13 +404,13 @@ class _Connection(asyncio.Protocol):
 
     def _decode(self, block: bytes) -> list[tuple[str, str]]:
         cache = self.header_cache
-        headers = cache.get(block)
-        if headers is not None:
-            return headers
+        cached = cache.get(block)
+        if cached is not None:
+            return cached
         table = self.decoder.header_table
         entries = table.dynamic_entries
         count, first, maxsize = len(entries), entries[0] if entries else None, table.maxsize
-        headers = self.decoder.decode(block)  # type: ignore[assignment]
+        headers: list[tuple[str, str]] = self.decoder.decode(block)  # type: ignore[assignment]
         if (len(entries) == count and (entries[0] if entries else None) is first
                 and table.maxsize == maxsize):
             if len(cache) < 64:
@@ -496,19 +496,13 @@ class _Connection(asyncio.Protocol):
             stream.received = 0
         body = stream.body
         body += payload
-        if stream.method is not None and len(body) > self.server.max_message_bytes + 5:
-            # a streaming call's body holds only unread messages: the same limit applies
-            if stream.queue is None or self._next_length(body) > self.server.max_message_bytes:
-                self._too_large(stream)
-                return
+        if stream.queue is None and len(body) > self.server.max_message_bytes + 5:
+            self._too_large(stream)  # (a streaming call's messages are checked one by one)
+            return
         if stream.queue is not None:
             self._feed(stream)
         if flags & END_STREAM:
             self._end_of_request(stream)
-
-    @staticmethod
-    def _next_length(body: bytearray) -> int:
-        return int.from_bytes(body[1:5], "big") if len(body) >= 5 else 0
 
     def _too_large(self, stream: _Stream) -> None:
         limit = self.server.max_message_bytes
