@@ -1,5 +1,14 @@
 """gRPC adapter: the Open Inference Protocol v2's ``inference.GRPCInferenceService`` on
-grpcio's asyncio server.
+irkit's own HTTP/2 transport (default) or grpcio's asyncio server.
+
+Transport (option ``server``): ``"irkit"`` runs ``h2server.H2GrpcServer``, a lean HTTP/2
+server written as an ``asyncio.Protocol`` (uvloop's loop when installed): frames parsed
+from one buffer, HPACK request headers decoded with the ``hpack`` package, each unary
+answer written as one HEADERS + DATA + trailers; it costs about a fifth of grpcio's
+server CPU per call. ``"grpcio"`` runs ``grpc.aio.server``. Both serve the same handlers
+(``_Servicer`` below, grpc.aio-style coroutines, registered through the generated
+``add_GRPCInferenceServiceServicer_to_server``), so behaviour, status codes and metrics
+are the same on either.
 
 RPCs (messages in ``oip/inference.proto``, generated into irkit's own modules; other
 RPCs of the service, such as shared memory, answer UNIMPLEMENTED)::
@@ -20,15 +29,15 @@ Errors are gRPC status codes from ``common.AdapterError.grpc_code``: INVALID_ARG
 ``retry-after`` trailer; or a message over ``max_message_bytes``, refused by grpc itself),
 UNAVAILABLE (not ready, unloaded, stopping), DEADLINE_EXCEEDED (``timeout_ms``, or the
 client's own deadline, whichever is first), PERMISSION_DENIED (model control disabled),
-INTERNAL (the model raised). In the metrics, a call the client cancelled (or whose own
+INTERNAL (the model raised), UNIMPLEMENTED (an RPC irkit does not serve). In the metrics, a call the client cancelled (or whose own
 deadline passed) counts with outcome ``cancelled``.
 
 The models, batchers, metrics and limits are those of a ``repository.ModelRepository``
 shared with the http adapter (see ``frontend``): ``GrpcAdapter(model, **options)`` serves
 one model (and ``model_repository``), ``GrpcAdapter(None, repository=repo, ...)`` serves
 a repository that an ``HttpAdapter`` on another port serves too. ``serve()`` blocks until
-SIGINT/SIGTERM or ``stop()``; then the server refuses new RPCs, finishes the in-flight
-ones (up to ``grace_s``), and the batchers drain.
+SIGINT/SIGTERM or ``stop()``; then the server refuses new RPCs (GOAWAY on the irkit
+transport), finishes the in-flight ones (up to ``grace_s``), and the batchers drain.
 """
 
 from __future__ import annotations
@@ -64,12 +73,13 @@ MODEL_INFER = f"/{SERVICE}/ModelInfer"
 
 
 class Arrivals:
-    """ModelInfer RPCs that grpc accepted whose request message is still on its way.
+    """ModelInfer RPCs that the server accepted whose request message is still on its way.
 
     The batchers' ``arrivals`` count for grpc (``DynamicBatcher(arrivals=)``): while a
     request is being received, a worker waits for it (up to ``max_delay_ms``) instead of
-    running a batch of one; with nothing on its way, a batch runs at once. grpc may drop
-    an accepted RPC before its handler runs (the client went away), so an RPC counts for
+    running a batch of one; with nothing on its way, a batch runs at once. The irkit
+    transport counts a call when its HEADERS arrive, grpcio when it accepts the RPC. A call
+    may be dropped before its handler runs (the client went away), so an RPC counts for
     ``horizon_s`` at most: a lost one can delay batches by no more than that.
     Loop thread: ``accepted``, ``received``; any thread: ``__call__``.
     """
