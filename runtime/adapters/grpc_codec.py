@@ -81,20 +81,30 @@ def _typed_array(tensor: Any) -> np.ndarray:
 
 # little-endian dtypes of the datatypes, for np.frombuffer
 _WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items()}
+# (datatype, shape) -> (wire dtype, bytes expected, whether a byte swap is needed): the
+# checks of a raw tensor's header, done once per distinct header (clients repeat them)
+_RAW_HEADERS: dict[tuple[str, tuple[int, ...]], tuple[np.dtype, int, bool]] = {}
 
 
 def _raw_array(tensor: Any, blob: bytes) -> np.ndarray:
     """``common.decode_tensor`` for a raw blob, without building its JSON form first."""
-    wire = _WIRE_DTYPES.get(tensor.datatype)
     shape = tuple(tensor.shape)
-    if wire is None or any(d < 0 for d in shape) or shape_problem(shape) is not None:
-        header = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(shape)}
-        return decode_tensor(header, blob)  # raises BadInput naming what is wrong
-    if len(blob) != math.prod(shape) * wire.itemsize:
-        raise BadInput(f"input {tensor.name!r}: expected {math.prod(shape) * wire.itemsize} "
-                       f"bytes for shape {list(shape)} {tensor.datatype}, got {len(blob)}")
-    return np.frombuffer(blob, dtype=wire).astype(DATATYPES[tensor.datatype],
-                                                  copy=False).reshape(shape)
+    key = (tensor.datatype, shape)
+    known = _RAW_HEADERS.get(key)
+    if known is None:
+        wire = _WIRE_DTYPES.get(tensor.datatype)
+        if wire is None or any(d < 0 for d in shape) or shape_problem(shape) is not None:
+            header = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(shape)}
+            return decode_tensor(header, blob)  # raises BadInput naming what is wrong
+        known = (wire, math.prod(shape) * wire.itemsize, wire != DATATYPES[tensor.datatype])
+        if len(_RAW_HEADERS) < 256:
+            _RAW_HEADERS[key] = known
+    wire, size, swap = known
+    if len(blob) != size:
+        raise BadInput(f"input {tensor.name!r}: expected {size} bytes for shape {list(shape)} "
+                       f"{tensor.datatype}, got {len(blob)}")  # fmt: skip
+    array = np.frombuffer(blob, dtype=wire).reshape(shape)
+    return array.astype(DATATYPES[tensor.datatype]) if swap else array
 
 
 def decode_infer_request(request: Any, output_names: Sequence[str]) -> GrpcInferRequest:

@@ -10,9 +10,9 @@ HEADERS + DATA + trailers. What it does of HTTP/2:
   connection with GOAWAY and its error code (PROTOCOL_ERROR, FRAME_SIZE_ERROR,
   COMPRESSION_ERROR, FLOW_CONTROL_ERROR), never with a traceback;
 - HPACK: request headers are decoded with the ``hpack`` package (dynamic table, Huffman);
-  a header block seen before on the connection that left the dynamic table as it was
-  (the usual case: a client repeats its calls as indexed fields) is answered from a
-  per-connection cache. Response headers and trailers use no dynamic table: constant
+  the fields a call needs of a header block seen before on the connection that left the
+  dynamic table as it was (the usual case: a client repeats its calls as indexed fields)
+  come from a per-connection cache. Response headers and trailers use no dynamic table: constant
   bytes, and literals without indexing for ``grpc-message`` and ``retry-after``;
 - flow control both ways: a 16 MiB stream window and a 1 GiB connection window are
   advertised and replenished as data is consumed (long-lived streams too); responses
@@ -183,7 +183,7 @@ class _Connection(asyncio.Protocol):
         self.preface = False
         self.decoder = Decoder()
         self.decoder.max_header_list_size = MAX_HEADER_BLOCK
-        self.header_cache: dict[bytes, list[tuple[str, str]]] = {}
+        self.header_cache: dict[bytes, tuple[str, str, str, str]] = {}
         self.streams: dict[int, _Stream] = {}
         self.last_stream = 0
         self.continuation: tuple[int, int, bytearray] | None = None  # (stream, flags, block)
@@ -402,7 +402,8 @@ class _Connection(asyncio.Protocol):
             return
         self._header_block(stream_id, flags, block)
 
-    def _decode(self, block: bytes) -> list[tuple[str, str]]:
+    def _decode(self, block: bytes) -> tuple[str, str, str, str]:
+        """A header block's ``(:method, :path, content-type, grpc-timeout)`` ("" if absent)."""
         cache = self.header_cache
         cached = cache.get(block)
         if cached is not None:
@@ -410,14 +411,25 @@ class _Connection(asyncio.Protocol):
         table = self.decoder.header_table
         entries = table.dynamic_entries
         count, first, maxsize = len(entries), entries[0] if entries else None, table.maxsize
+        method = path = content_type = timeout = ""
         headers: list[tuple[str, str]] = self.decoder.decode(block)  # type: ignore[assignment]
+        for name, value in headers:
+            if name == ":path":
+                path = value
+            elif name == "content-type":
+                content_type = value
+            elif name == "grpc-timeout":
+                timeout = value
+            elif name == ":method":
+                method = value
+        parsed = (method, path, content_type, timeout)
         if (len(entries) == count and (entries[0] if entries else None) is first
                 and table.maxsize == maxsize):
             if len(cache) < 64:
-                cache[block] = headers  # this block reads the table without changing it
+                cache[block] = parsed  # this block reads the table without changing it
         else:
             cache.clear()  # the table changed: cached blocks may decode differently now
-        return headers
+        return parsed
 
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
         headers = self._decode(block)  # decode even trailers: it updates the HPACK table
@@ -437,16 +449,7 @@ class _Connection(asyncio.Protocol):
         stream = _Stream(stream_id, self.peer_window)
         stream.ended = bool(flags & END_STREAM)
         self.streams[stream_id] = stream
-        path = method = content_type = timeout = ""
-        for name, value in headers:
-            if name == ":path":
-                path = value
-            elif name == "content-type":
-                content_type = value
-            elif name == "grpc-timeout":
-                timeout = value
-            elif name == ":method":
-                method = value
+        method, path, content_type, timeout = headers
         if method != "POST" or not content_type.startswith("application/grpc"):
             self._respond_status(stream, UNIMPLEMENTED if method == "POST" else INTERNAL,
                                  f"not a gRPC call ({method} {content_type or 'no content-type'})",
