@@ -4,8 +4,9 @@ irkit's own HTTP/2 transport (default) or grpcio's asyncio server.
 Transport (option ``server``): ``"irkit"`` runs ``h2server.H2GrpcServer``, a lean HTTP/2
 server written as an ``asyncio.Protocol`` (uvloop's loop when installed): frames parsed
 from one buffer, HPACK request headers decoded with the ``hpack`` package, each unary
-answer written as one HEADERS + DATA + trailers; it costs about a fifth of grpcio's
-server CPU per call. ``"grpcio"`` runs ``grpc.aio.server``. Both serve the same handlers
+answer written as one HEADERS + DATA + trailers; answering a constant it costs about a
+tenth of grpcio's server CPU per call (25 against 250 us measured). ``"grpcio"`` runs
+``grpc.aio.server``. Both serve the same handlers
 (``_Servicer`` below, grpc.aio-style coroutines, registered through the generated
 ``add_GRPCInferenceServiceServicer_to_server``), so behaviour, status codes and metrics
 are the same on either.
