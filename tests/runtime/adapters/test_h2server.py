@@ -119,6 +119,39 @@ def test_bad_preface_gets_goaway_and_close(served: Served) -> None:
         received = received[9 + length:]
     goaway = [payload for kind, payload in frames if kind == GOAWAY]
     assert goaway and struct.unpack(">LL", goaway[0][:8])[1] == 1  # PROTOCOL_ERROR
+    client = RawClient(served.grpc.port)
+    client.sock.sendall(frame(DATA, 0, 1, bytes(16385)))  # over SETTINGS_MAX_FRAME_SIZE
+    codes = []
+    while (got := client.read()) is not None:
+        if got[0] == GOAWAY:
+            codes.append(struct.unpack(">LL", got[3][:8])[1])
+    assert codes == [6]  # FRAME_SIZE_ERROR, then the server closed (read() saw EOF)
+    client.close()
+
+
+def test_random_frames_never_break_the_server(served: Served, digits_model: Any,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Garbage frames after a valid preface: each connection is answered or closed with
+    GOAWAY, no handler or parser traceback is logged, and the server keeps serving."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        client = RawClient(served.grpc.port)
+        junk = b"".join(frame(int(rng.integers(0, 11)), int(rng.integers(0, 256)),
+                              int(rng.integers(0, 6)),
+                              rng.bytes(int(rng.integers(0, 40))))
+                        for _ in range(int(rng.integers(1, 6))))  # fmt: skip
+        client.sock.sendall(junk + frame(PING, 0, 0, b"pingpong"))
+        while (got := client.read(timeout=2)) is not None and got[:2] != (PING, 1):
+            pass  # until the PING's ACK (still open) or EOF (closed after a GOAWAY)
+        client.close()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    client = RawClient(served.grpc.port)
+    x = np.ones((1, 64), np.float32)
+    client.sock.sendall(frame(HEADERS, 4, 1, client.headers(INFER))
+                        + frame(DATA, 1, 1, infer_message("digits", x)))  # fmt: skip
+    data, headers = client.response(1)
+    assert headers["grpc-status"] == "0" and output(data).shape == (1, 10)
+    client.close()
 
 
 def test_split_request_continuation_and_unknown_method(served: Served,
