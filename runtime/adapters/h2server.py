@@ -498,6 +498,15 @@ class _Connection(asyncio.Protocol):
             self._write(_frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">L", stream.received)))
             stream.received = 0
         body = stream.body
+        if (flags & END_STREAM and not body and stream.queue is None
+                and stream.method is not None and len(payload) >= 5 and payload[0] == 0
+                and int.from_bytes(payload[1:5], "big") == len(payload) - 5
+                and len(payload) - 5 <= self.server.max_message_bytes):
+            # the usual unary request: one DATA frame holding exactly one message
+            stream.ended = True
+            stream.task = self.loop.create_task(
+                self._run_unary(stream, stream.method, payload[5:]))
+            return
         body += payload
         if stream.queue is None and len(body) > self.server.max_message_bytes + 5:
             self._too_large(stream)  # (a streaming call's messages are checked one by one)
@@ -653,16 +662,18 @@ class _Connection(asyncio.Protocol):
         """A unary answer: HEADERS + DATA + trailers in one write when the windows allow."""
         if stream.closed:
             return
-        message = len(payload).to_bytes(5, "big") + payload  # flag byte 0
-        size = len(message)
+        size = len(payload) + 5  # the message: flag byte 0, length, payload
         if (size <= self.send_window and size <= stream.send_window and size <= self.peer_frame
                 and not stream.sent_headers):
             self.send_window -= size
             stream.send_window -= size
             stream.sent_headers = True
-            self._write(_frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS)
-                        + _frame(DATA, 0, stream.id, message)
-                        + _frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers))
+            sid, pack, tail = stream.id, FRAME_HEAD.pack, len(trailers)
+            self._write(b"".join((
+                pack(0, len(RESPONSE_HEADERS), HEADERS, END_HEADERS, sid), RESPONSE_HEADERS,
+                pack(size >> 8, size & 0xFF, DATA, 0, sid), (size - 5).to_bytes(5, "big"),
+                payload, pack(tail >> 8, tail & 0xFF, HEADERS, END_HEADERS | END_STREAM, sid),
+                trailers)))  # fmt: skip
             self._closed(stream)
             return
         self._send_message(stream, payload)
