@@ -57,7 +57,7 @@ from irkit.runtime.options import Option
 
 from .common import AdapterError, ServableModel, UnknownModel, stop_on_signals
 from .frontend import SHARED_OPTIONS, Frontend, LoopBridge, check_control_parameters
-from .grpc_codec import decode_infer_request, encode_infer_response
+from .grpc_codec import decode_infer_request, encode_infer_response, encode_raw_response
 from .h2server import H2GrpcServer, Method
 from .oip import inference_pb2 as pb
 from .oip import inference_pb2_grpc as pb_grpc
@@ -252,20 +252,21 @@ class GrpcAdapter(Frontend):
         log.info("grpc: listening on %s (inference.GRPCInferenceService)", self.address)
         return server
 
-    def service_methods(self) -> dict[str, grpc.RpcMethodHandler]:
-        """The service's handlers by path (``/inference.GRPCInferenceService/ModelInfer``)."""
+    def service_methods(self, wire: bool = False) -> dict[str, grpc.RpcMethodHandler]:
+        """The service's handlers by path (``/inference.GRPCInferenceService/ModelInfer``);
+        with ``wire``, ModelInfer may answer already serialized bytes."""
         capture = _CaptureHandlers()
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(self), capture)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(self, wire), capture)
         return {f"/{SERVICE}/{name}": handler for name, handler in capture.handlers.items()}
 
     async def start_h2_server(self) -> H2GrpcServer:
         """irkit's own transport (``h2server``) serving the same handlers, listening."""
         methods = {}
-        for path, handler in self.service_methods().items():
+        for path, handler in self.service_methods(wire=True).items():
             streaming = handler.request_streaming
             call = handler.stream_stream if streaming else handler.unary_unary
             methods[path] = Method(call, handler.request_deserializer,
-                                   handler.response_serializer, streaming)  # fmt: skip
+                                   _bytes_or(handler.response_serializer), streaming)  # fmt: skip
         arrivals = self.arrivals
 
         def on_call(path: str) -> None:
@@ -292,6 +293,15 @@ class GrpcAdapter(Frontend):
                 loop.call_soon_threadsafe(event.set)
 
 
+def _bytes_or(serialize: Any) -> Any:
+    """``serialize``, passing bytes (a response serialized already) through."""
+
+    def serialize_response(response: Any) -> bytes:
+        return response if response.__class__ is bytes else serialize(response)
+
+    return serialize_response
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: AdapterError) -> None:
     """End the RPC with ``exc``'s status code (raises)."""
     retry_after = getattr(exc, "retry_after", None)
@@ -303,9 +313,10 @@ async def _abort(context: grpc.aio.ServicerContext, exc: AdapterError) -> None:
 class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
     """The RPC handlers; everything model-related goes through the adapter's repository."""
 
-    def __init__(self, adapter: GrpcAdapter) -> None:
+    def __init__(self, adapter: GrpcAdapter, wire: bool = False) -> None:
         self.adapter = adapter
         self.repository = adapter.repository
+        self.wire = wire  # ModelInfer may answer serialized bytes (the irkit transport)
 
     # ------------------------------------------------------------------ health
 
@@ -336,7 +347,8 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------------- infer
 
-    async def _infer(self, request: Any, context: Any) -> Any:
+    async def _infer(self, request: Any, context: Any, wire: bool = False) -> Any:
+        """The ModelInferResponse; with ``wire``, a raw one as its serialized bytes."""
         name, version = request.model_name, request.model_version or None
         served = self.repository.route(name, version)
         decoded = decode_infer_request(request, served.output_names)
@@ -344,6 +356,9 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         assert bridge is not None
         served, result = await self.adapter.infer(bridge, name, version, decoded.inputs,
                                                   context.time_remaining())  # fmt: skip
+        if wire and decoded.raw:
+            return encode_raw_response(name, served.version, result, decoded.outputs,
+                                       decoded.request_id)  # fmt: skip
         return encode_infer_response(name, served.version, result, decoded.outputs,
                                      decoded.request_id, decoded.raw)  # fmt: skip
 
@@ -352,7 +367,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         outcome = "error"
         try:
-            response = await self._infer(request, context)
+            response = await self._infer(request, context, self.wire)
             outcome = "ok"
             return response
         except AdapterError as exc:
