@@ -58,7 +58,6 @@ from irkit.runtime.options import Option
 from .common import AdapterError, ServableModel, UnknownModel, stop_on_signals
 from .frontend import SHARED_OPTIONS, Frontend, LoopBridge, check_control_parameters
 from .grpc_codec import decode_infer_request, encode_infer_response, encode_raw_response
-from .h2server import H2GrpcServer, Method
 from .oip import inference_pb2 as pb
 from .oip import inference_pb2_grpc as pb_grpc
 from .repository import ModelRepository
@@ -259,8 +258,14 @@ class GrpcAdapter(Frontend):
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(self, wire), capture)
         return {f"/{SERVICE}/{name}": handler for name, handler in capture.handlers.items()}
 
-    async def start_h2_server(self) -> H2GrpcServer:
-        """irkit's own transport (``h2server``) serving the same handlers, listening."""
+    async def start_h2_server(self) -> Any:
+        """irkit's own transport (``h2server.H2GrpcServer``) serving the same handlers,
+        listening."""
+        try:
+            from .h2server import H2GrpcServer, Method
+        except ImportError as exc:  # hpack (the grpc extra) missing
+            raise ValueError(f"grpc server = 'irkit' needs the hpack package ({exc}): "
+                             "pip install 'irkit[grpc]', or set server = 'grpcio'") from None
         methods = {}
         for path, handler in self.service_methods(wire=True).items():
             streaming = handler.request_streaming
