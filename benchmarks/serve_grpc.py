@@ -51,19 +51,25 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_http import Point, build_models, paired_ratio, run_load
+from serve_http import (
+    Point,
+    build_models,
+    client_cpu,
+    paired_ratio,
+    pick_client,
+    run_h2load,
+    run_load,
+)
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -72,14 +78,7 @@ KINDS = ("http", "grpc", GRPCIO, "grpc const")  # one server process each
 STREAM = "grpc stream"  # the "grpc" server's ModelStreamInfer, driven by a Python client
 
 
-@dataclass
-class GrpcPoint(Point):
-    # load generator CPU per request (us), one entry per window
-    window_client_us: list[float] = field(default_factory=list)
-
-    @property
-    def client_us(self) -> float:
-        return float(np.median(self.window_client_us))
+GrpcPoint = Point  # the load generator's CPU per request is a Point's too (client_us)
 
 
 # ----------------------------------------------------------------------------- servers
@@ -222,25 +221,17 @@ def grpc_request(model: str) -> bytes:
 def h2load_load(kind: str, port: int, model: str, clients: int,
                 seconds: float) -> list[float]:
     """Latencies (s) of one h2load window: ``clients`` connections, one request each."""
-    with tempfile.TemporaryDirectory(prefix="irkit-h2load-") as tmp:
-        body_file, log_file = Path(tmp) / "body", Path(tmp) / "log"
-        if kind == "http":
-            body, split = http_body(model)
-            url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
-            extra = ["--h1", "-H", "content-type: application/octet-stream",
-                     "-H", f"inference-header-content-length: {split}"]
-        else:
-            message = grpc_request(model)
-            body = b"\0" + len(message).to_bytes(4, "big") + message  # gRPC framing
-            url = f"http://127.0.0.1:{port}{INFER}"
-            extra = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
-        body_file.write_bytes(body)
-        command = ["h2load", "-D", f"{int(seconds * 1000)}ms", "--warm-up-time", "200ms",
-                   "-c", str(clients), "-m", "1", "-d", str(body_file),
-                   "--log-file", str(log_file), *extra, url]  # fmt: skip
-        subprocess.run(command, check=True, capture_output=True, timeout=seconds + 60)
-        rows = [line.split("\t") for line in log_file.read_text().splitlines() if line]
-    return [int(row[2]) / 1e6 for row in rows if row[1] == "200"]
+    if kind == "http":
+        body, split = http_body(model)
+        url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
+        headers = {"content-type": "application/octet-stream",
+                   "inference-header-content-length": str(split)}  # fmt: skip
+    else:
+        message = grpc_request(model)
+        body = b"\0" + len(message).to_bytes(4, "big") + message  # gRPC framing
+        url = f"http://127.0.0.1:{port}{INFER}"
+        headers = {"content-type": "application/grpc", "te": "trailers"}
+    return run_h2load(url, body, headers, clients, seconds, h1=kind == "http")[0]
 
 
 async def _grpc_python_load(port: int, request: bytes, clients: int,
@@ -309,12 +300,7 @@ def python_load(kind: str, port: int, model: str, clients: int,
     return asyncio.run(_grpc_python_load(port, grpc_request(model), clients, seconds))
 
 
-def _client_cpu() -> float:
-    """CPU seconds of this process and its finished children (h2load runs)."""
-    import resource
-
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+_client_cpu = client_cpu  # moved to serve_http.py (h2load drives it too)
 
 
 def measure(point: GrpcPoint, server: Server, seconds: float, client: str) -> None:
@@ -410,11 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.serve, args.artifact, args.max_batch, args.port_file)
         return 0
-    client = args.client
-    if client == "auto":
-        client = "h2load" if shutil.which("h2load") else "python"
-    elif client == "h2load" and not shutil.which("h2load"):
-        parser.error("h2load is not on PATH (apt-get install nghttp2-client)")
+    client = pick_client(args.client, parser)
 
     clients = [int(c) for c in args.clients.split(",")]
     models = args.models.split(",")
