@@ -8,11 +8,13 @@ Each server runs in its own subprocess with the same model and batching settings
 (max_batch=32, max_delay_ms=2, one inference thread):
 
 - ``http``: ``HttpAdapter`` (uvicorn, httptools, uvloop);
-- ``grpc``: ``GrpcAdapter`` (grpcio's asyncio server, uvloop), unary ModelInfer: the
-  criterion's row;
-- ``grpc const``: the same ``GrpcAdapter`` whose ModelInfer answers a precomputed
-  response without decoding, batching or running anything: the ceiling of the grpcio
-  stack itself (as ``serve_http.py``'s constant server is for HTTP);
+- ``grpc``: ``GrpcAdapter`` on irkit's own HTTP/2 transport (``server = "irkit"``, the
+  default; uvloop), unary ModelInfer: the criterion's row;
+- ``grpc (grpcio)``: the same adapter on grpcio's asyncio server (``server = "grpcio"``),
+  for comparison;
+- ``grpc const``: the ``grpc`` server whose ModelInfer answers a precomputed response
+  without decoding, batching or running anything: the ceiling of the transport itself
+  (as ``serve_http.py``'s constant server is for HTTP);
 - ``grpc stream``: the ``grpc`` server's ModelStreamInfer (one long-lived stream per
   client, one request in flight on each), which clients use for throughput.
 
@@ -38,8 +40,9 @@ The table gives requests/s (median window), p50/p99 latency over all windows, me
 per model call, server CPU and load generator CPU per request, and per (model, clients)
 the gRPC/HTTP ratio of requests/s and of requests per server CPU-second, each the median
 of per-round ratios of back-to-back windows (other load on a shared machine moves single
-windows, not these). When unary gRPC misses the target, the server CPU per request of
-HTTP, gRPC and grpcio answering a constant say why.
+windows, not these). Below the table, per model at the most clients: the gRPC/HTTP
+ratio against the target, and the server CPU per request of HTTP, gRPC on either
+transport and the irkit transport answering a constant.
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ from serve_http import (
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
-KINDS = ("http", "grpc", "grpc const")  # one server process each
+GRPCIO = "grpc (grpcio)"
+KINDS = ("http", "grpc", GRPCIO, "grpc const")  # one server process each
 STREAM = "grpc stream"  # the "grpc" server's ModelStreamInfer, driven by a Python client
 
 
@@ -93,7 +97,7 @@ def serve(kind: str, artifact: str, max_batch: int, port_file: str) -> None:
     if kind == "http":
         adapter: Any = HttpAdapter(model, **options)
     else:
-        adapter = GrpcAdapter(model, **options)
+        adapter = GrpcAdapter(model, server="grpcio" if kind == GRPCIO else "irkit", **options)
         if kind == "grpc const":
             _answer_constant(adapter, model)
 
@@ -429,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(points: list[GrpcPoint], client: str) -> None:
     index = {(p.model, p.server, p.clients): p for p in points}
-    print(f"\n{'model':8} {'server':11} {'clients':>7} {'req/s':>7} {'p50 ms':>7} "
+    print(f"\n{'model':8} {'server':13} {'clients':>7} {'req/s':>7} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'rows/call':>9} {'fail':>4} {'us cpu/req':>10} {'client us':>9} "
           f"{'vs http':>7} {'per cpu':>7}")  # fmt: skip
     for p in points:
@@ -439,11 +443,11 @@ def print_table(points: list[GrpcPoint], client: str) -> None:
             ratio = f"{paired_ratio(p, http):.2f}x"
             per_cpu = f"{paired_ratio(p, http, per_cpu=True):.2f}x"
         batch = f"{p.mean_batch:.1f}" if p.calls else ""
-        print(f"{p.model:8} {p.server:11} {p.clients:7d} {p.rps:7.0f} "
+        print(f"{p.model:8} {p.server:13} {p.clients:7d} {p.rps:7.0f} "
               f"{p.percentile_ms(50):7.2f} {p.percentile_ms(99):7.2f} {batch:>9} "
               f"{p.failures:4d} {1e6 / p.per_cpu:10.0f} {p.client_us:9.0f} {ratio:>7} "
               f"{per_cpu:>7}")  # fmt: skip
-    print(f"\nload generator: {client} for http, grpc and grpc const (unary ModelInfer); "
+    print(f"\nload generator: {client} for http and the unary grpc rows (ModelInfer); "
           f"{STREAM}: ModelStreamInfer from\na Python grpc.aio client (h2load cannot "
           "stream), pre-serialized bytes, one stream and connection per client.\n"
           "req/s is the median window; us cpu/req is server CPU per request and client us "
@@ -461,8 +465,11 @@ def print_table(points: list[GrpcPoint], client: str) -> None:
             verdict = "PASS" if ratio >= 1 else "MISS"
             line = (f"  {model}: gRPC {ratio:.2f}x HTTP [{per_cpu:.2f}x per server "
                     f"CPU-second] {verdict}")
+            grpcio = index.get((model, GRPCIO, top))
+            if grpcio:
+                line += f"; on grpcio {paired_ratio(grpcio, http_point):.2f}x"
             if const:
-                line += f"; grpcio's own ceiling (grpc const) {paired_ratio(const, http_point):.2f}x"
+                line += f"; the transport's ceiling (grpc const) {paired_ratio(const, http_point):.2f}x"
             print(line)
             stream = index.get((model, STREAM, top))
             if stream:
@@ -470,14 +477,15 @@ def print_table(points: list[GrpcPoint], client: str) -> None:
                       f"{paired_ratio(stream, http_point):.2f}x HTTP "
                       f"[{paired_ratio(stream, http_point, per_cpu=True):.2f}x per server "
                       "CPU-second]")  # fmt: skip
-            if const and ratio < 1:
+            if const and grpcio:
                 # server CPU per request: what each request costs the server's process
-                http_us, grpc_us, const_us = (1e6 / p.per_cpu
-                                              for p in (http_point, grpc_point, const))
+                http_us, grpc_us, grpcio_us, const_us = (
+                    1e6 / p.per_cpu for p in (http_point, grpc_point, grpcio, const))
                 print(f"    server CPU per request: HTTP {http_us:.0f} us (whole path, "
                       f"{http_point.mean_batch:.1f} rows per model call), gRPC "
-                      f"{grpc_us:.0f} us ({grpc_point.mean_batch:.1f} rows per call), grpcio "
-                      f"answering a constant {const_us:.0f} us")  # fmt: skip
+                      f"{grpc_us:.0f} us ({grpc_point.mean_batch:.1f} rows per call), on "
+                      f"grpcio {grpcio_us:.0f} us ({grpcio.mean_batch:.1f} rows per call), "
+                      f"the irkit transport answering a constant {const_us:.0f} us")  # fmt: skip
 
 
 if __name__ == "__main__":
