@@ -286,3 +286,28 @@ def test_runs_keep_each_row_group_on_one_actor(tmp_path: Path) -> None:
             np.testing.assert_array_equal(got.inputs["x"], x[items[i]["start"] : items[i]["stop"]])
     assert len(decodes) <= rows // group + len(runs) - 1  # one more per run boundary
     assert len(plan_runs(items[:3], span, at_least=2)) >= 2  # a small input still splits
+
+
+def test_chunk_runner_ray_data_form(source: Path, digits_dir: Path) -> None:
+    """``ChunkRunner`` as a Ray Data callable class (``map_batches`` on a batch of
+    ``start``/``stop`` rows), called in this process: each payload is that chunk's rows,
+    bad rows and outputs, equal to running the model on the same rows here."""
+    from irkit.runtime.adapters.batch_ray import ChunkRunner, _digest, decode_result
+
+    model = irkit.runtime.load(digits_dir, threads=1)
+    files = sorted(str(p) for p in source.glob("*.parquet"))
+    runner = ChunkRunner(str(digits_dir), _digest(model), 1, files, "parquet", None, True,
+                         [spec.name for spec in model.outputs])
+    batch = {"start": np.array([0, 1500]), "stop": np.array([50, 1510])}
+    out = runner(batch)
+    np.testing.assert_array_equal(out["start"], batch["start"])
+    first, second = (decode_result(p) for p in out["payload"])
+    assert [i for i, _ in first["chunk"].errors] == [NAN_ROW]  # rejected, named, not dropped
+    assert [i for i, _ in second["chunk"].errors] == [NULL_ROW]
+    x = pq.read_table(source / "part-0.parquet").column("x").to_pylist()[:50]
+    good = [i for i in range(50) if i != NAN_ROW]
+    expected = model.run({model.inputs[0].name: np.array([x[i] for i in good], np.float32)})
+    name = model.outputs[0].name
+    np.testing.assert_allclose(first["outputs"][name], expected[name], rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match="another artifact"):
+        ChunkRunner(str(digits_dir), "0" * 64, 1, files, "parquet", None, True, [name])
