@@ -98,10 +98,51 @@ def _bias_vector(value: Value | None, channels: int, trailing: int) -> np.ndarra
 # nodes it replaces on the targets and skipped where it is slower.
 TIMED_FUSIONS = {"attention": ("Softmax",), "conv_pool": ("MaxPool", "AveragePool"),
                  "matmul_epilogue": ("MatMul", "Gemm")}  # kind -> ops its rewrite starts at
-# A fusion steps aside when the fused nodes are slower than the unfused ones by more
-# than the trial's margin: this floor, or the spread of its runs when that is larger
-# (``irkit.cost.Timing.margin``; below it the difference is timing noise).
-SLOWER = 1.03
+# A fusion that changes kernels is kept only where the fused nodes time no slower than
+# the unfused ones on every measured target, within this tolerance (1%): a loss of a
+# few percent is a loss, whatever the trial's spread. A ratio within the trial's noise
+# (``irkit.cost.Timing.margin`` with this floor: the spread of its runs when larger) is
+# timed once more and decided on the fastest runs of both trials, so one noisy trial
+# neither keeps a slower fusion nor drops a faster one.
+TOLERANCE = 0.01
+
+
+def _pooled(first: Any, second: Any) -> Any:
+    """Two trials of the same candidates as one: the fastest run of each candidate over
+    both, the smaller spread (the steadier trial), targets timed in both."""
+    from irkit.cost import Timing
+
+    seconds = {target: {name: min(t, second.seconds[target].get(name, t))
+                        for name, t in times.items()}
+               for target, times in first.seconds.items() if target in second.seconds}
+    spread = {target: min(first.spread.get(target, 0.0), second.spread.get(target, 0.0))
+              for target in seconds}
+    return Timing(seconds, dict(first.unmeasured), first.clock or second.clock, spread)
+
+
+def judge(cost: Any, candidates: dict[str, Graph]) -> tuple[bool, str] | None:
+    """Whether ``candidates["fused"]`` is not slower than ``candidates["unfused"]`` on the
+    cost model's targets (within :data:`TOLERANCE`), with the note for the report; None
+    when nothing could be timed."""
+    timing = cost.compare(candidates)
+    speed = timing.speedup("unfused", "fused")
+    if not speed:
+        return None
+    target, worst = min(speed.items(), key=lambda item: item[1])
+    again = ""
+    if abs(worst - 1.0) <= timing.margin(target, TOLERANCE):  # within the noise: retime
+        second = cost.compare(candidates)
+        if second.speedup("unfused", "fused"):
+            timing = _pooled(timing, second)
+            speed = timing.speedup("unfused", "fused")
+            target, worst = min(speed.items(), key=lambda item: item[1])
+            again = ", timed twice"
+    how = timing.how(target)
+    if again:
+        how = how[:-1] + again + ")" if how else f" ({again[2:]})"
+    if worst < 1.0 - TOLERANCE:
+        return False, f"kept unfused: fused {worst:.2f}x on {target}{how}"
+    return True, f"fused {worst:.2f}x on {target}{how}"
 
 
 def time_rewrite(graph: Graph, anchor: Node, rewrite: Any, cost: Any
@@ -132,15 +173,7 @@ def time_rewrite(graph: Graph, anchor: Node, rewrite: Any, cost: Any
     fused = extract_subgraph(trial, added, "fused", escaping(added, trial))
     if [v.name for v in unfused.inputs] != [v.name for v in fused.inputs]:
         return None  # the candidates must read the same tensors to be timed on them
-    timing = cost.compare({"unfused": unfused, "fused": fused})
-    speed = timing.speedup("unfused", "fused")
-    if not speed:
-        return None
-    target, worst = min(speed.items(), key=lambda item: item[1])
-    how, margin = timing.how(target), timing.margin(target, SLOWER - 1.0)
-    if worst < 1.0 - margin:
-        return False, f"kept unfused: fused {worst:.2f}x on {target}{how}"
-    return True, f"fused {worst:.2f}x on {target}{how}"
+    return judge(cost, {"unfused": unfused, "fused": fused})
 
 
 @dataclass(frozen=True)
@@ -149,8 +182,13 @@ class Fuse(Pass):
 
     With a cost model in the context (``irkit.optimize(..., measure=True)``, every spec
     build), the fusions that change kernels (attention, conv + pool, a GEMM with a GELU
-    epilogue) are timed against the nodes they replace on the targets and skipped where
-    slower; the report's ``timed`` says what was measured.
+    epilogue) are timed against the nodes they replace on the targets (one thread, CPU
+    time, alternating runs) and kept only where they are not slower by more than 1%
+    (:data:`TOLERANCE`; a ratio within the trial's noise is timed twice); the report's
+    ``timed`` says what was measured, ``kept unfused: fused 0.97x on x86-64-v3 (...)``
+    where the pass stepped aside. BatchNorm folding and bias/activation epilogues are
+    not timed: the lowering runs the same conv kernel with the epilogue fused either way
+    (folding removes one multiply-add per element).
 
     ``gelu``: which single op replaces an erf-GELU chain: ONNX ``Gelu`` (needs opset 20),
     ``irkit.Gelu``, or ``auto`` (ONNX when the graph's opset allows it).

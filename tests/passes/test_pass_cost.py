@@ -195,3 +195,49 @@ def test_unrunnable_targets_are_named_not_timed(digits: dict[str, Any]) -> None:
     assert set(skipped) == {"aarch64", "sm_90"}
     timing = cost.compare({"a": digits["graph"], "b": digits["graph"]})
     assert timing.seconds == {} and set(timing.unmeasured) == {"aarch64", "sm_90"}
+
+
+class Trials:
+    """A cost model answering each fuse trial with the next (unfused s, fused s, spread)."""
+
+    def __init__(self, *trials: tuple[float, float, float]) -> None:
+        self.trials = list(trials)
+        self.asked = 0
+
+    def compare(self, candidates: Mapping[str, Graph]) -> Timing:
+        unfused, fused, spread = self.trials[min(self.asked, len(self.trials) - 1)]
+        self.asked += 1
+        return Timing({"x86-64-v3": {"unfused": unfused, "fused": fused}}, clock="cpu",
+                      spread={"x86-64-v3": spread})
+
+
+@pytest.mark.parametrize("trials, fused, note", [
+    # 3% slower inside a 5% spread: the former 3%-or-spread margin kept it; timed twice,
+    # still 3% slower: unfused.
+    ([(1.0, 1.03, 0.05)], False,
+     "kept unfused: fused 0.97x on x86-64-v3 (cpu time, spread 5.0%, timed twice)"),
+    # 2% slower in a steady trial (0.5% spread): beyond the 1% tolerance, no retime.
+    ([(1.0, 1.02, 0.005)], False,
+     "kept unfused: fused 0.98x on x86-64-v3 (cpu time, spread 0.5%)"),
+    # within 1%, confirmed by a second trial: a tie keeps the fused form.
+    ([(1.0, 1.005, 0.002)], True,
+     "fused 1.00x on x86-64-v3 (cpu time, spread 0.2%, timed twice)"),
+    # a noisy first trial (5% slower, 8% spread) and a second where fused is faster: the
+    # fastest runs of both (unfused 1.0, fused 0.98) decide.
+    ([(1.0, 1.05, 0.08), (1.01, 0.98, 0.01)], True,
+     "fused 1.02x on x86-64-v3 (cpu time, spread 1.0%, timed twice)"),
+    # clearly faster: one trial.
+    ([(1.0, 0.8, 0.03)], True, "fused 1.25x on x86-64-v3 (cpu time, spread 3.0%)"),
+])
+def test_fuse_keeps_unfused_unless_fused_is_not_slower(
+        digits: dict[str, Any], trials: list[tuple[float, float, float]], fused: bool,
+        note: str) -> None:
+    from irkit.passes.manager import run_pipeline
+    from irkit.plugins import get_registry
+
+    cost = Trials(*trials)
+    out = run_pipeline(digits["graph"], "fuse", table=get_registry().passes, cost=cost)
+    assert ("irkit.ConvBiasActPool" in [n.qualified_op for n in out.nodes]) == fused
+    (got,) = out.history[-1].details["timed"].values()
+    assert got == note
+    assert cost.asked == (2 if "twice" in note else 1)
