@@ -107,39 +107,21 @@ TIMED_FUSIONS = {"attention": ("Softmax",), "conv_pool": ("MaxPool", "AveragePoo
 TOLERANCE = 0.01
 
 
-def _pooled(first: Any, second: Any) -> Any:
-    """Two trials of the same candidates as one: the fastest run of each candidate over
-    both, the smaller spread (the steadier trial), targets timed in both."""
-    from irkit.cost import Timing
-
-    seconds = {target: {name: min(t, second.seconds[target].get(name, t))
-                        for name, t in times.items()}
-               for target, times in first.seconds.items() if target in second.seconds}
-    spread = {target: min(first.spread.get(target, 0.0), second.spread.get(target, 0.0))
-              for target in seconds}
-    return Timing(seconds, dict(first.unmeasured), first.clock or second.clock, spread)
-
-
 def judge(cost: Any, candidates: dict[str, Graph]) -> tuple[bool, str] | None:
     """Whether ``candidates["fused"]`` is not slower than ``candidates["unfused"]`` on the
     cost model's targets (within :data:`TOLERANCE`), with the note for the report; None
-    when nothing could be timed."""
-    timing = cost.compare(candidates)
+    when nothing could be timed. A ratio within the trial's noise is timed once more on
+    the same compiled candidates (``MeasuredCost.compare``'s ``again``), runs pooled."""
+    def noisy(timing: Any, target: str) -> bool:
+        speed = timing.speedup("unfused", "fused").get(target)
+        return speed is not None and abs(speed - 1.0) <= timing.margin(target, TOLERANCE)
+
+    timing = cost.compare(candidates, again=noisy)
     speed = timing.speedup("unfused", "fused")
     if not speed:
         return None
     target, worst = min(speed.items(), key=lambda item: item[1])
-    again = ""
-    if abs(worst - 1.0) <= timing.margin(target, TOLERANCE):  # within the noise: retime
-        second = cost.compare(candidates)
-        if second.speedup("unfused", "fused"):
-            timing = _pooled(timing, second)
-            speed = timing.speedup("unfused", "fused")
-            target, worst = min(speed.items(), key=lambda item: item[1])
-            again = ", timed twice"
     how = timing.how(target)
-    if again:
-        how = how[:-1] + again + ")" if how else f" ({again[2:]})"
     if worst < 1.0 - TOLERANCE:
         return False, f"kept unfused: fused {worst:.2f}x on {target}{how}"
     return True, f"fused {worst:.2f}x on {target}{how}"
