@@ -6,6 +6,7 @@ convolution into ``irkit.ConvBiasActPool`` (irkit/ops/conv_pool.py)."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -116,7 +117,17 @@ def judge(cost: Any, candidates: dict[str, Graph]) -> tuple[bool, str] | None:
         speed = timing.speedup("unfused", "fused").get(target)
         return speed is not None and abs(speed - 1.0) <= timing.margin(target, TOLERANCE)
 
-    timing = cost.compare(candidates, again=noisy)
+    if "again" in inspect.signature(cost.compare).parameters:
+        timing = cost.compare(candidates, again=noisy)
+    else:  # a cost model without ``again``: a second trial compiles the candidates again
+        timing = cost.compare(candidates)
+        target = next((t for t in timing.seconds if noisy(timing, t)), None)
+        if target is not None:
+            second = cost.compare(candidates)
+            timing.seconds = {t: {n: min(v, second.seconds.get(t, {}).get(n, v))
+                                  for n, v in times.items()}
+                              for t, times in timing.seconds.items()}
+            timing.trials = {t: 2 for t in timing.seconds}
     speed = timing.speedup("unfused", "fused")
     if not speed:
         return None

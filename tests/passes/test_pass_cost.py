@@ -273,3 +273,25 @@ def test_measured_cost_times_again_on_the_same_compiled_code() -> None:
     assert asked == ["x86-64-v3"] and twice.trials == {"x86-64-v3": 2} and once.trials == {}
     assert twice.how("x86-64-v3").endswith(", timed twice)")
     assert set(twice.seconds["x86-64-v3"]) == {"a", "b"}
+
+
+def test_fuse_retimes_with_a_cost_model_without_again(digits: dict[str, Any]) -> None:
+    """A cost model whose ``compare`` takes the candidates only (as before ``again``)
+    still gets a noisy fusion timed twice: two calls, fastest runs pooled."""
+    from irkit.passes.manager import run_pipeline
+    from irkit.plugins import get_registry
+
+    class Plain:
+        def __init__(self) -> None:
+            self.trials = [(1.0, 1.05, 0.08), (1.01, 0.98, 0.01)]
+
+        def compare(self, candidates: Mapping[str, Graph]) -> Timing:
+            unfused, fused, spread = self.trials.pop(0)
+            return Timing({"x86-64-v3": {"unfused": unfused, "fused": fused}}, clock="cpu",
+                          spread={"x86-64-v3": spread})
+
+    cost = Plain()
+    out = run_pipeline(digits["graph"], "fuse", table=get_registry().passes, cost=cost)
+    assert not cost.trials and "irkit.ConvBiasActPool" in [n.qualified_op for n in out.nodes]
+    (note,) = out.history[-1].details["timed"].values()
+    assert note == "fused 1.02x on x86-64-v3 (cpu time, spread 8.0%, timed twice)"
