@@ -8,11 +8,13 @@ Each server runs in its own subprocess with the same model and batching settings
 (max_batch=32, max_delay_ms=2, one inference thread):
 
 - ``http``: ``HttpAdapter`` (uvicorn, httptools, uvloop);
-- ``grpc``: ``GrpcAdapter`` (grpcio's asyncio server, uvloop), unary ModelInfer: the
-  criterion's row;
-- ``grpc const``: the same ``GrpcAdapter`` whose ModelInfer answers a precomputed
-  response without decoding, batching or running anything: the ceiling of the grpcio
-  stack itself (as ``serve_http.py``'s constant server is for HTTP);
+- ``grpc``: ``GrpcAdapter`` on irkit's own HTTP/2 transport (``server = "irkit"``, the
+  default; uvloop), unary ModelInfer: the criterion's row;
+- ``grpc (grpcio)``: the same adapter on grpcio's asyncio server (``server = "grpcio"``),
+  for comparison;
+- ``grpc const``: the ``grpc`` server whose ModelInfer answers a precomputed response
+  without decoding, batching or running anything: the ceiling of the transport itself
+  (as ``serve_http.py``'s constant server is for HTTP);
 - ``grpc stream``: the ``grpc`` server's ModelStreamInfer (one long-lived stream per
   client, one request in flight on each), which clients use for throughput.
 
@@ -38,8 +40,9 @@ The table gives requests/s (median window), p50/p99 latency over all windows, me
 per model call, server CPU and load generator CPU per request, and per (model, clients)
 the gRPC/HTTP ratio of requests/s and of requests per server CPU-second, each the median
 of per-round ratios of back-to-back windows (other load on a shared machine moves single
-windows, not these). When unary gRPC misses the target, the server CPU per request of
-HTTP, gRPC and grpcio answering a constant say why.
+windows, not these). Below the table, per model at the most clients: the gRPC/HTTP
+ratio against the target, and the server CPU per request of HTTP, gRPC on either
+transport and the irkit transport answering a constant.
 """
 
 from __future__ import annotations
@@ -48,34 +51,34 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_http import Point, build_models, paired_ratio, run_load
+from serve_http import (
+    Point,
+    build_models,
+    client_cpu,
+    paired_ratio,
+    pick_client,
+    run_h2load,
+    run_load,
+)
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
-KINDS = ("http", "grpc", "grpc const")  # one server process each
+GRPCIO = "grpc (grpcio)"
+KINDS = ("http", "grpc", GRPCIO, "grpc const")  # one server process each
 STREAM = "grpc stream"  # the "grpc" server's ModelStreamInfer, driven by a Python client
 
 
-@dataclass
-class GrpcPoint(Point):
-    # load generator CPU per request (us), one entry per window
-    window_client_us: list[float] = field(default_factory=list)
-
-    @property
-    def client_us(self) -> float:
-        return float(np.median(self.window_client_us))
+GrpcPoint = Point  # the load generator's CPU per request is a Point's too (client_us)
 
 
 # ----------------------------------------------------------------------------- servers
@@ -94,7 +97,7 @@ def serve(kind: str, artifact: str, max_batch: int, port_file: str) -> None:
     if kind == "http":
         adapter: Any = HttpAdapter(model, **options)
     else:
-        adapter = GrpcAdapter(model, **options)
+        adapter = GrpcAdapter(model, server="grpcio" if kind == GRPCIO else "irkit", **options)
         if kind == "grpc const":
             _answer_constant(adapter, model)
 
@@ -218,25 +221,17 @@ def grpc_request(model: str) -> bytes:
 def h2load_load(kind: str, port: int, model: str, clients: int,
                 seconds: float) -> list[float]:
     """Latencies (s) of one h2load window: ``clients`` connections, one request each."""
-    with tempfile.TemporaryDirectory(prefix="irkit-h2load-") as tmp:
-        body_file, log_file = Path(tmp) / "body", Path(tmp) / "log"
-        if kind == "http":
-            body, split = http_body(model)
-            url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
-            extra = ["--h1", "-H", "content-type: application/octet-stream",
-                     "-H", f"inference-header-content-length: {split}"]
-        else:
-            message = grpc_request(model)
-            body = b"\0" + len(message).to_bytes(4, "big") + message  # gRPC framing
-            url = f"http://127.0.0.1:{port}{INFER}"
-            extra = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
-        body_file.write_bytes(body)
-        command = ["h2load", "-D", f"{int(seconds * 1000)}ms", "--warm-up-time", "200ms",
-                   "-c", str(clients), "-m", "1", "-d", str(body_file),
-                   "--log-file", str(log_file), *extra, url]  # fmt: skip
-        subprocess.run(command, check=True, capture_output=True, timeout=seconds + 60)
-        rows = [line.split("\t") for line in log_file.read_text().splitlines() if line]
-    return [int(row[2]) / 1e6 for row in rows if row[1] == "200"]
+    if kind == "http":
+        body, split = http_body(model)
+        url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
+        headers = {"content-type": "application/octet-stream",
+                   "inference-header-content-length": str(split)}  # fmt: skip
+    else:
+        message = grpc_request(model)
+        body = b"\0" + len(message).to_bytes(4, "big") + message  # gRPC framing
+        url = f"http://127.0.0.1:{port}{INFER}"
+        headers = {"content-type": "application/grpc", "te": "trailers"}
+    return run_h2load(url, body, headers, clients, seconds, h1=kind == "http")[0]
 
 
 async def _grpc_python_load(port: int, request: bytes, clients: int,
@@ -305,12 +300,7 @@ def python_load(kind: str, port: int, model: str, clients: int,
     return asyncio.run(_grpc_python_load(port, grpc_request(model), clients, seconds))
 
 
-def _client_cpu() -> float:
-    """CPU seconds of this process and its finished children (h2load runs)."""
-    import resource
-
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+_client_cpu = client_cpu  # moved to serve_http.py (h2load drives it too)
 
 
 def measure(point: GrpcPoint, server: Server, seconds: float, client: str) -> None:
@@ -406,11 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.serve, args.artifact, args.max_batch, args.port_file)
         return 0
-    client = args.client
-    if client == "auto":
-        client = "h2load" if shutil.which("h2load") else "python"
-    elif client == "h2load" and not shutil.which("h2load"):
-        parser.error("h2load is not on PATH (apt-get install nghttp2-client)")
+    client = pick_client(args.client, parser)
 
     clients = [int(c) for c in args.clients.split(",")]
     models = args.models.split(",")
@@ -447,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(points: list[GrpcPoint], client: str) -> None:
     index = {(p.model, p.server, p.clients): p for p in points}
-    print(f"\n{'model':8} {'server':11} {'clients':>7} {'req/s':>7} {'p50 ms':>7} "
+    print(f"\n{'model':8} {'server':13} {'clients':>7} {'req/s':>7} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'rows/call':>9} {'fail':>4} {'us cpu/req':>10} {'client us':>9} "
           f"{'vs http':>7} {'per cpu':>7}")  # fmt: skip
     for p in points:
@@ -457,11 +443,11 @@ def print_table(points: list[GrpcPoint], client: str) -> None:
             ratio = f"{paired_ratio(p, http):.2f}x"
             per_cpu = f"{paired_ratio(p, http, per_cpu=True):.2f}x"
         batch = f"{p.mean_batch:.1f}" if p.calls else ""
-        print(f"{p.model:8} {p.server:11} {p.clients:7d} {p.rps:7.0f} "
+        print(f"{p.model:8} {p.server:13} {p.clients:7d} {p.rps:7.0f} "
               f"{p.percentile_ms(50):7.2f} {p.percentile_ms(99):7.2f} {batch:>9} "
               f"{p.failures:4d} {1e6 / p.per_cpu:10.0f} {p.client_us:9.0f} {ratio:>7} "
               f"{per_cpu:>7}")  # fmt: skip
-    print(f"\nload generator: {client} for http, grpc and grpc const (unary ModelInfer); "
+    print(f"\nload generator: {client} for http and the unary grpc rows (ModelInfer); "
           f"{STREAM}: ModelStreamInfer from\na Python grpc.aio client (h2load cannot "
           "stream), pre-serialized bytes, one stream and connection per client.\n"
           "req/s is the median window; us cpu/req is server CPU per request and client us "
@@ -479,8 +465,11 @@ def print_table(points: list[GrpcPoint], client: str) -> None:
             verdict = "PASS" if ratio >= 1 else "MISS"
             line = (f"  {model}: gRPC {ratio:.2f}x HTTP [{per_cpu:.2f}x per server "
                     f"CPU-second] {verdict}")
+            grpcio = index.get((model, GRPCIO, top))
+            if grpcio:
+                line += f"; on grpcio {paired_ratio(grpcio, http_point):.2f}x"
             if const:
-                line += f"; grpcio's own ceiling (grpc const) {paired_ratio(const, http_point):.2f}x"
+                line += f"; the transport's ceiling (grpc const) {paired_ratio(const, http_point):.2f}x"
             print(line)
             stream = index.get((model, STREAM, top))
             if stream:
@@ -488,14 +477,15 @@ def print_table(points: list[GrpcPoint], client: str) -> None:
                       f"{paired_ratio(stream, http_point):.2f}x HTTP "
                       f"[{paired_ratio(stream, http_point, per_cpu=True):.2f}x per server "
                       "CPU-second]")  # fmt: skip
-            if const and ratio < 1:
+            if const and grpcio:
                 # server CPU per request: what each request costs the server's process
-                http_us, grpc_us, const_us = (1e6 / p.per_cpu
-                                              for p in (http_point, grpc_point, const))
+                http_us, grpc_us, grpcio_us, const_us = (
+                    1e6 / p.per_cpu for p in (http_point, grpc_point, grpcio, const))
                 print(f"    server CPU per request: HTTP {http_us:.0f} us (whole path, "
                       f"{http_point.mean_batch:.1f} rows per model call), gRPC "
-                      f"{grpc_us:.0f} us ({grpc_point.mean_batch:.1f} rows per call), grpcio "
-                      f"answering a constant {const_us:.0f} us")  # fmt: skip
+                      f"{grpc_us:.0f} us ({grpc_point.mean_batch:.1f} rows per call), on "
+                      f"grpcio {grpcio_us:.0f} us ({grpcio.mean_batch:.1f} rows per call), "
+                      f"the irkit transport answering a constant {const_us:.0f} us")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -3,12 +3,17 @@
     python benchmarks/serve_http.py [--seconds 0.5] [--rounds 5] [--clients 1,16,64]
                                     [--http auto|httptools|h11] [--loop auto|uvloop|asyncio]
                                     [--processes 1,2] [--servers LABEL,...]
+                                    [--client auto|h2load|python]
 
 Each server runs in its own subprocess (HttpAdapter on uvicorn, one event loop, one
-inference thread); this process is the load generator: keep-alive connections on one
-event loop (uvloop when installed) speaking raw HTTP/1.1 (cheaper than any client
-library), each sending one request after another for ``--seconds`` after a short warm-up.
-Servers measured in the same run, all with the same uvicorn settings:
+inference thread, the model on 1 intra-op thread). The load generator is ``h2load --h1``
+(Debian's ``nghttp2-client``, C; ``--client auto`` picks it when it is on PATH): one
+keep-alive connection per client, each sending one request after another for
+``--seconds`` after a short warm-up. Without it (``--client python``) this process is the
+load generator: the same connections on one event loop (uvloop when installed) speaking
+raw HTTP/1.1, which costs more CPU per request on the cores the servers share. The
+request bodies are the same either way. Servers measured in the same run, all with the
+same uvicorn settings:
 
 - ``constant``: HttpAdapter itself whose infer handler reads the body and answers a
   precomputed response (same server, same dispatch to the infer route, same body
@@ -27,7 +32,18 @@ and the ratios the targets are stated in. Windows are interleaved round-robin, t
 servers compared at one point back to back; req/s is the median window and each ratio
 the median of the per-round ratios, so bursts of other load on a shared machine move
 single windows, not the result. req/cpu-s (requests per server CPU-second) is the
-same comparison by CPU cost, which other load disturbs less.
+same comparison by CPU cost, which other load disturbs less; ``srv us`` and ``cli us``
+are the server's (all its processes) and the load generator's CPU per request. For
+``p=2`` the summary adds how the kernel spread the requests over the processes (their
+``process`` label on /metrics) and the most the CPUs allow: one process is bound by the
+core its event loop thread runs on, N processes by every CPU, which the load generator
+shares (cpus / (server + client CPU per request)).
+
+CPUs: with ``--server-cpus auto`` (the default) and at least twice as many CPUs as the
+most server processes compared, every server is pinned to the first N CPUs (N = the most
+``--processes``) and the load generator to the others, so ``p=2`` against ``p=1`` asks
+whether two processes use two cores, not how the load generator competes with them. With
+fewer CPUs (or ``--server-cpus none``) everything shares every CPU, as above.
 """
 
 from __future__ import annotations
@@ -36,6 +52,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +65,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_ONNX = REPO / "specs" / "models" / "digits_mlp.onnx"
+WARMUP = 0.2  # seconds of load before each measured window
 
 
 # ------------------------------------------------------------------------------ models
@@ -111,10 +129,10 @@ def build_models(directory: Path) -> dict[str, Path]:
     }
 
 
-def request_bytes(model: str, port: int) -> bytes:
-    """One raw HTTP/1.1 infer request for ``model`` (digits: JSON; gemm512: binary)."""
+def request_parts(model: str) -> tuple[dict[str, str], bytes]:
+    """The headers (without Host and Content-Length) and body of one infer request for
+    ``model``: digits as JSON, gemm512 with the binary tensor extension both ways."""
     rng = np.random.default_rng(3)
-    headers = {"Host": f"127.0.0.1:{port}"}
     if model == "digits":
         x = rng.standard_normal((1, 64)).astype(np.float32)
         # float32 values written with the 9 significant digits that round-trip them
@@ -122,18 +140,21 @@ def request_bytes(model: str, port: int) -> bytes:
         data = "[" + ",".join(f"{v:.9g}" for v in x.ravel().tolist()) + "]"
         body = ('{"inputs":[{"name":"x","shape":[1,64],"datatype":"FP32","data":'
                 + data + "}]}").encode()  # fmt: skip
-        headers["Content-Type"] = "application/json"
-    else:
-        raw = rng.standard_normal((1, 512)).astype("<f4").tobytes()
-        header = json.dumps(
-            {"inputs": [{"name": "x", "shape": [1, 512], "datatype": "FP32",
-                         "parameters": {"binary_data_size": len(raw)}}],
-             "parameters": {"binary_data_output": True}}
-        ).encode()  # fmt: skip
-        body = header + raw
-        headers["Inference-Header-Content-Length"] = str(len(header))
-        headers["Content-Type"] = "application/octet-stream"
-    headers["Content-Length"] = str(len(body))
+        return {"Content-Type": "application/json"}, body
+    raw = rng.standard_normal((1, 512)).astype("<f4").tobytes()
+    header = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 512], "datatype": "FP32",
+                     "parameters": {"binary_data_size": len(raw)}}],
+         "parameters": {"binary_data_output": True}}
+    ).encode()  # fmt: skip
+    return {"Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream"}, header + raw  # fmt: skip
+
+
+def request_bytes(model: str, port: int) -> bytes:
+    """One raw HTTP/1.1 infer request for ``model`` (``request_parts``)."""
+    parts, body = request_parts(model)
+    headers = {"Host": f"127.0.0.1:{port}", **parts, "Content-Length": str(len(body))}
     head = f"POST /v2/models/{model}/infer HTTP/1.1\r\n" + "".join(
         f"{k}: {v}\r\n" for k, v in headers.items()
     )
@@ -217,18 +238,49 @@ def serve_constant(artifact: str, port_file: str, stack: dict[str, str]) -> None
     _serve_announcing(ConstantAdapter(model, port=0, **stack), port_file)
 
 
+# --server-cpus: the CPUs every server subprocess (and its children) may run on, and those
+# left to the load generator; None: no pinning, everything shares every CPU.
+CPU_SPLIT: tuple[set[int], set[int]] | None = None
+
+
+def split_cpus(choice: str, processes: int) -> tuple[set[int], set[int]] | None:
+    """``--server-cpus``: "none"; a count N (the first N allowed CPUs for the servers, the
+    rest for the load generator); "auto": as many as the most server processes compared,
+    when at least as many are left for the load generator, else none."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if choice == "none":
+        return None
+    count = processes if choice == "auto" else int(choice)
+    if choice == "auto" and len(allowed) < 2 * count:
+        return None
+    if not 0 < count < len(allowed):
+        raise SystemExit(f"--server-cpus {choice}: {len(allowed)} CPUs allowed here, "
+                         f"the servers and the load generator each need at least one")
+    return set(allowed[:count]), set(allowed[count:])
+
+
+def _pinned(side: int) -> Any:
+    """A ``preexec_fn`` that pins a subprocess to the servers' (0) or the load
+    generator's (1) CPUs of ``CPU_SPLIT``, or None without a split."""
+    if CPU_SPLIT is None:
+        return None
+    cpus = CPU_SPLIT[side]
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 class Server:
     """A server subprocess; ``port`` once it is ready."""
 
     def __init__(
         self, kind: str, artifact: Path, max_batch: int, http: str, loop: str, processes: int = 1
     ) -> None:
+        self.processes = processes
         self.port_file = Path(tempfile.mkstemp(prefix="irkit-bench-port-")[1])
         self.port_file.write_text("")
         command = [sys.executable, __file__, "--serve", kind, "--artifact", str(artifact),
                    "--max-batch", str(max_batch), "--port-file", str(self.port_file),
                    "--http", http, "--loop", loop, "--processes", str(processes)]  # fmt: skip
-        self.process = subprocess.Popen(command)
+        self.process = subprocess.Popen(command, preexec_fn=_pinned(0))
         deadline = time.monotonic() + 60
         while not self.port_file.read_text():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -236,28 +288,47 @@ class Server:
             time.sleep(0.02)
         self.port = int(self.port_file.read_text())
 
-    def batch_stats(self) -> tuple[float, float]:
-        """(sum, count) of the irkit_batch_size histogram; (0, 0) for constant."""
+    def metrics(self) -> list[str]:
+        """The sample lines of the server's /metrics (none if it does not answer)."""
         import urllib.request
 
         try:
             text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics").read().decode()
         except OSError:
-            return 0.0, 0.0
+            return []
+        return [line for line in text.splitlines() if not line.startswith("#")]
+
+    def batch_stats(self) -> tuple[float, float]:
+        """(sum, count) of the irkit_batch_size histogram; (0, 0) for constant."""
         values: dict[str, float] = {}
-        for line in text.splitlines():  # several processes: one line each
+        for line in self.metrics():  # several processes: one line each
             if line.startswith(("irkit_batch_size_sum", "irkit_batch_size_count")):
                 key = line.split("{")[0]
                 values[key] = values.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
         return values.get("irkit_batch_size_sum", 0.0), values.get("irkit_batch_size_count", 0.0)
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server process and its children have used so far."""
+    def requests_by_process(self) -> dict[str, float]:
+        """Requests answered so far (any outcome) by each process: its ``process`` label
+        on /metrics ("" for a single-process server)."""
+        counts: dict[str, float] = {}
+        for line in self.metrics():
+            if line.startswith("irkit_requests_total{"):
+                labels = line[line.index("{") + 1:line.rindex("}")]
+                process = next((label.split("=", 1)[1].strip('"')
+                                for label in labels.split(",")
+                                if label.startswith("process=")), "")  # fmt: skip
+                counts[process] = counts.get(process, 0.0) + float(line.rsplit(" ", 1)[1])
+        return counts
+
+    def cpu_seconds(self, main_threads: bool = False) -> float:
+        """User + system CPU time the server process and its children have used so far;
+        ``main_threads``: only their main threads (where uvicorn's event loop runs)."""
         total, pids = 0.0, [self.process.pid]
         while pids:
             pid = pids.pop()
+            stat = f"/proc/{pid}/task/{pid}/stat" if main_threads else f"/proc/{pid}/stat"
             try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
                 pids += [int(c) for c in
                          Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
             except OSError:
@@ -298,12 +369,11 @@ async def _client(port: int, request: bytes, stop_at: float, record_from: float,
 async def _load(
     port: int, request: bytes, clients: int, seconds: float
 ) -> tuple[list[float], list[int]]:
-    warmup = 0.2
     start = time.perf_counter()
     latencies: list[float] = []
     failures: list[int] = []
     await asyncio.gather(*(
-        _client(port, request, start + warmup + seconds, start + warmup, latencies, failures)
+        _client(port, request, start + WARMUP + seconds, start + WARMUP, latencies, failures)
         for _ in range(clients)
     ))  # fmt: skip
     return latencies, failures
@@ -322,6 +392,12 @@ class Point:
     # CPU-second (robust to other load on a shared machine)
     window_rps: list[float] = field(default_factory=list)
     window_per_cpu: list[float] = field(default_factory=list)
+    # load generator CPU per request (us), one entry per window
+    window_client_us: list[float] = field(default_factory=list)
+    # server CPU per request (us) of its processes' main threads (the event loops)
+    window_loop_us: list[float] = field(default_factory=list)
+    # requests answered by each server process (its /metrics ``process`` label; "" for one)
+    by_process: dict[str, float] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -331,6 +407,19 @@ class Point:
     @property
     def per_cpu(self) -> float:
         return float(np.median(self.window_per_cpu))
+
+    @property
+    def client_us(self) -> float:
+        return float(np.median(self.window_client_us))
+
+    @property
+    def loop_us(self) -> float:
+        return float(np.median(self.window_loop_us))
+
+    @property
+    def server_us(self) -> float:
+        """Server CPU per request (us), all its processes together."""
+        return 1e6 / self.per_cpu
 
     def percentile_ms(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.latencies) * 1000, q))
@@ -361,17 +450,74 @@ def run_load(
         return runner.run(_load(port, request, clients, seconds))
 
 
-def measure(point: Point, server: Server, seconds: float) -> None:
+def run_h2load(url: str, body: bytes, headers: dict[str, str], clients: int, seconds: float,
+               h1: bool = True) -> tuple[list[float], list[int]]:  # fmt: skip
+    """One h2load window (HTTP/1.1 with ``h1``, else HTTP/2): ``clients`` connections,
+    each sending ``body`` to ``url`` one request after another for ``seconds`` after
+    ``WARMUP`` s. Latencies (s) of the 200 answers, and the other answers' statuses."""
+    with tempfile.TemporaryDirectory(prefix="irkit-h2load-") as tmp:
+        body_file, log_file = Path(tmp) / "body", Path(tmp) / "log"
+        body_file.write_bytes(body)
+        command = ["h2load", "-D", f"{int(seconds * 1000)}ms",
+                   "--warm-up-time", f"{int(WARMUP * 1000)}ms", "-c", str(clients), "-m", "1",
+                   "-d", str(body_file), "--log-file", str(log_file),
+                   *(["--h1"] if h1 else []),
+                   *(arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")),
+                   url]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, timeout=seconds + 60,
+                       preexec_fn=_pinned(1))
+        rows = [line.split("\t") for line in log_file.read_text().splitlines() if line]
+    # a row: start time, status, duration (us); status 0: still unanswered when the window
+    # ended (h2load stops at its deadline), not a failure
+    latencies = [int(row[2]) / 1e6 for row in rows if row[1] == "200"]
+    return latencies, [int(row[1]) for row in rows if row[1] not in ("200", "0")]
+
+
+def client_cpu() -> float:
+    """CPU seconds of this process and its finished children (h2load runs): the load
+    generator's, whichever it is."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def pick_client(choice: str, parser: argparse.ArgumentParser) -> str:
+    """``--client``: auto is h2load when it is on PATH, else the Python client."""
+    if choice == "auto":
+        return "h2load" if shutil.which("h2load") else "python"
+    if choice == "h2load" and not shutil.which("h2load"):
+        parser.error("h2load is not on PATH (apt-get install nghttp2-client)")
+    return choice
+
+
+def measure(point: Point, server: Server, seconds: float, client: str = "python") -> None:
     """Add one measurement window to ``point``."""
     before = server.batch_stats()
-    request = request_bytes(point.model, server.port)
-    cpu_before = server.cpu_seconds()
-    latencies, failures = run_load(server.port, request, point.clients, seconds)
+    requests_before = server.requests_by_process()
+    cpu_before, client_before = server.cpu_seconds(), client_cpu()
+    loop_before = server.cpu_seconds(main_threads=True)
+    if client == "h2load":
+        headers, body = request_parts(point.model)
+        url = f"http://127.0.0.1:{server.port}/v2/models/{point.model}/infer"
+        latencies, failures = run_h2load(url, body, headers, point.clients, seconds)
+    else:
+        request = request_bytes(point.model, server.port)
+        latencies, failures = run_load(server.port, request, point.clients, seconds)
     # scale out the un-recorded warm-up share of the CPU time
-    cpu = (server.cpu_seconds() - cpu_before) * seconds / (seconds + 0.2)
+    cpu = (server.cpu_seconds() - cpu_before) * seconds / (seconds + WARMUP)
+    loop = (server.cpu_seconds(main_threads=True) - loop_before) * seconds / (seconds + WARMUP)
+    used = (client_cpu() - client_before) * seconds / (seconds + WARMUP)
+    if server.processes > 1:  # /metrics has the other processes' figures of <= 1 s ago
+        time.sleep(1.1)  # (the next window's "before" is then exact too)
     after = server.batch_stats()
+    for process, count in server.requests_by_process().items():
+        point.by_process[process] = (point.by_process.get(process, 0.0) + count
+                                     - requests_before.get(process, 0.0))  # fmt: skip
     point.window_rps.append(len(latencies) / seconds)
     point.window_per_cpu.append(len(latencies) / cpu if cpu else float("nan"))
+    point.window_client_us.append(1e6 * used / max(1, len(latencies)))
+    point.window_loop_us.append(1e6 * loop / max(1, len(latencies)))
     point.latencies += latencies
     point.failures += len(failures)
     point.rows += after[0] - before[0]
@@ -400,6 +546,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="server processes to compare for irkit b=32 (e.g. 1,2)")
     parser.add_argument("--servers", default=None,
                         help="only these servers (labels, comma-separated)")
+    parser.add_argument("--client", default="auto", choices=("auto", "h2load", "python"),
+                        help="load generator (auto: h2load if on PATH, else Python asyncio)")
+    parser.add_argument("--server-cpus", default="auto",
+                        help="pin the servers to the first N CPUs and the load generator to "
+                             "the rest (auto: N = the most --processes, when at least N "
+                             "CPUs are left for the load generator; none: no pinning)")
     args = parser.parse_args(argv)
     stack = {"http": args.http, "loop": args.loop}
     if args.serve == "irkit":
@@ -409,14 +561,19 @@ def main(argv: list[str] | None = None) -> int:
         serve_constant(args.artifact, args.port_file, stack)
         return 0
 
+    client = pick_client(args.client, parser)
     clients = [int(c) for c in args.clients.split(",")]
     models = args.models.split(",")
+    global CPU_SPLIT
+    CPU_SPLIT = split_cpus(args.server_cpus, max(map(int, args.processes.split(","))))
+    if CPU_SPLIT is not None:
+        os.sched_setaffinity(0, CPU_SPLIT[1])  # the Python client runs here
     servers_run = SERVERS + [(f"irkit b=32 p={n}", "irkit", 32, n)
                              for n in map(int, args.processes.split(",")) if n > 1]
     if args.servers:
         wanted = args.servers.split(",")
         servers_run = [s for s in servers_run if s[0] in wanted]
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="irkit-bench-") as tmp:
         artifacts = build_models(Path(tmp))
         servers: dict[tuple[str, str], Server] = {}
@@ -439,21 +596,22 @@ def main(argv: list[str] | None = None) -> int:
                     for count in clients:
                         for label in labels[:: -1 if round_ % 2 else 1]:
                             measure(points[model, label, count], servers[model, label],
-                                    args.seconds)  # fmt: skip
+                                    args.seconds, client)  # fmt: skip
         finally:
             for server in servers.values():
                 server.close()
-    print_table(list(points.values()), stack)
-    print(f"\n{os.cpu_count()} CPUs (shared); {args.rounds} x {args.seconds} s windows per "
-          f"point, interleaved; {time.perf_counter() - started:.0f} s total")  # fmt: skip
+    print_table(list(points.values()), stack, client)
+    print(f"\n{os.cpu_count()} CPUs (shared){cpu_split_text()}; {args.rounds} x {args.seconds} s windows per "
+          f"point, interleaved; {time.perf_counter() - started:.0f} s total; load average "
+          f"(1 min) {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")  # fmt: skip
     return 0
 
 
-def print_table(points: list[Point], stack: dict[str, str]) -> None:
+def print_table(points: list[Point], stack: dict[str, str], client: str = "python") -> None:
     index = {(p.model, p.server, p.clients): p for p in points}
     print(f"\n{'model':8} {'server':11} {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'rows/call':>9} {'fail':>4} {'vs b=1':>7} {'vs const':>8} {'req/cpu-s':>9} "
-          f"{'vs b=1':>7} {'vs const':>8}")  # fmt: skip
+          f"{'vs b=1':>7} {'vs const':>8} {'srv us':>6} {'cli us':>6}")  # fmt: skip
     for p in points:
         base = index.get((p.model, "irkit b=1", p.clients))
         const = index.get((p.model, "constant", p.clients))
@@ -469,9 +627,12 @@ def print_table(points: list[Point], stack: dict[str, str]) -> None:
         batch = "" if p.server == "constant" else f"{p.mean_batch:.1f}"
         print(f"{p.model:8} {p.server:11} {p.clients:7d} {p.rps:7.0f} {p.percentile_ms(50):7.2f} "
               f"{p.percentile_ms(99):7.2f} {batch:>9} {p.failures:4d} {cells[0]:>7} {cells[1]:>8} "
-              f"{cells[2]:>9} {cells[3]:>7} {cells[4]:>8}")  # fmt: skip
+              f"{cells[2]:>9} {cells[3]:>7} {cells[4]:>8} {p.server_us:6.0f} "
+              f"{p.client_us:6.0f}")  # fmt: skip
     print("\nreq/s and req/cpu-s are medians over the windows; a ratio is the median of its "
-          "per-round ratios\n(the windows compared ran back to back).")  # fmt: skip
+          "per-round ratios\n(the windows compared ran back to back). srv us: server CPU per "
+          "request (every process of it),\ncli us: the load generator's CPU per request "
+          "(median windows).")  # fmt: skip
     print("\ntargets at the highest client count (req/s; in brackets per server CPU-second):")
     top = max(p.clients for p in points)
     for model in sorted({p.model for p in points}):
@@ -490,14 +651,47 @@ def print_table(points: list[Point], stack: dict[str, str]) -> None:
                 print(f"  {model}: {p.server.split()[-1]} {ratio:.2f}x one process "
                       f"[{paired_ratio(p, b32, per_cpu=True):.2f}x] (target >= 1.6x) "
                       f"{'PASS' if ratio >= 1.6 else 'MISS'}")  # fmt: skip
+                print_scale_out(p, b32)
         if b32 and const:
             ratio = paired_ratio(b32, const)
             print(f"  {model}: irkit {ratio:.2f}x the constant handler "
                   f"[{paired_ratio(b32, const, per_cpu=True):.2f}x] (target >= 0.5x) "
                   f"{'PASS' if ratio >= 0.5 else 'MISS'}")  # fmt: skip
     print(f"\nservers: uvicorn with http={_resolved(stack['http'], 'httptools', 'h11')}, "
-          f"loop={_resolved(stack['loop'], 'uvloop', 'asyncio')}; load generator on "
-          f"{_resolved('auto', 'uvloop', 'asyncio')}")  # fmt: skip
+          f"loop={_resolved(stack['loop'], 'uvloop', 'asyncio')}; load generator: "
+          + ("h2load --h1, one connection per client" if client == "h2load" else
+             f"Python on {_resolved('auto', 'uvloop', 'asyncio')}"))  # fmt: skip
+
+
+def print_scale_out(many: Point, one: Point) -> None:
+    """Why ``many`` processes gain what they do over ``one``: server and load generator
+    CPU per request, and how the kernel spread the requests over the processes."""
+    shares = ", ".join(f"process {k} {v / max(1.0, sum(many.by_process.values())):.0%}"
+                       for k, v in sorted(many.by_process.items()))  # fmt: skip
+    print(f"    server CPU per request {one.server_us:.0f} us (1 process; its event loop "
+          f"thread {one.loop_us:.0f} us), {many.server_us:.0f} us ({many.server.split()[-1]}); "
+          f"load generator {one.client_us:.0f} / {many.client_us:.0f} us; requests: {shares}")
+    # One process is bound by its event loop's thread, one core (1 / loop); N of them by N
+    # cores or by all the servers' CPUs: cpus / server, or cpus / (server + client) where
+    # the load generator shares them.
+    count = int(many.server.split("=")[-1])
+    if CPU_SPLIT is not None:
+        cpus = len(CPU_SPLIT[0])
+        bound = min(count, cpus * one.loop_us / many.server_us)
+        print(f"    {cpus} CPUs for the servers alone allow at most {bound:.2f}x "
+              f"({cpus} x {one.loop_us:.0f} / {many.server_us:.0f})")
+        return
+    cpus = os.cpu_count() or 1
+    bound = min(count, cpus * one.loop_us / (many.server_us + many.client_us))
+    print(f"    {cpus} CPUs shared with the load generator allow at most {bound:.2f}x "
+          f"({cpus} x {one.loop_us:.0f} / ({many.server_us:.0f} + {many.client_us:.0f}))")
+
+
+def cpu_split_text() -> str:
+    if CPU_SPLIT is None:
+        return ", servers and load generator on the same CPUs"
+    return (f", servers pinned to CPUs {sorted(CPU_SPLIT[0])}, load generator to "
+            f"{sorted(CPU_SPLIT[1])}")
 
 
 def _resolved(choice: str, fast: str, fallback: str) -> str:

@@ -355,7 +355,9 @@ def add_serve_parser(sub: Any) -> None:
         description="Build the artifacts if needed, then serve them. batch, kafka and postgres "
         "serve one pipeline; http and grpc serve every pipeline of the spec files and every model "
         "repository directory (<model>/<version>/ artifacts) from one process, HTTP and gRPC "
-        "on two ports sharing one batcher per model. HTTP also serves /demo/, a page that "
+        "on two ports sharing one batcher per model. gRPC runs on irkit's own HTTP/2 "
+        "transport (serve grpc { server = \"grpcio\" } picks grpcio's server instead). "
+        "HTTP also serves /demo/, a page that "
         "runs the model in the browser, for pipelines with a backend = \"wasm\" target. "
         "SIGINT/SIGTERM finish the in-flight requests, drain every batcher and exit 0.")
     p.add_argument("spec", nargs="+", metavar="SPEC|DIR",

@@ -23,7 +23,8 @@ import numpy as np
 from .common import DATATYPES, BadInput, datatype_of, decode_tensor, shape_problem
 from .oip import inference_pb2 as pb
 
-__all__ = ["TYPED_FIELDS", "GrpcInferRequest", "decode_infer_request", "encode_infer_response"]
+__all__ = ["TYPED_FIELDS", "GrpcInferRequest", "decode_infer_request", "encode_infer_response",
+           "encode_raw_response"]
 
 # datatype -> the InferTensorContents field that carries it
 TYPED_FIELDS = {
@@ -81,20 +82,30 @@ def _typed_array(tensor: Any) -> np.ndarray:
 
 # little-endian dtypes of the datatypes, for np.frombuffer
 _WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items()}
+# (datatype, shape) -> (wire dtype, bytes expected, whether a byte swap is needed): the
+# checks of a raw tensor's header, done once per distinct header (clients repeat them)
+_RAW_HEADERS: dict[tuple[str, tuple[int, ...]], tuple[np.dtype, int, bool]] = {}
 
 
 def _raw_array(tensor: Any, blob: bytes) -> np.ndarray:
     """``common.decode_tensor`` for a raw blob, without building its JSON form first."""
-    wire = _WIRE_DTYPES.get(tensor.datatype)
     shape = tuple(tensor.shape)
-    if wire is None or any(d < 0 for d in shape) or shape_problem(shape) is not None:
-        header = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(shape)}
-        return decode_tensor(header, blob)  # raises BadInput naming what is wrong
-    if len(blob) != math.prod(shape) * wire.itemsize:
-        raise BadInput(f"input {tensor.name!r}: expected {math.prod(shape) * wire.itemsize} "
-                       f"bytes for shape {list(shape)} {tensor.datatype}, got {len(blob)}")
-    return np.frombuffer(blob, dtype=wire).astype(DATATYPES[tensor.datatype],
-                                                  copy=False).reshape(shape)
+    key = (tensor.datatype, shape)
+    known = _RAW_HEADERS.get(key)
+    if known is None:
+        wire = _WIRE_DTYPES.get(tensor.datatype)
+        if wire is None or any(d < 0 for d in shape) or shape_problem(shape) is not None:
+            header = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(shape)}
+            return decode_tensor(header, blob)  # raises BadInput naming what is wrong
+        known = (wire, math.prod(shape) * wire.itemsize, wire != DATATYPES[tensor.datatype])
+        if len(_RAW_HEADERS) < 256:
+            _RAW_HEADERS[key] = known
+    wire, size, swap = known
+    if len(blob) != size:
+        raise BadInput(f"input {tensor.name!r}: expected {size} bytes for shape {list(shape)} "
+                       f"{tensor.datatype}, got {len(blob)}")  # fmt: skip
+    array = np.frombuffer(blob, dtype=wire).reshape(shape)
+    return array.astype(DATATYPES[tensor.datatype]) if swap else array
 
 
 def decode_infer_request(request: Any, output_names: Sequence[str]) -> GrpcInferRequest:
@@ -152,6 +163,58 @@ def encode_infer_response(
     blobs = [_little_endian_bytes(array) for array in arrays]
     return pb.ModelInferResponse(model_name=model_name, model_version=model_version,
                                  id=request_id, outputs=outputs, raw_output_contents=blobs)
+
+
+# serialized ModelInferResponse pieces, by (model, version) and by the outputs' headers
+_NAME_FIELDS: dict[tuple[str, str], bytes] = {}
+_OUTPUT_FIELDS: dict[tuple[Any, ...], bytes] = {}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_raw_response(
+    model_name: str,
+    model_version: str,
+    result: Mapping[str, np.ndarray],
+    selection: Sequence[str] | None = None,
+    request_id: str = "",
+) -> bytes:
+    """``encode_infer_response(..., raw=True).SerializeToString()``, the same bytes, built
+    from serialized pieces cached per model and per output header: the raw answer's path
+    without building message objects (the irkit transport's ModelInfer)."""
+    names = list(result) if selection is None else selection
+    arrays = [result[name] for name in names]
+    key = (model_name, model_version)
+    head = _NAME_FIELDS.get(key)
+    if head is None:
+        head = pb.ModelInferResponse(model_name=model_name,
+                                     model_version=model_version).SerializeToString()
+        if len(_NAME_FIELDS) < 256:
+            _NAME_FIELDS[key] = head
+    header = tuple((name, array.dtype, array.shape) for name, array in zip(names, arrays))
+    outputs = _OUTPUT_FIELDS.get(header)
+    if outputs is None:
+        tensors = [OutputTensor(name=name, datatype=datatype_of(dtype), shape=shape)
+                   for name, dtype, shape in header]  # fmt: skip
+        outputs = pb.ModelInferResponse(outputs=tensors).SerializeToString()
+        if len(_OUTPUT_FIELDS) < 256:
+            _OUTPUT_FIELDS[header] = outputs
+    parts = [head]
+    if request_id:
+        encoded = request_id.encode()
+        parts += (b"\x1a", _varint(len(encoded)), encoded)  # field 3, id
+    parts.append(outputs)
+    for array in arrays:
+        blob = _little_endian_bytes(array)
+        parts += (b"\x32", _varint(len(blob)), blob)  # field 6, raw_output_contents
+    return b"".join(parts)
 
 
 def _little_endian_bytes(array: np.ndarray) -> bytes:

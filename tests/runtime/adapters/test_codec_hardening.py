@@ -47,3 +47,20 @@ def test_kafka_json_nested_past_the_recursion_limit_is_a_payload_error() -> None
 
     with pytest.raises(PayloadError, match="nested too deeply"):
         _load_json(b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_grpc_raw_response_bytes_equal_the_message_serialized() -> None:
+    """``encode_raw_response`` (the irkit transport's ModelInfer answer) is byte for byte
+    what protobuf serializes: with and without an id, a selection, a non-contiguous array."""
+    pytest.importorskip("grpc")
+    import numpy as np
+
+    from irkit.runtime.adapters.grpc_codec import encode_infer_response, encode_raw_response
+
+    result = {"y": np.arange(6, dtype=np.float32).reshape(3, 2).T,
+              "label": np.array([3, 2**40], np.int64),
+              "flag": np.zeros((2, 1, 0), np.bool_)}  # fmt: skip
+    for args in (("m", "1", result), ("m", "2", result, ["label", "y"], "r-" + "x" * 200),
+                 ("model-with-a-longer-name", "1", result, ["flag"], "id")):
+        for _ in range(2):  # the second time from the cached pieces
+            assert encode_raw_response(*args) == encode_infer_response(*args).SerializeToString()

@@ -413,3 +413,14 @@ def test_lone_client_pays_no_batching_delay(serve: Callable[..., Served],
         elapsed = time.perf_counter() - started
     assert elapsed < 0.5, f"3 sequential requests took {elapsed:.3f} s (max_delay_ms=500)"
     assert served.grpc.arrivals() == 0
+
+
+def test_grpcio_server_still_selectable(serve: Callable[..., Served], digits_model: Any) -> None:
+    """``server = "grpcio"``: grpc.aio's server instead of irkit's own transport."""
+    served = serve(repo_of(digits_model), server="grpcio")
+    client = tgrpc.InferenceServerClient(served.grpc.address)
+    x = np.ones((2, 64), np.float32)
+    got = client.infer("digits", [grpc_input("x", x)]).as_numpy("logits")
+    np.testing.assert_allclose(got, digits_model.run({"x": x})["logits"], rtol=1e-5, atol=1e-5)
+    assert status_of(lambda: client.infer("nope", [grpc_input("x", x)]))[0] == \
+        "StatusCode.NOT_FOUND"  # fmt: skip
