@@ -91,24 +91,19 @@ def plan_conv_bias_act_pool(ctx: LoweringContext, node: Node, ins: list[TensorRe
     aligned = rows_per_panel > 0 and rows_per_panel % sh == 0 and kh <= sh
     max_first = pool == "max" and act_name in MONOTONE
 
-    def finish(v: Expr, co: Expr | None) -> Expr:
-        """Bias (when ``co``) and activation of one raw value."""
-        if co is not None and bias is not None:
-            v = v + bias.read((co,))
-        return act(v)  # type: ignore[operator,no-any-return]
-
-    def pooled(values: list[Expr], co: Expr | None) -> Expr:
-        """The pool over ``values`` that already had bias and activation (sums and
-        maxes of row-reduced values keep their meaning: ``count`` is the whole window)."""
-        if pool == "max":
-            return reduce(lambda a, b: Binary("max", a, b), values)
-        return reduce(lambda a, b: a + b, values) / Const(float(count), "f32")
-
     def combine(values: list[Expr], co: Expr | None) -> Expr:
         """The pooled value of a window's raw values (bias added here when ``co``)."""
+        def finish(v: Expr) -> Expr:
+            if co is not None and bias is not None:
+                v = v + bias.read((co,))
+            return act(v)  # type: ignore[operator,no-any-return]
+
         if max_first:
-            return finish(reduce(lambda a, b: Binary("max", a, b), values), co)
-        return pooled([finish(v, co) for v in values], None)
+            return finish(reduce(lambda a, b: Binary("max", a, b), values))
+        done = [finish(v) for v in values]
+        if pool == "max":
+            return reduce(lambda a, b: Binary("max", a, b), done)
+        return reduce(lambda a, b: a + b, done) / Const(float(count), "f32")
 
     def emit(epilogue: Epilogue) -> None:
         if aligned:
@@ -128,25 +123,23 @@ def plan_conv_bias_act_pool(ctx: LoweringContext, node: Node, ins: list[TensorRe
             # Pooled rows of this panel that lie inside the output (the last panel's
             # rows past the output are not stored).
             partial = panels * prows > poh
+            if not max_first:  # each value gets bias and activation before pooling
+                values: list[Expr] = [
+                    Load(tile, base + (pr * sh + dy) * ow + px * sw + dx)
+                    for dy in range(kh) for dx in range(kw)]
+                py = p * prows + pr
+                body: Stmt = For(px, Const(pw), epilogue((n, co, py, px),
+                                                         combine(values, co)))
+                if partial:
+                    body = If(Binary("lt", py, Const(poh)), body)
+                return For(r, Const(rows), For(pr, Const(prows), body))
             stmts: list[Stmt] = []
-            if not max_first:
-                # Bias and activation on each value first, in place over the tile's row
-                # (contiguous, so it vectorizes); the pooling below then only reduces.
-                e = ctx.var("e")
-                stmts.append(For(e, Const(nr), Store(
-                    tile, base + e, finish(Load(tile, base + e), co)), "vector"))
-            step = (lambda a, b: Binary("max", a, b)) if pool == "max" or max_first \
-                else (lambda a, b: a + b)
-
-            def column(values: list[Expr]) -> Expr:
-                return combine(values, co) if max_first else pooled(values, None)
-
             if kh > 1:
-                # Reduce each window's rows, written in place to the tile's first
+                # Max over each window's rows, written in place to the tile's first
                 # ``prows`` rows (row pr reads rows >= pr): contiguous, so it vectorizes.
                 rows_in: list[Expr] = [Load(tile, base + (pr * sh + dy) * ow + c)
                                        for dy in range(kh)]
-                top = reduce(step, rows_in)
+                top = reduce(lambda a, b: Binary("max", a, b), rows_in)
                 stmts.append(For(pr, Const(prows), For(c, Const(ow), Store(
                     tile, base + pr * ow + c, top))))
             row_stride = ow if kh > 1 else sh * ow  # between the pooled rows' values
@@ -156,14 +149,14 @@ def plan_conv_bias_act_pool(ctx: LoweringContext, node: Node, ins: list[TensorRe
                 count: Expr = Const(prows * pw)
                 if partial:
                     count = Binary("min", count, (Const(poh) - p * prows) * pw)
-                values: list[Expr] = [Load(tile, base + q * sw + dx) for dx in range(kw)]
+                values = [Load(tile, base + q * sw + dx) for dx in range(kw)]
                 py, px_ = p * prows + q // pw, q % pw
-                stmts.append(For(q, count, epilogue((n, co, py, px_), column(values)),
+                stmts.append(For(q, count, epilogue((n, co, py, px_), combine(values, co)),
                                  "vector"))
             else:
                 values = [Load(tile, base + pr * row_stride + px * sw + dx) for dx in range(kw)]
                 py = p * prows + pr
-                body: Stmt = For(px, Const(pw), epilogue((n, co, py, px), column(values)))
+                body = For(px, Const(pw), epilogue((n, co, py, px), combine(values, co)))
                 if partial:
                     body = If(Binary("lt", py, Const(poh)), body)
                 stmts.append(For(pr, Const(prows), body))

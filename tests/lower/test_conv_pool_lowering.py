@@ -71,10 +71,6 @@ CASES = [
      "Relu", "MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}, True),
     ("avg_sigmoid_16", 2, (16, 16), 8, {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},
      "Sigmoid", "AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2]}, True),
-    # Average of one-row windows skipping rows: bias and ReLU in place over the tile
-    # first, then a sum per window (no row pass).
-    ("avg_relu_1x2_skip_rows", 3, (8, 8), 5, {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},
-     "Relu", "AveragePool", {"kernel_shape": [1, 2], "strides": [2, 2]}, True),
     # 6 output rows: the last panel holds rows past the output (pooled rows guarded).
     ("partial_panel_grouped", 4, (6, 8), 6,
      {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "group": 2}, None, "MaxPool",
