@@ -21,10 +21,15 @@ and model load).
 ``ray``, the same run with ``engine = "ray"`` on a local Ray started by the run
 (``ray_cpus=2``, ``concurrency=2`` actors of ``num_cpus=0.5``, ``threads=1`` each), its
 output checked byte-identical to ``clean``, and ``ray-warm``, the same on a Ray already
-running (started before the clock; the actors still start inside the run). Both report rows/s and the peak of the summed
-RSS of the whole process tree (the driver, and for Ray its raylet, GCS and workers),
-sampled every 0.1 s; ``--repeats`` runs each that many times, alternating, and reports
-the median.
+running (started before the clock and left to settle until its processes use under 10%
+of a core; the actors still start inside the run). Each reports
+rows/s end to end, the peak of the summed RSS of the whole process tree (the driver, and
+for Ray its raylet, GCS and workers) and its CPU time (user + system of every process of
+the tree, per row; a process that exits loses its last 0.1 s), both sampled every 0.1 s,
+and for Ray the steady rows/s: from the moment every worker had finished a chunk to the end.
+The load average before and after each run is printed: on a shared machine, CPU per row is
+the figure that other work disturbs least. ``--repeats`` runs each that many times,
+alternating, and reports the median.
 """
 
 from __future__ import annotations
@@ -58,8 +63,11 @@ RUNNER = textwrap.dedent(
     model = irkit.runtime.load(artifact, threads=1)
     import os, threading
 
+    TICK = os.sysconf("SC_CLK_TCK")
+    cpu_seen = {}  # pid -> [utime+stime at first sight, latest] (seconds), while counting
+
     def tree_rss_mb():
-        parents, rss = {}, {}
+        parents, rss, cpu = {}, {}, {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
@@ -67,6 +75,7 @@ RUNNER = textwrap.dedent(
                         fields = handle.read().rsplit(")", 1)[1].split()
                     parents[int(entry)] = int(fields[1])
                     rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+                    cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / TICK
                 except (OSError, IndexError, ValueError):
                     pass
         tree, grew = {os.getpid()}, True
@@ -76,9 +85,12 @@ RUNNER = textwrap.dedent(
                 if parent in tree and pid not in tree:
                     tree.add(pid)
                     grew = True
+        for pid in tree:  # a process born during the run counts from 0
+            if pid in cpu:
+                cpu_seen.setdefault(pid, [0.0 if counting[0] else cpu[pid], 0.0])[1] = cpu[pid]
         return sum(rss.get(pid, 0.0) for pid in tree)
 
-    tree_peak = [0.0]
+    tree_peak, counting = [0.0], [False]
     def sample():
         while True:
             tree_peak[0] = max(tree_peak[0], tree_rss_mb())
@@ -92,9 +104,22 @@ RUNNER = textwrap.dedent(
     if mode == "ray-warm":  # a running cluster: Ray starts before the clock does
         import ray
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # and has settled: its agents and idle workers finish starting (at most 20 s)
+        settle = time.monotonic() + 20
+        tree_rss_mb()
+        while time.monotonic() < settle:
+            was = sum(b for a, b in list(cpu_seen.values()))
+            time.sleep(0.5)
+            tree_rss_mb()
+            if sum(b for a, b in list(cpu_seen.values())) - was < 0.05:  # under 10% of a core
+                break
+        cpu_seen.clear()
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # VmHWM := VmRSS
     before = status_mb("VmRSS")
+    tree_rss_mb()  # every process alive now counts from its CPU time now
+    counting[0] = True
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     skipped = 0
     if mode == "in-memory":
@@ -107,12 +132,20 @@ RUNNER = textwrap.dedent(
     else:
         engine = {"engine": "ray", "ray_cpus": 2, "concurrency": 2, "num_cpus": 0.5,
                   "threads": 1} if mode.startswith("ray") else {}
-        summary = BatchAdapter(model, input=source, output=output, chunk_rows=int(chunk),
-                               shard_rows=int(shard), progress=False, **engine).serve()
+        summary_adapter = BatchAdapter(model, input=source, output=output,
+                                       chunk_rows=int(chunk), shard_rows=int(shard),
+                                       progress=False, **engine)
+        summary = summary_adapter.serve()
         rows, skipped = summary.rows, summary.skipped_shards
     seconds = time.perf_counter() - start
+    tree_rss_mb()
+    stats = {}
+    if mode.startswith("ray"):
+        stats = {k: summary_adapter.ray_run[k] for k in ("steady_rows_per_s", "steady_seconds")}
     print(json.dumps({"seconds": seconds, "rows": rows, "peak_mb": status_mb("VmHWM"),
-                      "before_mb": before, "skipped": skipped, "tree_peak_mb": tree_peak[0]}))
+                      "before_mb": before, "skipped": skipped, "tree_peak_mb": tree_peak[0],
+                      "cpu_s": sum(b - a for a, b in list(cpu_seen.values())),
+                      "load": [load_before, os.getloadavg()[0]], **stats}))
     """
 )
 
@@ -169,17 +202,25 @@ def compare_ray(args: argparse.Namespace, tmp: Path, artifact: str, began: float
     print(f"\n{args.rows:,} rows, digits {args.model} ({args.backend}, 1 thread per "
           f"process), chunk_rows={args.chunk_rows}, shard_rows={args.shard_rows}; "
           f"CPU {cpu}, {os.cpu_count()} cores; median of {args.repeats}\n")  # fmt: skip
-    print(f"{'engine':24} {'seconds':>8} {'rows/s':>10} {'peak RSS MB (tree)':>18} "
-          f"{'vs local':>8}")
+    print(f"{'engine':24} {'seconds':>8} {'rows/s':>10} {'vs local':>8} "
+          f"{'peak RSS MB (tree)':>18} {'CPU us/row (tree)':>17} {'steady rows/s':>13}")
     base = statistics.median(r["seconds"] for r in runs["clean"])
     for mode, label in (("clean", "local (1 process)"), ("ray", "ray (2 workers)"),
                         ("ray-warm", "ray, running (2 workers)")):
         seconds = statistics.median(r["seconds"] for r in runs[mode])
         peak = statistics.median(r["tree_peak_mb"] for r in runs[mode])
-        print(f"{label:24} {seconds:8.2f} {args.rows / seconds:10,.0f} {peak:18.0f} "
-              f"{base / seconds:7.2f}x")  # fmt: skip
-    print("per run (s): " + "; ".join(
-        f"{m} " + ", ".join(f"{r['seconds']:.2f}" for r in rs) for m, rs in runs.items()))
+        cpu = statistics.median(r["cpu_s"] for r in runs[mode]) / args.rows * 1e6
+        steady = f"{statistics.median(r['steady_rows_per_s'] for r in runs[mode]):13,.0f}" \
+            if mode != "clean" else f"{'':13}"
+        print(f"{label:24} {seconds:8.2f} {args.rows / seconds:10,.0f} {base / seconds:7.2f}x "
+              f"{peak:18.0f} {cpu:17.1f} {steady}")  # fmt: skip
+    print("per run (s, load average before-after): " + "; ".join(
+        f"{m} " + ", ".join(f"{r['seconds']:.2f} ({r['load'][0]:.1f}-{r['load'][1]:.1f})"
+                            for r in rs) for m, rs in runs.items()))  # fmt: skip
+    print("steady rows/s: the Ray run's rows/s after every worker had finished its first "
+          "chunk (at a median " + ", ".join(
+              f"{m} {statistics.median(r['steady_seconds'] for r in runs[m]):.1f} s"
+              for m in ("ray", "ray-warm")) + " into the run); end-to-end is rows/s")
     print(f"ray shards and errors byte-identical to the local engine's: {identical}")
     print(f"total {time.perf_counter() - began:.0f} s")
     return 0 if identical else 1

@@ -174,6 +174,9 @@ class BatchAdapter:
         self.metrics = AdapterMetrics("batch", model.name)
         self._stopping = False
         self.engine: str = config["engine"]
+        # engine 'ray': what the last serve() saw (seconds, rows, when each worker first
+        # answered, their busy seconds, rows/s once every worker had answered)
+        self.ray_run: dict[str, Any] = {}
         self.ray = {k: config[k] for k in ("address", "concurrency", "num_cpus", "num_gpus",
                                            "threads", "ray_cpus", "ship_artifact")}
         if self.engine == "ray":

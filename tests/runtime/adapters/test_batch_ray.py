@@ -253,3 +253,61 @@ def test_worker_results_travel_without_pickle() -> None:
     assert list(got["outputs"]["label"]) == ["a", "bc", "d"]
     assert decode_result(encode_result({"start": 1, "pid": 2, "failed": "boom"})) == {
         "start": 1, "pid": 2, "failed": "boom"}
+
+
+def test_runs_keep_each_row_group_on_one_actor(tmp_path: Path) -> None:
+    """The engine hands each actor runs of whole row groups: every chunk once and in order,
+    at least one run per actor, and (each run read by its own reader, as by its own actor)
+    a row group is decoded a second time only where a chunk straddles a run boundary."""
+    from irkit.runtime import TensorSpec
+    from irkit.runtime.adapters.batch_ray import plan_chunks, plan_runs, run_span
+    from irkit.runtime.adapters.batch_readers import ParquetReader
+
+    rows, group, chunk, shard = 10_000, 1000, 128, 1250
+    x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({f"c{i}": x[:, i] for i in range(4)}), path, row_group_size=group)
+    specs = [TensorSpec("x", np.dtype(np.float32), ("N", 4))]
+    reader = ParquetReader(path, specs, None, True)
+    items = plan_chunks(rows, shard, chunk, set())
+    span = run_span(reader, chunk, runs=8)
+    assert span % group == 0 and span == 2 * group  # 10,000/8 rows, in whole row groups
+    runs = plan_runs(items, span, at_least=2)
+    assert [i for run in runs for i in run] == list(range(len(items)))
+    assert all(len({items[i]["start"] // span for i in run}) == 1 for run in runs)
+    decodes: list[int] = []  # row groups decoded, over all runs
+    for run in runs:
+        own = ParquetReader(path, specs, None, True)  # each run on its own actor
+        real = own.file.read_row_group
+        own.file.read_row_group = lambda i, real=real, **kw: decodes.append(i) or real(i, **kw)
+        for i in run:
+            got = own.read(items[i]["start"], items[i]["stop"])
+            assert got is not None
+            np.testing.assert_array_equal(got.inputs["x"], x[items[i]["start"] : items[i]["stop"]])
+    assert len(decodes) <= rows // group + len(runs) - 1  # one more per run boundary
+    assert len(plan_runs(items[:3], span, at_least=2)) >= 2  # a small input still splits
+
+
+def test_chunk_runner_ray_data_form(source: Path, digits_dir: Path) -> None:
+    """``ChunkRunner`` as a Ray Data callable class (``map_batches`` on a batch of
+    ``start``/``stop`` rows), called in this process: each payload is that chunk's rows,
+    bad rows and outputs, equal to running the model on the same rows here."""
+    from irkit.runtime.adapters.batch_ray import ChunkRunner, _digest, decode_result
+
+    model = irkit.runtime.load(digits_dir, threads=1)
+    files = sorted(str(p) for p in source.glob("*.parquet"))
+    runner = ChunkRunner(str(digits_dir), _digest(model), 1, files, "parquet", None, True,
+                         [spec.name for spec in model.outputs])
+    batch = {"start": np.array([0, 1500]), "stop": np.array([50, 1510])}
+    out = runner(batch)
+    np.testing.assert_array_equal(out["start"], batch["start"])
+    first, second = (decode_result(p) for p in out["payload"])
+    assert [i for i, _ in first["chunk"].errors] == [NAN_ROW]  # rejected, named, not dropped
+    assert [i for i, _ in second["chunk"].errors] == [NULL_ROW]
+    x = pq.read_table(source / "part-0.parquet").column("x").to_pylist()[:50]
+    good = [i for i in range(50) if i != NAN_ROW]
+    expected = model.run({model.inputs[0].name: np.array([x[i] for i in good], np.float32)})
+    name = model.outputs[0].name
+    np.testing.assert_allclose(first["outputs"][name], expected[name], rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match="another artifact"):
+        ChunkRunner(str(digits_dir), "0" * 64, 1, files, "parquet", None, True, [name])
