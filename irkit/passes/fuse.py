@@ -6,6 +6,7 @@ convolution into ``irkit.ConvBiasActPool`` (irkit/ops/conv_pool.py)."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -98,10 +99,43 @@ def _bias_vector(value: Value | None, channels: int, trailing: int) -> np.ndarra
 # nodes it replaces on the targets and skipped where it is slower.
 TIMED_FUSIONS = {"attention": ("Softmax",), "conv_pool": ("MaxPool", "AveragePool"),
                  "matmul_epilogue": ("MatMul", "Gemm")}  # kind -> ops its rewrite starts at
-# A fusion steps aside when the fused nodes are slower than the unfused ones by more
-# than the trial's margin: this floor, or the spread of its runs when that is larger
-# (``irkit.cost.Timing.margin``; below it the difference is timing noise).
-SLOWER = 1.03
+# A fusion that changes kernels is kept only where the fused nodes time no slower than
+# the unfused ones on every measured target, within this tolerance (1%): a loss of a
+# few percent is a loss, whatever the trial's spread. A ratio within the trial's noise
+# (``irkit.cost.Timing.margin`` with this floor: the spread of its runs when larger) is
+# timed once more and decided on the fastest runs of both trials, so one noisy trial
+# neither keeps a slower fusion nor drops a faster one.
+TOLERANCE = 0.01
+
+
+def judge(cost: Any, candidates: dict[str, Graph]) -> tuple[bool, str] | None:
+    """Whether ``candidates["fused"]`` is not slower than ``candidates["unfused"]`` on the
+    cost model's targets (within :data:`TOLERANCE`), with the note for the report; None
+    when nothing could be timed. A ratio within the trial's noise is timed once more on
+    the same compiled candidates (``MeasuredCost.compare``'s ``again``), runs pooled."""
+    def noisy(timing: Any, target: str) -> bool:
+        speed = timing.speedup("unfused", "fused").get(target)
+        return speed is not None and abs(speed - 1.0) <= timing.margin(target, TOLERANCE)
+
+    if "again" in inspect.signature(cost.compare).parameters:
+        timing = cost.compare(candidates, again=noisy)
+    else:  # a cost model without ``again``: a second trial compiles the candidates again
+        timing = cost.compare(candidates)
+        target = next((t for t in timing.seconds if noisy(timing, t)), None)
+        if target is not None:
+            second = cost.compare(candidates)
+            timing.seconds = {t: {n: min(v, second.seconds.get(t, {}).get(n, v))
+                                  for n, v in times.items()}
+                              for t, times in timing.seconds.items()}
+            timing.trials = {t: 2 for t in timing.seconds}
+    speed = timing.speedup("unfused", "fused")
+    if not speed:
+        return None
+    target, worst = min(speed.items(), key=lambda item: item[1])
+    how = timing.how(target)
+    if worst < 1.0 - TOLERANCE:
+        return False, f"kept unfused: fused {worst:.2f}x on {target}{how}"
+    return True, f"fused {worst:.2f}x on {target}{how}"
 
 
 def time_rewrite(graph: Graph, anchor: Node, rewrite: Any, cost: Any
@@ -132,15 +166,7 @@ def time_rewrite(graph: Graph, anchor: Node, rewrite: Any, cost: Any
     fused = extract_subgraph(trial, added, "fused", escaping(added, trial))
     if [v.name for v in unfused.inputs] != [v.name for v in fused.inputs]:
         return None  # the candidates must read the same tensors to be timed on them
-    timing = cost.compare({"unfused": unfused, "fused": fused})
-    speed = timing.speedup("unfused", "fused")
-    if not speed:
-        return None
-    target, worst = min(speed.items(), key=lambda item: item[1])
-    how, margin = timing.how(target), timing.margin(target, SLOWER - 1.0)
-    if worst < 1.0 - margin:
-        return False, f"kept unfused: fused {worst:.2f}x on {target}{how}"
-    return True, f"fused {worst:.2f}x on {target}{how}"
+    return judge(cost, {"unfused": unfused, "fused": fused})
 
 
 @dataclass(frozen=True)
@@ -149,8 +175,13 @@ class Fuse(Pass):
 
     With a cost model in the context (``irkit.optimize(..., measure=True)``, every spec
     build), the fusions that change kernels (attention, conv + pool, a GEMM with a GELU
-    epilogue) are timed against the nodes they replace on the targets and skipped where
-    slower; the report's ``timed`` says what was measured.
+    epilogue) are timed against the nodes they replace on the targets (one thread, CPU
+    time, alternating runs) and kept only where they are not slower by more than 1%
+    (:data:`TOLERANCE`; a ratio within the trial's noise is timed twice); the report's
+    ``timed`` says what was measured, ``kept unfused: fused 0.97x on x86-64-v3 (...)``
+    where the pass stepped aside. BatchNorm folding and bias/activation epilogues are
+    not timed: the lowering runs the same conv kernel with the epilogue fused either way
+    (folding removes one multiply-add per element).
 
     ``gelu``: which single op replaces an erf-GELU chain: ONNX ``Gelu`` (needs opset 20),
     ``irkit.Gelu``, or ``auto`` (ONNX when the graph's opset allows it).

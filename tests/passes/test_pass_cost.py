@@ -34,7 +34,7 @@ class SetTimings:
         self.target = target
         self.asked: list[list[str]] = []
 
-    def compare(self, candidates: Mapping[str, Graph]) -> Timing:
+    def compare(self, candidates: Mapping[str, Graph], again: Any = None) -> Timing:
         graphs = list(candidates.values())
         ops = [n.op for g in graphs for n in g.nodes]
         self.asked.append(ops)
@@ -82,12 +82,12 @@ class InContext(SetTimings):
 
     whole = 1.25
 
-    def compare(self, candidates: Mapping[str, Graph]) -> Timing:
+    def compare(self, candidates: Mapping[str, Graph], again: Any = None) -> Timing:
         if set(candidates) == {"chosen", "every"}:
             self.asked.append(["whole model"])
             return Timing({self.target: {"chosen": 1.0, "every": 1.0 / self.whole}},
                           clock="cpu", spread={self.target: 0.05})
-        return super().compare(candidates)
+        return super().compare(candidates, again)
 
 
 def test_quantize_times_the_model_in_context(digits: dict[str, Any]) -> None:
@@ -195,3 +195,103 @@ def test_unrunnable_targets_are_named_not_timed(digits: dict[str, Any]) -> None:
     assert set(skipped) == {"aarch64", "sm_90"}
     timing = cost.compare({"a": digits["graph"], "b": digits["graph"]})
     assert timing.seconds == {} and set(timing.unmeasured) == {"aarch64", "sm_90"}
+
+
+class Trials:
+    """A cost model answering fuse trials with set (unfused s, fused s, spread): the first,
+    and the second pooled with it (fastest of each, the pooled spread given third) when
+    ``again`` asks, as :class:`irkit.cost.MeasuredCost` does on the same compiled code."""
+
+    def __init__(self, *trials: tuple[float, float, float]) -> None:
+        self.trials = list(trials)
+        self.asked = 0
+
+    def compare(self, candidates: Mapping[str, Graph], again: Any = None) -> Timing:
+        def timing(unfused: float, fused: float, spread: float) -> Timing:
+            return Timing({"x86-64-v3": {"unfused": unfused, "fused": fused}}, clock="cpu",
+                          spread={"x86-64-v3": spread})
+
+        self.asked += 1
+        first = timing(*self.trials[0])
+        if again is None or not again(first, "x86-64-v3"):
+            return first
+        self.asked += 1
+        unfused, fused, spread = self.trials[min(1, len(self.trials) - 1)]
+        pooled = timing(min(unfused, self.trials[0][0]), min(fused, self.trials[0][1]), spread)
+        pooled.trials["x86-64-v3"] = 2
+        return pooled
+
+
+@pytest.mark.parametrize("trials, fused, note", [
+    # 3% slower inside a 5% spread: the former 3%-or-spread margin kept it; timed twice,
+    # still 3% slower: unfused.
+    ([(1.0, 1.03, 0.05)], False,
+     "kept unfused: fused 0.97x on x86-64-v3 (cpu time, spread 5.0%, timed twice)"),
+    # 2% slower in a steady trial (0.5% spread): beyond the 1% tolerance, no retime.
+    ([(1.0, 1.02, 0.005)], False,
+     "kept unfused: fused 0.98x on x86-64-v3 (cpu time, spread 0.5%)"),
+    # within 1%, confirmed by a second trial: a tie keeps the fused form.
+    ([(1.0, 1.005, 0.002)], True,
+     "fused 1.00x on x86-64-v3 (cpu time, spread 0.2%, timed twice)"),
+    # a noisy first trial (5% slower, 8% spread) and a second where fused is faster: the
+    # fastest runs of both (unfused 1.0, fused 0.98) decide.
+    ([(1.0, 1.05, 0.08), (1.01, 0.98, 0.01)], True,
+     "fused 1.02x on x86-64-v3 (cpu time, spread 1.0%, timed twice)"),
+    # clearly faster: one trial.
+    ([(1.0, 0.8, 0.03)], True, "fused 1.25x on x86-64-v3 (cpu time, spread 3.0%)"),
+])
+def test_fuse_keeps_unfused_unless_fused_is_not_slower(
+        digits: dict[str, Any], trials: list[tuple[float, float, float]], fused: bool,
+        note: str) -> None:
+    from irkit.passes.manager import run_pipeline
+    from irkit.plugins import get_registry
+
+    cost = Trials(*trials)
+    out = run_pipeline(digits["graph"], "fuse", table=get_registry().passes, cost=cost)
+    assert ("irkit.ConvBiasActPool" in [n.qualified_op for n in out.nodes]) == fused
+    (got,) = out.history[-1].details["timed"].values()
+    assert got == note
+    assert cost.asked == (2 if "twice" in note else 1)
+
+
+def test_measured_cost_times_again_on_the_same_compiled_code() -> None:
+    """``again`` asked after a trial gets a second trial of the same compiled candidates
+    (pooled: the fastest run of each of both), and ``how`` says so; not asked, one trial."""
+    from irkit.ir import parse_graph
+
+    graph = parse_graph("opset(ai.onnx=17)\ngraph g(%x: f32[N,64]) -> (%y: f32[N,64]) {\n"
+                        "  %y = Relu(%x) : f32[N,64]\n}")
+    cost = MeasuredCost([get_target("x86-64-v3")], batch=8, rounds=5, budget_s=0.0)
+    asked: list[str] = []
+
+    def again(timing: Timing, target: str) -> bool:
+        asked.append(target)
+        return True
+
+    twice = cost.compare({"a": graph, "b": graph}, again=again)
+    once = cost.compare({"a": graph, "b": graph})
+    assert asked == ["x86-64-v3"] and twice.trials == {"x86-64-v3": 2} and once.trials == {}
+    assert twice.how("x86-64-v3").endswith(", timed twice)")
+    assert set(twice.seconds["x86-64-v3"]) == {"a", "b"}
+
+
+def test_fuse_retimes_with_a_cost_model_without_again(digits: dict[str, Any]) -> None:
+    """A cost model whose ``compare`` takes the candidates only (as before ``again``)
+    still gets a noisy fusion timed twice: two calls, fastest runs pooled."""
+    from irkit.passes.manager import run_pipeline
+    from irkit.plugins import get_registry
+
+    class Plain:
+        def __init__(self) -> None:
+            self.trials = [(1.0, 1.05, 0.08), (1.01, 0.98, 0.01)]
+
+        def compare(self, candidates: Mapping[str, Graph]) -> Timing:
+            unfused, fused, spread = self.trials.pop(0)
+            return Timing({"x86-64-v3": {"unfused": unfused, "fused": fused}}, clock="cpu",
+                          spread={"x86-64-v3": spread})
+
+    cost = Plain()
+    out = run_pipeline(digits["graph"], "fuse", table=get_registry().passes, cost=cost)
+    assert not cost.trials and "irkit.ConvBiasActPool" in [n.qualified_op for n in out.nodes]
+    (note,) = out.history[-1].details["timed"].values()
+    assert note == "fused 1.02x on x86-64-v3 (cpu time, spread 8.0%, timed twice)"
