@@ -115,7 +115,7 @@ def test_fused_conv_pool_matches_unfused(case: tuple, tiles: dict[str, int],
     name, cin, hw, cout, conv, act, pool, pool_attrs, in_tile = case
     graph = _conv_pool_model(tmp_path, cin, hw, cout, conv, act, pool, pool_attrs,
                              bn=name != "tanh_no_bn", bias=name != "strided_conv_pool3")
-    fused = irkit.optimize(graph, "fuse")
+    fused = irkit.optimize(graph, "fuse{force_conv_avg_pool=true}")
     assert fused.nodes[0].op == "ConvBiasActPool"
     for batch in (1, 5):
         feeds = {"x": np.random.default_rng(batch).standard_normal(
