@@ -587,16 +587,19 @@ class _Connection(asyncio.Protocol):
         try:
             response = await rpc.handler(request, context)
             payload = rpc.serialize(response)
-        except GrpcAbort as exc:
-            self._respond_status(stream, exc.code, exc.message, context.trailers)
-            return
-        except asyncio.CancelledError:
-            return
-        except Exception as exc:
-            log.exception("grpc handler failed")
-            self._respond_status(stream, UNKNOWN, f"handler failed: {exc}")
+        except (Exception, asyncio.CancelledError) as exc:
+            self._handler_failed(stream, context, exc)
             return
         self._respond(stream, payload, _trailers(OK, "", context.trailers))
+
+    def _handler_failed(self, stream: _Stream, context: Context, exc: BaseException) -> None:
+        """What a handler raised, as the stream's status: an abort's code and message, or
+        UNKNOWN (logged with its traceback); a cancelled call gets nothing more."""
+        if isinstance(exc, GrpcAbort):
+            self._respond_status(stream, exc.code, exc.message, context.trailers)
+        elif not isinstance(exc, asyncio.CancelledError):
+            log.error("grpc handler failed", exc_info=exc)
+            self._respond_status(stream, UNKNOWN, f"handler failed: {exc}")
 
     async def _run_streaming(self, stream: _Stream, rpc: Method) -> None:
         context = stream.context
@@ -613,14 +616,8 @@ class _Connection(asyncio.Protocol):
         try:
             async for response in rpc.handler(requests(), context):
                 self._send_message(stream, rpc.serialize(response))
-        except GrpcAbort as exc:
-            self._respond_status(stream, exc.code, exc.message, context.trailers)
-            return
-        except asyncio.CancelledError:
-            return
-        except Exception as exc:
-            log.exception("grpc handler failed")
-            self._respond_status(stream, UNKNOWN, f"handler failed: {exc}")
+        except (Exception, asyncio.CancelledError) as exc:
+            self._handler_failed(stream, context, exc)
             return
         self._finish(stream, _trailers(OK, "", context.trailers))
 
