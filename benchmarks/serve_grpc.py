@@ -62,6 +62,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_http import (
+    WARMUP,
     Point,
     build_models,
     client_cpu,
@@ -249,7 +250,7 @@ async def _grpc_python_load(port: int, request: bytes, clients: int,
                     latencies.append(time.perf_counter() - now)
 
         start = time.perf_counter()
-        await asyncio.gather(*(client(start + 0.2 + seconds, start + 0.2)
+        await asyncio.gather(*(client(start + WARMUP + seconds, start + WARMUP)
                                for _ in range(clients)))  # fmt: skip
     return latencies
 
@@ -276,7 +277,7 @@ async def _grpc_stream_load(port: int, request: bytes, clients: int,
             await call.done_writing()
 
         start = time.perf_counter()
-        await asyncio.gather(*(client(channel, start + 0.2 + seconds, start + 0.2)
+        await asyncio.gather(*(client(channel, start + WARMUP + seconds, start + WARMUP)
                                for channel in channels))  # fmt: skip
     finally:
         for channel in channels:
@@ -300,22 +301,20 @@ def python_load(kind: str, port: int, model: str, clients: int,
     return asyncio.run(_grpc_python_load(port, grpc_request(model), clients, seconds))
 
 
-_client_cpu = client_cpu  # moved to serve_http.py (h2load drives it too)
-
-
 def measure(point: GrpcPoint, server: Server, seconds: float, client: str) -> None:
     """Add one measurement window to ``point``."""
     before = server.stats()
-    cpu_before, client_before = server.cpu_seconds(), _client_cpu()
+    cpu_before, client_before = server.cpu_seconds(), client_cpu()
     if point.server == STREAM:
         latencies = stream_load(server.port, point.model, point.clients, seconds)
     else:
         load = h2load_load if client == "h2load" else python_load
         latencies = load(server.kind, server.port, point.model, point.clients, seconds)
-    cpu = (server.cpu_seconds() - cpu_before) * seconds / (seconds + 0.2)
-    client_cpu = (_client_cpu() - client_before) * seconds / (seconds + 0.2)
+    # scale out the un-recorded warm-up share of the CPU time
+    cpu = (server.cpu_seconds() - cpu_before) * seconds / (seconds + WARMUP)
+    used = (client_cpu() - client_before) * seconds / (seconds + WARMUP)
     after = server.stats()
-    point.window_client_us.append(1e6 * client_cpu / max(1, len(latencies)))
+    point.window_client_us.append(1e6 * used / max(1, len(latencies)))
     point.window_rps.append(len(latencies) / seconds)
     point.window_per_cpu.append(len(latencies) / cpu if cpu else float("nan"))
     point.latencies += latencies

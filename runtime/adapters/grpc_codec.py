@@ -85,6 +85,14 @@ _WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items
 # (datatype, shape) -> (wire dtype, bytes expected, whether a byte swap is needed): the
 # checks of a raw tensor's header, done once per distinct header (clients repeat them)
 _RAW_HEADERS: dict[tuple[str, tuple[int, ...]], tuple[np.dtype, int, bool]] = {}
+CACHE_ENTRIES = 256  # per cache of this module: headers clients repeat, not every one seen
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
+    """``value``, kept in ``cache`` under ``key`` while it has room."""
+    if len(cache) < CACHE_ENTRIES:
+        cache[key] = value
+    return value
 
 
 def _raw_array(tensor: Any, blob: bytes) -> np.ndarray:
@@ -97,9 +105,8 @@ def _raw_array(tensor: Any, blob: bytes) -> np.ndarray:
         if wire is None or any(d < 0 for d in shape) or shape_problem(shape) is not None:
             header = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(shape)}
             return decode_tensor(header, blob)  # raises BadInput naming what is wrong
-        known = (wire, math.prod(shape) * wire.itemsize, wire != DATATYPES[tensor.datatype])
-        if len(_RAW_HEADERS) < 256:
-            _RAW_HEADERS[key] = known
+        known = _remember(_RAW_HEADERS, key, (wire, math.prod(shape) * wire.itemsize,
+                                               wire != DATATYPES[tensor.datatype]))
     wire, size, swap = known
     if len(blob) != size:
         raise BadInput(f"input {tensor.name!r}: expected {size} bytes for shape {list(shape)} "
@@ -194,18 +201,15 @@ def encode_raw_response(
     key = (model_name, model_version)
     head = _NAME_FIELDS.get(key)
     if head is None:
-        head = pb.ModelInferResponse(model_name=model_name,
-                                     model_version=model_version).SerializeToString()
-        if len(_NAME_FIELDS) < 256:
-            _NAME_FIELDS[key] = head
+        head = _remember(_NAME_FIELDS, key, pb.ModelInferResponse(
+            model_name=model_name, model_version=model_version).SerializeToString())
     header = tuple((name, array.dtype, array.shape) for name, array in zip(names, arrays))
     outputs = _OUTPUT_FIELDS.get(header)
     if outputs is None:
         tensors = [OutputTensor(name=name, datatype=datatype_of(dtype), shape=shape)
                    for name, dtype, shape in header]  # fmt: skip
-        outputs = pb.ModelInferResponse(outputs=tensors).SerializeToString()
-        if len(_OUTPUT_FIELDS) < 256:
-            _OUTPUT_FIELDS[header] = outputs
+        outputs = _remember(_OUTPUT_FIELDS, header,
+                            pb.ModelInferResponse(outputs=tensors).SerializeToString())
     parts = [head]
     if request_id:
         encoded = request_id.encode()
