@@ -422,6 +422,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         calibration = [{k: v[i:i + 32] for k, v in calib.items()}
                        for i in range(0, min(count, 256), 32)]
     arch = _arch_list(args.arch) or ["native"]
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        # say so before the passes run (a search can take minutes), as --dot does
+        raise IrkitError(f"-o {args.output}: no such directory "
+                         f"{Path(args.output).resolve().parent}")
     optimized = optimize(graph, args.passes, eval_data=eval_data, labels=labels, target=arch,
                          measure=args.measure, calibration=calibration,
                          train_data=train_data, train_labels=train_labels)

@@ -86,6 +86,7 @@ BAD = [
     (["optimize", MLP, "--passes", "fuse", "--eval", EVAL, "--eval-input", "nosuch"],
      "nosuch"),
     (["optimize", MLP, "--passes", "nosuchpass"], "nosuchpass"),
+    (["optimize", MLP, "--passes", "fuse", "-o", "{dir}/no/such/q.onnx"], "no such directory"),
     (["bench", MLP, "--against", "tensorflow"], "tensorflow"),
     (["bench", MLP, "--batch", "x"], "--batch"),
     (["bench", MLP, "--target", "nope"], "nope"),

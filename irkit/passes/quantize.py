@@ -24,6 +24,10 @@ irkit's kernels on such targets, ``auto`` in static mode picks 7-bit weights, th
 6-bit ones on the calibration batches and keeps them when the outputs stay within
 ``narrow_tolerance`` (relative RMS, default 3%) of the fp32 model's; the report gives both
 measured deviations. The report names the range.
+
+irkit's int8 Conv kernels are 2-D with group=1: with ``format=irkit``, depthwise, grouped
+and 1-D/3-D Convs stay fp32 (the report's ``nodes`` says so per node), and so does any
+node whose int8 form a measured target cannot compile.
 """
 
 from __future__ import annotations
@@ -123,6 +127,25 @@ def linear_view(node: Node) -> LinearView | None:
     return LinearView(node, "conv", x, weight, bias, residual, act, attrs)
 
 
+def _no_int8_kernel(view: LinearView) -> str | None:
+    """Why irkit's own int8 kernels cannot run ``view`` (None when they can): the int8
+    Conv kernels cover 2-D convolutions with group=1; a depthwise, grouped or 1-D/3-D
+    Conv in ``irkit.QLinearConvInt8`` form would not compile for any CPU target."""
+    if view.kind != "conv":
+        return None
+    spatial = view.weight.ndim - 2
+    if spatial != 2:
+        return f"irkit's int8 Conv kernels are 2-D only (this Conv is {spatial}-D)"
+    group = int(view.conv_attrs.get("group", 1))
+    if group != 1:
+        kind = "depthwise" if group == view.weight.shape[0] else "grouped"
+        return f"irkit's int8 Conv kernels take group=1 only ({kind}, group={group})"
+    return None
+
+
+_NO_COMPILE = "a candidate does not compile"
+
+
 def _excluded(node: Node, patterns: tuple[str, ...]) -> bool:
     names = {node.name, node.op, node.qualified_op, *(v.name for v in node.outputs)}
     return any(p in names for p in patterns)
@@ -168,15 +191,21 @@ class Quantize(Pass):
         if self.format == "qdq":
             _decompose_fused_linear(graph)
         views = []
+        uncovered: dict[str, str] = {}
         for node in graph.nodes:
             view = linear_view(node)
             if view is None or _excluded(node, self.exclude):
                 continue
             if self.mode == "dynamic" and view.kind != "matmul":
                 continue  # no dynamic int8 conv: ORT's ConvInteger path is rarely faster
+            why = _no_int8_kernel(view) if self.format == "irkit" else None
+            if why is not None:
+                uncovered[node.name or node.outputs[0].name] = f"kept fp32: {why}"
+                continue
             views.append(view)
         if not views:
-            return False, {"quantized": 0}
+            return False, ({"quantized": 0, "nodes": uncovered} if uncovered
+                           else {"quantized": 0})
         ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if self.mode == "static":
             ranges = self._calibrate(graph, views, context)
@@ -184,9 +213,10 @@ class Quantize(Pass):
         if (qmax == 63 and self.weight_range == "auto" and self.mode == "static"
                 and self.format == "irkit"):
             qmax, qmax_note = self._try_narrow(graph, views, ranges, context, qmax_note)
-        timed: dict[str, str] = {}
+        timed = dict(uncovered)
         if context.cost is not None and self.format == "irkit" and not self.force:
-            views, timed = self._keep_faster(graph, views, ranges, context, qmax)
+            views, notes = self._keep_faster(graph, views, ranges, context, qmax)
+            timed.update(notes)
             if not views:
                 return False, {"quantized": 0, "nodes": timed}
         qdq_cache: dict[str, Value] = {}
@@ -227,6 +257,9 @@ class Quantize(Pass):
             speed = timing.speedup("fp32", "int8")
             if not speed:
                 why = "; ".join(f"{t}: {w}" for t, w in timing.unmeasured.items())
+                if any(w.startswith(_NO_COMPILE) for w in timing.unmeasured.values()):
+                    notes[name] = f"kept fp32: int8 not timed ({why})"
+                    continue  # an int8 node the targets cannot compile would fail the build
                 notes[name] = f"int8 (not timed: {why or 'no target'})"
                 kept.append(view)
                 continue

@@ -163,3 +163,59 @@ def test_int8_paths_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch:
     got, ref = model(x=x)["y"], irkit.evaluate(graph, {"x": x})["y"]
     assert np.mean(np.abs(got - ref) <= 1e-5 * np.abs(ref).max() + 1e-6) >= 0.9
     np.testing.assert_allclose(got, ref, atol=0.1)
+
+
+def _conv_model(one_d: bool) -> Any:
+    """A 1-D model (Conv1d 4->8 k3, Relu, Conv1d 8->5 k3) or a MobileNet-style 2-D one
+    (Conv 3x3 4->8, Relu, depthwise 3x3 group=8, grouped 1x1 group=2 8->6, Conv 1x1 6->5)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    k = [3] if one_d else [3, 3]
+    convs = ([("c0", 8, 4, 1, k), ("c1", 5, 8, 1, k)] if one_d else
+             [("c0", 8, 4, 1, k), ("dw", 8, 1, 8, k), ("gr", 6, 4, 2, [1, 1]),
+              ("pw", 5, 6, 1, [1, 1])])
+    nodes, inits, x = [], [], "x"
+    for name, cout, cin_g, group, kernel in convs:
+        w = (rng.standard_normal((cout, cin_g, *kernel)) / np.sqrt(cin_g * 3)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"{name}_w"),
+                  numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32) * 0.1,
+                                          f"{name}_b")]
+        pads = [(s - 1) // 2 for s in kernel] * 2
+        nodes += [helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_y"],
+                                   name=name, group=group, pads=pads),
+                  helper.make_node("Relu", [f"{name}_y"], [f"{name}_r"])]
+        x = f"{name}_r"
+    nodes[-1] = helper.make_node("Identity", [f"{convs[-1][0]}_y"], ["y"])
+    spatial = [30] if one_d else [10, 10]
+    return helper.make_model(helper.make_graph(
+        nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, *spatial])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, *spatial])], inits),
+        opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("one_d", [False, True], ids=["depthwise-grouped", "conv1d"])
+def test_static_int8_leaves_uncovered_convs_in_fp32(tmp_path: Path, one_d: bool) -> None:
+    """irkit's int8 Conv kernels are 2-D with group=1: static quantization keeps depthwise,
+    grouped and 1-D Convs in fp32 (and says so per node) instead of emitting
+    irkit.QLinearConvInt8 nodes that no CPU target compiles (a MobileNetV2 block or a
+    Conv1d audio model failed `irkit compile` after `quantize` before). The rest is int8,
+    the x86-64-v3 artifact matches the reference within int8 rounding, and fp32 within 5%."""
+    graph = irkit.load_model(_conv_model(one_d))
+    spatial = (30,) if one_d else (10, 10)
+    rng = np.random.default_rng(2)
+    calib = [{"x": rng.standard_normal((16, 4, *spatial)).astype(np.float32)}]
+    q = irkit.optimize(graph, STATIC, calibration=calib, target="x86-64-v3")
+    int8 = sorted(n.name for n in q.nodes if n.op == "QLinearConvInt8")
+    assert int8 == ([] if one_d else ["c0", "pw"])
+    (report,) = [r for r in q.history if "quantize" in r.pipeline]
+    notes = report.details.get("nodes", {})
+    kept = sorted(name for name, note in notes.items() if note.startswith("kept fp32"))
+    assert kept == (["c0", "c1"] if one_d else ["dw", "gr"])
+    assert ("1-D" in notes["c0"]) if one_d else ("depthwise, group=8" in notes["dw"])
+    model = compile_load(q, tmp_path, arch="x86-64-v3")
+    x = rng.standard_normal((3, 4, *spatial)).astype(np.float32)
+    got = model(x=x)["y"]
+    np.testing.assert_allclose(got, irkit.evaluate(q, {"x": x})["y"], rtol=1e-4, atol=1e-4)
+    want = irkit.evaluate(graph, {"x": x})["y"]
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
