@@ -7,6 +7,9 @@ each one:
 
 - ``legalize-fused``: irkit's fused ops back to the standard ops whose kernels the
   lowering fuses again, unless a kernel takes the fused op directly (:mod:`.fused`);
+- ``fuse-qdq``: int8 MatMul/Conv in QDQ form (an int8 model saved as ONNX) back to
+  the irkit int8 ops whose decomposition they are, when the backend lowers those
+  (:mod:`irkit.passes.qdq_int8`);
 - ``expand-functions``: ops without a kernel of their own but with an ONNX function body
   (Attention, GroupNormalization, Selu, …) inlined (:mod:`.expand`);
 - ``unroll-control-flow``: If/Loop/Scan with compile-time conditions and trip counts, and
@@ -59,6 +62,18 @@ class LegalizeFused(_LegalizePass):
 
 
 @dataclass(frozen=True)
+class FuseQdq(_LegalizePass):
+    """QDQ-form int8 MatMul/Conv -> the irkit int8 ops the backend lowers."""
+
+    name: ClassVar[str] = "fuse-qdq"
+
+    def rewrite(self, graph: Graph) -> Graph:
+        from irkit.passes.qdq_int8 import fuse_qdq
+
+        return fuse_qdq(graph, self.capabilities.lowers)[0]
+
+
+@dataclass(frozen=True)
 class ExpandFunctions(_LegalizePass):
     """Inline the ONNX function body of every op the backend has no kernel for."""
 
@@ -84,6 +99,7 @@ class UnrollControlFlow(_LegalizePass):
 
 LEGALIZE_PASSES: dict[str, str] = {
     "legalize-fused": "irkit.lower.legalize:LegalizeFused",
+    "fuse-qdq": "irkit.lower.legalize:FuseQdq",
     "expand-functions": "irkit.lower.legalize:ExpandFunctions",
     "unroll-control-flow": "irkit.lower.legalize:UnrollControlFlow",
 }
@@ -95,7 +111,7 @@ def legalize(graph: Graph, capabilities: Capabilities | None = None) -> Graph:
     from irkit.passes.manager import run_pipeline
 
     steps: list[Any] = [cls(_capabilities=capabilities)
-                        for cls in (LegalizeFused, ExpandFunctions, UnrollControlFlow)]
+                        for cls in (LegalizeFused, FuseQdq, ExpandFunctions, UnrollControlFlow)]
     history = list(graph.history)
     out = run_pipeline(graph, steps)
     out.history = history

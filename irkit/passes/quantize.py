@@ -63,6 +63,7 @@ from irkit.passes.fuse_conv_pool import split_conv_pool
 _MATMUL_OPS = ("MatMul", "Gemm", "MatMulBiasAct")
 _CONV_OPS = ("Conv", "ConvBiasAct")
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+CONV_INT8_ATTRS = _CONV_ATTRS  # the Conv attributes irkit.QLinearConvInt8 carries
 
 
 @dataclass
@@ -127,20 +128,23 @@ def linear_view(node: Node) -> LinearView | None:
     return LinearView(node, "conv", x, weight, bias, residual, act, attrs)
 
 
-def _no_int8_kernel(view: LinearView) -> str | None:
-    """Why irkit's own int8 kernels cannot run ``view`` (None when they can): the int8
-    Conv kernels cover 2-D convolutions with group=1; a depthwise, grouped or 1-D/3-D
-    Conv in ``irkit.QLinearConvInt8`` form would not compile for any CPU target."""
-    if view.kind != "conv":
-        return None
-    spatial = view.weight.ndim - 2
+def conv_int8_unsupported(spatial: int, group: int, out_channels: int) -> str | None:
+    """Why irkit's int8 Conv kernels cannot run a Conv (None when they can): they cover
+    2-D convolutions with group=1; a depthwise, grouped or 1-D/3-D Conv in
+    ``irkit.QLinearConvInt8`` form would not compile for any CPU target."""
     if spatial != 2:
         return f"irkit's int8 Conv kernels are 2-D only (this Conv is {spatial}-D)"
-    group = int(view.conv_attrs.get("group", 1))
     if group != 1:
-        kind = "depthwise" if group == view.weight.shape[0] else "grouped"
+        kind = "depthwise" if group == out_channels else "grouped"
         return f"irkit's int8 Conv kernels take group=1 only ({kind}, group={group})"
     return None
+
+
+def _no_int8_kernel(view: LinearView) -> str | None:
+    if view.kind != "conv":
+        return None
+    return conv_int8_unsupported(view.weight.ndim - 2, int(view.conv_attrs.get("group", 1)),
+                                 view.weight.shape[0])
 
 
 _NO_COMPILE = "a candidate does not compile"
