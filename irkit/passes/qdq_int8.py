@@ -94,24 +94,30 @@ def _weight_dq(value: Value | None, axis: int, rank: int) -> tuple[Value, Value,
     return w_q, scale, zp
 
 
-def _float_bias(graph: Graph, value: Value | None, columns: int) -> Value | bool | None:
-    """A Conv/Gemm bias as a float [columns] constant: the constant itself, one computed
-    from ``DQ(b_int32, b_scale)``, None without a bias, or False when it is neither."""
+class _NoBias(Exception):
+    """The bias is neither a float constant nor an int32 one behind DequantizeLinear."""
+
+
+def _float_bias(graph: Graph, value: Value | None, columns: int) -> Value | None:
+    """A Conv/Gemm bias as a float [columns] constant (the constant itself or one computed
+    from ``DQ(b_int32, b_scale)``), None without a bias; raises :class:`_NoBias` when it
+    is neither."""
     if value is None:
         return None
-    b = _const(value)
+    const = _const(value)
+    b = const
     if b is None:
         dq = _producer(value, "DequantizeLinear")
         if dq is None:
-            return False
+            raise _NoBias
         bq, s = _const(dq.inputs[0]), _const(dq.inputs[1])
         z = _const(dq.inputs[2]) if len(dq.inputs) > 2 else None
         if bq is None or s is None or bq.dtype != np.int32 or (z is not None and np.any(z != 0)):
-            return False
+            raise _NoBias
         b = (bq.astype(np.float64) * s).astype(np.float32)
     if b.dtype != np.float32 or b.size != columns or b.ndim > 2:
-        return False
-    if b is value.const and b.shape == (columns,):
+        raise _NoBias
+    if const is not None and b.shape == (columns,):
         return value
     return graph.add_constant(f"{value.name}_f32", np.ascontiguousarray(b.reshape(columns)))
 
@@ -206,8 +212,11 @@ def _conv_parts(graph: Graph, node: Node) -> _Parts | None:
     assert w is not None
     if conv_int8_unsupported(w.ndim - 2, int(attrs.get("group", 1)), w.shape[0]):
         return None
-    bias = _float_bias(graph, node.inputs[2] if len(node.inputs) > 2 else None, w.shape[0])
-    return None if bias is False else (weight, bias, attrs, node)
+    try:
+        bias = _float_bias(graph, node.inputs[2] if len(node.inputs) > 2 else None, w.shape[0])
+    except _NoBias:
+        return None
+    return weight, bias, attrs, node
 
 
 def _matmul_parts(node: Node) -> _Parts | None:
@@ -234,9 +243,12 @@ def _gemm_parts(graph: Graph, node: Node) -> _Parts | None:
     w_q, scale, zp = weight
     if trans_b:
         w_q = graph.add_constant(f"{w_q.name}_kn", np.ascontiguousarray(w.T))
-    bias = _float_bias(graph, node.inputs[2] if len(node.inputs) > 2 else None,
-                       int(w.shape[0 if trans_b else 1]))
-    return None if bias is False else ((w_q, scale, zp), bias, {"w_axis": 1}, node)
+    try:
+        bias = _float_bias(graph, node.inputs[2] if len(node.inputs) > 2 else None,
+                           int(w.shape[0 if trans_b else 1]))
+    except _NoBias:
+        return None
+    return (w_q, scale, zp), bias, {"w_axis": 1}, node
 
 
 def _drop_dead_qdq(graph: Graph) -> None:

@@ -270,8 +270,12 @@ def test_onnxruntime_qdq_model_compiles_to_int8_kernels(tmp_path: Path) -> None:
     activations, int32 biases behind DequantizeLinear, Gemm with transB=1) compiles to
     irkit's int8 Conv and GEMM kernels, within int8 rounding of the QDQ reference."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from irkit.runtime.program import programs
 
