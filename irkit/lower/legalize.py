@@ -7,6 +7,8 @@ each one:
 
 - ``legalize-fused``: irkit's fused ops back to the standard ops whose kernels the
   lowering fuses again, unless a kernel takes the fused op directly (:mod:`.fused`);
+- ``conv1d-as-2d``: 1-D Convs with constant weights as 2-D ones over a height of 1, so
+  the packed and depthwise conv kernels run them (:mod:`irkit.passes.conv1d`);
 - ``fuse-qdq``: int8 MatMul/Conv in QDQ form (an int8 model saved as ONNX) back to
   the irkit int8 ops whose decomposition they are, when the backend lowers those
   (:mod:`irkit.passes.qdq_int8`);
@@ -62,6 +64,18 @@ class LegalizeFused(_LegalizePass):
 
 
 @dataclass(frozen=True)
+class Conv1dAs2d(_LegalizePass):
+    """1-D Convs as 2-D ones over a height of 1 (the fast conv kernels are 2-D)."""
+
+    name: ClassVar[str] = "conv1d-as-2d"
+
+    def rewrite(self, graph: Graph) -> Graph:
+        from irkit.passes.conv1d import conv1d_as_2d
+
+        return conv1d_as_2d(graph, self.capabilities.lowers)[0]
+
+
+@dataclass(frozen=True)
 class FuseQdq(_LegalizePass):
     """QDQ-form int8 MatMul/Conv -> the irkit int8 ops the backend lowers."""
 
@@ -99,6 +113,7 @@ class UnrollControlFlow(_LegalizePass):
 
 LEGALIZE_PASSES: dict[str, str] = {
     "legalize-fused": "irkit.lower.legalize:LegalizeFused",
+    "conv1d-as-2d": "irkit.lower.legalize:Conv1dAs2d",
     "fuse-qdq": "irkit.lower.legalize:FuseQdq",
     "expand-functions": "irkit.lower.legalize:ExpandFunctions",
     "unroll-control-flow": "irkit.lower.legalize:UnrollControlFlow",
@@ -111,7 +126,8 @@ def legalize(graph: Graph, capabilities: Capabilities | None = None) -> Graph:
     from irkit.passes.manager import run_pipeline
 
     steps: list[Any] = [cls(_capabilities=capabilities)
-                        for cls in (LegalizeFused, FuseQdq, ExpandFunctions, UnrollControlFlow)]
+                        for cls in (LegalizeFused, Conv1dAs2d, FuseQdq, ExpandFunctions,
+                                      UnrollControlFlow)]
     history = list(graph.history)
     out = run_pipeline(graph, steps)
     out.history = history
