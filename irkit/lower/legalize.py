@@ -9,6 +9,8 @@ each one:
   lowering fuses again, unless a kernel takes the fused op directly (:mod:`.fused`);
 - ``conv1d-as-2d``: 1-D Convs with constant weights as 2-D ones over a height of 1, so
   the packed and depthwise conv kernels run them (:mod:`irkit.passes.conv1d`);
+- ``conv-transpose-as-matmul``: a ConvTranspose whose kernel equals its stride (the 2x2
+  upsampling of U-Nets) as a MatMul and a pixel shuffle (:mod:`irkit.passes.conv_transpose`);
 - ``fuse-qdq``: int8 MatMul/Conv in QDQ form (an int8 model saved as ONNX) back to
   the irkit int8 ops whose decomposition they are, when the backend lowers those
   (:mod:`irkit.passes.qdq_int8`);
@@ -76,6 +78,18 @@ class Conv1dAs2d(_LegalizePass):
 
 
 @dataclass(frozen=True)
+class ConvTransposeAsMatmul(_LegalizePass):
+    """ConvTranspose with kernel == stride (2x2 upsampling) as MatMul + pixel shuffle."""
+
+    name: ClassVar[str] = "conv-transpose-as-matmul"
+
+    def rewrite(self, graph: Graph) -> Graph:
+        from irkit.passes.conv_transpose import conv_transpose_as_matmul
+
+        return conv_transpose_as_matmul(graph, self.capabilities.lowers)[0]
+
+
+@dataclass(frozen=True)
 class FuseQdq(_LegalizePass):
     """QDQ-form int8 MatMul/Conv -> the irkit int8 ops the backend lowers."""
 
@@ -114,6 +128,7 @@ class UnrollControlFlow(_LegalizePass):
 LEGALIZE_PASSES: dict[str, str] = {
     "legalize-fused": "irkit.lower.legalize:LegalizeFused",
     "conv1d-as-2d": "irkit.lower.legalize:Conv1dAs2d",
+    "conv-transpose-as-matmul": "irkit.lower.legalize:ConvTransposeAsMatmul",
     "fuse-qdq": "irkit.lower.legalize:FuseQdq",
     "expand-functions": "irkit.lower.legalize:ExpandFunctions",
     "unroll-control-flow": "irkit.lower.legalize:UnrollControlFlow",
@@ -126,8 +141,8 @@ def legalize(graph: Graph, capabilities: Capabilities | None = None) -> Graph:
     from irkit.passes.manager import run_pipeline
 
     steps: list[Any] = [cls(_capabilities=capabilities)
-                        for cls in (LegalizeFused, Conv1dAs2d, FuseQdq, ExpandFunctions,
-                                      UnrollControlFlow)]
+                        for cls in (LegalizeFused, Conv1dAs2d, ConvTransposeAsMatmul, FuseQdq,
+                                      ExpandFunctions, UnrollControlFlow)]
     history = list(graph.history)
     out = run_pipeline(graph, steps)
     out.history = history
