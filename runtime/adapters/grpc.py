@@ -18,6 +18,9 @@ RPCs of the service, such as shared memory, answer UNIMPLEMENTED)::
     ModelReady                         a model (version) takes requests (false if unknown)
     ServerMetadata, ModelMetadata      name, version, extensions; ready versions, platform,
                                        inputs/outputs (-1 for variable dims)
+    ModelConfig                        Triton's model configuration (``extensions``):
+                                       max_batch_size, dims, TYPE_* datatypes, batching
+    ModelStatistics                    Triton's statistics of a model (all when no name)
     ModelInfer                         raw_input_contents or typed contents (``grpc_codec``)
     ModelStreamInfer                   a bidirectional stream of infer requests: requests run
                                        concurrently (and batch with every other request);
@@ -52,6 +55,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from irkit.runtime.options import Option
 
@@ -349,6 +353,20 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         tensors = {key: [TensorMetadata(**t) for t in doc[key]] for key in ("inputs", "outputs")}
         return pb.ModelMetadataResponse(name=doc["name"], versions=doc["versions"],
                                         platform=doc["platform"], **tensors)  # fmt: skip
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        try:
+            config = self.adapter.model_config(request.name, request.version or None)
+        except AdapterError as exc:
+            await _abort(context, exc)
+        return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        try:
+            stats = self.adapter.model_statistics(request.name or None, request.version or None)
+        except AdapterError as exc:
+            await _abort(context, exc)
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     # ------------------------------------------------------------------- infer
 
