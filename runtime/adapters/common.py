@@ -54,9 +54,9 @@ same series), with:
 
 ``metrics.render() -> (bytes, content_type)`` is the Prometheus text exposition. Beside
 the series, each ``AdapterMetrics`` keeps plain totals for the statistics extension
-(``extensions``): per outcome the requests and their summed latency (``outcomes``), per
-batch size the model calls and their summed duration (``batches``), the requests those
-calls ran and when the last one ended.
+(``extensions``): per outcome the requests and their summed latency (``outcomes``), and
+``batch_totals()``: per batch size the model calls and their summed duration, the
+requests those calls ran and when the last one ended.
 
 Options and signals.
     ``resolve_options(adapter_cls.options, given)`` checks names, types and choices of the
@@ -418,10 +418,13 @@ class AdapterMetrics:
         # What the statistics extension reports beside the Prometheus series (which
         # the same labels on another AdapterMetrics share, so they cannot be summed):
         self.outcomes: dict[str, OutcomeTally] = {}  # outcome -> requests and their seconds
-        self.batches: dict[int, list[float]] = {}  # rows -> [model calls, their seconds]
-        self.batched_requests: list[float] = [0, 0.0]  # requests in those calls, sum of their call's s
-        self.last_batch_ms = 0  # when the last model call ended, ms since the epoch
-        self._batch_lock = threading.Lock()  # workers of one batcher record concurrently
+        # model calls as (rows, seconds, requests, end ns), folded into totals when read
+        # (an append is atomic: the batcher's workers record without a lock)
+        self._calls: list[tuple[int, float, int, int]] = []
+        self._batches: dict[int, tuple[int, float]] = {}  # rows -> model calls, their seconds
+        self._batched: tuple[int, float] = (0, 0.0)  # requests run, sum of their call's seconds
+        self._last_call_ns = 0
+        self._fold_lock = threading.Lock()
 
     def _outcome(self, outcome: str) -> OutcomeTally:
         tally = self.outcomes.get(outcome)
@@ -450,25 +453,28 @@ class AdapterMetrics:
         self.batch_size.observe(rows)
         self.inference_time.observe(seconds)
         self.rows.inc(rows)
-        with self._batch_lock:
-            tally = self.batches.get(rows)
-            if tally is None:
-                tally = self.batches[rows] = [0, 0.0]
-            tally[0] += 1
-            tally[1] += seconds
-            self.batched_requests[0] += requests
-            self.batched_requests[1] += seconds * requests
-            self.last_batch_ms = time.time_ns() // 1_000_000
+        calls = self._calls
+        calls.append((rows, seconds, requests, time.time_ns()))
+        if len(calls) >= FastHistogram.FOLD_AT:
+            self.batch_totals()
 
     def batch_totals(self) -> tuple[dict[int, tuple[int, float]], int, float, int]:
         """A consistent copy of what ``observe_batch`` recorded: per batch size the calls
         and their seconds, the requests those calls ran and the sum of their call's
         seconds, and when the last call ended (ms since the epoch)."""
-        with self._batch_lock:
-            batches = {rows: (int(calls), seconds) for rows, (calls, seconds)
-                       in self.batches.items()}  # fmt: skip
-            requests, seconds = self.batched_requests
-            return batches, int(requests), seconds, self.last_batch_ms
+        with self._fold_lock:
+            pending = self._calls
+            n = len(pending)
+            batches, (requests, weighted) = self._batches, self._batched
+            for rows, seconds, count, ended_ns in pending[:n]:
+                calls, total = batches.get(rows, (0, 0.0))
+                batches[rows] = (calls + 1, total + seconds)
+                requests += count
+                weighted += seconds * count
+                self._last_call_ns = max(self._last_call_ns, ended_ns)
+            del pending[:n]  # calls recorded meanwhile stay queued
+            self._batched = (requests, weighted)
+            return dict(batches), requests, weighted, self._last_call_ns // 1_000_000
 
     def render(self) -> tuple[bytes, str]:
         """Prometheus text exposition of this registry and its content type."""
