@@ -30,8 +30,9 @@ Errors are gRPC status codes from ``common.AdapterError.grpc_code``: INVALID_ARG
 ``retry-after`` trailer; or a message over ``max_message_bytes``, refused by grpc itself),
 UNAVAILABLE (not ready, unloaded, stopping), DEADLINE_EXCEEDED (``timeout_ms``, or the
 client's own deadline, whichever is first), PERMISSION_DENIED (model control disabled),
-INTERNAL (the model raised), UNIMPLEMENTED (an RPC irkit does not serve). In the metrics, a call the client cancelled (or whose own
-deadline passed) counts with outcome ``cancelled``.
+INTERNAL (the model raised), UNIMPLEMENTED (an RPC irkit does not serve, a message
+compressed other than with gzip). In the metrics, a call the client cancelled (or whose
+own deadline passed) counts with outcome ``cancelled``.
 
 The models, batchers, metrics and limits are those of a ``repository.ModelRepository``
 shared with the http adapter (see ``frontend``): ``GrpcAdapter(model, **options)`` serves
