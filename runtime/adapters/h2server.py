@@ -208,7 +208,7 @@ class _Connection(asyncio.Protocol):
         if not self.going_away and not self.closed and self.transport is not None:
             self.going_away = True
             self.transport.write(frame(GOAWAY, 0, 0, struct.pack(">LL", self.last_stream,
-                                                                  NO_ERROR)))
+                                                                 NO_ERROR)))
             if not self.streams:
                 self.transport.close()
 
@@ -284,7 +284,7 @@ class _Connection(asyncio.Protocol):
         elif kind == PING:
             if len(payload) != 8 or stream_id:
                 raise ProtocolError(FRAME_SIZE_ERROR if stream_id == 0 else PROTOCOL_ERROR,
-                                     "bad PING")  # fmt: skip
+                                    "bad PING")  # fmt: skip
             if not flags & ACK:
                 self._write(frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
@@ -525,7 +525,7 @@ class _Connection(asyncio.Protocol):
             stream.credit += size
             if stream.credit > self.server.stream_window >> 1:
                 self._write(frame(WINDOW_UPDATE, 0, stream.id,
-                                   struct.pack(">L", stream.credit)))  # fmt: skip
+                                  struct.pack(">L", stream.credit)))  # fmt: skip
                 stream.recv_window += stream.credit
                 stream.credit = 0
 
@@ -759,7 +759,7 @@ class _Connection(asyncio.Protocol):
         self.blocked.pop(stream.id, None)
         if stream.trailers_out is not None:
             self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id,
-                               stream.trailers_out))  # fmt: skip
+                              stream.trailers_out))  # fmt: skip
             self._closed(stream)
 
     def _flush_blocked(self) -> None:
