@@ -137,11 +137,11 @@ def rest_of_message(outbox: bytes | bytearray, rest: int, size: int) -> int:
 
 
 class ProtocolError(Exception):
+    """A connection error: the connection ends with GOAWAY ``code`` (RFC 9113 5.4.1)."""
+
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
-
-
 
 
 def gunzip(data: bytes, limit: int) -> bytes:
