@@ -98,6 +98,16 @@ class RawClient:
             got.append(one)
         return got
 
+    def until(self, done: Callable[[list[tuple[int, int, int, bytes]]], bool],
+              ) -> list[tuple[int, int, int, bytes]]:
+        """Every frame until ``done(frames so far)`` (within 5 s of quiet)."""
+        got: list[tuple[int, int, int, bytes]] = []
+        while not done(got):
+            one = self.read()
+            assert one is not None, f"the server went quiet or closed after {got}"
+            got.append(one)
+        return got
+
     def close(self) -> None:
         self.sock.close()
 
@@ -339,11 +349,14 @@ def test_max_concurrent_streams_is_advertised_and_refuses_one_more(
                         + frame(HEADERS, 4, 3, client.headers(HOLD))  # two open streams
                         + frame(HEADERS, 4, 5, client.headers(ECHO))
                         + frame(DATA, 1, 5, message(b"refused")))  # fmt: skip
-    frames = client.frames()
+    frames = client.until(lambda got: bool(rst_codes(got, 5)))
     assert rst_codes(frames, 5) == [REFUSED_STREAM]  # RFC 9113 5.1.2: retryable (8.7)
-    assert not [f for f in frames if f[2] == 5 and f[0] != RST_STREAM]  # not processed
-    client.sock.sendall(frame(RST_STREAM, 0, 1, struct.pack(">L", CANCEL)))  # one closes
-    echo_ok(client, 7, b"room again")
+    client.sock.sendall(frame(RST_STREAM, 0, 1, struct.pack(">L", CANCEL))  # one closes
+                        + frame(HEADERS, 4, 7, client.headers(ECHO))
+                        + frame(DATA, 1, 7, message(b"room again")))  # fmt: skip
+    frames = client.until(lambda got: any(f[:3] == (HEADERS, 5, 7) for f in got))
+    assert not [f for f in frames if f[2] == 5]  # the refused call was not processed
+    assert b"".join(p for k, _, s, p in frames if k == DATA and s == 7) == message(b"room again")
     client.close()
 
 
@@ -356,7 +369,7 @@ def test_data_beyond_a_granted_window_is_flow_control_error(toy: Callable[..., T
     chunk = message(bytes(16379))  # one whole message a frame: 16,384 bytes
     client.sock.sendall(frame(HEADERS, 4, 1, client.headers(HOLD))
                         + b"".join(frame(DATA, 0, 1, chunk) for _ in range(4)))  # fmt: skip
-    frames = client.frames()
+    frames = client.until(lambda got: bool(rst_codes(got, 1)))
     assert rst_codes(frames, 1) == [FLOW_CONTROL_ERROR]  # 65,536 bytes > 65,535
     assert not [f for f in frames if f[0] == WINDOW_UPDATE and f[2] == 1]
     echo_ok(client, 3, b"the connection still serves")
@@ -364,7 +377,8 @@ def test_data_beyond_a_granted_window_is_flow_control_error(toy: Callable[..., T
                         + b"".join(frame(DATA, 0, 5, chunk) for _ in range(3)))  # fmt: skip
     assert not [f for f in client.frames() if f[0] == WINDOW_UPDATE and f[2] == 5]
     server.release()  # the handler takes the three messages (and echoes them)
-    frames = client.frames()
+    frames = client.until(
+        lambda got: sum(len(p) for k, _, s, p in got if k == DATA and s == 5) >= 3 * len(chunk))
     given = [struct.unpack(">L", p)[0] for k, _, s, p in frames if k == WINDOW_UPDATE and s == 5]
     echoed = b"".join(p for k, _, s, p in frames if k == DATA and s == 5)
     assert given == [2 * 16384] and echoed == 3 * chunk  # given back once half is owed
@@ -375,7 +389,7 @@ def test_data_beyond_a_granted_window_is_flow_control_error(toy: Callable[..., T
     client.sock.sendall(frame(HEADERS, 4, 1, client.headers(HOLD))
                         + frame(HEADERS, 4, 3, client.headers(HOLD))
                         + b"".join(frame(DATA, 0, 1 + 2 * (i % 2), chunk) for i in range(4)))
-    frames = client.frames()
+    frames = client.until(lambda got: any(f[0] == GOAWAY for f in got))
     goaway = [struct.unpack(">LL", p[:8])[1] for k, _, _, p in frames if k == GOAWAY]
     assert goaway == [FLOW_CONTROL_ERROR] and client.read() is None  # then closed
     client.close()
@@ -476,10 +490,11 @@ def test_stop_ends_calls_waiting_for_window(toy: Callable[..., Toy]) -> None:
                         + frame(HEADERS, 4, 3, client.headers(ECHO))
                         + request(3, message(payload))
                         + frame(WINDOW_UPDATE, 0, 1, struct.pack(">L", 1000)))  # fmt: skip
-    frames = client.frames()
+    frames = client.until(lambda got: any(f[0] == DATA for f in got)
+                          and any(f[0] == HEADERS and f[2] == 3 for f in got))
     assert [len(p) for k, _, s, p in frames if k == DATA] == [1000]  # stream 1's, in part
     server.call(server.server.stop(0.2))
-    frames = client.frames()  # until the server closes
+    frames = client.frames(timeout=5)  # until the server closes
     assert rst_codes(frames, 1) == [CANCEL]
     ends = [client.decoder.decode(p) for k, f, s, p in frames if k == HEADERS and s == 3]
     assert len(ends) == 1 and dict(ends[0])["grpc-status"] == "14"  # UNAVAILABLE
