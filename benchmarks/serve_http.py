@@ -39,11 +39,12 @@ are the server's (all its processes) and the load generator's CPU per request. F
 core its event loop thread runs on, N processes by every CPU, which the load generator
 shares (cpus / (server + client CPU per request)).
 
-CPUs: with ``--server-cpus auto`` (the default) and at least twice as many CPUs as the
-most server processes compared, every server is pinned to the first N CPUs (N = the most
-``--processes``) and the load generator to the others, so ``p=2`` against ``p=1`` asks
-whether two processes use two cores, not how the load generator competes with them. With
-fewer CPUs (or ``--server-cpus none``) everything shares every CPU, as above.
+CPUs: with ``--server-cpus auto`` (the default), ``--processes`` up to N, N physical cores
+and at least N + 1 CPUs, every server is pinned to one CPU on each of N physical
+cores (never two SMT siblings) and the load generator to the CPUs of the other cores (the
+servers' siblings when there are none), so ``p=2`` against ``p=1`` asks whether two
+processes use two cores, not how the load generator competes with them. With fewer CPUs
+(or ``--server-cpus none``) everything shares every CPU, as above.
 """
 
 from __future__ import annotations
@@ -243,20 +244,50 @@ def serve_constant(artifact: str, port_file: str, stack: dict[str, str]) -> None
 CPU_SPLIT: tuple[set[int], set[int]] | None = None
 
 
-def split_cpus(choice: str, processes: int) -> tuple[set[int], set[int]] | None:
-    """``--server-cpus``: "none"; a count N (the first N allowed CPUs for the servers, the
-    rest for the load generator); "auto": as many as the most server processes compared,
-    when at least as many are left for the load generator, else none."""
-    allowed = sorted(os.sched_getaffinity(0))
+def physical_cores(
+    cpus: list[int], sysfs: Path = Path("/sys/devices/system/cpu")
+) -> list[list[int]]:
+    """``cpus`` grouped by the physical core they run on (SMT siblings together), in the
+    order of each core's first CPU; one group per CPU where sysfs does not say."""
+    cores: dict[tuple[str, str], list[int]] = {}
+    for cpu in cpus:
+        topology = sysfs / f"cpu{cpu}" / "topology"
+        try:
+            key = ((topology / "physical_package_id").read_text().strip(),
+                   (topology / "core_id").read_text().strip())  # fmt: skip
+        except OSError:
+            key = ("cpu", str(cpu))
+        cores.setdefault(key, []).append(cpu)
+    return list(cores.values())
+
+
+def split_cpus(
+    choice: str, processes: int, allowed: list[int] | None = None,
+    sysfs: Path = Path("/sys/devices/system/cpu"),
+) -> tuple[set[int], set[int]] | None:  # fmt: skip
+    """``--server-cpus``: "none"; a count N (N allowed CPUs for the servers, the rest for
+    the load generator); "auto": as many as the most server processes compared, when a
+    CPU is left for the load generator, else none.
+
+    The servers get one CPU on each of N physical cores (two SMT siblings would share one
+    core's execution units, and two processes would not get two cores' worth); the load
+    generator gets the CPUs of the other cores, or the servers' siblings where no other
+    core is left.
+    """
+    allowed = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
     if choice == "none":
         return None
     count = processes if choice == "auto" else int(choice)
-    if choice == "auto" and len(allowed) < 2 * count:
+    cores = physical_cores(allowed, sysfs)
+    if choice == "auto" and (len(cores) < count or len(allowed) <= count):
         return None
-    if not 0 < count < len(allowed):
-        raise SystemExit(f"--server-cpus {choice}: {len(allowed)} CPUs allowed here, "
-                         f"the servers and the load generator each need at least one")
-    return set(allowed[:count]), set(allowed[count:])
+    if not 0 < count < len(allowed) or len(cores) < count:
+        raise SystemExit(f"--server-cpus {choice}: {len(allowed)} CPUs on {len(cores)} "
+                         f"physical cores allowed here; the servers need {count} cores and "
+                         f"the load generator at least one CPU besides")  # fmt: skip
+    servers = {core[0] for core in cores[:count]}
+    others = {cpu for core in cores[count:] for cpu in core}
+    return servers, others or set(allowed) - servers
 
 
 def _pinned(side: int) -> Any:
@@ -549,9 +580,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", default="auto", choices=("auto", "h2load", "python"),
                         help="load generator (auto: h2load if on PATH, else Python asyncio)")
     parser.add_argument("--server-cpus", default="auto",
-                        help="pin the servers to the first N CPUs and the load generator to "
-                             "the rest (auto: N = the most --processes, when at least N "
-                             "CPUs are left for the load generator; none: no pinning)")
+                        help="pin the servers to N CPUs, one per physical core, and the load "
+                             "generator to the rest (auto: N = the most --processes, when "
+                             "a CPU is left for the load generator; "
+                             "none: no pinning)")
     args = parser.parse_args(argv)
     stack = {"http": args.http, "loop": args.loop}
     if args.serve == "irkit":

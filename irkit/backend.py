@@ -28,6 +28,7 @@ import numpy as np
 from irkit import __version__
 from irkit.errors import IrkitError, UnsupportedOpsError
 from irkit.ir import Graph, Value
+from irkit.ir.types import MapType, SequenceType, TensorType
 from irkit.lower import Capabilities, LoweredModel, LoweringError, Tiles
 from irkit.lower.dynamic import is_dynamic
 from irkit.runtime.artifact import Artifact
@@ -48,7 +49,15 @@ class BackendUnsupportedError(BackendError, UnsupportedOpsError):
 def tensor_spec(value: Value, side: str, graph_name: str,
                 rename: Mapping[str, str] | None = None) -> TensorSpec:
     """The signature entry of a graph input or output (``rename`` maps symbolic dims)."""
-    dtype = value.type.dtype  # type: ignore[union-attr]
+    if not isinstance(value.type, TensorType):
+        hint = (" (scikit-learn's ZipMap writes one: convert with skl2onnx's options="
+                "{'zipmap': False} to get the probabilities as a tensor)"
+                if isinstance(value.type, SequenceType) and isinstance(value.type.elem, MapType)
+                else "")  # fmt: skip
+        raise BackendError(
+            f"graph {graph_name!r}: {side} {value.name!r} is a {value.type}, which irkit "
+            f"artifacts cannot carry (numeric and bool tensors only){hint}")
+    dtype = value.type.dtype
     numpy_dtype = np.dtype(dtype.numpy)
     if numpy_dtype.hasobject or numpy_dtype.kind in "USO":
         raise BackendError(
@@ -56,7 +65,7 @@ def tensor_spec(value: Value, side: str, graph_name: str,
             "which irkit artifacts cannot carry (numeric and bool tensors only)")
     names = rename or {}
     shape = tuple(names.get(d, d) if isinstance(d, str) else d
-                  for d in value.type.shape)  # type: ignore[union-attr]
+                  for d in value.type.shape or ())
     try:
         return TensorSpec(value.name, numpy_dtype, shape)
     except ValueError as exc:

@@ -33,6 +33,7 @@ def case_dir(digits_models: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     np.save(root / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.save(root / "x.npy", np.zeros((1, 64), np.float32))
     np.save(root / "nan.npy", np.where(np.arange(64) == 5, np.nan, 0).astype(np.float32)[None])
+    (root / "zipmap.onnx").write_bytes(_zipmap_model())
     (root / "two.irk").write_text(textwrap.dedent(f"""
         pipeline a {{ model = onnx("{model}") inputs {{ x: f32[N, 64] }} target ort }}
         pipeline b {{ model = onnx("{model}") inputs {{ x: f32[N, 64] }} target ort }}
@@ -48,6 +49,28 @@ def case_dir(digits_models: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         }}
     """))
     return root
+
+
+def _zipmap_model() -> bytes:
+    """A scikit-learn-style classifier export: ONNX-ML LinearClassifier, then ZipMap, whose
+    output is a sequence of maps (class -> probability)."""
+    from onnx import TensorProto, helper
+
+    classify = helper.make_node(
+        "LinearClassifier", ["X"], ["label", "scores"], domain="ai.onnx.ml",
+        classlabels_ints=[0, 1], coefficients=[1.0, -1.0, 0.5, -0.5], intercepts=[0.0, 0.1],
+        post_transform="SOFTMAX")  # fmt: skip
+    zipmap = helper.make_node("ZipMap", ["scores"], ["probabilities"], domain="ai.onnx.ml",
+                              classlabels_int64s=[0, 1])  # fmt: skip
+    seq_of_maps = helper.make_value_info("probabilities", helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.INT64,
+                                   helper.make_tensor_type_proto(TensorProto.FLOAT, []))))  # fmt: skip
+    graph = helper.make_graph(
+        [classify, zipmap], "sklearn_like",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]), seq_of_maps])  # fmt: skip
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
 @pytest.fixture
@@ -82,6 +105,10 @@ BAD = [
     (["run", ART, "-i", "x={dir}/objects.npy"], "Python objects"),
     (["run", ART, "-i", "x={dir}/x.npy", "-i", "x={dir}/x.npy"], "more than once"),
     (["run", ART, "-i", "x={dir}/nan.npy"], "input 'x': NaN at index [0, 5]; "),
+    (["compile", "{dir}/zipmap.onnx", "--target", "ort", "-o", "{dir}/z"],
+     "output 'probabilities' is a seq<map<i64,f32[]>>"),
+    (["compile", "{dir}/zipmap.onnx", "--target", "ort", "-o", "{dir}/z"], "'zipmap': False"),
+    (["compile", "{dir}/zipmap.onnx", "--target", "llvm", "-o", "{dir}/z"], "--target ort"),
     (["optimize", MLP, "--passes", "fuse", "--eval", "missing.npz"], "no such file"),
     (["optimize", MLP, "--passes", "fuse", "--eval", EVAL, "--eval-input", "nosuch"],
      "nosuch"),

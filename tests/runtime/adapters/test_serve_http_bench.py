@@ -61,3 +61,32 @@ def test_h2load_sends_the_python_clients_request() -> None:
         assert lines[0] == f"POST /v2/models/{model}/infer HTTP/1.1"
         assert f"Content-Length: {len(body)}" in lines
         assert all(f"{name}: {value}" in lines for name, value in headers.items())
+
+
+def _fake_sysfs(root: Path, cores: list[int]) -> Path:
+    """A sysfs CPU tree where CPU k sits on physical core ``cores[k]`` of package 0."""
+    for cpu, core in enumerate(cores):
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text("0\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    return root
+
+
+def test_server_cpus_never_pair_smt_siblings(tmp_path: Path) -> None:
+    """Two server processes get CPUs on two physical cores, the load generator the rest."""
+    split = _bench().split_cpus
+    # 4 CPUs, siblings 0/2 and 1/3 (as many cloud VMs number them): servers 0 and 1,
+    # the load generator on their siblings
+    smt = _fake_sysfs(tmp_path / "a", [0, 1, 0, 1])
+    assert split("auto", 2, [0, 1, 2, 3], smt) == ({0, 1}, {2, 3})
+    # 8 CPUs, siblings 0/1, 2/3, ...: servers on cores 0 and 1, h2load on cores 2 and 3
+    pairs = _fake_sysfs(tmp_path / "b", [0, 0, 1, 1, 2, 2, 3, 3])
+    assert split("auto", 2, list(range(8)), pairs) == ({0, 2}, {4, 5, 6, 7})
+    # 2 CPUs: nothing left for the load generator at p=2, so no pinning; p=1 pins
+    plain = _fake_sysfs(tmp_path / "c", [0, 1])
+    assert split("auto", 2, [0, 1], plain) is None
+    assert split("auto", 1, [0, 1], plain) == ({0}, {1})
+    # one physical core cannot hold two servers
+    with pytest.raises(SystemExit, match="physical cores"):
+        split("2", 2, [0, 1, 2], _fake_sysfs(tmp_path / "d", [0, 0, 0]))
