@@ -182,10 +182,12 @@ class KernelBackend:
         from irkit.lower.control import is_host_node
         from irkit.lower.dynamic import prepare_dynamic
         from irkit.lower.legalize import legalize
+        from irkit.lower.onnx_ml import name_unknown_input_dims
 
         opts = self.resolve(options)
         targets = self.targets(opts)
         graph = prepare_dynamic(graph, self.name, self.dynamic_shapes, BackendUnsupportedError)
+        graph = name_unknown_input_dims(graph)  # skl2onnx leaves the batch dim unnamed
         start = time.perf_counter()
         compiled = _Compiled()
         notes: list[Any] = []
