@@ -182,7 +182,7 @@ class KernelBackend:
         from irkit.lower.control import is_host_node
         from irkit.lower.dynamic import prepare_dynamic
         from irkit.lower.legalize import legalize
-        from irkit.lower.onnx_ml import name_unknown_input_dims
+        from irkit.lower.onnx_ml import adopt_output_types, name_unknown_input_dims
 
         opts = self.resolve(options)
         targets = self.targets(opts)
@@ -217,6 +217,7 @@ class KernelBackend:
         for note in notes:
             if "fallback_ops" in note:
                 entry["fallback_ops"] = note["fallback_ops"]
+        graph = adopt_output_types(graph, legal)  # ONNX-ML outputs are typed once rewritten
         return build_artifact(graph, backend=self.name,
                               target=",".join(t.name for t in targets),
                               files=compiled.files, entry=entry, options=opts, report=notes,

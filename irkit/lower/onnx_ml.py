@@ -44,9 +44,10 @@ class Refused(Exception):
 class MLBuilder:
     """Emits standard ops in front of ``anchor`` (the node being replaced)."""
 
-    def __init__(self, graph: Graph, anchor: Node) -> None:
+    def __init__(self, graph: Graph, anchor: Node, trees: str = "walk") -> None:
         self.graph = graph
         self.anchor = anchor
+        self.trees = trees  # how tree ensembles are lowered: "walk" or "gemm"
 
     def op(self, op: str, inputs: Sequence[Value | None], **attrs: Any) -> Value:
         return self.graph.add_node(op, inputs, attrs or None, before=self.anchor).output
@@ -78,29 +79,31 @@ class MLBuilder:
         return self.op("Where", [cond, a, b])
 
 
-def legalize_onnx_ml(graph: Graph, lowers: Callable[[str, str], bool]) -> Graph:
+def legalize_onnx_ml(graph: Graph, lowers: Callable[[str, str], bool], trees: str = "walk"
+                     ) -> Graph:
     """``graph`` itself when it holds no ONNX-ML node to rewrite, else a re-typed copy with
-    every ``ai.onnx.ml`` node the lowering lacks replaced by standard ops."""
+    every ``ai.onnx.ml`` node the lowering lacks replaced by standard ops (tree ensembles
+    by ``trees``: "walk" or "gemm", see :mod:`.onnx_ml_trees`)."""
     if not any(n.domain == ML_DOMAIN and not lowers(n.op, n.domain) for n in graph.nodes):
         return graph
     _refuse_unrepresentable(graph)
     current = graph
     for _ in range(MAX_ROUNDS):  # a rewrite may need the types of an earlier one's output
         work = current.clone()
-        if not _rewrite_round(work, lowers):
+        if not _rewrite_round(work, lowers, trees):
             break
         current = _retype(work)
     return current
 
 
-def _rewrite_round(work: Graph, lowers: Callable[[str, str], bool]) -> bool:
+def _rewrite_round(work: Graph, lowers: Callable[[str, str], bool], trees: str) -> bool:
     changed = False
     for node in list(work.nodes):
         rewrite = REWRITES.get(node.op)
         if node.domain != ML_DOMAIN or rewrite is None or lowers(node.op, node.domain):
             continue
         try:
-            outs = rewrite(MLBuilder(work, node), node)
+            outs = rewrite(MLBuilder(work, node, trees), node)
         except Refused as exc:
             _log.debug("%s stays: %s", node.describe(), exc)
             continue
@@ -132,6 +135,23 @@ def name_unknown_input_dims(graph: Graph) -> Graph:
                       for i, d in enumerate(t.shape))
         value.type = TensorType(t.dtype, shape)
     return _retype(work)
+
+
+def adopt_output_types(graph: Graph, typed: Graph) -> Graph:
+    """``graph`` itself when its outputs have known ranks, else a copy whose outputs of
+    unknown rank take their types from the same-named outputs of ``typed`` (the legalized
+    graph: ONNX gives most ONNX-ML outputs no shape until they are rewritten)."""
+    types = {v.name: v.type for v in typed.outputs if isinstance(v.type, TensorType)
+             and v.type.shape is not None}
+    if all((isinstance(v.type, TensorType) and v.type.shape is not None)
+           or v.name not in types for v in graph.outputs):
+        return graph
+    work = graph.clone()
+    for value in work.outputs:
+        if (not isinstance(value.type, TensorType) or value.type.shape is None) and \
+                value.name in types:
+            value.type = types[value.name]
+    return work
 
 
 def _refuse_unrepresentable(graph: Graph) -> None:

@@ -11,7 +11,10 @@ rewritten into standard ops, two ways:
   for every row (``GatherElements``), compares, and moves to ``child + (not taken)``.
   Leaves loop to themselves through a sentinel feature column that is always 0.
 
-The choice is by measured speed (:data:`GEMM_MAX_DEPTH`, see the README's figures). Every
+``walk`` is the default: measured against ORT's TreeEnsemble (1 thread, batch 1 and 1000,
+100-tree ensembles of depth 1 to 17) it was as fast as ``gemm`` on stumps and faster on
+everything deeper (gemm's work grows with 2^depth per tree, the walk's with depth); the
+pass option ``legalize-onnx-ml{trees=gemm}`` picks gemm for sum-aggregated ensembles. Every
 mode (BRANCH_LEQ/LT/GTE/GT/EQ/NEQ) is first put in one of three canonical forms
 (``x <= t``, ``x < t``, ``x == t``) by swapping the children where needed, and
 ``nodes_missing_value_tracks_true`` becomes a per-split "NaN takes the first child" flag,
@@ -40,7 +43,7 @@ from irkit.lower.onnx_ml import (
     take_labels,
 )
 
-GEMM_MAX_DEPTH = 3  # measured: deeper trees walk (see module docstring)
+TREE_LOWERINGS = ("walk", "gemm")
 MAX_EXPANDED_NODES = 1 << 20  # a DAG of shared subtrees is expanded up to this many nodes
 LEQ, LT, EQ = 0, 1, 2
 # mode -> (canonical comparison, children swapped, NaN takes the canonical first child
@@ -102,7 +105,7 @@ def rewrite_tree_ensemble(b: MLBuilder, node: Node, kind: str) -> list[Value]:
 
 
 # -- parsing ------------------------------------------------------------------------------
-def parse(node: Node, prefix: str, n_targets: int, compare_dtype: np.dtype) -> Ensemble:
+def parse(node: Node, prefix: str, n_targets: int) -> Ensemble:
     tree_ids = [int(v) for v in node.attr("nodes_treeids") or ()]
     node_ids = [int(v) for v in node.attr("nodes_nodeids") or ()]
     features = [int(v) for v in node.attr("nodes_featureids") or ()]
@@ -131,7 +134,7 @@ def parse(node: Node, prefix: str, n_targets: int, compare_dtype: np.dtype) -> E
         except KeyError as exc:
             raise Refused(f"child {exc} of tree {tree_ids[i]} missing") from None
         first, second = (false_i, true_i) if swap else (true_i, false_i)
-        threshold = _threshold(values[i], compare, doubles, compare_dtype)
+        threshold = _threshold(values[i], doubles)
         splits[i] = Split(features[i], threshold, compare, nan_first[tracks[i]], first, second)
     children = {c for s in splits.values() for c in (s.first, s.second)}
     roots: dict[int, int] = {}
@@ -159,19 +162,9 @@ def parse(node: Node, prefix: str, n_targets: int, compare_dtype: np.dtype) -> E
     return ens
 
 
-def _threshold(value: float, compare: int, doubles: bool, dtype: np.dtype) -> float:
-    """The threshold in the comparison dtype giving the same answers as ORT's comparison
-    (a float input against a double threshold is compared in double)."""
-    if not doubles or dtype == np.float64:
-        return float(np.float32(value)) if not doubles else value
-    near = np.float32(value)
-    if float(near) == value:
-        return float(near)
-    if compare == EQ:
-        return float("nan")  # no float32 equals it
-    down = near if float(near) < value else np.nextafter(near, np.float32(-np.inf))
-    up = np.nextafter(down, np.float32(np.inf))
-    return float(down if compare == LEQ else up)  # x <= t iff x <= down; x < t iff x < up
+def _threshold(value: float, doubles: bool) -> float:
+    """The threshold as ORT holds it: float32 unless given as a double tensor."""
+    return value if doubles else float(np.float32(value))
 
 
 def _depth(ens: Ensemble) -> int:
@@ -202,15 +195,15 @@ def _depth(ens: Ensemble) -> int:
 
 # -- evaluation ---------------------------------------------------------------------------
 def _prepare_input(b: MLBuilder, node: Node) -> tuple[Value, np.dtype]:
+    """The input as a float matrix in the dtype splits compare in: double for a double
+    input or double thresholds (ORT compares in the wider type), else float32 (an integer
+    input is converted as C++ converts it to float)."""
     x = node.inputs[0]
     assert x is not None
-    if x.dtype == DType.FLOAT64:
-        return b.as_matrix(x), np.dtype(np.float64)
+    if x.dtype == DType.FLOAT64 or node.attr("nodes_values_as_tensor") is not None:
+        wide = x if x.dtype == DType.FLOAT64 else b.op("Cast", [x], to=11)
+        return b.as_matrix(wide), np.dtype(np.float64)
     return b.as_matrix(b.as_float(x)), np.dtype(np.float32)
-
-
-def strategy(ens: Ensemble, reduce: str) -> str:
-    return "gemm" if reduce == "sum" and ens.depth <= GEMM_MAX_DEPTH else "walk"
 
 
 def evaluate(b: MLBuilder, ens: Ensemble, x: Value, dtype: np.dtype, reduce: str,
@@ -219,7 +212,7 @@ def evaluate(b: MLBuilder, ens: Ensemble, x: Value, dtype: np.dtype, reduce: str
     combined over the trees by ``reduce``: ``[N, K']`` float32."""
     if ens.depth == 0:
         raise Refused("every tree is a single leaf")
-    if strategy(ens, reduce) == "gemm":
+    if b.trees == "gemm" and reduce == "sum":  # min/max need each tree's value: walk
         return _gemm(b, ens, x, dtype, columns)
     return _walk(b, ens, x, dtype, reduce, columns)
 
@@ -499,7 +492,7 @@ def _regressor(b: MLBuilder, node: Node) -> list[Value]:
             "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO")):
         raise Refused(f"post_transform {transform!r}")
     x, dtype = _prepare_input(b, node)
-    ens = parse(node, "target", k, dtype)
+    ens = parse(node, "target", k)
     out, has = _votes(b, ens, x, dtype, reduce)
     if aggregate == "AVERAGE":
         out = b.op("Div", [out, b.const(np.float32(len(ens.roots)))])
@@ -520,7 +513,7 @@ def _classifier(b: MLBuilder, node: Node) -> list[Value]:
     if len(labels) < 2 or transform == "PROBIT":
         raise Refused("fewer than two int labels" if len(labels) < 2 else "PROBIT")
     x, dtype = _prepare_input(b, node)
-    ens = parse(node, "class", len(labels), dtype)
+    ens = parse(node, "class", len(labels))
     sums, has = _votes(b, ens, x, dtype, "sum")
     base = floats(node, "base_values")
     if len(labels) > 2:
