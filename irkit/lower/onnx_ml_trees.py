@@ -496,15 +496,19 @@ def _regressor(b: MLBuilder, node: Node) -> list[Value]:
     out, has = _votes(b, ens, x, dtype, reduce)
     if aggregate == "AVERAGE":
         out = b.op("Div", [out, b.const(np.float32(len(ens.roots)))])
-    if reduce != "sum" and not all(h is True for h in has):
-        out = b.op("Concat", [_mask(b, h, _column(b, out, j)) for j, h in enumerate(has)],
-                   axis=1)
     base = floats(node, "base_values")
+    if k == 1:  # ORT's one-target path: a min/max without any vote is the base alone
+        if reduce != "sum":
+            out = _mask(b, has[0], out)
+        if len(base) == 1:
+            out = b.op("Add", [out, b.const(np.array(base, np.float32), "base_values")])
+        return [out]  # and every transform but PROBIT is ignored there
     if len(base) == k:
         out = b.op("Add", [out, b.const(np.array(base, np.float32), "base_values")])
-    if k > 1:  # ORT ignores every transform but PROBIT for a single target
-        out = post_transform(b, out, transform)
-    return [out]
+    if not all(h is True for h in has):  # a target no reached leaf votes for is written 0
+        out = b.op("Concat", [_mask(b, h, _column(b, out, j)) for j, h in enumerate(has)],
+                   axis=1)
+    return [post_transform(b, out, transform)]
 
 
 def _classifier(b: MLBuilder, node: Node) -> list[Value]:
@@ -579,8 +583,9 @@ def _binary(b: MLBuilder, labels: list[int], sums: Value, has: list[Has], base: 
         return [label, two]
     if additional == -1:
         raise Refused("ORT leaves the second score unwritten here")
-    if additional == 0:
-        one = b.op("Concat", [b.op("Sub", [b.const(f32(1.0)), z0]), z0], axis=1)
+    if additional == 0:  # [1 - p, p]: p the score, or its sigmoid for LOGISTIC
+        p = b.op("Sigmoid", [z0]) if transform == "LOGISTIC" else z0
+        one = b.op("Concat", [b.op("Sub", [b.const(f32(1.0)), p]), p], axis=1)
     elif transform == "LOGISTIC":
         one = b.op("Concat", [b.op("Sigmoid", [b.op("Neg", [z0])]), b.op("Sigmoid", [z0])],
                    axis=1)
