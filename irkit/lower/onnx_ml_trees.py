@@ -28,7 +28,7 @@ the argmax and written as 0), the binary cases (one voted class; ``base_values``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +57,13 @@ _CANONICAL: dict[str, tuple[int, bool, tuple[bool, bool]]] = {
     "BRANCH_NEQ": (EQ, True, (False, False)),  # NaN != t holds: the original true child
 }
 _COMPARE = {LEQ: "LessOrEqual", LT: "Less", EQ: "Equal"}
+
+
+def _sum(ws: list[float]) -> float:
+    return float(sum(ws))
+
+
+_COMBINE: dict[str, Callable[[list[float]], float]] = {"sum": _sum, "min": min, "max": max}
 
 Has = Value | bool  # whether a class has a vote: known now, or per row ([N, 1] bool)
 
@@ -88,7 +95,7 @@ class Ensemble:
         missing = {"sum": 0.0, "min": np.inf, "max": -np.inf}[reduce]
         weights = np.full((len(order), self.n_targets), missing, np.float32)
         has = np.zeros((len(order), self.n_targets), bool)
-        combine = {"sum": sum, "min": min, "max": max}[reduce]
+        combine: Callable[[list[float]], float] = _COMBINE[reduce]
         for row, leaf in enumerate(order):
             for k, ws in self.leaves[leaf].items():
                 weights[row, k] = np.float32(combine(ws))
