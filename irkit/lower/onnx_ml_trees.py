@@ -44,7 +44,8 @@ from irkit.lower.onnx_ml import (
 )
 
 TREE_LOWERINGS = ("walk", "gemm")
-MAX_EXPANDED_NODES = 1 << 20  # a DAG of shared subtrees is expanded up to this many nodes
+MAX_EXPANDED_NODES = 1 << 20
+GEMM_MAX_ELEMENTS = 1 << 24  # path-matrix entries (T x leaves x splits) gemm may use  # a DAG of shared subtrees is expanded up to this many nodes
 LEQ, LT, EQ = 0, 1, 2
 # mode -> (canonical comparison, children swapped, NaN takes the canonical first child
 # when missing_value_tracks_true is (False, True))
@@ -219,9 +220,26 @@ def evaluate(b: MLBuilder, ens: Ensemble, x: Value, dtype: np.dtype, reduce: str
     combined over the trees by ``reduce``: ``[N, K']`` float32."""
     if ens.depth == 0:
         raise Refused("every tree is a single leaf")
-    if b.trees == "gemm" and reduce == "sum":  # min/max need each tree's value: walk
+    if b.trees == "gemm" and reduce == "sum" and _gemm_elements(ens) <= GEMM_MAX_ELEMENTS:
+        # (min/max need each tree's own value, and deep trees' path matrices explode: walk)
         return _gemm(b, ens, x, dtype, columns)
     return _walk(b, ens, x, dtype, reduce, columns)
+
+
+def _gemm_elements(ens: Ensemble) -> int:
+    """Entries of gemm's ``[T, L, M]`` path matrix (trees padded to the largest)."""
+    sizes = [(len(_leaves_of(ens, r)), _split_count(ens, r)) for r in ens.roots]
+    return len(sizes) * max(n for n, _ in sizes) * max(1, max(m for _, m in sizes))
+
+
+def _split_count(ens: Ensemble, root: int) -> int:
+    count, stack = 0, [root]
+    while stack:
+        s = ens.splits.get(stack.pop())
+        if s is not None:
+            count += 1
+            stack.extend([s.first, s.second])
+    return count
 
 
 def _compare(b: MLBuilder, xv: Value, thr: Value, codes: Sequence[int], kinds: Value | None
