@@ -6,6 +6,7 @@ equal, scores to 1e-4) before timing.
 
     python benchmarks/bench_trees.py                       # synthetic ensembles
     python benchmarks/bench_trees.py rf.onnx gbr.onnx      # your exports (f32 [N, F] input)
+    python benchmarks/bench_trees.py --digits rf.onnx      # ... trained on sklearn's digits
     python benchmarks/bench_trees.py --arch native --repeat 11
 
 Synthetic ensembles: perfect trees of random splits over 64 features (BRANCH_LEQ),
@@ -76,7 +77,8 @@ def cpu_median(fn: Callable[[], Any], repeat: int, inner: int) -> float:
     return statistics.median(times)
 
 
-def bench(name: str, model: Any, arch: str, repeat: int, work: Path) -> list[str]:
+def bench(name: str, model: Any, arch: str, repeat: int, work: Path,
+          rows_from: np.ndarray | None = None) -> list[str]:
     import onnxruntime as ort
 
     import irkit
@@ -101,9 +103,8 @@ def bench(name: str, model: Any, arch: str, repeat: int, work: Path) -> list[str
         seconds = time.perf_counter() - start
         compiled = irkit.runtime.load(art, threads=1)
         for batch in (1, 1000):
-            x = rng.normal(size=(batch, width)).astype(np.float32)
-            if "digits" in name:
-                x = np.abs(x * 8).round()
+            x = (rng.normal(size=(batch, width)).astype(np.float32) if rows_from is None
+                 else rows_from[rng.integers(0, len(rows_from), batch)])
             want = session.run(None, {input_name: x})
             got = compiled(**{input_name: x})
             for out, expected in zip(session.get_outputs(), want):
@@ -125,7 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", nargs="*", help="ONNX files with tree ensembles")
     parser.add_argument("--arch", default="x86-64-v3")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--digits", action="store_true",
+                        help="inputs: rows of scikit-learn's digits (models trained on them)")
     args = parser.parse_args(argv)
+    rows_from = None
+    if args.digits:
+        from sklearn.datasets import load_digits
+
+        rows_from = load_digits().data.astype(np.float32)
     import onnx
 
     cases = [(Path(p).stem, onnx.load(p)) for p in args.models] or [
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
           f"|---|---|---:|---:|---:|---:|---:|  (arch {args.arch}, 1 thread, CPU time)")
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in cases:
-            for row in bench(name, model, args.arch, args.repeat, Path(tmp)):
+            for row in bench(name, model, args.arch, args.repeat, Path(tmp), rows_from):
                 print(row, flush=True)
     return 0
 

@@ -87,7 +87,7 @@ def legalize_onnx_ml(graph: Graph, lowers: Callable[[str, str], bool], trees: st
     if not any(n.domain == ML_DOMAIN and not lowers(n.op, n.domain) for n in graph.nodes):
         return graph
     _refuse_unrepresentable(graph)
-    current = graph
+    current = name_unknown_input_dims(graph)  # else outputs get dims of their own (unk__0)
     for _ in range(MAX_ROUNDS):  # a rewrite may need the types of an earlier one's output
         work = current.clone()
         if not _rewrite_round(work, lowers, trees):
@@ -138,18 +138,27 @@ def name_unknown_input_dims(graph: Graph) -> Graph:
 
 
 def adopt_output_types(graph: Graph, typed: Graph) -> Graph:
-    """``graph`` itself when its outputs have known ranks, else a copy whose outputs of
-    unknown rank take their types from the same-named outputs of ``typed`` (the legalized
-    graph: ONNX gives most ONNX-ML outputs no shape until they are rewritten)."""
+    """``graph`` itself when its outputs' shapes are fully known, else a copy whose outputs
+    of unknown rank or with unnamed dims take their types from the same-named outputs of
+    ``typed`` (the legalized graph: ONNX gives most ONNX-ML outputs no shape until they
+    are rewritten, and skl2onnx leaves the batch dim unnamed)."""
     types = {v.name: v.type for v in typed.outputs if isinstance(v.type, TensorType)
              and v.type.shape is not None}
-    if all((isinstance(v.type, TensorType) and v.type.shape is not None)
-           or v.name not in types for v in graph.outputs):
+
+    def wants(value: Value) -> bool:
+        t, new = value.type, types.get(value.name)
+        if new is None or not isinstance(new, TensorType):
+            return False
+        if not isinstance(t, TensorType) or t.shape is None:
+            return True
+        return (None in t.shape and new.shape is not None and len(new.shape) == len(t.shape)
+                and new.dtype == t.dtype)
+
+    if not any(wants(v) for v in graph.outputs):
         return graph
     work = graph.clone()
     for value in work.outputs:
-        if (not isinstance(value.type, TensorType) or value.type.shape is None) and \
-                value.name in types:
+        if wants(value):
             value.type = types[value.name]
     return work
 
@@ -198,7 +207,15 @@ def _retype(graph: Graph) -> Graph:
     from irkit.interop.onnx_export import to_onnx
     from irkit.interop.onnx_import import load_onnx
 
-    model = onnx.shape_inference.infer_shapes(to_onnx(graph, check=False), data_prop=True)
+    model = to_onnx(graph, check=False)
+    # Values of standard ops are typed afresh: a kept type would keep an unnamed or
+    # inference-made dim (unk__3) where the input's dim is now named.
+    standard = {out for node in model.graph.node if node.domain in ("", "ai.onnx", ML_DOMAIN)
+                for out in node.output}
+    kept = [vi for vi in model.graph.value_info if vi.name not in standard]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     typed = load_onnx(model, infer_shapes=False)
     typed.name = graph.name
     typed.history = list(graph.history)
