@@ -321,7 +321,7 @@ def rewrite_linear_classifier(b: MLBuilder, node: Node) -> list[Value]:
         positive = b.op("Greater", [scores, b.const(np.float32(0.0))])
         pair = labels if len(labels) == 2 else [0, 1]
         label = b.op("Where", [positive, b.const(np.int64(pair[1])), b.const(np.int64(pair[0]))])
-        label = b.op("Reshape", [label, b.ints([-1])])
+        label = b.op("Squeeze", [label, b.ints([1])])  # [N, 1] -> [N], N kept
         if len(labels) != 2:
             return [label, post_transform(b, scores, transform)]
         if transform == "LOGISTIC":

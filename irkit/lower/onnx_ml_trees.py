@@ -602,7 +602,7 @@ def _binary(b: MLBuilder, labels: list[int], sums: Value, has: list[Has], base: 
     else:
         positive = b.op("Greater", [pos, b.const(f32(0.0))])
         label = b.op("Cast", [positive], to=7)  # ORT writes 1 / 0 here, not the labels
-    label = b.op("Reshape", [label, b.ints([-1])])
+    label = b.op("Squeeze", [label, b.ints([1])])  # [N, 1] -> [N], N kept
     two = post_transform(b, b.op("Concat", [z0, z1], axis=1), transform)
     if keeps_two is True:
         return [label, two]
