@@ -183,6 +183,7 @@ class KernelBackend:
         from irkit.lower.dynamic import prepare_dynamic
         from irkit.lower.legalize import legalize
         from irkit.lower.onnx_ml import adopt_output_types, name_unknown_input_dims
+        from irkit.lower.onnx_ml_trees import tree_notes
 
         opts = self.resolve(options)
         targets = self.targets(opts)
@@ -190,7 +191,7 @@ class KernelBackend:
         graph = name_unknown_input_dims(graph)  # skl2onnx leaves the batch dim unnamed
         start = time.perf_counter()
         compiled = _Compiled()
-        notes: list[Any] = []
+        notes: list[Any] = tree_notes(graph)
         for target in targets:
             caps = self.capabilities(target)
             legal = legalize(graph, caps)

@@ -275,3 +275,22 @@ def test_string_labels_name_the_node_and_the_fix() -> None:
     model.graph.output[0].type.tensor_type.elem_type = TensorProto.STRING
     with pytest.raises(UnsupportedOpsError, match=r"classlabels_strings.*LabelEncoder"):
         irkit.compile(irkit.load_model(model), target="llvm")
+
+
+def test_unbalanced_trees_get_a_compile_note() -> None:
+    """One-sided trees (deepest path 9, a random path 2 on average) ran slower than ORT:
+    the compile report says so; balanced random trees get no note."""
+    ids = list(range(19))  # split 2i: true -> leaf 2i+1, false -> node 2i+2; last: leaf
+    chain = helper.make_node(
+        "TreeEnsembleRegressor", ["x"], ["chain"], domain=ML, n_targets=1,
+        nodes_treeids=[0] * 19, nodes_nodeids=ids, nodes_featureids=[0] * 19,
+        nodes_modes=["BRANCH_LEQ" if i % 2 == 0 and i < 18 else "LEAF" for i in ids],
+        nodes_values=[0.0] * 19,
+        nodes_truenodeids=[i + 1 if i % 2 == 0 and i < 18 else 0 for i in ids],
+        nodes_falsenodeids=[i + 2 if i % 2 == 0 and i < 18 else 0 for i in ids],
+        target_treeids=[0] * 10, target_nodeids=[*range(1, 19, 2), 18], target_ids=[0] * 10,
+        target_weights=[float(i) for i in range(10)])
+    balanced = regressor(np.random.default_rng(2), "balanced", 4, 6)
+    notes = onnx_ml_trees.tree_notes(irkit.load_model(ml_model([chain, balanced])))
+    assert len(notes) == 1
+    assert "deepest path 9 splits" in notes[0]["note"] and "--target ort" in notes[0]["note"]
