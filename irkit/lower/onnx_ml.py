@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 
 from irkit.errors import UnsupportedOpsError
-from irkit.ir import DType, Graph, Node, TensorType, Value
+from irkit.ir import DEFAULT_OPSET, DType, Graph, Node, TensorType, Value
 
 _log = logging.getLogger(__name__)
 
 ML_DOMAIN = "ai.onnx.ml"
 MAX_ROUNDS = 8
+MIN_OPSET = 13  # Squeeze/Unsqueeze/Slice/Pad/ReduceSum take their sizes as inputs
 SOFTMAX_ZERO_EPS = 1e-7  # ORT's SOFTMAX_ZERO leaves |v| <= this out of the sum
 
 
@@ -48,6 +49,16 @@ class MLBuilder:
         self.graph = graph
         self.anchor = anchor
         self.trees = trees  # how tree ensembles are lowered: "walk" or "gemm"
+        self.opset = graph.opset_imports.get("", DEFAULT_OPSET)
+        if self.opset < MIN_OPSET:
+            raise Refused(f"default-domain opset {self.opset}; {MIN_OPSET} or newer needed")
+
+    def reduce(self, op: str, x: Value, axis: int, keepdims: int = 1) -> Value:
+        """``op`` (ReduceSum, ReduceMax, …) over one axis, in the graph opset's form (axes
+        an input from opset 18 on, ReduceSum's from 13)."""
+        if self.opset >= 18 or (op == "ReduceSum" and self.opset >= 13):
+            return self.op(op, [x, self.ints([axis])], keepdims=keepdims)
+        return self.op(op, [x], axes=[axis], keepdims=keepdims)
 
     def op(self, op: str, inputs: Sequence[Value | None], **attrs: Any) -> Value:
         return self.graph.add_node(op, inputs, attrs or None, before=self.anchor).output
@@ -88,12 +99,29 @@ def legalize_onnx_ml(graph: Graph, lowers: Callable[[str, str], bool], trees: st
         return graph
     _refuse_unrepresentable(graph)
     current = name_unknown_input_dims(graph)  # else outputs get dims of their own (unk__0)
+    if "" not in current.opset_imports and "ai.onnx" not in current.opset_imports:
+        current = current.clone()  # an ML-only model: the rewrite brings standard ops
+        current.opset_imports[""] = DEFAULT_OPSET
+    from onnx.shape_inference import InferenceError
+
+    from irkit.errors import IrkitError
+
     for _ in range(MAX_ROUNDS):  # a rewrite may need the types of an earlier one's output
         work = current.clone()
         if not _rewrite_round(work, lowers, trees):
             break
-        current = _retype(work)
-    return current
+        try:
+            current = _retype(work)
+        except (IrkitError, InferenceError, ValueError, RuntimeError) as exc:
+            # ONNX could not type the rewrite: the ops stay and the lowering names them
+            _log.debug("re-typing the rewritten %r failed: %s", graph.name, exc)
+            break
+    return current if current is not graph and _changed(graph, current) else graph
+
+
+def _changed(graph: Graph, current: Graph) -> bool:
+    return sum(n.domain == ML_DOMAIN for n in current.nodes) < sum(
+        n.domain == ML_DOMAIN for n in graph.nodes)
 
 
 def _rewrite_round(work: Graph, lowers: Callable[[str, str], bool], trees: str) -> bool:
@@ -247,12 +275,12 @@ def post_transform(b: MLBuilder, scores: Value, transform: str) -> Value:
     if transform == "SOFTMAX_ZERO":
         # exp(v - max) over the values with |v| > eps; the others become v * exp(-max)
         # and stay out of the sum (ORT's ComputeSoftmaxZero).
-        top = b.op("ReduceMax", [scores], keepdims=1)
+        top = b.reduce("ReduceMax", scores, -1)
         big = b.op("Greater", [b.op("Abs", [scores]), b.const(np.float32(SOFTMAX_ZERO_EPS))])
         exp = b.op("Exp", [b.op("Sub", [scores, top])])
         small = b.op("Mul", [scores, b.op("Exp", [b.op("Neg", [top])])])
         zero = b.const(np.float32(0.0))
-        total = b.op("ReduceSum", [b.op("Where", [big, exp, zero]), b.ints([-1])], keepdims=1)
+        total = b.reduce("ReduceSum", b.op("Where", [big, exp, zero]), -1)
         return b.op("Div", [b.op("Where", [big, exp, small]), total])
     raise Refused(f"post_transform {transform!r}")
 
@@ -275,13 +303,12 @@ def rewrite_scaler(b: MLBuilder, node: Node) -> list[Value]:
 def rewrite_normalizer(b: MLBuilder, node: Node) -> list[Value]:
     x = b.as_float(node.inputs[0])  # type: ignore[arg-type]
     norm = node.attr("norm", "MAX")
-    axes = b.ints([-1])
     if norm == "MAX":
-        denom = b.op("ReduceMax", [x, axes], keepdims=1)
+        denom = b.reduce("ReduceMax", x, -1)
     elif norm == "L1":
-        denom = b.op("ReduceSum", [b.op("Abs", [x]), axes], keepdims=1)
+        denom = b.reduce("ReduceSum", b.op("Abs", [x]), -1)
     elif norm == "L2":
-        denom = b.op("Sqrt", [b.op("ReduceSumSquare", [x, axes], keepdims=1)])
+        denom = b.op("Sqrt", [b.reduce("ReduceSumSquare", x, -1)])
     else:
         raise Refused(f"norm {norm!r}")
     zero = b.op("Equal", [denom, b.const(np.float32(0.0))])

@@ -409,7 +409,7 @@ def _walk(b: MLBuilder, ens: Ensemble, x: Value, dtype: np.dtype, reduce: str,
                                b.op("Cast", [cond], to=7)])
     values = b.op("Gather", [b.const(layout.values, "leaf_values"), current], axis=0)
     op = {"sum": "ReduceSum", "min": "ReduceMin", "max": "ReduceMax"}[reduce]
-    return b.op(op, [values, b.ints([1])], keepdims=0)  # [N, T, K] -> [N, K]
+    return b.reduce(op, values, 1, keepdims=0)  # [N, T, K] -> [N, K]
 
 
 def _width(x: Value) -> int:
