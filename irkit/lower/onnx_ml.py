@@ -170,8 +170,12 @@ def adopt_output_types(graph: Graph, typed: Graph) -> Graph:
     of unknown rank or with unnamed dims take their types from the same-named outputs of
     ``typed`` (the legalized graph: ONNX gives most ONNX-ML outputs no shape until they
     are rewritten, and skl2onnx leaves the batch dim unnamed)."""
+    named = {d for v in typed.inputs if isinstance(v.type, TensorType)
+             for d in v.type.shape or () if isinstance(d, str)}
+    # only types whose dims are numbers or the inputs' names (never inference's unk__N)
     types = {v.name: v.type for v in typed.outputs if isinstance(v.type, TensorType)
-             and v.type.shape is not None}
+             and v.type.shape is not None
+             and all(isinstance(d, int) or d in named for d in v.type.shape)}
 
     def wants(value: Value) -> bool:
         t, new = value.type, types.get(value.name)
