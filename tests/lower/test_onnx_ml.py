@@ -211,7 +211,7 @@ ALL_MODES = tuple(onnx_ml_trees._CANONICAL)
 
 
 def tree_nodes(rng: np.random.Generator) -> list[Any]:
-    deep = 6
+    deep = 5
     return [
         # LEQ vs LT on inputs that sit on the thresholds, NaN inputs; shallow and deep
         regressor(rng, "reg_leq_shallow", 6, 3, base=[0.25]),
