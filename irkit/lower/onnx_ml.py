@@ -10,7 +10,8 @@ CPU kernels compute (checked against ORT 1.32):
   SOFTMAX, SOFTMAX_ZERO; int labels). One coefficient row with two labels is ORT's binary
   case: label ``labels[1]`` when the score is > 0, scores ``[1 - s, s]`` (LOGISTIC:
   ``[1 - p, p]`` with ``p = sigmoid(s)``).
-- ``Binarizer``, ``Imputer`` (float), ``ArrayFeatureExtractor``.
+- ``Binarizer`` (``x > threshold``; a NaN gives 0 where ORT raises), ``Imputer`` (float),
+  ``ArrayFeatureExtractor``.
 - ``TreeEnsembleRegressor`` / ``TreeEnsembleClassifier``: :mod:`.onnx_ml_trees`.
 
 String class labels and ``ZipMap`` (a sequence of maps) cannot be carried by an artifact:
