@@ -163,7 +163,15 @@ def name_unknown_input_dims(graph: Graph) -> Graph:
         shape = tuple(("N" if i == 0 else f"N_{value.name}_{i}") if d is None else d
                       for i, d in enumerate(t.shape))
         value.type = TensorType(t.dtype, shape)
-    return _retype(work)
+    from onnx.shape_inference import InferenceError
+
+    from irkit.errors import IrkitError
+
+    try:
+        return _retype(work)
+    except (IrkitError, InferenceError, ValueError, RuntimeError) as exc:
+        _log.debug("naming the unnamed input dims of %r failed: %s", graph.name, exc)
+        return graph  # the lowering names the unknown dims
 
 
 def adopt_output_types(graph: Graph, typed: Graph) -> Graph:
