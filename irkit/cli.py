@@ -203,6 +203,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from irkit.api import compile as compile_graph
     from irkit.api import optimize
     from irkit.builder import build_spec
+    from irkit.passes.manager import PassError
 
     arch = _arch_list(args.arch)
     if args.source.endswith(".irk"):
@@ -217,7 +218,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if Path(args.source).is_file():
         graph.name = Path(args.source).stem  # exporters' names ("main_graph") say nothing
     if args.passes:
-        graph = optimize(graph, args.passes)
+        # the passes that depend on the CPU (quantize's weight range) read the targets
+        # compiled for, not the build host
+        try:
+            graph = optimize(graph, args.passes, target=arch or ["native"])
+        except PassError as exc:
+            if "needs calibration data" not in str(exc):
+                raise
+            raise IrkitError(f"{exc}: `irkit compile --passes` has no calibration data; run "
+                             "`irkit optimize MODEL --passes ... --calibration DATA.npz -o "
+                             "q.onnx` and compile q.onnx, or use a spec (quantize { calibrate "
+                             "= npz(...) })") from None
     target = args.target or ("llvm" if arch else "ort")
     started = time.perf_counter()
     artifact = compile_graph(graph, target=target, **({"arch": arch} if arch else {}))

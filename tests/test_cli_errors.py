@@ -117,6 +117,8 @@ BAD = [
      "nosuch"),
     (["optimize", MLP, "--passes", "nosuchpass"], "nosuchpass"),
     (["optimize", MLP, "--passes", "fuse", "-o", "{dir}/no/such/q.onnx"], "no such directory"),
+    (["compile", MLP, "--arch", "x86-64-v3", "--passes", "quantize{{mode=static}}"],
+     "--calibration DATA.npz"),
     (["bench", MLP, "--against", "tensorflow"], "tensorflow"),
     (["bench", MLP, "--batch", "x"], "--batch"),
     (["bench", MLP, "--target", "nope"], "nope"),

@@ -310,3 +310,24 @@ def test_onnxruntime_qdq_model_compiles_to_int8_kernels(tmp_path: Path) -> None:
     got = irkit.runtime.load(art.save(tmp_path / "art"), threads=1)(x=x)["y"]
     want = irkit.evaluate(saved, {"x": x})["y"]
     np.testing.assert_allclose(got, want, atol=0.02 * np.abs(want).max())
+
+
+def test_compile_cli_quantizes_for_the_arch_compiled_for(tmp_path: Path) -> None:
+    """`irkit compile --arch x86-64-v3 --passes quantize...` picks 7-bit weights for
+    x86-64-v3's vpmaddubsw whatever the build host has (it took the host's range: 8-bit
+    weights on a VNNI host, which x86-64-v3 code multiplies in two halves)."""
+    import json
+
+    import onnx
+
+    from irkit.cli import main
+
+    model = tmp_path / "m.onnx"
+    onnx.save(_conv_mlp_model(), str(model))
+    out = tmp_path / "art"
+    assert main(["compile", str(model), "--arch", "x86-64-v3", "--passes",
+                 "quantize{mode=dynamic}", "-o", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    text = json.dumps(manifest)
+    assert "7-bit [-63, 63] (auto: x86-64-v3" in text
+    assert "two halves" not in text
