@@ -368,3 +368,39 @@ def test_auto_weight_range_tries_six_bits_on_the_calibration_data() -> None:
     assert top == 63 and "kept over 6-bit" in note, note
     top, note = weights("x86-64-v4-vnni")
     assert top == 127, note
+
+
+def test_a_kernel_types_each_buffer_one_way_when_quantizing_a_padded_conv_input() -> None:
+    """An int8 conv on 8 channels (a ResNet block's) quantizes its input into four-channel
+    words of a zero-point padded image. One kernel once wrote the padding as bytes and
+    the pixels as words of the same buffer; the numba and cuda backends give a kernel one
+    array per buffer, so they wrote the bytes as words at byte indices, 4x past the image
+    (a wrong answer, then heap corruption). Each kernel now types a buffer one way."""
+    from irkit.kir import Load, Store
+    from irkit.kir.visit import stmt_exprs, walk_exprs, walk_stmts
+    from irkit.lower import lower_graph
+    from irkit.lower.legalize import legalize
+
+    w = np.random.default_rng(2).standard_normal((4, 8, 3, 3)) / 8.5
+    model = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                    helper.make_node("Relu", ["c"], ["r"]),
+                    helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+                    helper.make_node("Flatten", ["p"], ["y"])],
+                   {"w": w}, ["N", 8, 6, 6], ["N", 4])
+    calib = [{"x": np.random.default_rng(3).standard_normal((16, 8, 6, 6)).astype(np.float32)}]
+    q = irkit.optimize(irkit.load_model(model),
+                       "fuse,quantize{mode=static,per_channel=true,force=true}",
+                       calibration=calib)
+    kernels = lower_graph(legalize(q)).program.kernels
+    assert any(k.name.startswith("quant_nhwc") for k in kernels)  # the path in question
+    for kernel in kernels:
+        types: dict[str, set[str]] = {}
+        for stmt in walk_stmts(kernel.body):
+            if isinstance(stmt, Store):
+                types.setdefault(stmt.buf.name, set()).add(stmt.buf.dtype)
+            for expr in stmt_exprs(stmt):
+                for node in walk_exprs(expr):
+                    if isinstance(node, Load):
+                        types.setdefault(node.buf.name, set()).add(node.buf.dtype)
+        mixed = {name: sorted(t) for name, t in types.items() if len(t) > 1}
+        assert mixed == {}, kernel.name
