@@ -123,6 +123,15 @@ def linear_view(node: Node) -> LinearView | None:
     return LinearView(node, "conv", x, weight, bias, residual, act, attrs)
 
 
+def _int8_conv_kernel_exists(view: LinearView) -> bool:
+    """Whether irkit's int8 conv kernels cover ``view``: 2-D and ungrouped. A Conv1d
+    (audio) or a depthwise conv (MobileNet) quantized to irkit.QLinearConvInt8 failed
+    every backend's compile; ORT's QDQ format quantizes them."""
+    if view.kind != "conv":
+        return True
+    return view.weight.ndim == 4 and int(view.conv_attrs.get("group", 1) or 1) == 1
+
+
 def _excluded(node: Node, patterns: tuple[str, ...]) -> bool:
     names = {node.name, node.op, node.qualified_op, *(v.name for v in node.outputs)}
     return any(p in names for p in patterns)
@@ -174,6 +183,8 @@ class Quantize(Pass):
                 continue
             if self.mode == "dynamic" and view.kind != "matmul":
                 continue  # no dynamic int8 conv: ORT's ConvInteger path is rarely faster
+            if self.format == "irkit" and not _int8_conv_kernel_exists(view):
+                continue  # stays fp32 rather than becoming an op no backend lowers
             views.append(view)
         if not views:
             return False, {"quantized": 0}

@@ -404,3 +404,30 @@ def test_a_kernel_types_each_buffer_one_way_when_quantizing_a_padded_conv_input(
                         types.setdefault(node.buf.name, set()).add(node.buf.dtype)
         mixed = {name: sorted(t) for name, t in types.items() if len(t) > 1}
         assert mixed == {}, kernel.name
+
+
+def test_static_quantize_keeps_convs_without_an_int8_kernel_in_fp32(tmp_path: Path) -> None:
+    """A Conv1d (an audio classifier's) and a depthwise conv (a MobileNet block's) became
+    irkit.QLinearConvInt8, which no backend lowers (2-D, group 1 only): compiling the
+    quantized model failed. They stay fp32; the pointwise conv beside them is int8."""
+    rng = np.random.default_rng(4)
+    depthwise = _model([helper.make_node("Conv", ["x", "wd"], ["d"], group=8, pads=[1] * 4),
+                        helper.make_node("Relu", ["d"], ["r"]),
+                        helper.make_node("Conv", ["r", "wp"], ["y"])],
+                       {"wd": rng.standard_normal((8, 1, 3, 3)) / 3,
+                        "wp": rng.standard_normal((6, 8, 1, 1)) / 3},
+                       ["N", 8, 6, 6], ["N", 6, 6, 6])
+    conv1d = _model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1])],
+                    {"w": rng.standard_normal((5, 2, 3)) / 3}, ["N", 2, 16], ["N", 5, 16])
+    for model, shape, ops in ((depthwise, (8, 8, 6, 6), ["Conv", "QLinearConvInt8"]),
+                              (conv1d, (8, 2, 16), ["Conv"])):
+        calib = [{"x": rng.standard_normal(shape).astype(np.float32)}]
+        q = irkit.optimize(irkit.load_model(model),
+                           "quantize{mode=static,per_channel=true,force=true}",
+                           calibration=calib)
+        assert sorted(n.op for n in q.nodes if "Conv" in n.op) == ops
+        x = rng.standard_normal((2, *shape[1:])).astype(np.float32)
+        compiled = irkit.runtime.load(irkit.compile(q, target="llvm", threads=1)
+                                      .save(tmp_path / str(len(ops))), threads=1)
+        want = irkit.evaluate(q, {"x": x})["y"]
+        np.testing.assert_allclose(compiled(x=x)["y"], want, rtol=1e-4, atol=1e-4)
