@@ -74,3 +74,12 @@ def test_attention_probabilities_times_a_narrow_v_over_a_runtime_length(
     (want,) = ort.InferenceSession(model.SerializeToString(),
                                    providers=["CPUExecutionProvider"]).run(None, feeds)
     np.testing.assert_allclose(compiled(**feeds)["y"], want, rtol=1e-4, atol=1e-5)
+    # The same from the command line, which had no way to ask for the simulator.
+    from irkit.cli import main
+
+    args = ["run", str(tmp_path / "pv"), "--device", "simulator", "-o", str(tmp_path / "y.npz")]
+    for name, value in feeds.items():
+        np.save(tmp_path / f"{name}.npy", value)
+        args += ["-i", f"{name}={tmp_path / name}.npy"]
+    assert main(args) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["y"], want, rtol=1e-4, atol=1e-5)
