@@ -182,13 +182,16 @@ class KernelBackend:
         from irkit.lower.control import is_host_node
         from irkit.lower.dynamic import prepare_dynamic
         from irkit.lower.legalize import legalize
+        from irkit.lower.onnx_ml import adopt_output_types, name_unknown_input_dims
+        from irkit.lower.onnx_ml_trees import tree_notes
 
         opts = self.resolve(options)
         targets = self.targets(opts)
         graph = prepare_dynamic(graph, self.name, self.dynamic_shapes, BackendUnsupportedError)
+        graph = name_unknown_input_dims(graph)  # skl2onnx leaves the batch dim unnamed
         start = time.perf_counter()
         compiled = _Compiled()
-        notes: list[Any] = []
+        notes: list[Any] = tree_notes(graph)
         for target in targets:
             caps = self.capabilities(target)
             legal = legalize(graph, caps)
@@ -215,6 +218,7 @@ class KernelBackend:
         for note in notes:
             if "fallback_ops" in note:
                 entry["fallback_ops"] = note["fallback_ops"]
+        graph = adopt_output_types(graph, legal)  # ONNX-ML outputs are typed once rewritten
         return build_artifact(graph, backend=self.name,
                               target=",".join(t.name for t in targets),
                               files=compiled.files, entry=entry, options=opts, report=notes,

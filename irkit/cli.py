@@ -134,6 +134,8 @@ def describe_artifact(path: Path) -> str:
         if isinstance(item, dict) and "pipeline" in item:
             lines.append(f"  pass {item['pipeline']}: ops {item.get('ops_before')}->"
                          f"{item.get('ops_after')}, rel err {item.get('rel_error')}")
+        elif isinstance(item, dict) and "note" in item:
+            lines.append(f"  note: {item['note']}")
     return "\n".join(lines)
 
 

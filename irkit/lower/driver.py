@@ -545,9 +545,11 @@ def lower_graph(graph: Graph, target: Target | str = "x86-64-v3", tiles: Tiles |
             f"graph {graph.name!r}: {len(missing)} node(s) use ops the {capabilities.backend} "
             f"backend cannot lower: {names} (nodes: "
             f"{', '.join(n.describe() for n in missing[:10])})"
-            + ("; ONNX-ML ops (scikit-learn, XGBoost and LightGBM exports) run on the 'ort' "
-               "backend: --target ort" if any(n.qualified_op.startswith("ai.onnx.ml.")
-                                               for n in missing) else "")
+            + ("; these ONNX-ML ops have no native lowering (Scaler, Normalizer, Binarizer, "
+               "Imputer, ArrayFeatureExtractor, Linear*, TreeEnsemble* have): run them on the "
+               "'ort' backend (--target ort), or in ONNX Runtime segments of an llvm artifact "
+               "(fallback = \"ort\" on a spec's llvm target)"
+               if any(n.qualified_op.startswith("ai.onnx.ml.") for n in missing) else "")
         )
     return GraphLowering(graph, tiles or Tiles.for_target(target), target).run()
 

@@ -103,8 +103,15 @@ def compile_kernels(module: Any, symbols: list[str], target: Target
         raise BackendError("the cuda backend compiles PTX with numba-cuda and the CUDA "
                            "13.0 NVVM: pip install 'irkit[cuda]' "
                            f"({exc})") from exc
+    from numba import config as numba_config
+
     from irkit.plugins.cuda.codegen import kernel_signature
 
+    if getattr(numba_config, "ENABLE_CUDASIM", False):
+        raise BackendError("NUMBA_ENABLE_CUDASIM=1 replaces numba-cuda's PTX compiler with "
+                           "its simulator, so cuda artifacts cannot be compiled in this "
+                           "process: unset it to compile (an artifact runs in the simulator "
+                           "with irkit.runtime.load(path, device='simulator'))")  # fmt: skip
     namespace: dict[str, Any] = {"__name__": "irkit_cuda_build", "IRKIT_PURE_PYTHON": False}
     exec(compile(module.source, SOURCE_FILE, "exec"), namespace)
     cc = COMPUTE_CAPABILITY.get(target.name, (9, 0))

@@ -382,7 +382,7 @@ class DynamicBatcher:
                 job.outputs, job.error = None, error
             return
         if self.metrics is not None:
-            self.metrics.observe_batch(sum(job.rows for job in live), elapsed)
+            self.metrics.observe_batch(sum(job.rows for job in live), elapsed, len(live))
 
     def _run_in_pieces(self, inputs: Mapping[str, np.ndarray], rows: int) -> Outputs:
         """``model.run(inputs)`` as calls of at most ``max_batch`` rows, written into one

@@ -52,7 +52,11 @@ same series), with:
     irkit_inference_seconds{adapter,model}          histogram, one model call
     irkit_rows_total{adapter,model}                 counter, rows run through the model
 
-``metrics.render() -> (bytes, content_type)`` is the Prometheus text exposition.
+``metrics.render() -> (bytes, content_type)`` is the Prometheus text exposition. Beside
+the series, each ``AdapterMetrics`` keeps plain totals for the statistics extension
+(``extensions``): per outcome the requests and their summed latency (``outcomes``), and
+``batch_totals()``: per batch size the model calls and their summed duration, the
+requests those calls ran and when the last one ended.
 
 Options and signals.
     ``resolve_options(adapter_cls.options, given)`` checks names, types and choices of the
@@ -80,6 +84,7 @@ import json
 import math
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
@@ -307,6 +312,11 @@ class FastHistogram:
                                         minlength=len(self._counts))
             self._sum += float(values.sum())
 
+    def totals(self) -> tuple[int, float]:
+        """How many values were observed, and their sum."""
+        self.fold()
+        return int(self._counts.sum()), self._sum
+
     def family(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.doc, labels=list(self.labels))
         self.add_to(family)
@@ -369,6 +379,18 @@ _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.Wea
 _FAMILIES_LOCK = threading.Lock()
 
 
+class OutcomeTally:
+    """Requests that ended with one outcome: their Prometheus counter, how many, and the
+    sum of their latencies in seconds (``observe_request``)."""
+
+    __slots__ = ("count", "counter", "seconds")
+
+    def __init__(self, counter: Any) -> None:
+        self.counter = counter
+        self.count = 0
+        self.seconds = 0.0
+
+
 class AdapterMetrics:
     """Prometheus metrics of one adapter and model, in a registry of its own or a shared one."""
 
@@ -393,27 +415,66 @@ class AdapterMetrics:
                                         _LATENCY_BUCKETS, key)  # fmt: skip
         # Bind the label sets once: .labels() costs a dict lookup + lock per call.
         self.rows = families.rows.labels(adapter, model)
-        self._outcomes: dict[str, Any] = {}
+        # What the statistics extension reports beside the Prometheus series (which
+        # the same labels on another AdapterMetrics share, so they cannot be summed):
+        self.outcomes: dict[str, OutcomeTally] = {}  # outcome -> requests and their seconds
+        # model calls as (rows, seconds, requests, end ns), folded into totals when read
+        # (an append is atomic: the batcher's workers record without a lock)
+        self._calls: list[tuple[int, float, int, int]] = []
+        self._batches: dict[int, tuple[int, float]] = {}  # rows -> model calls, their seconds
+        self._batched: tuple[int, float] = (0, 0.0)  # requests run, sum of their call's seconds
+        self._last_call_ns = 0
+        self._fold_lock = threading.Lock()
+
+    def _outcome(self, outcome: str) -> OutcomeTally:
+        tally = self.outcomes.get(outcome)
+        if tally is None:
+            child = self._requests.labels(self.adapter, self.model, outcome)
+            tally = self.outcomes[outcome] = OutcomeTally(child)
+        return tally
 
     def count(self, outcome: str, n: int = 1) -> None:
         """Count ``n`` requests that ended with ``outcome`` ("ok" or an error outcome)."""
-        child = self._outcomes.get(outcome)
-        if child is None:
-            child = self._outcomes[outcome] = self._requests.labels(
-                self.adapter, self.model, outcome
-            )
-        child.inc(n)
+        tally = self.outcomes.get(outcome) or self._outcome(outcome)
+        tally.counter.inc(n)
+        tally.count += n
 
     def observe_request(self, outcome: str, seconds: float) -> None:
-        """Count one request and record its latency."""
-        self.count(outcome)
+        """Count one request and record its latency (one thread per AdapterMetrics: the
+        frontend's event loop)."""
+        tally = self.outcomes.get(outcome) or self._outcome(outcome)
+        tally.counter.inc()
+        tally.count += 1
+        tally.seconds += seconds
         self.latency.observe(seconds)
 
-    def observe_batch(self, rows: int, seconds: float) -> None:
-        """Record one model call over ``rows`` rows."""
+    def observe_batch(self, rows: int, seconds: float, requests: int = 1) -> None:
+        """Record one model call over ``rows`` rows of ``requests`` requests."""
         self.batch_size.observe(rows)
         self.inference_time.observe(seconds)
         self.rows.inc(rows)
+        calls = self._calls
+        calls.append((rows, seconds, requests, time.time_ns()))
+        if len(calls) >= 4096:  # bounded memory when nobody asks (~0.5 MB, 2 ms to fold)
+            self.batch_totals()
+
+    def batch_totals(self) -> tuple[dict[int, tuple[int, float]], int, float, int]:
+        """A consistent copy of what ``observe_batch`` recorded: per batch size the calls
+        and their seconds, the requests those calls ran and the sum of their call's
+        seconds, and when the last call ended (ms since the epoch)."""
+        with self._fold_lock:
+            pending = self._calls
+            n = len(pending)
+            batches, (requests, weighted) = self._batches, self._batched
+            for rows, seconds, count, ended_ns in pending[:n]:
+                calls, total = batches.get(rows, (0, 0.0))
+                batches[rows] = (calls + 1, total + seconds)
+                requests += count
+                weighted += seconds * count
+                self._last_call_ns = max(self._last_call_ns, ended_ns)
+            del pending[:n]  # calls recorded meanwhile stay queued
+            self._batched = (requests, weighted)
+            return dict(batches), requests, weighted, self._last_call_ns // 1_000_000
 
     def render(self) -> tuple[bytes, str]:
         """Prometheus text exposition of this registry and its content type."""

@@ -45,6 +45,7 @@ from .common import (
     signature_json,
     stop_on_signals,
 )
+from .extensions import model_config, model_statistics, platform_of
 from .repository import Batching, ModelRepository, ModelVersion, VersionPolicy
 
 __all__ = [
@@ -243,6 +244,7 @@ class Frontend:
             if metrics is None:
                 metrics = AdapterMetrics(self.name, label, self.repository.registry)
                 self._request_metrics[label] = metrics
+                self.repository.request_metrics.append(metrics)  # for model_statistics
         return metrics
 
     async def infer(
@@ -281,7 +283,8 @@ class Frontend:
     # ------------------------------------------------------------------- metadata
 
     def server_metadata(self) -> dict[str, Any]:
-        extensions = ["binary_tensor_data", "model_repository"]
+        extensions = ["binary_tensor_data", "model_repository", "model_configuration",
+                      "statistics"]  # fmt: skip
         if self.repository.allow_model_control:
             extensions.append("model_repository(unload_dependents)")
         return {"name": "irkit", "version": irkit_version(), "extensions": extensions}
@@ -300,15 +303,22 @@ class Frontend:
         """Name, ready versions, platform and signature of ``model`` (``version``)."""
         served = self.repository.route(model, version)
         entry = self.repository.entry(model)
-        signature = getattr(served.model, "signature", None)
-        platform = signature().get("platform", "irkit") if callable(signature) else "irkit"
         return {
             "name": model,
             "versions": [v.version for v in entry.routable()],
-            "platform": platform,
+            "platform": platform_of(served.model),
             "inputs": signature_json(served.model.inputs),  # type: ignore[union-attr]
             "outputs": signature_json(served.model.outputs),  # type: ignore[union-attr]
         }
+
+    def model_config(self, model: str, version: str | None) -> dict[str, Any]:
+        """Triton's model configuration of ``model`` (``version``): see ``extensions``."""
+        served = self.repository.route(model, version)
+        return model_config(self.repository.entry(model), served)
+
+    def model_statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
+        """Triton's statistics of ``model`` (every model when None): see ``extensions``."""
+        return model_statistics(self.repository, model, version)
 
     # ------------------------------------------------------------------ lifecycle
 

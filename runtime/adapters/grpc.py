@@ -18,6 +18,9 @@ RPCs of the service, such as shared memory, answer UNIMPLEMENTED)::
     ModelReady                         a model (version) takes requests (false if unknown)
     ServerMetadata, ModelMetadata      name, version, extensions; ready versions, platform,
                                        inputs/outputs (-1 for variable dims)
+    ModelConfig                        Triton's model configuration (``extensions``):
+                                       max_batch_size, dims, TYPE_* datatypes, batching
+    ModelStatistics                    Triton's statistics of a model (all when no name)
     ModelInfer                         raw_input_contents or typed contents (``grpc_codec``)
     ModelStreamInfer                   a bidirectional stream of infer requests: requests run
                                        concurrently (and batch with every other request);
@@ -30,8 +33,9 @@ Errors are gRPC status codes from ``common.AdapterError.grpc_code``: INVALID_ARG
 ``retry-after`` trailer; or a message over ``max_message_bytes``, refused by grpc itself),
 UNAVAILABLE (not ready, unloaded, stopping), DEADLINE_EXCEEDED (``timeout_ms``, or the
 client's own deadline, whichever is first), PERMISSION_DENIED (model control disabled),
-INTERNAL (the model raised), UNIMPLEMENTED (an RPC irkit does not serve). In the metrics, a call the client cancelled (or whose own
-deadline passed) counts with outcome ``cancelled``.
+INTERNAL (the model raised), UNIMPLEMENTED (an RPC irkit does not serve, a message
+compressed other than with gzip). In the metrics, a call the client cancelled (or whose
+own deadline passed) counts with outcome ``cancelled``.
 
 The models, batchers, metrics and limits are those of a ``repository.ModelRepository``
 shared with the http adapter (see ``frontend``): ``GrpcAdapter(model, **options)`` serves
@@ -52,6 +56,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from irkit.runtime.options import Option
 
@@ -150,6 +155,9 @@ class GrpcAdapter(Frontend):
         "port": Option(int, 8001, "TCP port; 0 picks a free one (see .port after start)"),
         "max_message_bytes": Option(int, 64 << 20, "larger messages get RESOURCE_EXHAUSTED"),
         "grace_s": Option(float, 30.0, "on stop, how long in-flight RPCs may take to finish"),
+        "max_concurrent_streams": Option(int, 128, "calls one connection may have open at "
+                                         "once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); "
+                                         "clients queue or retry the others"),
         "loop": Option(str, "auto", "event loop (auto: uvloop if installed)",
                        choices=("auto", "uvloop", "asyncio")),
         "server": Option(str, "irkit", "gRPC transport: irkit (its own HTTP/2 server on "
@@ -170,6 +178,10 @@ class GrpcAdapter(Frontend):
         self.port: int = self.config["port"]
         self.max_message_bytes: int = self.config["max_message_bytes"]
         self.grace_s: float = self.config["grace_s"]
+        self.max_concurrent_streams: int = self.config["max_concurrent_streams"]
+        if self.max_concurrent_streams < 1:
+            raise ValueError(f"grpc option max_concurrent_streams must be >= 1, got "
+                             f"{self.max_concurrent_streams}")  # fmt: skip
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._stop_requested = False
@@ -236,6 +248,7 @@ class GrpcAdapter(Frontend):
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared listener
         ])  # fmt: skip
         handlers = {path.rsplit("/", 1)[1]: h for path, h in self.service_methods().items()}
@@ -279,7 +292,8 @@ class GrpcAdapter(Frontend):
                 arrivals.accepted()
 
         server = H2GrpcServer(methods, max_message_bytes=self.max_message_bytes,
-                              on_call=on_call)  # fmt: skip
+                              on_call=on_call,
+                              max_concurrent_streams=self.max_concurrent_streams)  # fmt: skip
         try:
             self.port = await server.start(self.host, self.port)
         except OSError as exc:
@@ -349,6 +363,20 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         tensors = {key: [TensorMetadata(**t) for t in doc[key]] for key in ("inputs", "outputs")}
         return pb.ModelMetadataResponse(name=doc["name"], versions=doc["versions"],
                                         platform=doc["platform"], **tensors)  # fmt: skip
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        try:
+            config = self.adapter.model_config(request.name, request.version or None)
+        except AdapterError as exc:
+            await _abort(context, exc)
+        return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        try:
+            stats = self.adapter.model_statistics(request.name or None, request.version or None)
+        except AdapterError as exc:
+            await _abort(context, exc)
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     # ------------------------------------------------------------------- infer
 

@@ -14,18 +14,28 @@ HEADERS + DATA + trailers. What it does of HTTP/2:
   dynamic table as it was (the usual case: a client repeats its calls as indexed fields)
   come from a per-connection cache. Response headers and trailers use no dynamic table: constant
   bytes, and literals without indexing for ``grpc-message`` and ``retry-after``;
+- SETTINGS_MAX_CONCURRENT_STREAMS (128 by default) is advertised and enforced: a HEADERS
+  opening one stream more is refused with RST_STREAM REFUSED_STREAM (the client may retry);
 - flow control both ways: a 16 MiB stream window and a 1 GiB connection window are
-  advertised and replenished as data is consumed (long-lived streams too); responses
-  respect the peer's windows and SETTINGS_MAX_FRAME_SIZE, wait in the stream for
-  WINDOW_UPDATE, and reading pauses while the transport's write buffer is full.
+  advertised and given back as data is consumed (buffered into a unary request, or taken
+  by a streaming handler: a handler that stops reading stops its client); DATA beyond a
+  granted window is a FLOW_CONTROL_ERROR (RST_STREAM for a stream's, GOAWAY for the
+  connection's). Responses respect the peer's windows and SETTINGS_MAX_FRAME_SIZE, wait
+  in the stream for WINDOW_UPDATE, and reading pauses while the transport's write buffer
+  is full. Calls still waiting for window when ``stop``'s grace ends get trailers
+  UNAVAILABLE (or RST_STREAM CANCEL when part of a message went out).
 
-gRPC on top: 5-byte length-prefixed messages (a compressed one is refused with
-UNIMPLEMENTED), ``grpc-timeout`` -> deadline (DEADLINE_EXCEEDED), a client's RST_STREAM
-cancels the handler task, an unknown method is UNIMPLEMENTED, a message over
-``max_message_bytes`` RESOURCE_EXHAUSTED; unary-unary and stream-stream methods. The
-handlers are grpc.aio-style coroutines ``handler(request, context)`` (async generators
-over a request iterator for streams); ``Context`` offers what they use of grpc.aio's
-``ServicerContext``: ``time_remaining``, ``set_trailing_metadata`` and ``abort``.
+gRPC on top: 5-byte length-prefixed messages, gzip-compressed ones too (``grpc-encoding:
+gzip``; the decompressed size counts against ``max_message_bytes``; another encoding is
+UNIMPLEMENTED; answers go uncompressed, with ``grpc-accept-encoding: identity,gzip``), a
+request that is not POST gets ``:status 405``, one whose content-type is not
+application/grpc ``:status 415``, ``grpc-timeout`` -> deadline (DEADLINE_EXCEEDED), a
+client's RST_STREAM cancels the handler task, an unknown method is UNIMPLEMENTED, a
+message over ``max_message_bytes`` RESOURCE_EXHAUSTED; unary-unary and stream-stream
+methods. The handlers are grpc.aio-style coroutines ``handler(request, context)`` (async
+generators over a request iterator for streams); ``Context`` offers what they use of
+grpc.aio's ``ServicerContext``: ``time_remaining``, ``set_trailing_metadata`` and ``abort``.
+The bytes written and the handler-facing types are in ``h2wire``.
 """
 
 from __future__ import annotations
@@ -35,129 +45,77 @@ import contextlib
 import logging
 import struct
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
+from .h2wire import (
+    ACK,
+    CANCEL,
+    COMPRESSION_ERROR,
+    CONNECTION_WINDOW,
+    CONTINUATION,
+    DATA,
+    DEADLINE_EXCEEDED,
+    DEFAULT_WINDOW,
+    ENCODINGS,
+    END_HEADERS,
+    END_STREAM,
+    FLOW_CONTROL_ERROR,
+    FRAME_HEAD,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    INTERNAL,
+    INTERNAL_ERROR,
+    MAX_FRAME,
+    MAX_HEADER_BLOCK,
+    MAX_STREAMS,
+    MAX_WINDOW,
+    NO_ERROR,
+    OK,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RESOURCE_EXHAUSTED,
+    RESPONSE_HEADERS,
+    RST_STREAM,
+    SETTINGS,
+    STATUS_405,
+    STATUS_415,
+    STREAM_WINDOW,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+    UNKNOWN,
+    WINDOW_UPDATE,
+    Context,
+    GrpcAbort,
+    Method,
+    ProtocolError,
+    frame,
+    gunzip,
+    parse_timeout,
+    rest_of_message,
+    trailer_block,
+)
+
 __all__ = ["Context", "GrpcAbort", "H2GrpcServer", "Method"]
 
 log = logging.getLogger(__name__)
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
-    CONTINUATION = range(10)  # fmt: skip
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, _, _, FRAME_SIZE_ERROR, \
-    REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = range(10)  # fmt: skip
-# gRPC status codes
-OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED = 0, 1, 2, 3, 4
-RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 8, 12, 13, 14
-
-FRAME_HEAD = struct.Struct(">HBBBL")  # length (16 high + 8 low bits), type, flags, stream
-MAX_FRAME = 16384  # what we accept (the default SETTINGS_MAX_FRAME_SIZE; not raised)
-STREAM_WINDOW = 1 << 24  # what we advertise per stream
-CONNECTION_WINDOW = 1 << 30
-MAX_HEADER_BLOCK = 1 << 16  # a larger request header block is a protocol error
-MAX_WINDOW = (1 << 31) - 1
-TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return FRAME_HEAD.pack(n >> 8, n & 0xFF, kind, flags, stream) + payload
-
-
-def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
-    """An HPACK integer (RFC 7541 5.1) with ``first``'s high bits above the prefix."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name: bytes, value: bytes) -> bytes:
-    """A literal header field without indexing, new name (no Huffman)."""
-    return b"\x00" + _hpack_int(len(name), 7, 0) + name + _hpack_int(len(value), 7, 0) + value
-
-
-# :status 200 (static index 8) and content-type (static 31) as a literal without indexing
-RESPONSE_HEADERS = b"\x88" + b"\x0f\x10" + _hpack_int(16, 7, 0) + b"application/grpc"
-STATUS_OK = _literal(b"grpc-status", b"0")
-_PERCENT_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
-
-
-class GrpcAbort(Exception):
-    """End the call with gRPC status ``code`` and ``message`` (``Context.abort`` raises it)."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-class Method:
-    """One RPC: ``streaming`` (stream-stream) or unary, its (de)serializers and handler."""
-
-    __slots__ = ("deserialize", "handler", "serialize", "streaming")
-
-    def __init__(self, handler: Callable[..., Any], deserialize: Callable[[bytes], Any],
-                 serialize: Callable[[Any], bytes], streaming: bool = False) -> None:
-        self.handler, self.deserialize, self.serialize = handler, deserialize, serialize
-        self.streaming = streaming
-
-
-class Context:
-    """What a handler sees of its call (the part of grpc.aio's ServicerContext irkit uses)."""
-
-    __slots__ = ("deadline", "trailers")
-
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
-        self.trailers: tuple[tuple[str, str], ...] = ()
-
-    def time_remaining(self) -> float | None:
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
-    def set_trailing_metadata(self, metadata: Iterable[tuple[str, str]]) -> None:
-        self.trailers = tuple(metadata)
-
-    async def abort(self, code: Any, details: str = "") -> None:
-        """Raise GrpcAbort; ``code`` is an int or a ``grpc.StatusCode``."""
-        raise GrpcAbort(code if isinstance(code, int) else code.value[0], details)
-
-
-def _trailers(code: int, message: str, extra: Iterable[tuple[str, str]] = ()) -> bytes:
-    if code == OK and not extra:
-        return STATUS_OK
-    block = _literal(b"grpc-status", str(code).encode())
-    if message:
-        quoted = urllib.parse.quote(message[:4096], safe=_PERCENT_SAFE)
-        block += _literal(b"grpc-message", quoted.encode())
-    for name, value in extra:
-        block += _literal(name.encode(), str(value).encode())
-    return block
-
-
-def _parse_timeout(text: str) -> float | None:
-    unit = TIMEOUT_UNITS.get(text[-1:])
-    if unit is None or not text[:-1].isdigit() or len(text) > 9:
-        return None
-    return int(text[:-1]) * unit
-
 
 class _Stream:
-    __slots__ = ("body", "closed", "context", "ended", "id", "method", "outbox", "queue",
-                 "received", "send_window", "sent_headers", "task", "timer", "trailers_out")
+    __slots__ = ("body", "closed", "context", "credit", "encoding", "ended", "id", "method",
+                 "outbox", "partial", "pending", "queue", "recv_window", "send_window",
+                 "sent_headers", "task", "timer", "trailers_out")
 
-    def __init__(self, stream_id: int, send_window: int) -> None:
+    def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
         self.id = stream_id
         self.body = bytearray()
         self.method: Method | None = None
@@ -168,8 +126,12 @@ class _Stream:
         self.outbox = bytearray()  # DATA payload waiting for window
         self.trailers_out: bytes | None = None  # trailers waiting behind the outbox
         self.sent_headers = False
-        self.received = 0  # DATA bytes since our last stream WINDOW_UPDATE
-        self.queue: asyncio.Queue[Any] | None = None  # requests of a streaming call
+        self.partial = 0  # bytes of a message sent in part that are still in the outbox
+        self.recv_window = recv_window  # what the client may still send
+        self.credit = 0  # consumed DATA bytes not yet given back by a WINDOW_UPDATE
+        self.pending = 0  # wire bytes of queued requests the handler has not taken yet
+        self.encoding = ""  # the request's grpc-encoding
+        self.queue: asyncio.Queue[Any] | None = None  # (message, wire size) of a stream
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
 
@@ -183,14 +145,16 @@ class _Connection(asyncio.Protocol):
         self.preface = False
         self.decoder = Decoder()
         self.decoder.max_header_list_size = MAX_HEADER_BLOCK
-        self.header_cache: dict[bytes, tuple[str, str, str, str]] = {}
+        self.header_cache: dict[bytes, tuple[str, str, str, str, str]] = {}
         self.streams: dict[int, _Stream] = {}
         self.last_stream = 0
         self.continuation: tuple[int, int, bytearray] | None = None  # (stream, flags, block)
-        self.peer_window = 65535  # peer's SETTINGS_INITIAL_WINDOW_SIZE
+        self.peer_window = DEFAULT_WINDOW  # peer's SETTINGS_INITIAL_WINDOW_SIZE
         self.peer_frame = 16384  # peer's SETTINGS_MAX_FRAME_SIZE
-        self.send_window = 65535  # connection send window
-        self.received = 0  # DATA bytes since our last connection WINDOW_UPDATE
+        self.send_window = DEFAULT_WINDOW  # connection send window
+        self.recv_window = server.connection_window  # what the client may still send
+        self.credit = 0  # consumed DATA bytes not yet given back by a WINDOW_UPDATE
+        self.half_window = server.connection_window >> 1
         self.blocked: dict[int, _Stream] = {}  # streams with data waiting for window
         self.going_away = False
         self.closed = False
@@ -201,10 +165,15 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         self.server.connections.add(self)
-        settings = struct.pack(">HLHLHL", 0x4, STREAM_WINDOW, 0x5, MAX_FRAME, 0x6,
-                               MAX_HEADER_BLOCK)  # fmt: skip
-        window = _frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", CONNECTION_WINDOW - 65535))
-        transport.write(_frame(SETTINGS, 0, 0, settings) + window)  # type: ignore[attr-defined]
+        server = self.server
+        settings = struct.pack(">HLHLHLHL", 0x3, server.max_concurrent_streams,
+                               0x4, server.stream_window, 0x5, MAX_FRAME,
+                               0x6, MAX_HEADER_BLOCK)  # fmt: skip
+        out = frame(SETTINGS, 0, 0, settings)
+        if server.connection_window > DEFAULT_WINDOW:  # (an increment of 0 is an error)
+            increment = server.connection_window - DEFAULT_WINDOW
+            out += frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", increment))
+        transport.write(out)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -230,7 +199,7 @@ class _Connection(asyncio.Protocol):
             return
         log.debug("grpc connection error %d: %s", code, message)
         payload = struct.pack(">LL", self.last_stream, code) + message.encode()[:256]
-        self.transport.write(_frame(GOAWAY, 0, 0, payload))
+        self.transport.write(frame(GOAWAY, 0, 0, payload))
         self.closed = True
         self.transport.close()
 
@@ -238,8 +207,8 @@ class _Connection(asyncio.Protocol):
         """Graceful: no new streams; the ones below ``last_stream`` finish."""
         if not self.going_away and not self.closed and self.transport is not None:
             self.going_away = True
-            self.transport.write(_frame(GOAWAY, 0, 0, struct.pack(">LL", self.last_stream,
-                                                                  NO_ERROR)))
+            self.transport.write(frame(GOAWAY, 0, 0, struct.pack(">LL", self.last_stream,
+                                                                 NO_ERROR)))
             if not self.streams:
                 self.transport.close()
 
@@ -281,7 +250,7 @@ class _Connection(asyncio.Protocol):
         except (HPACKError, UnicodeDecodeError) as exc:
             self._error(COMPRESSION_ERROR, f"header block: {exc}")
             return
-        except _ProtocolError as exc:
+        except ProtocolError as exc:
             self._error(exc.code, exc.message)
             return
         except Exception as exc:  # a bug: end the connection, not the server
@@ -293,17 +262,17 @@ class _Connection(asyncio.Protocol):
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self.continuation is not None and kind != CONTINUATION:
-            raise _ProtocolError(PROTOCOL_ERROR, "expected CONTINUATION")
+            raise ProtocolError(PROTOCOL_ERROR, "expected CONTINUATION")
         if kind == DATA:
             self._data(flags, stream_id, payload)
         elif kind == HEADERS:
             self._headers(flags, stream_id, payload)
         elif kind == CONTINUATION:
             if self.continuation is None or self.continuation[0] != stream_id:
-                raise _ProtocolError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+                raise ProtocolError(PROTOCOL_ERROR, "unexpected CONTINUATION")
             self.continuation[2].extend(payload)
             if len(self.continuation[2]) > MAX_HEADER_BLOCK:
-                raise _ProtocolError(PROTOCOL_ERROR, "header block too large")
+                raise ProtocolError(PROTOCOL_ERROR, "header block too large")
             if flags & END_HEADERS:
                 stream_id, first_flags, block = self.continuation
                 self.continuation = None
@@ -314,62 +283,63 @@ class _Connection(asyncio.Protocol):
             self._window_update(stream_id, payload)
         elif kind == PING:
             if len(payload) != 8 or stream_id:
-                raise _ProtocolError(FRAME_SIZE_ERROR if stream_id == 0 else PROTOCOL_ERROR,
-                                     "bad PING")  # fmt: skip
+                raise ProtocolError(FRAME_SIZE_ERROR if stream_id == 0 else PROTOCOL_ERROR,
+                                    "bad PING")  # fmt: skip
             if not flags & ACK:
-                self._write(_frame(PING, ACK, 0, payload))
+                self._write(frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
             if len(payload) != 4 or not stream_id:
-                raise _ProtocolError(PROTOCOL_ERROR, "bad RST_STREAM")
+                raise ProtocolError(PROTOCOL_ERROR, "bad RST_STREAM")
             stream = self.streams.pop(stream_id, None)
             if stream is not None:
                 stream.closed = True
                 self.blocked.pop(stream_id, None)
+                self._release(stream)
                 self._cancel(stream)
                 self._maybe_close()
         elif kind == GOAWAY:
             self.going_away = True
             self._maybe_close()
         elif kind == PUSH_PROMISE:
-            raise _ProtocolError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+            raise ProtocolError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
         # PRIORITY and unknown types: ignored
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
-            raise _ProtocolError(PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise ProtocolError(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
             if payload:
-                raise _ProtocolError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+                raise ProtocolError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
         if len(payload) % 6:
-            raise _ProtocolError(FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
+            raise ProtocolError(FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
         for offset in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HL", payload, offset)
             if key == 0x4:  # INITIAL_WINDOW_SIZE
                 if value > MAX_WINDOW:
-                    raise _ProtocolError(FLOW_CONTROL_ERROR, "initial window too large")
+                    raise ProtocolError(FLOW_CONTROL_ERROR, "initial window too large")
                 delta, self.peer_window = value - self.peer_window, value
                 for stream in self.streams.values():
                     stream.send_window += delta
             elif key == 0x5:  # MAX_FRAME_SIZE
                 if not 16384 <= value <= (1 << 24) - 1:
-                    raise _ProtocolError(PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
+                    raise ProtocolError(PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
                 self.peer_frame = value
             elif key == 0x2 and value > 1:  # ENABLE_PUSH
-                raise _ProtocolError(PROTOCOL_ERROR, "bad SETTINGS_ENABLE_PUSH")
-        self._write(_frame(SETTINGS, ACK, 0))
+                raise ProtocolError(PROTOCOL_ERROR, "bad SETTINGS_ENABLE_PUSH")
+        self._write(frame(SETTINGS, ACK, 0))
         self._flush_blocked()
 
     def _window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise _ProtocolError(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
+            raise ProtocolError(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
         increment = struct.unpack(">L", payload)[0] & MAX_WINDOW
         if stream_id == 0:
             if increment == 0:
-                raise _ProtocolError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+                raise ProtocolError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             self.send_window += increment
             if self.send_window > MAX_WINDOW:
-                raise _ProtocolError(FLOW_CONTROL_ERROR, "connection window overflow")
+                raise ProtocolError(FLOW_CONTROL_ERROR, "connection window overflow")
             self._flush_blocked()
             return
         stream = self.streams.get(stream_id)
@@ -386,24 +356,25 @@ class _Connection(asyncio.Protocol):
 
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0 or stream_id % 2 == 0:
-            raise _ProtocolError(PROTOCOL_ERROR, "HEADERS on stream 0 or an even stream")
+            raise ProtocolError(PROTOCOL_ERROR, "HEADERS on stream 0 or an even stream")
         start, end = 0, len(payload)
         if flags & PADDED:
             if not payload:
-                raise _ProtocolError(PROTOCOL_ERROR, "HEADERS without a pad length")
+                raise ProtocolError(PROTOCOL_ERROR, "HEADERS without a pad length")
             start, end = 1, end - payload[0]
         if flags & PRIORITY_FLAG:
             start += 5
         if start > end:
-            raise _ProtocolError(PROTOCOL_ERROR, "HEADERS padding exceeds the frame")
+            raise ProtocolError(PROTOCOL_ERROR, "HEADERS padding exceeds the frame")
         block = payload[start:end]
         if not flags & END_HEADERS:
             self.continuation = (stream_id, flags, bytearray(block))
             return
         self._header_block(stream_id, flags, block)
 
-    def _decode(self, block: bytes) -> tuple[str, str, str, str]:
-        """A header block's ``(:method, :path, content-type, grpc-timeout)`` ("" if absent)."""
+    def _decode(self, block: bytes) -> tuple[str, str, str, str, str]:
+        """A header block's ``(:method, :path, content-type, grpc-timeout, grpc-encoding)``
+        ("" if absent)."""
         cache = self.header_cache
         cached = cache.get(block)
         if cached is not None:
@@ -411,7 +382,7 @@ class _Connection(asyncio.Protocol):
         table = self.decoder.header_table
         entries = table.dynamic_entries
         count, first, maxsize = len(entries), entries[0] if entries else None, table.maxsize
-        method = path = content_type = timeout = ""
+        method = path = content_type = timeout = encoding = ""
         headers: list[tuple[str, str]] = self.decoder.decode(block)  # type: ignore[assignment]
         for name, value in headers:
             if name == ":path":
@@ -422,7 +393,9 @@ class _Connection(asyncio.Protocol):
                 timeout = value
             elif name == ":method":
                 method = value
-        parsed = (method, path, content_type, timeout)
+            elif name == "grpc-encoding":
+                encoding = value
+        parsed = (method, path, content_type, timeout, encoding)
         if (len(entries) == count and (entries[0] if entries else None) is first
                 and table.maxsize == maxsize):
             if len(cache) < 64:
@@ -443,25 +416,40 @@ class _Connection(asyncio.Protocol):
                 self._end_of_request(stream)
             return
         self.last_stream = stream_id
-        if self.going_away:
-            self._write(_frame(RST_STREAM, 0, stream_id, struct.pack(">L", REFUSED_STREAM)))
+        if self.going_away or len(self.streams) >= self.server.max_concurrent_streams:
+            # RFC 9113 5.1.2: a HEADERS that exceeds the advertised concurrent stream limit
+            # is a stream error of type PROTOCOL_ERROR or REFUSED_STREAM; REFUSED_STREAM
+            # says the call was not processed, so the client may retry it (8.7)
+            self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">L", REFUSED_STREAM)))
             return
-        stream = _Stream(stream_id, self.peer_window)
+        stream = _Stream(stream_id, self.peer_window, self.server.stream_window)
         stream.ended = bool(flags & END_STREAM)
         self.streams[stream_id] = stream
-        method, path, content_type, timeout = headers
-        if method != "POST" or not content_type.startswith("application/grpc"):
-            self._respond_status(stream, UNIMPLEMENTED if method == "POST" else INTERNAL,
-                                 f"not a gRPC call ({method} {content_type or 'no content-type'})",
-                                 http=b"\x08\x03415" if method == "POST" else b"\x88")  # fmt: skip
+        method, path, content_type, timeout, encoding = headers
+        if method != "POST":  # PROTOCOL-HTTP2.md: "Only POST can be used for gRPC calls"
+            self._respond_status(stream, INTERNAL, f"method {method or '(none)'} is not "
+                                 "allowed: gRPC calls are POST", http=STATUS_405)  # fmt: skip
             return
+        if not content_type.startswith("application/grpc"):
+            # PROTOCOL-HTTP2.md: "gRPC servers SHOULD respond with HTTP status of 415
+            # (Unsupported Media Type)", so that no HTTP client reads it as a success
+            self._respond_status(stream, UNIMPLEMENTED, "not a gRPC call: content-type "
+                                 f"{content_type or '(none)'}", http=STATUS_415)  # fmt: skip
+            return
+        if encoding and encoding not in ENCODINGS:
+            # compression.md: a message in an encoding the server lacks is UNIMPLEMENTED
+            # (the response's grpc-accept-encoding names those it has)
+            self._respond_status(stream, UNIMPLEMENTED, f"grpc-encoding {encoding!r} is not "
+                                 f"supported (supported: {', '.join(ENCODINGS)})")  # fmt: skip
+            return
+        stream.encoding = encoding
         rpc = self.server.methods.get(path)
         if rpc is None:
             self._respond_status(stream, UNIMPLEMENTED, f"method {path} is not implemented")
             return
         deadline = None
         if timeout:
-            seconds = _parse_timeout(timeout)
+            seconds = parse_timeout(timeout)
             if seconds is None:
                 self._respond_status(stream, INTERNAL, f"bad grpc-timeout {timeout!r}")
                 return
@@ -478,25 +466,26 @@ class _Connection(asyncio.Protocol):
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
-            raise _ProtocolError(PROTOCOL_ERROR, "DATA on stream 0")
+            raise ProtocolError(PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
-        self.received += size
-        if self.received > CONNECTION_WINDOW // 2:
-            self._write(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", self.received)))
-            self.received = 0
+        self.recv_window -= size
+        if self.recv_window < 0:  # RFC 9113 6.9.1: beyond the window granted to the client
+            raise ProtocolError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         stream = self.streams.get(stream_id)
         if stream is None or stream.ended:
             if stream is None and stream_id > self.last_stream:
-                raise _ProtocolError(PROTOCOL_ERROR, "DATA on an idle stream")
-            return  # a stream we already answered or reset: the data is dropped
+                raise ProtocolError(PROTOCOL_ERROR, "DATA on an idle stream")
+            self._consume(None, size)  # a stream we answered or reset: the data is dropped
+            return
+        stream.recv_window -= size
+        if stream.recv_window < 0:  # RFC 9113 6.9.1, for the stream: a stream error
+            self._consume(None, size)
+            self._reset(stream, FLOW_CONTROL_ERROR)
+            return
         if flags & PADDED:
             if not payload or payload[0] >= size:
-                raise _ProtocolError(PROTOCOL_ERROR, "DATA padding exceeds the frame")
+                raise ProtocolError(PROTOCOL_ERROR, "DATA padding exceeds the frame")
             payload = payload[1:size - payload[0]]
-        stream.received += size
-        if stream.received > STREAM_WINDOW // 2 and not flags & END_STREAM:
-            self._write(_frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">L", stream.received)))
-            stream.received = 0
         body = stream.body
         if (flags & END_STREAM and not body and stream.queue is None
                 and stream.method is not None and len(payload) >= 5 and payload[0] == 0
@@ -504,17 +493,47 @@ class _Connection(asyncio.Protocol):
                 and len(payload) - 5 <= self.server.max_message_bytes):
             # the usual unary request: one DATA frame holding exactly one message
             stream.ended = True
+            self._consume(None, size)
             stream.task = self.loop.create_task(
                 self._run_unary(stream, stream.method, payload[5:]))
             return
         body += payload
-        if stream.queue is None and len(body) > self.server.max_message_bytes + 5:
-            self._too_large(stream)  # (a streaming call's messages are checked one by one)
+        end = bool(flags & END_STREAM)
+        if stream.queue is not None:  # queued messages count as consumed once taken
+            stream.ended |= end
+            self._consume(stream, size - self._feed(stream, end))
             return
-        if stream.queue is not None:
-            self._feed(stream)
-        if flags & END_STREAM:
+        # a unary request's bytes are consumed into its body (at most max_message_bytes)
+        self._consume(None if end else stream, size)
+        if len(body) > self.server.max_message_bytes + 5:
+            self._too_large(stream)
+            return
+        if end:
             self._end_of_request(stream)
+
+    def _consume(self, stream: _Stream | None, size: int) -> None:
+        """``size`` DATA bytes were consumed (negative: bytes given back already went into
+        requests queued for a handler): give them back to the client's connection window
+        and, with ``stream``, its stream window, by a WINDOW_UPDATE once half a window is
+        owed (RFC 9113 6.9)."""
+        self.credit += size
+        if self.credit > self.half_window:
+            self._write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", self.credit)))
+            self.recv_window += self.credit
+            self.credit = 0
+        if stream is not None and not stream.ended and not stream.closed:
+            stream.credit += size
+            if stream.credit > self.server.stream_window >> 1:
+                self._write(frame(WINDOW_UPDATE, 0, stream.id,
+                                  struct.pack(">L", stream.credit)))  # fmt: skip
+                stream.recv_window += stream.credit
+                stream.credit = 0
+
+    def _release(self, stream: _Stream) -> None:
+        """The stream ended: requests its handler will not take no longer hold window."""
+        if stream.pending:
+            self._consume(None, stream.pending)
+            stream.pending = 0
 
     def _too_large(self, stream: _Stream) -> None:
         limit = self.server.max_message_bytes
@@ -524,23 +543,26 @@ class _Connection(asyncio.Protocol):
 
     # ----------------------------------------------------------------------- calls
 
-    def _messages(self, stream: _Stream, final: bool) -> list[bytes] | None:
-        """The complete messages in the stream's body (removed from it); None after
-        answering the call with an error (compressed or truncated message)."""
+    def _messages(self, stream: _Stream, final: bool) -> list[tuple[bytes, int]] | None:
+        """The complete messages in the stream's body (removed from it), each with its size
+        on the wire; None after answering the call with an error (a message too large,
+        truncated or not decompressible)."""
         body, messages, pos = stream.body, [], 0
         while len(body) - pos >= 5:
+            flag = body[pos]
             length = int.from_bytes(body[pos + 1:pos + 5], "big")
-            if body[pos]:
-                self._respond_status(stream, UNIMPLEMENTED,
-                                     "compressed messages are not supported")  # fmt: skip
-                self._cancel(stream)
-                return None
             if length > self.server.max_message_bytes:
                 self._too_large(stream)
                 return None
             if len(body) - pos - 5 < length:
                 break
-            messages.append(bytes(body[pos + 5:pos + 5 + length]))
+            message = bytes(body[pos + 5:pos + 5 + length])
+            if flag:
+                decompressed = self._decompress(stream, flag, message)
+                if decompressed is None:
+                    return None
+                message = decompressed
+            messages.append((message, 5 + length))
             pos += 5 + length
         del body[:pos]
         if final and body:
@@ -549,22 +571,46 @@ class _Connection(asyncio.Protocol):
             return None
         return messages
 
-    def _feed(self, stream: _Stream) -> None:
-        messages = self._messages(stream, final=False)
-        assert stream.queue is not None
-        for message in messages or ():
-            stream.queue.put_nowait(message)
+    def _decompress(self, stream: _Stream, flag: int, data: bytes) -> bytes | None:
+        """A compressed message (flag 1) in the call's grpc-encoding, gzip (checked at its
+        HEADERS); None after answering the call with an error."""
+        try:
+            if flag != 1 or stream.encoding in ("", "identity"):
+                raise GrpcAbort(INTERNAL, f"a message with compressed flag {flag} and "
+                                f"grpc-encoding {stream.encoding or '(none)'}")  # fmt: skip
+            return gunzip(data, self.server.max_message_bytes)
+        except GrpcAbort as exc:
+            self._refuse(stream, exc.code, exc.message)
+            return None
+
+    def _refuse(self, stream: _Stream, code: int, message: str) -> None:
+        """End the call with ``code`` and stop its handler."""
+        self._respond_status(stream, code, message)
+        self._cancel(stream)
+
+    def _feed(self, stream: _Stream, final: bool) -> int:
+        """Queue the stream's complete request messages for its handler (then None when
+        ``final``); returns their wire size, which stays withheld from the client's windows
+        until the handler takes them."""
+        messages = self._messages(stream, final)
+        queue = stream.queue
+        if messages is None or queue is None:
+            return 0
+        wire = 0
+        for item in messages:
+            queue.put_nowait(item)
+            wire += item[1]
+        if final:
+            queue.put_nowait(None)
+        stream.pending += wire
+        return wire
 
     def _end_of_request(self, stream: _Stream) -> None:
         stream.ended = True
         if stream.method is None:
             return  # answered already (an error)
-        if stream.queue is not None:
-            messages = self._messages(stream, final=True)
-            if messages is not None:
-                for message in messages:
-                    stream.queue.put_nowait(message)
-                stream.queue.put_nowait(None)
+        if stream.queue is not None:  # (the request's trailers ended it)
+            self._consume(None, -self._feed(stream, final=True))
             return
         messages = self._messages(stream, final=True)
         if messages is None:
@@ -574,7 +620,8 @@ class _Connection(asyncio.Protocol):
                                  f"a unary call needs one request message, got "
                                  f"{len(messages)}")  # fmt: skip
             return
-        stream.task = self.loop.create_task(self._run_unary(stream, stream.method, messages[0]))
+        stream.task = self.loop.create_task(
+            self._run_unary(stream, stream.method, messages[0][0]))
 
     async def _run_unary(self, stream: _Stream, rpc: Method, message: bytes) -> None:
         context = stream.context
@@ -590,7 +637,7 @@ class _Connection(asyncio.Protocol):
         except (Exception, asyncio.CancelledError) as exc:
             self._handler_failed(stream, context, exc)
             return
-        self._respond(stream, payload, _trailers(OK, "", context.trailers))
+        self._respond(stream, payload, trailer_block(OK, "", context.trailers))
 
     def _handler_failed(self, stream: _Stream, context: Context, exc: BaseException) -> None:
         """What a handler raised, as the stream's status: an abort's code and message, or
@@ -607,7 +654,11 @@ class _Connection(asyncio.Protocol):
         assert context is not None and queue is not None
 
         async def requests() -> AsyncIterator[Any]:
-            while (message := await queue.get()) is not None:
+            while (item := await queue.get()) is not None:
+                message, wire = item
+                if not stream.closed:  # taken: the client may send as much again
+                    stream.pending -= wire
+                    self._consume(stream, wire)
                 try:
                     yield rpc.deserialize(message)
                 except Exception as exc:
@@ -619,7 +670,7 @@ class _Connection(asyncio.Protocol):
         except (Exception, asyncio.CancelledError) as exc:
             self._handler_failed(stream, context, exc)
             return
-        self._finish(stream, _trailers(OK, "", context.trailers))
+        self._finish(stream, trailer_block(OK, "", context.trailers))
 
     def _deadline(self, stream: _Stream) -> None:
         stream.timer = None
@@ -646,11 +697,11 @@ class _Connection(asyncio.Protocol):
         """End the call with ``code``: trailers-only if nothing was sent yet."""
         if stream.closed:
             return
-        trailers = _trailers(code, message, extra)
+        trailers = trailer_block(code, message, extra)
         if not stream.sent_headers and not stream.outbox:
             stream.sent_headers = True
             block = http + RESPONSE_HEADERS[1:] + trailers
-            self._write(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
+            self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
             self._closed(stream)
         else:
             self._finish(stream, trailers)
@@ -681,7 +732,7 @@ class _Connection(asyncio.Protocol):
             return
         if not stream.sent_headers:
             stream.sent_headers = True
-            self._write(_frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
+            self._write(frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
         stream.outbox += len(payload).to_bytes(5, "big")
         stream.outbox += payload
         self._flush(stream)
@@ -700,14 +751,15 @@ class _Connection(asyncio.Protocol):
             if size <= 0:
                 self.blocked[stream.id] = stream
                 return
-            self._write(_frame(DATA, 0, stream.id, bytes(outbox[:size])))
+            self._write(frame(DATA, 0, stream.id, bytes(outbox[:size])))
+            stream.partial = rest_of_message(outbox, stream.partial, size)
             del outbox[:size]
             self.send_window -= size
             stream.send_window -= size
         self.blocked.pop(stream.id, None)
         if stream.trailers_out is not None:
-            self._write(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id,
-                               stream.trailers_out))  # fmt: skip
+            self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id,
+                              stream.trailers_out))  # fmt: skip
             self._closed(stream)
 
     def _flush_blocked(self) -> None:
@@ -723,16 +775,32 @@ class _Connection(asyncio.Protocol):
             stream.timer.cancel()
             stream.timer = None
         if not stream.ended:
-            self._write(_frame(RST_STREAM, 0, stream.id, struct.pack(">L", NO_ERROR)))
+            self._write(frame(RST_STREAM, 0, stream.id, struct.pack(">L", NO_ERROR)))
         self.streams.pop(stream.id, None)
         self.blocked.pop(stream.id, None)
+        self._release(stream)
         self._maybe_close()
 
     def _reset(self, stream: _Stream, code: int) -> None:
-        self._write(_frame(RST_STREAM, 0, stream.id, struct.pack(">L", code)))
+        self._write(frame(RST_STREAM, 0, stream.id, struct.pack(">L", code)))
         stream.closed = True
         self.streams.pop(stream.id, None)
         self.blocked.pop(stream.id, None)
+        self._release(stream)
+        self._cancel(stream)
+        self._maybe_close()
+
+    def _abandon(self, stream: _Stream) -> None:
+        """End a call still running (or waiting for the client's window) when ``stop``'s
+        grace ends: trailers UNAVAILABLE, which are not flow-controlled, after the whole
+        messages sent so far (the unsent ones are dropped); when part of a message went
+        out, trailers would read as a truncated message, so RST_STREAM CANCEL instead
+        (gRPC clients report CANCELLED)."""
+        if stream.partial:
+            self._reset(stream, CANCEL)
+            return
+        stream.outbox.clear()
+        self._respond_status(stream, UNAVAILABLE, "the server is stopping")
         self._cancel(stream)
 
     def _maybe_close(self) -> None:
@@ -740,21 +808,27 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-class _ProtocolError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
 class H2GrpcServer:
     """The gRPC server: ``methods`` by path (``/package.Service/Method``); ``on_call(path)``
-    runs when a call's HEADERS arrive (before its request message)."""
+    runs when a call's HEADERS arrive (before its request message). Each connection takes
+    up to ``max_concurrent_streams`` calls at once and grants the client windows of
+    ``stream_window`` bytes per stream and ``connection_window`` in all (RFC 9113 6.9)."""
 
     def __init__(self, methods: dict[str, Method], *, max_message_bytes: int,
-                 on_call: Callable[[str], None] = lambda path: None) -> None:
+                 on_call: Callable[[str], None] = lambda path: None,
+                 max_concurrent_streams: int = MAX_STREAMS, stream_window: int = STREAM_WINDOW,
+                 connection_window: int = CONNECTION_WINDOW) -> None:
+        if max_concurrent_streams < 1:
+            raise ValueError(f"max_concurrent_streams must be >= 1, got {max_concurrent_streams}")
+        for name, window in (("stream_window", stream_window),
+                             ("connection_window", connection_window)):
+            if not DEFAULT_WINDOW <= window <= MAX_WINDOW:  # (a client may use 65,535 at once)
+                raise ValueError(f"{name} must be in [{DEFAULT_WINDOW}, {MAX_WINDOW}], got {window}")
         self.methods = methods
         self.max_message_bytes = max_message_bytes
         self.on_call = on_call
+        self.max_concurrent_streams = max_concurrent_streams
+        self.stream_window, self.connection_window = stream_window, connection_window
         self.connections: set[_Connection] = set()
         self.loop = asyncio.get_running_loop()  # built on the loop that serves
         self.server: asyncio.AbstractServer | None = None
@@ -777,8 +851,7 @@ class H2GrpcServer:
             await asyncio.sleep(0.01)
         for connection in list(self.connections):
             for stream in list(connection.streams.values()):
-                connection._respond_status(stream, UNAVAILABLE, "the server is stopping")
-                connection._cancel(stream)
+                connection._abandon(stream)
             if connection.transport is not None:
                 connection.transport.close()
         if self.server is not None:

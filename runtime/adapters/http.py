@@ -9,6 +9,11 @@ Endpoints (``/v2/models/{m}/versions/{v}/...`` forms are accepted wherever ``{m}
     GET  /v2/models/{m}                        model metadata (ready versions, inputs/outputs,
                                                -1 for variable dims)
     GET  /v2/models/{m}/ready                  200 while the model (version) takes requests
+    GET  /v2/models/{m}/config                 Triton's model configuration: max_batch_size,
+                                               dims, TYPE_* datatypes, dynamic_batching
+                                               (``extensions``)
+    GET  /v2/models[/{m}]/stats                Triton's statistics of a model (every model):
+                                               success/fail, queue, compute, batch sizes
     POST /v2/models/{m}/infer                  inference
     POST /v2/repository/index                  every model and version with state, reason
                                                (body ``{"ready": true}``: ready ones only)
@@ -501,11 +506,14 @@ class HttpAdapter(Frontend):
             Route("/v2/repository/models/{model}/load", self.load_endpoint, methods=["POST"]),
             Route("/v2/repository/models/{model}/unload", self.unload_endpoint,
                   methods=["POST"]),
+            Route("/v2/models/stats", self.statistics_endpoint),  # before /v2/models/{model}
         ]  # fmt: skip
         for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             routes += [
                 Route(base, self.model_metadata_endpoint),
                 Route(base + "/ready", self.ready_endpoint),
+                Route(base + "/config", self.model_config_endpoint),
+                Route(base + "/stats", self.statistics_endpoint),
             ]
         routes += self.demo.routes()
         return Starlette(
@@ -556,6 +564,22 @@ class HttpAdapter(Frontend):
         try:
             doc = self.model_metadata(request.path_params["model"],
                                       request.path_params.get("version"))  # fmt: skip
+        except AdapterError as exc:
+            return self._error(exc)
+        return self._json(doc)
+
+    async def model_config_endpoint(self, request: Request) -> Response:
+        try:
+            doc = self.model_config(request.path_params["model"],
+                                    request.path_params.get("version"))  # fmt: skip
+        except AdapterError as exc:
+            return self._error(exc)
+        return self._json(doc)
+
+    async def statistics_endpoint(self, request: Request) -> Response:
+        try:
+            doc = self.model_statistics(request.path_params.get("model"),
+                                        request.path_params.get("version"))  # fmt: skip
         except AdapterError as exc:
             return self._error(exc)
         return self._json(doc)

@@ -216,6 +216,7 @@ class ModelRepository:
         self._directories: list[tuple[Path, VersionPolicy, Batching]] = []
         self._arrivals: list[Callable[[], int]] = []
         self._metrics: dict[str, AdapterMetrics] = {}
+        self.request_metrics: list[AdapterMetrics] = []  # every frontend's, per model
         self._lock = threading.RLock()  # sync, load, unload and stop, one at a time
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -279,6 +280,10 @@ class ModelRepository:
         if metrics is None:
             metrics = self._metrics[model] = AdapterMetrics(self.label, model, self.registry)
         return metrics
+
+    def batch_metrics(self, model: str) -> AdapterMetrics | None:
+        """The batch metrics of ``model`` if one of its versions was ever loaded."""
+        return self._metrics.get(model)
 
     # ------------------------------------------------------------------- lifecycle
 

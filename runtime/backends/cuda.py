@@ -18,6 +18,7 @@ default load raises :class:`~irkit.runtime.ArtifactError` saying so.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,8 @@ def gpu_host(where: str) -> Host:
     device = cuda.get_current_device()
     cc = tuple(device.compute_capability)
     features = frozenset(name for name, need in _PTX_TARGETS.items() if cc >= need)
-    name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
+    name = getattr(device, "name", "numba-cuda simulator")  # NUMBA_ENABLE_CUDASIM=1: no name
+    name = name.decode() if isinstance(name, bytes) else str(name)
     return Host("nvptx64", features, f"{name} (sm_{cc[0]}{cc[1]})")
 
 
@@ -254,7 +256,9 @@ def load(artifact_dir: Path, manifest: Manifest, **overrides: Any
          ) -> ProgramRunner | SegmentedRunner:
     """The runner of a cuda artifact on this machine's GPU, or in the simulator."""
     where = f"artifact {artifact_dir}"
-    device = overrides.pop("device", "gpu")
+    device = overrides.pop("device", None)
+    if device is None:  # NUMBA_ENABLE_CUDASIM=1 leaves numba-cuda nothing but its simulator
+        device = "simulator" if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else "gpu"
     if device not in DEVICES:
         raise ArtifactError(f"{where}: device={device!r} must be one of {', '.join(DEVICES)}")
     runtime_options(artifact_dir, manifest, overrides)  # validates the other options

@@ -46,6 +46,37 @@ def test_op_on_cuda_simulator(suite: Any, case: OpCase, tmp_path: Path) -> None:
     run_case(suite, case, CUDA_SIMULATOR, tmp_path, BATCHES)
 
 
+def test_numba_enable_cudasim_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With NUMBA_ENABLE_CUDASIM=1 numba-cuda has only its simulator: compiling says so
+    (not a TypeError from a missing compiler), and loading runs the simulator."""
+    import numpy as np
+    from numba import config as numba_config
+    from onnx import TensorProto, helper
+
+    import irkit
+    import irkit.runtime
+    from irkit.backend import BackendError
+
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x_info],
+                              [y_info])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "relu.onnx"
+    path.write_bytes(model.SerializeToString())
+    artifact = irkit.compile(irkit.load_model(str(path)), target="cuda").save(tmp_path / "a")
+
+    monkeypatch.setattr(numba_config, "ENABLE_CUDASIM", 1)
+    with pytest.raises(BackendError, match="NUMBA_ENABLE_CUDASIM=1 replaces"):
+        irkit.compile(irkit.load_model(str(path)), target="cuda")
+    monkeypatch.setattr(numba_config, "ENABLE_CUDASIM", 0)
+
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    x = np.array([[-1.0, 0.5, -0.25, 2.0]], np.float32)
+    out = irkit.runtime.load(artifact).run({"x": x})["y"]
+    np.testing.assert_array_equal(out, np.maximum(x, 0))  # exact: a max with 0
+
+
 def test_attention_probabilities_times_a_narrow_v_over_a_runtime_length(
         tmp_path: Path) -> None:
     """``P @ V`` of attention, ``[N, 3, S, S] x [N, 3, S, 8]`` with S known at run time:

@@ -69,6 +69,16 @@ class GRPCInferenceServiceStub:
                 request_serializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelStreamInferResponse.FromString,
                 _registered_method=True)
+        self.ModelConfig = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelConfig',
+                request_serializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelConfigResponse.FromString,
+                _registered_method=True)
+        self.ModelStatistics = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelStatistics',
+                request_serializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelStatisticsResponse.FromString,
+                _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
                 request_serializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
@@ -131,6 +141,18 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelStatistics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RepositoryIndex(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -186,6 +208,16 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelStreamInfer,
                     request_deserializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelInferRequest.FromString,
                     response_serializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelStreamInferResponse.SerializeToString,
+            ),
+            'ModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelConfig,
+                    request_deserializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelConfigRequest.FromString,
+                    response_serializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelConfigResponse.SerializeToString,
+            ),
+            'ModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatistics,
+                    request_deserializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelStatisticsResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
@@ -392,6 +424,60 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelStreamInfer',
             irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelInferRequest.SerializeToString,
             irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelStreamInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelConfig',
+            irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+            irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelStatistics',
+            irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+            irkit_dot_runtime_dot_adapters_dot_oip_dot_inference__pb2.ModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,
