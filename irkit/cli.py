@@ -342,8 +342,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if twice:
         raise IrkitError(f"--input {', '.join(twice)} given more than once")
     feeds = dict(_read_input(s) for s in args.input)
+    device = {} if args.device is None else {"device": args.device}
+    if device and irkit.runtime.verify(args.artifact).backend != "cuda":
+        raise IrkitError(f"--device applies to cuda artifacts; {args.artifact} is "
+                         f"{irkit.runtime.verify(args.artifact).backend}")
     model = irkit.runtime.load(args.artifact, trusted_keys=args.trusted_key or None,
-                               reject_nonfinite=not args.allow_nonfinite)
+                               reject_nonfinite=not args.allow_nonfinite, **device)
     try:
         outputs = model.run(feeds)
     except (ValueError, TypeError) as exc:
@@ -655,6 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="pass NaN and inf inputs to the model (default: refuse them, "
                    "naming the input and the first such index)")
+    p.add_argument("--device", choices=("gpu", "simulator"),
+                   help="cuda artifacts: run on the GPU (default) or in numba-cuda's CUDA "
+                   "simulator (no GPU needed; every thread in Python, small inputs only)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("targets", help="list the targets code can be compiled for",

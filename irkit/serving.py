@@ -203,7 +203,10 @@ def add_demos(frontends: list[Any], models: list[tuple[Any, Path]]) -> None:
             continue
         for pipeline, directory in models:
             try:
-                frontend.add_demo(pipeline.name, directory)
+                why = frontend.add_demo(pipeline.name, directory)
+                if why is not None:
+                    log.warning("/demo/ leaves out pipeline %r: %s (its infer route "
+                                "serves it as usual)", pipeline.name, why)
             except ArtifactError as exc:
                 raise IrkitError(f"{pipeline.file}: pipeline {pipeline.name!r}: the /demo/ "
                                  f"page: {exc}") from None

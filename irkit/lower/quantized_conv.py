@@ -181,7 +181,7 @@ def _channel_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer | None, cin
 
     def quantize_kernel() -> None:
         assert xbuf is not None
-        n, e, c, yy, xx = (ctx.var(h) for h in ("n", "e", "c", "y", "x"))
+        n, c, yy, xx = (ctx.var(h) for h in ("n", "c", "y", "x"))
         # Four channels of one pixel -> one little-endian word; channels past cin are 0
         # (their weights are 0).
         word: Expr = Const(0, "i32")
@@ -192,11 +192,13 @@ def _channel_layout(ctx: LoweringContext, x: TensorRef, xbuf: Buffer | None, cin
                 byte = Select(Binary("lt", c * 4 + t, Const(cin)), byte, Const(0, "i32"))
             word = byte if t == 0 else word + byte * Const(1 << (8 * t), "i32")
         dst = ((n * cw4 + c) * hp + yy + pt) * wp + xx + pl
-        fill = For(e, Const(image), Store(xq, n * image + e, pad_byte), "vector") \
-            if padded else None
+        # The padding's bytes in a kernel of their own: one kernel typing the buffer both
+        # as bytes and as words was read by the numba and cuda backends (one array per
+        # buffer and kernel) as words at byte indices, writing 4x past the image.
+        fill_kernel()
         quantize = For(c, Const(cw4), For(yy, Const(ih), For(xx, Const(iw), Store(
             word_view(xq), dst, word), "vector")))
-        ctx.add_kernel("quant_nhwc", For(n, x.shape[0], block(fill, quantize), "parallel"))
+        ctx.add_kernel("quant_nhwc", For(n, x.shape[0], quantize, "parallel"))
 
     words_view = word_view(xq)
 

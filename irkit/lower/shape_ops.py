@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from irkit.ir import Node
+from irkit.ir import Node, TensorType
 from irkit.kir import Binary, Cast, Const, Expr, Select, simplify_expr
+from irkit.kir.printer import format_expr
 from irkit.lower.context import LoweringContext
 from irkit.lower.runtime_sizes import guarded_shape, runtime_range, runtime_slice
 from irkit.lower.symbolic import exact_div, is_poly, to_expr, to_poly
@@ -189,7 +190,29 @@ def lower_reshape(ctx: LoweringContext, node: Node, ins: list[TensorRef | None]
         if quotient is None:
             raise LoweringError(f"cannot infer the -1 of Reshape {values} for {total} elements")
         shape[unknown[0]] = to_expr(quotient)
+    _require_same_count(ctx, node, x.shape, shape)
     return [reshape_ref(x, shape)]
+
+
+def _require_same_count(ctx: LoweringContext, node: Node, src: Sequence[Expr],
+                        shape: Sequence[Expr]) -> None:
+    """A Reshape target with no -1 can hold the input's elements only for some dims: a
+    legacy torch export bakes the traced sequence length into it (``[7, 3*N, 8]`` for an
+    ``S x N x 24`` input). ONNX Runtime refuses other dims at run time; the kernels would
+    read out of bounds, so the runtime checks the counts agree before any call."""
+    have, want = product(src), product(shape)
+    if not (is_poly(have) and is_poly(want)) or to_poly(have) == to_poly(want):
+        return
+    value = node.inputs[0]  # the graph's dim names where its type has them
+    declared = value.type.shape if value is not None and isinstance(value.type, TensorType) \
+        else None
+    dims = ", ".join(str(d) for d in declared) if declared is not None else \
+        ", ".join(format_expr(d) for d in src)
+    target = ", ".join(format_expr(d) for d in shape)
+    why = (f"Reshape {node.name or node.outputs[0].name!r} into [{target}] (a shape fixed "
+           f"when the model was exported) cannot hold its input [{dims}] at these sizes")
+    ctx.require_nonnegative(simplify_expr(have - want), why)
+    ctx.require_nonnegative(simplify_expr(want - have), why)
 
 
 def _reshape_declared(x: TensorRef, shape: Sequence[Expr], node: Node) -> TensorRef:

@@ -46,6 +46,21 @@ GEMM_TILE = (2, 16)
 CONV_TILE = (2, 16)
 
 
+def simd_arch(arch: str | list[str] | tuple[str, ...], simd: bool | None) -> Any:
+    """``arch`` as the spec's ``simd = true|false`` narrows it (``target wasm { simd =
+    false }`` builds wasm32 alone); an arch list that contradicts it is an error."""
+    names = [a.strip() for a in (arch.split(",") if isinstance(arch, str) else arch)]
+    if simd is None:
+        return arch
+    if not simd and names == DEFAULT_ARCH.split(","):
+        return "wasm32"
+    if simd != ("wasm32-simd" in names) or (not simd and names != ["wasm32"]):
+        raise BackendError(f"wasm options simd = {str(simd).lower()} and arch = "
+                           f"{','.join(names)!r} disagree: simd = false builds wasm32 alone, "
+                           "simd = true needs wasm32-simd in arch")
+    return arch
+
+
 class WasmBackend(KernelBackend):
     """Compile a Graph to WebAssembly modules (SIMD and scalar) plus a JS loader."""
 
@@ -67,7 +82,14 @@ class WasmBackend(KernelBackend):
         "conv_nr": Option(int, 0, f"convolution microkernel columns (pixels); 0 = "
                           f"{CONV_TILE[1]}"),
         "loader": Option(bool, True, "write the JavaScript loader model.mjs and model.d.ts"),
+        "simd": Option((bool, type(None)), None, "false: only the scalar build (wasm32); "
+                       "true: the SIMD build, with the scalar one as the fallback unless "
+                       "arch names wasm32-simd alone (the default)"),
     }
+
+    def targets(self, options: Mapping[str, Any]) -> list[Target]:
+        return super().targets({**options, "arch": simd_arch(options["arch"],
+                                                             options["simd"])})
 
     def tiles(self, target: Target, options: Mapping[str, Any]) -> Tiles:
         try:
@@ -119,6 +141,7 @@ class WasmBackend(KernelBackend):
 
     def check_options(self, options: dict[str, Any]) -> None:
         super().check_options(options)
+        simd_arch(options["arch"], options["simd"])
         if not (0 <= options["mr"] <= 16 and 0 <= options["conv_mr"] <= 16) or \
                 options["nr"] < 0 or options["nr"] % 4 or options["conv_nr"] % 4:
             raise BackendError("wasm tile sizes: 0 <= mr <= 16, nr a multiple of 4")

@@ -49,10 +49,12 @@ class DemoSite:
 
     def __init__(self) -> None:
         self.models: dict[str, DemoModel] = {}
+        self.skipped: dict[str, str] = {}
 
-    def add(self, name: str, artifact_dir: str | Path) -> None:
+    def add(self, name: str, artifact_dir: str | Path) -> str | None:
         """Show model ``name`` (served at ``/v2/models/{name}``) with the wasm artifact in
-        ``artifact_dir``."""
+        ``artifact_dir``; a model the page cannot feed (it draws one 8x8 digit) is left
+        out, and the reason returned (and listed where ``/demo/`` has no model)."""
         directory = Path(artifact_dir)
         manifest = read_manifest(directory)
         if manifest.backend != "wasm":
@@ -62,11 +64,16 @@ class DemoSite:
         if "model.mjs" not in files:
             raise ArtifactError(f"{directory} has no JavaScript loader (compiled with "
                                 "loader = false)")
+        why = digit_image_mismatch(manifest.inputs)
+        if why is not None:
+            self.skipped[name] = why
+            return why
         spec, out = manifest.inputs[0], manifest.outputs[0]
+        variants = [v.get("target", {}).get("name") for v in manifest.entry.get("variants", [])]
         info = {"model": name, "input": spec.name, "dtype": spec.dtype.name,
-                "shape": list(spec.shape), "output": out.name,
-                "variants": list(manifest.entry.get("targets", []))}
+                "shape": list(spec.shape), "output": out.name, "variants": variants}
         self.models[name] = DemoModel(name, files, info)
+        return None
 
     def routes(self) -> list[Route]:
         return [
@@ -81,8 +88,12 @@ class DemoSite:
 
     async def page(self, request: Request) -> Response:
         if not self.models:
-            return JSONResponse({"error": "no model served here has a wasm target: add "
-                                 "target web { backend = \"wasm\" } to its pipeline"}, 404)
+            error = "no model served here has a wasm target: add target web { backend = " \
+                "\"wasm\" } to its pipeline"
+            if self.skipped:
+                error = "no model served here fits the page: " + "; ".join(
+                    f"{name}: {why}" for name, why in self.skipped.items())
+            return JSONResponse({"error": error}, 404)
         html = importlib.resources.files("irkit.runtime.adapters").joinpath(
             "demo.html").read_bytes()
         return Response(html, media_type="text/html; charset=utf-8",
@@ -100,3 +111,19 @@ class DemoSite:
         return Response(model.files[path],
                         media_type=MIME_TYPES.get(suffix, "application/octet-stream"),
                         headers={"Cache-Control": "no-cache"})
+
+
+def digit_image_mismatch(inputs: Any) -> str | None:
+    """Why the page cannot feed a model with these inputs, or None: it sends one float32
+    input of 64 values per sample (the 8x8 drawing, e.g. [N, 1, 8, 8] or [N, 64])."""
+    if len(inputs) != 1:
+        return f"the page draws one 8x8 image; the model has {len(inputs)} inputs"
+    spec = inputs[0]
+    values = 1
+    for d in spec.shape[1:]:
+        values = values * d if isinstance(d, int) else -1
+    if spec.dtype.name != "float32" or values != 64:
+        shape = ", ".join(str(d) for d in spec.shape)
+        return (f"the page draws one 8x8 image (float32, 64 values per sample); input "
+                f"{spec.name!r} is {spec.dtype.name}[{shape}]")
+    return None

@@ -375,10 +375,11 @@ class HttpAdapter(Frontend):
         self.demo = DemoSite()
         self._starlette = self._build_app()
 
-    def add_demo(self, model: str, artifact_dir: Any) -> None:
+    def add_demo(self, model: str, artifact_dir: Any) -> str | None:
         """Show ``model`` at ``/demo/``, running the wasm artifact in ``artifact_dir`` in
-        the browser (and ``/v2/models/{model}/infer`` where it cannot)."""
-        self.demo.add(model, artifact_dir)
+        the browser (and ``/v2/models/{model}/infer`` where it cannot); returns why a
+        model the page cannot feed was left out."""
+        return self.demo.add(model, artifact_dir)
 
     # -------------------------------------------------------------------- lifecycle
 

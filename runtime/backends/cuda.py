@@ -60,8 +60,9 @@ def gpu_host(where: str) -> Host:
         raise ArtifactError(
             f"{where}: this cuda artifact runs on an NVIDIA GPU with compute capability "
             f"9.0 or newer (sm_90), and numba-cuda finds no usable GPU on this machine{why}. "
-            "Load it on a GPU machine, or with device='simulator' to run its kernels in "
-            "numba-cuda's CUDA simulator (slow; for testing).")
+            "Load it on a GPU machine, or with device='simulator' (irkit run --device "
+            "simulator) to run its kernels in numba-cuda's CUDA simulator (slow; for "
+            "testing).")
     device = cuda.get_current_device()
     cc = tuple(device.compute_capability)
     features = frozenset(name for name, need in _PTX_TARGETS.items() if cc >= need)

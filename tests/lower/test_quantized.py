@@ -368,3 +368,66 @@ def test_auto_weight_range_tries_six_bits_on_the_calibration_data() -> None:
     assert top == 63 and "kept over 6-bit" in note, note
     top, note = weights("x86-64-v4-vnni")
     assert top == 127, note
+
+
+def test_a_kernel_types_each_buffer_one_way_when_quantizing_a_padded_conv_input() -> None:
+    """An int8 conv on 8 channels (a ResNet block's) quantizes its input into four-channel
+    words of a zero-point padded image. One kernel once wrote the padding as bytes and
+    the pixels as words of the same buffer; the numba and cuda backends give a kernel one
+    array per buffer, so they wrote the bytes as words at byte indices, 4x past the image
+    (a wrong answer, then heap corruption). Each kernel now types a buffer one way."""
+    from irkit.kir import Load, Store
+    from irkit.kir.visit import stmt_exprs, walk_exprs, walk_stmts
+    from irkit.lower import lower_graph
+    from irkit.lower.legalize import legalize
+
+    w = np.random.default_rng(2).standard_normal((4, 8, 3, 3)) / 8.5
+    model = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                    helper.make_node("Relu", ["c"], ["r"]),
+                    helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+                    helper.make_node("Flatten", ["p"], ["y"])],
+                   {"w": w}, ["N", 8, 6, 6], ["N", 4])
+    calib = [{"x": np.random.default_rng(3).standard_normal((16, 8, 6, 6)).astype(np.float32)}]
+    q = irkit.optimize(irkit.load_model(model),
+                       "fuse,quantize{mode=static,per_channel=true,force=true}",
+                       calibration=calib)
+    kernels = lower_graph(legalize(q)).program.kernels
+    assert any(k.name.startswith("quant_nhwc") for k in kernels)  # the path in question
+    for kernel in kernels:
+        types: dict[str, set[str]] = {}
+        for stmt in walk_stmts(kernel.body):
+            if isinstance(stmt, Store):
+                types.setdefault(stmt.buf.name, set()).add(stmt.buf.dtype)
+            for expr in stmt_exprs(stmt):
+                for node in walk_exprs(expr):
+                    if isinstance(node, Load):
+                        types.setdefault(node.buf.name, set()).add(node.buf.dtype)
+        mixed = {name: sorted(t) for name, t in types.items() if len(t) > 1}
+        assert mixed == {}, kernel.name
+
+
+def test_static_quantize_keeps_convs_without_an_int8_kernel_in_fp32(tmp_path: Path) -> None:
+    """A Conv1d (an audio classifier's) and a depthwise conv (a MobileNet block's) became
+    irkit.QLinearConvInt8, which no backend lowers (2-D, group 1 only): compiling the
+    quantized model failed. They stay fp32; the pointwise conv beside them is int8."""
+    rng = np.random.default_rng(4)
+    depthwise = _model([helper.make_node("Conv", ["x", "wd"], ["d"], group=8, pads=[1] * 4),
+                        helper.make_node("Relu", ["d"], ["r"]),
+                        helper.make_node("Conv", ["r", "wp"], ["y"])],
+                       {"wd": rng.standard_normal((8, 1, 3, 3)) / 3,
+                        "wp": rng.standard_normal((6, 8, 1, 1)) / 3},
+                       ["N", 8, 6, 6], ["N", 6, 6, 6])
+    conv1d = _model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1])],
+                    {"w": rng.standard_normal((5, 2, 3)) / 3}, ["N", 2, 16], ["N", 5, 16])
+    for model, shape, ops in ((depthwise, (8, 8, 6, 6), ["Conv", "QLinearConvInt8"]),
+                              (conv1d, (8, 2, 16), ["Conv"])):
+        calib = [{"x": rng.standard_normal(shape).astype(np.float32)}]
+        q = irkit.optimize(irkit.load_model(model),
+                           "quantize{mode=static,per_channel=true,force=true}",
+                           calibration=calib)
+        assert sorted(n.op for n in q.nodes if "Conv" in n.op) == ops
+        x = rng.standard_normal((2, *shape[1:])).astype(np.float32)
+        compiled = irkit.runtime.load(irkit.compile(q, target="llvm", threads=1)
+                                      .save(tmp_path / str(len(ops))), threads=1)
+        want = irkit.evaluate(q, {"x": x})["y"]
+        np.testing.assert_allclose(compiled(x=x)["y"], want, rtol=1e-4, atol=1e-4)

@@ -119,3 +119,40 @@ def test_symbolic_slice_past_its_table_is_refused_at_run_time(tmp_path: Path) ->
     assert compiled(x=np.ones((1, 32, 64), np.float32))["y"].shape == (1, 32, 64)
     with pytest.raises(ValueError, match="past the size"):
         compiled(x=np.ones((1, 33, 64), np.float32))
+
+
+def _baked_reshape_model() -> object:
+    """x [N, S, 4] reshaped to [N, 3, 4] through a shape whose 3 an exporter baked in
+    (a legacy torch export of a transformer bakes the traced sequence length so): valid
+    only at S = 3, where ONNX Runtime runs it and refuses every other S."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["n"]),
+        helper.make_node("Concat", ["n", "rest"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["r"], name="baked"),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([3, 4], np.int64), "rest")]
+    graph = helper.make_graph(
+        nodes, "baked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_reshape_to_a_baked_shape_refuses_other_sizes_at_run_time(tmp_path: Path) -> None:
+    """The kernels once read S*N*4 elements as N*12 for any S: out of bounds for S < 3,
+    a wrong answer without an error for every S but 3."""
+    model = _baked_reshape_model()
+    lowered = lower_graph(irkit.load_model(model))
+    assert [c["size"] for c in lowered.constraints] == [  # N*S*4 == N*12, both ways
+        {"N": -12, "N*N1": 4}, {"N": 12, "N*N1": -4}]
+    assert "its input [N, S, 4]" in str(lowered.constraints[0]["why"])
+    compiled = irkit.runtime.load(irkit.compile(irkit.load_model(model), target="llvm",
+                                                threads=1).save(tmp_path / "a"))
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4) - 10
+    np.testing.assert_array_equal(compiled(x=x)["y"], np.maximum(x, 0))
+    for s in (2, 5):
+        with pytest.raises(ValueError, match=r"Reshape 'baked' into \[N, 3, 4\].*N1=" f"{s}\\)"):
+            compiled(x=np.ones((2, s, 4), np.float32))

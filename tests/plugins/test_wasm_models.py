@@ -5,6 +5,7 @@ the engine supports, the ORT fallback and option errors."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,29 @@ def test_options_and_targets_are_checked() -> None:
         irkit.compile(graph, target="wasm", threads=4)
     with pytest.raises(BackendError, match="unknown target 'wasm64'"):
         irkit.compile(graph, target="wasm", arch="wasm64")
+    with pytest.raises(BackendError, match="simd = true and arch = 'wasm32' disagree"):
+        irkit.compile(graph, target="wasm", simd=True, arch="wasm32")
+
+
+def test_spec_form_simd_false_builds_the_scalar_module_alone(tmp_path: Path) -> None:
+    """``target wasm { simd = false }`` (DESIGN.md's spec form ``simd = true``) was an
+    unknown option; false builds wasm32 alone, true keeps the default pair."""
+    from irkit.builder import build_pipeline
+    from irkit.spec import parse_spec
+
+    onnx.save(matmul_onnx(8, 4), tmp_path / "m.onnx")
+    spec = tmp_path / "web.irk"
+    spec.write_text(f"""pipeline web {{
+  model = onnx("{tmp_path / 'm.onnx'}")
+  target wasm {{ simd = true }}
+  target scalar {{ backend = "wasm", simd = false }}
+  output = "{tmp_path / 'build'}"
+}}
+""")
+    built = build_pipeline(parse_spec(spec).pipeline("web"), log=io.StringIO())
+    targets = {name: irkit.runtime.verify(path).target for name, path in built.items()}
+    assert targets == {"wasm": "wasm32-simd,wasm32", "scalar": "wasm32"}
+    assert check(irkit.load_model(tmp_path / "m.onnx"), built["scalar"], (3,)) == "wasm32"
 
 
 def test_a_spec_with_a_wasm_target_optimizes_for_both_builds(tmp_path: Path) -> None:

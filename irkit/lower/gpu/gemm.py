@@ -166,10 +166,11 @@ def emit_gemm_gpu(ctx: LoweringContext, spec: GemmSpec, hint: str = "gemm",
             return Load(packed, simplify_expr((j // nr) * (depth * nr) + k * nr + j % nr))
     elif spec.b_direct is not None:
         assert spec.b_direct_offset is not None
-        direct, offset, cols = spec.b_direct, spec.b_direct_offset, spec.cols
+        # Rows of B may be padded past ``cols`` (a small head dim's V, padded to a panel).
+        direct, offset, ld = spec.b_direct, spec.b_direct_offset, spec.b_direct_ld or spec.cols
 
         def b(bb: Expr, k: Expr, j: Expr) -> Expr:
-            return Load(direct, simplify_expr(offset(bb) + k * cols + j))
+            return Load(direct, simplify_expr(offset(bb) + k * ld + j))
     elif spec.b_source is not None:
         b = spec.b_source  # type: ignore[assignment]
     else:
