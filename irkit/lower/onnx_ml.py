@@ -126,6 +126,8 @@ def _changed(graph: Graph, current: Graph) -> bool:
 
 
 def _rewrite_round(work: Graph, lowers: Callable[[str, str], bool], trees: str) -> bool:
+    from irkit.passes.base import drop_unused_constants, remove_dead_nodes, replace_outputs
+
     changed = False
     for node in list(work.nodes):
         rewrite = REWRITES.get(node.op)
@@ -136,11 +138,9 @@ def _rewrite_round(work: Graph, lowers: Callable[[str, str], bool], trees: str) 
         except Refused as exc:
             _log.debug("%s stays: %s", node.describe(), exc)
             continue
-        _replace(work, node, outs)
+        replace_outputs(work, node, outs)
         changed = True
     if changed:
-        from irkit.passes.base import drop_unused_constants, remove_dead_nodes
-
         while remove_dead_nodes(work):
             pass
         drop_unused_constants(work)
@@ -222,23 +222,6 @@ def _refuse_unrepresentable(graph: Graph) -> None:
                 "integer labels (e.g. sklearn.preprocessing.LabelEncoder) so the export uses "
                 "int64 labels, and map them back to names outside the model",
                 [{"op": f"ai.onnx.ml.{node.op}", "node": node.name}])
-
-
-def _replace(graph: Graph, node: Node, outs: Sequence[Value | None]) -> None:
-    renames: list[tuple[int, str]] = []
-    for old, new in zip(node.outputs, outs):
-        if old.absent or not old.is_used:
-            continue
-        if new is None:
-            raise AssertionError(f"{node.describe()}: no value for used %{old.name}")
-        renames.extend((i, old.name) for i, v in enumerate(graph.outputs) if v is old)
-        old.replace_all_uses_with(new)
-    graph.remove_node(node)
-    if renames:  # graph outputs keep their names
-        outputs = list(graph.outputs)
-        for i, name in renames:
-            outputs[i] = graph.add_node("Identity", [outputs[i]], outputs=[name]).output
-        graph.set_outputs(outputs)
 
 
 def _retype(graph: Graph) -> Graph:

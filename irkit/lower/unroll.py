@@ -168,21 +168,9 @@ class _Unroller:
         return changed
 
     def _replace(self, node: Node, outs: Sequence[Value | None]) -> None:
-        graph = self.graph
-        renames: list[tuple[int, str]] = []
-        for old, new in zip(node.outputs, outs):
-            if old.absent or not old.is_used:
-                continue
-            if new is None:
-                raise AssertionError(f"{node.describe()}: no value for used %{old.name}")
-            renames.extend((i, old.name) for i, v in enumerate(graph.outputs) if v is old)
-            old.replace_all_uses_with(new)
-        graph.remove_node(node)
-        if renames:  # graph outputs keep their names
-            outputs = list(graph.outputs)
-            for i, name in renames:
-                outputs[i] = graph.add_node("Identity", [outputs[i]], outputs=[name]).output
-            graph.set_outputs(outputs)
+        from irkit.passes.base import replace_outputs
+
+        replace_outputs(self.graph, node, outs)
 
     # -- building blocks ----------------------------------------------------------------
     def emit(self, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any] | None = None,

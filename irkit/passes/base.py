@@ -7,7 +7,7 @@ copy in ``apply`` and returns ``PassResult(graph, modified, report)``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -129,6 +129,41 @@ def drop_unused_constants(graph: Graph) -> int:
     for value in dead:
         graph.remove_constant(value)
     return len(dead)
+
+
+def rewrite_each(graph: Graph, wanted: Callable[[Node], bool],
+                 rewrite: Callable[[Graph, Node], None]) -> tuple[Graph, int]:
+    """``rewrite(copy, node)`` for every node ``wanted`` picks, on a copy of ``graph``
+    (``graph`` itself, untouched, when none is); the graph and how many were rewritten."""
+    if not any(wanted(n) for n in graph.nodes):
+        return graph, 0
+    graph = graph.clone()
+    count = 0
+    for node in list(graph.nodes):
+        if wanted(node):
+            rewrite(graph, node)
+            count += 1
+    drop_unused_constants(graph)
+    return graph, count
+
+
+def replace_outputs(graph: Graph, node: Node, outs: Sequence[Value | None]) -> None:
+    """Redirect every used output of ``node`` to the value in ``outs`` at its position and
+    remove ``node``; a graph output keeps its name (through an Identity)."""
+    renames: list[tuple[int, str]] = []
+    for old, new in zip(node.outputs, outs):
+        if old.absent or not old.is_used:
+            continue
+        if new is None:
+            raise AssertionError(f"{node.describe()}: no value for used %{old.name}")
+        renames.extend((i, old.name) for i, v in enumerate(graph.outputs) if v is old)
+        old.replace_all_uses_with(new)
+    graph.remove_node(node)
+    if renames:
+        outputs = list(graph.outputs)
+        for i, name in renames:
+            outputs[i] = graph.add_node("Identity", [outputs[i]], outputs=[name]).output
+        graph.set_outputs(outputs)
 
 
 def remove_dead_nodes(graph: Graph) -> int:

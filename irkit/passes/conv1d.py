@@ -17,7 +17,7 @@ import numpy as np
 
 from irkit.ir import Graph, Node, Value
 from irkit.ir.types import TensorType
-from irkit.passes.base import IRKIT_DOMAIN, drop_unused_constants, take_name
+from irkit.passes.base import IRKIT_DOMAIN, rewrite_each, take_name
 
 Lowers = Callable[[str, str], bool]
 _SPATIAL_ATTRS = ("kernel_shape", "strides", "dilations")
@@ -41,16 +41,7 @@ def conv1d_as_2d(graph: Graph, lowers: Lowers | None = None) -> tuple[Graph, int
     def wanted(node: Node) -> bool:
         return _is_conv1d(node) and (lowers is None or lowers(node.op, node.domain))
 
-    if not any(wanted(n) for n in graph.nodes):
-        return graph, 0
-    graph = graph.clone()
-    count = 0
-    for node in list(graph.nodes):
-        if wanted(node):
-            _rewrite(graph, node)
-            count += 1
-    drop_unused_constants(graph)
-    return graph, count
+    return rewrite_each(graph, wanted, _rewrite)
 
 
 def _unsqueezed(graph: Graph, value: Value, axes: Value, before: Node) -> Value:

@@ -21,7 +21,7 @@ import numpy as np
 
 from irkit.ir import Graph, Node, Value
 from irkit.ir.types import TensorType
-from irkit.passes.base import drop_unused_constants, take_name
+from irkit.passes.base import rewrite_each, take_name
 
 Lowers = Callable[[str, str], bool]
 
@@ -57,16 +57,7 @@ def conv_transpose_as_matmul(graph: Graph, lowers: Lowers | None = None) -> tupl
         return _plain_upsampling(node) and (lowers is None or (
             lowers("MatMul", "") and lowers("Transpose", "") and lowers("Reshape", "")))
 
-    if not any(wanted(n) for n in graph.nodes):
-        return graph, 0
-    graph = graph.clone()
-    count = 0
-    for node in list(graph.nodes):
-        if wanted(node):
-            _rewrite(graph, node)
-            count += 1
-    drop_unused_constants(graph)
-    return graph, count
+    return rewrite_each(graph, wanted, _rewrite)
 
 
 def _rewrite(graph: Graph, node: Node) -> None:
