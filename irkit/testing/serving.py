@@ -8,7 +8,16 @@ from typing import Any
 from irkit.runtime.adapters.frontend import serve_frontends
 from irkit.runtime.adapters.grpc import GrpcAdapter
 from irkit.runtime.adapters.http import HttpAdapter
-from irkit.runtime.adapters.repository import ModelRepository
+from irkit.runtime.adapters.repository import Batching, ModelRepository
+
+
+def repo_of(*models: Any, **batching: Any) -> ModelRepository:
+    """A repository serving each model under its name, every one batched as ``batching``
+    (``Batching``'s fields) says."""
+    repository = ModelRepository(label="http+grpc")
+    for model in models:
+        repository.add_model(model.name, model, batching=Batching(**batching))
+    return repository
 
 
 class Served:

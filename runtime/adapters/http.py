@@ -560,29 +560,22 @@ class HttpAdapter(Frontend):
             return self._error(exc)
         return self._json({"name": model, "ready": True})
 
-    async def model_metadata_endpoint(self, request: Request) -> Response:
+    def _model_doc(self, request: Request, build: Any) -> Response:
+        """``build(model, version)`` of the request's path as JSON, or its AdapterError."""
         try:
-            doc = self.model_metadata(request.path_params["model"],
-                                      request.path_params.get("version"))  # fmt: skip
+            doc = build(request.path_params.get("model"), request.path_params.get("version"))
         except AdapterError as exc:
             return self._error(exc)
         return self._json(doc)
+
+    async def model_metadata_endpoint(self, request: Request) -> Response:
+        return self._model_doc(request, self.model_metadata)
 
     async def model_config_endpoint(self, request: Request) -> Response:
-        try:
-            doc = self.model_config(request.path_params["model"],
-                                    request.path_params.get("version"))  # fmt: skip
-        except AdapterError as exc:
-            return self._error(exc)
-        return self._json(doc)
+        return self._model_doc(request, self.model_config)
 
     async def statistics_endpoint(self, request: Request) -> Response:
-        try:
-            doc = self.model_statistics(request.path_params.get("model"),
-                                        request.path_params.get("version"))  # fmt: skip
-        except AdapterError as exc:
-            return self._error(exc)
-        return self._json(doc)
+        return self._model_doc(request, self.model_statistics)
 
     async def metrics_endpoint(self, request: Request) -> Response:
         if self.shared_metrics is not None:  # one of several processes: answer for all

@@ -19,8 +19,7 @@ import pytest
 
 import irkit.runtime
 from irkit.runtime.adapters.grpc import GrpcAdapter
-from irkit.runtime.adapters.repository import Batching, ModelRepository
-from irkit.testing.serving import Served
+from irkit.testing.serving import Served, repo_of
 
 tritonclient = pytest.importorskip("tritonclient")
 import tritonclient.grpc as tgrpc  # noqa: E402
@@ -30,13 +29,6 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 pytestmark = pytest.mark.service
-
-
-def repo_of(*models: Any, **batching: Any) -> ModelRepository:
-    repository = ModelRepository(label="http+grpc")
-    for model in models:
-        repository.add_model(model.name, model, batching=Batching(**batching))
-    return repository
 
 
 @pytest.fixture

@@ -19,11 +19,10 @@ from irkit.runtime.adapters.oip import inference_pb2 as pb
 from irkit.runtime.adapters.repository import (
     Batching,
     ModelEntry,
-    ModelRepository,
     ModelVersion,
     VersionPolicy,
 )
-from irkit.testing.serving import Served
+from irkit.testing.serving import Served, repo_of
 
 pytest.importorskip("tritonclient")
 import tritonclient.grpc as tgrpc
@@ -32,13 +31,6 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.service
-
-
-def repo_of(*models: Any, **batching: Any) -> ModelRepository:
-    repository = ModelRepository(label="http+grpc")
-    for model in models:
-        repository.add_model(model.name, model, batching=Batching(**batching))
-    return repository
 
 
 def clients(served: Served) -> tuple[Any, Any]:
